@@ -1,0 +1,125 @@
+"""Where state lives and the few host-wide settings, read from the environment and config.toml."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from cloudlet.errors import InvalidInput
+from cloudlet.spec.units import GIB, parse_size
+
+MAX_SOCKET_PATH = 107
+
+
+def default_home() -> Path:
+    """$CLOUDLET_HOME, else /var/lib/cloudlet for root, else the user's XDG data dir."""
+    env = os.environ.get("CLOUDLET_HOME")
+    if env:
+        return Path(env).expanduser().resolve()
+    if os.geteuid() == 0:
+        return Path("/var/lib/cloudlet")
+    xdg = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(xdg) / "cloudlet"
+
+
+@dataclass(frozen=True)
+class Paths:
+    """The layout of the state directory, in one place."""
+
+    home: Path
+
+    @property
+    def database(self) -> Path:
+        return self.home / "cloudlet.db"
+
+    @property
+    def images(self) -> Path:
+        return self.home / "images"
+
+    @property
+    def instances(self) -> Path:
+        return self.home / "instances"
+
+    @property
+    def run(self) -> Path:
+        return self.home / "run"
+
+    @property
+    def locks(self) -> Path:
+        return self.home / "locks"
+
+    @property
+    def cache(self) -> Path:
+        return self.home / "cache"
+
+    @property
+    def config_file(self) -> Path:
+        return self.home / "config.toml"
+
+    def instance_dir(self, instance_id: str) -> Path:
+        return self.instances / instance_id
+
+    def runtime_dir(self, instance_id: str) -> Path:
+        return self.run / instance_id
+
+    def check_socket_room(self) -> None:
+        """Unix socket paths are limited to 107 bytes; say so before QEMU fails obscurely."""
+        longest = self.runtime_dir("0" * 36) / "console.sock"
+        if len(str(longest).encode()) > MAX_SOCKET_PATH:
+            raise InvalidInput(
+                f"the state directory {self.home} is too long a path for unix sockets",
+                hint="set CLOUDLET_HOME to a path under 50 characters",
+            )
+
+    def ensure(self) -> None:
+        """Create the directories; sockets live under a 0700 run directory."""
+        self.check_socket_room()
+        for path in (self.home, self.images, self.instances, self.locks, self.cache):
+            path.mkdir(parents=True, exist_ok=True)
+        self.run.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.run.chmod(0o700)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Host-wide policy: capacity overcommit, timeouts, network safety."""
+
+    paths: Paths
+    cpu_overcommit: float = 4.0
+    memory_reserve: int = 1 * GIB
+    stop_timeout: float = 60.0
+    force_restrict_network: bool = False
+
+    @classmethod
+    def load(cls, home: Path | None = None) -> Settings:
+        paths = Paths(home or default_home())
+        data: dict[str, object] = {}
+        if paths.config_file.exists():
+            try:
+                data = tomllib.loads(paths.config_file.read_text())
+            except tomllib.TOMLDecodeError as exc:
+                raise InvalidInput(
+                    f"{paths.config_file} is not valid TOML ({exc})", hint="fix or remove the file"
+                ) from None
+        capacity = data.get("capacity", {})
+        assert isinstance(capacity, dict)
+        cpu_overcommit = float(
+            os.environ.get("CLOUDLET_CPU_OVERCOMMIT") or str(capacity.get("cpu_overcommit", 4.0))
+        )
+        reserve_text = os.environ.get(
+            "CLOUDLET_MEMORY_RESERVE", str(capacity.get("memory_reserve", "1G"))
+        )
+        memory_reserve = parse_size(reserve_text, what="memory reserve", default_unit="M")
+        stop_timeout = float(
+            os.environ.get("CLOUDLET_STOP_TIMEOUT") or str(data.get("stop_timeout", 60))
+        )
+        restrict = os.environ.get("CLOUDLET_FORCE_RESTRICT_NETWORK", "") not in ("", "0")
+        return cls(
+            paths=paths,
+            cpu_overcommit=cpu_overcommit,
+            memory_reserve=memory_reserve,
+            stop_timeout=stop_timeout,
+            force_restrict_network=restrict,
+        )

@@ -1,0 +1,118 @@
+"""The one exception tree: each class knows its HTTP status and CLI exit code.
+
+Frontends turn any ``CloudletError`` into a one-line message (plus a hint on what to
+do next) without knowing which layer raised it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class CloudletError(Exception):
+    """Root of every error cloudlet reports to a user."""
+
+    http_status = 500
+    exit_code = 1
+    code = "internal"
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def one_line(self) -> str:
+        """The message and the hint, in one line for a terminal."""
+        return f"{self.message}: {self.hint}" if self.hint else self.message
+
+
+class InvalidInput(CloudletError):
+    """The request itself is wrong (bad name, bad size, unknown flag value)."""
+
+    http_status = 400
+    exit_code = 2
+    code = "invalid_input"
+
+
+class NotFound(CloudletError):
+    """The named VM, image or type does not exist."""
+
+    http_status = 404
+    exit_code = 3
+    code = "not_found"
+
+
+class Conflict(CloudletError):
+    """The request clashes with the current state (duplicate name, wrong VM state)."""
+
+    http_status = 409
+    exit_code = 4
+    code = "conflict"
+
+
+class CapacityExceeded(CloudletError):
+    """The host has not enough vCPUs or memory left for the request."""
+
+    http_status = 507
+    exit_code = 5
+    code = "capacity_exceeded"
+
+
+class Busy(CloudletError):
+    """Another process holds the lock on this VM right now."""
+
+    http_status = 423
+    exit_code = 6
+    code = "busy"
+
+
+class GuestError(CloudletError):
+    """The guest (agent) did not answer or refused."""
+
+    http_status = 502
+    exit_code = 7
+    code = "guest_error"
+
+
+class Timeout(CloudletError):
+    """Something did not happen in time."""
+
+    http_status = 504
+    exit_code = 8
+    code = "timeout"
+
+
+class HostCommandError(CloudletError):
+    """A host command failed; carries the argv, exit code and output."""
+
+    http_status = 500
+    exit_code = 9
+    code = "host_command_failed"
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        returncode: int,
+        stdout: str = "",
+        stderr: str = "",
+        *,
+        hint: str | None = None,
+    ) -> None:
+        self.argv = list(argv)
+        self.returncode = returncode
+        self.stdout = stdout
+        self.stderr = stderr
+        tail = (stderr or stdout).strip().splitlines()
+        detail = tail[-1] if tail else "no output"
+        super().__init__(
+            f"{self.argv[0]} exited with {returncode}: {detail}",
+            hint=hint,
+        )
+
+
+class MissingDependency(CloudletError):
+    """A host program cloudlet needs is not installed."""
+
+    http_status = 500
+    exit_code = 10
+    code = "missing_dependency"

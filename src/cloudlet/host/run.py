@@ -1,0 +1,119 @@
+"""Every subprocess cloudlet starts goes through here.
+
+One choke point means: argv lists only (never a shell), one error type with the
+command's output, and a guard that unit tests use to forbid real subprocesses.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+from cloudlet.errors import HostCommandError, MissingDependency
+
+Guard = Callable[[Sequence[str]], None]
+_guard: Guard | None = None
+
+
+def set_guard(guard: Guard | None) -> None:
+    """Install a hook that sees every argv before it runs (tests forbid subprocesses)."""
+    global _guard
+    _guard = guard
+
+
+def _check_guard(argv: Sequence[str]) -> None:
+    if _guard is not None:
+        _guard(argv)
+
+
+def which(program: str, *, hint: str | None = None) -> str:
+    """The full path of a host program, or a MissingDependency naming the package."""
+    found = shutil.which(program)
+    if found is None:
+        raise MissingDependency(
+            f"{program} is not installed",
+            hint=hint or f"install the package that provides {program}",
+        )
+    return found
+
+
+def run(
+    argv: Sequence[str | os.PathLike[str]],
+    *,
+    check: bool = True,
+    timeout: float | None = None,
+    input: bytes | None = None,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    hint: str | None = None,
+) -> subprocess.CompletedProcess[bytes]:
+    """Run a command to completion and capture its output.
+
+    Raises HostCommandError (with argv, exit code and output) when it fails and
+    ``check`` is true.
+    """
+    args = [os.fspath(a) for a in argv]
+    _check_guard(args)
+    full_env = None if env is None else {**os.environ, **env}
+    try:
+        proc = subprocess.run(
+            args,
+            input=input,
+            capture_output=True,
+            timeout=timeout,
+            env=full_env,
+            cwd=cwd,
+            check=False,
+        )
+    except FileNotFoundError as exc:
+        raise MissingDependency(f"{args[0]} is not installed", hint=hint) from exc
+    if check and proc.returncode != 0:
+        raise HostCommandError(
+            args,
+            proc.returncode,
+            proc.stdout.decode(errors="replace"),
+            proc.stderr.decode(errors="replace"),
+            hint=hint,
+        )
+    return proc
+
+
+def run_text(argv: Sequence[str | os.PathLike[str]], **kwargs: object) -> str:
+    """Run a command and return its stdout as text."""
+    return run(argv, **kwargs).stdout.decode()  # type: ignore[arg-type]
+
+
+def spawn(
+    argv: Sequence[str | os.PathLike[str]],
+    *,
+    stdin: int | None = subprocess.DEVNULL,
+    stdout: int | None = subprocess.DEVNULL,
+    stderr: int | None = subprocess.DEVNULL,
+    detach: bool = False,
+    pass_fds: Sequence[int] = (),
+    env: Mapping[str, str] | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start a process without waiting for it.
+
+    ``detach`` puts it in a new session so it outlives the CLI and ignores the
+    terminal's Ctrl-C: a VM must not die with the command that started it.
+    """
+    args = [os.fspath(a) for a in argv]
+    _check_guard(args)
+    full_env = None if env is None else {**os.environ, **env}
+    try:
+        return subprocess.Popen(
+            args,
+            stdin=stdin,
+            stdout=stdout,
+            stderr=stderr,
+            start_new_session=detach,
+            pass_fds=tuple(pass_fds),
+            env=full_env,
+            close_fds=True,
+        )
+    except FileNotFoundError as exc:
+        raise MissingDependency(f"{args[0]} is not installed") from exc
