@@ -1,0 +1,1 @@
+"""What the user wants, as pure data: no I/O here."""
