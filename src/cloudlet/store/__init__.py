@@ -1,0 +1,1 @@
+"""The state database: SQLAlchemy on SQLite (WAL) today, PostgreSQL for several hosts later."""

@@ -1,0 +1,69 @@
+"""Tables: instances and the operations that change them."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import ForeignKey, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class InstanceRow(Base):
+    """One VM: the spec the user asked for and what cloudlet decided for it."""
+
+    __tablename__ = "instances"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(String(63), unique=True, index=True)
+    state: Mapped[str] = mapped_column(String(16))
+    spec_json: Mapped[str] = mapped_column(Text)
+    image: Mapped[str] = mapped_column(String(128))
+    image_path: Mapped[str] = mapped_column(Text)
+    type_name: Mapped[str] = mapped_column(String(32))
+    cpus: Mapped[int] = mapped_column(Integer)
+    memory: Mapped[int] = mapped_column(Integer)
+    disk_size: Mapped[int] = mapped_column(Integer)
+    arch: Mapped[str] = mapped_column(String(16))
+    location: Mapped[str] = mapped_column(String(64))
+    ssh_port: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    accel: Mapped[str | None] = mapped_column(String(8), nullable=True)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class OperationRow(Base):
+    """A state change, written before it is acted on so a crash can be finished or undone."""
+
+    __tablename__ = "operations"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    instance_id: Mapped[str] = mapped_column(String(36), index=True)
+    instance_name: Mapped[str] = mapped_column(String(63))
+    kind: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16))  # running, done, failed, rolled_back
+    pid: Mapped[int] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(nullable=True)
+
+
+class EventRow(Base):
+    """What happened, for `cloudlet events` and later the API's event stream."""
+
+    __tablename__ = "events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    instance_name: Mapped[str] = mapped_column(String(63), index=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    message: Mapped[str] = mapped_column(Text)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    operation_id: Mapped[int | None] = mapped_column(ForeignKey("operations.id"), nullable=True)
