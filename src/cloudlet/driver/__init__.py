@@ -1,0 +1,1 @@
+"""Drivers tell a hypervisor what to do: qemu/ for real VMs, fake/ for fast engine tests."""

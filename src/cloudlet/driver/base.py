@@ -1,0 +1,139 @@
+"""The Driver interface and the resolved launch configuration it consumes."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class LaunchConfig:
+    """Everything needed to boot one VM, fully resolved: no lookups left to do."""
+
+    instance_id: str
+    name: str
+    arch: str
+    accel: str
+    cpus: int
+    memory_mib: int
+    disk: Path
+    disk_format: str
+    runtime_dir: Path
+    serial_log: Path
+    kernel: Path | None = None
+    initrd: Path | None = None
+    cmdline: str = ""
+    machine: str = "q35"
+    network_mode: str = "nat"
+    network_restrict: bool = False
+    ssh_port: int | None = None
+    uuid: str = ""
+
+
+class PowerState(StrEnum):
+    """What the hypervisor says about a VM's process."""
+
+    RUNNING = "running"
+    PAUSED = "paused"
+    SHUTDOWN = "shutdown"  # the guest powered off; the process waits to be reaped
+    FAILED = "failed"  # the process lives but the guest hit an internal error or panicked
+    GONE = "gone"  # a record exists but the process died (crash, kill -9)
+    ABSENT = "absent"  # no record: never started, or cleanly stopped
+
+
+@dataclass(frozen=True)
+class RuntimeInfo:
+    """The on-disk record of a running VM: enough for any process to re-adopt it."""
+
+    instance_id: str
+    pid: int
+    pid_start: int
+    argv: list[str]
+    qemu_version: str
+    qmp_socket: Path
+    agent_socket: Path
+    console_socket: Path
+    serial_log: Path
+    started_at: float
+    accel: str
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    """A command's outcome inside the guest."""
+
+    exit_code: int
+    stdout: bytes = b""
+    stderr: bytes = b""
+    signal: int | None = None
+    truncated: bool = False
+
+    @property
+    def shell_code(self) -> int:
+        """Exit code as a shell reports it: 128+N for death by signal N."""
+        return 128 + self.signal if self.signal is not None else self.exit_code
+
+
+@dataclass
+class GuestInfo:
+    """What the guest agent reports about the guest."""
+
+    agent_version: str = ""
+    os_name: str = ""
+    hostname: str = ""
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+class Driver(abc.ABC):
+    """How the engine tells a hypervisor what to do. Implementations: qemu, fake."""
+
+    name: str = "abstract"
+
+    @abc.abstractmethod
+    def start(self, config: LaunchConfig) -> RuntimeInfo:
+        """Boot the VM detached from the caller; return once the process runs."""
+
+    @abc.abstractmethod
+    def power_state(self, instance_id: str) -> PowerState:
+        """Look at the VM's process without changing anything."""
+
+    @abc.abstractmethod
+    def runtime(self, instance_id: str) -> RuntimeInfo | None:
+        """The runtime record, if one exists."""
+
+    @abc.abstractmethod
+    def request_shutdown(self, instance_id: str) -> None:
+        """Press the ACPI power button; returns at once."""
+
+    @abc.abstractmethod
+    def wait_shutdown(self, instance_id: str, timeout: float) -> bool:
+        """Wait for the guest to power off; True if it did within ``timeout``."""
+
+    @abc.abstractmethod
+    def force_stop(self, instance_id: str) -> None:
+        """Stop now: QMP quit, then SIGKILL if that fails. Idempotent."""
+
+    @abc.abstractmethod
+    def cleanup(self, instance_id: str) -> None:
+        """Remove the runtime record and sockets; the process must be gone. Idempotent."""
+
+    @abc.abstractmethod
+    def pause(self, instance_id: str) -> None: ...
+
+    @abc.abstractmethod
+    def resume(self, instance_id: str) -> None: ...
+
+    @abc.abstractmethod
+    def wait_agent(self, instance_id: str, timeout: float) -> None:
+        """Block until the guest agent answers; raise Timeout otherwise."""
+
+    @abc.abstractmethod
+    def exec(
+        self, instance_id: str, argv: list[str], *, stdin: bytes | None = None, timeout: float
+    ) -> ExecResult:
+        """Run a program inside the guest through its agent."""
+
+    @abc.abstractmethod
+    def guest_info(self, instance_id: str) -> GuestInfo: ...

@@ -1,0 +1,146 @@
+"""A client for the QEMU guest agent (qemu-ga) over the VM's virtio-serial socket.
+
+The agent speaks QMP-like JSON lines but has no greeting. Each conversation starts
+with ``guest-sync-delimited``, whose 0xFF marker flushes anything a previous,
+interrupted client left half-read.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import random
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from cloudlet.driver.base import ExecResult
+from cloudlet.errors import GuestError, Timeout
+
+POLL_INTERVAL = 0.05
+
+
+class AgentConnection:
+    """One open conversation with the guest agent."""
+
+    def __init__(self, path: Path, timeout: float) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        try:
+            self.sock.connect(str(path))
+        except OSError as exc:
+            self.sock.close()
+            raise GuestError(
+                f"cannot reach the guest agent socket {path}: {exc}", hint="is the VM running?"
+            ) from None
+        self._buffer = b""
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> AgentConnection:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def _send(self, message: dict[str, Any]) -> None:
+        self.sock.sendall(json.dumps(message).encode() + b"\n")
+
+    def _read_line(self) -> bytes:
+        while b"\n" not in self._buffer:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise GuestError("the guest agent closed the connection")
+            self._buffer += chunk
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        return line
+
+    def sync(self) -> None:
+        """Flush stale data: send a sync id, skip to the 0xFF marker, expect the id back."""
+        sync_id = random.randint(1, 2**31)
+        self.sock.sendall(b"\xff")
+        self._send({"execute": "guest-sync-delimited", "arguments": {"id": sync_id}})
+        while b"\xff" not in self._buffer:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise GuestError("the guest agent closed the connection")
+            self._buffer += chunk
+        self._buffer = self._buffer.split(b"\xff", 1)[1]
+        while True:
+            reply = json.loads(self._read_line())
+            if reply.get("return") == sync_id:
+                return
+
+    def call(self, command: str, arguments: dict[str, Any] | None = None) -> Any:
+        message: dict[str, Any] = {"execute": command}
+        if arguments:
+            message["arguments"] = arguments
+        self._send(message)
+        while True:
+            line = self._read_line().strip()
+            if line:
+                break
+        reply = json.loads(line)
+        if "error" in reply:
+            raise GuestError(f"guest agent refused {command}: {reply['error'].get('desc')}")
+        return reply.get("return")
+
+
+def connect(path: Path, timeout: float = 5.0) -> AgentConnection:
+    """Open and sync a conversation, or raise GuestError/Timeout."""
+    conn = AgentConnection(path, timeout)
+    try:
+        conn.sync()
+    except TimeoutError:
+        conn.close()
+        raise Timeout(
+            "the guest agent did not answer", hint="is the guest still booting?"
+        ) from None
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def wait_ready(path: Path, timeout: float) -> None:
+    """Poll until the guest agent answers guest-ping."""
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            with connect(path, timeout=min(1.0, max(0.1, deadline - time.monotonic()))) as conn:
+                conn.call("guest-ping")
+                return
+        except (GuestError, Timeout, OSError) as exc:
+            last = exc
+            time.sleep(0.1)
+    raise Timeout(
+        f"the guest agent did not answer within {timeout:.0f} s ({last})",
+        hint="check the boot with 'cloudlet logs'",
+    )
+
+
+def run_command(path: Path, argv: list[str], *, stdin: bytes | None, timeout: float) -> ExecResult:
+    """guest-exec with captured output, polled until the program exits."""
+    deadline = time.monotonic() + timeout
+    with connect(path) as conn:
+        args: dict[str, Any] = {"path": argv[0], "arg": argv[1:], "capture-output": True}
+        if stdin:
+            args["input-data"] = base64.b64encode(stdin).decode()
+        pid = conn.call("guest-exec", args)["pid"]
+        while True:
+            status = conn.call("guest-exec-status", {"pid": pid})
+            if status.get("exited"):
+                break
+            if time.monotonic() > deadline:
+                raise Timeout(f"{argv[0]} did not finish within {timeout:.0f} s in the guest")
+            time.sleep(POLL_INTERVAL)
+    return ExecResult(
+        exit_code=int(status.get("exitcode", 0)),
+        stdout=base64.b64decode(status.get("out-data", "")),
+        stderr=base64.b64decode(status.get("err-data", "")),
+        signal=status.get("signal"),
+        truncated=bool(status.get("out-truncated") or status.get("err-truncated")),
+    )

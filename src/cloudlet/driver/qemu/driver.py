@@ -1,0 +1,194 @@
+"""The QEMU driver: boots detached QEMU processes and talks to them over QMP and qemu-ga."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import time
+from pathlib import Path
+
+from cloudlet.driver.base import (
+    Driver,
+    ExecResult,
+    GuestInfo,
+    LaunchConfig,
+    PowerState,
+    RuntimeInfo,
+)
+from cloudlet.driver.qemu import agent, qmp
+from cloudlet.driver.qemu.argv import build_argv, socket_paths
+from cloudlet.driver.qemu.runtime import read_record, write_record
+from cloudlet.errors import CloudletError, Conflict, HostCommandError, Timeout
+from cloudlet.host import processes
+from cloudlet.host.qemu_binaries import qemu_binary, qemu_version
+from cloudlet.host.run import spawn
+
+START_TIMEOUT = 60.0
+_FAILED_STATES = {"internal-error", "guest-panicked", "io-error"}
+_PAUSED_STATES = {"paused", "suspended"}
+
+
+class QemuDriver(Driver):
+    """Runs each VM as a daemonized QEMU whose runtime record lives in ``run_root/<id>``."""
+
+    name = "qemu"
+
+    def __init__(self, run_root: Path) -> None:
+        self.run_root = run_root
+
+    def _dir(self, instance_id: str) -> Path:
+        return self.run_root / instance_id
+
+    def runtime(self, instance_id: str) -> RuntimeInfo | None:
+        return read_record(self._dir(instance_id))
+
+    def _require(self, instance_id: str) -> RuntimeInfo:
+        info = self.runtime(instance_id)
+        if info is None or not processes.is_alive(info.pid, info.pid_start):
+            raise Conflict("the VM has no running QEMU process", hint="start it first")
+        return info
+
+    def start(self, config: LaunchConfig) -> RuntimeInfo:
+        run_dir = config.runtime_dir
+        if run_dir.exists():
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(mode=0o700, parents=True)
+        argv = build_argv(qemu_binary(config.arch), config)
+        sockets = socket_paths(config)
+        try:
+            pid = self._launch(argv, run_dir, Path(sockets["qmp"]))
+        except BaseException:
+            shutil.rmtree(run_dir, ignore_errors=True)
+            raise
+        pid_start = processes.start_time(pid)
+        if pid_start is None:
+            shutil.rmtree(run_dir, ignore_errors=True)
+            raise CloudletError("QEMU exited right after it started", hint="see 'cloudlet logs'")
+        info = RuntimeInfo(
+            instance_id=config.instance_id,
+            pid=pid,
+            pid_start=pid_start,
+            argv=argv,
+            qemu_version=qemu_version(config.arch),
+            qmp_socket=Path(sockets["qmp"]),
+            agent_socket=Path(sockets["agent"]),
+            console_socket=Path(sockets["console"]),
+            serial_log=config.serial_log,
+            started_at=time.time(),
+            accel=config.accel,
+        )
+        write_record(run_dir, info)
+        return info
+
+    def _launch(self, argv: list[str], run_dir: Path, qmp_socket: Path) -> int:
+        """Start QEMU in its own session (it outlives us) and wait for its monitor.
+
+        QEMU is not asked to -daemonize: its fork would be refused by
+        ``-sandbox spawn=deny``. Startup errors land in qemu.log and are reported.
+        """
+        log_path = run_dir / "qemu.log"
+        with open(log_path, "ab") as log:
+            proc = spawn(argv, stdout=log.fileno(), stderr=log.fileno(), detach=True)
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            code = proc.poll()
+            if code is not None:
+                output = log_path.read_text(errors="replace")
+                raise HostCommandError(argv, code, "", output, hint="check the VM's settings")
+            if qmp_socket.exists():
+                try:
+                    qmp.status(qmp_socket, timeout=2.0)
+                    return proc.pid
+                except CloudletError:
+                    pass
+            if time.monotonic() > deadline:
+                processes.kill_and_wait(proc.pid)
+                raise Timeout(f"QEMU did not open its monitor within {START_TIMEOUT:.0f} s")
+            time.sleep(0.02)
+
+    def power_state(self, instance_id: str) -> PowerState:
+        info = self.runtime(instance_id)
+        if info is None:
+            return PowerState.ABSENT
+        if not processes.is_alive(info.pid, info.pid_start):
+            return PowerState.GONE
+        try:
+            state = qmp.status(info.qmp_socket, timeout=5.0)
+        except CloudletError:
+            # Alive but the monitor is busy with another client: it still runs.
+            return PowerState.RUNNING
+        if state == "shutdown":
+            return PowerState.SHUTDOWN
+        if state in _PAUSED_STATES:
+            return PowerState.PAUSED
+        if state in _FAILED_STATES:
+            return PowerState.FAILED
+        return PowerState.RUNNING
+
+    def request_shutdown(self, instance_id: str) -> None:
+        info = self._require(instance_id)
+        qmp.execute(info.qmp_socket, "system_powerdown")
+
+    def wait_shutdown(self, instance_id: str, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while True:
+            state = self.power_state(instance_id)
+            if state in (PowerState.SHUTDOWN, PowerState.GONE, PowerState.ABSENT):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.2)
+
+    def force_stop(self, instance_id: str) -> None:
+        info = self.runtime(instance_id)
+        if info is None or not processes.is_alive(info.pid, info.pid_start):
+            return
+        with contextlib.suppress(CloudletError):
+            qmp.execute(info.qmp_socket, "quit", timeout=3.0)
+        if not processes.wait_gone(info.pid, 5.0, info.pid_start):
+            processes.kill_and_wait(info.pid, info.pid_start)
+
+    def cleanup(self, instance_id: str) -> None:
+        info = self.runtime(instance_id)
+        if info is not None and processes.is_alive(info.pid, info.pid_start):
+            raise Conflict("QEMU still runs; stop it before cleaning up")
+        shutil.rmtree(self._dir(instance_id), ignore_errors=True)
+
+    def pause(self, instance_id: str) -> None:
+        qmp.execute(self._require(instance_id).qmp_socket, "stop")
+
+    def resume(self, instance_id: str) -> None:
+        qmp.execute(self._require(instance_id).qmp_socket, "cont")
+
+    def wait_agent(self, instance_id: str, timeout: float) -> None:
+        info = self._require(instance_id)
+        try:
+            agent.wait_ready(info.agent_socket, timeout)
+        except Timeout:
+            if not processes.is_alive(info.pid, info.pid_start):
+                raise CloudletError("QEMU exited while the guest booted") from None
+            raise
+
+    def exec(
+        self, instance_id: str, argv: list[str], *, stdin: bytes | None = None, timeout: float
+    ) -> ExecResult:
+        info = self._require(instance_id)
+        return agent.run_command(info.agent_socket, argv, stdin=stdin, timeout=timeout)
+
+    def guest_info(self, instance_id: str) -> GuestInfo:
+        info = self._require(instance_id)
+        with agent.connect(info.agent_socket) as conn:
+            version = conn.call("guest-info").get("version", "")
+            try:
+                osinfo = conn.call("guest-get-osinfo") or {}
+            except CloudletError:
+                osinfo = {}
+            try:
+                hostname = (conn.call("guest-get-host-name") or {}).get("host-name", "")
+            except CloudletError:
+                hostname = ""
+        return GuestInfo(
+            agent_version=str(version),
+            os_name=str(osinfo.get("pretty-name", "")),
+            hostname=str(hostname),
+        )

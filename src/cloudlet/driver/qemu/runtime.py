@@ -1,0 +1,34 @@
+"""The runtime record: a JSON file per running VM so any process can re-adopt it."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+from cloudlet.driver.base import RuntimeInfo
+
+RECORD_NAME = "runtime.json"
+
+
+def write_record(runtime_dir: Path, info: RuntimeInfo) -> None:
+    """Write atomically (temp file + rename): a reader never sees half a record."""
+    data = asdict(info)
+    for key, value in data.items():
+        if isinstance(value, Path):
+            data[key] = str(value)
+    tmp = runtime_dir / f".{RECORD_NAME}.{os.getpid()}"
+    tmp.write_text(json.dumps(data, indent=2))
+    tmp.replace(runtime_dir / RECORD_NAME)
+
+
+def read_record(runtime_dir: Path) -> RuntimeInfo | None:
+    path = runtime_dir / RECORD_NAME
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    for key in ("qmp_socket", "agent_socket", "console_socket", "serial_log"):
+        data[key] = Path(data[key])
+    return RuntimeInfo(**data)
