@@ -1,0 +1,1 @@
+"""Guest images: the built-in `tiny` today; catalog, imports and builders later."""

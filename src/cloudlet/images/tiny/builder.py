@@ -1,0 +1,434 @@
+"""Build the "tiny" guest image from Debian packages, without installing anything.
+
+The Debian cloud kernel, busybox-static and qemu-guest-agent (plus the shared
+libraries it links against) are fetched with ``apt-get download``, unpacked with
+``dpkg-deb -x`` into scratch directories, and assembled into an initramfs (written in
+Python) and an ext4 root file system (``mke2fs -d``, no mount, no root needed for
+the file system itself) that ``qemu-img`` turns into qcow2.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from cloudlet.errors import InvalidInput, NotFound
+from cloudlet.host.run import run, which
+from cloudlet.images.tiny import recipe as r
+from cloudlet.images.tiny import scripts
+from cloudlet.images.tiny.cpio import CpioWriter
+from cloudlet.images.tiny.debs import Apt, Deb, DependsGraph, depends_closure
+from cloudlet.images.tiny.elf import ElfFile
+from cloudlet.images.tiny.kmod import ModuleTree
+
+Progress = Callable[[str], None]
+
+_BUSYBOX = "/usr/bin/busybox"
+
+
+def build_tiny(
+    dest: Path,
+    *,
+    arch: str = "x86_64",
+    progress: Progress | None = None,
+    deb_cache: Path | None = None,
+) -> Path:
+    """Build the image into ``dest`` (a directory), replacing it atomically at the end.
+
+    The work happens in a temporary directory next to ``dest`` so the final rename
+    stays on one file system; a failed build leaves ``dest`` untouched.
+    """
+    say: Progress = progress or (lambda _msg: None)
+    info = r.arch_info(arch)
+    mke2fs = _sbin_tool("mke2fs", hint="install e2fsprogs (apt-get install e2fsprogs)")
+    qemu_img = which("qemu-img", hint="install qemu-utils (apt-get install qemu-utils)")
+    apt = Apt(info.deb_arch)
+    host_arch = run([which("dpkg", hint="install dpkg"), "--print-architecture"])
+    if host_arch.stdout.decode().strip() != info.deb_arch:
+        raise InvalidInput(
+            f"building the {arch} tiny image needs a {info.deb_arch} host",
+            hint="build it on a host of the same architecture",
+        )
+    digest = r.recipe_digest(arch)
+
+    dest = Path(os.path.abspath(dest))
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{dest.name}.build-", dir=dest.parent))
+    try:
+        out = work / "image"
+        out.mkdir()
+
+        say("resolving packages")
+        graph = apt.depends_graph([info.kernel_meta, r.AGENT_PACKAGE, r.BUSYBOX_PACKAGE])
+        kernel_pkg = concrete_kernel(graph, info.kernel_meta)
+        agent_pkgs = depends_closure(graph, [r.AGENT_PACKAGE])
+        names = list(dict.fromkeys([kernel_pkg, r.BUSYBOX_PACKAGE, *agent_pkgs]))
+        debs = apt.resolve(names)
+        cache = deb_cache if deb_cache is not None else work / "debs"
+        say(f"fetching {len(debs)} packages into {cache}")
+        files = apt.fetch(debs, cache)
+
+        say("unpacking packages")
+        unpacked: dict[str, Path] = {}
+        for deb in debs:
+            unpacked[deb.package] = work / "pkgs" / deb.package
+            apt.unpack(files[deb.package], unpacked[deb.package])
+
+        kdir = unpacked[kernel_pkg]
+        vmlinuz, kver = _find_kernel(kdir)
+        shutil.copyfile(vmlinuz, out / "vmlinuz")
+        tree = ModuleTree(_find_moddir(kdir, kver))
+        initrd_mods = tree.resolve(r.INITRD_MODULES)
+        rootfs_mods = tree.resolve(r.ROOTFS_MODULES, skip=initrd_mods)
+        busybox = _find_file(unpacked[r.BUSYBOX_PACKAGE], ("bin/busybox", "usr/bin/busybox"))
+        applets = run([busybox, "--list-full"]).stdout.decode().split()
+
+        versions = {d.package: d.version for d in debs}
+        values = {
+            "BUILDER_VERSION": r.BUILDER_VERSION,
+            "BUSYBOX_VERSION": _upstream(versions[r.BUSYBOX_PACKAGE]),
+            "DEBIAN_VERSION": _debian_release(),
+            "KERNEL_RELEASE": kver,
+        }
+
+        say(f"writing initramfs (modules: {' '.join(initrd_mods) or 'none'})")
+        (out / "initrd.img").write_bytes(
+            make_initramfs(busybox.read_bytes(), applets, tree, initrd_mods)
+        )
+
+        say("assembling root file system")
+        staging = work / "root"
+        _make_rootfs(
+            staging,
+            busybox=busybox,
+            applets=applets,
+            agent_roots=[unpacked[p] for p in agent_pkgs],
+            multiarch=info.multiarch,
+            tree=tree,
+            modules=initrd_mods + rootfs_mods,
+            autoload=[m for m in r.ROOTFS_MODULES if m in tree.paths],
+            values=values,
+        )
+
+        say("making ext4 file system")
+        # Inode tables and journal are zeroed here (zeros cost nothing in qcow2), or
+        # every guest would zero them itself after boot: CPU under TCG, and writes
+        # that grow each VM's overlay.
+        raw = work / "disk.raw"
+        with raw.open("wb") as f:
+            f.truncate(r.DISK_SIZE)
+        run(
+            [
+                mke2fs,
+                "-q",
+                "-F",
+                "-t",
+                "ext4",
+                "-T",
+                "default",
+                "-L",
+                r.FS_LABEL,
+                "-m",
+                "0",
+                "-E",
+                "root_owner=0:0,lazy_itable_init=0,lazy_journal_init=0",
+                "-d",
+                staging,
+                raw,
+            ],
+            hint="mke2fs -d needs e2fsprogs 1.43 or newer",
+        )
+        say("converting to qcow2")
+        run([qemu_img, "convert", "-f", "raw", "-O", "qcow2", raw, out / "disk.qcow2"])
+        raw.unlink()
+
+        manifest = image_manifest(
+            arch=arch,
+            digest=digest,
+            debs=debs,
+            kver=kver,
+            busybox_version=values["BUSYBOX_VERSION"],
+            debian_version=values["DEBIAN_VERSION"],
+        )
+        (out / "image.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        _publish(out, dest, work)
+        say(f"image ready at {dest}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return dest
+
+
+def image_manifest(
+    *,
+    arch: str,
+    digest: str,
+    debs: Sequence[Deb],
+    kver: str,
+    busybox_version: str,
+    debian_version: str,
+) -> dict[str, object]:
+    """The image.json contents: what the engine needs to boot and describe the image."""
+    return {
+        "name": r.IMAGE_NAME,
+        "arch": arch,
+        "format": "qcow2",
+        "disk": "disk.qcow2",
+        "kernel": "vmlinuz",
+        "initrd": "initrd.img",
+        "cmdline": r.CMDLINE,
+        "recipe": digest,
+        "guest_agent": True,
+        "os": f"busybox {busybox_version} on Debian {debian_version} kernel {kver}",
+        "packages": {d.package: d.version for d in sorted(debs, key=lambda d: d.package)},
+        "min_disk_bytes": r.DISK_SIZE,
+    }
+
+
+def make_initramfs(
+    busybox: bytes, applets: Sequence[str], tree: ModuleTree, modules: Sequence[str]
+) -> bytes:
+    """A gzip'd newc archive: busybox, the disk driver modules and /init."""
+    buf = io.BytesIO()
+    w = CpioWriter(buf)
+    moddir = f"lib/modules/{tree.kver}"
+    for d in (
+        "bin",
+        "sbin",
+        "usr",
+        "usr/bin",
+        "usr/sbin",
+        "dev",
+        "proc",
+        "sys",
+        "newroot",
+        "lib",
+        "lib/modules",
+        moddir,
+    ):
+        w.add_dir(d)
+    w.add_char_device("dev/console", 5, 1)
+    w.add_file("bin/busybox", busybox, 0o755)
+    for applet in applets:
+        if applet != "bin/busybox" and "/" in applet:
+            w.add_symlink(applet, "/bin/busybox")
+    for name in modules:
+        w.add_file(f"{moddir}/{name}.ko", (tree.moddir / tree.paths[name]).read_bytes())
+    w.add_file(f"{moddir}/modules.dep", tree.modules_dep(modules, flat=True).encode())
+    init = scripts.fill(scripts.INITRAMFS_INIT, {"MODULES": " ".join(modules)})
+    w.add_file("init", init.encode(), 0o755)
+    w.close()
+    return gzip.compress(buf.getvalue(), compresslevel=9, mtime=0)
+
+
+def _make_rootfs(
+    staging: Path,
+    *,
+    busybox: Path,
+    applets: Sequence[str],
+    agent_roots: Sequence[Path],
+    multiarch: str,
+    tree: ModuleTree,
+    modules: Sequence[str],
+    autoload: Sequence[str],
+    values: dict[str, str],
+) -> None:
+    """Lay out the root file system: merged /usr, busybox, qemu-ga and its libraries."""
+    staging.mkdir()
+    for d in scripts.ROOTFS_DIRS:
+        (staging / d).mkdir(parents=True, exist_ok=True)
+    os.chmod(staging / "tmp", 0o1777)
+    os.chmod(staging / "var/tmp", 0o1777)
+    os.chmod(staging / "root", 0o700)
+    for link, target in scripts.ROOTFS_SYMLINKS.items():
+        (staging / link).parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(target, staging / link)
+
+    _install(busybox, staging / _BUSYBOX[1:], 0o755)
+    for applet in applets:
+        path = staging / merged_usr(applet)
+        if applet in ("linuxrc", "bin/busybox") or path.exists() or path.is_symlink():
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(_BUSYBOX, path)
+
+    qga = next(
+        (
+            root / rel
+            for root in agent_roots
+            for rel in ("usr/sbin/qemu-ga", "usr/bin/qemu-ga")
+            if (root / rel).is_file()
+        ),
+        None,
+    )
+    if qga is None:
+        raise NotFound("the qemu-guest-agent package has no qemu-ga binary")
+    _install(qga, staging / "usr/sbin/qemu-ga", 0o755)
+    libdir = staging / "usr/lib" / multiarch
+    libdir.mkdir(parents=True, exist_ok=True)
+    for soname, path in library_closure(agent_roots, qga, multiarch).items():
+        _install(path, libdir / soname, 0o755)
+    interp = ElfFile.from_path(qga).interpreter()
+    if interp:
+        found = _find_file_in(agent_roots, interp.lstrip("/"))
+        _install(found, libdir / Path(interp).name, 0o755)
+        loader = staging / merged_usr(interp.lstrip("/"))
+        if not loader.exists():
+            loader.parent.mkdir(parents=True, exist_ok=True)
+            os.symlink(f"/usr/lib/{multiarch}/{Path(interp).name}", loader)
+
+    moddir = staging / "usr/lib/modules" / tree.kver
+    for name in modules:
+        _install(tree.moddir / tree.paths[name], moddir / tree.paths[name], 0o644)
+    (moddir / "modules.dep").write_text(tree.modules_dep(modules))
+    for extra in ("modules.builtin", "modules.order"):
+        if (tree.moddir / extra).exists():
+            shutil.copyfile(tree.moddir / extra, moddir / extra)
+
+    fills = {**values, "MODULES": " ".join(autoload)}
+    for rel, (mode, text) in scripts.ROOTFS_FILES.items():
+        path = staging / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.unlink(missing_ok=True)  # never write through an applet symlink into busybox
+        path.write_text(scripts.fill(text, fills))
+        os.chmod(path, mode)
+    (staging / "etc/hostname").write_text(f"{r.IMAGE_NAME}\n")
+
+
+def concrete_kernel(graph: DependsGraph, meta: str) -> str:
+    """The versioned linux-image package a meta package (linux-image-cloud-amd64) names."""
+    for group in graph.get(meta, []):
+        for name in group:
+            if name.startswith("linux-image-"):
+                return name
+    raise NotFound(f"{meta} depends on no linux-image package", hint="check the apt sources")
+
+
+def merged_usr(path: str) -> str:
+    """Where a path lands on a merged-/usr root (bin/sh -> usr/bin/sh)."""
+    path = path.lstrip("/")
+    for top in ("bin", "sbin", "lib", "lib64"):
+        if path == top or path.startswith(top + "/"):
+            return "usr/" + path
+    return path
+
+
+def library_closure(roots: Sequence[Path], binary: Path, multiarch: str) -> dict[str, Path]:
+    """soname -> file for every shared library ``binary`` needs, recursively.
+
+    The search follows Debian's multiarch layout inside the unpacked packages; a
+    soname no package provides is an error rather than a guest that cannot start.
+    """
+    dirs = (f"lib/{multiarch}", f"usr/lib/{multiarch}", "lib", "usr/lib")
+    found: dict[str, Path] = {}
+    todo = list(ElfFile.from_path(binary).needed())
+    while todo:
+        soname = todo.pop(0)
+        if soname in found:
+            continue
+        path = None
+        for d in dirs:
+            try:
+                path = _find_file_in(roots, f"{d}/{soname}")
+                break
+            except NotFound:
+                continue
+        if path is None:
+            raise NotFound(
+                f"{binary.name} needs {soname}, which no unpacked package provides",
+                hint="the package dependencies changed; check apt-cache depends",
+            )
+        found[soname] = path
+        todo.extend(ElfFile.from_path(path).needed())
+    return found
+
+
+def _find_file_in(roots: Sequence[Path], rel: str) -> Path:
+    """A file by its path inside any of the unpacked roots, following symlinks in-root."""
+    for root in roots:
+        got = _resolve_in(root, rel)
+        if got is not None:
+            return got
+    raise NotFound(f"no unpacked package has /{rel}")
+
+
+def _resolve_in(root: Path, rel: str) -> Path | None:
+    for _ in range(40):
+        path = root / rel
+        if path.is_symlink():
+            target = os.readlink(path)
+            if target.startswith("/"):
+                rel = target.lstrip("/")
+            else:
+                rel = os.path.normpath(os.path.join(os.path.dirname(rel), target))
+                if rel.startswith(".."):
+                    return None
+            continue
+        return path if path.is_file() else None
+    return None
+
+
+def _find_file(root: Path, candidates: Sequence[str]) -> Path:
+    for rel in candidates:
+        got = _resolve_in(root, rel)
+        if got is not None:
+            return got
+    raise NotFound(f"no unpacked package has /{candidates[0]}")
+
+
+def _find_kernel(kdir: Path) -> tuple[Path, str]:
+    images = sorted((kdir / "boot").glob("vmlinuz-*"))
+    if len(images) != 1:
+        raise NotFound("the kernel package has no single boot/vmlinuz-*")
+    return images[0], images[0].name.removeprefix("vmlinuz-")
+
+
+def _find_moddir(kdir: Path, kver: str) -> Path:
+    for base in ("lib/modules", "usr/lib/modules"):
+        if (kdir / base / kver).is_dir():
+            return kdir / base / kver
+    raise NotFound(f"the kernel package has no modules for {kver}")
+
+
+def _sbin_tool(name: str, *, hint: str) -> str:
+    """Like which(), but also finds /usr/sbin tools missing from a normal user's PATH."""
+    for directory in ("/usr/sbin", "/sbin"):
+        candidate = Path(directory) / name
+        if os.access(candidate, os.X_OK):
+            return str(candidate)
+    return which(name, hint=hint)
+
+
+def _install(src: Path, dst: Path, mode: int) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, dst)
+    os.chmod(dst, mode)
+
+
+def _upstream(version: str) -> str:
+    """The upstream part of a Debian version: 1:1.35.0-4+deb12u1 -> 1.35.0."""
+    version = version.split(":", 1)[-1]
+    return version.rsplit("-", 1)[0] if "-" in version else version
+
+
+def _debian_release() -> str:
+    """The host's Debian major release: apt fetches from the host's sources."""
+    try:
+        for line in Path("/etc/os-release").read_text().splitlines():
+            if line.startswith("VERSION_ID="):
+                return line.partition("=")[2].strip('"')
+    except OSError:
+        pass
+    return "unknown"
+
+
+def _publish(out: Path, dest: Path, work: Path) -> None:
+    """Move the finished image to ``dest`` with renames only (never half visible)."""
+    if dest.exists() or dest.is_symlink():
+        os.rename(dest, work / "previous")
+    os.rename(out, dest)

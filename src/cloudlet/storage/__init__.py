@@ -1,0 +1,1 @@
+"""Disks: qcow2 overlays on images today; pools and volumes later."""
