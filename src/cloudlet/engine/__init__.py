@@ -1,0 +1,1 @@
+"""Use cases: create, start, stop ... validation, capacity, locks, state machine, operations."""

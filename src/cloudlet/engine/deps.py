@@ -1,0 +1,35 @@
+"""What the engine needs from the outside world, gathered so tests can swap each part."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from cloudlet.driver.base import Driver
+from cloudlet.host.kvm import AccelVerdict
+from cloudlet.images.store import Image, Progress
+
+
+class ImageProvider(Protocol):
+    def get(self, name: str, *, progress: Progress | None = None, build: bool = True) -> Image: ...
+
+    def names(self) -> list[str]: ...
+
+
+class DiskBackend(Protocol):
+    def create_overlay(self, image: Image, dest: Path, size: int | None) -> None: ...
+
+    def virtual_size(self, path: Path) -> int: ...
+
+
+@dataclass
+class EngineDeps:
+    driver: Driver
+    images: ImageProvider
+    disks: DiskBackend
+    accel: Callable[[Image], AccelVerdict]
+    host_cpus: int
+    host_memory: int
+    hypervisor_version: Callable[[], str]

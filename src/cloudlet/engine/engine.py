@@ -1,0 +1,578 @@
+"""The engine: every use case on VMs, with validation, capacity, locks and operations.
+
+Each state change follows one pattern: take the VM's lock, write an operation row
+(and the new transitional state), act through the driver, then record the result.
+A process killed half way leaves an operation row whose lock is free; the next
+engine to open finishes it or rolls it back (``recover``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import select
+
+from cloudlet.config import Settings
+from cloudlet.driver.base import ExecResult, GuestInfo, LaunchConfig, PowerState
+from cloudlet.engine import capacity as capacity_mod
+from cloudlet.engine import locks
+from cloudlet.engine.deps import EngineDeps
+from cloudlet.engine.views import HostView, InstanceView
+from cloudlet.errors import CloudletError, Conflict, InvalidInput, NotFound
+from cloudlet.images.store import Image, Progress
+from cloudlet.spec.instance import InstanceSpec, NetworkSpec
+from cloudlet.spec.machine_types import resolve_shape
+from cloudlet.spec.names import validate_name
+from cloudlet.spec.states import CAPACITY_STATES, LIVE_STATES, STARTABLE_STATES, VMState
+from cloudlet.spec.units import MIB, format_size
+from cloudlet.store.database import Database
+from cloudlet.store.models import EventRow, InstanceRow, OperationRow, utcnow
+
+HOST_LOCK = ".host"
+DEFAULT_AGENT_TIMEOUT = 300.0
+
+
+@dataclass(frozen=True)
+class CreateRequest:
+    """The create command's inputs, before validation."""
+
+    name: str
+    image: str = "tiny"
+    type: str | None = None
+    cpus: int | None = None
+    memory: int | None = None
+    disk_size: int | None = None
+    restrict_network: bool = False
+    network: str = "nat"
+
+
+@dataclass(frozen=True)
+class ActionResult:
+    """An instance after an action, and whether the action changed anything."""
+
+    instance: InstanceView
+    changed: bool
+    message: str
+
+
+class Engine:
+    """The use cases. Frontends call these and nothing below."""
+
+    def __init__(self, settings: Settings, deps: EngineDeps, db: Database) -> None:
+        self.settings = settings
+        self.paths = settings.paths
+        self.deps = deps
+        self.driver = deps.driver
+        self.db = db
+        self.agent_timeout = float(os.environ.get("CLOUDLET_AGENT_TIMEOUT", DEFAULT_AGENT_TIMEOUT))
+
+    # ------------------------------------------------------------------ helpers
+    def _lock(self, name: str, wait: float = locks.DEFAULT_WAIT) -> AbstractContextManager[None]:
+        return locks.hold(self.paths.locks, name, wait=wait, what=f"VM {name}")
+
+    def _row(self, name: str) -> InstanceRow:
+        with self.db.session() as s:
+            row = s.scalar(select(InstanceRow).where(InstanceRow.name == name))
+        if row is None:
+            raise NotFound(f"no VM named {name!r}", hint="run 'cloudlet list' to see your VMs")
+        return row
+
+    def _set_state(self, instance_id: str, state: VMState, error: str | None = None) -> None:
+        with self.db.session() as s:
+            row = s.get(InstanceRow, instance_id)
+            if row is not None:
+                row.state = state.value
+                row.last_error = error
+                row.updated_at = utcnow()
+
+    def _event(self, name: str, kind: str, message: str, op_id: int | None = None) -> None:
+        with self.db.session() as s:
+            s.add(EventRow(instance_name=name, kind=kind, message=message, operation_id=op_id))
+
+    @contextmanager
+    def _operation(self, row: InstanceRow, kind: str) -> Iterator[int]:
+        """Record the operation before acting; mark it done or failed afterwards."""
+        with self.db.session() as s:
+            op = OperationRow(
+                instance_id=row.id,
+                instance_name=row.name,
+                kind=kind,
+                status="running",
+                pid=os.getpid(),
+            )
+            s.add(op)
+            s.flush()
+            op_id = op.id
+        try:
+            yield op_id
+        except BaseException as exc:
+            self._finish_op(op_id, "failed", str(exc))
+            raise
+        self._finish_op(op_id, "done")
+
+    def _finish_op(self, op_id: int, status: str, error: str | None = None) -> None:
+        with self.db.session() as s:
+            op = s.get(OperationRow, op_id)
+            if op is not None:
+                op.status = status
+                op.error = error
+                op.finished_at = utcnow()
+
+    def _view(self, row: InstanceRow) -> InstanceView:
+        runtime = self.driver.runtime(row.id) if row.state in LIVE_STATES else None
+        spec = InstanceSpec.model_validate_json(row.spec_json)
+        instance_dir = self.paths.instance_dir(row.id)
+        return InstanceView(
+            id=row.id,
+            name=row.name,
+            state=row.state,
+            type=row.type_name,
+            cpus=row.cpus,
+            memory=row.memory,
+            disk_size=row.disk_size,
+            image=row.image,
+            arch=row.arch,
+            location=row.location,
+            accel=row.accel,
+            ssh_port=row.ssh_port,
+            pid=runtime.pid if runtime else None,
+            created_at=row.created_at,
+            last_error=row.last_error,
+            network={
+                **spec.network.model_dump(),
+                "restrict": spec.network.restrict or self.settings.force_restrict_network,
+            },
+            paths={
+                "disk": str(instance_dir / "disk.qcow2"),
+                "serial_log": str(instance_dir / "serial.log"),
+                "image": row.image_path,
+                "runtime": str(self.paths.runtime_dir(row.id)),
+            },
+        )
+
+    def _capacity(self, exclude: str | None = None) -> capacity_mod.Capacity:
+        with self.db.session() as s:
+            rows = s.scalars(
+                select(InstanceRow).where(
+                    InstanceRow.state.in_([st.value for st in CAPACITY_STATES])
+                )
+            ).all()
+        used = [(r.cpus, r.memory) for r in rows if r.id != exclude]
+        return capacity_mod.compute(
+            host_cpus=self.deps.host_cpus,
+            host_memory=self.deps.host_memory,
+            cpu_overcommit=self.settings.cpu_overcommit,
+            memory_reserve=self.settings.memory_reserve,
+            used=used,
+        )
+
+    def _launch_config(self, row: InstanceRow, image: Image, accel: str) -> LaunchConfig:
+        spec = InstanceSpec.model_validate_json(row.spec_json)
+        instance_dir = self.paths.instance_dir(row.id)
+        cmdline = f"{image.cmdline} cloudlet.hostname={row.name}".strip()
+        return LaunchConfig(
+            instance_id=row.id,
+            name=row.name,
+            arch=row.arch,
+            accel=accel,
+            cpus=row.cpus,
+            memory_mib=row.memory // MIB,
+            disk=instance_dir / "disk.qcow2",
+            disk_format="qcow2",
+            runtime_dir=self.paths.runtime_dir(row.id),
+            serial_log=instance_dir / "serial.log",
+            kernel=image.kernel,
+            initrd=image.initrd,
+            cmdline=cmdline,
+            network_mode=spec.network.mode,
+            network_restrict=spec.network.restrict or self.settings.force_restrict_network,
+            ssh_port=row.ssh_port,
+            uuid=row.id,
+        )
+
+    # ------------------------------------------------------------------ reconcile
+    def _reconcile(self, row: InstanceRow) -> InstanceRow:
+        """Make the recorded state match reality: a dead QEMU is crashed, not running."""
+        if row.state not in LIVE_STATES:
+            return row
+        if not locks.is_free(self.paths.locks, row.name):
+            return row  # another command is working on it right now
+        power = self.driver.power_state(row.id)
+        new_state: VMState | None = None
+        error: str | None = None
+        if power == PowerState.RUNNING and row.state != VMState.RUNNING:
+            new_state = VMState.RUNNING
+        elif power == PowerState.PAUSED and row.state != VMState.PAUSED:
+            new_state = VMState.PAUSED
+        elif power == PowerState.SHUTDOWN:
+            # The guest powered itself off; QEMU waits (-no-shutdown) to be reaped.
+            self.driver.force_stop(row.id)
+            self.driver.cleanup(row.id)
+            new_state = VMState.STOPPED
+            self._event(row.name, "stopped", "the guest powered off")
+        elif power in (PowerState.GONE, PowerState.ABSENT, PowerState.FAILED):
+            self.driver.force_stop(row.id)
+            self.driver.cleanup(row.id)
+            new_state = VMState.CRASHED
+            error = {
+                PowerState.GONE: "the QEMU process died unexpectedly",
+                PowerState.ABSENT: "the VM's runtime record is missing",
+                PowerState.FAILED: "the guest hit an internal error or panicked",
+            }[power]
+            self._event(row.name, "crashed", error)
+        if new_state is None:
+            return row
+        self._set_state(row.id, new_state, error)
+        with self.db.session() as s:
+            fresh = s.get(InstanceRow, row.id)
+        assert fresh is not None
+        return fresh
+
+    def recover(self) -> list[str]:
+        """Finish or roll back operations whose process died (lock free, still 'running')."""
+        notes: list[str] = []
+        with self.db.session() as s:
+            ops = s.scalars(select(OperationRow).where(OperationRow.status == "running")).all()
+        for op in ops:
+            if not locks.is_free(self.paths.locks, op.instance_name):
+                continue
+            with locks.hold(self.paths.locks, op.instance_name, wait=5):
+                with self.db.session() as s:
+                    fresh = s.get(OperationRow, op.id)
+                    if fresh is None or fresh.status != "running":
+                        continue
+                    row = s.get(InstanceRow, op.instance_id)
+                if op.kind in ("create", "delete") and row is not None:
+                    self._remove_everything(row)
+                    status = "rolled_back" if op.kind == "create" else "done"
+                    notes.append(
+                        f"{'rolled back' if op.kind == 'create' else 'finished'} the interrupted "
+                        f"{op.kind} of {op.instance_name}"
+                    )
+                elif row is not None:
+                    # start, stop, pause, resume: the truth is what the driver sees now
+                    self._settle_interrupted(row)
+                    status = "interrupted"
+                    notes.append(f"settled the interrupted {op.kind} of {op.instance_name}")
+                else:
+                    status = "interrupted"
+                self._finish_op(op.id, status, "the process running it died")
+                self._event(op.instance_name, "recovered", notes[-1] if notes else status, op.id)
+        return notes
+
+    def _settle_interrupted(self, row: InstanceRow) -> None:
+        power = self.driver.power_state(row.id)
+        if power == PowerState.RUNNING:
+            self._set_state(row.id, VMState.RUNNING)
+        elif power == PowerState.PAUSED:
+            self._set_state(row.id, VMState.PAUSED)
+        else:
+            self.driver.force_stop(row.id)
+            self.driver.cleanup(row.id)
+            self._set_state(row.id, VMState.STOPPED)
+
+    def _remove_everything(self, row: InstanceRow) -> None:
+        self.driver.force_stop(row.id)
+        self.driver.cleanup(row.id)
+        shutil.rmtree(self.paths.instance_dir(row.id), ignore_errors=True)
+        with self.db.session() as s:
+            existing = s.get(InstanceRow, row.id)
+            if existing is not None:
+                s.delete(existing)
+
+    # ------------------------------------------------------------------ reads
+    def instances(self) -> list[InstanceView]:
+        with self.db.session() as s:
+            rows = s.scalars(select(InstanceRow).order_by(InstanceRow.name)).all()
+        return [self._view(self._reconcile(r)) for r in rows]
+
+    def show(self, name: str) -> InstanceView:
+        return self._view(self._reconcile(self._row(name)))
+
+    def host(self, *, probe: bool = True) -> HostView:
+        cap = self._capacity()
+        accel, reason = "unknown", "not probed yet: the first VM start probes KVM"
+        if probe:
+            image = self.deps.images.get("tiny")
+            verdict = self.deps.accel(image)
+            accel, reason = verdict.accel, verdict.reason
+        with self.db.session() as s:
+            rows = s.scalars(select(InstanceRow)).all()
+        return HostView(
+            accel=accel,
+            accel_reason=reason,
+            qemu_version=self.deps.hypervisor_version(),
+            driver=self.driver.name,
+            host_cpus=cap.host_cpus,
+            host_memory=cap.host_memory,
+            cpu_limit=cap.cpu_limit,
+            memory_limit=cap.memory_limit,
+            cpus_used=cap.cpus_used,
+            memory_used=cap.memory_used,
+            instances=len(rows),
+            running=sum(1 for r in rows if r.state == VMState.RUNNING),
+            home=str(self.paths.home),
+        )
+
+    def serial_log(self, name: str) -> Path:
+        row = self._row(name)
+        return self.paths.instance_dir(row.id) / "serial.log"
+
+    def console_socket(self, name: str) -> Path:
+        row = self._reconcile(self._row(name))
+        self._require_state(row, {VMState.RUNNING, VMState.PAUSED}, "attach to its console")
+        runtime = self.driver.runtime(row.id)
+        assert runtime is not None
+        return runtime.console_socket
+
+    # ------------------------------------------------------------------ create
+    def create(
+        self, req: CreateRequest, *, start: bool = True, wait: bool = True,
+        progress: Progress | None = None,
+    ) -> InstanceView:  # fmt: skip
+        """Validate everything first, then record, make the disk, and boot."""
+        validate_name(req.name)
+        shape = resolve_shape(req.type, req.cpus, req.memory)
+        if req.network not in ("nat", "none"):
+            raise InvalidInput(
+                f"unknown network {req.network!r}", hint="use 'nat' or 'none' for now"
+            )
+        self._ensure_name_free(req.name)
+        image = self.deps.images.get(req.image, progress=progress)
+        if req.disk_size is not None and req.disk_size < image.min_disk_bytes:
+            raise InvalidInput(
+                f"disk size {format_size(req.disk_size)} is smaller than image {req.image} "
+                f"({format_size(image.min_disk_bytes)})",
+                hint=f"use --disk-size {format_size(image.min_disk_bytes).replace(' ', '')} "
+                "or more",
+            )
+        if start:
+            self._capacity().check(shape.cpus, shape.memory, name=req.name)
+        network = NetworkSpec(
+            mode="none" if req.network == "none" else "nat",
+            restrict=req.restrict_network,
+        )
+        spec = InstanceSpec(
+            name=req.name,
+            image=req.image,
+            type=shape.name,
+            cpus=shape.cpus,
+            memory=shape.memory,
+            disk_size=req.disk_size,
+            network=network,
+        )
+        from cloudlet.host.resources import free_loopback_port
+
+        ssh_port = free_loopback_port() if network.mode == "nat" and network.ssh_forward else None
+        with self._lock(req.name):
+            self._ensure_name_free(req.name)
+            row = InstanceRow(
+                id=str(uuid.uuid4()),
+                name=req.name,
+                state=VMState.CREATING.value,
+                spec_json=spec.model_dump_json(),
+                image=req.image,
+                image_path=str(image.path),
+                type_name=shape.name,
+                cpus=shape.cpus,
+                memory=shape.memory,
+                disk_size=req.disk_size or image.min_disk_bytes,
+                arch=spec.arch,
+                location=spec.location,
+                ssh_port=ssh_port,
+            )
+            with self.db.session() as s:
+                s.add(row)
+            try:
+                # One operation from the row to the first boot: a create killed at any
+                # point is rolled back whole by the next command.
+                with self._operation(row, "create") as op_id:
+                    instance_dir = self.paths.instance_dir(row.id)
+                    instance_dir.mkdir(parents=True)
+                    disk = instance_dir / "disk.qcow2"
+                    self.deps.disks.create_overlay(image, disk, req.disk_size)
+                    actual = self.deps.disks.virtual_size(disk)
+                    with self.db.session() as s:
+                        fresh = s.get(InstanceRow, row.id)
+                        assert fresh is not None
+                        fresh.disk_size = actual
+                        fresh.state = VMState.STOPPED.value
+                    self._event(row.name, "created", f"created from image {req.image}", op_id)
+                    if start:
+                        self._boot(self._row(req.name), wait=wait, op_id=op_id)
+            except BaseException:
+                self._remove_everything(row)
+                raise
+        return self.show(req.name)
+
+    def _ensure_name_free(self, name: str) -> None:
+        with self.db.session() as s:
+            exists = s.scalar(select(InstanceRow.id).where(InstanceRow.name == name))
+        if exists is not None:
+            raise Conflict(
+                f"a VM named {name!r} already exists",
+                hint="pick another name or delete the old VM first",
+            )
+
+    # ------------------------------------------------------------------ power
+    def _require_state(self, row: InstanceRow, allowed: set[VMState], action: str) -> None:
+        if row.state not in allowed:
+            raise Conflict(
+                f"cannot {action} {row.name}: it is {row.state}",
+                hint=_state_hint(row.state),
+            )
+
+    def start(self, name: str, *, wait: bool = True) -> ActionResult:
+        with self._lock(name):
+            row = self._reconcile_locked(self._row(name))
+            if row.state == VMState.RUNNING:
+                return ActionResult(self._view(row), False, f"{name} is already running")
+            self._require_state(row, set(STARTABLE_STATES), "start")
+            with self._operation(row, "start") as op_id:
+                self._boot(row, wait=wait, op_id=op_id)
+            return ActionResult(self.show(name), True, f"{name} is running")
+
+    def _boot(self, row: InstanceRow, *, wait: bool, op_id: int) -> None:
+        """Check capacity, launch QEMU, wait for the agent; the caller holds the VM's lock."""
+        image = Image.load(Path(row.image_path))
+        verdict = self.deps.accel(image)
+        with locks.hold(self.paths.locks, HOST_LOCK, what="host capacity"):
+            self._capacity(exclude=row.id).check(row.cpus, row.memory, name=row.name)
+            self._set_state(row.id, VMState.STARTING)
+        try:
+            self.driver.force_stop(row.id)  # a crashed VM may leave a stuck process
+            self.driver.cleanup(row.id)
+            config = self._launch_config(row, image, verdict.accel)
+            with self.db.session() as s:
+                fresh = s.get(InstanceRow, row.id)
+                assert fresh is not None
+                fresh.accel = verdict.accel
+            self.driver.start(config)
+            self._set_state(row.id, VMState.RUNNING)
+            if wait:
+                self.driver.wait_agent(row.id, self.agent_timeout)
+        except BaseException as exc:
+            self.driver.force_stop(row.id)
+            self.driver.cleanup(row.id)
+            message = exc.one_line() if isinstance(exc, CloudletError) else repr(exc)
+            self._set_state(row.id, VMState.ERROR, message)
+            raise
+        self._event(row.name, "started", f"started with {verdict.accel}", op_id)
+
+    def _reconcile_locked(self, row: InstanceRow) -> InstanceRow:
+        """Reconcile while we hold the VM's lock (the lock check in _reconcile would see us)."""
+        if row.state not in LIVE_STATES:
+            return row
+        power = self.driver.power_state(row.id)
+        if power in (PowerState.RUNNING, PowerState.PAUSED):
+            state = VMState.RUNNING if power == PowerState.RUNNING else VMState.PAUSED
+            if row.state != state:
+                self._set_state(row.id, state)
+        else:
+            self.driver.force_stop(row.id)
+            self.driver.cleanup(row.id)
+            crashed = power != PowerState.SHUTDOWN
+            self._set_state(
+                row.id,
+                VMState.CRASHED if crashed else VMState.STOPPED,
+                "the QEMU process died unexpectedly" if crashed else None,
+            )
+        return self._row(row.name)
+
+    def stop(self, name: str, *, force: bool = False, timeout: float | None = None) -> ActionResult:
+        """ACPI power button, wait, then quit/kill; ``force`` skips the wait."""
+        timeout = self.settings.stop_timeout if timeout is None else timeout
+        with self._lock(name):
+            row = self._reconcile_locked(self._row(name))
+            if row.state in (VMState.STOPPED, VMState.CRASHED, VMState.ERROR):
+                return ActionResult(self._view(row), False, f"{name} is already {row.state}")
+            self._require_state(row, {VMState.RUNNING, VMState.PAUSED}, "stop")
+            self._set_state(row.id, VMState.STOPPING)
+            how = "forced"
+            with self._operation(row, "stop") as op_id:
+                if not force:
+                    if row.state == VMState.PAUSED:
+                        self.driver.resume(row.id)  # a paused guest cannot see the button
+                    self.driver.request_shutdown(row.id)
+                    if self.driver.wait_shutdown(row.id, timeout):
+                        how = "graceful"
+                self.driver.force_stop(row.id)
+                self.driver.cleanup(row.id)
+                self._set_state(row.id, VMState.STOPPED)
+                self._event(name, "stopped", f"{how} stop", op_id)
+            message = f"{name} stopped" + (
+                ""
+                if how == "graceful" or force
+                else f" (forced: the guest ignored the power button for {timeout:.0f} s)"
+            )
+            return ActionResult(self.show(name), True, message)
+
+    def restart(self, name: str, *, force: bool = False, wait: bool = True) -> ActionResult:
+        self.stop(name, force=force)
+        self.start(name, wait=wait)
+        return ActionResult(self.show(name), True, f"{name} restarted")
+
+    def pause(self, name: str) -> ActionResult:
+        """Freeze the vCPUs; memory stays allocated and counted."""
+        return self._freeze(name, pause=True)
+
+    def resume(self, name: str) -> ActionResult:
+        return self._freeze(name, pause=False)
+
+    def _freeze(self, name: str, *, pause: bool) -> ActionResult:
+        source, target = (VMState.RUNNING, VMState.PAUSED)[:: 1 if pause else -1]
+        kind = "pause" if pause else "resume"
+        with self._lock(name):
+            row = self._reconcile_locked(self._row(name))
+            if row.state == target:
+                return ActionResult(self._view(row), False, f"{name} is already {target}")
+            self._require_state(row, {source}, kind)
+            with self._operation(row, kind) as op_id:
+                (self.driver.pause if pause else self.driver.resume)(row.id)
+                self._set_state(row.id, target)
+                self._event(name, f"{kind}d", f"vCPUs {'stopped' if pause else 'running'}", op_id)
+            return ActionResult(self.show(name), True, f"{name} {kind}d")
+
+    def delete(self, name: str) -> str:
+        """Stop (forced) and remove the VM, its overlay, sockets and records."""
+        with self._lock(name):
+            row = self._row(name)
+            with self._operation(row, "delete") as op_id:
+                self._set_state(row.id, VMState.DELETING)
+                self._remove_everything(row)
+                self._event(name, "deleted", "VM and its disk removed", op_id)
+        return f"{name} deleted"
+
+    # ------------------------------------------------------------------ guest
+    def exec(
+        self, name: str, argv: list[str], *, stdin: bytes | None = None, timeout: float = 600.0
+    ) -> ExecResult:
+        if not argv:
+            raise InvalidInput("no command given", hint="use: cloudlet exec NAME -- COMMAND [ARGS]")
+        row = self._reconcile(self._row(name))
+        self._require_state(row, {VMState.RUNNING}, "run a command in")
+        return self.driver.exec(row.id, argv, stdin=stdin, timeout=timeout)
+
+    def guest_info(self, name: str) -> GuestInfo:
+        row = self._reconcile(self._row(name))
+        self._require_state(row, {VMState.RUNNING}, "ask the guest agent of")
+        return self.driver.guest_info(row.id)
+
+
+def _state_hint(state: str) -> str:
+    return {
+        VMState.STOPPED: "start it with 'cloudlet start'",
+        VMState.PAUSED: "resume it with 'cloudlet resume'",
+        VMState.RUNNING: "stop it first with 'cloudlet stop'",
+        VMState.CRASHED: "start it again with 'cloudlet start', see 'cloudlet logs'",
+        VMState.ERROR: "see 'cloudlet show' for the error, then 'cloudlet start' or 'delete'",
+        VMState.CREATING: "wait for the create to finish",
+        VMState.STARTING: "wait for the start to finish",
+        VMState.STOPPING: "wait for the stop to finish",
+    }.get(VMState(state), "try again later")

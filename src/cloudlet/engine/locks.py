@@ -1,0 +1,56 @@
+"""Per-VM locks across processes (flock): two CLIs never act on one VM at once.
+
+flock locks vanish with their process, so a CLI killed with SIGKILL never leaves
+a VM locked.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from cloudlet.errors import Busy
+
+DEFAULT_WAIT = 300.0
+
+
+@contextmanager
+def hold(lock_dir: Path, key: str, *, wait: float = DEFAULT_WAIT, what: str = "") -> Iterator[None]:
+    """Hold the lock named ``key``, waiting up to ``wait`` seconds for another holder."""
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_dir / f"{key}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise Busy(
+                        f"{what or key} is busy with another cloudlet command",
+                        hint="wait for it to finish and try again",
+                    ) from None
+                time.sleep(0.05)
+        yield
+    finally:
+        os.close(fd)
+
+
+def is_free(lock_dir: Path, key: str) -> bool:
+    """True when nobody holds the lock right now (used to spot abandoned operations)."""
+    path = lock_dir / f"{key}.lock"
+    if not path.exists():
+        return True
+    fd = os.open(path, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+    return True

@@ -1,0 +1,53 @@
+"""What the engine hands to frontends: plain data, ready to render or serialise."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any
+
+
+@dataclass(frozen=True)
+class InstanceView:
+    id: str
+    name: str
+    state: str
+    type: str
+    cpus: int
+    memory: int
+    disk_size: int
+    image: str
+    arch: str
+    location: str
+    accel: str | None
+    ssh_port: int | None
+    pid: int | None
+    created_at: datetime
+    last_error: str | None
+    network: dict[str, Any]
+    paths: dict[str, str]
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["created_at"] = self.created_at.isoformat() + "Z"
+        return data
+
+
+@dataclass(frozen=True)
+class HostView:
+    accel: str
+    accel_reason: str
+    qemu_version: str
+    driver: str
+    host_cpus: int
+    host_memory: int
+    cpu_limit: int
+    memory_limit: int
+    cpus_used: int
+    memory_used: int
+    instances: int
+    running: int
+    home: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
