@@ -1,0 +1,279 @@
+"""The `cloudlet` command: parse, call the engine, render. No policy lives here."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated, NoReturn
+
+import typer
+
+from cloudlet.cli import console as console_mod
+from cloudlet.cli import render
+from cloudlet.cli.render import Output, err, out
+from cloudlet.engine.engine import CreateRequest, Engine
+from cloudlet.engine.factory import open_engine
+from cloudlet.errors import CloudletError
+from cloudlet.spec.units import parse_size
+
+app = typer.Typer(
+    name="cloudlet",
+    help="Self-hosted cloud engine for virtual machines on QEMU.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+image_app = typer.Typer(help="Guest images.", no_args_is_help=True)
+app.add_typer(image_app, name="image")
+
+OutputOpt = Annotated[Output, typer.Option("--output", "-o", help="table or json")]
+NameArg = Annotated[str, typer.Argument(help="VM name")]
+
+
+def _engine() -> Engine:
+    return open_engine()
+
+
+def _progress(message: str) -> None:
+    err.print(f"[dim]{message}[/]")
+
+
+@app.command()
+def create(
+    name: NameArg,
+    image: Annotated[str, typer.Option("--image", "-i", help="image name")] = "tiny",
+    type_: Annotated[
+        str | None, typer.Option("--type", "-t", help="machine type (see 'cloudlet types')")
+    ] = None,
+    cpus: Annotated[int | None, typer.Option(help="vCPUs (custom shape)")] = None,
+    memory: Annotated[str | None, typer.Option(help="memory, e.g. 2G (custom shape)")] = None,
+    disk_size: Annotated[str | None, typer.Option(help="root disk size, e.g. 20G")] = None,
+    network: Annotated[str, typer.Option(help="nat or none")] = "nat",
+    restrict_network: Annotated[
+        bool, typer.Option("--restrict-network", help="NAT without any way out (restrict=on)")
+    ] = False,
+    no_start: Annotated[bool, typer.Option("--no-start", help="create stopped")] = False,
+    no_wait: Annotated[
+        bool, typer.Option("--no-wait", help="return once QEMU runs, before the guest agent")
+    ] = False,
+    output: OutputOpt = Output.table,
+) -> None:
+    """Create a VM from an image and start it."""
+    request = CreateRequest(
+        name=name,
+        image=image,
+        type=type_,
+        cpus=cpus,
+        memory=parse_size(memory, what="memory", default_unit="M") if memory else None,
+        disk_size=parse_size(disk_size, what="disk size", default_unit="G") if disk_size else None,
+        network=network,
+        restrict_network=restrict_network,
+    )
+    with err.status(f"creating {name} ..."):
+        vm = _engine().create(request, start=not no_start, wait=not no_wait, progress=_progress)
+    if output == Output.json:
+        render.print_json(vm.to_dict())
+    else:
+        err.print(f"[green]{name}[/] is {vm.state}")
+        render.instances_table([vm])
+
+
+@app.command("list")
+def list_(output: OutputOpt = Output.table) -> None:
+    """List VMs."""
+    items = _engine().instances()
+    if output == Output.json:
+        render.print_json([vm.to_dict() for vm in items])
+    else:
+        render.instances_table(items)
+
+
+@app.command()
+def show(name: NameArg, output: OutputOpt = Output.table) -> None:
+    """Everything about one VM."""
+    vm = _engine().show(name)
+    if output == Output.json:
+        render.print_json(vm.to_dict())
+    else:
+        render.instance_detail(vm)
+
+
+@app.command()
+def start(
+    name: NameArg,
+    no_wait: Annotated[bool, typer.Option("--no-wait", help="do not wait for the agent")] = False,
+) -> None:
+    """Start a stopped VM (waits until its guest agent answers)."""
+    with err.status(f"starting {name} ..."):
+        result = _engine().start(name, wait=not no_wait)
+    err.print(result.message)
+
+
+@app.command()
+def stop(
+    name: NameArg,
+    force: Annotated[bool, typer.Option("--force", "-f", help="stop now, no ACPI")] = False,
+    timeout: Annotated[
+        float | None, typer.Option(help="seconds to wait for the guest before forcing")
+    ] = None,
+) -> None:
+    """Stop a VM: ACPI power button, then forced after the timeout."""
+    with err.status(f"stopping {name} ..."):
+        result = _engine().stop(name, force=force, timeout=timeout)
+    err.print(result.message)
+
+
+@app.command()
+def restart(
+    name: NameArg,
+    force: Annotated[bool, typer.Option("--force", "-f", help="forced stop")] = False,
+) -> None:
+    """Stop and start a VM."""
+    with err.status(f"restarting {name} ..."):
+        result = _engine().restart(name, force=force)
+    err.print(result.message)
+
+
+@app.command()
+def pause(name: NameArg) -> None:
+    """Freeze a VM's vCPUs (memory stays allocated)."""
+    err.print(_engine().pause(name).message)
+
+
+@app.command()
+def resume(name: NameArg) -> None:
+    """Unfreeze a paused VM."""
+    err.print(_engine().resume(name).message)
+
+
+@app.command()
+def delete(names: Annotated[list[str], typer.Argument(help="VM names")]) -> None:
+    """Delete VMs: QEMU, disk overlay, sockets and records."""
+    engine = _engine()
+    for name in names:
+        err.print(engine.delete(name))
+
+
+@app.command(
+    "exec",
+    context_settings={"allow_interspersed_args": False},
+)
+def exec_(
+    name: NameArg,
+    command: Annotated[list[str], typer.Argument(help="the command, after --")],
+    interactive: Annotated[
+        bool, typer.Option("--interactive", "-i", help="send this command's stdin to the program")
+    ] = False,
+    timeout: Annotated[float, typer.Option(help="seconds before giving up")] = 600.0,
+) -> None:
+    """Run a command inside the guest through its agent; its output and exit code are returned."""
+    if command and command[0] == "--":
+        command = command[1:]
+    stdin = sys.stdin.buffer.read() if interactive else None
+    result = _engine().exec(name, command, stdin=stdin, timeout=timeout)
+    sys.stdout.buffer.write(result.stdout)
+    sys.stdout.flush()
+    sys.stderr.buffer.write(result.stderr)
+    sys.stderr.flush()
+    if result.truncated:
+        err.print("[yellow]warning: the guest agent truncated the output[/]")
+    raise typer.Exit(result.shell_code)
+
+
+@app.command()
+def console(name: NameArg) -> None:
+    """Attach to the serial console. Detach with Ctrl-]."""
+    path = _engine().console_socket(name)
+    if sys.stdin.isatty():
+        err.print(
+            f"[dim]connected to {name}'s serial console; detach with {console_mod.DETACH_KEY}[/]"
+        )
+    console_mod.attach(path)
+    if sys.stdin.isatty():
+        err.print(f"\r\n[dim]detached from {name}[/]")
+
+
+@app.command()
+def logs(
+    name: NameArg,
+    tail: Annotated[int | None, typer.Option("--tail", "-n", help="last N lines")] = None,
+) -> None:
+    """Print the serial console log."""
+    path = _engine().serial_log(name)
+    if not path.exists():
+        err.print(f"{name} has no serial log yet (it has not been started)")
+        return
+    data = path.read_bytes()
+    if tail is not None:
+        data = b"\n".join(data.splitlines()[-tail:]) + b"\n"
+    sys.stdout.buffer.write(data)
+
+
+@app.command()
+def types(output: OutputOpt = Output.table) -> None:
+    """The machine types: general-purpose, memory- and compute-optimized."""
+    items = render.all_types()
+    if output == Output.json:
+        render.print_json(render.types_json(items))
+        return
+    host = _engine().host(probe=False)
+    render.types_table(items, host.host_cpus, host.host_memory)
+
+
+@app.command()
+def host(
+    output: OutputOpt = Output.table,
+    reprobe: Annotated[bool, typer.Option(help="probe KVM again")] = False,
+) -> None:
+    """The accelerator in use (and why), QEMU version, capacity used and free."""
+    engine = _engine()
+    if reprobe:
+        (engine.paths.home / "host" / "accel.json").unlink(missing_ok=True)
+    with err.status("checking the host ..."):
+        view = engine.host(probe=True)
+    if output == Output.json:
+        render.print_json(view.to_dict())
+    else:
+        render.host_detail(view)
+
+
+@image_app.command("list")
+def image_list(output: OutputOpt = Output.table) -> None:
+    """Images available to 'cloudlet create --image'."""
+    names = _engine().deps.images.names()
+    if output == Output.json:
+        render.print_json(names)
+    else:
+        for name in names:
+            out.print(name)
+
+
+@image_app.command("build")
+def image_build(name: Annotated[str, typer.Argument(help="built-in image name")] = "tiny") -> None:
+    """Build (or find cached) a built-in image."""
+    image = _engine().deps.images.get(name, progress=_progress)
+    err.print(f"{image.name}: {image.os} at {image.path}")
+
+
+def fail(error: CloudletError) -> NoReturn:
+    err.print(f"[red]error:[/] {error.one_line()}")
+    sys.exit(error.exit_code)
+
+
+def main() -> None:
+    """Entry point: every CloudletError becomes one line and its exit code."""
+    try:
+        app()
+    except CloudletError as error:
+        fail(error)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)
+    except Exception as exc:
+        if os.environ.get("CLOUDLET_DEBUG"):
+            raise
+        err.print(
+            f"[red]error:[/] internal error ({type(exc).__name__}: {exc}): "
+            "run again with CLOUDLET_DEBUG=1 for the traceback and report it"
+        )
+        sys.exit(1)

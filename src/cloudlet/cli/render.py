@@ -1,0 +1,125 @@
+"""Rendering engine results for a terminal (Rich tables) or as JSON (-o json)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from enum import StrEnum
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from cloudlet.engine.views import HostView, InstanceView
+from cloudlet.spec.machine_types import CATALOG, MachineType
+from cloudlet.spec.units import format_size
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+STATE_STYLE = {
+    "running": "green",
+    "paused": "yellow",
+    "stopped": "dim",
+    "crashed": "red",
+    "error": "red",
+}
+
+
+class Output(StrEnum):
+    table = "table"
+    json = "json"
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def _cpus(n: int) -> str:
+    return f"{n} vCPU" + ("s" if n != 1 else "")
+
+
+def instances_table(items: list[InstanceView]) -> None:
+    if not items:
+        err.print("no VMs yet: create one with 'cloudlet create NAME'")
+        return
+    table = Table(box=None, pad_edge=False)
+    for column in ("NAME", "STATE", "TYPE", "VCPUS", "MEMORY", "DISK", "IMAGE", "SSH", "ACCEL"):
+        table.add_column(column)
+    for vm in items:
+        style = STATE_STYLE.get(vm.state, "")
+        table.add_row(
+            vm.name,
+            f"[{style}]{vm.state}[/]" if style else vm.state,
+            vm.type,
+            _cpus(vm.cpus),
+            format_size(vm.memory),
+            format_size(vm.disk_size),
+            vm.image,
+            f"127.0.0.1:{vm.ssh_port}" if vm.ssh_port else "-",
+            vm.accel or "-",
+        )
+    out.print(table)
+
+
+def instance_detail(vm: InstanceView) -> None:
+    rows: list[tuple[str, str]] = [
+        ("Name", vm.name),
+        ("ID", vm.id),
+        ("State", vm.state),
+        ("Type", f"{vm.type} ({_cpus(vm.cpus)}, {format_size(vm.memory)})"),
+        ("Disk", format_size(vm.disk_size)),
+        ("Image", vm.image),
+        ("Architecture", f"{vm.arch} (fixed)"),
+        ("Location", f"{vm.location} (fixed)"),
+        ("Accelerator", vm.accel or "-"),
+        ("Network", f"{vm.network['mode']}" + (" (restricted)" if vm.network["restrict"] else "")),
+        ("SSH forward", f"127.0.0.1:{vm.ssh_port} -> 22" if vm.ssh_port else "-"),
+        ("QEMU pid", str(vm.pid) if vm.pid else "-"),
+        ("Created", vm.created_at.strftime("%Y-%m-%d %H:%M:%S UTC")),
+    ]
+    if vm.last_error:
+        rows.append(("Last error", vm.last_error))
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        out.print(f"[bold]{key:<{width}}[/]  {value}")
+
+
+def types_table(types: list[MachineType], host_cpus: int, host_memory: int) -> None:
+    table = Table(box=None, pad_edge=False)
+    for column in ("TYPE", "FAMILY", "VCPUS", "MEMORY", "SHARE OF HOST"):
+        table.add_column(column)
+    for t in types:
+        share = max(t.cpus / host_cpus, t.memory / host_memory)
+        table.add_row(t.name, t.family_title, str(t.cpus), format_size(t.memory), f"{share:.0%}")
+    out.print(table)
+    err.print("custom shapes: --cpus N --memory SIZE (with or without --type)")
+
+
+def types_json(types: list[MachineType]) -> list[dict[str, Any]]:
+    return [
+        {"name": t.name, "family": t.family_title, "cpus": t.cpus, "memory": t.memory}
+        for t in types
+    ]
+
+
+def host_detail(host: HostView) -> None:
+    rows = [
+        ("Accelerator", f"{host.accel}: {host.accel_reason}"),
+        ("QEMU", host.qemu_version),
+        ("Driver", host.driver),
+        ("vCPUs", f"{host.cpus_used} used of {host.cpu_limit} "
+                  f"({host.host_cpus} cores x overcommit), {host.cpu_limit - host.cpus_used} free"),
+        ("Memory", f"{format_size(host.memory_used)} used of {format_size(host.memory_limit)} "
+                   f"(RAM {format_size(host.host_memory)} minus reserve), "
+                   f"{format_size(max(0, host.memory_limit - host.memory_used))} free"),
+        ("VMs", f"{host.instances} ({host.running} running)"),
+        ("State directory", host.home),
+    ]  # fmt: skip
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        out.print(f"[bold]{key:<{width}}[/]  {value}")
+
+
+def all_types() -> list[MachineType]:
+    return list(CATALOG.values())
