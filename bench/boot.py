@@ -1,0 +1,159 @@
+"""Boot benchmark: `cloudlet start` to guest-agent-ready, beside a bare QEMU command.
+
+Both boot the same `tiny` kernel, initramfs and root disk with the same shape; the
+bare run is a hand-written `qemu-system-x86_64` command whose agent socket this
+script polls itself. Rounds alternate so drift hits both sides alike.
+
+    .venv/bin/python bench/boot.py --rounds 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+AGENT_PORT = "org.qemu.guest_agent.0"
+
+
+def agent_ready(path: Path, deadline: float) -> None:
+    """Poll a qemu-ga socket until guest-sync answers."""
+    request = json.dumps({"execute": "guest-sync", "arguments": {"id": 4242}}).encode() + b"\n"
+    while time.monotonic() < deadline:
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(0.5)
+                sock.connect(str(path))
+                sock.sendall(request)
+                data = b""
+                while b"4242" not in data:
+                    chunk = sock.recv(4096)
+                    if not chunk:
+                        break
+                    data += chunk
+                if b"4242" in data:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.02)
+    raise TimeoutError("agent did not answer")
+
+
+def bare_boot(image: dict[str, str], accel: str, workdir: Path) -> float:
+    overlay = workdir / "bare.qcow2"
+    overlay.unlink(missing_ok=True)
+    subprocess.run(
+        [
+            "qemu-img",
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            image["disk"],
+            "-F",
+            "qcow2",
+            str(overlay),
+        ],
+        check=True,
+    )
+    qga = workdir / "qga.sock"
+    argv = [
+        "qemu-system-x86_64", "-machine", f"q35,accel={accel}",
+        "-cpu", "max" if accel == "tcg" else "host",
+        "-smp", "1", "-m", "1024M", "-nodefaults", "-no-user-config", "-display", "none",
+        "-kernel", image["kernel"], "-initrd", image["initrd"], "-append", image["cmdline"],
+        "-drive", f"file={overlay},format=qcow2,if=virtio",
+        "-chardev", f"socket,id=qga0,path={qga},server=on,wait=off",
+        "-device", "virtio-serial-pci", "-device", f"virtserialport,chardev=qga0,name={AGENT_PORT}",
+        "-netdev", "user,id=n0,restrict=on", "-device", "virtio-net-pci,netdev=n0",
+        "-device", "virtio-rng-pci", "-serial", "null",
+    ]  # fmt: skip
+    started = time.monotonic()
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        agent_ready(qga, started + 300)
+        return time.monotonic() - started
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def cloudlet(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "CLOUDLET_HOME": str(home), "CLOUDLET_FORCE_RESTRICT_NETWORK": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "cloudlet", *args],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+
+
+def cloudlet_boot(home: Path) -> float:
+    started = time.monotonic()
+    cloudlet(home, "start", "bench")
+    elapsed = time.monotonic() - started
+    cloudlet(home, "stop", "bench", "--force")
+    return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    home = Path(tempfile.mkdtemp(prefix="cl-bench-", dir="/tmp"))
+    shared = os.environ.get("CLOUDLET_TEST_CACHE", "/var/cache/cloudlet-test")
+    try:
+        if Path(shared, "state", "images").exists():
+            (home / "images").symlink_to(Path(shared, "state", "images"))
+            (home / "cache").symlink_to(Path(shared, "state", "cache"))
+        cloudlet(home, "create", "bench", "--type", "gp.small", "--no-start")
+        vm = json.loads(cloudlet(home, "show", "bench", "-o", "json").stdout)
+        meta_dir = Path(vm["paths"]["image"])
+        meta = json.loads((meta_dir / "image.json").read_text())
+        image = {
+            "disk": str(meta_dir / meta["disk"]),
+            "kernel": str(meta_dir / meta["kernel"]),
+            "initrd": str(meta_dir / meta["initrd"]),
+            "cmdline": meta["cmdline"] + " cloudlet.hostname=bench",
+        }
+        host = json.loads(cloudlet(home, "host", "-o", "json").stdout)
+        accel = host["accel"]
+        bare_times: list[float] = []
+        cloudlet_times: list[float] = []
+        for n in range(args.rounds):
+            bare_times.append(bare_boot(image, accel, home))
+            cloudlet_times.append(cloudlet_boot(home))
+            print(
+                f"round {n + 1}: bare qemu {bare_times[-1]:.2f} s   "
+                f"cloudlet start {cloudlet_times[-1]:.2f} s",
+                flush=True,
+            )
+        bare, ours = statistics.median(bare_times), statistics.median(cloudlet_times)
+        print(f"\naccelerator: {accel}   rounds: {args.rounds}   (start -> guest agent answers)")
+        print(f"{'':16}{'median':>10}{'min':>10}{'max':>10}")
+        for label, times in (("bare qemu", bare_times), ("cloudlet start", cloudlet_times)):
+            print(
+                f"{label:16}{statistics.median(times):>9.2f}s{min(times):>9.2f}s{max(times):>9.2f}s"
+            )
+        print(f"ratio cloudlet/bare: {ours / bare:.3f}  (overhead {100 * (ours / bare - 1):+.1f}%)")
+    finally:
+        subprocess.run(
+            [sys.executable, "-m", "cloudlet", "delete", "bench"],
+            env={**os.environ, "CLOUDLET_HOME": str(home)},
+            capture_output=True,
+        )
+        shutil.rmtree(home, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

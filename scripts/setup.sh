@@ -1,0 +1,33 @@
+#!/bin/sh
+# Set up cloudlet on Debian 12 as root: host packages, a virtualenv, the package itself.
+#   scripts/setup.sh          what running VMs needs
+#   scripts/setup.sh --dev    plus the test and lint tools
+set -eu
+cd "$(dirname "$0")/.."
+
+export DEBIAN_FRONTEND=noninteractive
+# qemu: the hypervisor; apt, dpkg, e2fsprogs, gzip: build the default image from Debian packages
+packages="qemu-system-x86 qemu-utils python3 python3-venv e2fsprogs gzip ca-certificates"
+missing=""
+for p in $packages; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+done
+# The image builder runs `apt-get download`, which needs package lists.
+if [ -n "$missing" ] || [ -z "$(ls /var/lib/apt/lists/ 2>/dev/null | grep -v -e lock -e partial -e auxfiles)" ]; then
+    apt-get update -qq
+fi
+if [ -n "$missing" ]; then
+    apt-get install -y -qq --no-install-recommends $missing >/dev/null
+fi
+
+if [ ! -x .venv/bin/python ]; then
+    python3 -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null
+if [ "${1:-}" = "--dev" ]; then
+    .venv/bin/pip install -q -r requirements-dev.lock
+else
+    .venv/bin/pip install -q -r requirements.lock
+fi
+.venv/bin/pip install -q --no-deps -e .
+echo "cloudlet is set up: .venv/bin/cloudlet"

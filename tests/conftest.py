@@ -1,0 +1,100 @@
+"""Shared fixtures: a subprocess guard for unit tests, fake and real engines."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from cloudlet.host import run as host_run
+
+
+class SubprocessForbidden(AssertionError):
+    pass
+
+
+def _forbid(argv: Sequence[str]) -> None:
+    raise SubprocessForbidden(f"unit test tried to run {list(argv)!r}; mark it integration")
+
+
+@pytest.fixture(autouse=True)
+def _subprocess_guard(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[None]:
+    """Unit tests may not start processes; integration tests may."""
+    if request.node.get_closest_marker("integration") is not None:
+        yield
+        return
+    host_run.set_guard(_forbid)
+
+    class _NoPopen(subprocess.Popen):  # type: ignore[type-arg]
+        def __init__(self, args: object, *a: object, **k: object) -> None:
+            raise SubprocessForbidden(f"unit test tried to start {args!r}; mark it integration")
+
+    monkeypatch.setattr(subprocess, "Popen", _NoPopen)
+    try:
+        yield
+    finally:
+        host_run.set_guard(None)
+
+
+@pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    """A short temporary directory (unix socket paths must stay under 108 bytes)."""
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix="cl-", dir="/tmp"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- real QEMU, shared per session
+TEST_CACHE = Path(os.environ.get("CLOUDLET_TEST_CACHE", "/var/cache/cloudlet-test"))
+
+
+@pytest.fixture(scope="session")
+def shared_state() -> Path:
+    """A state directory whose built images and KVM verdict every real-QEMU test reuses.
+
+    Lives in CLOUDLET_TEST_CACHE so images are built once per machine, not per run.
+    """
+    from cloudlet.config import Paths, Settings
+    from cloudlet.engine.factory import accel_for
+    from cloudlet.images.store import ImageStore
+
+    TEST_CACHE.mkdir(parents=True, exist_ok=True)
+    settings = Settings(paths=Paths(TEST_CACHE / "state"))
+    settings.paths.ensure()
+    image = ImageStore(settings.paths.images, settings.paths.cache / "debs").get("tiny")
+    accel_for(settings)(image)  # probe KVM once (cached in host/accel.json)
+    return settings.paths.home
+
+
+@pytest.fixture
+def cloudlet_home(shared_state: Path, short_tmp: Path) -> Iterator[Path]:
+    """A fresh state directory per test that shares the session's images and KVM verdict."""
+    home = short_tmp / "h"
+    home.mkdir()
+    (home / "images").symlink_to(shared_state / "images")
+    (home / "cache").symlink_to(shared_state / "cache")
+    (home / "host").mkdir()
+    shutil.copy(shared_state / "host" / "accel.json", home / "host" / "accel.json")
+    yield home
+    _kill_leftover_vms(home)
+
+
+def _kill_leftover_vms(home: Path) -> None:
+    """Stop, by recorded pid, any QEMU a failed test left behind."""
+    from cloudlet.driver.qemu.runtime import read_record
+    from cloudlet.host import processes
+
+    for run_dir in (home / "run").glob("*"):
+        info = read_record(run_dir)
+        if info is not None:
+            processes.kill_and_wait(info.pid, info.pid_start)

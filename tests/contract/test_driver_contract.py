@@ -1,0 +1,112 @@
+"""One suite, two drivers: the fake must behave like real QEMU where the engine can tell."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from cloudlet.driver.base import Driver, LaunchConfig, PowerState
+from cloudlet.errors import CloudletError
+
+
+@dataclass
+class Target:
+    driver: Driver
+    config: LaunchConfig
+
+
+def _config(home: Path, accel: str, image_dir: Path | None) -> LaunchConfig:
+    instance_id = str(uuid.uuid4())
+    return LaunchConfig(
+        instance_id=instance_id,
+        name="contract",
+        arch="x86_64",
+        accel=accel,
+        cpus=2,
+        memory_mib=512,
+        disk=home / "disk.qcow2",
+        disk_format="qcow2",
+        runtime_dir=home / "run" / instance_id,
+        serial_log=home / "serial.log",
+        kernel=image_dir / "vmlinuz" if image_dir else None,
+        initrd=image_dir / "initrd.img" if image_dir else None,
+        network_restrict=True,
+    )
+
+
+@pytest.fixture(params=["fake", pytest.param("qemu", marks=pytest.mark.integration)])
+def target(request: pytest.FixtureRequest, short_tmp: Path) -> Iterator[Target]:
+    if request.param == "fake":
+        from cloudlet.driver.fake.driver import FakeDriver
+
+        yield Target(FakeDriver(), _config(short_tmp, "tcg", None))
+        return
+    from cloudlet.config import Paths
+    from cloudlet.driver.qemu.driver import QemuDriver
+    from cloudlet.host.kvm import AccelVerdict
+    from cloudlet.images.store import ImageStore
+    from cloudlet.storage.qcow2 import create_overlay
+
+    shared: Path = request.getfixturevalue("shared_state")
+    paths = Paths(shared)
+    image = ImageStore(paths.images, paths.cache / "debs").get("tiny")
+    verdict = AccelVerdict(**__import__("json").loads((shared / "host" / "accel.json").read_text()))
+    config = _config(short_tmp, verdict.accel, image.path)
+    config = LaunchConfig(**{**config.__dict__, "cmdline": image.cmdline})
+    create_overlay(image.disk, image.disk_format, config.disk)
+    driver = QemuDriver(short_tmp / "run")
+    try:
+        yield Target(driver, config)
+    finally:
+        driver.force_stop(config.instance_id)
+        driver.cleanup(config.instance_id)
+
+
+def test_lifecycle(target: Target) -> None:
+    d, cfg = target.driver, target.config
+    iid = cfg.instance_id
+    assert d.power_state(iid) == PowerState.ABSENT and d.runtime(iid) is None
+    info = d.start(cfg)
+    assert info.pid > 0 and d.runtime(iid) == info
+    assert d.power_state(iid) == PowerState.RUNNING
+    d.wait_agent(iid, 180)
+    assert d.exec(iid, ["nproc"], timeout=60).stdout.strip() == b"2"
+    failing = d.exec(iid, ["sh", "-c", "exit 3"], timeout=60)
+    assert failing.exit_code == 3 and failing.shell_code == 3
+    assert d.exec(iid, ["cat"], stdin=b"piped\n", timeout=60).stdout == b"piped\n"
+    d.pause(iid)
+    assert d.power_state(iid) == PowerState.PAUSED
+    d.resume(iid)
+    assert d.power_state(iid) == PowerState.RUNNING
+    d.request_shutdown(iid)
+    assert d.wait_shutdown(iid, 60)
+    assert d.power_state(iid) in (PowerState.SHUTDOWN, PowerState.GONE)
+    d.force_stop(iid)
+    with pytest.raises(CloudletError):
+        d.exec(iid, ["true"], timeout=5)
+    d.cleanup(iid)
+    assert d.power_state(iid) == PowerState.ABSENT
+    d.force_stop(iid)  # idempotent
+    d.cleanup(iid)
+
+
+def test_start_twice_is_refused_and_cleanup_needs_a_stopped_vm(target: Target) -> None:
+    d, cfg = target.driver, target.config
+    d.start(cfg)
+    with pytest.raises(CloudletError):
+        d.cleanup(cfg.instance_id)
+    d.force_stop(cfg.instance_id)
+    d.cleanup(cfg.instance_id)
+    assert d.power_state(cfg.instance_id) == PowerState.ABSENT
+
+
+def test_guest_info(target: Target) -> None:
+    d, cfg = target.driver, target.config
+    d.start(cfg)
+    d.wait_agent(cfg.instance_id, 180)
+    info = d.guest_info(cfg.instance_id)
+    assert info.agent_version

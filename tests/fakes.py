@@ -1,0 +1,71 @@
+"""Fake collaborators for engine unit tests: images, disks, accelerator."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from cloudlet.config import Paths, Settings
+from cloudlet.driver.fake.driver import FakeDriver
+from cloudlet.engine.deps import EngineDeps
+from cloudlet.engine.engine import Engine
+from cloudlet.errors import NotFound
+from cloudlet.host.kvm import AccelVerdict
+from cloudlet.images.store import Image, Progress
+from cloudlet.spec.units import GIB, MIB
+from cloudlet.store.database import Database
+
+
+class FakeImages:
+    """One image, 'tiny', of 256 MiB, as files in a directory."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.path = root / "tiny" / "v1"
+        self.path.mkdir(parents=True, exist_ok=True)
+        (self.path / "disk.qcow2").write_bytes(b"fake")
+        (self.path / "image.json").write_text(
+            json.dumps(
+                {
+                    "name": "tiny",
+                    "disk": "disk.qcow2",
+                    "kernel": "vmlinuz",
+                    "initrd": "initrd.img",
+                    "cmdline": "console=ttyS0",
+                    "min_disk_bytes": 256 * MIB,
+                }
+            )
+        )
+
+    def get(self, name: str, *, progress: Progress | None = None, build: bool = True) -> Image:
+        if name != "tiny":
+            raise NotFound(f"unknown image {name!r}", hint="available: tiny")
+        return Image.load(self.path)
+
+    def names(self) -> list[str]:
+        return ["tiny"]
+
+
+class FakeDisks:
+    """An overlay is a JSON file holding its virtual size."""
+
+    def create_overlay(self, image: Image, dest: Path, size: int | None) -> None:
+        dest.write_text(json.dumps({"size": size or image.min_disk_bytes}))
+
+    def virtual_size(self, path: Path) -> int:
+        return int(json.loads(path.read_text())["size"])
+
+
+def make_fake_engine(home: Path, *, cpus: int = 4, memory: int = 8 * GIB) -> Engine:
+    settings = Settings(paths=Paths(home), stop_timeout=0.2)
+    settings.paths.ensure()
+    deps = EngineDeps(
+        driver=FakeDriver(),
+        images=FakeImages(home / "images"),
+        disks=FakeDisks(),
+        accel=lambda image: AccelVerdict("tcg", "fake host"),
+        host_cpus=cpus,
+        host_memory=memory,
+        hypervisor_version=lambda: "fake",
+    )
+    return Engine(settings, deps, Database(settings.paths.database))

@@ -1,0 +1,59 @@
+"""Run the real `cloudlet` CLI in a subprocess against a test state directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def env_for(home: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        CLOUDLET_HOME=str(home),
+        CLOUDLET_FORCE_RESTRICT_NETWORK="1",  # guests in tests never reach outside
+        CLOUDLET_STOP_TIMEOUT="60",
+        COLUMNS="200",
+    )
+    return env
+
+
+def argv(*args: str) -> list[str]:
+    return [sys.executable, "-m", "cloudlet", *args]
+
+
+def run(
+    home: Path, *args: str, check: bool = True, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        argv(*args),
+        env=env_for(home),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"cloudlet {' '.join(args)} exited {proc.returncode}\n"
+            f"stdout: {proc.stdout}\nstderr: {proc.stderr}"
+        )
+    return proc
+
+
+def run_json(home: Path, *args: str) -> Any:
+    return json.loads(run(home, *args, "-o", "json").stdout)
+
+
+def spawn(home: Path, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        argv(*args),
+        env=env_for(home),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )

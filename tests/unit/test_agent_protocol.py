@@ -1,0 +1,127 @@
+"""The guest-agent client against a scripted agent on a real unix socket."""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cloudlet.driver.qemu import agent
+from cloudlet.errors import GuestError, Timeout
+
+
+class ScriptedAgent:
+    """Answers like qemu-ga: sync-delimited with 0xFF, guest-exec, guest-exec-status."""
+
+    def __init__(self, path: Path, *, stale: bytes = b"", polls_before_exit: int = 2) -> None:
+        self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.server.bind(str(path))
+        self.server.listen(4)
+        self.stale = stale
+        self.polls_before_exit = polls_before_exit
+        self.seen: list[dict[str, object]] = []
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            with conn:
+                self._talk(conn)
+
+    def _talk(self, conn: socket.socket) -> None:
+        buffer = b""
+        polls = 0
+        while True:
+            chunk = conn.recv(65536)
+            if not chunk:
+                return
+            buffer += chunk.replace(b"\xff", b"")
+            while b"\n" in buffer:
+                line, buffer = buffer.split(b"\n", 1)
+                msg = json.loads(line)
+                self.seen.append(msg)
+                cmd, args = msg["execute"], msg.get("arguments", {})
+                if cmd == "guest-sync-delimited":
+                    conn.sendall(
+                        self.stale + b"\xff" + json.dumps({"return": args["id"]}).encode() + b"\n"
+                    )
+                elif cmd == "guest-ping":
+                    conn.sendall(b'{"return": {}}\n')
+                elif cmd == "guest-exec":
+                    self.input = base64.b64decode(args.get("input-data", ""))
+                    conn.sendall(b'{"return": {"pid": 77}}\n')
+                elif cmd == "guest-exec-status":
+                    polls += 1
+                    if polls < self.polls_before_exit:
+                        conn.sendall(b'{"return": {"exited": false}}\n')
+                    else:
+                        reply = {
+                            "exited": True,
+                            "exitcode": 5,
+                            "out-data": base64.b64encode(b"out:" + self.input).decode(),
+                            "err-data": base64.b64encode(b"err").decode(),
+                        }
+                        conn.sendall(json.dumps({"return": reply}).encode() + b"\n")
+                else:
+                    conn.sendall(b'{"error": {"class": "CommandNotFound", "desc": "nope"}}\n')
+
+    def close(self) -> None:
+        self.server.close()
+
+
+@pytest.fixture
+def agent_socket(short_tmp: Path) -> Iterator[tuple[Path, ScriptedAgent]]:
+    path = short_tmp / "qga.sock"
+    scripted = ScriptedAgent(path, stale=b'{"return": 999}\n garbage')
+    yield path, scripted
+    scripted.close()
+
+
+def test_exec_polls_until_exit_and_decodes(agent_socket: tuple[Path, ScriptedAgent]) -> None:
+    path, scripted = agent_socket
+    result = agent.run_command(path, ["tool", "-x"], stdin=b"in", timeout=10)
+    assert (result.exit_code, result.stdout, result.stderr) == (5, b"out:in", b"err")
+    exec_call = next(m for m in scripted.seen if m["execute"] == "guest-exec")
+    assert exec_call["arguments"] == {
+        "path": "tool",
+        "arg": ["-x"],
+        "capture-output": True,
+        "input-data": base64.b64encode(b"in").decode(),
+    }
+
+
+def test_stale_data_before_the_marker_is_skipped(agent_socket: tuple[Path, ScriptedAgent]) -> None:
+    path, _ = agent_socket
+    agent.wait_ready(path, timeout=5)
+
+
+def test_refusal_is_a_guest_error(agent_socket: tuple[Path, ScriptedAgent]) -> None:
+    path, _ = agent_socket
+    with agent.connect(path) as conn, pytest.raises(GuestError, match="nope"):
+        conn.call("guest-fly")
+
+
+def test_silent_socket_times_out(short_tmp: Path) -> None:
+    path = short_tmp / "silent.sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen(1)
+    try:
+        with pytest.raises(Timeout, match="did not answer"):
+            agent.wait_ready(path, timeout=1.5)
+    finally:
+        server.close()
+
+
+def test_missing_socket_is_a_guest_error(short_tmp: Path) -> None:
+    with pytest.raises(GuestError, match="cannot reach the guest agent"):
+        agent.connect(short_tmp / "nothing.sock")

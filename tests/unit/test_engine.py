@@ -1,0 +1,233 @@
+"""The engine's use cases on the fake driver: validation, state machine, capacity, recovery."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from cloudlet.driver.base import PowerState
+from cloudlet.driver.fake.driver import FakeDriver
+from cloudlet.engine.engine import CreateRequest, Engine
+from cloudlet.errors import CapacityExceeded, CloudletError, Conflict, InvalidInput, NotFound
+from cloudlet.spec.units import GIB, MIB
+from cloudlet.store.models import InstanceRow, OperationRow
+from tests.fakes import make_fake_engine
+
+
+@pytest.fixture
+def engine(short_tmp: Path) -> Engine:
+    return make_fake_engine(short_tmp / "home")
+
+
+def fake(engine: Engine) -> FakeDriver:
+    assert isinstance(engine.driver, FakeDriver)
+    return engine.driver
+
+
+def nothing_left(engine: Engine) -> bool:
+    return not engine.instances() and not any(engine.paths.instances.iterdir())
+
+
+def test_create_starts_and_exec_sees_the_shape(engine: Engine) -> None:
+    vm = engine.create(CreateRequest(name="web1", type="gp.medium"))
+    assert (vm.state, vm.type, vm.cpus, vm.memory) == ("running", "gp.medium", 2, 4 * GIB)
+    assert engine.exec("web1", ["nproc"]).stdout == b"2\n"
+    assert vm.ssh_port is not None
+    assert [v.name for v in engine.instances()] == ["web1"]
+
+
+def test_custom_shape_and_disk(engine: Engine) -> None:
+    vm = engine.create(CreateRequest(name="c1", cpus=3, memory=1536 * MIB, disk_size=GIB))
+    assert (vm.type, vm.cpus, vm.memory, vm.disk_size) == ("custom", 3, 1536 * MIB, GIB)
+
+
+@pytest.mark.parametrize(
+    ("request_", "error"),
+    [
+        (CreateRequest(name="Web1"), InvalidInput),
+        (CreateRequest(name="1abc"), InvalidInput),
+        (CreateRequest(name="a" * 64), InvalidInput),
+        (CreateRequest(name="ok", type="gp.nope"), NotFound),
+        (CreateRequest(name="ok", image="nope"), NotFound),
+        (CreateRequest(name="ok", cpus=0), InvalidInput),
+        (CreateRequest(name="ok", cpus=300), InvalidInput),
+        (CreateRequest(name="ok", memory=16 * MIB), InvalidInput),
+        (CreateRequest(name="ok", cpus=17), CapacityExceeded),
+        (CreateRequest(name="ok", memory=9 * GIB), CapacityExceeded),
+        (CreateRequest(name="ok", disk_size=100 * MIB), InvalidInput),
+        (CreateRequest(name="ok", network="bridge0"), InvalidInput),
+    ],
+)
+def test_bad_create_input_creates_nothing(
+    engine: Engine, request_: CreateRequest, error: type[CloudletError]
+) -> None:
+    with pytest.raises(error) as exc:
+        engine.create(request_)
+    assert exc.value.hint, "every error says what to do next"
+    assert "\n" not in exc.value.one_line()
+    assert nothing_left(engine)
+
+
+def test_duplicate_name_is_refused(engine: Engine) -> None:
+    engine.create(CreateRequest(name="web1"))
+    with pytest.raises(Conflict, match="already exists"):
+        engine.create(CreateRequest(name="web1"))
+    assert len(engine.instances()) == 1
+
+
+def test_capacity_names_what_is_left(engine: Engine) -> None:
+    # host: 4 cores x 4 = 16 vCPUs, 8 GiB - 1 GiB reserve = 7 GiB
+    engine.create(CreateRequest(name="a", cpus=1, memory=4 * GIB))
+    with pytest.raises(CapacityExceeded) as exc:
+        engine.create(CreateRequest(name="b", cpus=1, memory=4 * GIB))
+    assert "3 GiB of 7 GiB are free" in exc.value.message
+    engine.stop("a")
+    engine.create(CreateRequest(name="b", cpus=1, memory=4 * GIB))
+    with pytest.raises(CapacityExceeded):
+        engine.start("a")
+    assert engine.show("a").state == "stopped"
+
+
+def test_commands_on_missing_vm(engine: Engine) -> None:
+    for call in (
+        lambda: engine.start("ghost"),
+        lambda: engine.stop("ghost"),
+        lambda: engine.pause("ghost"),
+        lambda: engine.resume("ghost"),
+        lambda: engine.delete("ghost"),
+        lambda: engine.show("ghost"),
+        lambda: engine.exec("ghost", ["true"]),
+    ):
+        with pytest.raises(NotFound, match="no VM named 'ghost'"):
+            call()
+
+
+def test_state_machine_answers(engine: Engine) -> None:
+    engine.create(CreateRequest(name="vm"))
+    again = engine.start("vm")
+    assert not again.changed and "already running" in again.message
+    assert engine.pause("vm").instance.state == "paused"
+    with pytest.raises(Conflict, match="it is paused"):
+        engine.exec("vm", ["true"])
+    assert not engine.pause("vm").changed
+    assert engine.resume("vm").instance.state == "running"
+    assert not engine.resume("vm").changed
+    engine.stop("vm")
+    with pytest.raises(Conflict, match="cannot pause vm: it is stopped") as exc:
+        engine.pause("vm")
+    assert "cloudlet start" in exc.value.one_line()
+    assert not engine.stop("vm").changed
+
+
+def test_graceful_then_forced_stop(engine: Engine) -> None:
+    vm = engine.create(CreateRequest(name="vm"))
+    assert "forced" not in engine.stop("vm").message
+    engine.start("vm")
+    fake(engine).ignore_acpi(vm.id)
+    result = engine.stop("vm")
+    assert "forced" in result.message
+    assert result.instance.state == "stopped"
+    assert fake(engine).power_state(vm.id) == PowerState.ABSENT
+
+
+def test_stop_of_paused_vm_resumes_to_press_the_button(engine: Engine) -> None:
+    engine.create(CreateRequest(name="vm"))
+    engine.pause("vm")
+    result = engine.stop("vm")
+    assert "forced" not in result.message and result.instance.state == "stopped"
+
+
+def test_dead_qemu_is_crashed_not_running(engine: Engine) -> None:
+    vm = engine.create(CreateRequest(name="vm"))
+    fake(engine).crash(vm.id)
+    assert engine.show("vm").state == "crashed"
+    assert "died" in (engine.show("vm").last_error or "")
+    assert engine.start("vm").instance.state == "running"
+
+
+def test_guest_poweroff_is_stopped_not_crashed(engine: Engine) -> None:
+    vm = engine.create(CreateRequest(name="vm"))
+    fake(engine).vms[vm.id].state = PowerState.SHUTDOWN
+    assert engine.show("vm").state == "stopped"
+
+
+def test_failed_start_leaves_error_state_and_no_process(engine: Engine) -> None:
+    engine.create(CreateRequest(name="vm"), start=False)
+    fake(engine).fail_next_start = "qemu: could not open disk"
+    with pytest.raises(CloudletError, match="could not open disk"):
+        engine.start("vm")
+    vm = engine.show("vm")
+    assert vm.state == "error" and "could not open disk" in (vm.last_error or "")
+    assert engine.start("vm").instance.state == "running"
+
+
+def test_create_whose_first_boot_fails_leaves_nothing(engine: Engine) -> None:
+    fake(engine).fail_next_start = "boom"
+    with pytest.raises(CloudletError, match="boom"):
+        engine.create(CreateRequest(name="vm"))
+    assert nothing_left(engine)
+    assert engine.create(CreateRequest(name="vm")).state == "running"
+
+
+def test_delete_removes_everything(engine: Engine) -> None:
+    vm = engine.create(CreateRequest(name="vm"))
+    engine.delete("vm")
+    assert nothing_left(engine)
+    assert fake(engine).power_state(vm.id) == PowerState.ABSENT
+    with pytest.raises(NotFound):
+        engine.show("vm")
+
+
+def test_interrupted_create_is_rolled_back_by_the_next_engine(short_tmp: Path) -> None:
+    home = short_tmp / "home"
+    first = make_fake_engine(home)
+    # A create that died half way: row and operation recorded, disk made, process gone.
+    with first.db.session() as s:
+        s.add(
+            InstanceRow(
+                id="dead-1", name="half", state="creating", spec_json="{}", image="tiny",
+                image_path="/x", type_name="gp.small", cpus=1, memory=GIB, disk_size=GIB,
+                arch="x86_64", location="local",
+            )
+        )  # fmt: skip
+        s.add(
+            OperationRow(
+                instance_id="dead-1", instance_name="half", kind="create", status="running",
+                pid=2**22 + 1,
+            )
+        )  # fmt: skip
+    (first.paths.instance_dir("dead-1")).mkdir(parents=True)
+    second = make_fake_engine(home)
+    notes = second.recover()
+    assert notes == ["rolled back the interrupted create of half"]
+    with second.db.session() as s:
+        assert s.get(InstanceRow, "dead-1") is None
+        ops = s.query(OperationRow).all()
+        assert [o.status for o in ops] == ["rolled_back"]
+    assert not second.paths.instance_dir("dead-1").exists()
+
+
+def test_operation_in_progress_elsewhere_is_left_alone(short_tmp: Path) -> None:
+    from cloudlet.engine import locks
+
+    engine = make_fake_engine(short_tmp / "home")
+    with engine.db.session() as s:
+        s.add(
+            OperationRow(
+                instance_id="x", instance_name="busy", kind="create", status="running",
+                pid=os.getpid(),
+            )
+        )  # fmt: skip
+    with locks.hold(engine.paths.locks, "busy"):
+        assert engine.recover() == []
+
+
+def test_host_view_counts_usage(engine: Engine) -> None:
+    engine.create(CreateRequest(name="a", type="gp.medium"))
+    engine.create(CreateRequest(name="b", type="gp.small"), start=False)
+    host = engine.host()
+    assert (host.cpus_used, host.memory_used) == (2, 4 * GIB)
+    assert (host.cpu_limit, host.memory_limit) == (16, 7 * GIB)
+    assert (host.instances, host.running, host.accel) == (2, 1, "tcg")
