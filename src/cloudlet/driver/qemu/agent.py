@@ -69,8 +69,14 @@ class AgentConnection:
             self._buffer += chunk
         self._buffer = self._buffer.split(b"\xff", 1)[1]
         while True:
-            reply = json.loads(self._read_line())
-            if reply.get("return") == sync_id:
+            # Answers to syncs of earlier, abandoned connections may still arrive,
+            # each behind its own 0xFF: skip everything until our id comes back.
+            line = self._read_line().replace(b"\xff", b"").strip()
+            try:
+                reply = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(reply, dict) and reply.get("return") == sync_id:
                 return
 
     def call(self, command: str, arguments: dict[str, Any] | None = None) -> Any:
@@ -129,7 +135,14 @@ def run_command(path: Path, argv: list[str], *, stdin: bytes | None, timeout: fl
         args: dict[str, Any] = {"path": argv[0], "arg": argv[1:], "capture-output": True}
         if stdin:
             args["input-data"] = base64.b64encode(stdin).decode()
-        pid = conn.call("guest-exec", args)["pid"]
+        try:
+            pid = conn.call("guest-exec", args)["pid"]
+        except GuestError as exc:
+            if "No such file or directory" not in exc.message:
+                raise
+            # as a shell would: 127 and a message on stderr
+            message = f"cloudlet: {argv[0]}: command not found in the guest\n"
+            return ExecResult(exit_code=127, stderr=message.encode())
         while True:
             status = conn.call("guest-exec-status", {"pid": pid})
             if status.get("exited"):
