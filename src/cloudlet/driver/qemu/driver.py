@@ -26,6 +26,8 @@ from cloudlet.host.run import spawn
 START_TIMEOUT = 60.0
 _FAILED_STATES = {"internal-error", "guest-panicked", "io-error"}
 _PAUSED_STATES = {"paused", "suspended"}
+AGENT_CHARDEV = "qga0"
+AGENT_DEVICE = "qga0-port"
 
 
 class QemuDriver(Driver):
@@ -161,13 +163,23 @@ class QemuDriver(Driver):
         qmp.execute(self._require(instance_id).qmp_socket, "cont")
 
     def wait_agent(self, instance_id: str, timeout: float) -> None:
+        """Wait for the guest to open the agent's port (seen over QMP), then ping it.
+
+        Polling the agent socket itself is slow: until qemu-ga opens its port,
+        each try can only time out. QMP's query-chardev says the moment it does.
+        """
         info = self._require(instance_id)
-        try:
-            agent.wait_ready(info.agent_socket, timeout)
-        except Timeout:
-            if not processes.is_alive(info.pid, info.pid_start):
-                raise CloudletError("QEMU exited while the guest booted") from None
-            raise
+        deadline = time.monotonic() + timeout
+        qmp.wait_chardev_open(
+            info.qmp_socket,
+            AGENT_CHARDEV,
+            AGENT_DEVICE,
+            timeout=timeout,
+            alive=lambda: processes.is_alive(info.pid, info.pid_start),
+        )
+        if not processes.is_alive(info.pid, info.pid_start):
+            raise CloudletError("QEMU exited while the guest booted", hint="see 'cloudlet logs'")
+        agent.wait_ready(info.agent_socket, max(1.0, deadline - time.monotonic()))
 
     def exec(
         self, instance_id: str, argv: list[str], *, stdin: bytes | None = None, timeout: float

@@ -8,10 +8,11 @@ the monitor.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from qemu.qmp import ConnectError, ExecuteError, QMPClient, QMPError
+from qemu.qmp import ConnectError, EventListener, ExecuteError, QMPClient, QMPError
 
 from cloudlet.errors import CloudletError, Timeout
 
@@ -53,3 +54,49 @@ def status(path: Path, *, timeout: float = 5.0) -> str:
     """QEMU's run state: "running", "paused", "shutdown", "prelaunch", ..."""
     result = execute(path, "query-status", timeout=timeout)
     return str(result["status"])
+
+
+def _is_open(chardevs: Any, label: str) -> bool:
+    return any(c.get("label") == label and c.get("frontend-open") for c in chardevs)
+
+
+async def _wait_chardev_open(
+    path: Path, label: str, port_name: str, timeout: float, alive: Callable[[], bool]
+) -> bool:
+    client = QMPClient("cloudlet-wait")
+    listener = EventListener(names=("VSERPORT_CHANGE",))
+    try:
+        await asyncio.wait_for(client.connect(str(path)), 5.0)
+        client.register_listener(listener)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        if _is_open(await client.execute("query-chardev"), label):
+            return True
+        while loop.time() < deadline and alive():
+            try:
+                event = await asyncio.wait_for(listener.get(), 1.0)
+            except TimeoutError:
+                continue
+            data: dict[str, Any] = dict(event.get("data") or {})  # type: ignore[call-overload]
+            if data.get("open") and data.get("id") == port_name:
+                return True
+            if _is_open(await client.execute("query-chardev"), label):
+                return True
+        return False
+    finally:
+        client.remove_listener(listener)
+        await client.disconnect()
+
+
+def wait_chardev_open(
+    path: Path, label: str, port_name: str, *, timeout: float, alive: Callable[[], bool]
+) -> bool:
+    """Wait, on one QMP connection, until the guest opens the port behind chardev ``label``.
+
+    Event-driven (VSERPORT_CHANGE) rather than polled, so the wait costs no CPU
+    that a TCG guest needs to boot.
+    """
+    try:
+        return asyncio.run(_wait_chardev_open(path, label, port_name, timeout, alive))
+    except (ConnectError, OSError, EOFError, QMPError, TimeoutError):
+        return False
