@@ -248,8 +248,11 @@ def test_disk_size_grows_the_overlay(cloudlet_home: Path) -> None:
 
 def test_host_reports_accelerator_and_capacity(cloudlet_home: Path) -> None:
     home = cloudlet_home
-    cli.run(home, "create", "cap", "--type", "gp.small")
+    created = cli.run(home, "create", "cap", "--type", "gp.small")
     host = cli.run_json(home, "host")
+    if host["accel"] == "tcg":  # the fallback is said, with its reason, when it happens
+        assert "runs under TCG software emulation" in created.stderr
+        assert host["accel_reason"] in created.stderr
     assert host["accel"] in ("kvm", "tcg") and host["accel_reason"]
     assert (host["cpus_used"], host["memory_used"]) == (1, 1024**3)
     assert host["cpu_limit"] == 4 * host["host_cpus"]

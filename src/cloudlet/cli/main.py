@@ -34,6 +34,11 @@ def _engine() -> Engine:
     return open_engine()
 
 
+def _notices(engine: Engine) -> None:
+    for notice in engine.notices:
+        err.print(f"[yellow]note:[/] {notice}")
+
+
 def _progress(message: str) -> None:
     err.print(f"[dim]{message}[/]")
 
@@ -69,8 +74,10 @@ def create(
         network=network,
         restrict_network=restrict_network,
     )
+    engine = _engine()
     with err.status(f"creating {name} ..."):
-        vm = _engine().create(request, start=not no_start, wait=not no_wait, progress=_progress)
+        vm = engine.create(request, start=not no_start, wait=not no_wait, progress=_progress)
+    _notices(engine)
     if output == Output.json:
         render.print_json(vm.to_dict())
     else:
@@ -104,8 +111,10 @@ def start(
     no_wait: Annotated[bool, typer.Option("--no-wait", help="do not wait for the agent")] = False,
 ) -> None:
     """Start a stopped VM (waits until its guest agent answers)."""
+    engine = _engine()
     with err.status(f"starting {name} ..."):
-        result = _engine().start(name, wait=not no_wait)
+        result = engine.start(name, wait=not no_wait)
+    _notices(engine)
     err.print(result.message)
 
 

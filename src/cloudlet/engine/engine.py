@@ -70,6 +70,8 @@ class Engine:
         self.deps = deps
         self.driver = deps.driver
         self.db = db
+        # Things a user should hear about, collected for the frontend to show.
+        self.notices: list[str] = []
         self.agent_timeout = float(os.environ.get("CLOUDLET_AGENT_TIMEOUT", DEFAULT_AGENT_TIMEOUT))
 
     # ------------------------------------------------------------------ helpers
@@ -442,6 +444,10 @@ class Engine:
         """Check capacity, launch QEMU, wait for the agent; the caller holds the VM's lock."""
         image = Image.load(Path(row.image_path))
         verdict = self.deps.accel(image)
+        if verdict.accel == "tcg":
+            notice = f"{row.name} runs under TCG software emulation (slower): {verdict.reason}"
+            if notice not in self.notices:
+                self.notices.append(notice)
         with locks.hold(self.paths.locks, HOST_LOCK, what="host capacity"):
             self._capacity(exclude=row.id).check(row.cpus, row.memory, name=row.name)
             self._set_state(row.id, VMState.STARTING)
