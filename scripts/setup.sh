@@ -6,8 +6,10 @@ set -eu
 cd "$(dirname "$0")/.."
 
 export DEBIAN_FRONTEND=noninteractive
-# qemu: the hypervisor; apt, dpkg, e2fsprogs, gzip: build the default image from Debian packages
-packages="qemu-system-x86 qemu-utils python3 python3-venv e2fsprogs gzip ca-certificates"
+# qemu: the hypervisors (x86 and, emulated, ARM); apt, dpkg, e2fsprogs, gzip, mmdebstrap:
+# build images from Debian packages; openssh-client: `cloudlet ssh`
+packages="qemu-system-x86 qemu-system-arm qemu-utils python3 python3-venv e2fsprogs gzip
+ ca-certificates mmdebstrap openssh-client"
 missing=""
 for p in $packages; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

@@ -26,6 +26,13 @@ class LaunchConfig:
     initrd: Path | None = None
     cmdline: str = ""
     machine: str = "q35"
+    # "modern": q35/virt, virtio everywhere. "legacy": i440fx, IDE disk, e1000 NIC, BIOS,
+    # for old guest OSes.
+    profile: str = "modern"
+    # Extra read-only disks, such as a cloud-init seed ISO (attached as CD-ROM/virtio).
+    seed_iso: Path | None = None
+    # An installer ISO to boot from (the root disk is then empty).
+    install_iso: Path | None = None
     network_mode: str = "nat"
     network_restrict: bool = False
     ssh_port: int | None = None
