@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import ClassVar
 
 from cloudlet.config import Paths, Settings
 from cloudlet.driver.fake.driver import FakeDriver
@@ -17,33 +18,38 @@ from cloudlet.store.database import Database
 
 
 class FakeImages:
-    """One image, 'tiny', of 256 MiB, as files in a directory."""
+    """Images of 256 MiB as files in a directory: free 'tiny', proprietary 'acme', 'mac'."""
+
+    EXTRA: ClassVar[dict[str, dict[str, object]]] = {
+        "tiny": {},
+        "acme": {"licence": "acme-os"},
+        "mac": {"os_family": "macos", "licence": "apple-eula"},
+    }
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.path = root / "tiny" / "v1"
-        self.path.mkdir(parents=True, exist_ok=True)
-        (self.path / "disk.qcow2").write_bytes(b"fake")
-        (self.path / "image.json").write_text(
-            json.dumps(
-                {
-                    "name": "tiny",
-                    "disk": "disk.qcow2",
-                    "kernel": "vmlinuz",
-                    "initrd": "initrd.img",
-                    "cmdline": "console=ttyS0",
-                    "min_disk_bytes": 256 * MIB,
-                }
-            )
-        )
+        for name, extra in self.EXTRA.items():
+            path = root / name / "v1"
+            path.mkdir(parents=True, exist_ok=True)
+            (path / "disk.qcow2").write_bytes(b"fake")
+            meta = {
+                "name": name,
+                "disk": "disk.qcow2",
+                "kernel": "vmlinuz",
+                "initrd": "initrd.img",
+                "cmdline": "console=ttyS0",
+                "min_disk_bytes": 256 * MIB,
+                **extra,
+            }
+            (path / "image.json").write_text(json.dumps(meta))
 
     def get(self, name: str, *, progress: Progress | None = None, build: bool = True) -> Image:
-        if name != "tiny":
-            raise NotFound(f"unknown image {name!r}", hint="available: tiny")
-        return Image.load(self.path)
+        if name not in self.EXTRA:
+            raise NotFound(f"unknown image {name!r}", hint="available: tiny, acme, mac")
+        return Image.load(self.root / name / "v1")
 
     def names(self) -> list[str]:
-        return ["tiny"]
+        return sorted(self.EXTRA)
 
 
 class FakeDisks:

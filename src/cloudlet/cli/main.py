@@ -25,6 +25,8 @@ app = typer.Typer(
 )
 image_app = typer.Typer(help="Guest images.", no_args_is_help=True)
 app.add_typer(image_app, name="image")
+license_app = typer.Typer(help="Seats of proprietary image licences.", no_args_is_help=True)
+app.add_typer(license_app, name="license")
 
 OutputOpt = Annotated[Output, typer.Option("--output", "-o", help="table or json")]
 NameArg = Annotated[str, typer.Argument(help="VM name")]
@@ -262,6 +264,27 @@ def image_build(name: Annotated[str, typer.Argument(help="built-in image name")]
     """Build (or find cached) a built-in image."""
     image = _engine().deps.images.get(name, progress=_progress)
     err.print(f"{image.name}: {image.os} at {image.path}")
+
+
+@license_app.command("add")
+def license_add(
+    name: Annotated[str, typer.Argument(help="licence name, as images record it")],
+    seats: Annotated[int, typer.Option(help="how many VMs may run at once")],
+) -> None:
+    """Register (or change) the seats of a proprietary licence."""
+    info = _engine().license_add(name, seats)
+    err.print(f"licence {name}: {info['seats']} seats, {info['in_use']} in use")
+
+
+@license_app.command("list")
+def license_list(output: OutputOpt = Output.table) -> None:
+    """Licences with their seats and how many are in use."""
+    items = _engine().licences()
+    if output == Output.json:
+        render.print_json(items)
+        return
+    for item in items:
+        out.print(f"{item['name']}  {item['in_use']}/{item['seats']} seats in use")
 
 
 def fail(error: CloudletError) -> NoReturn:

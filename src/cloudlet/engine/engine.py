@@ -21,7 +21,7 @@ from sqlalchemy import select
 from cloudlet.config import Settings
 from cloudlet.driver.base import ExecResult, GuestInfo, LaunchConfig, PowerState
 from cloudlet.engine import capacity as capacity_mod
-from cloudlet.engine import locks
+from cloudlet.engine import licensing, locks
 from cloudlet.engine.deps import EngineDeps
 from cloudlet.engine.views import HostView, InstanceView
 from cloudlet.errors import CloudletError, Conflict, InvalidInput, NotFound
@@ -32,7 +32,7 @@ from cloudlet.spec.names import validate_name
 from cloudlet.spec.states import CAPACITY_STATES, LIVE_STATES, STARTABLE_STATES, VMState
 from cloudlet.spec.units import MIB, format_size
 from cloudlet.store.database import Database
-from cloudlet.store.models import EventRow, InstanceRow, OperationRow, utcnow
+from cloudlet.store.models import EventRow, InstanceRow, LicenceRow, OperationRow, utcnow
 
 HOST_LOCK = ".host"
 DEFAULT_AGENT_TIMEOUT = 300.0
@@ -448,7 +448,9 @@ class Engine:
             notice = f"{row.name} runs under TCG software emulation (slower): {verdict.reason}"
             if notice not in self.notices:
                 self.notices.append(notice)
+        licensing.check_host_allowed(image, apple_hardware=licensing.host_is_apple_hardware())
         with locks.hold(self.paths.locks, HOST_LOCK, what="host capacity"):
+            self._check_seats(image, exclude=row.id)
             self._capacity(exclude=row.id).check(row.cpus, row.memory, name=row.name)
             self._set_state(row.id, VMState.STARTING)
         try:
@@ -554,6 +556,51 @@ class Engine:
                 self._remove_everything(row)
                 self._event(name, "deleted", "VM and its disk removed", op_id)
         return f"{name} deleted"
+
+    # ------------------------------------------------------------------ licences
+    def _seats_in_use(self, licence: str, exclude: str | None = None) -> int:
+        with self.db.session() as s:
+            rows = s.scalars(
+                select(InstanceRow).where(
+                    InstanceRow.state.in_([st.value for st in CAPACITY_STATES])
+                )
+            ).all()
+        count = 0
+        for r in rows:
+            if r.id == exclude:
+                continue
+            try:
+                if Image.load(Path(r.image_path)).licence == licence:
+                    count += 1
+            except OSError:
+                continue
+        return count
+
+    def _check_seats(self, image: Image, exclude: str | None = None) -> None:
+        if not image.needs_seats:
+            return
+        with self.db.session() as s:
+            row = s.get(LicenceRow, image.licence)
+            seats = row.seats if row is not None else None
+        licensing.check_seats(image, seats=seats, in_use=self._seats_in_use(image.licence, exclude))
+
+    def license_add(self, name: str, seats: int) -> dict[str, object]:
+        """Register (or change) the seats of a proprietary licence."""
+        licensing.validate_seats(seats)
+        with locks.hold(self.paths.locks, HOST_LOCK, what="host capacity"), self.db.session() as s:
+            row = s.get(LicenceRow, name)
+            if row is None:
+                s.add(LicenceRow(name=name, seats=seats))
+            else:
+                row.seats = seats
+        return {"name": name, "seats": seats, "in_use": self._seats_in_use(name)}
+
+    def licences(self) -> list[dict[str, object]]:
+        with self.db.session() as s:
+            rows = s.scalars(select(LicenceRow).order_by(LicenceRow.name)).all()
+        return [
+            {"name": r.name, "seats": r.seats, "in_use": self._seats_in_use(r.name)} for r in rows
+        ]
 
     # ------------------------------------------------------------------ guest
     def exec(

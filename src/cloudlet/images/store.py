@@ -35,6 +35,33 @@ class Image:
     os: str
     min_disk_bytes: int
     recipe: str
+    licence: str = "free"
+    os_family: str = "linux"
+    default_user: str | None = None
+    cloud_init: bool = False
+    guest_agent: bool = True
+    install_iso: Path | None = None
+
+    @property
+    def needs_seats(self) -> bool:
+        """Proprietary images count running VMs against registered seats."""
+        return not self.licence.lower().startswith("free")
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "arch": self.arch,
+            "format": self.disk_format,
+            "os": self.os,
+            "os_family": self.os_family,
+            "licence": self.licence,
+            "min_disk_bytes": self.min_disk_bytes,
+            "default_user": self.default_user,
+            "cloud_init": self.cloud_init,
+            "guest_agent": self.guest_agent,
+            "boot": "kernel" if self.kernel else ("installer" if self.install_iso else "firmware"),
+            "path": str(self.path),
+        }
 
     @classmethod
     def load(cls, path: Path) -> Image:
@@ -51,6 +78,12 @@ class Image:
             os=meta.get("os", ""),
             min_disk_bytes=int(meta.get("min_disk_bytes", 0)),
             recipe=meta.get("recipe", ""),
+            licence=str(meta.get("licence") or "free"),
+            os_family=str(meta.get("os_family") or "linux"),
+            default_user=meta.get("default_user"),
+            cloud_init=bool(meta.get("cloud_init", False)),
+            guest_agent=bool(meta.get("guest_agent", True)),
+            install_iso=path / meta["disk"] if meta.get("format") == "iso" else None,
         )
 
 

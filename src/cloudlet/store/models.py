@@ -67,3 +67,13 @@ class EventRow(Base):
     message: Mapped[str] = mapped_column(Text)
     at: Mapped[datetime] = mapped_column(default=utcnow)
     operation_id: Mapped[int | None] = mapped_column(ForeignKey("operations.id"), nullable=True)
+
+
+class LicenceRow(Base):
+    """Seats registered for a proprietary image licence."""
+
+    __tablename__ = "licences"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    seats: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)

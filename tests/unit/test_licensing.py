@@ -1,0 +1,67 @@
+"""Licences: seats for proprietary images, and OSes whose licence forbids this host."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cloudlet.engine import licensing
+from cloudlet.engine.engine import CreateRequest, Engine
+from cloudlet.errors import Conflict, InvalidInput
+from tests.fakes import make_fake_engine
+
+
+@pytest.fixture
+def engine(short_tmp: Path) -> Engine:
+    return make_fake_engine(short_tmp / "home")
+
+
+def test_proprietary_image_needs_registered_seats(engine: Engine) -> None:
+    with pytest.raises(Conflict) as exc:
+        engine.create(CreateRequest(name="a1", image="acme"))
+    assert "cloudlet license add acme-os" in exc.value.one_line()
+    assert engine.instances() == []
+
+
+def test_seats_are_counted_by_running_vms(engine: Engine) -> None:
+    engine.license_add("acme-os", 1)
+    engine.create(CreateRequest(name="a1", image="acme"))
+    with pytest.raises(Conflict, match="has 1 seats and 1 are in use"):
+        engine.create(CreateRequest(name="a2", image="acme"))
+    assert [v.name for v in engine.instances()] == ["a1"]
+    engine.create(CreateRequest(name="a2", image="acme"), start=False)
+    with pytest.raises(Conflict, match="1 are in use"):
+        engine.start("a2")
+    engine.stop("a1")
+    assert engine.start("a2").instance.state == "running"
+    assert engine.licences() == [{"name": "acme-os", "seats": 1, "in_use": 1}]
+    engine.license_add("acme-os", 2)
+    assert engine.start("a1").instance.state == "running"
+
+
+def test_free_images_need_no_seats(engine: Engine) -> None:
+    for n in range(3):
+        engine.create(CreateRequest(name=f"t{n}"))
+
+
+def test_macos_is_refused_off_apple_hardware(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "sys_vendor").write_text("QEMU\n")
+    assert not licensing.host_is_apple_hardware(tmp_path)
+    monkeypatch.setattr(licensing, "DMI", tmp_path)
+    engine.license_add("apple-eula", 5)
+    with pytest.raises(Conflict, match="only on Apple hardware"):
+        engine.create(CreateRequest(name="mac1", image="mac"))
+    assert engine.instances() == []
+
+
+def test_apple_vendor_is_recognised(tmp_path: Path) -> None:
+    (tmp_path / "sys_vendor").write_text("Apple Inc.\n")
+    assert licensing.host_is_apple_hardware(tmp_path)
+
+
+def test_negative_seats_refused(engine: Engine) -> None:
+    with pytest.raises(InvalidInput):
+        engine.license_add("x", -1)
