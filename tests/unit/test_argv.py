@@ -13,7 +13,9 @@ import pytest
 
 from cloudlet.driver.base import LaunchConfig
 from cloudlet.driver.qemu.argv import build_argv, escape, mac_address
+from cloudlet.errors import InvalidInput
 from cloudlet.host.kvm import ProbeGuest, probe_argv
+from cloudlet.host.qemu_binaries import ARCH_BINARIES
 
 DATA = Path(__file__).parent / "data" / "argv"
 ID = "0b0e7a9e-5a6f-4f7e-9a33-1f1e2d3c4b5a"
@@ -48,12 +50,34 @@ CASES = {
     "comma-in-paths": _config(
         runtime_dir=Path("/state,evil/run") / ID, serial_log=Path("/a,b/serial.log")
     ),
+    "aarch64": _config(
+        arch="aarch64",
+        kernel=Path("/state/images/tiny-aarch64/v1/vmlinuz"),
+        initrd=Path("/state/images/tiny-aarch64/v1/initrd.img"),
+        cmdline="console=ttyAMA0 quiet cloudlet.hostname=web1",
+    ),
+    "legacy": _config(profile="legacy", network_restrict=True),
+    "seed-iso": _config(seed_iso=Path("/state/instances") / ID / "seed,1.iso"),
+    "install-iso": _config(
+        install_iso=Path("/state/isos/debian-12-netinst.iso"),
+        kernel=None,
+        initrd=None,
+        cmdline="",
+    ),
+    "legacy-install-seed": _config(
+        profile="legacy",
+        install_iso=Path("/state/isos/win2000.iso"),
+        seed_iso=Path("/state/instances") / ID / "seed.iso",
+        kernel=None,
+        initrd=None,
+        cmdline="",
+    ),
 }
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_argv_matches_expected_file(case: str) -> None:
-    argv = build_argv("qemu-system-x86_64", CASES[case])
+    argv = build_argv(ARCH_BINARIES[CASES[case].arch], CASES[case])
     expected_file = DATA / f"{case}.txt"
     text = "\n".join(argv) + "\n"
     if os.environ.get("CLOUDLET_REGEN_ARGV"):
@@ -86,3 +110,47 @@ def test_kvm_probe_boots_the_kernel_to_poweroff() -> None:
     assert argv[argv.index("-accel") + 1] == "kvm"
     assert "-no-reboot" in argv
     assert "rdinit=/bin/busybox -- poweroff -f" in argv[argv.index("-append") + 1]
+
+
+def _devices(argv: list[str]) -> list[str]:
+    return [argv[i + 1] for i, a in enumerate(argv) if a == "-device"]
+
+
+def test_aarch64_uses_virt_with_virtio_pci() -> None:
+    argv = build_argv("qemu-system-aarch64", CASES["aarch64"])
+    assert argv[argv.index("-machine") + 1] == "virt,accel=tcg,gic-version=max"
+    assert argv[argv.index("-cpu") + 1] == "neoverse-n1"
+    devices = _devices(argv)
+    for model in ("virtio-serial-pci", "virtio-blk-pci", "virtio-net-pci", "virtio-rng-pci"):
+        assert any(d.startswith(model + ",") for d in devices), model
+    kvm = build_argv("qemu-system-aarch64", _config(arch="aarch64", accel="kvm"))
+    assert kvm[kvm.index("-machine") + 1] == "virt,accel=kvm,gic-version=host"
+    assert kvm[kvm.index("-cpu") + 1] == "host"
+
+
+def test_legacy_is_i440fx_ide_e1000_without_rng() -> None:
+    argv = build_argv("qemu", CASES["legacy"])
+    assert argv[argv.index("-machine") + 1] == "pc,accel=tcg"
+    devices = _devices(argv)
+    assert "ide-hd,drive=disk0,bus=ide.0,unit=0,id=disk0-dev" in devices
+    assert any(d.startswith("e1000,netdev=net0,") for d in devices)
+    assert not any("virtio-rng" in d or "virtio-blk" in d or "virtio-net" in d for d in devices)
+    assert "virtio-serial-pci,id=vserial0" in devices  # the guest agent's port
+
+
+def test_isos_are_read_only_and_the_installer_boots_first() -> None:
+    argv = build_argv("qemu", CASES["install-iso"])
+    assert "-kernel" not in argv
+    nodes = [argv[i + 1] for i, a in enumerate(argv) if a == "-blockdev"]
+    assert '"read-only":true' in nodes[1] and "debian-12-netinst.iso" in nodes[1]
+    devices = _devices(argv)
+    assert "ide-cd,drive=install0,bus=ide.2,unit=0,id=install0-dev,bootindex=0" in devices
+    assert "virtio-blk-pci,drive=disk0,id=disk0-dev,bootindex=1" in devices
+    seed = build_argv("qemu", CASES["seed-iso"])
+    assert "virtio-blk-pci,drive=seed0,id=seed0-dev" in _devices(seed)
+    assert not any("bootindex" in d for d in _devices(seed))
+
+
+def test_aarch64_installer_iso_is_refused() -> None:
+    with pytest.raises(InvalidInput, match="aarch64"):
+        build_argv("qemu", _config(arch="aarch64", install_iso=Path("/i.iso"), kernel=None))

@@ -17,6 +17,7 @@ from cloudlet.images.tiny.debs import (
     Apt,
     Deb,
     apt_quote,
+    debian_sources,
     depends_closure,
     parse_depends_graph,
     parse_stanzas,
@@ -161,3 +162,46 @@ def test_new_version_replaces_the_old_one_in_the_cache(fake: FakeApt, tmp_path: 
     fake.payloads["libc6"] = b"libc2"
     apt.fetch([_deb("libc6", b"libc2", version="2.36-2")], cache)
     assert sorted(p.name for p in cache.iterdir()) == ["libc6_2.36-2_amd64.deb"]
+
+
+def test_new_version_keeps_other_architectures(fake: FakeApt, tmp_path: Path) -> None:
+    cache = tmp_path / "debs"
+    cache.mkdir()
+    (cache / "libc6_2.36-1_arm64.deb").write_bytes(b"arm")
+    Apt("amd64").fetch([_deb("libc6", b"libc", version="2.36-2")], cache)
+    assert sorted(p.name for p in cache.iterdir()) == [
+        "libc6_2.36-1_arm64.deb",
+        "libc6_2.36-2_amd64.deb",
+    ]
+
+
+def test_debian_sources_from_indextargets(tmp_path: Path) -> None:
+    targets = "\n".join(
+        [
+            "deb\tDebian\thttp://deb.debian.org/debian/\tbookworm\tmain",
+            "deb\tDebian\thttp://deb.debian.org/debian/\tbookworm\tcontrib",
+            "deb\tDebian\thttp://deb.debian.org/debian/\tbookworm\tmain",
+            "deb\tDebian\thttp://deb.debian.org/debian-security/\tbookworm-security\tmain",
+            "deb-src\tDebian\thttp://deb.debian.org/debian/\tbookworm\tmain",
+            "deb\tNodeSource\thttps://deb.nodesource.com/node_20.x/\tnodistro\tmain",
+            "garbage",
+        ]
+    )
+    assert debian_sources(targets, keyring=None) == (
+        "deb http://deb.debian.org/debian/ bookworm main contrib\n"
+        "deb http://deb.debian.org/debian-security/ bookworm-security main\n"
+    )
+    keyring = tmp_path / "k.gpg"
+    keyring.write_bytes(b"")
+    assert debian_sources(targets, keyring=keyring).startswith(f"deb [signed-by={keyring}] ")
+
+
+def test_private_apt_state_never_touches_the_hosts(fake: FakeApt, tmp_path: Path) -> None:
+    apt = Apt("arm64", state_dir=tmp_path / "apt-arm64")
+    opts = dict(o.split("=", 1) for o in apt.options if o != "-o")
+    assert opts["APT::Architecture"] == "arm64"
+    assert opts["APT::Architectures::"] == "arm64"
+    assert opts["Dir::State::Status"] == "/dev/null"
+    for key in ("Dir::State::Lists", "Dir::Cache", "Dir::Etc::SourceList", "Dir::Etc::SourceParts"):
+        assert opts[key].startswith(str(tmp_path / "apt-arm64")), key
+    assert Apt("amd64").options == []

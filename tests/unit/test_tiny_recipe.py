@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import re
 
 import pytest
@@ -9,7 +10,7 @@ import pytest
 from cloudlet.errors import InvalidInput
 from cloudlet.images.tiny import recipe as r
 from cloudlet.images.tiny import recipe_digest, scripts
-from cloudlet.images.tiny.builder import image_manifest, merged_usr
+from cloudlet.images.tiny.builder import bootable_kernel, image_manifest, merged_usr
 from cloudlet.images.tiny.debs import Deb
 
 
@@ -17,6 +18,45 @@ def test_digest_is_stable_sha256() -> None:
     first = recipe_digest()
     assert re.fullmatch(r"[0-9a-f]{64}", first)
     assert recipe_digest("x86_64") == first
+
+
+# Cached x86_64 images are keyed by this digest: change it only when the x86_64 image
+# content really changes, and then update this value on purpose.
+X86_64_DIGEST = "48ba1c169ea8d8d2da268a033972dca78f3ebad781438737f103d98579ef6cd7"
+
+
+def test_x86_64_digest_is_pinned() -> None:
+    assert recipe_digest("x86_64") == X86_64_DIGEST
+
+
+def test_each_arch_has_its_own_digest_and_console() -> None:
+    assert recipe_digest("aarch64") != recipe_digest("x86_64")
+    assert re.fullmatch(r"[0-9a-f]{64}", recipe_digest("aarch64"))
+    assert r.cmdline("aarch64").startswith("console=ttyAMA0 ")
+    assert r.cmdline("x86_64").startswith("console=ttyS0 ")
+    for arch in ("x86_64", "aarch64"):
+        assert f"root=LABEL={r.FS_LABEL} " in r.cmdline(arch)
+    assert r.recipe("aarch64")["packages"] == [
+        "linux-image-cloud-arm64",
+        "busybox-static",
+        "qemu-guest-agent",
+    ]
+    assert r.recipe("x86_64")["initrd_ata_modules"] == ["ata_piix", "ata_generic", "sd_mod"]
+    assert r.recipe("aarch64")["initrd_ata_modules"] == []
+
+
+def test_aarch64_digest_changes_with_shared_scripts(monkeypatch: pytest.MonkeyPatch) -> None:
+    before = recipe_digest("aarch64")
+    monkeypatch.setattr(scripts, "INITRAMFS_INIT", scripts.INITRAMFS_INIT + "# edited\n")
+    assert recipe_digest("aarch64") != before
+
+
+def test_kernel_for_direct_boot() -> None:
+    image = b"ARMd" + bytes(60)
+    assert bootable_kernel(image) == image
+    assert bootable_kernel(gzip.compress(image)) == image
+    with pytest.raises(InvalidInput, match="zboot"):
+        bootable_kernel(b"MZ\0\0zimg" + bytes(56))
 
 
 def test_digest_changes_when_initramfs_init_changes(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -35,7 +75,8 @@ def test_digest_changes_when_a_rootfs_script_changes(monkeypatch: pytest.MonkeyP
 @pytest.mark.parametrize(
     ("attr", "value"),
     [
-        ("CMDLINE", "console=ttyS0"),
+        ("CMDLINE", "root=/dev/vda"),
+        ("INITRD_MODULES", ("virtio_pci",)),
         ("BUILDER_VERSION", "999"),
         ("ROOTFS_MODULES", ("virtio_console",)),
         ("AGENT_PACKAGE", "something-else"),
@@ -57,6 +98,8 @@ def test_unknown_arch_is_invalid_input() -> None:
 def test_templates_fill_completely() -> None:
     values = {
         "MODULES": "virtio_console virtio_net",
+        "ATA_MODULES": "ata_piix sd_mod",
+        "FS_LABEL": "cloudlet-root",
         "BUILDER_VERSION": "1",
         "BUSYBOX_VERSION": "1.35.0",
         "DEBIAN_VERSION": "12",
@@ -66,6 +109,9 @@ def test_templates_fill_completely() -> None:
         assert not re.search(r"@[A-Z_]+@", scripts.fill(text, values))
     init = scripts.fill(scripts.INITRAMFS_INIT, values)
     assert "modprobe -a virtio_console virtio_net" in init
+    assert 'ata="ata_piix sd_mod"' in init
+    assert "root=LABEL=cloudlet-root" in init
+    assert 'findfs "$spec"' in init
 
 
 def test_fill_refuses_leftover_placeholders() -> None:

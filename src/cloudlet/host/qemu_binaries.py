@@ -3,16 +3,42 @@
 from __future__ import annotations
 
 import re
+import shutil
 from functools import cache
 
+from cloudlet.errors import InvalidInput
 from cloudlet.host.run import run, which
 
-ARCH_BINARIES = {"x86_64": "qemu-system-x86_64"}
+ARCH_BINARIES = {"x86_64": "qemu-system-x86_64", "aarch64": "qemu-system-aarch64"}
+# Debian's package for each emulator (qemu-system-aarch64 comes with qemu-system-arm).
+ARCH_PACKAGES = {"x86_64": "qemu-system-x86", "aarch64": "qemu-system-arm"}
 INSTALL_HINT = "install QEMU: apt-get install qemu-system-x86 qemu-utils"
 
 
+def install_hint(arch: str = "x86_64") -> str:
+    """What to install to run guests of ``arch``."""
+    return f"install QEMU: apt-get install {ARCH_PACKAGES.get(arch, 'qemu-system')} qemu-utils"
+
+
 def qemu_binary(arch: str = "x86_64") -> str:
-    return which(ARCH_BINARIES[arch], hint=INSTALL_HINT)
+    try:
+        binary = ARCH_BINARIES[arch]
+    except KeyError:
+        raise InvalidInput(
+            f"no QEMU emulator is known for {arch}",
+            hint=f"supported: {', '.join(sorted(ARCH_BINARIES))}",
+        ) from None
+    return which(binary, hint=install_hint(arch))
+
+
+def available_arches() -> dict[str, str]:
+    """Guest architecture -> emulator path, for the emulators installed on this host."""
+    found: dict[str, str] = {}
+    for arch, binary in ARCH_BINARIES.items():
+        path = shutil.which(binary)
+        if path is not None:
+            found[arch] = path
+    return found
 
 
 def qemu_img() -> str:

@@ -5,6 +5,9 @@ libraries it links against) are fetched with ``apt-get download``, unpacked with
 ``dpkg-deb -x`` into scratch directories, and assembled into an initramfs (written in
 Python) and an ext4 root file system (``mke2fs -d``, no mount, no root needed for
 the file system itself) that ``qemu-img`` turns into qcow2.
+
+A foreign architecture (arm64 on an amd64 host) uses apt with private package lists
+(see ``Apt``); nothing of the guest's architecture is ever run on the host.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import gzip
 import io
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Sequence
@@ -48,13 +52,9 @@ def build_tiny(
     info = r.arch_info(arch)
     mke2fs = _sbin_tool("mke2fs", hint="install e2fsprogs (apt-get install e2fsprogs)")
     qemu_img = which("qemu-img", hint="install qemu-utils (apt-get install qemu-utils)")
-    apt = Apt(info.deb_arch)
     host_arch = run([which("dpkg", hint="install dpkg"), "--print-architecture"])
-    if host_arch.stdout.decode().strip() != info.deb_arch:
-        raise InvalidInput(
-            f"building the {arch} tiny image needs a {info.deb_arch} host",
-            hint="build it on a host of the same architecture",
-        )
+    host_deb_arch = host_arch.stdout.decode().strip()
+    foreign = host_deb_arch != info.deb_arch
     digest = r.recipe_digest(arch)
 
     dest = Path(os.path.abspath(dest))
@@ -63,6 +63,13 @@ def build_tiny(
     try:
         out = work / "image"
         out.mkdir()
+        cache = deb_cache if deb_cache is not None else work / "debs"
+        apt = Apt(info.deb_arch)
+        if foreign:
+            # Private lists next to the .deb cache, so later builds only refresh them.
+            apt = Apt(info.deb_arch, state_dir=cache / f"apt-{info.deb_arch}")
+            say(f"updating private {info.deb_arch} package lists")
+            apt.update()
 
         say("resolving packages")
         graph = apt.depends_graph([info.kernel_meta, r.AGENT_PACKAGE, r.BUSYBOX_PACKAGE])
@@ -70,7 +77,6 @@ def build_tiny(
         agent_pkgs = depends_closure(graph, [r.AGENT_PACKAGE])
         names = list(dict.fromkeys([kernel_pkg, r.BUSYBOX_PACKAGE, *agent_pkgs]))
         debs = apt.resolve(names)
-        cache = deb_cache if deb_cache is not None else work / "debs"
         say(f"fetching {len(debs)} packages into {cache}")
         files = apt.fetch(debs, cache)
 
@@ -82,12 +88,19 @@ def build_tiny(
 
         kdir = unpacked[kernel_pkg]
         vmlinuz, kver = _find_kernel(kdir)
-        shutil.copyfile(vmlinuz, out / "vmlinuz")
+        (out / "vmlinuz").write_bytes(bootable_kernel(vmlinuz.read_bytes()))
         tree = ModuleTree(_find_moddir(kdir, kver))
         initrd_mods = tree.resolve(r.INITRD_MODULES)
-        rootfs_mods = tree.resolve(r.ROOTFS_MODULES, skip=initrd_mods)
+        ata_mods = tree.resolve(info.ata_modules, skip=initrd_mods)
+        rootfs_mods = tree.resolve(r.ROOTFS_MODULES, skip=initrd_mods + ata_mods)
         busybox = _find_file(unpacked[r.BUSYBOX_PACKAGE], ("bin/busybox", "usr/bin/busybox"))
-        applets = run([busybox, "--list-full"]).stdout.decode().split()
+        bb_deb = next(d for d in debs if d.package == r.BUSYBOX_PACKAGE)
+        if foreign:
+            say(f"listing busybox applets with the {host_deb_arch} build of {bb_deb.version}")
+            busybox_lister = _host_busybox(host_deb_arch, bb_deb, cache, work / "host-busybox")
+        else:
+            busybox_lister = busybox
+        applets = run([busybox_lister, "--list-full"]).stdout.decode().split()
 
         versions = {d.package: d.version for d in debs}
         values = {
@@ -97,9 +110,9 @@ def build_tiny(
             "KERNEL_RELEASE": kver,
         }
 
-        say(f"writing initramfs (modules: {' '.join(initrd_mods) or 'none'})")
+        say(f"writing initramfs (modules: {' '.join(initrd_mods + ata_mods) or 'none'})")
         (out / "initrd.img").write_bytes(
-            make_initramfs(busybox.read_bytes(), applets, tree, initrd_mods)
+            make_initramfs(busybox.read_bytes(), applets, tree, initrd_mods, ata_mods)
         )
 
         say("assembling root file system")
@@ -111,7 +124,7 @@ def build_tiny(
             agent_roots=[unpacked[p] for p in agent_pkgs],
             multiarch=info.multiarch,
             tree=tree,
-            modules=initrd_mods + rootfs_mods,
+            modules=initrd_mods + ata_mods + rootfs_mods,
             autoload=[m for m in r.ROOTFS_MODULES if m in tree.paths],
             values=values,
         )
@@ -181,7 +194,7 @@ def image_manifest(
         "disk": "disk.qcow2",
         "kernel": "vmlinuz",
         "initrd": "initrd.img",
-        "cmdline": r.CMDLINE,
+        "cmdline": r.cmdline(arch),
         "recipe": digest,
         "guest_agent": True,
         "os": f"busybox {busybox_version} on Debian {debian_version} kernel {kver}",
@@ -191,9 +204,16 @@ def image_manifest(
 
 
 def make_initramfs(
-    busybox: bytes, applets: Sequence[str], tree: ModuleTree, modules: Sequence[str]
+    busybox: bytes,
+    applets: Sequence[str],
+    tree: ModuleTree,
+    modules: Sequence[str],
+    ata_modules: Sequence[str] = (),
 ) -> bytes:
-    """A gzip'd newc archive: busybox, the disk driver modules and /init."""
+    """A gzip'd newc archive: busybox, the disk driver modules and /init.
+
+    ``modules`` are always loaded; ``ata_modules`` only when there is an IDE controller.
+    """
     buf = io.BytesIO()
     w = CpioWriter(buf)
     moddir = f"lib/modules/{tree.kver}"
@@ -217,10 +237,18 @@ def make_initramfs(
     for applet in applets:
         if applet != "bin/busybox" and "/" in applet:
             w.add_symlink(applet, "/bin/busybox")
-    for name in modules:
+    every = [*modules, *ata_modules]
+    for name in every:
         w.add_file(f"{moddir}/{name}.ko", (tree.moddir / tree.paths[name]).read_bytes())
-    w.add_file(f"{moddir}/modules.dep", tree.modules_dep(modules, flat=True).encode())
-    init = scripts.fill(scripts.INITRAMFS_INIT, {"MODULES": " ".join(modules)})
+    w.add_file(f"{moddir}/modules.dep", tree.modules_dep(every, flat=True).encode())
+    init = scripts.fill(
+        scripts.INITRAMFS_INIT,
+        {
+            "MODULES": " ".join(modules),
+            "ATA_MODULES": " ".join(ata_modules),
+            "FS_LABEL": r.FS_LABEL,
+        },
+    )
     w.add_file("init", init.encode(), 0o755)
     w.close()
     return gzip.compress(buf.getvalue(), compresslevel=9, mtime=0)
@@ -298,6 +326,46 @@ def _make_rootfs(
         path.write_text(scripts.fill(text, fills))
         os.chmod(path, mode)
     (staging / "etc/hostname").write_text(f"{r.IMAGE_NAME}\n")
+
+
+def bootable_kernel(image: bytes) -> bytes:
+    """The kernel as QEMU's -kernel loads it: a gzip'd image is decompressed.
+
+    x86 bzImage and Debian's arm64 ``Image`` (uncompressed) pass through unchanged;
+    QEMU 7.2 cannot boot an arm64 EFI zboot image directly, so that is refused.
+    """
+    if image[:2] == b"\x1f\x8b":
+        return gzip.decompress(image)
+    if image[:2] == b"MZ" and image[4:8] == b"zimg":
+        raise InvalidInput(
+            "the kernel is an EFI zboot image, which QEMU's -kernel cannot boot",
+            hint="use a kernel package that ships an uncompressed or gzip'd Image",
+        )
+    return image
+
+
+def _host_busybox(host_deb_arch: str, target: Deb, cache: Path, dest: Path) -> Path:
+    """The host's build of the same busybox version, to list the applets it has.
+
+    A foreign busybox cannot run here; Debian builds busybox-static with one
+    configuration on every architecture, so the same source version has the same
+    applets (a binNMU suffix such as +b1 does not change the source).
+    """
+    host_apt = Apt(host_deb_arch)
+    host = host_apt.resolve([r.BUSYBOX_PACKAGE])[0]
+
+    def source(version: str) -> str:
+        return re.sub(r"\+b\d+$", "", version)
+
+    if source(host.version) != source(target.version):
+        raise NotFound(
+            f"busybox-static is {host.version} for {host_deb_arch} but {target.version}"
+            f" for {target.arch}: cannot list the {target.arch} applets",
+            hint="run apt-get update so both architectures see the same Debian release",
+        )
+    files = host_apt.fetch([host], cache)
+    host_apt.unpack(files[host.package], dest)
+    return _find_file(dest, ("bin/busybox", "usr/bin/busybox"))
 
 
 def concrete_kernel(graph: DependsGraph, meta: str) -> str:

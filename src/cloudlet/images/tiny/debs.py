@@ -138,14 +138,53 @@ _DEP_FLAGS = (
 
 
 class Apt:
-    """The host's apt, used read-only plus ``apt-get download``."""
+    """The host's apt, used read-only plus ``apt-get download``.
 
-    def __init__(self, deb_arch: str) -> None:
+    With ``state_dir`` apt keeps its own package lists there (for a foreign
+    architecture such as arm64 on an amd64 host), built from the host's Debian
+    sources: the host's apt configuration and state are never touched.
+    """
+
+    def __init__(self, deb_arch: str, *, state_dir: Path | None = None) -> None:
         self.deb_arch = deb_arch
         hint = "this builder needs Debian's apt (apt-get, apt-cache)"
         self.apt_get = which("apt-get", hint=hint)
         self.apt_cache = which("apt-cache", hint=hint)
         self.dpkg_deb = which("dpkg-deb", hint="install dpkg")
+        self.state_dir = state_dir
+        self.options: list[str] = []
+        if state_dir is not None:
+            self.options = private_apt_options(deb_arch, state_dir)
+
+    def update(self) -> None:
+        """Refresh the private package lists from the host's Debian sources.
+
+        Offline, lists from an earlier update are used as they are; without any,
+        nothing could be resolved, so that is an error.
+        """
+        if self.state_dir is None:
+            return
+        targets = run(
+            [self.apt_get, "indextargets", "--format",
+             "$(TARGET_OF)\t$(ORIGIN)\t$(REPO_URI)\t$(RELEASE)\t$(COMPONENT)"],
+            hint=_APT_HINT,
+        ).stdout.decode()  # fmt: skip
+        sources = debian_sources(targets)
+        if not sources:
+            raise NotFound("the host's apt has no Debian package lists", hint=_APT_HINT)
+        lists = self.state_dir / "lists"
+        (lists / "partial").mkdir(parents=True, exist_ok=True)
+        (self.state_dir / "cache" / "archives" / "partial").mkdir(parents=True, exist_ok=True)
+        (self.state_dir / "sources.list.d").mkdir(parents=True, exist_ok=True)
+        (self.state_dir / "sources.list").write_text(sources)
+        proc = run([self.apt_get, "-q", *self.options, "update"], check=False, timeout=600)
+        if proc.returncode != 0 and not any(lists.glob("*_Packages*")):
+            raise HostCommandError(
+                ["apt-get", "update", f"({self.deb_arch}, private lists)"],
+                proc.returncode,
+                stderr=proc.stderr.decode(errors="replace"),
+                hint=_APT_HINT,
+            )
 
     def _q(self, name: str) -> str:
         return f"{name}:{self.deb_arch}"
@@ -157,7 +196,7 @@ class Apt:
         costs about a second.
         """
         out = run(
-            [self.apt_cache, "depends", "--recurse", *_DEP_FLAGS,
+            [self.apt_cache, *self.options, "depends", "--recurse", *_DEP_FLAGS,
              *(self._q(p) for p in packages)],
             hint=_APT_HINT,
         ).stdout.decode()  # fmt: skip
@@ -166,7 +205,13 @@ class Apt:
     def resolve(self, packages: Sequence[str]) -> list[Deb]:
         """The candidate version of each package, with its published SHA256."""
         proc = run(
-            [self.apt_cache, "show", "--no-all-versions", *(self._q(p) for p in packages)],
+            [
+                self.apt_cache,
+                *self.options,
+                "show",
+                "--no-all-versions",
+                *(self._q(p) for p in packages),
+            ],
             check=False,
         )
         if proc.returncode != 0:
@@ -197,6 +242,7 @@ class Apt:
                 run(
                     [
                         self.apt_get,
+                        *self.options,
                         "download",
                         "-q",
                         *(f"{d.package}:{self.deb_arch}={d.version}" for d in missing),
@@ -229,11 +275,60 @@ class Apt:
 
 
 def _prune_other_versions(cache: Path, deb: Deb) -> None:
-    """Drop superseded versions of a package so the cache does not grow forever."""
+    """Drop superseded versions of a package so the cache does not grow forever.
+
+    Only the same architecture: amd64 and arm64 libc6 live side by side.
+    """
     prefix = apt_quote(deb.package, "_:") + "_"  # package names never contain "_"
-    for old in cache.glob(f"{prefix}*.deb"):
+    suffix = "_" + apt_quote(deb.arch, "_:.") + ".deb"
+    for old in cache.glob(f"{prefix}*{suffix}"):
         if old.name != deb.filename:
             old.unlink(missing_ok=True)
+
+
+def private_apt_options(deb_arch: str, state_dir: Path) -> list[str]:
+    """apt options for lists, cache and sources of its own, for one architecture only.
+
+    The status file is /dev/null: nothing counts as installed, which is right for
+    packages that are only ever unpacked.
+    """
+    return [
+        "-o", f"APT::Architecture={deb_arch}",
+        "-o", f"APT::Architectures::={deb_arch}",
+        "-o", f"Dir::State::Lists={state_dir / 'lists'}",
+        "-o", f"Dir::Cache={state_dir / 'cache'}",
+        "-o", "Dir::State::Status=/dev/null",
+        "-o", f"Dir::Etc::SourceList={state_dir / 'sources.list'}",
+        "-o", f"Dir::Etc::SourceParts={state_dir / 'sources.list.d'}",
+    ]  # fmt: skip
+
+
+_DEBIAN_KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
+
+
+def debian_sources(indextargets: str, keyring: Path | None = _DEBIAN_KEYRING) -> str:
+    """A one-line-style sources.list of the host's Debian repositories.
+
+    Input is ``apt-get indextargets`` output in the format
+    TARGET_OF, ORIGIN, REPO_URI, RELEASE, COMPONENT (tab separated). Only Debian's
+    own repositories are kept: third-party ones rarely carry a foreign architecture.
+    """
+    repos: dict[tuple[str, str], list[str]] = {}
+    for line in indextargets.splitlines():
+        fields = line.split("\t")
+        if len(fields) != 5:
+            continue
+        target_of, origin, uri, release, component = fields
+        if target_of != "deb" or origin != "Debian":
+            continue
+        components = repos.setdefault((uri, release), [])
+        if component not in components:
+            components.append(component)
+    signed = f"[signed-by={keyring}] " if keyring is not None and keyring.is_file() else ""
+    return "".join(
+        f"deb {signed}{uri} {release} {' '.join(components)}\n"
+        for (uri, release), components in repos.items()
+    )
 
 
 def _let_apt_sandbox_write(directory: Path) -> None:

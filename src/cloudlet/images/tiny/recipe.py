@@ -22,6 +22,9 @@ AGENT_PACKAGE = "qemu-guest-agent"
 
 # Loaded by the initramfs to reach the root disk (built-ins are skipped).
 INITRD_MODULES: tuple[str, ...] = ("virtio_pci", "virtio_blk", "ext4")
+# Loaded by the initramfs only when the machine has an IDE controller (PCI class 0101,
+# the legacy profile's PIIX): the disk is then /dev/sda. Modern machines skip them.
+INITRD_ATA_MODULES: tuple[str, ...] = ("ata_piix", "ata_generic", "sd_mod")
 # Loaded by the root file system: agent port, network, entropy, ACPI power button.
 ROOTFS_MODULES: tuple[str, ...] = (
     "virtio_console",
@@ -31,31 +34,50 @@ ROOTFS_MODULES: tuple[str, ...] = (
     "evdev",
 )
 
+FS_LABEL = "cloudlet-root"
+
 # Under TCG the kernel's crypto self-tests take about a second of a 4-5 s boot; they
 # only check that the built-in algorithm implementations compute correctly, so the
 # guest skips them (cryptomgr.notests; crypto_kdf108_init is nothing but a self-test).
 # panic=-1 reboots on a kernel panic, which QEMU's -no-reboot turns into an exit.
+# The root is found by its label so the same image boots from /dev/vda (virtio) and
+# /dev/sda (IDE, legacy profile). The console device is per architecture.
 CMDLINE = (
-    "console=ttyS0 root=/dev/vda rw quiet panic=-1"
+    f"root=LABEL={FS_LABEL} rw quiet panic=-1"
     " cryptomgr.notests initcall_blacklist=crypto_kdf108_init"
 )
 
 DISK_SIZE = 256 * 1024 * 1024
-FS_LABEL = "cloudlet-root"
 
 
 @dataclass(frozen=True)
 class Arch:
-    """How one guest architecture maps onto Debian."""
+    """How one guest architecture maps onto Debian and its kernel."""
 
     name: str
     deb_arch: str
     multiarch: str
     kernel_meta: str
+    console: str
+    # Extra modules (and whether any) for IDE disks; empty where machines have no IDE.
+    ata_modules: tuple[str, ...] = ()
 
 
 ARCHES: dict[str, Arch] = {
-    "x86_64": Arch("x86_64", "amd64", "x86_64-linux-gnu", "linux-image-cloud-amd64"),
+    # Debian's cloud kernel has ata_piix/sd_mod as modules but no e1000 (nor any other
+    # emulated legacy NIC): a legacy-profile tiny guest has its agent but no network.
+    # The generic kernel has e1000 but boots about twice as slowly under TCG.
+    "x86_64": Arch(
+        "x86_64",
+        "amd64",
+        "x86_64-linux-gnu",
+        "linux-image-cloud-amd64",
+        "ttyS0",
+        INITRD_ATA_MODULES,
+    ),
+    # The arm64 cloud kernel has the virt machine's PL011 console, PCIe host bridge and
+    # PL031 RTC built in; virtio (PCI and MMIO) is modular, as on x86_64.
+    "aarch64": Arch("aarch64", "arm64", "aarch64-linux-gnu", "linux-image-cloud-arm64", "ttyAMA0"),
 }
 
 
@@ -70,6 +92,11 @@ def arch_info(arch: str) -> Arch:
         ) from None
 
 
+def cmdline(arch: str = "x86_64") -> str:
+    """The kernel command line the image boots with on ``arch``."""
+    return f"console={arch_info(arch).console} {CMDLINE}"
+
+
 def recipe(arch: str = "x86_64") -> dict[str, object]:
     """Everything that defines the image, as plain data (read at call time)."""
     info = arch_info(arch)
@@ -80,8 +107,9 @@ def recipe(arch: str = "x86_64") -> dict[str, object]:
         "deb_arch": info.deb_arch,
         "packages": [info.kernel_meta, BUSYBOX_PACKAGE, AGENT_PACKAGE],
         "initrd_modules": list(INITRD_MODULES),
+        "initrd_ata_modules": list(info.ata_modules),
         "rootfs_modules": list(ROOTFS_MODULES),
-        "cmdline": CMDLINE,
+        "cmdline": cmdline(arch),
         "disk_size": DISK_SIZE,
         "fs_label": FS_LABEL,
         "initramfs_init": scripts.INITRAMFS_INIT,

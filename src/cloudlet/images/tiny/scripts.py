@@ -16,29 +16,53 @@ INITRAMFS_INIT = r"""#!/bin/sh
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin
 mount -t proc proc /proc
 mount -t devtmpfs devtmpfs /dev
+mount -t sysfs -o nosuid,nodev,noexec sysfs /sys
 modprobe -a @MODULES@ || echo "cloudlet tiny: initramfs: cannot load @MODULES@"
-root=/dev/vda
+# IDE drivers only where there is an IDE controller (the legacy profile's PIIX).
+ata="@ATA_MODULES@"
+if [ -n "$ata" ]; then
+    for f in /sys/bus/pci/devices/*/class; do
+        class=
+        [ -r "$f" ] && read -r class < "$f"
+        case "$class" in
+            0x0101*) modprobe -a $ata || echo "cloudlet tiny: initramfs: cannot load $ata"
+                     break ;;
+        esac
+    done
+fi
+root=LABEL=@FS_LABEL@
 fstype=ext4
 mode=rw
 read -r cmdline < /proc/cmdline
 for arg in $cmdline; do
     case "$arg" in
-        root=/dev/*) root="${arg#root=}" ;;
+        root=?*) root="${arg#root=}" ;;
         rootfstype=*) fstype="${arg#rootfstype=}" ;;
         ro) mode=ro ;;
     esac
 done
-i=0
-while [ ! -b "$root" ] && [ "$i" -lt 1000 ]; do
-    sleep 0.01
-    i=$((i + 1))
+# LABEL=/UUID= name the file system whatever disk it is on (vda, sda): ask findfs.
+# IDE disks are probed asynchronously and slowly under a loaded TCG host, so wait up
+# to 60 s of guest uptime (read without starting a process) before giving up.
+spec=$root
+read -r up _ < /proc/uptime
+deadline=$((${up%.*} + 60))
+while :; do
+    case "$spec" in
+        LABEL=*|UUID=*) root=$(findfs "$spec" 2>/dev/null) ;;
+    esac
+    [ -b "$root" ] && break
+    read -r up _ < /proc/uptime
+    [ "${up%.*}" -lt "$deadline" ] || break
+    sleep 0.02
 done
 if ! mount -t "$fstype" -o "$mode" "$root" /newroot; then
-    echo "cloudlet tiny: initramfs: cannot mount $root; dropping to a shell"
+    echo "cloudlet tiny: initramfs: cannot mount $spec ($root); dropping to a shell"
     exec setsid cttyhack sh
 fi
 mount --move /dev /newroot/dev
 mount --move /proc /newroot/proc
+mount --move /sys /newroot/sys
 exec switch_root /newroot /sbin/init
 """
 
@@ -58,6 +82,7 @@ RCS = r"""#!/bin/sh
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin
 [ -c /dev/null ] || mount -t devtmpfs devtmpfs /dev
 [ -e /proc/self ] || mount -t proc proc /proc
+[ -d /sys/class ] || mount -t sysfs -o nosuid,nodev,noexec sysfs /sys
 mkdir -p /dev/pts /dev/shm
 mount -a
 [ -e /dev/fd ] || ln -s /proc/self/fd /dev/fd
@@ -168,8 +193,7 @@ exec /sbin/poweroff
 """
 
 FSTAB = """\
-# cloudlet tiny: mounted by "mount -a" in rcS (the root is mounted by the initramfs)
-sysfs   /sys      sysfs   nosuid,nodev,noexec                0 0
+# cloudlet tiny: mounted by "mount -a" in rcS (the initramfs mounts /, /dev, /proc, /sys)
 devpts  /dev/pts  devpts  gid=5,mode=620,ptmxmode=000        0 0
 tmpfs   /dev/shm  tmpfs   mode=1777,nosuid,nodev             0 0
 tmpfs   /run      tmpfs   mode=755,nosuid,nodev              0 0
