@@ -49,12 +49,22 @@ class AgentConnection:
         self.sock.sendall(json.dumps(message).encode() + b"\n")
 
     def _read_line(self) -> bytes:
-        while b"\n" not in self._buffer:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise GuestError("the guest agent closed the connection")
-            self._buffer += chunk
-        line, self._buffer = self._buffer.split(b"\n", 1)
+        # Look for the newline only in what arrived last: replies to guest-file-read
+        # carry megabytes of base64, and rescanning the whole buffer would be quadratic.
+        end = self._buffer.find(b"\n")
+        if end < 0:
+            parts = [self._buffer]
+            while True:
+                chunk = self.sock.recv(1 << 20)
+                if not chunk:
+                    raise GuestError("the guest agent closed the connection")
+                newline = chunk.find(b"\n")
+                parts.append(chunk)
+                if newline >= 0:
+                    break
+            self._buffer = b"".join(parts)
+            end = self._buffer.find(b"\n", len(self._buffer) - len(chunk))
+        line, self._buffer = self._buffer[:end], self._buffer[end + 1 :]
         return line
 
     def sync(self) -> None:
