@@ -71,8 +71,8 @@ def shared_state() -> Path:
     TEST_CACHE.mkdir(parents=True, exist_ok=True)
     settings = Settings(paths=Paths(TEST_CACHE / "state"))
     settings.paths.ensure()
-    image = ImageStore(settings.paths.images, settings.paths.cache / "debs").get("tiny")
-    accel_for(settings)(image)  # probe KVM once (cached in host/accel.json)
+    images = ImageStore(settings.paths.images, settings.paths.cache / "debs")
+    accel_for(settings, images)(images.get("tiny"))  # probe KVM once (cached in host/accel.json)
     return settings.paths.home
 
 
@@ -81,7 +81,11 @@ def cloudlet_home(shared_state: Path, short_tmp: Path) -> Iterator[Path]:
     """A fresh state directory per test that shares the session's images and KVM verdict."""
     home = short_tmp / "h"
     home.mkdir()
-    (home / "images").symlink_to(shared_state / "images")
+    # Built-in images are shared (built once per machine); imports stay per test.
+    (home / "images").mkdir()
+    for builtin in ("tiny", "debian-12"):
+        (shared_state / "images" / builtin).mkdir(parents=True, exist_ok=True)
+        (home / "images" / builtin).symlink_to(shared_state / "images" / builtin)
     (home / "cache").symlink_to(shared_state / "cache")
     (home / "host").mkdir()
     shutil.copy(shared_state / "host" / "accel.json", home / "host" / "accel.json")

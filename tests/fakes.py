@@ -24,6 +24,7 @@ class FakeImages:
         "tiny": {},
         "acme": {"licence": "acme-os"},
         "mac": {"os_family": "macos", "licence": "apple-eula"},
+        "cloudy": {"cloud_init": True, "default_user": "debian"},
     }
 
     def __init__(self, root: Path) -> None:
@@ -39,17 +40,32 @@ class FakeImages:
                 "initrd": "initrd.img",
                 "cmdline": "console=ttyS0",
                 "min_disk_bytes": 256 * MIB,
+                "guest_agent": True,
                 **extra,
             }
             (path / "image.json").write_text(json.dumps(meta))
 
-    def get(self, name: str, *, progress: Progress | None = None, build: bool = True) -> Image:
+    def get(
+        self,
+        name: str,
+        *,
+        progress: Progress | None = None,
+        build: bool = True,
+        arch: str | None = None,
+    ) -> Image:
         if name not in self.EXTRA:
-            raise NotFound(f"unknown image {name!r}", hint="available: tiny, acme, mac")
+            raise NotFound(f"unknown image {name!r}", hint="available: tiny, acme, mac, cloudy")
         return Image.load(self.root / name / "v1")
 
     def names(self) -> list[str]:
         return sorted(self.EXTRA)
+
+    def images(self) -> list[Image]:
+        return [self.get(name) for name in self.names()]
+
+    def delete(self, name: str) -> list[Path]:
+        self.EXTRA = {k: v for k, v in self.EXTRA.items() if k != name}
+        return [self.root / name / "v1"]
 
 
 class FakeDisks:
@@ -57,6 +73,9 @@ class FakeDisks:
 
     def create_overlay(self, image: Image, dest: Path, size: int | None) -> None:
         dest.write_text(json.dumps({"size": size or image.min_disk_bytes}))
+
+    def create_blank(self, dest: Path, size: int) -> None:
+        dest.write_text(json.dumps({"size": size}))
 
     def virtual_size(self, path: Path) -> int:
         return int(json.loads(path.read_text())["size"])
@@ -73,5 +92,6 @@ def make_fake_engine(home: Path, *, cpus: int = 4, memory: int = 8 * GIB) -> Eng
         host_cpus=cpus,
         host_memory=memory,
         hypervisor_version=lambda: "fake",
+        arches=lambda: {"x86_64": "fake-qemu"},
     )
     return Engine(settings, deps, Database(settings.paths.database))

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 from typing import Annotated, NoReturn
 
 import typer
 
 from cloudlet.cli import console as console_mod
 from cloudlet.cli import render
+from cloudlet.cli.progress import byte_progress as _byte_progress
 from cloudlet.cli.render import Output, err, out
 from cloudlet.engine.engine import CreateRequest, Engine
 from cloudlet.engine.factory import open_engine
-from cloudlet.errors import CloudletError
-from cloudlet.spec.units import parse_size
+from cloudlet.errors import CloudletError, InvalidInput
+from cloudlet.host.run import exec_replace
+from cloudlet.spec.units import format_size, parse_size
 
 app = typer.Typer(
     name="cloudlet",
@@ -59,6 +62,25 @@ def create(
     restrict_network: Annotated[
         bool, typer.Option("--restrict-network", help="NAT without any way out (restrict=on)")
     ] = False,
+    arch: Annotated[
+        str | None, typer.Option(help="guest architecture: x86_64, aarch64 (emulated)")
+    ] = None,
+    profile: Annotated[
+        str, typer.Option(help="modern (virtio) or legacy (i440fx, IDE, e1000, BIOS)")
+    ] = "modern",
+    user: Annotated[str | None, typer.Option(help="login user (cloud-init images)")] = None,
+    ssh_key: Annotated[
+        list[Path] | None, typer.Option("--ssh-key", help="SSH public key file (repeatable)")
+    ] = None,
+    user_data: Annotated[
+        Path | None, typer.Option("--user-data", help="your own #cloud-config file")
+    ] = None,
+    iso: Annotated[
+        Path | None, typer.Option(help="install from this ISO onto an empty --disk-size disk")
+    ] = None,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="return when cloud-init has finished in the guest")
+    ] = False,
     no_start: Annotated[bool, typer.Option("--no-start", help="create stopped")] = False,
     no_wait: Annotated[
         bool, typer.Option("--no-wait", help="return once QEMU runs, before the guest agent")
@@ -75,6 +97,13 @@ def create(
         disk_size=parse_size(disk_size, what="disk size", default_unit="G") if disk_size else None,
         network=network,
         restrict_network=restrict_network,
+        arch=arch,
+        profile=profile,
+        user=user,
+        ssh_keys=tuple(k.expanduser() for k in ssh_key or ()),
+        user_data=user_data,
+        iso=iso,
+        wait_cloud_init=wait,
     )
     engine = _engine()
     with err.status(f"creating {name} ..."):
@@ -191,6 +220,55 @@ def exec_(
     raise typer.Exit(result.shell_code)
 
 
+@app.command(context_settings={"allow_interspersed_args": False})
+def ssh(
+    name: NameArg,
+    command: Annotated[list[str] | None, typer.Argument(help="a command to run, after --")] = None,
+) -> None:
+    """An SSH session (the system's OpenSSH client) with the VM's port, user and pinned key."""
+    args = list(command or [])
+    if args and args[0] == "--":
+        args = args[1:]
+    argv = _engine().ssh_argv(name, args)
+    exec_replace(argv)
+
+
+@app.command("ssh-config")
+def ssh_config(name: NameArg) -> None:
+    """An ssh_config block for the VM: cloudlet ssh-config web1 >> ~/.ssh/config"""
+    sys.stdout.write(_engine().ssh_config(name))
+
+
+@app.command()
+def cp(
+    source: Annotated[str, typer.Argument(help="FILE or VM:PATH")],
+    destination: Annotated[str, typer.Argument(help="FILE or VM:PATH")],
+) -> None:
+    """Copy a file into or out of a VM through its guest agent (binary-safe)."""
+    src_vm, src_path = _split_remote(source)
+    dst_vm, dst_path = _split_remote(destination)
+    if (src_vm is None) == (dst_vm is None):
+        raise InvalidInput(
+            "exactly one side of cp must be VM:PATH",
+            hint="use 'cloudlet cp FILE VM:PATH' or 'cloudlet cp VM:PATH FILE'",
+        )
+    engine = _engine()
+    with _byte_progress() as progress:
+        if dst_vm is not None:
+            copied = engine.copy_to(dst_vm, Path(src_path), dst_path, progress=progress)
+        else:
+            assert src_vm is not None
+            copied = engine.copy_from(src_vm, src_path, Path(dst_path), progress=progress)
+    err.print(f"copied {format_size(copied)}")
+
+
+def _split_remote(text: str) -> tuple[str | None, str]:
+    name, sep, path = text.partition(":")
+    if sep and name and "/" not in name:
+        return name, path
+    return None, text
+
+
 @app.command()
 def console(name: NameArg) -> None:
     """Attach to the serial console. Detach with Ctrl-]."""
@@ -250,20 +328,65 @@ def host(
 
 @image_app.command("list")
 def image_list(output: OutputOpt = Output.table) -> None:
-    """Images available to 'cloudlet create --image'."""
-    names = _engine().deps.images.names()
+    """Local images (built-in ones appear once built)."""
+    items = _engine().images()
     if output == Output.json:
-        render.print_json(names)
+        render.print_json(items)
     else:
-        for name in names:
-            out.print(name)
+        render.images_table(items)
+
+
+@image_app.command("show")
+def image_show(name: Annotated[str, typer.Argument()], output: OutputOpt = Output.table) -> None:
+    """Everything about one image."""
+    info = _engine().image_show(name)
+    if output == Output.json:
+        render.print_json(info)
+    else:
+        render.key_values(info)
 
 
 @image_app.command("build")
-def image_build(name: Annotated[str, typer.Argument(help="built-in image name")] = "tiny") -> None:
-    """Build (or find cached) a built-in image."""
-    image = _engine().deps.images.get(name, progress=_progress)
-    err.print(f"{image.name}: {image.os} at {image.path}")
+def image_build(
+    name: Annotated[str, typer.Argument(help="built-in image: tiny or debian-12")] = "tiny",
+    arch: Annotated[str | None, typer.Option(help="x86_64 or aarch64 (tiny)")] = None,
+) -> None:
+    """Build (or find cached) a built-in image from Debian packages."""
+    image = _engine().image_build(name, arch=arch, progress=_progress)
+    err.print(f"{image.name} ({image.arch}): {image.os} at {image.path}")
+
+
+@image_app.command("import")
+def image_import(
+    path: Annotated[Path, typer.Argument(help="a local qcow2, raw or ISO file")],
+    name: Annotated[str, typer.Option(help="image name")],
+    format_: Annotated[str, typer.Option("--format", help="qcow2, raw or iso")] = "qcow2",
+    licence: Annotated[str, typer.Option(help="'free' or a proprietary licence name")] = "free",
+    os_family: Annotated[str, typer.Option("--os", help="linux, windows, macos ...")] = "linux",
+    user: Annotated[str | None, typer.Option(help="its cloud-init default user")] = None,
+) -> None:
+    """Import a local disk image after safety checks (no backing or data files, no extents)."""
+    with err.status(f"importing {path} ..."):
+        info = _engine().image_import(
+            path, name, format_, licence=licence, os_family=os_family, default_user=user
+        )
+    err.print(f"image {info['name']} imported")
+
+
+@image_app.command("pull")
+def image_pull(
+    name: Annotated[str, typer.Argument(help="catalog name, e.g. ubuntu-24.04")],
+) -> None:
+    """Download an official cloud image (resumable, checksum verified)."""
+    with _byte_progress() as progress:
+        info = _engine().image_pull(name, progress=progress)
+    err.print(f"image {info['name']} ready")
+
+
+@image_app.command("delete")
+def image_delete(name: Annotated[str, typer.Argument()]) -> None:
+    """Delete an image; refused while a VM uses it."""
+    err.print(_engine().image_delete(name))
 
 
 @license_app.command("add")

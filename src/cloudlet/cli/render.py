@@ -113,6 +113,7 @@ def host_detail(host: HostView) -> None:
         ("Memory", f"{format_size(host.memory_used)} used of {format_size(host.memory_limit)} "
                    f"(RAM {format_size(host.host_memory)} minus reserve), "
                    f"{format_size(max(0, host.memory_limit - host.memory_used))} free"),
+        ("Architectures", ", ".join(f"{a}: {how}" for a, how in host.arches.items())),
         ("VMs", f"{host.instances} ({host.running} running)"),
         ("State directory", host.home),
     ]  # fmt: skip
@@ -123,3 +124,29 @@ def host_detail(host: HostView) -> None:
 
 def all_types() -> list[MachineType]:
     return list(CATALOG.values())
+
+
+def images_table(items: list[dict[str, Any]]) -> None:
+    if not items:
+        err.print("no images yet: 'cloudlet image build tiny' or 'cloudlet image pull NAME'")
+        return
+    table = Table(box=None, pad_edge=False)
+    for column in ("NAME", "ARCH", "OS", "SIZE", "LICENCE", "BOOT", "USED BY"):
+        table.add_column(column)
+    for i in items:
+        table.add_row(
+            str(i["name"]),
+            str(i["arch"]),
+            str(i["os"]),
+            format_size(int(i["min_disk_bytes"])),
+            str(i["licence"]),
+            str(i["boot"]),
+            ", ".join(i.get("used_by", [])) or "-",
+        )
+    out.print(table)
+
+
+def key_values(data: dict[str, Any]) -> None:
+    width = max(len(k) for k in data)
+    for key, value in data.items():
+        out.print(f"[bold]{key:<{width}}[/]  {value}")

@@ -13,15 +13,28 @@ from cloudlet.images.store import Image, Progress
 
 
 class ImageProvider(Protocol):
-    def get(self, name: str, *, progress: Progress | None = None, build: bool = True) -> Image: ...
+    def get(
+        self,
+        name: str,
+        *,
+        progress: Progress | None = None,
+        build: bool = True,
+        arch: str | None = None,
+    ) -> Image: ...
 
     def names(self) -> list[str]: ...
+
+    def images(self) -> list[Image]: ...
+
+    def delete(self, name: str) -> list[Path]: ...
 
 
 class DiskBackend(Protocol):
     def create_overlay(self, image: Image, dest: Path, size: int | None) -> None: ...
 
     def virtual_size(self, path: Path) -> int: ...
+
+    def create_blank(self, dest: Path, size: int) -> None: ...
 
 
 @dataclass
@@ -33,3 +46,4 @@ class EngineDeps:
     host_cpus: int
     host_memory: int
     hypervisor_version: Callable[[], str]
+    arches: Callable[[], dict[str, str]]

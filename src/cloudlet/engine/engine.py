@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,12 +20,14 @@ from sqlalchemy import select
 
 from cloudlet.config import Settings
 from cloudlet.driver.base import ExecResult, GuestInfo, LaunchConfig, PowerState
+from cloudlet.engine import access as access_mod
 from cloudlet.engine import capacity as capacity_mod
 from cloudlet.engine import licensing, locks
 from cloudlet.engine.deps import EngineDeps
 from cloudlet.engine.views import HostView, InstanceView
 from cloudlet.errors import CloudletError, Conflict, InvalidInput, NotFound
-from cloudlet.images.store import Image, Progress
+from cloudlet.host.kvm import AccelVerdict
+from cloudlet.images.store import HOST_ARCH, Image, Progress
 from cloudlet.spec.instance import InstanceSpec, NetworkSpec
 from cloudlet.spec.machine_types import resolve_shape
 from cloudlet.spec.names import validate_name
@@ -50,6 +52,13 @@ class CreateRequest:
     disk_size: int | None = None
     restrict_network: bool = False
     network: str = "nat"
+    arch: str | None = None
+    profile: str = "modern"
+    user: str | None = None
+    ssh_keys: tuple[Path, ...] = ()
+    user_data: Path | None = None
+    iso: Path | None = None
+    wait_cloud_init: bool = False
 
 
 @dataclass(frozen=True)
@@ -177,7 +186,8 @@ class Engine:
     def _launch_config(self, row: InstanceRow, image: Image, accel: str) -> LaunchConfig:
         spec = InstanceSpec.model_validate_json(row.spec_json)
         instance_dir = self.paths.instance_dir(row.id)
-        cmdline = f"{image.cmdline} cloudlet.hostname={row.name}".strip()
+        cmdline = f"{image.cmdline} cloudlet.hostname={row.name}".strip() if image.kernel else ""
+        seed = instance_dir / "seed.iso"
         return LaunchConfig(
             instance_id=row.id,
             name=row.name,
@@ -196,6 +206,9 @@ class Engine:
             network_restrict=spec.network.restrict or self.settings.force_restrict_network,
             ssh_port=row.ssh_port,
             uuid=row.id,
+            profile=spec.profile,
+            seed_iso=seed if seed.exists() else None,
+            install_iso=image.install_iso,
         )
 
     # ------------------------------------------------------------------ reconcile
@@ -320,6 +333,10 @@ class Engine:
             instances=len(rows),
             running=sum(1 for r in rows if r.state == VMState.RUNNING),
             home=str(self.paths.home),
+            arches={
+                arch: (accel if arch == HOST_ARCH else "tcg (emulated)")
+                for arch in sorted(self.deps.arches())
+            },
         )
 
     def serial_log(self, name: str) -> Path:
@@ -346,15 +363,35 @@ class Engine:
                 f"unknown network {req.network!r}", hint="use 'nat' or 'none' for now"
             )
         self._ensure_name_free(req.name)
-        image = self.deps.images.get(req.image, progress=progress)
+        if req.profile not in ("modern", "legacy"):
+            raise InvalidInput(f"unknown profile {req.profile!r}", hint="use modern or legacy")
+        if req.iso is not None:
+            if req.disk_size is None:
+                raise InvalidInput(
+                    "an install from ISO needs an empty disk size",
+                    hint="add --disk-size, such as --disk-size 20G",
+                )
+            image = self._installer_image(req.iso, progress)
+        else:
+            image = self.deps.images.get(req.image, progress=progress, arch=req.arch)
+        self._check_arch(image.arch, req.profile)
         if req.disk_size is not None and req.disk_size < image.min_disk_bytes:
             raise InvalidInput(
-                f"disk size {format_size(req.disk_size)} is smaller than image {req.image} "
+                f"disk size {format_size(req.disk_size)} is smaller than image {image.name} "
                 f"({format_size(image.min_disk_bytes)})",
                 hint=f"use --disk-size {format_size(image.min_disk_bytes).replace(' ', '')} "
                 "or more",
             )
+        plan = access_mod.plan_access(
+            image,
+            user=req.user,
+            ssh_keys=req.ssh_keys,
+            user_data_file=req.user_data,
+            keys_dir=self.paths.home / "keys",
+        )
         if start:
+            licensing.check_host_allowed(image, apple_hardware=licensing.host_is_apple_hardware())
+            self._check_seats(image)
             self._capacity().check(shape.cpus, shape.memory, name=req.name)
         network = NetworkSpec(
             mode="none" if req.network == "none" else "nat",
@@ -362,12 +399,17 @@ class Engine:
         )
         spec = InstanceSpec(
             name=req.name,
-            image=req.image,
+            image=image.name,
             type=shape.name,
             cpus=shape.cpus,
             memory=shape.memory,
             disk_size=req.disk_size,
+            arch=image.arch,  # type: ignore[arg-type]
             network=network,
+            profile=req.profile,  # type: ignore[arg-type]
+            access=plan.access,
+            user_data=plan.user_data,
+            install_iso=image.name if image.install_iso else None,
         )
         from cloudlet.host.resources import free_loopback_port
 
@@ -379,7 +421,7 @@ class Engine:
                 name=req.name,
                 state=VMState.CREATING.value,
                 spec_json=spec.model_dump_json(),
-                image=req.image,
+                image=image.name,
                 image_path=str(image.path),
                 type_name=shape.name,
                 cpus=shape.cpus,
@@ -398,7 +440,19 @@ class Engine:
                     instance_dir = self.paths.instance_dir(row.id)
                     instance_dir.mkdir(parents=True)
                     disk = instance_dir / "disk.qcow2"
-                    self.deps.disks.create_overlay(image, disk, req.disk_size)
+                    if image.install_iso is not None:
+                        assert req.disk_size is not None
+                        self.deps.disks.create_blank(disk, req.disk_size)
+                    else:
+                        self.deps.disks.create_overlay(image, disk, req.disk_size)
+                    if image.cloud_init:
+                        access_mod.write_seed(
+                            instance_dir / "seed.iso",
+                            instance_id=row.id,
+                            hostname=row.name,
+                            access=plan.access,
+                            user_data=plan.user_data,
+                        )
                     actual = self.deps.disks.virtual_size(disk)
                     with self.db.session() as s:
                         fresh = s.get(InstanceRow, row.id)
@@ -408,10 +462,70 @@ class Engine:
                     self._event(row.name, "created", f"created from image {req.image}", op_id)
                     if start:
                         self._boot(self._row(req.name), wait=wait, op_id=op_id)
+                        if wait and req.wait_cloud_init and image.cloud_init:
+                            self._finish_first_boot(self._row(req.name))
             except BaseException:
                 self._remove_everything(row)
                 raise
         return self.show(req.name)
+
+    def _accel_for(self, image: Image) -> AccelVerdict:
+        if image.arch != HOST_ARCH:
+            return AccelVerdict("tcg", f"{image.arch} guests are emulated on this {HOST_ARCH} host")
+        return self.deps.accel(image)
+
+    def _check_arch(self, arch: str, profile: str) -> None:
+        runnable = self.deps.arches()
+        if arch not in runnable:
+            raise InvalidInput(
+                f"this host cannot run {arch} guests (no QEMU for it)",
+                hint="install qemu-system-arm for aarch64, or pick another --arch",
+            )
+        if profile == "legacy" and arch != "x86_64":
+            raise InvalidInput(
+                "the legacy profile is an x86 PC (i440fx, IDE, e1000, BIOS)",
+                hint="use --profile legacy only with x86_64 guests",
+            )
+
+    def _installer_image(self, iso: Path, progress: Progress | None) -> Image:
+        """An installer ISO becomes an image once (after its safety checks), then is reused."""
+        from cloudlet.images import importer
+
+        name = "iso-" + "".join(c if c.isalnum() else "-" for c in iso.stem.lower()).strip("-")
+        name = name[:63].rstrip("-")
+        try:
+            return self.deps.images.get(name, progress=progress)
+        except NotFound:
+            pass
+        importer.import_image(iso, name, "iso", self.paths.images, progress=None)
+        return self.deps.images.get(name)
+
+    def _finish_first_boot(self, row: InstanceRow) -> None:
+        """--wait: cloud-init done, then the guest's SSH host keys pinned.
+
+        With a guest agent both come over the agent; without one, sshd's banner says
+        the guest is up and cloud-init's console output gives the host keys.
+        """
+        image = Image.load(Path(row.image_path))
+        known_hosts = self.paths.instance_dir(row.id) / "known_hosts"
+        if image.guest_agent:
+            access_mod.wait_cloud_init(self.driver, row.id)
+            if row.ssh_port is not None:
+                access_mod.pin_host_keys(self.driver, row.id, row.ssh_port, known_hosts)
+            return
+        if row.ssh_port is None:
+            raise InvalidInput(
+                f"cannot wait for {row.name}: it has neither a guest agent nor SSH over NAT",
+                hint="drop --wait",
+            )
+        access_mod.wait_ssh_banner(
+            row.ssh_port,
+            access_mod.CLOUD_INIT_TIMEOUT,
+            alive=lambda: self.driver.power_state(row.id) == PowerState.RUNNING,
+        )
+        access_mod.pin_host_keys_from_serial(
+            self.paths.instance_dir(row.id) / "serial.log", row.ssh_port, known_hosts
+        )
 
     def _ensure_name_free(self, name: str) -> None:
         with self.db.session() as s:
@@ -443,7 +557,7 @@ class Engine:
     def _boot(self, row: InstanceRow, *, wait: bool, op_id: int) -> None:
         """Check capacity, launch QEMU, wait for the agent; the caller holds the VM's lock."""
         image = Image.load(Path(row.image_path))
-        verdict = self.deps.accel(image)
+        verdict = self._accel_for(image)
         if verdict.accel == "tcg":
             notice = f"{row.name} runs under TCG software emulation (slower): {verdict.reason}"
             if notice not in self.notices:
@@ -463,7 +577,7 @@ class Engine:
                 fresh.accel = verdict.accel
             self.driver.start(config)
             self._set_state(row.id, VMState.RUNNING)
-            if wait:
+            if wait and image.guest_agent:
                 self.driver.wait_agent(row.id, self.agent_timeout)
         except BaseException as exc:
             self.driver.force_stop(row.id)
@@ -601,6 +715,133 @@ class Engine:
         return [
             {"name": r.name, "seats": r.seats, "in_use": self._seats_in_use(r.name)} for r in rows
         ]
+
+    # ------------------------------------------------------------------ images
+    def images(self) -> list[dict[str, object]]:
+        """Local images with the VMs that use each."""
+        with self.db.session() as s:
+            rows = s.scalars(select(InstanceRow)).all()
+        result = []
+        for image in self.deps.images.images():
+            info = image.describe()
+            info["used_by"] = sorted(r.name for r in rows if r.image == image.name)
+            result.append(info)
+        return result
+
+    def image_show(self, name: str) -> dict[str, object]:
+        for info in self.images():
+            if info["name"] == name:
+                return info
+        raise NotFound(f"unknown image {name!r}", hint="run 'cloudlet image list'")
+
+    def image_build(self, name: str, *, arch: str | None, progress: Progress | None) -> Image:
+        return self.deps.images.get(name, progress=progress, arch=arch)
+
+    def image_delete(self, name: str) -> str:
+        """Refused while any VM still uses the image (its disk is their backing file)."""
+        with locks.hold(self.paths.locks, f".image-{name}", what=f"image {name}"):
+            with self.db.session() as s:
+                users = s.scalars(select(InstanceRow.name).where(InstanceRow.image == name)).all()
+            if users:
+                raise Conflict(
+                    f"image {name} is used by {', '.join(sorted(users))}",
+                    hint="delete those VMs first",
+                )
+            self.deps.images.delete(name)
+        return f"image {name} deleted"
+
+    def image_import(
+        self,
+        path: Path,
+        name: str,
+        fmt: str,
+        *,
+        licence: str = "free",
+        os_family: str = "linux",
+        default_user: str | None = None,
+        progress: Progress | None = None,
+    ) -> dict[str, object]:
+        from cloudlet.images import importer
+
+        if not path.is_file():
+            raise NotFound(f"no file {path}", hint="check the path")
+        importer.import_image(
+            path, name, fmt, self.paths.images, licence=licence, default_user=default_user,
+            os_family=os_family,
+        )  # fmt: skip
+        return self.image_show(name)
+
+    def image_pull(
+        self, name: str, *, progress: Callable[[int, int | None], None] | None
+    ) -> dict[str, object]:
+        from cloudlet.images import catalog, importer
+
+        entry = catalog.get_entry(name)
+        importer.pull(entry, self.paths.images, self.paths.cache / "downloads", progress)
+        return self.image_show(name)
+
+    # ------------------------------------------------------------------ access
+    def _access(self, name: str) -> tuple[InstanceRow, InstanceSpec, Path]:
+        row = self._reconcile(self._row(name))
+        self._require_state(row, {VMState.RUNNING}, "connect to")
+        spec = InstanceSpec.model_validate_json(row.spec_json)
+        if spec.access.user is None or row.ssh_port is None:
+            raise Conflict(
+                f"{name} has no SSH access (its image has no cloud-init or it has no NAT)",
+                hint="use 'cloudlet exec' or 'cloudlet console'",
+            )
+        known_hosts = self.paths.instance_dir(row.id) / "known_hosts"
+        if not known_hosts.exists():
+            if Image.load(Path(row.image_path)).guest_agent:
+                access_mod.pin_host_keys(self.driver, row.id, row.ssh_port, known_hosts)
+            else:
+                access_mod.pin_host_keys_from_serial(
+                    self.paths.instance_dir(row.id) / "serial.log", row.ssh_port, known_hosts
+                )
+        return row, spec, known_hosts
+
+    def ssh_argv(self, name: str, command: list[str]) -> list[str]:
+        """The OpenSSH client command line that reaches the VM, host key pinned."""
+        row, spec, known_hosts = self._access(name)
+        assert row.ssh_port is not None
+        options = access_mod.ssh_options(spec.access, row.ssh_port, known_hosts)
+        return ["ssh", *options, f"{spec.access.user}@127.0.0.1", *command]
+
+    def ssh_config(self, name: str) -> str:
+        row, spec, known_hosts = self._access(name)
+        assert row.ssh_port is not None
+        return access_mod.ssh_config(name, spec.access, row.ssh_port, known_hosts)
+
+    def copy_to(
+        self, name: str, src: Path, dest: str, *, progress: Callable[[int, int], None] | None
+    ) -> int:
+        """Copy a host file into the guest through its agent (no network needed)."""
+        from cloudlet.guest import files
+
+        row = self._reconcile(self._row(name))
+        self._require_state(row, {VMState.RUNNING}, "copy to")
+        runtime = self.driver.runtime(row.id)
+        assert runtime is not None
+        if not src.is_file():
+            raise NotFound(f"no file {src} on this host", hint="check the path")
+        return files.copy_in(runtime.agent_socket, src, dest, progress=progress)
+
+    def copy_from(
+        self, name: str, src: str, dest: Path, *, progress: Callable[[int, int], None] | None
+    ) -> int:
+        from cloudlet.guest import files
+
+        row = self._reconcile(self._row(name))
+        self._require_state(row, {VMState.RUNNING}, "copy from")
+        runtime = self.driver.runtime(row.id)
+        assert runtime is not None
+        return files.copy_out(runtime.agent_socket, src, dest, progress=progress)
+
+    def wait_ready(self, name: str) -> None:
+        """--wait on an existing VM: cloud-init done and host keys pinned."""
+        row = self._reconcile(self._row(name))
+        self._require_state(row, {VMState.RUNNING}, "wait for")
+        self._finish_first_boot(row)
 
     # ------------------------------------------------------------------ guest
     def exec(

@@ -10,21 +10,21 @@ from cloudlet.engine.deps import EngineDeps
 from cloudlet.engine.engine import Engine
 from cloudlet.host import kvm
 from cloudlet.host.kvm import AccelVerdict, ProbeGuest
-from cloudlet.host.qemu_binaries import qemu_version
+from cloudlet.host.qemu_binaries import available_arches, qemu_version
 from cloudlet.host.resources import cpu_count, memory_total
 from cloudlet.images.store import Image, ImageStore
 from cloudlet.storage.disks import Qcow2Disks
 from cloudlet.store.database import Database
 
 
-def accel_for(settings: Settings) -> Callable[[Image], AccelVerdict]:
-    """Probe KVM once per host boot (cached in the state directory)."""
+def accel_for(settings: Settings, images: ImageStore) -> Callable[[Image], AccelVerdict]:
+    """Probe KVM once per host boot (cached), always with the tiny image's kernel."""
     cache_file = settings.paths.home / "host" / "accel.json"
 
     def decide(image: Image) -> AccelVerdict:
-        if image.kernel is None or image.initrd is None:
-            raise ValueError("the KVM probe needs an image with a kernel and an initramfs")
-        return kvm.decide(cache_file, ProbeGuest(image.kernel, image.initrd))
+        probe = image if image.name == "tiny" else images.get("tiny")
+        assert probe.kernel is not None and probe.initrd is not None
+        return kvm.decide(cache_file, ProbeGuest(probe.kernel, probe.initrd))
 
     return decide
 
@@ -33,14 +33,16 @@ def open_engine(settings: Settings | None = None, *, recover: bool = True) -> En
     """The engine every frontend uses; finishes interrupted operations on open."""
     settings = settings or Settings.load()
     settings.paths.ensure()
+    images = ImageStore(settings.paths.images, settings.paths.cache / "debs")
     deps = EngineDeps(
         driver=QemuDriver(settings.paths.run),
-        images=ImageStore(settings.paths.images, settings.paths.cache / "debs"),
+        images=images,
         disks=Qcow2Disks(),
-        accel=accel_for(settings),
+        accel=accel_for(settings, images),
         host_cpus=cpu_count(),
         host_memory=memory_total(),
         hypervisor_version=lambda: qemu_version(),
+        arches=available_arches,
     )
     engine = Engine(settings, deps, Database(settings.paths.database))
     if recover:

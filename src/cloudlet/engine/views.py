@@ -48,6 +48,7 @@ class HostView:
     instances: int
     running: int
     home: str
+    arches: dict[str, str]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

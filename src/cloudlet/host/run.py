@@ -117,3 +117,15 @@ def spawn(
         )
     except FileNotFoundError as exc:
         raise MissingDependency(f"{args[0]} is not installed") from exc
+
+
+def exec_replace(argv: Sequence[str]) -> None:
+    """Replace this process with ``argv`` (interactive programs such as ssh)."""
+    args = [os.fspath(a) for a in argv]
+    _check_guard(args)
+    try:
+        os.execvp(args[0], args)
+    except FileNotFoundError as exc:
+        raise MissingDependency(
+            f"{args[0]} is not installed", hint="install openssh-client"
+        ) from exc

@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import fcntl
 import json
+import platform
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from cloudlet.errors import NotFound
+from cloudlet.errors import InvalidInput, NotFound
 
-BUILTIN = ("tiny",)
+BUILTIN = ("tiny", "debian-12")
+HOST_ARCH = platform.machine()
 Progress = Callable[[str], None]
+Builder = Callable[[Path, Callable[[str], None] | None], None]
 
 
 @dataclass(frozen=True)
@@ -82,7 +85,7 @@ class Image:
             os_family=str(meta.get("os_family") or "linux"),
             default_user=meta.get("default_user"),
             cloud_init=bool(meta.get("cloud_init", False)),
-            guest_agent=bool(meta.get("guest_agent", True)),
+            guest_agent=bool(meta.get("guest_agent", False)),
             install_iso=path / meta["disk"] if meta.get("format") == "iso" else None,
         )
 
@@ -101,42 +104,97 @@ class ImageStore:
         found = {p.parent.name for p in self.root.glob("*/current")}
         return sorted(found | set(BUILTIN))
 
-    def get(self, name: str, *, progress: Progress | None = None, build: bool = True) -> Image:
+    def get(
+        self,
+        name: str,
+        *,
+        progress: Progress | None = None,
+        build: bool = True,
+        arch: str | None = None,
+    ) -> Image:
         """The current version of ``name``; builds a built-in image when missing or stale."""
         if name in BUILTIN:
-            return self._builtin(name, progress, build)
+            return self._builtin(name, arch or HOST_ARCH, progress, build)
         current = self._current(name)
         if not current.exists():
             raise NotFound(
                 f"unknown image {name!r}",
                 hint=f"available: {', '.join(self.names())} (run 'cloudlet image list')",
             )
-        return Image.load(current.resolve())
+        image = Image.load(current.resolve())
+        if arch is not None and arch != image.arch:
+            raise InvalidInput(
+                f"image {name} is {image.arch}, not {arch}",
+                hint="drop --arch, or use an image built for that architecture",
+            )
+        return image
 
-    def _builtin(self, name: str, progress: Progress | None, build: bool) -> Image:
-        from cloudlet.images.tiny import build_tiny, recipe_digest
+    def _recipe(self, name: str, arch: str) -> tuple[str, Builder]:
+        if name == "tiny":
+            from cloudlet.images.tiny import build_tiny
+            from cloudlet.images.tiny import recipe_digest as tiny_digest
 
-        digest = recipe_digest()
-        version_dir = self.root / name / digest[:16]
+            def build_tiny_image(dest: Path, progress: Progress | None) -> None:
+                build_tiny(dest, arch=arch, progress=progress, deb_cache=self.deb_cache)
+
+            return tiny_digest(arch), build_tiny_image
+        if arch != HOST_ARCH:
+            raise InvalidInput(
+                f"image {name} is built for {HOST_ARCH} only",
+                hint="use --image tiny for other architectures",
+            )
+        from cloudlet.images.debian import build_debian
+        from cloudlet.images.debian import recipe_digest as debian_digest
+
+        def build_debian_image(dest: Path, progress: Progress | None) -> None:
+            build_debian(dest, progress=progress, cache=self.deb_cache.parent / "debian")
+
+        return debian_digest(), build_debian_image
+
+    def _builtin(self, name: str, arch: str, progress: Progress | None, build: bool) -> Image:
+        digest, builder = self._recipe(name, arch)
+        prefix = "" if arch == HOST_ARCH else f"{arch}-"
+        version_dir = self.root / name / f"{prefix}{digest[:16]}"
         if (version_dir / "image.json").exists():
-            self._point_current(name, version_dir)
+            if arch == HOST_ARCH:
+                self._point_current(name, version_dir)
             return Image.load(version_dir)
         if not build:
             raise NotFound(
-                f"image {name!r} is not built yet", hint="run 'cloudlet image build tiny'"
+                f"image {name!r} is not built yet", hint=f"run 'cloudlet image build {name}'"
             )
         (self.root / name).mkdir(parents=True, exist_ok=True)
         # One builder at a time; a second process waits and then finds it built.
-        with open(self.root / name / ".build.lock", "w") as lock:
+        with open(self.root / name / f".build-{arch}.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             if not (version_dir / "image.json").exists():
                 if progress:
-                    progress(f"building image {name} from Debian packages (once)")
+                    progress(f"building image {name} ({arch}) from Debian packages (once)")
                 if version_dir.exists():
                     shutil.rmtree(version_dir)
-                build_tiny(version_dir, progress=progress, deb_cache=self.deb_cache)
-        self._point_current(name, version_dir)
+                builder(version_dir, progress)
+        if arch == HOST_ARCH:
+            self._point_current(name, version_dir)
         return Image.load(version_dir)
+
+    def images(self) -> list[Image]:
+        """Every image with a current version (built-ins only once built)."""
+        found = []
+        for link in sorted(self.root.glob("*/current")):
+            try:
+                found.append(Image.load(link.resolve()))
+            except (OSError, ValueError, KeyError):
+                continue
+        return found
+
+    def delete(self, name: str) -> list[Path]:
+        """Remove every version of ``name``; the caller checks no VM uses it."""
+        target = self.root / name
+        if not target.exists():
+            raise NotFound(f"unknown image {name!r}", hint="run 'cloudlet image list'")
+        versions = [p for p in target.iterdir() if p.is_dir() and not p.is_symlink()]
+        shutil.rmtree(target)
+        return versions
 
     def _point_current(self, name: str, version_dir: Path) -> None:
         link = self._current(name)

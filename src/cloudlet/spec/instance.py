@@ -9,7 +9,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from cloudlet.errors import InvalidInput
 from cloudlet.spec.names import validate_name
 
-Arch = Literal["x86_64"]
+Arch = Literal["x86_64", "aarch64"]
+Profile = Literal["modern", "legacy"]
 
 
 class NetworkSpec(BaseModel):
@@ -20,6 +21,16 @@ class NetworkSpec(BaseModel):
     mode: Literal["nat", "none"] = "nat"
     restrict: bool = False
     ssh_forward: bool = True
+
+
+class AccessSpec(BaseModel):
+    """Who logs in and with which keys (written into the cloud-init seed)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    user: str | None = None
+    ssh_public_keys: tuple[str, ...] = ()
+    ssh_private_key: str | None = Field(default=None, description="path used by cloudlet ssh")
 
 
 class InstanceSpec(BaseModel):
@@ -36,6 +47,10 @@ class InstanceSpec(BaseModel):
     arch: Arch = "x86_64"
     location: str = "local"
     network: NetworkSpec = NetworkSpec()
+    profile: Profile = "modern"
+    access: AccessSpec = AccessSpec()
+    user_data: str | None = Field(default=None, description="the user's own #cloud-config")
+    install_iso: str | None = Field(default=None, description="installer ISO image name")
 
     @field_validator("name")
     @classmethod

@@ -14,5 +14,8 @@ class Qcow2Disks:
     def create_overlay(self, image: Image, dest: Path, size: int | None) -> None:
         qcow2.create_overlay(image.disk, image.disk_format, dest, size)
 
+    def create_blank(self, dest: Path, size: int) -> None:
+        qcow2.create_blank(dest, size)
+
     def virtual_size(self, path: Path) -> int:
         return qcow2.virtual_size(path, "qcow2")

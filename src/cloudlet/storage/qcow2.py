@@ -31,3 +31,8 @@ def create_overlay(base: Path, base_format: str, dest: Path, size: int | None = 
     if size is not None:
         argv.append(str(size))
     run(argv)
+
+
+def create_blank(dest: Path, size: int) -> None:
+    """An empty thin qcow2 (for installs from ISO)."""
+    run([qemu_img(), "create", "-q", "-f", "qcow2", str(dest), str(size)])

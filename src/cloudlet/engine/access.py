@@ -1,0 +1,180 @@
+"""Guest access for cloud-init images: seed contents, cloud-init wait, SSH keys and argv.
+
+Everything a user's input can get wrong (keys, user-data) is checked by
+``plan_access`` before the engine creates anything.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from cloudlet.driver.base import Driver
+from cloudlet.errors import GuestError, InvalidInput, Timeout
+from cloudlet.images.store import Image
+from cloudlet.spec.instance import AccessSpec
+
+DEFAULT_USER = "cloudlet"
+CLOUD_INIT_TIMEOUT = 900.0
+
+
+@dataclass(frozen=True)
+class AccessPlan:
+    access: AccessSpec
+    user_data: str | None
+
+
+def plan_access(
+    image: Image,
+    *,
+    user: str | None,
+    ssh_keys: tuple[Path, ...],
+    user_data_file: Path | None,
+    keys_dir: Path,
+) -> AccessPlan:
+    """Validate keys and user-data and decide the login user; no side effects but a key pair."""
+    from cloudlet import cloudinit
+
+    if not image.cloud_init:
+        if ssh_keys or user_data_file or user:
+            raise InvalidInput(
+                f"image {image.name} has no cloud-init, so --ssh-key/--user/--user-data "
+                "cannot apply",
+                hint="use an image with cloud-init, such as debian-12",
+            )
+        return AccessPlan(AccessSpec(), None)
+    user_data = None
+    if user_data_file is not None:
+        try:
+            text = user_data_file.read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InvalidInput(
+                f"cannot read user-data {user_data_file}: {exc}", hint="check the path"
+            ) from None
+        user_data = cloudinit.validate_user_data(text)
+    if ssh_keys:
+        public = tuple(cloudinit.load_public_key(path) for path in ssh_keys)
+        first = ssh_keys[0]
+        private = first.with_suffix("") if first.suffix == ".pub" else None
+        private_path = str(private) if private is not None and private.exists() else None
+    else:
+        private_key, public_key = cloudinit.ensure_keypair(keys_dir)
+        public = (cloudinit.load_public_key(public_key),)
+        private_path = str(private_key)
+    login = user or image.default_user or DEFAULT_USER
+    return AccessPlan(
+        AccessSpec(user=login, ssh_public_keys=public, ssh_private_key=private_path), user_data
+    )
+
+
+def write_seed(
+    dest: Path, *, instance_id: str, hostname: str, access: AccessSpec, user_data: str | None
+) -> None:
+    """The NoCloud seed ISO the guest's cloud-init reads at first boot."""
+    from cloudlet import cloudinit
+
+    text = cloudinit.build_user_data(
+        hostname, access.user or DEFAULT_USER, list(access.ssh_public_keys), user_data
+    )
+    cloudinit.make_seed_iso(
+        dest,
+        user_data=text,
+        meta_data={"instance-id": instance_id, "local-hostname": hostname},
+    )
+
+
+def wait_cloud_init(driver: Driver, instance_id: str, timeout: float = CLOUD_INIT_TIMEOUT) -> None:
+    """Block until cloud-init finished in the guest; its log tail explains a failure."""
+    result = driver.exec(instance_id, ["cloud-init", "status", "--wait", "--long"], timeout=timeout)
+    if result.exit_code == 0:
+        return
+    tail = driver.exec(
+        instance_id, ["tail", "-n", "15", "/var/log/cloud-init-output.log"], timeout=60
+    )
+    lines = (tail.stdout or result.stdout).decode(errors="replace").strip().splitlines()
+    detail = " | ".join(line.strip() for line in lines[-5:] if line.strip())
+    raise GuestError(
+        f"cloud-init failed in the guest (exit {result.exit_code}): {detail}",
+        hint="see 'cloudlet exec NAME -- cat /var/log/cloud-init-output.log'",
+    )
+
+
+def pin_host_keys(driver: Driver, instance_id: str, port: int, known_hosts: Path) -> None:
+    """Learn the guest's SSH host keys over the agent (a trusted channel) and pin them."""
+    result = driver.exec(instance_id, ["sh", "-c", "cat /etc/ssh/ssh_host_*_key.pub"], timeout=60)
+    keys = [
+        " ".join(line.split()[:2])
+        for line in result.stdout.decode(errors="replace").splitlines()
+        if line.strip()
+    ]
+    if result.exit_code != 0 or not keys:
+        raise GuestError(
+            "the guest has no SSH host keys yet", hint="wait for its first boot to finish"
+        )
+    known_hosts.write_text("".join(f"[127.0.0.1]:{port} {key}\n" for key in keys))
+
+
+def ssh_options(access: AccessSpec, port: int, known_hosts: Path) -> list[str]:
+    options = [
+        "-p", str(port),
+        "-o", f"UserKnownHostsFile={known_hosts}",
+        "-o", "StrictHostKeyChecking=yes",
+        "-o", "LogLevel=ERROR",
+    ]  # fmt: skip
+    if access.ssh_private_key:
+        options += ["-i", access.ssh_private_key, "-o", "IdentitiesOnly=yes"]
+    return options
+
+
+def ssh_config(name: str, access: AccessSpec, port: int, known_hosts: Path) -> str:
+    lines = [
+        f"Host {name}",
+        "  HostName 127.0.0.1",
+        f"  Port {port}",
+        f"  User {access.user}",
+        f"  UserKnownHostsFile {json.dumps(str(known_hosts))}",
+        "  StrictHostKeyChecking yes",
+    ]
+    if access.ssh_private_key:
+        lines += [f"  IdentityFile {json.dumps(access.ssh_private_key)}", "  IdentitiesOnly yes"]
+    return "\n".join(lines) + "\n"
+
+
+def wait_ssh_banner(port: int, timeout: float, alive: Callable[[], bool]) -> None:
+    """For guests without an agent: wait until sshd answers on the forwarded port."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not alive():
+            raise GuestError("the VM stopped while it booted", hint="see 'cloudlet logs'")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
+                if sock.recv(64).startswith(b"SSH-"):
+                    return
+        except OSError:
+            pass
+        time.sleep(1)
+    raise Timeout(
+        f"the guest's SSH server did not answer within {timeout:.0f} s",
+        hint="see 'cloudlet logs'",
+    )
+
+
+def pin_host_keys_from_serial(serial_log: Path, port: int, known_hosts: Path) -> None:
+    """cloud-init prints the host keys on the console at first boot; pin those."""
+    from cloudlet import cloudinit
+
+    try:
+        text = serial_log.read_text(errors="replace")
+    except OSError:
+        text = ""
+    keys = cloudinit.parse_host_keys(text)
+    if not keys:
+        raise GuestError(
+            "the guest printed no SSH host keys on its console",
+            hint="its image's cloud-init may not print them; see 'cloudlet logs'",
+        )
+    known_hosts.write_text("".join(f"[127.0.0.1]:{port} {key}\n" for key in keys))
