@@ -159,3 +159,19 @@ def test_malicious_image_is_refused(cloudlet_home: Path, tmp_path: Path) -> None
     proc = cli.run(home, "image", "import", str(evil), "--name", "evil", check=False)
     assert proc.returncode == 2 and "backing" in proc.stderr
     assert "evil" not in [i["name"] for i in cli.run_json(home, "image", "list")]
+
+
+def test_licence_seats_are_enforced(cloudlet_home: Path) -> None:
+    home = cloudlet_home
+    tiny = Path(cli.run_json(home, "image", "show", "tiny")["path"]) / "disk.qcow2"
+    cli.run(home, "image", "import", str(tiny), "--name", "acme", "--licence", "acme-os")
+    refused = cli.run(home, "create", "a1", "--image", "acme", check=False)
+    assert refused.returncode == 4 and "license add acme-os" in refused.stderr
+    cli.run(home, "license", "add", "acme-os", "--seats", "1")
+    cli.run(home, "create", "a1", "--image", "acme", "--type", "gp.micro")
+    second = cli.run(home, "create", "a2", "--image", "acme", "--type", "gp.micro", check=False)
+    assert second.returncode == 4 and "has 1 seats and 1 are in use" in second.stderr
+    assert [v["name"] for v in cli.run_json(home, "list")] == ["a1"]
+    assert cli.run_json(home, "license", "list") == [{"name": "acme-os", "seats": 1, "in_use": 1}]
+    cli.run(home, "stop", "a1", "--force")
+    cli.run(home, "create", "a2", "--image", "acme", "--type", "gp.micro")
