@@ -106,6 +106,8 @@ def test_aarch64_guest_on_x86(cloudlet_home: Path) -> None:
     assert (shown["arch"], shown["accel"]) == ("aarch64", "tcg")
     host = cli.run_json(home, "host")
     assert host["arches"]["aarch64"] == "tcg (emulated)"
+    stop = cli.run(home, "stop", "arm1", "--timeout", "60")
+    assert "stopped" in stop.stderr and "forced" not in stop.stderr
 
 
 def test_legacy_profile_sees_an_ide_disk(cloudlet_home: Path) -> None:

@@ -111,8 +111,8 @@ class Driver(abc.ABC):
         """The runtime record, if one exists."""
 
     @abc.abstractmethod
-    def request_shutdown(self, instance_id: str) -> None:
-        """Press the ACPI power button; returns at once."""
+    def request_shutdown(self, instance_id: str, *, via_agent: bool = False) -> None:
+        """Press the ACPI power button (or ask the guest agent); returns at once."""
 
     @abc.abstractmethod
     def wait_shutdown(self, instance_id: str, timeout: float) -> bool:

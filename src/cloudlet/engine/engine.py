@@ -621,7 +621,10 @@ class Engine:
                 if not force:
                     if row.state == VMState.PAUSED:
                         self.driver.resume(row.id)  # a paused guest cannot see the button
-                    self.driver.request_shutdown(row.id)
+                    # Direct-boot ARM guests have no ACPI power button: ask their agent.
+                    image = Image.load(Path(row.image_path))
+                    via_agent = row.arch != "x86_64" and image.guest_agent
+                    self.driver.request_shutdown(row.id, via_agent=via_agent)
                     if self.driver.wait_shutdown(row.id, timeout):
                         how = "graceful"
                 self.driver.force_stop(row.id)

@@ -98,9 +98,9 @@ class FakeDriver(Driver):
             raise Conflict("the VM has no running QEMU process", hint="start it first")
         return vm
 
-    def request_shutdown(self, instance_id: str) -> None:
+    def request_shutdown(self, instance_id: str, *, via_agent: bool = False) -> None:
         vm = self._live(instance_id)
-        if not vm.ignores_acpi and vm.state == PowerState.RUNNING:
+        if (via_agent or not vm.ignores_acpi) and vm.state == PowerState.RUNNING:
             vm.state = PowerState.SHUTDOWN
 
     def wait_shutdown(self, instance_id: str, timeout: float) -> bool:

@@ -89,6 +89,13 @@ class AgentConnection:
             if isinstance(reply, dict) and reply.get("return") == sync_id:
                 return
 
+    def send_only(self, command: str, arguments: dict[str, Any] | None = None) -> None:
+        """Send a command that has no reply (guest-shutdown)."""
+        message: dict[str, Any] = {"execute": command}
+        if arguments:
+            message["arguments"] = arguments
+        self._send(message)
+
     def call(self, command: str, arguments: dict[str, Any] | None = None) -> Any:
         message: dict[str, Any] = {"execute": command}
         if arguments:

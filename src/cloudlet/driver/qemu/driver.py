@@ -127,9 +127,14 @@ class QemuDriver(Driver):
             return PowerState.FAILED
         return PowerState.RUNNING
 
-    def request_shutdown(self, instance_id: str) -> None:
+    def request_shutdown(self, instance_id: str, *, via_agent: bool = False) -> None:
         info = self._require(instance_id)
-        qmp.execute(info.qmp_socket, "system_powerdown")
+        if not via_agent:
+            qmp.execute(info.qmp_socket, "system_powerdown")
+            return
+        # guest-shutdown never answers: the agent goes down with the guest.
+        with agent.connect(info.agent_socket) as conn:
+            conn.send_only("guest-shutdown", {"mode": "powerdown"})
 
     def wait_shutdown(self, instance_id: str, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
