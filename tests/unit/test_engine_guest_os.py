@@ -102,3 +102,9 @@ def test_image_delete_refused_while_in_use(engine: Engine) -> None:
         engine.image_delete("acme")
     engine.delete("t1")
     assert engine.image_delete("acme") == "image acme deleted"
+
+
+def test_catalog_lists_official_images_with_their_users(engine: Engine) -> None:
+    entries = {c["name"]: c for c in engine.catalog()}
+    assert entries["ubuntu-24.04"]["default_user"] == "ubuntu"
+    assert all(str(c["url"]).startswith("https://") for c in entries.values())

@@ -373,6 +373,17 @@ def image_import(
     err.print(f"image {info['name']} imported")
 
 
+@image_app.command("catalog")
+def image_catalog(output: OutputOpt = Output.table) -> None:
+    """Official cloud images that 'cloudlet image pull' can fetch."""
+    items = _engine().catalog()
+    if output == Output.json:
+        render.print_json(items)
+        return
+    for item in items:
+        out.print(f"{item['name']:<26} {item['title']}  (user {item['default_user']})")
+
+
 @image_app.command("pull")
 def image_pull(
     name: Annotated[str, typer.Argument(help="catalog name, e.g. ubuntu-24.04")],

@@ -774,6 +774,22 @@ class Engine:
         )  # fmt: skip
         return self.image_show(name)
 
+    def catalog(self) -> list[dict[str, object]]:
+        """Official cloud images 'cloudlet image pull' can fetch."""
+        from cloudlet.images import catalog
+
+        return [
+            {
+                "name": e.name,
+                "title": e.title,
+                "arch": e.arch,
+                "licence": e.licence_name or e.licence,
+                "default_user": e.default_user,
+                "url": e.url,
+            }
+            for e in (catalog.get_entry(n) for n in catalog.names())
+        ]
+
     def image_pull(
         self, name: str, *, progress: Callable[[int, int | None], None] | None
     ) -> dict[str, object]:
