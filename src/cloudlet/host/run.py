@@ -40,6 +40,15 @@ def which(program: str, *, hint: str | None = None) -> str:
     return found
 
 
+def which_sbin(program: str, *, hint: str) -> str:
+    """Like which(), but also finds /usr/sbin tools missing from a normal user's PATH."""
+    for directory in ("/usr/sbin", "/sbin"):
+        candidate = Path(directory) / program
+        if os.access(candidate, os.X_OK):
+            return str(candidate)
+    return which(program, hint=hint)
+
+
 def run(
     argv: Sequence[str | os.PathLike[str]],
     *,

@@ -20,8 +20,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cloudlet.errors import InvalidInput, NotFound
-from cloudlet.host.run import run, which
+from cloudlet.host.run import run, which, which_sbin
 from cloudlet.images.debian import recipe as r
+from cloudlet.images.publish import publish
 from cloudlet.images.tiny.builder import make_initramfs
 from cloudlet.images.tiny.debs import Apt
 from cloudlet.images.tiny.kmod import ModuleTree
@@ -51,8 +52,8 @@ def build_debian(
             hint="run as root (mmdebstrap installs packages that own files as root)",
         )
     mmdebstrap = which("mmdebstrap", hint="install mmdebstrap (apt-get install mmdebstrap)")
-    mke2fs = _sbin_tool("mke2fs", hint="install e2fsprogs (apt-get install e2fsprogs)")
-    chroot = _sbin_tool("chroot", hint="install coreutils")
+    mke2fs = which_sbin("mke2fs", hint="install e2fsprogs (apt-get install e2fsprogs)")
+    chroot = which_sbin("chroot", hint="install coreutils")
     qemu_img = which("qemu-img", hint="install qemu-utils (apt-get install qemu-utils)")
     digest = r.recipe_digest(release)
 
@@ -108,7 +109,7 @@ def build_debian(
         packages[f"{r.BUSYBOX_PACKAGE} (initramfs)"] = busybox_version
         manifest = image_manifest(info, digest=digest, packages=packages)
         (out / "image.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        _publish(out, dest, work)
+        publish(out, dest, work)
         say(f"image ready at {dest}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -246,19 +247,3 @@ def _write_initramfs(root: Path, kver: str, dest: Path, deb_cache: Path) -> str:
         mods = tree.resolve(r.INITRD_MODULES)
         dest.write_bytes(make_initramfs(busybox.read_bytes(), applets, tree, mods))
     return deb.version
-
-
-def _sbin_tool(name: str, *, hint: str) -> str:
-    """Like which(), but also finds /usr/sbin tools missing from a normal user's PATH."""
-    for directory in ("/usr/sbin", "/sbin"):
-        candidate = Path(directory) / name
-        if os.access(candidate, os.X_OK):
-            return str(candidate)
-    return which(name, hint=hint)
-
-
-def _publish(out: Path, dest: Path, work: Path) -> None:
-    """Move the finished image to ``dest`` with renames only (never half visible)."""
-    if dest.exists() or dest.is_symlink():
-        os.rename(dest, work / "previous")
-    os.rename(out, dest)

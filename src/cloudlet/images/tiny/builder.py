@@ -23,7 +23,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from cloudlet.errors import InvalidInput, NotFound
-from cloudlet.host.run import run, which
+from cloudlet.host.run import run, which, which_sbin
+from cloudlet.images.publish import publish
 from cloudlet.images.tiny import recipe as r
 from cloudlet.images.tiny import scripts
 from cloudlet.images.tiny.cpio import CpioWriter
@@ -50,7 +51,7 @@ def build_tiny(
     """
     say: Progress = progress or (lambda _msg: None)
     info = r.arch_info(arch)
-    mke2fs = _sbin_tool("mke2fs", hint="install e2fsprogs (apt-get install e2fsprogs)")
+    mke2fs = which_sbin("mke2fs", hint="install e2fsprogs (apt-get install e2fsprogs)")
     qemu_img = which("qemu-img", hint="install qemu-utils (apt-get install qemu-utils)")
     host_arch = run([which("dpkg", hint="install dpkg"), "--print-architecture"])
     host_deb_arch = host_arch.stdout.decode().strip()
@@ -170,7 +171,7 @@ def build_tiny(
             debian_version=values["DEBIAN_VERSION"],
         )
         (out / "image.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        _publish(out, dest, work)
+        publish(out, dest, work)
         say(f"image ready at {dest}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -463,15 +464,6 @@ def _find_moddir(kdir: Path, kver: str) -> Path:
     raise NotFound(f"the kernel package has no modules for {kver}")
 
 
-def _sbin_tool(name: str, *, hint: str) -> str:
-    """Like which(), but also finds /usr/sbin tools missing from a normal user's PATH."""
-    for directory in ("/usr/sbin", "/sbin"):
-        candidate = Path(directory) / name
-        if os.access(candidate, os.X_OK):
-            return str(candidate)
-    return which(name, hint=hint)
-
-
 def _install(src: Path, dst: Path, mode: int) -> None:
     dst.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(src, dst)
@@ -493,10 +485,3 @@ def _debian_release() -> str:
     except OSError:
         pass
     return "unknown"
-
-
-def _publish(out: Path, dest: Path, work: Path) -> None:
-    """Move the finished image to ``dest`` with renames only (never half visible)."""
-    if dest.exists() or dest.is_symlink():
-        os.rename(dest, work / "previous")
-    os.rename(out, dest)
