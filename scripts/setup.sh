@@ -7,9 +7,10 @@ cd "$(dirname "$0")/.."
 
 export DEBIAN_FRONTEND=noninteractive
 # qemu: the hypervisors (x86 and, emulated, ARM); apt, dpkg, e2fsprogs, gzip, mmdebstrap:
-# build images from Debian packages; openssh-client: `cloudlet ssh`
+# build images from Debian packages; openssh-client: `cloudlet ssh`; cpio: tests read
+# the initramfs back with GNU cpio
 packages="qemu-system-x86 qemu-system-arm qemu-utils python3 python3-venv e2fsprogs gzip
- ca-certificates mmdebstrap openssh-client"
+ ca-certificates mmdebstrap openssh-client cpio"
 missing=""
 for p in $packages; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

@@ -92,8 +92,10 @@ def _boot(arch: str, profile: str, home: Path) -> Iterator[Booted]:
 
 @pytest.fixture
 def aarch64_vm(short_tmp: Path) -> Iterator[Booted]:
-    if "aarch64" not in available_arches():
-        pytest.skip("qemu-system-aarch64 is not installed (apt-get install qemu-system-arm)")
+    # scripts/setup.sh installs qemu-system-arm: a missing emulator is a setup failure.
+    assert "aarch64" in available_arches(), (
+        "qemu-system-aarch64 missing: apt-get install qemu-system-arm"
+    )
     yield from _boot("aarch64", "modern", short_tmp)
 
 

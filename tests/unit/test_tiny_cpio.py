@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import shutil
 import stat
 from pathlib import Path
 
@@ -66,7 +65,6 @@ def test_closed_archive_refuses_more() -> None:
 
 
 @pytest.mark.integration
-@pytest.mark.skipif(shutil.which("cpio") is None, reason="needs the cpio command")
 def test_gnu_cpio_lists_and_extracts_it(tmp_path: Path) -> None:
     data = _archive()
     listing = run(["cpio", "-t", "--quiet"], input=data).stdout.decode().split()
