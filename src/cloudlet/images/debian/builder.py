@@ -11,7 +11,6 @@ unpack under TCG, and probe hardware a VM does not have.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -108,8 +107,7 @@ def build_debian(
         }
         packages[f"{r.BUSYBOX_PACKAGE} (initramfs)"] = busybox_version
         manifest = image_manifest(info, digest=digest, packages=packages)
-        (out / "image.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        publish(out, dest, work)
+        publish(out, dest, work, manifest)
         say(f"image ready at {dest}")
     finally:
         shutil.rmtree(work, ignore_errors=True)

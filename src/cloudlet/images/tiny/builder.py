@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import gzip
 import io
-import json
 import os
 import re
 import shutil
@@ -170,8 +169,7 @@ def build_tiny(
             busybox_version=values["BUSYBOX_VERSION"],
             debian_version=values["DEBIAN_VERSION"],
         )
-        (out / "image.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        publish(out, dest, work)
+        publish(out, dest, work, manifest)
         say(f"image ready at {dest}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
