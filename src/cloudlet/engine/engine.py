@@ -213,11 +213,20 @@ class Engine:
 
     # ------------------------------------------------------------------ reconcile
     def _reconcile(self, row: InstanceRow) -> InstanceRow:
-        """Make the recorded state match reality: a dead QEMU is crashed, not running."""
+        """Make the recorded state match reality, unless another command holds the VM."""
         if row.state not in LIVE_STATES:
             return row
         if not locks.is_free(self.paths.locks, row.name):
             return row  # another command is working on it right now
+        return self._reconcile_locked(row)
+
+    def _reconcile_locked(self, row: InstanceRow) -> InstanceRow:
+        """Record what the driver sees: a dead QEMU is crashed, a powered-off guest stopped.
+
+        The caller holds the VM's lock (or found it free).
+        """
+        if row.state not in LIVE_STATES:
+            return row
         power = self.driver.power_state(row.id)
         new_state: VMState | None = None
         error: str | None = None
@@ -586,26 +595,6 @@ class Engine:
             self._set_state(row.id, VMState.ERROR, message)
             raise
         self._event(row.name, "started", f"started with {verdict.accel}", op_id)
-
-    def _reconcile_locked(self, row: InstanceRow) -> InstanceRow:
-        """Reconcile while we hold the VM's lock (the lock check in _reconcile would see us)."""
-        if row.state not in LIVE_STATES:
-            return row
-        power = self.driver.power_state(row.id)
-        if power in (PowerState.RUNNING, PowerState.PAUSED):
-            state = VMState.RUNNING if power == PowerState.RUNNING else VMState.PAUSED
-            if row.state != state:
-                self._set_state(row.id, state)
-        else:
-            self.driver.force_stop(row.id)
-            self.driver.cleanup(row.id)
-            crashed = power != PowerState.SHUTDOWN
-            self._set_state(
-                row.id,
-                VMState.CRASHED if crashed else VMState.STOPPED,
-                "the QEMU process died unexpectedly" if crashed else None,
-            )
-        return self._row(row.name)
 
     def stop(self, name: str, *, force: bool = False, timeout: float | None = None) -> ActionResult:
         """ACPI power button, wait, then quit/kill; ``force`` skips the wait."""
