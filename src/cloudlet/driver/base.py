@@ -9,6 +9,28 @@ from pathlib import Path
 
 
 @dataclass(frozen=True)
+class Channel:
+    """A virtio-serial port whose host end is a unix socket cloudlet listens on.
+
+    QEMU connects to ``socket`` as a client when it starts, so the host end is
+    connected before the guest can open the port. ``console`` makes it a
+    virtconsole (an hvc terminal in the guest) instead of a plain port.
+    """
+
+    name: str
+    socket: Path
+    console: bool = False
+
+
+@dataclass(frozen=True)
+class Share:
+    """A host directory served by virtiofsd on ``socket``, mounted by the guest by ``tag``."""
+
+    tag: str
+    socket: Path
+
+
+@dataclass(frozen=True)
 class LaunchConfig:
     """Everything needed to boot one VM, fully resolved: no lookups left to do."""
 
@@ -37,6 +59,13 @@ class LaunchConfig:
     network_restrict: bool = False
     ssh_port: int | None = None
     uuid: str = ""
+    # Process VMs: no guest agent in a sandbox, extra channels for stdio and copies,
+    # virtiofs shares (which need guest RAM QEMU can share with virtiofsd), and a
+    # QEMU that exits when the guest powers off instead of waiting to be reaped.
+    guest_agent: bool = True
+    channels: tuple[Channel, ...] = ()
+    shares: tuple[Share, ...] = ()
+    exit_on_poweroff: bool = False
 
 
 class PowerState(StrEnum):

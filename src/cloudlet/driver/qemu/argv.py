@@ -47,6 +47,11 @@ def _legacy(config: LaunchConfig) -> bool:
     return config.profile == "legacy"
 
 
+def _memory_backend(config: LaunchConfig) -> str:
+    """virtiofsd maps guest RAM: with shares, RAM is a shared memfd QEMU hands over."""
+    return ",memory-backend=mem0" if config.shares else ""
+
+
 def _machine(config: LaunchConfig) -> str:
     """Machine type and options; a machine that does not fit the arch/profile is replaced.
 
@@ -57,11 +62,11 @@ def _machine(config: LaunchConfig) -> str:
         name = config.machine if config.machine.startswith("virt") else "virt"
         # The newest GIC the accelerator offers: GICv3+ for more than 8 vCPUs.
         gic = "host" if config.accel == "kvm" else "max"
-        return f"{name},accel={config.accel},gic-version={gic}"
+        return f"{name},accel={config.accel},gic-version={gic}{_memory_backend(config)}"
     if _legacy(config):
         name = config.machine if config.machine.startswith("pc") else "pc"
-        return f"{name},accel={config.accel}"
-    return f"{config.machine},accel={config.accel}"
+        return f"{name},accel={config.accel}{_memory_backend(config)}"
+    return f"{config.machine},accel={config.accel}{_memory_backend(config)}"
 
 
 def _cpu_model(config: LaunchConfig) -> str:
@@ -139,6 +144,46 @@ def _netdev(config: LaunchConfig) -> list[str]:
     ]  # fmt: skip
 
 
+def _serial_ports(config: LaunchConfig) -> list[str]:
+    """The virtio-serial bus: the guest agent's port, then each process-VM channel."""
+    argv: list[str] = []
+    if config.guest_agent:
+        sockets = socket_paths(config)
+        argv += [
+            "-chardev", f"socket,id=qga0,path={escape(sockets['agent'])},server=on,wait=off",
+            "-device", "virtio-serial-pci,id=vserial0",
+            "-device",
+            f"virtserialport,bus=vserial0.0,chardev=qga0,id=qga0-port,name={AGENT_PORT_NAME}",
+        ]  # fmt: skip
+    else:
+        argv += ["-device", "virtio-serial-pci,id=vserial0"]
+    for index, channel in enumerate(config.channels):
+        kind = "virtconsole" if channel.console else "virtserialport"
+        argv += [
+            # No server=on: QEMU connects to the socket cloudlet already listens on.
+            "-chardev", f"socket,id=ch{index},path={escape(str(channel.socket))}",
+            "-device",
+            f"{kind},bus=vserial0.0,chardev=ch{index},id=ch{index}-port,"
+            f"name={escape(channel.name)}",
+        ]  # fmt: skip
+    return argv
+
+
+def _shares(config: LaunchConfig) -> list[str]:
+    if not config.shares:
+        return []
+    argv = [
+        "-object",
+        f"memory-backend-memfd,id=mem0,size={config.memory_mib}M,share=on",
+    ]
+    for index, share in enumerate(config.shares):
+        argv += [
+            "-chardev", f"socket,id=fs{index},path={escape(str(share.socket))}",
+            "-device", f"vhost-user-fs-pci,chardev=fs{index},tag={escape(share.tag)},id=fs{index}",
+        ]  # fmt: skip
+    return argv
+
+
 def _boot(config: LaunchConfig) -> list[str]:
     if config.kernel is None:
         return []
@@ -165,7 +210,7 @@ def build_argv(qemu: str, config: LaunchConfig) -> list[str]:
         "-nodefaults",
         "-no-user-config",
         "-display", "none",
-        "-no-shutdown",
+        *(["-no-reboot"] if config.exit_on_poweroff else ["-no-shutdown"]),
         "-sandbox", SANDBOX,
         "-msg", "timestamp=on",
         "-chardev", f"socket,id=qmp,path={escape(sockets['qmp'])},server=on,wait=off",
@@ -174,10 +219,8 @@ def build_argv(qemu: str, config: LaunchConfig) -> list[str]:
         f"socket,id=serial0,path={escape(sockets['console'])},server=on,wait=off,"
         f"logfile={escape(str(config.serial_log))},logappend=on",
         "-serial", "chardev:serial0",
-        "-chardev", f"socket,id=qga0,path={escape(sockets['agent'])},server=on,wait=off",
-        "-device", "virtio-serial-pci,id=vserial0",
-        "-device",
-        f"virtserialport,bus=vserial0.0,chardev=qga0,id=qga0-port,name={AGENT_PORT_NAME}",
+        *_serial_ports(config),
+        *_shares(config),
         *_disks(config),
         *rng,
         *_netdev(config),
