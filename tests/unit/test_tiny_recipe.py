@@ -22,7 +22,7 @@ def test_digest_is_stable_sha256() -> None:
 
 # Cached x86_64 images are keyed by this digest: change it only when the x86_64 image
 # content really changes, and then update this value on purpose.
-X86_64_DIGEST = "48ba1c169ea8d8d2da268a033972dca78f3ebad781438737f103d98579ef6cd7"
+X86_64_DIGEST = "ee21739d43c5a6b2840dc29163d0bb351eba1fd3fd8a9c9507e0b5b103591bb2"
 
 
 def test_x86_64_digest_is_pinned() -> None:

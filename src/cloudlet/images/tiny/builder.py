@@ -92,7 +92,9 @@ def build_tiny(
         tree = ModuleTree(_find_moddir(kdir, kver))
         initrd_mods = tree.resolve(r.INITRD_MODULES)
         ata_mods = tree.resolve(info.ata_modules, skip=initrd_mods)
-        rootfs_mods = tree.resolve(r.ROOTFS_MODULES, skip=initrd_mods + ata_mods)
+        rootfs_mods = tree.resolve(
+            (*r.ROOTFS_MODULES, *r.ROOTFS_ON_DEMAND_MODULES), skip=initrd_mods + ata_mods
+        )
         busybox = _find_file(unpacked[r.BUSYBOX_PACKAGE], ("bin/busybox", "usr/bin/busybox"))
         bb_deb = next(d for d in debs if d.package == r.BUSYBOX_PACKAGE)
         if foreign:

@@ -33,6 +33,8 @@ ROOTFS_MODULES: tuple[str, ...] = (
     "button",
     "evdev",
 )
+# In the root file system but loaded only when asked: virtiofs shares of process VMs.
+ROOTFS_ON_DEMAND_MODULES: tuple[str, ...] = ("fuse", "virtiofs")
 
 FS_LABEL = "cloudlet-root"
 
@@ -109,6 +111,7 @@ def recipe(arch: str = "x86_64") -> dict[str, object]:
         "initrd_modules": list(INITRD_MODULES),
         "initrd_ata_modules": list(info.ata_modules),
         "rootfs_modules": list(ROOTFS_MODULES),
+        "rootfs_on_demand_modules": list(ROOTFS_ON_DEMAND_MODULES),
         "cmdline": cmdline(arch),
         "disk_size": DISK_SIZE,
         "fs_label": FS_LABEL,
