@@ -26,6 +26,7 @@ class InstanceView:
     last_error: str | None
     network: dict[str, Any]
     paths: dict[str, str]
+    kind: str = "system"
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

@@ -36,6 +36,11 @@ class InstanceRow(Base):
     ssh_port: Mapped[int | None] = mapped_column(Integer, nullable=True)
     accel: Mapped[str | None] = mapped_column(String(8), nullable=True)
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # "system" VMs stay; "process" VMs (cloudlet run) belong to the process that
+    # started them (pid and start time) and go when it goes.
+    kind: Mapped[str] = mapped_column(String(16), default="system", server_default="system")
+    owner_pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    owner_start: Mapped[int | None] = mapped_column(Integer, nullable=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
