@@ -10,7 +10,7 @@ from typing import Annotated, NoReturn
 import typer
 
 from cloudlet.cli import console as console_mod
-from cloudlet.cli import render
+from cloudlet.cli import render, run_command
 from cloudlet.cli.progress import byte_progress as _byte_progress
 from cloudlet.cli.render import Output, err, out
 from cloudlet.engine.engine import CreateRequest, Engine
@@ -117,9 +117,14 @@ def create(
 
 
 @app.command("list")
-def list_(output: OutputOpt = Output.table) -> None:
+def list_(
+    output: OutputOpt = Output.table,
+    all_: Annotated[
+        bool, typer.Option("--all", "-a", help="also process VMs (cloudlet run)")
+    ] = False,
+) -> None:
     """List VMs."""
-    items = _engine().instances()
+    items = _engine().instances(include_process=all_)
     if output == Output.json:
         render.print_json([vm.to_dict() for vm in items])
     else:
@@ -419,6 +424,9 @@ def license_list(output: OutputOpt = Output.table) -> None:
         return
     for item in items:
         out.print(f"{item['name']}  {item['in_use']}/{item['seats']} seats in use")
+
+
+app.command(context_settings={"allow_interspersed_args": False})(run_command.run)
 
 
 def fail(error: CloudletError) -> NoReturn:

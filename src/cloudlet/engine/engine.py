@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 from sqlalchemy import select
 
@@ -36,6 +37,11 @@ from cloudlet.spec.units import MIB, format_size
 from cloudlet.store.database import Database
 from cloudlet.store.models import EventRow, InstanceRow, LicenceRow, OperationRow, utcnow
 
+if TYPE_CHECKING:
+    from cloudlet.engine.process_vms import RunningProcessVM
+    from cloudlet.spec.process import ProcessSpec
+
+_T = TypeVar("_T")
 HOST_LOCK = ".host"
 DEFAULT_AGENT_TIMEOUT = 300.0
 
@@ -155,6 +161,7 @@ class Engine:
             pid=runtime.pid if runtime else None,
             created_at=row.created_at,
             last_error=row.last_error,
+            kind=row.kind,
             network={
                 **spec.network.model_dump(),
                 "restrict": spec.network.restrict or self.settings.force_restrict_network,
@@ -272,7 +279,11 @@ class Engine:
                     if fresh is None or fresh.status != "running":
                         continue
                     row = s.get(InstanceRow, op.instance_id)
-                if op.kind in ("create", "delete") and row is not None:
+                if op.kind == "run" and row is not None:
+                    self._remove_everything(row)
+                    status = "rolled_back"
+                    notes.append(f"removed process VM {op.instance_name}: its command is gone")
+                elif op.kind in ("create", "delete") and row is not None:
                     self._remove_everything(row)
                     status = "rolled_back" if op.kind == "create" else "done"
                     notes.append(
@@ -288,6 +299,22 @@ class Engine:
                     status = "interrupted"
                 self._finish_op(op.id, status, "the process running it died")
                 self._event(op.instance_name, "recovered", notes[-1] if notes else status, op.id)
+        notes += self._reap_process_vms()
+        return notes
+
+    def _reap_process_vms(self) -> list[str]:
+        """Process VMs whose command is gone (and not just finishing up under its lock)."""
+        from cloudlet.engine.process_vms import owner_alive
+
+        with self.db.session() as s:
+            rows = s.scalars(select(InstanceRow).where(InstanceRow.kind == "process")).all()
+        notes = []
+        for row in rows:
+            if owner_alive(row) or not locks.is_free(self.paths.locks, row.name):
+                continue
+            with locks.hold(self.paths.locks, row.name, wait=5):
+                self._remove_everything(row)
+            notes.append(f"removed process VM {row.name}: its command is gone")
         return notes
 
     def _settle_interrupted(self, row: InstanceRow) -> None:
@@ -302,8 +329,11 @@ class Engine:
             self._set_state(row.id, VMState.STOPPED)
 
     def _remove_everything(self, row: InstanceRow) -> None:
+        from cloudlet.engine.process_vms import release
+
         self.driver.force_stop(row.id)
         self.driver.cleanup(row.id)
+        release(self, row.id)
         shutil.rmtree(self.paths.instance_dir(row.id), ignore_errors=True)
         with self.db.session() as s:
             existing = s.get(InstanceRow, row.id)
@@ -311,9 +341,13 @@ class Engine:
                 s.delete(existing)
 
     # ------------------------------------------------------------------ reads
-    def instances(self) -> list[InstanceView]:
+    def instances(self, *, include_process: bool = False) -> list[InstanceView]:
+        """System VMs; process VMs (cloudlet run) too when asked."""
+        query = select(InstanceRow).order_by(InstanceRow.name)
+        if not include_process:
+            query = query.where(InstanceRow.kind == "system")
         with self.db.session() as s:
-            rows = s.scalars(select(InstanceRow).order_by(InstanceRow.name)).all()
+            rows = s.scalars(query).all()
         return [self._view(self._reconcile(r)) for r in rows]
 
     def show(self, name: str) -> InstanceView:
@@ -850,6 +884,13 @@ class Engine:
         row = self._reconcile(self._row(name))
         self._require_state(row, {VMState.RUNNING}, "wait for")
         self._finish_first_boot(row)
+
+    # ------------------------------------------------------------------ process VMs
+    def run(self, spec: ProcessSpec, attach: Callable[[RunningProcessVM], _T]) -> _T:
+        """cloudlet run: a throw-away VM for one program; ``attach`` does the I/O."""
+        from cloudlet.engine.process_vms import ProcessVMs
+
+        return ProcessVMs(self).run(spec, attach)
 
     # ------------------------------------------------------------------ guest
     def exec(

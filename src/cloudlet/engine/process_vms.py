@@ -1,0 +1,284 @@
+"""Process VMs (cloudlet run): boot, run one program, and leave nothing behind.
+
+A process VM is an instance row of kind "process" owned by the command that
+started it (pid and start time), recorded before anything exists, under the VM's
+lock for its whole life. Whoever ends first cleans up: the command itself on exit,
+Ctrl-C or SIGTERM; its watcher (a small process in its own session) when the
+command is SIGKILLed; the next command's recovery if both are gone.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import socket
+import sys
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
+
+from cloudlet.driver.base import Channel, LaunchConfig, Share
+from cloudlet.errors import Conflict, InvalidInput
+from cloudlet.host import processes
+from cloudlet.host.run import spawn
+from cloudlet.images.store import Image
+from cloudlet.process import copies, virtiofs
+from cloudlet.process import guest_init as g
+from cloudlet.process.channels import Channels
+from cloudlet.spec.instance import InstanceSpec, NetworkSpec
+from cloudlet.spec.names import validate_name
+from cloudlet.spec.process import ProcessSpec
+from cloudlet.spec.states import VMState
+from cloudlet.spec.units import MIB
+from cloudlet.store.models import InstanceRow
+
+if TYPE_CHECKING:
+    from cloudlet.engine.engine import Engine
+
+T = TypeVar("T")
+TCG_WARNING = (
+    "this host has no working KVM: the sandbox runs under QEMU's TCG emulator, which "
+    "gives no isolation guarantee against a hostile guest"
+)
+
+
+@dataclass
+class RunningProcessVM:
+    """What the frontend gets while the program runs: the VM and its connected ports."""
+
+    name: str
+    instance_id: str
+    accel: str
+    conns: dict[str, socket.socket]
+    spec: ProcessSpec
+    notices: list[str] = field(default_factory=list)
+
+
+def io_dir(engine: Engine, instance_id: str) -> Path:
+    """Sockets and share records of a process VM; apart from the driver's runtime dir."""
+    return engine.paths.run / f"{instance_id}.io"
+
+
+def _channel_names(spec: ProcessSpec) -> list[str]:
+    names = [g.PORT_STATUS]
+    names += [g.PORT_TTY] if spec.tty else [g.PORT_STDIN, g.PORT_STDOUT, g.PORT_STDERR]
+    names += [g.copy_in_port(i) for i in range(len(spec.copy_in))]
+    names += [g.copy_out_port(i) for i in range(len(spec.copy_out))]
+    return names
+
+
+class ProcessVMs:
+    """The run use case, on top of the engine's records, locks and driver."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    # ------------------------------------------------------------------ checks
+    def _validate(self, spec: ProcessSpec) -> Image:
+        if not spec.argv:
+            raise InvalidInput(
+                "no program to run", hint="put it after --, as in: cloudlet run tiny -- uname -a"
+            )
+        if spec.sandbox:
+            if spec.network != "none":
+                raise InvalidInput("a sandbox has no network", hint="drop --net, or drop --sandbox")
+            writable = [s for s in spec.shares if not s.read_only]
+            if writable:
+                raise InvalidInput(
+                    f"a sandbox shares only read-only: {writable[0].host} is writable",
+                    hint="add :ro to the --share, or use --copy-out for results",
+                )
+        if spec.network not in ("none", "nat"):
+            raise InvalidInput(f"unknown network {spec.network!r}", hint="use --net nat or none")
+        image = self.engine.deps.images.get(spec.image, arch=spec.arch)
+        if image.kernel is None or image.initrd is None or image.install_iso is not None:
+            raise InvalidInput(
+                f"image {image.name} does not boot a kernel directly, which cloudlet run needs",
+                hint="use tiny or debian-12, or 'cloudlet create' for this image",
+            )
+        if image.arch not in self.engine.deps.arches():
+            raise InvalidInput(
+                f"this host cannot run {image.arch} guests", hint="pick another --arch"
+            )
+        self.engine._capacity().check(spec.cpus, spec.memory, name=spec.name or "the process VM")
+        return image
+
+    def _name(self, spec: ProcessSpec) -> str:
+        if spec.name is not None:
+            validate_name(spec.name)
+            self.engine._ensure_name_free(spec.name)
+            return spec.name
+        return f"run-{secrets.token_hex(3)}"
+
+    # ------------------------------------------------------------------ run
+    def run(self, spec: ProcessSpec, attach: Callable[[RunningProcessVM], T]) -> T:
+        """Boot, hand the connected VM to ``attach`` (the I/O), then destroy or keep it."""
+        image = self._validate(spec)
+        name = self._name(spec)
+        engine = self.engine
+        with engine._lock(name):
+            engine._ensure_name_free(name)
+            row = self._record(spec, name, image)
+            booted = False
+            try:
+                with engine._operation(row, "run") as op_id:
+                    running = self._boot(spec, row, image)
+                    booted = True
+                    engine._event(name, "started", f"process VM for {spec.argv[0]!r}", op_id)
+                    return attach(running)
+            finally:
+                # --keep keeps the VM whatever happened to the program (post-mortem).
+                if spec.keep and booted:
+                    self._keep(row)
+                else:
+                    self.destroy(row)
+
+    def _record(self, spec: ProcessSpec, name: str, image: Image) -> InstanceRow:
+        instance_spec = InstanceSpec(
+            name=name,
+            image=image.name,
+            type="custom",
+            cpus=spec.cpus,
+            memory=spec.memory,
+            arch=image.arch,  # type: ignore[arg-type]
+            network=NetworkSpec(mode="nat" if spec.network == "nat" else "none",
+                                restrict=False, ssh_forward=False),
+        )  # fmt: skip
+        row = InstanceRow(
+            id=str(uuid.uuid4()),
+            name=name,
+            state=VMState.CREATING.value,
+            spec_json=instance_spec.model_dump_json(),
+            image=image.name,
+            image_path=str(image.path),
+            type_name="custom",
+            cpus=spec.cpus,
+            memory=spec.memory,
+            disk_size=image.min_disk_bytes,
+            arch=image.arch,
+            location=instance_spec.location,
+            kind="process",
+            owner_pid=os.getpid(),
+            owner_start=processes.start_time(os.getpid()),
+        )
+        with self.engine.db.session() as s:
+            s.add(row)
+        return row
+
+    def _boot(self, spec: ProcessSpec, row: InstanceRow, image: Image) -> RunningProcessVM:
+        engine = self.engine
+        assert image.kernel is not None and image.initrd is not None
+        instance_dir = engine.paths.instance_dir(row.id)
+        instance_dir.mkdir(parents=True)
+        disk = instance_dir / "disk.qcow2"
+        engine.deps.disks.create_overlay(image, disk, None)
+        plan = g.GuestPlan(
+            hostname=row.name,
+            argv=spec.argv,
+            workdir=spec.workdir or "/",
+            env=spec.env,
+            shares=tuple((g.share_tag(i), s.guest, s.read_only) for i, s in enumerate(spec.shares)),
+            copy_in=tuple(copies.copy_in_target(c)[0] for c in spec.copy_in),
+            copy_out=tuple(c.guest for c in spec.copy_out),
+            network=spec.network == "nat",
+            tty=spec.tty,
+            terminal_size=spec.terminal_size,
+        )
+        initrd = instance_dir / "run-initrd.img"
+        initrd.write_bytes(g.run_initrd(image.initrd.read_bytes(), plan))
+        verdict = engine._accel_for(image)
+        notices: list[str] = []
+        if spec.sandbox and verdict.accel != "kvm":
+            notices.append(TCG_WARNING)
+        directory = io_dir(engine, row.id)
+        directory.mkdir(mode=0o700)
+        share_sockets = virtiofs.start(directory, [(s.host, s.read_only) for s in spec.shares])
+        channels = Channels(directory, _channel_names(spec))
+        try:
+            config = LaunchConfig(
+                instance_id=row.id,
+                name=row.name,
+                arch=image.arch,
+                accel=verdict.accel,
+                cpus=spec.cpus,
+                memory_mib=spec.memory // MIB,
+                disk=disk,
+                disk_format="qcow2",
+                runtime_dir=engine.paths.runtime_dir(row.id),
+                serial_log=instance_dir / "serial.log",
+                kernel=image.kernel,
+                initrd=initrd,
+                # The root disk is the first virtio disk: no wait for a label lookup.
+                cmdline=f"{image.cmdline} root=/dev/vda cloudlet.hostname={row.name}".strip(),
+                network_mode="nat" if spec.network == "nat" else "none",
+                network_restrict=engine.settings.force_restrict_network,
+                uuid=row.id,
+                guest_agent=not spec.sandbox,
+                channels=tuple(
+                    Channel(name, channels.path(name), console=name == g.PORT_TTY)
+                    for name in channels.listeners
+                ),
+                shares=tuple(Share(g.share_tag(i), path) for i, path in enumerate(share_sockets)),
+                exit_on_poweroff=True,
+            )
+            engine.driver.start(config)
+            conns = channels.accept_all()
+        except BaseException:
+            channels.close()
+            raise
+        engine._set_state(row.id, VMState.RUNNING)
+        with engine.db.session() as s:
+            fresh = s.get(InstanceRow, row.id)
+            if fresh is not None:
+                fresh.accel = verdict.accel
+        self._spawn_watcher(row)
+        return RunningProcessVM(row.name, row.id, verdict.accel, conns, spec, notices)
+
+    def _spawn_watcher(self, row: InstanceRow) -> None:
+        """A process in its own session that cleans up if this one is SIGKILLed."""
+        assert row.owner_pid is not None
+        spawn(
+            [
+                sys.executable, "-m", "cloudlet.process.watcher",
+                str(self.engine.paths.home), str(row.owner_pid), str(row.owner_start or 0),
+            ],
+            detach=True,
+        )  # fmt: skip
+
+    # ------------------------------------------------------------------ end
+    def destroy(self, row: InstanceRow) -> None:
+        """Stop QEMU and the share daemons, remove the files and the row. Idempotent."""
+        self.engine._remove_everything(row)
+
+    def _keep(self, row: InstanceRow) -> None:
+        """--keep: the VM stays as an ordinary stopped VM, its disk as the program left it."""
+        engine = self.engine
+        if not engine.driver.wait_shutdown(row.id, 10.0):
+            engine.driver.force_stop(row.id)
+        engine.driver.cleanup(row.id)
+        release(engine, row.id)
+        (engine.paths.instance_dir(row.id) / "run-initrd.img").unlink(missing_ok=True)
+        with engine.db.session() as s:
+            fresh = s.get(InstanceRow, row.id)
+            if fresh is None:
+                raise Conflict(f"process VM {row.name} vanished before it could be kept")
+            fresh.kind = "system"
+            fresh.owner_pid = None
+            fresh.owner_start = None
+            fresh.state = VMState.STOPPED.value
+        engine._event(row.name, "kept", "kept after its program ended (--keep)")
+
+
+def release(engine: Engine, instance_id: str) -> None:
+    """Share daemons, mounts and sockets of a process VM. Idempotent."""
+    directory = io_dir(engine, instance_id)
+    if directory.exists():
+        virtiofs.stop(directory)
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def owner_alive(row: InstanceRow) -> bool:
+    return row.owner_pid is not None and processes.is_alive(row.owner_pid, row.owner_start)

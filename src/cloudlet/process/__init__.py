@@ -1,0 +1,1 @@
+"""Process VMs: throw-away VMs that run one program (cloudlet run)."""

@@ -1,0 +1,277 @@
+"""The guest side of a process VM: an initramfs init that runs one program at once.
+
+The image's own busybox initramfs mounts the root disk as usual; instead of handing
+over to the image's init (``switch_root``), the process-VM init stays in the
+initramfs, mounts the shares, runs the program chrooted into the root disk with its
+stdio on virtio-serial ports, reports the exit code and how many bytes it wrote to
+each port, and powers off. No service of the image starts.
+
+The host cannot see where a stream ends on a virtio-serial port (closing the
+guest end sends no EOF), so the init reads the exact byte counts from the
+kernel's own counters (debugfs ``virtio-ports/*/bytes_sent``) and the host reads
+until it has them all.
+
+Everything the guest needs is added as a second, uncompressed cpio appended to the
+image's initramfs; later members replace earlier ones, so ``/init`` is ours.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import shlex
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+
+from cloudlet.images.tiny import recipe as tiny_recipe
+from cloudlet.images.tiny import scripts as tiny_scripts
+from cloudlet.images.tiny.cpio import CpioWriter, read_newc
+
+# Port names the init and the host agree on.
+PORT_STATUS = "cloudlet.status"
+PORT_STDIN = "cloudlet.stdin"
+PORT_STDOUT = "cloudlet.stdout"
+PORT_STDERR = "cloudlet.stderr"
+PORT_TTY = "cloudlet.tty"
+
+
+def copy_in_port(index: int) -> str:
+    return f"cloudlet.in{index}"
+
+
+def copy_out_port(index: int) -> str:
+    return f"cloudlet.out{index}"
+
+
+def share_tag(index: int) -> str:
+    return f"cloudlet{index}"
+
+
+# Run by the image's initramfs init in place of its hand-over to the root's init.
+RUN_TAIL = r"""
+# ---- cloudlet process VM: run one program, report, power off ----
+. /cloudlet/plan
+say() { echo "cloudlet run: $*" > /dev/console; }
+die() { say "$*"; [ -n "$status" ] && echo "fail $*" >&9; poweroff -f; }
+for d in proc sys dev run tmp; do [ -d "/newroot/$d" ] || mkdir -p "/newroot/$d"; done
+mount -t proc proc /newroot/proc
+mount -t sysfs sysfs /newroot/sys
+mount -t devtmpfs devtmpfs /newroot/dev
+mkdir -p /newroot/dev/pts /newroot/dev/shm
+mount -t devpts -o gid=5,mode=620,ptmxmode=666 devpts /newroot/dev/pts
+mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /newroot/dev/shm
+mount -t tmpfs -o mode=755,nosuid,nodev tmpfs /newroot/run
+mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /newroot/tmp
+mount -t debugfs debugfs /sys/kernel/debug
+chroot /newroot modprobe -a $CL_MODULES || say "cannot load all of $CL_MODULES"
+# Port devices by name (there is no udev): "port NAME" sets P; no subshells, since
+# every fork costs milliseconds under TCG.
+port() {
+    P=
+    for f in /sys/class/virtio-ports/*/name; do
+        n=
+        [ -r "$f" ] && read -r n < "$f"
+        if [ "$n" = "$1" ]; then
+            P="${f%/name}"
+            P="/dev/${P##*/}"
+            return 0
+        fi
+    done
+    return 1
+}
+wait_port() {
+    i=0
+    until port "$1" && [ -c "$P" ]; do
+        i=$((i + 1))
+        [ "$i" -lt 1000 ] || die "no port $1"
+        sleep 0.01
+    done
+}
+sent() {  # device -> N: the bytes the kernel sent through that port
+    N=0
+    while read -r k v; do
+        [ "$k" = "bytes_sent:" ] && N=$v
+    done < "/sys/kernel/debug/virtio-ports/${1##*/}"
+}
+wait_port cloudlet.status
+status=$P
+exec 9<> "$status"
+hostname "$CL_HOSTNAME"
+ip link set lo up
+if [ "$CL_NET" = 1 ]; then
+    i=0
+    until [ -e /sys/class/net/eth0 ] || [ "$i" -ge 500 ]; do i=$((i + 1)); sleep 0.01; done
+    # QEMU's user-mode network always hands out the same addresses.
+    ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0 &&
+        ip route add default via 10.0.2.2 || say "cannot configure eth0"
+    rm -f /newroot/etc/resolv.conf
+    echo "nameserver 10.0.2.3" > /newroot/etc/resolv.conf
+fi
+cl_share() {  # tag guest-path ro|rw
+    mkdir -p "/newroot$2" && mount -t virtiofs -o "$3" "$1" "/newroot$2" ||
+        die "cannot mount share $1 at $2"
+}
+cl_copy_in() {  # port guest-dir
+    wait_port "$1"
+    mkdir -p "/newroot$2" && tar -x -f "$P" -C "/newroot$2" || die "copy-in to $2 failed"
+}
+cl_copy_out() {  # index port guest-path
+    wait_port "$2"
+    p=$P
+    g="/newroot$3"
+    if [ -e "$g" ] || [ -L "$g" ]; then
+        if tar -c -f "$p" -C "${g%/*}/" "${g##*/}"; then
+            echo "copyout $1 ok" >&9
+        else
+            echo "copyout $1 failed" >&9
+        fi
+    else
+        echo "copyout $1 missing" >&9
+    fi
+}
+cl_setup
+if [ "$CL_TTY" = 1 ]; then
+    i=0
+    until port cloudlet.tty && [ -c /dev/hvc0 ]; do
+        i=$((i + 1))
+        [ "$i" -lt 1000 ] || die "no terminal port"
+        sleep 0.01
+    done
+    # In the background, setsid need not fork, so the exit code is the program's.
+    # The size is set while the terminal is open: a tty closed by all forgets it.
+    (
+        exec < /dev/hvc0 > /dev/hvc0 2>&1
+        stty rows "$CL_ROWS" cols "$CL_COLS"
+        exec setsid -c "$@"
+    ) &
+    wait $!
+    rc=$?
+    sent "$P"
+    out=$N
+    err=0
+else
+    wait_port cloudlet.stdin
+    in=$P
+    wait_port cloudlet.stdout
+    out=$P
+    wait_port cloudlet.stderr
+    err=$P
+    # Redirected inside the subshell, so the shell's own "Killed" note for a program
+    # that died of a signal goes to the console, not into the program's stderr.
+    ( exec "$@" < "$in" > "$out" 2> "$err" )
+    rc=$?
+    sent "$out"
+    out=$N
+    sent "$err"
+    err=$N
+fi
+cl_teardown
+sync
+echo "exit $rc $out $err" >&9
+# Power off only once the host says it has every byte: QEMU drops what it still holds.
+read -r _ <&9
+poweroff -f
+"""
+
+
+@dataclass(frozen=True)
+class GuestPlan:
+    """What the init does, resolved by the host: modules, mounts, copies, the argv."""
+
+    hostname: str
+    argv: tuple[str, ...]
+    workdir: str = "/"
+    env: tuple[tuple[str, str], ...] = ()
+    shares: tuple[tuple[str, str, bool], ...] = ()  # (tag, guest path, read only)
+    copy_in: tuple[str, ...] = ()  # guest directories, one port each
+    copy_out: tuple[str, ...] = ()  # guest paths, one port each
+    network: bool = False
+    tty: bool = False
+    terminal_size: tuple[int, int] = (24, 80)
+
+
+def _q(text: str) -> str:
+    return shlex.quote(text)
+
+
+def program_argv(plan: GuestPlan) -> list[str]:
+    """env -i ... chroot /newroot /bin/sh -c 'cd WORKDIR; exec ARGV': a clean environment."""
+    env = {
+        "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "HOME": "/root",
+        "USER": "root",
+        "LOGNAME": "root",
+        "HOSTNAME": plan.hostname,
+        "LANG": "C.UTF-8",
+    }
+    env.update(dict(plan.env))
+    return [
+        "env", "-i", *(f"{k}={v}" for k, v in env.items()),
+        "chroot", "/newroot", "/bin/sh", "-c",
+        'cd -- "$1" || exit 125; shift; exec "$@"', "cloudlet-run", plan.workdir,
+        *plan.argv,
+    ]  # fmt: skip
+
+
+def plan_script(plan: GuestPlan) -> str:
+    """The shell file the init sources: values are quoted here, never interpreted."""
+    modules = ["virtio_console"]
+    if plan.shares:
+        modules += ["fuse", "virtiofs"]
+    if plan.network:
+        modules.append("virtio_net")
+    lines = [
+        "# written by cloudlet for one process VM",
+        f"CL_MODULES={_q(' '.join(modules))}",
+        f"CL_HOSTNAME={_q(plan.hostname)}",
+        f"CL_NET={1 if plan.network else 0}",
+        f"CL_TTY={1 if plan.tty else 0}",
+        f"CL_ROWS={int(plan.terminal_size[0])}",
+        f"CL_COLS={int(plan.terminal_size[1])}",
+        "cl_setup() {",
+        "    :",
+    ]
+    for tag, guest, read_only in plan.shares:
+        lines.append(f"    cl_share {_q(tag)} {_q(guest)} {'ro' if read_only else 'rw'}")
+    for index, guest in enumerate(plan.copy_in):
+        lines.append(f"    cl_copy_in {_q(copy_in_port(index))} {_q(guest)}")
+    lines += ["}", "cl_teardown() {", "    :"]
+    for index, guest in enumerate(plan.copy_out):
+        lines.append(f"    cl_copy_out {index} {_q(copy_out_port(index))} {_q(guest)}")
+    lines += ["}", "set -- " + " ".join(_q(a) for a in program_argv(plan)), ""]
+    return "\n".join(lines)
+
+
+def initrd_modules(base: bytes) -> list[str]:
+    """The modules the image's initramfs carries (built-in ones are not there)."""
+    data = gzip.decompress(base) if base[:2] == b"\x1f\x8b" else base
+    present = {
+        PurePosixPath(entry.name).stem for entry in read_newc(data) if entry.name.endswith(".ko")
+    }
+    return [m for m in tiny_recipe.INITRD_MODULES if m in present]
+
+
+def init_script(modules: list[str]) -> str:
+    """The image initramfs's own init, with the hand-over replaced by the run tail."""
+    handover = "mount --move /dev /newroot/dev\n"
+    base = tiny_scripts.INITRAMFS_INIT
+    assert base.count(handover) == 1, "the tiny initramfs init changed its hand-over"
+    text = base[: base.index(handover)] + RUN_TAIL
+    return tiny_scripts.fill(
+        text,
+        {"MODULES": " ".join(modules), "ATA_MODULES": "", "FS_LABEL": tiny_recipe.FS_LABEL},
+    )
+
+
+def run_initrd(base: bytes, plan: GuestPlan) -> bytes:
+    """The image's initramfs with our /init and plan appended as a second archive."""
+    modules = initrd_modules(base)
+    buf = io.BytesIO()
+    buf.write(base)
+    buf.write(b"\0" * ((4 - len(base) % 4) % 4))
+    writer = CpioWriter(buf)
+    writer.add_dir("cloudlet")
+    writer.add_file("init", init_script(modules).encode(), 0o755)
+    writer.add_file("cloudlet/plan", plan_script(plan).encode(), 0o644)
+    writer.close()
+    return buf.getvalue()

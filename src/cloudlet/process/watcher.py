@@ -1,0 +1,48 @@
+"""Cleans up after a `cloudlet run` that was killed before it could do so itself.
+
+Started by the run in its own session (so the terminal's Ctrl-C does not reach
+it), it waits for the run's process to end, then opens the engine, whose recovery
+removes every process VM whose command is gone. When the run ended normally there
+is nothing left to do and it exits at once.
+
+Usage: python -m cloudlet.process.watcher HOME OWNER_PID OWNER_START
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import sys
+import time
+from pathlib import Path
+
+from cloudlet.host import processes
+
+
+def wait_for_exit(pid: int, start: int | None) -> None:
+    """Block until the process is gone: a pidfd where the kernel has them, else polling."""
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:
+        while processes.is_alive(pid, start):
+            time.sleep(0.2)
+        return
+    try:
+        if processes.is_alive(pid, start):
+            select.select([fd], [], [])
+    finally:
+        os.close(fd)
+
+
+def main(argv: list[str]) -> int:
+    home, pid, start = Path(argv[0]), int(argv[1]), int(argv[2]) or None
+    wait_for_exit(pid, start)
+    from cloudlet.config import Settings
+    from cloudlet.engine.factory import open_engine
+
+    open_engine(Settings.load(home), recover=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
