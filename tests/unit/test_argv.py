@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from cloudlet.driver.base import LaunchConfig
+from cloudlet.driver.base import Channel, LaunchConfig, Share
 from cloudlet.driver.qemu.argv import build_argv, escape, mac_address
 from cloudlet.errors import InvalidInput
 from cloudlet.host.kvm import ProbeGuest, probe_argv
@@ -63,6 +63,17 @@ CASES = {
         kernel=None,
         initrd=None,
         cmdline="",
+    ),
+    "process-vm-sandbox": _config(
+        network_mode="none",
+        ssh_port=None,
+        guest_agent=False,
+        exit_on_poweroff=True,
+        channels=(
+            Channel("cloudlet.status", Path("/state/run") / f"{ID}.io" / "c0.sock"),
+            Channel("cloudlet.tty", Path("/state/run") / f"{ID}.io" / "c1,x.sock", console=True),
+        ),
+        shares=(Share("cloudlet0", Path("/state/run") / f"{ID}.io" / "fs0.sock"),),
     ),
     "legacy-install-seed": _config(
         profile="legacy",
