@@ -298,3 +298,14 @@ def test_bad_input_creates_nothing(cloudlet_home: Path, short_tmp: Path) -> None
         assert len(proc.stderr.decode().strip().splitlines()) == 1, proc.stderr
     assert_nothing_left(cloudlet_home)
     assert os.listdir(cloudlet_home / "instances") == []
+
+
+def test_boot_runs_the_program_after_the_image_services(cloudlet_home: Path) -> None:
+    """--boot: the image's init starts its services (the guest agent) before the program."""
+    script = "ps | grep -c qemu-g[a]; cat; exit 3"
+    plain = run(cloudlet_home, "tiny", "--", "sh", "-c", script, stdin=b"in\n")
+    booted = run(cloudlet_home, "--boot", "tiny", "--", "sh", "-c", script, stdin=b"in\n")
+    assert (plain.returncode, booted.returncode) == (3, 3), (plain.stderr, booted.stderr)
+    assert plain.stdout == b"0\nin\n"  # nothing of the image started
+    assert booted.stdout == b"1\nin\n"
+    assert_nothing_left(cloudlet_home)

@@ -102,6 +102,12 @@ def test_run_initrd_appends_our_init_and_plan() -> None:
     init = files["init"]
     assert "modprobe -a virtio_pci virtio_blk ||" in init
     assert "switch_root" not in init and "mount --move" not in init
+    assert init.endswith("exec /bin/sh /cloudlet/run.sh initramfs\n")
+    assert "cloudlet/run.sh" in files
+    booted = g.run_initrd(base, plan, boot=True)[len(base) :]
+    boot_init = next(e for e in read_newc(booted.lstrip(b"\0")) if e.name == "init").data
+    assert b"cp /bin/busybox /cloudlet/plan /cloudlet/run.sh /newroot/.cloudlet/" in boot_init
+    assert boot_init.rstrip().endswith(b"exec switch_root /newroot /sbin/init")
     assert "cl_copy_out 0 cloudlet.out0 /results" in files["cloudlet/plan"]
     # Words are shell-quoted: the guest shell does not split or expand them.
     assert "cloudlet-run / echo 'it'\"'\"'s'\n" in files["cloudlet/plan"]
@@ -112,9 +118,10 @@ def test_program_runs_chrooted_in_a_clean_environment() -> None:
     argv = g.program_argv(plan)
     assert argv[:2] == ["env", "-i"]
     assert "CI=1" in argv and "HOSTNAME=h" in argv
-    at = argv.index("chroot")
-    assert argv[at : at + 3] == ["chroot", "/newroot", "/bin/sh"]
+    assert "chroot" not in argv  # run.sh chroots in the initramfs, not after --boot
+    assert argv[argv.index("/bin/sh") + 1] == "-c"
     assert argv[-2:] == ["/work", "make"]
+    assert '( exec $CHROOT "$@" <' in g.RUN_SCRIPT
 
 
 # ---------------------------------------------------------------- relay

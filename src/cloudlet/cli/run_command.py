@@ -104,6 +104,9 @@ def run(
         typer.Option(help="no network, no guest agent, read-only shares only"),
     ] = False,
     keep: Annotated[bool, typer.Option(help="keep the VM afterwards (a stopped VM)")] = False,
+    boot: Annotated[
+        bool, typer.Option(help="boot the image's own init and services first (slower)")
+    ] = False,
     interactive: Annotated[
         bool, typer.Option("--interactive", "-i", help="forward stdin even from a terminal")
     ] = False,
@@ -144,6 +147,7 @@ def run(
         network=net,
         sandbox=sandbox,
         keep=keep,
+        boot=boot,
         tty=tty_,
         env=tuple(p.parse_env(e) for e in env or []),
         workdir=p.guest_path(workdir, "--workdir") if workdir else _default_workdir(shares, cwd),

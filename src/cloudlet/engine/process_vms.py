@@ -91,6 +91,11 @@ class ProcessVMs:
                     f"a sandbox shares only read-only: {writable[0].host} is writable",
                     hint="add :ro to the --share, or use --copy-out for results",
                 )
+        if spec.boot and spec.sandbox:
+            raise InvalidInput(
+                "--boot starts the program through the guest agent, which a sandbox lacks",
+                hint="drop --boot or --sandbox",
+            )
         if spec.network not in ("none", "nat"):
             raise InvalidInput(f"unknown network {spec.network!r}", hint="use --net nat or none")
         image = self.engine.deps.images.get(spec.image, arch=spec.arch)
@@ -98,6 +103,11 @@ class ProcessVMs:
             raise InvalidInput(
                 f"image {image.name} does not boot a kernel directly, which cloudlet run needs",
                 hint="use tiny or debian-12, or 'cloudlet create' for this image",
+            )
+        if spec.boot and not image.guest_agent:
+            raise InvalidInput(
+                f"--boot needs a guest agent, and image {image.name} has none",
+                hint="drop --boot: the program then runs before any service starts",
             )
         if image.arch not in self.engine.deps.arches():
             raise InvalidInput(
@@ -188,7 +198,7 @@ class ProcessVMs:
             terminal_size=spec.terminal_size,
         )
         initrd = instance_dir / "run-initrd.img"
-        initrd.write_bytes(g.run_initrd(image.initrd.read_bytes(), plan))
+        initrd.write_bytes(g.run_initrd(image.initrd.read_bytes(), plan, boot=spec.boot))
         verdict = engine._accel_for(image)
         notices: list[str] = []
         if spec.sandbox and verdict.accel != "kvm":
@@ -216,7 +226,7 @@ class ProcessVMs:
                 network_mode="nat" if spec.network == "nat" else "none",
                 network_restrict=engine.settings.force_restrict_network,
                 uuid=row.id,
-                guest_agent=not spec.sandbox,
+                guest_agent=spec.boot or not spec.sandbox,
                 channels=tuple(
                     Channel(name, channels.path(name), console=name == g.PORT_TTY)
                     for name in channels.listeners
@@ -229,6 +239,10 @@ class ProcessVMs:
         except BaseException:
             channels.close()
             raise
+        if spec.boot:
+            # The image's own init boots the system; then the agent starts the program.
+            engine.driver.wait_agent(row.id, engine.agent_timeout)
+            engine.driver.exec(row.id, g.BOOTED_START, timeout=60)
         engine._set_state(row.id, VMState.RUNNING)
         with engine.db.session() as s:
             fresh = s.get(InstanceRow, row.id)

@@ -47,23 +47,38 @@ def share_tag(index: int) -> str:
     return f"cloudlet{index}"
 
 
-# Run by the image's initramfs init in place of its hand-over to the root's init.
-RUN_TAIL = r"""
-# ---- cloudlet process VM: run one program, report, power off ----
-. /cloudlet/plan
+# /cloudlet/run.sh: run one program, report, power off.
+RUN_SCRIPT = r"""#!/bin/sh
+# cloudlet process VM: run one program, report, power off.
+# $1 is "initramfs" (run by the initramfs: the root disk is mounted at /newroot and
+# nothing of the image has started) or "booted" (--boot: the image's own init booted
+# the system; this runs from /.cloudlet, started through the guest agent).
+mode=$1
+here=${0%/*}
+. "$here/plan"
 say() { echo "cloudlet run: $*" > /dev/console; }
 die() { say "$*"; [ -n "$status" ] && echo "fail $*" >&9; poweroff -f; }
-for d in proc sys dev run tmp; do [ -d "/newroot/$d" ] || mkdir -p "/newroot/$d"; done
-mount -t proc proc /newroot/proc
-mount -t sysfs sysfs /newroot/sys
-mount -t devtmpfs devtmpfs /newroot/dev
-mkdir -p /newroot/dev/pts /newroot/dev/shm
-mount -t devpts -o gid=5,mode=620,ptmxmode=666 devpts /newroot/dev/pts
-mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /newroot/dev/shm
-mount -t tmpfs -o mode=755,nosuid,nodev tmpfs /newroot/run
-mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /newroot/tmp
-mount -t debugfs debugfs /sys/kernel/debug
-chroot /newroot modprobe -a $CL_MODULES || say "cannot load all of $CL_MODULES"
+if [ "$mode" = booted ]; then
+    R=
+    CHROOT=
+    # The image's tools first; busybox's applets for whatever the image lacks.
+    mkdir -p "$here/bin" && "$here/busybox" --install -s "$here/bin"
+    export PATH="/usr/sbin:/usr/bin:/sbin:/bin:$here/bin"
+else
+    R=/newroot
+    CHROOT="chroot /newroot"
+    for d in proc sys dev run tmp; do [ -d "$R/$d" ] || mkdir -p "$R/$d"; done
+    mount -t proc proc "$R/proc"
+    mount -t sysfs sysfs "$R/sys"
+    mount -t devtmpfs devtmpfs "$R/dev"
+    mkdir -p "$R/dev/pts" "$R/dev/shm"
+    mount -t devpts -o gid=5,mode=620,ptmxmode=666 devpts "$R/dev/pts"
+    mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs "$R/dev/shm"
+    mount -t tmpfs -o mode=755,nosuid,nodev tmpfs "$R/run"
+    mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs "$R/tmp"
+fi
+[ -d /sys/kernel/debug/virtio-ports ] || mount -t debugfs debugfs /sys/kernel/debug
+$CHROOT modprobe -a $CL_MODULES || say "cannot load all of $CL_MODULES"
 # Port devices by name (there is no udev): "port NAME" sets P; no subshells, since
 # every fork costs milliseconds under TCG.
 port() {
@@ -96,29 +111,31 @@ sent() {  # device -> N: the bytes the kernel sent through that port
 wait_port cloudlet.status
 status=$P
 exec 9<> "$status"
-hostname "$CL_HOSTNAME"
-ip link set lo up
-if [ "$CL_NET" = 1 ]; then
+if [ "$mode" = initramfs ]; then
+    hostname "$CL_HOSTNAME"
+    ip link set lo up
+fi
+if [ "$mode" = initramfs ] && [ "$CL_NET" = 1 ]; then
     i=0
     until [ -e /sys/class/net/eth0 ] || [ "$i" -ge 500 ]; do i=$((i + 1)); sleep 0.01; done
     # QEMU's user-mode network always hands out the same addresses.
     ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0 &&
         ip route add default via 10.0.2.2 || say "cannot configure eth0"
-    rm -f /newroot/etc/resolv.conf
-    echo "nameserver 10.0.2.3" > /newroot/etc/resolv.conf
+    rm -f "$R/etc/resolv.conf"
+    echo "nameserver 10.0.2.3" > "$R/etc/resolv.conf"
 fi
 cl_share() {  # tag guest-path ro|rw
-    mkdir -p "/newroot$2" && mount -t virtiofs -o "$3" "$1" "/newroot$2" ||
+    mkdir -p "$R$2" && mount -t virtiofs -o "$3" "$1" "$R$2" ||
         die "cannot mount share $1 at $2"
 }
 cl_copy_in() {  # port guest-dir
     wait_port "$1"
-    mkdir -p "/newroot$2" && tar -x -f "$P" -C "/newroot$2" || die "copy-in to $2 failed"
+    mkdir -p "$R$2" && tar -x -f "$P" -C "$R$2" || die "copy-in to $2 failed"
 }
 cl_copy_out() {  # index port guest-path
     wait_port "$2"
     p=$P
-    g="/newroot$3"
+    g="$R$3"
     if [ -e "$g" ] || [ -L "$g" ]; then
         if tar -c -f "$p" -C "${g%/*}/" "${g##*/}"; then
             echo "copyout $1 ok" >&9
@@ -142,7 +159,7 @@ if [ "$CL_TTY" = 1 ]; then
     (
         exec < /dev/hvc0 > /dev/hvc0 2>&1
         stty rows "$CL_ROWS" cols "$CL_COLS"
-        exec setsid -c "$@"
+        exec setsid -c $CHROOT "$@"
     ) &
     wait $!
     rc=$?
@@ -158,7 +175,7 @@ else
     err=$P
     # Redirected inside the subshell, so the shell's own "Killed" note for a program
     # that died of a signal goes to the console, not into the program's stderr.
-    ( exec "$@" < "$in" > "$out" 2> "$err" )
+    ( exec $CHROOT "$@" < "$in" > "$out" 2> "$err" )
     rc=$?
     sent "$out"
     out=$N
@@ -172,6 +189,19 @@ echo "exit $rc $out $err" >&9
 read -r _ <&9
 poweroff -f
 """
+
+# What the image's initramfs init does in place of its hand-over to the root's init.
+INITRAMFS_RUN = "exec /bin/sh /cloudlet/run.sh initramfs\n"
+# --boot: the hand-over happens, and the run files go along into the root.
+BOOT_COPY = (
+    "mkdir -p /newroot/.cloudlet && "
+    "cp /bin/busybox /cloudlet/plan /cloudlet/run.sh /newroot/.cloudlet/\n"
+)
+# Started through the guest agent once a --boot VM is up; returns at once.
+BOOTED_START = [
+    "/.cloudlet/busybox", "sh", "-c",
+    "/.cloudlet/busybox sh /.cloudlet/run.sh booted </dev/null >/dev/null 2>&1 &",
+]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -195,7 +225,7 @@ def _q(text: str) -> str:
 
 
 def program_argv(plan: GuestPlan) -> list[str]:
-    """env -i ... chroot /newroot /bin/sh -c 'cd WORKDIR; exec ARGV': a clean environment."""
+    """env -i ... /bin/sh -c 'cd WORKDIR; exec ARGV': a clean environment (run.sh chroots)."""
     env = {
         "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
         "HOME": "/root",
@@ -207,7 +237,7 @@ def program_argv(plan: GuestPlan) -> list[str]:
     env.update(dict(plan.env))
     return [
         "env", "-i", *(f"{k}={v}" for k, v in env.items()),
-        "chroot", "/newroot", "/bin/sh", "-c",
+        "/bin/sh", "-c",
         'cd -- "$1" || exit 125; shift; exec "$@"', "cloudlet-run", plan.workdir,
         *plan.argv,
     ]  # fmt: skip
@@ -251,27 +281,32 @@ def initrd_modules(base: bytes) -> list[str]:
     return [m for m in tiny_recipe.INITRD_MODULES if m in present]
 
 
-def init_script(modules: list[str]) -> str:
-    """The image initramfs's own init, with the hand-over replaced by the run tail."""
+def init_script(modules: list[str], *, boot: bool = False) -> str:
+    """The image initramfs's own init, running the program instead of handing over.
+
+    With ``boot``, it hands over as usual after copying the run files into the root.
+    """
     handover = "mount --move /dev /newroot/dev\n"
     base = tiny_scripts.INITRAMFS_INIT
     assert base.count(handover) == 1, "the tiny initramfs init changed its hand-over"
-    text = base[: base.index(handover)] + RUN_TAIL
+    at = base.index(handover)
+    text = base[:at] + (BOOT_COPY + base[at:] if boot else INITRAMFS_RUN)
     return tiny_scripts.fill(
         text,
         {"MODULES": " ".join(modules), "ATA_MODULES": "", "FS_LABEL": tiny_recipe.FS_LABEL},
     )
 
 
-def run_initrd(base: bytes, plan: GuestPlan) -> bytes:
-    """The image's initramfs with our /init and plan appended as a second archive."""
+def run_initrd(base: bytes, plan: GuestPlan, *, boot: bool = False) -> bytes:
+    """The image's initramfs with our /init, run script and plan appended."""
     modules = initrd_modules(base)
     buf = io.BytesIO()
     buf.write(base)
     buf.write(b"\0" * ((4 - len(base) % 4) % 4))
     writer = CpioWriter(buf)
     writer.add_dir("cloudlet")
-    writer.add_file("init", init_script(modules).encode(), 0o755)
+    writer.add_file("init", init_script(modules, boot=boot).encode(), 0o755)
+    writer.add_file("cloudlet/run.sh", RUN_SCRIPT.encode(), 0o755)
     writer.add_file("cloudlet/plan", plan_script(plan).encode(), 0o644)
     writer.close()
     return buf.getvalue()

@@ -52,6 +52,7 @@ class ProcessSpec:
     network: str = "none"
     sandbox: bool = False
     keep: bool = False
+    boot: bool = False
     tty: bool = False
     env: tuple[tuple[str, str], ...] = ()
     workdir: str | None = None
