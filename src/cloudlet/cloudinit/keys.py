@@ -67,14 +67,29 @@ def load_public_key(path: Path) -> str:
     return parse_public_key(text, source=str(path))
 
 
+OWN_KEY_NAME = "id_ed25519"
+
+
+def own_key_matches(directory: Path, public_keys: tuple[str, ...]) -> bool:
+    """Whether ``public_keys`` is just cloudlet's own public key (a spec file re-creating a VM)."""
+    public = directory / f"{OWN_KEY_NAME}.pub"
+    if len(public_keys) != 1 or not (directory / OWN_KEY_NAME).exists():
+        return False
+    try:
+        own = parse_public_key(public.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, InvalidInput):
+        return False
+    return own.split()[:2] == public_keys[0].split()[:2]
+
+
 def ensure_keypair(directory: Path) -> tuple[Path, Path]:
     """(private, public) ed25519 key paths in ``directory``, generated on first use.
 
     For users without a key of their own: cloudlet keeps one pair and puts its public
     half on every VM that was given no other key.
     """
-    private = directory / "id_ed25519"
-    public = directory / "id_ed25519.pub"
+    private = directory / OWN_KEY_NAME
+    public = directory / f"{OWN_KEY_NAME}.pub"
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     keygen = which("ssh-keygen", hint="install openssh-client (apt-get install openssh-client)")
     if not private.exists():

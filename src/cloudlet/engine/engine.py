@@ -28,7 +28,13 @@ from cloudlet.engine.views import HostView, InstanceView
 from cloudlet.errors import CloudletError, Conflict, InvalidInput, NotFound
 from cloudlet.host.kvm import AccelVerdict
 from cloudlet.images.store import HOST_ARCH, Image, Progress
-from cloudlet.spec.instance import InstanceSpec, NetworkSpec
+from cloudlet.spec.instance import (
+    LOCAL_ZONE,
+    BackupPolicy,
+    FirewallSpec,
+    InstanceSpec,
+    NetworkSpec,
+)
 from cloudlet.spec.machine_types import resolve_shape
 from cloudlet.spec.names import validate_name
 from cloudlet.spec.states import CAPACITY_STATES, LIVE_STATES, STARTABLE_STATES, VMState
@@ -37,6 +43,7 @@ from cloudlet.store.database import Database
 from cloudlet.store.models import EventRow, InstanceRow, LicenceRow, OperationRow, utcnow
 
 HOST_LOCK = ".host"
+NO_BACKUP = BackupPolicy()
 DEFAULT_AGENT_TIMEOUT = 300.0
 
 
@@ -59,6 +66,14 @@ class CreateRequest:
     user_data: Path | None = None
     iso: Path | None = None
     wait_cloud_init: bool = False
+    location: str = LOCAL_ZONE
+    ssh_key_lines: tuple[str, ...] = ()  # public keys given as text (spec files)
+    user_data_text: str | None = None  # the user's #cloud-config given as text
+    containers: bool = False
+    volumes: tuple[int, ...] = ()
+    inbound_ports: tuple[int, ...] = ()
+    backup: BackupPolicy = NO_BACKUP
+    api_access: bool = False
 
 
 @dataclass(frozen=True)
@@ -372,6 +387,11 @@ class Engine:
                 f"unknown network {req.network!r}", hint="use 'nat' or 'none' for now"
             )
         self._ensure_name_free(req.name)
+        if req.location != LOCAL_ZONE:
+            raise InvalidInput(
+                f"unknown location {req.location!r}",
+                hint=f"this host's zone is {LOCAL_ZONE!r} (the only one for now)",
+            )
         if req.profile not in ("modern", "legacy"):
             raise InvalidInput(f"unknown profile {req.profile!r}", hint="use modern or legacy")
         if req.iso is not None:
@@ -384,6 +404,11 @@ class Engine:
         else:
             image = self.deps.images.get(req.image, progress=progress, arch=req.arch)
         self._check_arch(image.arch, req.profile)
+        if req.containers and not image.cloud_init:
+            raise InvalidInput(
+                f"image {image.name} has no cloud-init, so a container runtime cannot be installed",
+                hint="use an image with cloud-init, such as debian-12, or drop --containers",
+            )
         if req.disk_size is not None and req.disk_size < image.min_disk_bytes:
             raise InvalidInput(
                 f"disk size {format_size(req.disk_size)} is smaller than image {image.name} "
@@ -397,6 +422,8 @@ class Engine:
             ssh_keys=req.ssh_keys,
             user_data_file=req.user_data,
             keys_dir=self.paths.home / "keys",
+            ssh_key_lines=req.ssh_key_lines,
+            user_data_text=req.user_data_text,
         )
         if start:
             licensing.check_host_allowed(image, apple_hardware=licensing.host_is_apple_hardware())
@@ -419,6 +446,12 @@ class Engine:
             access=plan.access,
             user_data=plan.user_data,
             install_iso=image.name if image.install_iso else None,
+            location=req.location,
+            containers=req.containers,
+            volumes=req.volumes,
+            firewall=FirewallSpec(inbound_ports=req.inbound_ports),
+            backup=req.backup,
+            api_access=req.api_access,
         )
         from cloudlet.host.resources import free_loopback_port
 
@@ -460,7 +493,7 @@ class Engine:
                             instance_id=row.id,
                             hostname=row.name,
                             access=plan.access,
-                            user_data=plan.user_data,
+                            user_data=access_mod.seed_user_data(spec),
                         )
                     actual = self.deps.disks.virtual_size(disk)
                     with self.db.session() as s:
