@@ -578,6 +578,54 @@ class Engine:
                 hint="pick another name or delete the old VM first",
             )
 
+    # ------------------------------------------------------------------ spec changes
+    def spec(self, name: str) -> InstanceSpec:
+        """The spec a VM was created with (and changed to since)."""
+        return InstanceSpec.model_validate_json(self._row(name).spec_json)
+
+    def reshape(
+        self, name: str, type_name: str | None, cpus: int | None, memory: int | None
+    ) -> ActionResult:
+        """Change the machine type (vCPUs, memory) of a VM that is not running."""
+        shape = resolve_shape(type_name, cpus, memory)
+        with self._lock(name):
+            row = self._reconcile_locked(self._row(name))
+            if (row.type_name, row.cpus, row.memory) == (shape.name, shape.cpus, shape.memory):
+                return ActionResult(self._view(row), False, f"{name} is already {shape.name}")
+            self._require_state(row, set(STARTABLE_STATES), "change the machine type of")
+            before = f"{row.type_name} ({row.cpus} vCPU, {format_size(row.memory)})"
+            after = f"{shape.name} ({shape.cpus} vCPU, {format_size(shape.memory)})"
+            with self._operation(row, "reshape") as op_id, self.db.session() as s:
+                fresh = s.get(InstanceRow, row.id)
+                assert fresh is not None
+                spec = InstanceSpec.model_validate_json(fresh.spec_json)
+                changed = spec.model_copy(
+                    update={"type": shape.name, "cpus": shape.cpus, "memory": shape.memory}
+                )
+                fresh.spec_json = changed.model_dump_json()
+                fresh.type_name, fresh.cpus, fresh.memory = shape.name, shape.cpus, shape.memory
+                s.add(EventRow(instance_name=name, kind="reshaped", message=f"{before} -> {after}",
+                               operation_id=op_id))  # fmt: skip
+            return ActionResult(self.show(name), True, f"{name}: {before} -> {after}")
+
+    def update_spec(self, name: str, changes: dict[str, object]) -> ActionResult:
+        """Record fields that need no action on the VM now (volumes, firewall, backup ...)."""
+        allowed = {"volumes", "firewall", "backup", "api_access"}
+        if not changes.keys() <= allowed:
+            raise InvalidInput(
+                f"cannot change {', '.join(sorted(changes.keys() - allowed))} of {name}",
+                hint="those are fixed once created: delete and re-create the VM",
+            )
+        with self._lock(name), self.db.session() as s:
+            row = s.scalar(select(InstanceRow).where(InstanceRow.name == name))
+            if row is None:
+                raise NotFound(f"no VM named {name!r}", hint="run 'cloudlet list'")
+            spec = InstanceSpec.model_validate_json(row.spec_json)
+            # validate through the model: model_copy alone would skip the field checks
+            new = InstanceSpec.model_validate({**spec.model_dump(), **changes})
+            row.spec_json = new.model_dump_json()
+        return ActionResult(self.show(name), new != spec, f"{name}: {', '.join(sorted(changes))}")
+
     # ------------------------------------------------------------------ power
     def _require_state(self, row: InstanceRow, allowed: set[VMState], action: str) -> None:
         if row.state not in allowed:

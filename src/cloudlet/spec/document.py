@@ -198,7 +198,8 @@ class VMEntry:
         return self.doc.metadata.name
 
     def line(self, path: str) -> int:
-        loc: Loc = self.base + tuple(path.split(".")) if path else self.base
+        parts = tuple(int(p) if p.isdigit() else p for p in path.split(".")) if path else ()
+        loc: Loc = self.base + parts
         return _line_of(self.lines, loc)
 
     def error(
@@ -349,9 +350,9 @@ def check_entry(entry: VMEntry) -> None:
         resolve_shape(spec.type, spec.cpus, spec.memory)
     except CloudletError as exc:
         field_name = "spec.type"
-        if "vCPU" in exc.message and spec.cpus is not None:
+        if exc.message.startswith("invalid vCPU") and spec.cpus is not None:
             field_name = "spec.cpus"
-        elif "memory" in exc.message and spec.memory is not None:
+        elif exc.message.startswith("invalid memory") and spec.memory is not None:
             field_name = "spec.memory"
         if "unknown machine type" in exc.message:
             raise entry.error(
@@ -383,24 +384,27 @@ def document_for(
     custom = spec.type == CUSTOM
     access = spec.access
     keys = [] if own_key and access.ssh_private_key == own_key else list(access.ssh_public_keys)
-    body = VMBody(
-        image=spec.install_iso or spec.image,
-        type=spec.type,
-        cpus=spec.cpus if custom else None,
-        memory=spec.memory if custom else None,
-        disk_size=spec.disk_size,
-        arch=spec.arch,
-        location=spec.location,
-        profile=spec.profile,
-        network=spec.network.mode,
-        restrict_network=spec.network.restrict,
-        containers=spec.containers,
-        volumes=list(spec.volumes),
-        access=AccessDoc(user=access.user, ssh_keys=keys, api_access=spec.api_access),
-        firewall=spec.firewall,
-        backup=spec.backup,
-        user_data=spec.user_data,
-        state=state,
+    # Sizes go in as text: a bare number in a spec file means MiB/GiB, not bytes.
+    body = VMBody.model_validate(
+        {
+            "image": spec.install_iso or spec.image,
+            "type": spec.type,
+            "cpus": spec.cpus if custom else None,
+            "memory": size_text(spec.memory) if custom else None,
+            "disk_size": size_text(spec.disk_size) if spec.disk_size else None,
+            "arch": spec.arch,
+            "location": spec.location,
+            "profile": spec.profile,
+            "network": spec.network.mode,
+            "restrict_network": spec.network.restrict,
+            "containers": spec.containers,
+            "volumes": [size_text(v) for v in spec.volumes],
+            "access": AccessDoc(user=access.user, ssh_keys=keys, api_access=spec.api_access),
+            "firewall": spec.firewall,
+            "backup": spec.backup,
+            "user_data": spec.user_data,
+            "state": state,
+        }
     )
     return VMDocument(
         apiVersion=API_VERSION, kind="VM", metadata=Metadata(name=spec.name), spec=body
