@@ -392,6 +392,9 @@ class Engine:
                 f"unknown location {req.location!r}",
                 hint=f"this host's zone is {LOCAL_ZONE!r} (the only one for now)",
             )
+        for port in req.inbound_ports:
+            if not 1 <= port <= 65535:
+                raise InvalidInput(f"invalid port {port}", hint="open ports from 1 to 65535")
         if req.profile not in ("modern", "legacy"):
             raise InvalidInput(f"unknown profile {req.profile!r}", hint="use modern or legacy")
         if req.iso is not None:

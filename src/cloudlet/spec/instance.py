@@ -101,3 +101,15 @@ class InstanceSpec(BaseModel):
             return validate_name(value)
         except InvalidInput as exc:
             raise ValueError(exc.one_line()) from None
+
+
+def parse_backup(text: str) -> BackupPolicy:
+    """``none``, ``daily`` (keep 7), ``hourly`` (keep 24), or ``SCHEDULE:KEEP``."""
+    preset = BACKUP_PRESETS.get(text.strip().lower())
+    if preset is not None:
+        return preset
+    schedule, _, keep = text.partition(":")
+    hint = "use none, daily, hourly, or SCHEDULE:KEEP such as weekly:4 or daily:14"
+    if schedule not in ("hourly", "daily", "weekly") or not keep.isdigit() or int(keep) < 1:
+        raise InvalidInput(f"invalid backup policy {text!r}", hint=hint)
+    return BackupPolicy(schedule=schedule, keep=int(keep))  # type: ignore[arg-type]
