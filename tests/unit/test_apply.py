@@ -167,3 +167,13 @@ def test_export_round_trip_gives_an_equal_spec(engine: Engine) -> None:
     assert engine.show("src").state == "stopped"
     assert dump_yaml([apply_mod.export(engine, "src")]) == text
     assert not apply_mod.plan(engine, [entry]).changes
+
+
+def test_create_says_what_is_only_recorded(engine: Engine) -> None:
+    engine.create(CreateRequest(name="plain"))
+    assert engine.notices == []
+    engine.create(CreateRequest(name="more", volumes=(GIB,), inbound_ports=(80,)))
+    (note,) = engine.notices
+    assert "attached when volumes land" in note and "enforced when networks land" in note
+    with pytest.raises(InvalidInput, match="invalid port 0"):
+        engine.create(CreateRequest(name="bad", inbound_ports=(0,)))

@@ -512,7 +512,23 @@ class Engine:
             except BaseException:
                 self._remove_everything(row)
                 raise
+        self._note_recorded_only(spec)
         return self.show(req.name)
+
+    def _note_recorded_only(self, spec: InstanceSpec) -> None:
+        """Say which answers are only recorded until the features that enforce them land."""
+        pending = [
+            what
+            for what, asked in (
+                ("extra volumes (attached when volumes land)", spec.volumes),
+                ("inbound ports (enforced when networks land)", spec.firewall.inbound_ports),
+                ("backup policy (enforced when backups land)", spec.backup != NO_BACKUP),
+                ("API access (a token once the API server lands)", spec.api_access),
+            )
+            if asked
+        ]
+        if pending:
+            self.notices.append(f"recorded in {spec.name}'s spec only: {', '.join(pending)}")
 
     def _accel_for(self, image: Image) -> AccelVerdict:
         if image.arch != HOST_ARCH:
