@@ -171,9 +171,9 @@ def test_export_round_trip_gives_an_equal_spec(engine: Engine) -> None:
 
 def test_create_says_what_is_only_recorded(engine: Engine) -> None:
     engine.create(CreateRequest(name="plain"))
-    assert engine.notices == []
+    assert not [n for n in engine.notices if "recorded" in n]
     engine.create(CreateRequest(name="more", volumes=(GIB,), inbound_ports=(80,)))
-    (note,) = engine.notices
+    (note,) = [n for n in engine.notices if "recorded" in n]
     assert "attached when volumes land" in note and "enforced when networks land" in note
     with pytest.raises(InvalidInput, match="invalid port 0"):
         engine.create(CreateRequest(name="bad", inbound_ports=(0,)))
