@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import struct
 from pathlib import Path
 
 import pytest
@@ -177,3 +179,23 @@ def test_create_says_what_is_only_recorded(engine: Engine) -> None:
     assert "attached when volumes land" in note and "enforced when networks land" in note
     with pytest.raises(InvalidInput, match="invalid port 0"):
         engine.create(CreateRequest(name="bad", inbound_ports=(0,)))
+
+
+def test_round_trip_keeps_a_user_key_and_its_private_half(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    ssh = tmp_path / ".ssh"
+    ssh.mkdir()
+    blob = struct.pack(">I", 11) + b"ssh-ed25519" + struct.pack(">I", 32) + bytes(range(32))
+    user_key = f"ssh-ed25519 {base64.b64encode(blob).decode()} me"  # not cloudlet's own key
+    (ssh / "id_me.pub").write_text(user_key + "\n")
+    (ssh / "id_me").write_text("private\n")
+    engine.create(CreateRequest(name="k1", image="cloudy", ssh_keys=(ssh / "id_me.pub",)))
+    original = engine.spec("k1")
+    assert original.access.ssh_private_key == str(ssh / "id_me")
+    text = dump_yaml([apply_mod.export(engine, "k1")])
+    assert user_key in text  # written out, so the file works on another host too
+    engine.delete("k1")
+    apply_mod.create_from(engine, parse_documents(text, "k1.yaml")[0])
+    assert engine.spec("k1") == original

@@ -139,3 +139,14 @@ def test_schema_documents_every_field() -> None:
 
 def test_size_text_is_exact() -> None:
     assert [size_text(n) for n in (GIB, 1536 * MIB, 4096 + 1)] == ["1G", "1536M", "4097B"]
+
+
+def test_backup_flag_presets_and_custom() -> None:
+    from cloudlet.spec.instance import parse_backup
+
+    assert parse_backup("daily") == BackupPolicy(schedule="daily", keep=7)
+    assert parse_backup("hourly") == BackupPolicy(schedule="hourly", keep=24)
+    assert parse_backup("weekly:4") == BackupPolicy(schedule="weekly", keep=4)
+    for bad in ("monthly:3", "daily:0", "daily:x", "sometimes"):
+        with pytest.raises(InvalidInput, match="invalid backup policy"):
+            parse_backup(bad)

@@ -3,8 +3,8 @@
 from cloudlet.cloudinit.keys import (
     OWN_KEY_NAME,
     ensure_keypair,
+    find_private_key,
     load_public_key,
-    own_key_matches,
     parse_host_keys,
     parse_public_key,
 )
@@ -20,9 +20,9 @@ __all__ = [
     "OWN_KEY_NAME",
     "build_user_data",
     "ensure_keypair",
+    "find_private_key",
     "load_public_key",
     "make_seed_iso",
-    "own_key_matches",
     "parse_host_keys",
     "parse_public_key",
     "parse_user_data",

@@ -70,16 +70,26 @@ def load_public_key(path: Path) -> str:
 OWN_KEY_NAME = "id_ed25519"
 
 
-def own_key_matches(directory: Path, public_keys: tuple[str, ...]) -> bool:
-    """Whether ``public_keys`` is just cloudlet's own public key (a spec file re-creating a VM)."""
-    public = directory / f"{OWN_KEY_NAME}.pub"
-    if len(public_keys) != 1 or not (directory / OWN_KEY_NAME).exists():
-        return False
-    try:
-        own = parse_public_key(public.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, InvalidInput):
-        return False
-    return own.split()[:2] == public_keys[0].split()[:2]
+def find_private_key(public_keys: tuple[str, ...], candidates: list[Path]) -> Path | None:
+    """The private half of the first of ``public_keys``, among candidate .pub files.
+
+    A spec file carries keys as text; this finds the key file `cloudlet ssh` should use
+    (cloudlet's own pair, or one of the user's ~/.ssh keys), as a --ssh-key path would.
+    """
+    if not public_keys:
+        return None
+    wanted = public_keys[0].split()[:2]
+    for public in candidates:
+        private = public.with_suffix("")
+        if not private.exists():
+            continue
+        try:
+            key = parse_public_key(public.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, InvalidInput):
+            continue
+        if key.split()[:2] == wanted:
+            return private
+    return None
 
 
 def ensure_keypair(directory: Path) -> tuple[Path, Path]:

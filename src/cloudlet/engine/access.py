@@ -72,8 +72,11 @@ def plan_access(
             first = ssh_keys[0]
             private = first.with_suffix("") if first.suffix == ".pub" else None
             private_path = str(private) if private is not None and private.exists() else None
-        elif cloudinit.own_key_matches(keys_dir, public):
-            private_path = str(keys_dir / cloudinit.OWN_KEY_NAME)
+        else:
+            own = keys_dir / f"{cloudinit.OWN_KEY_NAME}.pub"
+            users = sorted((Path.home() / ".ssh").glob("*.pub"))
+            found = cloudinit.find_private_key(public, [own, *users])
+            private_path = str(found) if found is not None else None
     else:
         private_key, public_key = cloudinit.ensure_keypair(keys_dir)
         public = (cloudinit.load_public_key(public_key),)

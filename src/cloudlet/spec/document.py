@@ -443,7 +443,11 @@ _Dumper.add_representer(str, _str_presenter)
 def dump_yaml(docs: list[VMDocument]) -> str:
     """YAML text for one or several VM documents (several YAML documents)."""
     return yaml.dump_all(
-        [to_data(d) for d in docs], Dumper=_Dumper, sort_keys=False, default_flow_style=False
+        [to_data(d) for d in docs],
+        Dumper=_Dumper,
+        sort_keys=False,
+        default_flow_style=False,
+        width=1 << 16,
     )
 
 
