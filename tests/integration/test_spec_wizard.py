@@ -103,10 +103,12 @@ def test_wizard_answers_make_the_same_vm_as_the_printed_flags(
 def test_ctrl_c_halfway_creates_nothing(cloudlet_home: Path, tmp_path: Path) -> None:
     home = cloudlet_home
     child = wizard(home, tmp_path)
-    for prompt in PROMPTS[:4]:
+    for prompt in PROMPTS[: PROMPTS.index("Image") + 1]:
         child.expect(prompt)
-        if prompt != "Machine type":
-            child.sendline("")
+        child.sendline("y" if prompt == "containers" else "")
+    # containers on tiny (no cloud-init) is refused in one line, and the image asked again
+    child.expect(r"error: image tiny has no cloud-init[^\r\n]*\r\n")
+    child.expect("Image")
     child.sendintr()
     child.expect(pexpect.EOF)
     child.close()
@@ -115,6 +117,19 @@ def test_ctrl_c_halfway_creates_nothing(cloudlet_home: Path, tmp_path: Path) -> 
     assert cli.run_json(home, "list") == []
     assert not any((home / "instances").glob("*")) and not list(tmp_path.iterdir())
     assert qemu_of(home) == []
+
+
+def test_a_process_vm_is_handed_to_cloudlet_run(cloudlet_home: Path, tmp_path: Path) -> None:
+    child = wizard(cloudlet_home, tmp_path)
+    child.expect("Name")
+    child.sendline("")
+    child.expect("Kind")
+    child.sendline("process")
+    child.expect(r"cloudlet run tiny -- CMD \(nothing was created\)")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+    assert cli.run_json(cloudlet_home, "list") == []
 
 
 def test_create_without_a_name_off_a_terminal_says_what_is_missing(cloudlet_home: Path) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.prompt import Confirm, IntPrompt, Prompt
 from rich.table import Table
 
@@ -158,7 +159,7 @@ class Wizard:
             try:
                 check(answer)
             except CloudletError as exc:
-                self.console.print(f"[red]{exc.one_line()}[/]")
+                self.console.print(f"[red]error:[/] {escape(exc.one_line())}")
                 continue
             return answer
 
@@ -239,7 +240,7 @@ class Wizard:
             try:
                 shape = resolve_shape(CUSTOM, cpus, parse_size(memory, default_unit="M"))
             except CloudletError as exc:
-                self.console.print(f"[red]{exc.one_line()}[/]")
+                self.console.print(f"[red]error:[/] {escape(exc.one_line())}")
                 continue
             self.a.cpus, self.a.memory = shape.cpus, shape.memory
             return
