@@ -14,10 +14,14 @@ from tests.integration import cli
 pytestmark = pytest.mark.integration
 
 # The wizard's prompts, in order, for the tiny image (no cloud-init: no user/key questions).
-PROMPTS = [
-    "Name", "Kind", "Location", "Machine type", "Disk size", "Extra volumes", "containers",
-    "Image", "API access", "Inbound ports", "Network", "Backups",
-]  # fmt: skip
+PROMPTS = {
+    "Name": r"Name \(", "Kind": r"Kind \[", "Location": r"Location \[",
+    "Machine type": r"Machine type \(", "Disk size": r"Disk size \(",
+    "Extra volumes": r"Extra volumes .*\(", "containers": r"run containers in this VM\?",
+    "Image": r"Image \(", "API access": r"API access \(a token.*\? ",
+    "Inbound ports": r"Inbound ports to open .*\(", "Network": r"Network \[",
+    "Backups": r"Backups \(daily.*\(",
+}  # fmt: skip
 
 
 def wizard(home: Path, cwd: Path) -> pexpect.spawn:
@@ -27,8 +31,8 @@ def wizard(home: Path, cwd: Path) -> pexpect.spawn:
 
 
 def answer(child: pexpect.spawn, answers: dict[str, str]) -> None:
-    for prompt in PROMPTS:
-        child.expect(prompt)
+    for prompt, pattern in PROMPTS.items():
+        child.expect(pattern)
         child.sendline(answers.get(prompt, ""))
 
 
@@ -103,12 +107,12 @@ def test_wizard_answers_make_the_same_vm_as_the_printed_flags(
 def test_ctrl_c_halfway_creates_nothing(cloudlet_home: Path, tmp_path: Path) -> None:
     home = cloudlet_home
     child = wizard(home, tmp_path)
-    for prompt in PROMPTS[: PROMPTS.index("Image") + 1]:
-        child.expect(prompt)
+    for prompt, pattern in list(PROMPTS.items())[: list(PROMPTS).index("Image") + 1]:
+        child.expect(pattern)
         child.sendline("y" if prompt == "containers" else "")
     # containers on tiny (no cloud-init) is refused in one line, and the image asked again
     child.expect(r"error: image tiny has no cloud-init[^\r\n]*\r\n")
-    child.expect("Image")
+    child.expect(PROMPTS["Image"])
     child.sendintr()
     child.expect(pexpect.EOF)
     child.close()
@@ -121,9 +125,9 @@ def test_ctrl_c_halfway_creates_nothing(cloudlet_home: Path, tmp_path: Path) -> 
 
 def test_a_process_vm_is_handed_to_cloudlet_run(cloudlet_home: Path, tmp_path: Path) -> None:
     child = wizard(cloudlet_home, tmp_path)
-    child.expect("Name")
+    child.expect(PROMPTS["Name"])
     child.sendline("")
-    child.expect("Kind")
+    child.expect(PROMPTS["Kind"])
     child.sendline("process")
     child.expect(r"cloudlet run tiny -- CMD \(nothing was created\)")
     child.expect(pexpect.EOF)
