@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -64,3 +66,33 @@ def test_create_with_name_and_from_is_refused(engines: dict[str, Engine]) -> Non
     result = CliRunner().invoke(main.app, ["create", "x", "--from", "x.yaml"])
     assert isinstance(result.exception, InvalidInput) and "not both" in str(result.exception)
     assert engines["flags"].instances() == []
+
+
+# Each `cloudlet create` parameter and the spec-file field that stands for it.
+FLAG_FIELDS = {
+    "name": "metadata.name", "image": "image", "type_": "type", "cpus": "cpus",
+    "memory": "memory", "disk_size": "disk_size", "network": "network",
+    "restrict_network": "restrict_network", "arch": "arch", "profile": "profile",
+    "user": "access.user", "ssh_key": "access.ssh_keys", "user_data": "user_data_file",
+    "iso": "iso", "wait": "wait", "no_start": "state", "no_wait": "wait",
+    "location": "location", "containers": "containers", "volume": "volumes",
+    "open_port": "firewall.inbound_ports", "backup": "backup", "api_access": "access.api_access",
+}  # fmt: skip
+NOT_FIELDS = {"from_", "output"}
+
+
+def has_field(path: str) -> bool:
+    model: Any = document.VMDocument
+    parts = path.split(".") if path.startswith("metadata.") else ["spec", *path.split(".")]
+    for part in parts:
+        if part not in model.model_fields:
+            return False
+        model = model.model_fields[part].annotation
+    return True
+
+
+def test_every_create_flag_has_a_spec_field() -> None:
+    params = set(inspect.signature(main.create).parameters) - NOT_FIELDS
+    assert params == set(FLAG_FIELDS), "a new create flag needs a spec-file field"
+    assert [path for path in FLAG_FIELDS.values() if not has_field(path)] == []
+    assert not has_field("nosuch") and not has_field("access.nosuch")
