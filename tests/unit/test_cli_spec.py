@@ -96,3 +96,40 @@ def test_every_create_flag_has_a_spec_field() -> None:
     assert params == set(FLAG_FIELDS), "a new create flag needs a spec-file field"
     assert [path for path in FLAG_FIELDS.values() if not has_field(path)] == []
     assert not has_field("nosuch") and not has_field("access.nosuch")
+
+
+def test_wizard_on_a_cloud_init_image_asks_for_user_and_key(
+    short_tmp: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import io
+
+    from rich.console import Console
+
+    from cloudlet.cli.wizard import Wizard
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / ".ssh").mkdir()
+    key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl me"
+    (tmp_path / ".ssh" / "id_me.pub").write_text(key + "\n")
+    answers = [
+        "db1", "", "", "custom", "3", "3G", "4G", "1G,2G", "y",
+        "tiny",  # refused: containers need cloud-init; asked again
+        "cloudy", "ops", "9",  # no key 9: asked again
+        "1", "y", "80, 22", "none", "custom", "weekly", "4", "", "y",
+    ]  # fmt: skip
+    monkeypatch.setattr("sys.stdin", io.StringIO("\n".join(answers) + "\n"))
+    screen = io.StringIO()
+    wizard = Wizard(make_fake_engine(short_tmp / "h"), Console(file=screen, width=200))
+    result = wizard.run()
+    assert result is not None, screen.getvalue()
+    path, doc = result
+    text = screen.getvalue()
+    assert "error: image tiny has no cloud-init" in text and "cannot read SSH public key" in text
+    assert path == Path("db1.yaml")
+    spec = doc.spec
+    assert (spec.image, spec.type, spec.cpus, spec.memory) == ("cloudy", "custom", 3, 3 * GIB)
+    assert (spec.disk_size, spec.volumes, spec.containers) == (4 * GIB, [GIB, 2 * GIB], True)
+    assert spec.access.user == "ops" and spec.access.ssh_keys == [str(tmp_path / ".ssh/id_me.pub")]
+    assert spec.access.api_access and spec.firewall.inbound_ports == (22, 80)
+    assert (spec.network, spec.backup.schedule, spec.backup.keep) == ("none", "weekly", 4)
+    assert "[fixed]" in text and "same as: cloudlet create db1 --image cloudy" in text

@@ -345,14 +345,20 @@ class Wizard:
         if self.a.cloud_init:
             self.a.user = self.ask("Login user", str(self._default_user or "cloudlet"))
             keys = sorted(str(p) for p in (Path.home() / ".ssh").glob("*.pub"))
-            if keys:
-                self.console.print("your keys: " + ", ".join(keys))
+            for i, path in enumerate(keys, 1):
+                self.console.print(f"  {i}) {path}")
+
+            def chosen(text: str) -> str:
+                if text.isdigit() and 1 <= int(text) <= len(keys):
+                    return keys[int(text) - 1]
+                return str(Path(text).expanduser())
+
             key = self.ask(
-                "SSH public key ('cloudlet': its own key pair, or a .pub file)",
+                "SSH public key ('cloudlet': its own key pair; a number above, or a .pub file)",
                 "cloudlet",
-                check=lambda t: t == "cloudlet" or _readable(Path(t).expanduser()),
+                check=lambda t: t == "cloudlet" or _readable(Path(chosen(t))),
             )
-            self.a.ssh_keys = [] if key == "cloudlet" else [str(Path(key).expanduser())]
+            self.a.ssh_keys = [] if key == "cloudlet" else [chosen(key)]
         else:
             self.console.print(
                 f"image {self.a.image} has no cloud-init: no login user or SSH key "
