@@ -10,13 +10,14 @@ from typing import Annotated, NoReturn
 import typer
 
 from cloudlet.cli import console as console_mod
-from cloudlet.cli import render, run_command
+from cloudlet.cli import render, run_command, spec_commands, wizard
 from cloudlet.cli.progress import byte_progress as _byte_progress
 from cloudlet.cli.render import Output, err, out
 from cloudlet.engine.engine import CreateRequest, Engine
 from cloudlet.engine.factory import open_engine
 from cloudlet.errors import CloudletError, InvalidInput
 from cloudlet.host.run import exec_replace
+from cloudlet.spec.instance import parse_backup
 from cloudlet.spec.units import format_size, parse_size
 
 app = typer.Typer(
@@ -50,7 +51,9 @@ def _progress(message: str) -> None:
 
 @app.command()
 def create(
-    name: NameArg,
+    name: Annotated[
+        str | None, typer.Argument(help="VM name; none (in a terminal): the wizard")
+    ] = None,
     image: Annotated[str, typer.Option("--image", "-i", help="image name")] = "tiny",
     type_: Annotated[
         str | None, typer.Option("--type", "-t", help="machine type (see 'cloudlet types')")
@@ -85,9 +88,36 @@ def create(
     no_wait: Annotated[
         bool, typer.Option("--no-wait", help="return once QEMU runs, before the guest agent")
     ] = False,
+    location: Annotated[str, typer.Option(help="zone (this host: local); fixed")] = "local",
+    containers: Annotated[
+        bool, typer.Option("--containers", help="install podman (docker-compatible socket)")
+    ] = False,
+    volume: Annotated[
+        list[str] | None, typer.Option("--volume", help="extra volume size (repeatable)")
+    ] = None,
+    open_port: Annotated[
+        list[int] | None, typer.Option("--open-port", help="inbound port to open (repeatable)")
+    ] = None,
+    backup: Annotated[
+        str, typer.Option(help="none, daily, hourly, or SCHEDULE:KEEP (e.g. weekly:4)")
+    ] = "none",
+    api_access: Annotated[
+        bool, typer.Option("--api-access", help="an API token scoped to this VM")
+    ] = False,
+    from_: Annotated[
+        Path | None, typer.Option("--from", help="create from a spec file (cloudlet spec)")
+    ] = None,
     output: OutputOpt = Output.table,
 ) -> None:
-    """Create a VM from an image and start it."""
+    """Create a VM from an image and start it (no name, in a terminal: the wizard)."""
+    if from_ is not None:
+        if name is not None:
+            raise InvalidInput("give NAME or --from, not both", hint="the file names the VM")
+        spec_commands.create_from_file(from_, output)
+        return
+    if name is None:
+        wizard.start(output)
+        return
     request = CreateRequest(
         name=name,
         image=image,
@@ -104,6 +134,12 @@ def create(
         user_data=user_data,
         iso=iso,
         wait_cloud_init=wait,
+        location=location,
+        containers=containers,
+        volumes=tuple(parse_size(v, what="volume size", default_unit="G") for v in volume or ()),
+        inbound_ports=tuple(open_port or ()),
+        backup=parse_backup(backup),
+        api_access=api_access,
     )
     engine = _engine()
     with err.status(f"creating {name} ..."):
@@ -427,6 +463,7 @@ def license_list(output: OutputOpt = Output.table) -> None:
 
 
 app.command(context_settings={"allow_interspersed_args": False})(run_command.run)
+spec_commands.register(app)
 
 
 def fail(error: CloudletError) -> NoReturn:

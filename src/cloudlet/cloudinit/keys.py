@@ -67,14 +67,39 @@ def load_public_key(path: Path) -> str:
     return parse_public_key(text, source=str(path))
 
 
+OWN_KEY_NAME = "id_ed25519"
+
+
+def find_private_key(public_keys: tuple[str, ...], candidates: list[Path]) -> Path | None:
+    """The private half of the first of ``public_keys``, among candidate .pub files.
+
+    A spec file carries keys as text; this finds the key file `cloudlet ssh` should use
+    (cloudlet's own pair, or one of the user's ~/.ssh keys), as a --ssh-key path would.
+    """
+    if not public_keys:
+        return None
+    wanted = public_keys[0].split()[:2]
+    for public in candidates:
+        private = public.with_suffix("")
+        if not private.exists():
+            continue
+        try:
+            key = parse_public_key(public.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, InvalidInput):
+            continue
+        if key.split()[:2] == wanted:
+            return private
+    return None
+
+
 def ensure_keypair(directory: Path) -> tuple[Path, Path]:
     """(private, public) ed25519 key paths in ``directory``, generated on first use.
 
     For users without a key of their own: cloudlet keeps one pair and puts its public
     half on every VM that was given no other key.
     """
-    private = directory / "id_ed25519"
-    public = directory / "id_ed25519.pub"
+    private = directory / OWN_KEY_NAME
+    public = directory / f"{OWN_KEY_NAME}.pub"
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     keygen = which("ssh-keygen", hint="install openssh-client (apt-get install openssh-client)")
     if not private.exists():

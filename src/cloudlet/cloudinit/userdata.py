@@ -122,6 +122,21 @@ def build_user_data(
     return f"{HEADER}\n{body}"
 
 
+# podman with its docker-compatible API socket (/run/podman/podman.sock).
+CONTAINER_RUNTIME: dict[str, Any] = {
+    "packages": ["podman"],
+    "runcmd": [["systemctl", "enable", "--now", "podman.socket"]],
+}
+
+
+def with_container_runtime(user_data: str | None) -> str:
+    """The user's #cloud-config (or none) with podman installed and its socket enabled."""
+    theirs = parse_user_data(user_data) if user_data is not None else {}
+    merged = merge_config(CONTAINER_RUNTIME, theirs)
+    body = yaml.safe_dump(merged, sort_keys=False, default_flow_style=False, width=1 << 16)
+    return f"{HEADER}\n{body}"
+
+
 def merge_config(ours: dict[str, Any], theirs: dict[str, Any]) -> dict[str, Any]:
     """Lists append (ours first), mappings merge recursively, other values: theirs win."""
     out = dict(ours)

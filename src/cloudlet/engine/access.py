@@ -16,7 +16,7 @@ from pathlib import Path
 from cloudlet.driver.base import Driver
 from cloudlet.errors import GuestError, InvalidInput, Timeout
 from cloudlet.images.store import Image
-from cloudlet.spec.instance import AccessSpec
+from cloudlet.spec.instance import AccessSpec, InstanceSpec
 
 DEFAULT_USER = "cloudlet"
 CLOUD_INIT_TIMEOUT = 900.0
@@ -35,12 +35,17 @@ def plan_access(
     ssh_keys: tuple[Path, ...],
     user_data_file: Path | None,
     keys_dir: Path,
+    ssh_key_lines: tuple[str, ...] = (),
+    user_data_text: str | None = None,
 ) -> AccessPlan:
-    """Validate keys and user-data and decide the login user; no side effects but a key pair."""
+    """Validate keys and user-data and decide the login user; no side effects but a key pair.
+
+    Keys and user-data come as files (flags) or as text (spec files).
+    """
     from cloudlet import cloudinit
 
     if not image.cloud_init:
-        if ssh_keys or user_data_file or user:
+        if ssh_keys or ssh_key_lines or user_data_file or user_data_text or user:
             raise InvalidInput(
                 f"image {image.name} has no cloud-init, so --ssh-key/--user/--user-data "
                 "cannot apply",
@@ -56,11 +61,22 @@ def plan_access(
                 f"cannot read user-data {user_data_file}: {exc}", hint="check the path"
             ) from None
         user_data = cloudinit.validate_user_data(text)
-    if ssh_keys:
-        public = tuple(cloudinit.load_public_key(path) for path in ssh_keys)
-        first = ssh_keys[0]
-        private = first.with_suffix("") if first.suffix == ".pub" else None
-        private_path = str(private) if private is not None and private.exists() else None
+    elif user_data_text is not None:
+        user_data = cloudinit.validate_user_data(user_data_text)
+    if ssh_keys or ssh_key_lines:
+        public = tuple(cloudinit.load_public_key(path) for path in ssh_keys) + tuple(
+            cloudinit.parse_public_key(line, source="ssh key") for line in ssh_key_lines
+        )
+        private_path = None
+        if ssh_keys:
+            first = ssh_keys[0]
+            private = first.with_suffix("") if first.suffix == ".pub" else None
+            private_path = str(private) if private is not None and private.exists() else None
+        else:
+            own = keys_dir / f"{cloudinit.OWN_KEY_NAME}.pub"
+            users = sorted((Path.home() / ".ssh").glob("*.pub"))
+            found = cloudinit.find_private_key(public, [own, *users])
+            private_path = str(found) if found is not None else None
     else:
         private_key, public_key = cloudinit.ensure_keypair(keys_dir)
         public = (cloudinit.load_public_key(public_key),)
@@ -85,6 +101,15 @@ def write_seed(
         user_data=text,
         meta_data={"instance-id": instance_id, "local-hostname": hostname},
     )
+
+
+def seed_user_data(spec: InstanceSpec) -> str | None:
+    """The user's #cloud-config, with the container runtime merged in when asked for."""
+    from cloudlet import cloudinit
+
+    if not spec.containers:
+        return spec.user_data
+    return cloudinit.with_container_runtime(spec.user_data)
 
 
 def wait_cloud_init(driver: Driver, instance_id: str, timeout: float = CLOUD_INIT_TIMEOUT) -> None:

@@ -29,7 +29,13 @@ from cloudlet.engine.views import HostView, InstanceView
 from cloudlet.errors import CloudletError, Conflict, InvalidInput, NotFound
 from cloudlet.host.kvm import AccelVerdict
 from cloudlet.images.store import HOST_ARCH, Image, Progress
-from cloudlet.spec.instance import InstanceSpec, NetworkSpec
+from cloudlet.spec.instance import (
+    LOCAL_ZONE,
+    BackupPolicy,
+    FirewallSpec,
+    InstanceSpec,
+    NetworkSpec,
+)
 from cloudlet.spec.machine_types import resolve_shape
 from cloudlet.spec.names import validate_name
 from cloudlet.spec.states import CAPACITY_STATES, LIVE_STATES, STARTABLE_STATES, VMState
@@ -43,6 +49,7 @@ if TYPE_CHECKING:
 
 _T = TypeVar("_T")
 HOST_LOCK = ".host"
+NO_BACKUP = BackupPolicy()
 DEFAULT_AGENT_TIMEOUT = 300.0
 
 
@@ -65,6 +72,14 @@ class CreateRequest:
     user_data: Path | None = None
     iso: Path | None = None
     wait_cloud_init: bool = False
+    location: str = LOCAL_ZONE
+    ssh_key_lines: tuple[str, ...] = ()  # public keys given as text (spec files)
+    user_data_text: str | None = None  # the user's #cloud-config given as text
+    containers: bool = False
+    volumes: tuple[int, ...] = ()
+    inbound_ports: tuple[int, ...] = ()
+    backup: BackupPolicy = NO_BACKUP
+    api_access: bool = False
 
 
 @dataclass(frozen=True)
@@ -406,6 +421,14 @@ class Engine:
                 f"unknown network {req.network!r}", hint="use 'nat' or 'none' for now"
             )
         self._ensure_name_free(req.name)
+        if req.location != LOCAL_ZONE:
+            raise InvalidInput(
+                f"unknown location {req.location!r}",
+                hint=f"this host's zone is {LOCAL_ZONE!r} (the only one for now)",
+            )
+        for port in req.inbound_ports:
+            if not 1 <= port <= 65535:
+                raise InvalidInput(f"invalid port {port}", hint="open ports from 1 to 65535")
         if req.profile not in ("modern", "legacy"):
             raise InvalidInput(f"unknown profile {req.profile!r}", hint="use modern or legacy")
         if req.iso is not None:
@@ -418,6 +441,11 @@ class Engine:
         else:
             image = self.deps.images.get(req.image, progress=progress, arch=req.arch)
         self._check_arch(image.arch, req.profile)
+        if req.containers and not image.cloud_init:
+            raise InvalidInput(
+                f"image {image.name} has no cloud-init, so a container runtime cannot be installed",
+                hint="use an image with cloud-init, such as debian-12, or drop --containers",
+            )
         if req.disk_size is not None and req.disk_size < image.min_disk_bytes:
             raise InvalidInput(
                 f"disk size {format_size(req.disk_size)} is smaller than image {image.name} "
@@ -431,6 +459,8 @@ class Engine:
             ssh_keys=req.ssh_keys,
             user_data_file=req.user_data,
             keys_dir=self.paths.home / "keys",
+            ssh_key_lines=req.ssh_key_lines,
+            user_data_text=req.user_data_text,
         )
         if start:
             licensing.check_host_allowed(image, apple_hardware=licensing.host_is_apple_hardware())
@@ -453,6 +483,12 @@ class Engine:
             access=plan.access,
             user_data=plan.user_data,
             install_iso=image.name if image.install_iso else None,
+            location=req.location,
+            containers=req.containers,
+            volumes=req.volumes,
+            firewall=FirewallSpec(inbound_ports=req.inbound_ports),
+            backup=req.backup,
+            api_access=req.api_access,
         )
         from cloudlet.host.resources import free_loopback_port
 
@@ -494,7 +530,7 @@ class Engine:
                             instance_id=row.id,
                             hostname=row.name,
                             access=plan.access,
-                            user_data=plan.user_data,
+                            user_data=access_mod.seed_user_data(spec),
                         )
                     actual = self.deps.disks.virtual_size(disk)
                     with self.db.session() as s:
@@ -510,7 +546,23 @@ class Engine:
             except BaseException:
                 self._remove_everything(row)
                 raise
+        self._note_recorded_only(spec)
         return self.show(req.name)
+
+    def _note_recorded_only(self, spec: InstanceSpec) -> None:
+        """Say which answers are only recorded until the features that enforce them land."""
+        pending = [
+            what
+            for what, asked in (
+                ("extra volumes (attached when volumes land)", spec.volumes),
+                ("inbound ports (enforced when networks land)", spec.firewall.inbound_ports),
+                ("backup policy (enforced when backups land)", spec.backup != NO_BACKUP),
+                ("API access (a token once the API server lands)", spec.api_access),
+            )
+            if asked
+        ]
+        if pending:
+            self.notices.append(f"recorded in {spec.name}'s spec only: {', '.join(pending)}")
 
     def _accel_for(self, image: Image) -> AccelVerdict:
         if image.arch != HOST_ARCH:
@@ -578,6 +630,54 @@ class Engine:
                 f"a VM named {name!r} already exists",
                 hint="pick another name or delete the old VM first",
             )
+
+    # ------------------------------------------------------------------ spec changes
+    def spec(self, name: str) -> InstanceSpec:
+        """The spec a VM was created with (and changed to since)."""
+        return InstanceSpec.model_validate_json(self._row(name).spec_json)
+
+    def reshape(
+        self, name: str, type_name: str | None, cpus: int | None, memory: int | None
+    ) -> ActionResult:
+        """Change the machine type (vCPUs, memory) of a VM that is not running."""
+        shape = resolve_shape(type_name, cpus, memory)
+        with self._lock(name):
+            row = self._reconcile_locked(self._row(name))
+            if (row.type_name, row.cpus, row.memory) == (shape.name, shape.cpus, shape.memory):
+                return ActionResult(self._view(row), False, f"{name} is already {shape.name}")
+            self._require_state(row, set(STARTABLE_STATES), "change the machine type of")
+            before = f"{row.type_name} ({row.cpus} vCPU, {format_size(row.memory)})"
+            after = f"{shape.name} ({shape.cpus} vCPU, {format_size(shape.memory)})"
+            with self._operation(row, "reshape") as op_id, self.db.session() as s:
+                fresh = s.get(InstanceRow, row.id)
+                assert fresh is not None
+                spec = InstanceSpec.model_validate_json(fresh.spec_json)
+                changed = spec.model_copy(
+                    update={"type": shape.name, "cpus": shape.cpus, "memory": shape.memory}
+                )
+                fresh.spec_json = changed.model_dump_json()
+                fresh.type_name, fresh.cpus, fresh.memory = shape.name, shape.cpus, shape.memory
+                s.add(EventRow(instance_name=name, kind="reshaped", message=f"{before} -> {after}",
+                               operation_id=op_id))  # fmt: skip
+            return ActionResult(self.show(name), True, f"{name}: {before} -> {after}")
+
+    def update_spec(self, name: str, changes: dict[str, object]) -> ActionResult:
+        """Record fields that need no action on the VM now (volumes, firewall, backup ...)."""
+        allowed = {"volumes", "firewall", "backup", "api_access"}
+        if not changes.keys() <= allowed:
+            raise InvalidInput(
+                f"cannot change {', '.join(sorted(changes.keys() - allowed))} of {name}",
+                hint="those are fixed once created: delete and re-create the VM",
+            )
+        with self._lock(name), self.db.session() as s:
+            row = s.scalar(select(InstanceRow).where(InstanceRow.name == name))
+            if row is None:
+                raise NotFound(f"no VM named {name!r}", hint="run 'cloudlet list'")
+            spec = InstanceSpec.model_validate_json(row.spec_json)
+            # validate through the model: model_copy alone would skip the field checks
+            new = InstanceSpec.model_validate({**spec.model_dump(), **changes})
+            row.spec_json = new.model_dump_json()
+        return ActionResult(self.show(name), new != spec, f"{name}: {', '.join(sorted(changes))}")
 
     # ------------------------------------------------------------------ power
     def _require_state(self, row: InstanceRow, allowed: set[VMState], action: str) -> None:

@@ -11,6 +11,7 @@ from cloudlet.spec.names import validate_name
 
 Arch = Literal["x86_64", "aarch64"]
 Profile = Literal["modern", "legacy"]
+LOCAL_ZONE = "local"  # the zone of this host; the only location until several hosts
 
 
 class NetworkSpec(BaseModel):
@@ -33,6 +34,41 @@ class AccessSpec(BaseModel):
     ssh_private_key: str | None = Field(default=None, description="path used by cloudlet ssh")
 
 
+BackupSchedule = Literal["none", "hourly", "daily", "weekly"]
+
+
+class FirewallSpec(BaseModel):
+    """Inbound ports to open; recorded now, enforced when networks land."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    inbound_ports: tuple[int, ...] = Field(default=(), description="TCP ports open from outside")
+
+    @field_validator("inbound_ports")
+    @classmethod
+    def _valid_ports(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        for port in value:
+            if not 1 <= port <= 65535:
+                raise ValueError(f"port {port} is not between 1 and 65535")
+        return tuple(sorted(set(value)))
+
+
+class BackupPolicy(BaseModel):
+    """How often to back up and how many to keep; recorded now, enforced when backups land."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    schedule: BackupSchedule = "none"
+    keep: int = Field(default=0, ge=0, le=10000, description="backups kept; 0 with 'none'")
+
+
+BACKUP_PRESETS: dict[str, BackupPolicy] = {
+    "none": BackupPolicy(),
+    "daily": BackupPolicy(schedule="daily", keep=7),
+    "hourly": BackupPolicy(schedule="hourly", keep=24),
+}
+
+
 class InstanceSpec(BaseModel):
     """What the user wants; the engine resolves it against the catalog and the host."""
 
@@ -45,12 +81,18 @@ class InstanceSpec(BaseModel):
     memory: int = Field(description="bytes", gt=0)
     disk_size: int | None = Field(default=None, description="bytes; None keeps the image's size")
     arch: Arch = "x86_64"
-    location: str = "local"
+    location: str = LOCAL_ZONE
     network: NetworkSpec = NetworkSpec()
     profile: Profile = "modern"
     access: AccessSpec = AccessSpec()
     user_data: str | None = Field(default=None, description="the user's own #cloud-config")
     install_iso: str | None = Field(default=None, description="installer ISO image name")
+    # Answers of the create wizard; defaults keep rows written before them loadable.
+    containers: bool = Field(default=False, description="podman installed and its socket on")
+    volumes: tuple[int, ...] = Field(default=(), description="extra volume sizes in bytes")
+    firewall: FirewallSpec = FirewallSpec()
+    backup: BackupPolicy = BackupPolicy()
+    api_access: bool = Field(default=False, description="an API token scoped to this VM")
 
     @field_validator("name")
     @classmethod
@@ -59,3 +101,15 @@ class InstanceSpec(BaseModel):
             return validate_name(value)
         except InvalidInput as exc:
             raise ValueError(exc.one_line()) from None
+
+
+def parse_backup(text: str) -> BackupPolicy:
+    """``none``, ``daily`` (keep 7), ``hourly`` (keep 24), or ``SCHEDULE:KEEP``."""
+    preset = BACKUP_PRESETS.get(text.strip().lower())
+    if preset is not None:
+        return preset
+    schedule, _, keep = text.partition(":")
+    hint = "use none, daily, hourly, or SCHEDULE:KEEP such as weekly:4 or daily:14"
+    if schedule not in ("hourly", "daily", "weekly") or not keep.isdigit() or int(keep) < 1:
+        raise InvalidInput(f"invalid backup policy {text!r}", hint=hint)
+    return BackupPolicy(schedule=schedule, keep=int(keep))  # type: ignore[arg-type]

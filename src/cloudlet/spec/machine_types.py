@@ -84,6 +84,14 @@ def resolve_shape(type_name: str | None, cpus: int | None, memory: int | None) -
     ``--cpus``/``--memory`` override the type's values; the result is named
     "custom" when it differs from every catalog entry.
     """
+    if type_name == CUSTOM:
+        if cpus is None or memory is None:
+            raise InvalidInput(
+                "a custom machine type needs both vCPUs and memory",
+                hint="give --cpus and --memory with --type custom",
+            )
+        shape = resolve_shape(None, cpus, memory)
+        return MachineType(CUSTOM, CUSTOM, shape.cpus, shape.memory)
     base = get_type(type_name or DEFAULT_TYPE)
     final_cpus = base.cpus if cpus is None else cpus
     final_memory = base.memory if memory is None else memory

@@ -1,0 +1,448 @@
+"""`cloudlet create` with no arguments in a terminal: the questions a cloud asks.
+
+Every answer has a default (Enter accepts it) and a line of help. The answers become a
+spec file (saved as NAME.yaml, or where the user says) and the VM is created from that
+file, exactly as `cloudlet create --from NAME.yaml` would. Ctrl-C at any question
+creates nothing.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.prompt import Confirm, IntPrompt, Prompt
+from rich.table import Table
+
+from cloudlet.cli import render
+from cloudlet.cli.render import Output, err
+from cloudlet.cli.spec_commands import command_line, create_entry
+from cloudlet.engine.engine import Engine
+from cloudlet.engine.factory import open_engine
+from cloudlet.errors import CloudletError, InvalidInput
+from cloudlet.spec import document
+from cloudlet.spec.document import VMDocument
+from cloudlet.spec.instance import LOCAL_ZONE
+from cloudlet.spec.machine_types import CATALOG, CUSTOM, DEFAULT_TYPE, resolve_shape
+from cloudlet.spec.names import validate_name
+from cloudlet.spec.units import format_size, parse_size
+
+DEFAULT_IMAGE = "tiny"  # what `cloudlet create NAME` uses
+CANCELLED = "cancelled: nothing was created"
+MISSING = (
+    "missing VM name: 'cloudlet create' without NAME starts the wizard, which needs a terminal"
+)
+MISSING_HINT = (
+    "give NAME and flags (cloudlet create web1 --image tiny --type gp.small) or --from FILE"
+)
+
+
+@dataclass
+class Answers:
+    """What the wizard collected; ``document()`` turns it into a spec file."""
+
+    name: str = ""
+    location: str = LOCAL_ZONE
+    type: str = DEFAULT_TYPE
+    cpus: int | None = None
+    memory: int | None = None
+    disk_size: int | None = None
+    volumes: list[int] = field(default_factory=list)
+    containers: bool = False
+    image: str = DEFAULT_IMAGE
+    arch: str | None = None
+    cloud_init: bool = False
+    user: str | None = None
+    ssh_keys: list[str] = field(default_factory=list)
+    api_access: bool = False
+    inbound_ports: list[int] = field(default_factory=list)
+    network: str = "nat"
+    backup_schedule: str = "none"
+    backup_keep: int = 0
+
+    def document(self) -> VMDocument:
+        spec: dict[str, Any] = {
+            "image": self.image,
+            "type": self.type,
+            "location": self.location,
+            "network": self.network,
+            "containers": self.containers,
+            "access": {
+                "user": self.user,
+                "ssh_keys": list(self.ssh_keys),
+                "api_access": self.api_access,
+            },
+            "firewall": {"inbound_ports": list(self.inbound_ports)},
+            "backup": {"schedule": self.backup_schedule, "keep": self.backup_keep},
+        }
+        if self.type == CUSTOM:
+            spec["cpus"] = self.cpus
+            spec["memory"] = document.size_text(self.memory or 0)
+        if self.disk_size is not None:
+            spec["disk_size"] = document.size_text(self.disk_size)
+        if self.volumes:
+            spec["volumes"] = [document.size_text(v) for v in self.volumes]
+        if self.arch is not None:
+            spec["arch"] = self.arch
+        return VMDocument.model_validate(
+            {
+                "apiVersion": document.API_VERSION,
+                "kind": "VM",
+                "metadata": {"name": self.name},
+                "spec": spec,
+            }
+        )
+
+
+def start(output: Output) -> None:
+    """Run the wizard (terminals only), save the spec file, create the VM."""
+    if not sys.stdin.isatty():
+        raise InvalidInput(MISSING, hint=MISSING_HINT)
+    engine = open_engine()
+    try:
+        result = Wizard(engine, err).run()
+    except (KeyboardInterrupt, EOFError):
+        err.print(f"\n{CANCELLED}")
+        raise typer.Exit(130) from None
+    if result is None:
+        return
+    path, doc = result
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(document.dump_yaml([doc]))
+    except OSError as exc:
+        raise InvalidInput(
+            f"cannot save the spec to {path}: {exc.strerror}", hint="pick another path"
+        ) from None
+    err.print(f"saved the spec to {path}")
+    (entry,) = document.parse_documents(path.read_text(), str(path))
+    create_entry(entry, output)
+
+
+class Wizard:
+    def __init__(self, engine: Engine, console: Console) -> None:
+        self.engine = engine
+        self.console = console
+        self.a = Answers()
+        self._default_user: object = None
+
+    # ------------------------------------------------------------ helpers
+    def step(self, number: int, title: str, help_text: str) -> None:
+        self.console.print(f"\n[bold]{number}. {title}[/]")
+        self.console.print(f"[dim]{help_text}[/]")
+
+    def ask(
+        self,
+        question: str,
+        default: str,
+        *,
+        choices: list[str] | None = None,
+        check: Callable[[str], object] | None = None,
+    ) -> str:
+        """Ask until the answer passes ``check`` (a CloudletError explains a bad one)."""
+        while True:
+            answer = Prompt.ask(
+                question,
+                console=self.console,
+                default=default,
+                choices=choices,
+                show_choices=choices is not None and len(choices) <= 6,
+            ).strip()
+            if check is None:
+                return answer
+            try:
+                check(answer)
+            except CloudletError as exc:
+                self.console.print(f"[red]error:[/] {escape(exc.one_line())}")
+                continue
+            return answer
+
+    def confirm(self, question: str, default: bool) -> bool:
+        return Confirm.ask(question, console=self.console, default=default)
+
+    # ------------------------------------------------------------ the questions
+    def run(self) -> tuple[Path, VMDocument] | None:
+        self.console.print("[bold]Create a VM[/]  (Enter accepts the default; Ctrl-C cancels)")
+        self.name()
+        if not self.kind():
+            return None
+        self.location()
+        self.machine_type()
+        self.storage()
+        self.containers()
+        self.image()
+        self.access()
+        self.connectivity()
+        self.protection()
+        return self.summary()
+
+    def name(self) -> None:
+        self.step(1, "Name", "lowercase letters, digits and '-', starting with a letter")
+        taken = {vm.name for vm in self.engine.instances()}
+        suggestion = next(f"vm{i}" for i in range(1, 10_000) if f"vm{i}" not in taken)
+
+        def check(answer: str) -> None:
+            validate_name(answer)
+            if answer in taken:
+                raise InvalidInput(f"a VM named {answer!r} already exists", hint="pick another")
+
+        self.a.name = self.ask("Name", suggestion, check=check)
+
+    def kind(self) -> bool:
+        self.step(
+            2,
+            "Primary use",
+            "system: a full OS that stays (a server, a desktop, a lab machine); "
+            "process: one program in a throw-away VM that is gone when it exits",
+        )
+        if self.ask("Kind", "system", choices=["system", "process"]) == "system":
+            return True
+        self.console.print(
+            "process VMs are run, not created: use "
+            f"[bold]cloudlet run {DEFAULT_IMAGE} -- CMD[/] (nothing was created)"
+        )
+        return False
+
+    def location(self) -> None:
+        self.step(
+            3, "Location", f"the zone of this host: {LOCAL_ZONE} (the only one for now); "
+            "fixed once created"
+        )  # fmt: skip
+        self.a.location = self.ask("Location", LOCAL_ZONE, choices=[LOCAL_ZONE])
+
+    def machine_type(self) -> None:
+        self.step(
+            4,
+            "Machine type",
+            "general-purpose (balanced), memory-optimized (8 GiB a vCPU), "
+            "compute-optimized (more vCPUs), or custom",
+        )
+        host = self.engine.host(probe=False)
+        render.types_table(render.all_types(), host.host_cpus, host.host_memory)
+        names = [*CATALOG, CUSTOM]
+
+        def check(answer: str) -> None:
+            if answer not in names:
+                raise InvalidInput(f"unknown machine type {answer!r}", hint="pick one above")
+
+        self.a.type = self.ask("Machine type", DEFAULT_TYPE, choices=None, check=check)
+        if self.a.type != CUSTOM:
+            return
+        while True:
+            cpus = IntPrompt.ask("vCPUs", console=self.console, default=2)
+            memory = self.ask("Memory", "2G", check=lambda t: parse_size(t, default_unit="M"))
+            try:
+                shape = resolve_shape(CUSTOM, cpus, parse_size(memory, default_unit="M"))
+            except CloudletError as exc:
+                self.console.print(f"[red]error:[/] {escape(exc.one_line())}")
+                continue
+            self.a.cpus, self.a.memory = shape.cpus, shape.memory
+            return
+
+    def storage(self) -> None:
+        self.step(
+            5,
+            "Storage",
+            "root disk size ('image' keeps the image's size); extra volumes are recorded "
+            "now and attached when volumes land",
+        )
+        disk = self.ask(
+            "Disk size",
+            "image",
+            check=lambda t: t == "image" or parse_size(t, what="disk size", default_unit="G"),
+        )
+        self.a.disk_size = None if disk == "image" else parse_size(disk, default_unit="G")
+        volumes = self.ask(
+            "Extra volumes (sizes, comma separated)", "none", check=self._parse_volumes
+        )
+        self.a.volumes = self._parse_volumes(volumes)
+
+    @staticmethod
+    def _parse_volumes(text: str) -> list[int]:
+        if text.strip() in ("", "none"):
+            return []
+        return [
+            parse_size(part, what="volume size", default_unit="G")
+            for part in text.split(",")
+            if part.strip()
+        ]
+
+    def containers(self) -> None:
+        self.step(
+            6,
+            "Containers",
+            "yes: podman is installed and its docker-compatible socket enabled at first "
+            "boot (images with cloud-init only)",
+        )
+        self.a.containers = self.confirm("Will you run containers in this VM?", False)
+
+    def _image_rows(self) -> dict[str, dict[str, Any]]:
+        rows: dict[str, dict[str, Any]] = {}
+        for info in self.engine.images():
+            rows[str(info["name"])] = {**info, "here": True}
+        for entry in self.engine.catalog():
+            rows.setdefault(str(entry["name"]), {**entry, "os": entry["title"], "here": False})
+        for builtin in ("tiny", "debian-12"):  # built from Debian packages on first use
+            built = {"os": "built on first use", "here": True, "cloud_init": builtin != "tiny"}
+            rows.setdefault(builtin, {"name": builtin, "licence": "free", **built})
+        return rows
+
+    def image(self) -> None:
+        self.step(7, "OS image", "local images and the official catalog (pulled when chosen)")
+        rows = self._image_rows()
+        table = Table(box=None, pad_edge=False)
+        for column in ("IMAGE", "OS", "LICENCE", "CLOUD-INIT", "WHERE"):
+            table.add_column(column, no_wrap=True, overflow="ellipsis", max_width=40)
+        for row in rows.values():
+            table.add_row(
+                str(row["name"]),
+                str(row.get("os") or ""),
+                str(row.get("licence") or "free"),
+                "yes" if row.get("cloud_init", True) else "no",
+                "here" if row["here"] else "catalog (pull)",
+            )
+        self.console.print(table)
+
+        def check(answer: str) -> None:
+            if answer not in rows:
+                raise InvalidInput(f"unknown image {answer!r}", hint="pick one above")
+            if self.a.containers and not rows[answer].get("cloud_init", True):
+                raise InvalidInput(
+                    f"image {answer} has no cloud-init, so a container runtime cannot be installed",
+                    hint="pick an image with cloud-init",
+                )
+
+        while True:
+            choice = self.ask("Image", DEFAULT_IMAGE, check=check)
+            row = rows[choice]
+            self.console.print(f"licence: {row.get('licence') or 'free'}")
+            if row["here"]:
+                break
+            if self.confirm(f"{choice} is not here yet. Pull it now?", True):
+                from cloudlet.cli.progress import byte_progress
+
+                with byte_progress() as progress:
+                    self.engine.image_pull(choice, progress=progress)
+                break
+        self.a.image = choice
+        self.a.arch = str(row["arch"]) if row.get("arch") else None
+        self.a.cloud_init = bool(row.get("cloud_init", True))
+        self._default_user = row.get("default_user")
+
+    def access(self) -> None:
+        self.step(
+            8,
+            "Access",
+            "login user and SSH key, API access, and inbound firewall ports "
+            "(recorded now, enforced when networks land)",
+        )
+        if self.a.cloud_init:
+            self.a.user = self.ask("Login user", str(self._default_user or "cloudlet"))
+            keys = sorted(str(p) for p in (Path.home() / ".ssh").glob("*.pub"))
+            for i, path in enumerate(keys, 1):
+                self.console.print(f"  {i}) {path}")
+
+            def chosen(text: str) -> str:
+                if text.isdigit() and 1 <= int(text) <= len(keys):
+                    return keys[int(text) - 1]
+                return str(Path(text).expanduser())
+
+            key = self.ask(
+                "SSH public key ('cloudlet': its own key pair; a number above, or a .pub file)",
+                "cloudlet",
+                check=lambda t: t == "cloudlet" or _readable(Path(chosen(t))),
+            )
+            self.a.ssh_keys = [] if key == "cloudlet" else [chosen(key)]
+        else:
+            self.console.print(
+                f"image {self.a.image} has no cloud-init: no login user or SSH key "
+                "(use 'cloudlet exec' and 'cloudlet console')"
+            )
+        self.a.api_access = self.confirm("API access (a token scoped to this VM)?", False)
+        ports = self.ask("Inbound ports to open (comma separated)", "22", check=_parse_ports)
+        self.a.inbound_ports = _parse_ports(ports)
+
+    def connectivity(self) -> None:
+        self.step(9, "Connectivity", "nat: outbound access and SSH forwarding; none: no network")
+        self.a.network = self.ask("Network", "nat", choices=["nat", "none"])
+
+    def protection(self) -> None:
+        self.step(
+            10, "Protection", "backup policy, recorded now and enforced when backups land"
+        )  # fmt: skip
+        choice = self.ask(
+            "Backups (daily keeps 7, hourly keeps 24)",
+            "none",
+            choices=["none", "daily", "hourly", "custom"],
+        )
+        presets = {"none": ("none", 0), "daily": ("daily", 7), "hourly": ("hourly", 24)}
+        if choice in presets:
+            self.a.backup_schedule, self.a.backup_keep = presets[choice]
+            return
+        self.a.backup_schedule = self.ask(
+            "Schedule", "daily", choices=["hourly", "daily", "weekly"]
+        )
+        self.a.backup_keep = IntPrompt.ask("Keep how many", console=self.console, default=7)
+
+    def summary(self) -> tuple[Path, VMDocument] | None:
+        self.step(11, "Summary", "\\[fixed]: cannot be changed once created")
+        a = self.a
+        shape = resolve_shape(a.type, a.cpus, a.memory)
+        backup = (
+            "none" if a.backup_schedule == "none" else f"{a.backup_schedule}, keep {a.backup_keep}"
+        )
+        rows = [
+            ("Name", a.name, True),
+            ("Kind", "system VM", False),
+            ("Location", a.location, True),
+            ("Architecture", a.arch or "the image's", True),
+            ("Machine type", f"{shape.name}: {shape.describe()}", False),
+            ("Disk", format_size(a.disk_size) if a.disk_size else "the image's size", False),
+            ("Volumes", ", ".join(format_size(v) for v in a.volumes) or "none", False),
+            ("Containers", "podman" if a.containers else "no", False),
+            ("Image", a.image, True),
+            ("Login", f"{a.user} with {'own key pair' if not a.ssh_keys else a.ssh_keys[0]}"
+                      if a.cloud_init else "none (no cloud-init)", False),
+            ("API access", "yes" if a.api_access else "no", False),
+            ("Inbound ports", ", ".join(map(str, a.inbound_ports)) or "none", False),
+            ("Network", a.network, False),
+            ("Backups", backup, False),
+        ]  # fmt: skip
+        table = Table(box=None, pad_edge=False, show_header=False)
+        for label, value, fixed in rows:
+            table.add_row(label, value, "[yellow]\\[fixed][/]" if fixed else "")
+        self.console.print(table)
+        doc = a.document()
+        self.console.print(f"same as: [bold]{command_line(doc)}[/]")
+        while True:
+            path = Path(self.ask("Save the spec file to", f"{a.name}.yaml")).expanduser()
+            if not path.exists() or self.confirm(f"{path} exists. Overwrite it?", False):
+                break
+        if not self.confirm(f"Create {a.name} now?", True):
+            self.console.print("nothing was created")
+            return None
+        return path, doc
+
+
+def _readable(path: Path) -> str:
+    from cloudlet import cloudinit
+
+    return cloudinit.load_public_key(path)
+
+
+def _parse_ports(text: str) -> list[int]:
+    if text.strip() in ("", "none"):
+        return []
+    ports = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part.isdigit() or not 1 <= int(part) <= 65535:
+            raise InvalidInput(f"invalid port {part!r}", hint="use numbers from 1 to 65535")
+        ports.append(int(part))
+    return sorted(set(ports))
