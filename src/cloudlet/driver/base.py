@@ -9,6 +9,25 @@ from pathlib import Path
 
 
 @dataclass(frozen=True)
+class ExtraDisk:
+    """A data volume attached to a VM, at boot or by hot-plug.
+
+    ``node`` names the QEMU block node (the device is ``<node>-dev``); ``slot`` is the
+    hot-plug port it sits on (machines with PCIe root ports), or None.
+    """
+
+    node: str
+    path: Path
+    format: str = "qcow2"
+    serial: str = ""
+    slot: int | None = None
+
+    @property
+    def device_id(self) -> str:
+        return f"{self.node}-dev"
+
+
+@dataclass(frozen=True)
 class LaunchConfig:
     """Everything needed to boot one VM, fully resolved: no lookups left to do."""
 
@@ -37,6 +56,8 @@ class LaunchConfig:
     network_restrict: bool = False
     ssh_port: int | None = None
     uuid: str = ""
+    # Data volumes attached to the VM, in slot order.
+    extra_disks: tuple[ExtraDisk, ...] = ()
 
 
 class PowerState(StrEnum):
@@ -144,3 +165,42 @@ class Driver(abc.ABC):
 
     @abc.abstractmethod
     def guest_info(self, instance_id: str) -> GuestInfo: ...
+
+    # ---------------------------------------------------------------- storage (live)
+    @abc.abstractmethod
+    def attach_disk(self, instance_id: str, disk: ExtraDisk) -> None:
+        """Hot-plug a disk into the running VM (block node, then device)."""
+
+    @abc.abstractmethod
+    def detach_disk(self, instance_id: str, disk: ExtraDisk, timeout: float = 30.0) -> None:
+        """Unplug a disk: ask the guest to release the device, wait, drop the node."""
+
+    @abc.abstractmethod
+    def attached_disks(self, instance_id: str) -> list[str]:
+        """Node names of the hot-pluggable disks the running VM has now."""
+
+    @abc.abstractmethod
+    def resize_disk(self, instance_id: str, node: str, size: int) -> None:
+        """Grow a disk of the running VM; the guest sees the new size at once."""
+
+    @abc.abstractmethod
+    def snapshot_disk(self, instance_id: str, new_top: Path) -> None:
+        """External snapshot of the root disk: ``new_top`` (created here, qcow2, backed by
+        the current top) becomes the disk the guest writes to; the old top is frozen."""
+
+    @abc.abstractmethod
+    def stream_disk(self, instance_id: str, top: Path, base: Path | None) -> None:
+        """Pull the data of the layers between ``base`` and ``top`` into ``top`` (a layer
+        of the root disk's chain), so they drop out of the chain; wait until done."""
+
+    @abc.abstractmethod
+    def disk_chain(self, instance_id: str) -> list[Path]:
+        """The root disk's files as the running VM sees them, top first."""
+
+    @abc.abstractmethod
+    def freeze_filesystems(self, instance_id: str) -> int:
+        """Ask the guest agent to freeze its file systems; returns how many."""
+
+    @abc.abstractmethod
+    def thaw_filesystems(self, instance_id: str) -> int:
+        """Undo freeze_filesystems; safe to call when nothing is frozen."""
