@@ -7,6 +7,9 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
+# Data volumes a VM can have: modern machines get one spare PCIe root port for each.
+HOTPLUG_SLOTS = 4
+
 
 @dataclass(frozen=True)
 class ExtraDisk:

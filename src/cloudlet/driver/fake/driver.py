@@ -206,9 +206,14 @@ class FakeDriver(Driver):
             )
         start = vm.chain.index(top)
         end = vm.chain.index(base) if base is not None else len(vm.chain)
-        vm.chain[start + 1 : end] = []
-        if top.exists():
+        dropped, vm.chain[start + 1 : end] = vm.chain[start + 1 : end], []
+        if top.exists():  # the data of the dropped layers moves into top, under its own
             data = json.loads(top.read_text())
+            merged: dict[str, str] = {}
+            for layer in reversed(dropped):
+                if layer.exists():
+                    merged.update(json.loads(layer.read_text()).get("data", {}))
+            data["data"] = {**merged, **data.get("data", {})}
             data["backing"] = str(base) if base is not None else None
             top.write_text(json.dumps(data))
 

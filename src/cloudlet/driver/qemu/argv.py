@@ -15,12 +15,10 @@ import hashlib
 import json
 from pathlib import Path
 
-from cloudlet.driver.base import ExtraDisk, LaunchConfig
+from cloudlet.driver.base import HOTPLUG_SLOTS, ExtraDisk, LaunchConfig
 from cloudlet.errors import InvalidInput
 
 AGENT_PORT_NAME = "org.qemu.guest_agent.0"
-# Spare PCIe root ports (q35, virt) so data volumes can be hot-plugged: one disk each.
-HOTPLUG_SLOTS = 4
 SANDBOX = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
 
 
