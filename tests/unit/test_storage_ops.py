@@ -148,6 +148,10 @@ def test_hotplug_into_a_running_vm_and_back_at_next_boot(engine: Engine, ops: St
     assert [(d.serial, d.slot) for d in disks] == [("data1", 0)]
     with pytest.raises(Conflict, match="attached to web1"):
         ops.volume_delete("data1")
+    engine.pause("web1")
+    with pytest.raises(Conflict, match="paused"):
+        ops.volume_detach("data1")
+    engine.resume("web1")
     assert "detached" in ops.volume_detach("data1")
     assert fake(engine).attached_disks(iid) == []
     ops.volume_delete("data1")
@@ -357,3 +361,38 @@ def test_failed_clone_leaves_nothing(
         ops.clone("web1", "web1-test")
     assert [v.name for v in engine.instances()] == ["web1"]
     assert len(list(engine.paths.instances.iterdir())) == 1
+
+
+def test_failed_snapshot_leaves_no_record_and_no_file(
+    engine: Engine, ops: StorageOps, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine.create(CreateRequest(name="web1"), start=False)
+    iid = vm_id(engine, "web1")
+    before = active_disk(engine, iid)
+
+    def broken(backing: Path, backing_format: str, dest: Path) -> None:
+        dest.write_text("half")
+        raise InvalidInput("qemu-img failed")
+
+    monkeypatch.setattr(engine.deps.disks, "create_layer", broken)
+    with pytest.raises(InvalidInput):
+        ops.snapshot_create("web1", "s1")
+    assert ops.snapshots("web1") == [] and active_disk(engine, iid) == before
+    assert list((engine.paths.instance_dir(iid) / "layers").iterdir()) == []
+
+
+def test_snapshot_recorded_but_never_made_is_rolled_back_at_next_start(
+    engine: Engine, ops: StorageOps
+) -> None:
+    """The record comes first; a process killed before the layer exists leaves a record
+    whose layer is missing: the next command under the VM's lock drops it."""
+    engine.create(CreateRequest(name="web1"), start=False)
+    iid = vm_id(engine, "web1")
+    write(engine, "web1", "f", "1")
+    before = active_disk(engine, iid)
+    ops.snapshot_create("web1", "s1")
+    active_disk(engine, iid).unlink()  # as if the process died before making it
+    engine.start("web1")
+    assert fake(engine).vms[iid].config.disk == before
+    assert ops.snapshots("web1") == []
+    assert content(engine, "web1") == {"f": "1"}

@@ -195,7 +195,7 @@ class Engine:
             accel=accel,
             cpus=row.cpus,
             memory_mib=row.memory // MIB,
-            disk=storage_ops.active_disk(self, row.id),
+            disk=storage_ops.active_disk(self, row.id, heal=True),
             disk_format="qcow2",
             extra_disks=storage_ops.boot_disks(self, row.id),
             runtime_dir=self.paths.runtime_dir(row.id),

@@ -109,11 +109,37 @@ def default_disk(engine: Engine, instance_id: str) -> Path:
     return engine.paths.instance_dir(instance_id) / "disk.qcow2"
 
 
-def active_disk(engine: Engine, instance_id: str) -> Path:
-    """The layer the guest writes to: disk.qcow2 until a snapshot moves it."""
+def active_disk(engine: Engine, instance_id: str, *, heal: bool = False) -> Path:
+    """The layer the guest writes to: disk.qcow2 until a snapshot moves it.
+
+    ``heal`` (only for callers holding the VM's lock): a snapshot is recorded before
+    its layer is made; if the layer never came to be (the process died in between),
+    roll that record back.
+    """
     with engine.db.session() as s:
         row = s.get(InstanceDiskRow, instance_id)
-    return Path(row.active_path) if row is not None else default_disk(engine, instance_id)
+    if row is None:
+        return default_disk(engine, instance_id)
+    path = Path(row.active_path)
+    if heal and not path.exists():
+        snaps = _snapshot_rows(engine, instance_id)
+        if snaps and Path(snaps[-1].file).exists():
+            below = Path(snaps[-1].file)
+            _undo_snapshot(engine, instance_id, snaps[-1].id, below)
+            with engine.db.session() as s:
+                vm = s.get(InstanceRow, instance_id)
+            message = f"dropped snapshot {snaps[-1].name}: its layer was never made"
+            engine._event(vm.name if vm is not None else instance_id, "recovered", message)
+            return below
+    return path
+
+
+def _undo_snapshot(engine: Engine, instance_id: str, snap_id: str, old_top: Path) -> None:
+    with engine.db.session() as s:
+        snap = s.get(SnapshotRow, snap_id)
+        if snap is not None:
+            s.delete(snap)
+        _set_active(s, instance_id, old_top)
 
 
 def boot_disks(engine: Engine, instance_id: str) -> tuple[ExtraDisk, ...]:
@@ -429,6 +455,8 @@ class StorageOps:
             if vol.instance_id != row.id:
                 return f"volume {volume} is not attached to {vm} any more"
             self._require(row, _ONLINE | _OFFLINE, f"detach a volume from {vm}")
+            if row.state == VMState.PAUSED:  # a paused guest cannot release the device
+                raise Conflict(f"cannot unplug from {vm}: it is paused", hint="resume it first")
             with self.e._operation(row, "volume-detach") as op_id:
                 if row.state in _ONLINE:
                     self.e.driver.detach_disk(row.id, _extra_disk(vol), DETACH_TIMEOUT)
@@ -541,20 +569,19 @@ class StorageOps:
             self._require(row, _ONLINE | _OFFLINE, "snapshot")
             if any(s.name == name for s in _snapshot_rows(self.e, row.id)):
                 raise Conflict(f"{vm} already has a snapshot {name!r}", hint="pick another name")
-            old_top = active_disk(self.e, row.id)
+            old_top = active_disk(self.e, row.id, heal=True)
             new_top = self._layers_dir(row.id) / f"{uuid.uuid4()}.qcow2"
             live = row.state in _ONLINE
             with self.e._operation(row, "snapshot") as op_id:
                 frozen = live and self._freeze(row)
+                snap_id = str(uuid.uuid4())
                 try:
-                    if live:
-                        self.e.driver.snapshot_disk(row.id, new_top)
-                    else:
-                        self.e.deps.disks.create_layer(old_top, "qcow2", new_top)
+                    # Recorded before it is acted on: if this process dies before the new
+                    # layer exists, active_disk(heal=True) rolls the record back.
                     with self.e.db.session() as s:
                         s.add(
                             SnapshotRow(
-                                id=str(uuid.uuid4()),
+                                id=snap_id,
                                 instance_id=row.id,
                                 name=name,
                                 file=str(old_top),
@@ -564,10 +591,16 @@ class StorageOps:
                             )
                         )
                         _set_active(s, row.id, new_top)
-                except BaseException:
-                    if not live or new_top not in self._chain_or_empty(row.id):
-                        new_top.unlink(missing_ok=True)
-                    raise
+                    try:
+                        if live:
+                            self.e.driver.snapshot_disk(row.id, new_top)
+                        else:
+                            self.e.deps.disks.create_layer(old_top, "qcow2", new_top)
+                    except BaseException:
+                        if not live or new_top not in self._chain_or_empty(row.id):
+                            new_top.unlink(missing_ok=True)
+                            _undo_snapshot(self.e, row.id, snap_id, old_top)
+                        raise
                 finally:
                     if frozen:
                         self.e.driver.thaw_filesystems(row.id)
@@ -634,6 +667,7 @@ class StorageOps:
         with self.e._lock(vm):
             row = self._vm_row(vm)
             self._require(row, _OFFLINE, "revert")
+            active_disk(self.e, row.id, heal=True)
             index, snaps = self._snapshot(row, name)
             later = snaps[index + 1 :]
             clones = _clones_of(self.e, [s.id for s in later])
@@ -669,6 +703,7 @@ class StorageOps:
     def snapshot_delete(self, vm: str, name: str) -> str:
         with self.e._lock(vm):
             row = self._vm_row(vm)
+            active_disk(self.e, row.id, heal=True)
             index, snaps = self._snapshot(row, name)
             snap = snaps[index]
             clones = _clones_of(self.e, [snap.id])
