@@ -243,6 +243,12 @@ class QemuDriver(Driver):
     def attach_disk(self, instance_id: str, disk: ExtraDisk) -> None:
         info = self._require(instance_id)
         ports = any(a.startswith("pcie-root-port,") for a in info.argv)
+        machine = info.argv[info.argv.index("-machine") + 1] if "-machine" in info.argv else ""
+        if not ports and machine.startswith(("q35", "virt")):
+            raise Conflict(
+                "this VM was started before cloudlet gave VMs hot-plug ports",
+                hint="attach while it is stopped, or stop and start it once",
+            )
         qmp.execute(info.qmp_socket, "blockdev-add", disk_node(disk))
         try:
             qmp.execute(info.qmp_socket, "device_add", dict(disk_device(disk, ports=ports)))
