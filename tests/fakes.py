@@ -80,6 +80,55 @@ class FakeDisks:
     def virtual_size(self, path: Path) -> int:
         return int(json.loads(path.read_text())["size"])
 
+    # A layer records its backing and the "data" written to it (a dict of name -> text),
+    # so tests can follow what snapshots, merges and clones do to a disk's content.
+    def create_layer(self, backing: Path, backing_format: str, dest: Path) -> None:
+        if dest.exists():
+            raise AssertionError(f"{dest} would be overwritten")
+        size = self.virtual_size(backing) if backing.exists() else 0
+        dest.write_text(json.dumps({"size": size, "backing": str(backing), "data": {}}))
+
+    def resize(self, path: Path, size: int) -> None:
+        data = json.loads(path.read_text())
+        data["size"] = size
+        path.write_text(json.dumps(data))
+
+    def rebase(self, path: Path, backing: Path | None, backing_format: str) -> None:
+        data = json.loads(path.read_text())
+        merged = self.content(path)
+        below = self.content(backing) if backing is not None else {}
+        data["data"] = {k: v for k, v in merged.items() if below.get(k) != v}
+        data["backing"] = str(backing) if backing is not None else None
+        path.write_text(json.dumps(data))
+
+    def flatten(self, src: Path, dest: Path) -> None:
+        size = self.virtual_size(src)
+        dest.write_text(json.dumps({"size": size, "data": self.content(src)}))
+
+    def check(self, path: Path) -> dict[str, object]:
+        json.loads(path.read_text())
+        return {"corruptions": 0, "leaks": 0, "check-errors": 0}
+
+    def backing(self, path: Path) -> tuple[Path, str] | None:
+        name = json.loads(path.read_text()).get("backing")
+        return (Path(name), "qcow2") if name else None
+
+    @staticmethod
+    def content(path: Path) -> dict[str, str]:
+        """What the guest would read through the chain ending in ``path``."""
+        if not path.exists():
+            return {}  # the base image: empty
+        data = json.loads(path.read_text())
+        below = FakeDisks.content(Path(data["backing"])) if data.get("backing") else {}
+        return {**below, **data.get("data", {})}
+
+    @staticmethod
+    def write(path: Path, key: str, value: str) -> None:
+        """The guest writes to the top layer ``path``."""
+        data = json.loads(path.read_text())
+        data.setdefault("data", {})[key] = value
+        path.write_text(json.dumps(data))
+
 
 def make_fake_engine(home: Path, *, cpus: int = 4, memory: int = 8 * GIB) -> Engine:
     settings = Settings(paths=Paths(home), stop_timeout=0.2)

@@ -55,6 +55,11 @@ class Paths:
         return self.home / "cache"
 
     @property
+    def pools(self) -> Path:
+        """Directory pools cloudlet makes itself ("default") live here."""
+        return self.home / "pools"
+
+    @property
     def config_file(self) -> Path:
         return self.home / "config.toml"
 
@@ -91,6 +96,9 @@ class Settings:
     memory_reserve: int = 1 * GIB
     stop_timeout: float = 60.0
     force_restrict_network: bool = False
+    # Thin provisioning: the virtual sizes of a pool's volumes may add up to this many
+    # times the size of its file system.
+    storage_overcommit: float = 2.0
 
     @classmethod
     def load(cls, home: Path | None = None) -> Settings:
@@ -116,10 +124,16 @@ class Settings:
             os.environ.get("CLOUDLET_STOP_TIMEOUT") or str(data.get("stop_timeout", 60))
         )
         restrict = os.environ.get("CLOUDLET_FORCE_RESTRICT_NETWORK", "") not in ("", "0")
+        storage = data.get("storage", {})
+        assert isinstance(storage, dict)
+        storage_overcommit = float(
+            os.environ.get("CLOUDLET_STORAGE_OVERCOMMIT") or str(storage.get("overcommit", 2.0))
+        )
         return cls(
             paths=paths,
             cpu_overcommit=cpu_overcommit,
             memory_reserve=memory_reserve,
             stop_timeout=stop_timeout,
             force_restrict_network=restrict,
+            storage_overcommit=storage_overcommit,
         )

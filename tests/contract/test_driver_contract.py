@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from cloudlet.driver.base import Driver, LaunchConfig, PowerState
+from cloudlet.driver.base import Driver, ExtraDisk, LaunchConfig, PowerState
 from cloudlet.errors import CloudletError
 
 
@@ -17,6 +18,11 @@ from cloudlet.errors import CloudletError
 class Target:
     driver: Driver
     config: LaunchConfig
+    make_disk: Callable[[Path, int], None]
+
+
+def _fake_disk(path: Path, size: int) -> None:
+    path.write_text(json.dumps({"size": size}))
 
 
 def _config(home: Path, accel: str, image_dir: Path | None) -> LaunchConfig:
@@ -43,13 +49,13 @@ def target(request: pytest.FixtureRequest, short_tmp: Path) -> Iterator[Target]:
     if request.param == "fake":
         from cloudlet.driver.fake.driver import FakeDriver
 
-        yield Target(FakeDriver(), _config(short_tmp, "tcg", None))
+        yield Target(FakeDriver(), _config(short_tmp, "tcg", None), _fake_disk)
         return
     from cloudlet.config import Paths
     from cloudlet.driver.qemu.driver import QemuDriver
     from cloudlet.host.kvm import AccelVerdict
     from cloudlet.images.store import ImageStore
-    from cloudlet.storage.qcow2 import create_overlay
+    from cloudlet.storage.qcow2 import create_blank, create_overlay
 
     shared: Path = request.getfixturevalue("shared_state")
     paths = Paths(shared)
@@ -60,7 +66,7 @@ def target(request: pytest.FixtureRequest, short_tmp: Path) -> Iterator[Target]:
     create_overlay(image.disk, image.disk_format, config.disk)
     driver = QemuDriver(short_tmp / "run")
     try:
-        yield Target(driver, config)
+        yield Target(driver, config, create_blank)
     finally:
         driver.force_stop(config.instance_id)
         driver.cleanup(config.instance_id)
@@ -110,3 +116,58 @@ def test_guest_info(target: Target) -> None:
     d.wait_agent(cfg.instance_id, 180)
     info = d.guest_info(cfg.instance_id)
     assert info.agent_version
+
+
+def test_storage_hotplug_resize_snapshot_stream_and_freeze(target: Target) -> None:
+    d, cfg = target.driver, target.config
+    iid = cfg.instance_id
+    d.start(cfg)
+    d.wait_agent(iid, 180)
+    volume = ExtraDisk("vcontract01", cfg.disk.parent / "vol.qcow2", serial="data1", slot=1)
+    target.make_disk(volume.path, 64 << 20)
+
+    def guest_sectors() -> str:
+        result = d.exec(iid, ["cat", "/sys/block/vdb/size"], timeout=60)
+        return result.stdout.decode().strip() if result.exit_code == 0 else "absent"
+
+    assert d.attached_disks(iid) == []
+    d.attach_disk(iid, volume)
+    assert d.attached_disks(iid) == ["vcontract01"]
+    assert _eventually(guest_sectors, str((64 << 20) // 512))
+    d.resize_disk(iid, volume.node, 96 << 20)
+    assert _eventually(guest_sectors, str((96 << 20) // 512))
+    d.detach_disk(iid, volume, timeout=60)
+    assert d.attached_disks(iid) == []
+    assert _eventually(guest_sectors, "absent")
+
+    # external snapshots: each new file becomes the top, the old top its backing
+    s1, s2 = cfg.disk.parent / "s1.qcow2", cfg.disk.parent / "s2.qcow2"
+    d.snapshot_disk(iid, s1)
+    d.snapshot_disk(iid, s2)
+    assert s1.exists() and s2.exists()
+    assert d.disk_chain(iid)[:3] == [s2, s1, cfg.disk]
+    d.stream_disk(iid, s2, cfg.disk)  # s1's data moves into s2; s1 leaves the chain
+    assert d.disk_chain(iid)[:2] == [s2, cfg.disk]
+
+    # a frozen guest refuses other agent commands until it is thawed
+    assert d.freeze_filesystems(iid) >= 1
+    try:
+        with pytest.raises(CloudletError):
+            d.exec(iid, ["true"], timeout=10)
+    finally:
+        assert d.thaw_filesystems(iid) >= 1
+    assert d.exec(iid, ["true"], timeout=60).exit_code == 0
+
+
+def _eventually(probe: Callable[[], str], expected: str, timeout: float = 30.0) -> bool:
+    """Hot-plug and resize reach the guest asynchronously: poll for the expected value."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value == expected:
+            return True
+        if time.monotonic() > deadline:
+            raise AssertionError(f"expected {expected!r}, the guest still shows {value!r}")
+        time.sleep(0.3)

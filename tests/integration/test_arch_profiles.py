@@ -126,3 +126,23 @@ def test_legacy_profile_boots_from_an_ide_disk(legacy_vm: Booted) -> None:
     assert legacy_vm.sh("cat /sys/block/sda/device/vendor").strip() == "ATA"
     assert legacy_vm.sh("cat /sys/bus/pci/devices/0000:00:01.1/class").startswith("0x0101")
     assert not legacy_vm.sh("ls /sys/block").count("vd")
+
+
+@pytest.mark.parametrize("fixture", ["aarch64_vm", "legacy_vm"])
+def test_volume_hotplug_on_virt_and_i440fx(fixture: str, request: pytest.FixtureRequest) -> None:
+    """aarch64 virt hot-plugs on its spare PCIe root ports, i440fx on its PCI bus."""
+    from cloudlet.driver.base import ExtraDisk
+    from cloudlet.storage.qcow2 import create_blank
+
+    vm: Booted = request.getfixturevalue(fixture)
+    disk = ExtraDisk("vhotplug0001", vm.config.disk.parent / "vol.qcow2", serial="data1", slot=2)
+    create_blank(disk.path, 32 << 20)
+    vm.driver.attach_disk(vm.config.instance_id, disk)
+    listing = "for d in /sys/block/*; do echo $(cat $d/serial 2>/dev/null) $(cat $d/size); done"
+    expected = f"data1 {(32 << 20) // 512}"
+    deadline = time.monotonic() + 60
+    while expected not in (sizes := vm.sh(listing)).splitlines():
+        assert time.monotonic() < deadline, f"the guest never saw the disk: {sizes}"
+        time.sleep(0.5)
+    vm.driver.detach_disk(vm.config.instance_id, disk, timeout=60)
+    assert vm.driver.attached_disks(vm.config.instance_id) == []

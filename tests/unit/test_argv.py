@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from cloudlet.driver.base import Channel, LaunchConfig, Share
+from cloudlet.driver.base import Channel, ExtraDisk, LaunchConfig, Share
 from cloudlet.driver.qemu.argv import build_argv, escape, mac_address
 from cloudlet.errors import InvalidInput
 from cloudlet.host.kvm import ProbeGuest, probe_argv
@@ -74,6 +74,16 @@ CASES = {
             Channel("cloudlet.tty", Path("/state/run") / f"{ID}.io" / "c1,x.sock", console=True),
         ),
         shares=(Share("cloudlet0", Path("/state/run") / f"{ID}.io" / "fs0.sock"),),
+    ),
+    "volumes": _config(
+        extra_disks=(
+            ExtraDisk("vab12cd34ef56", Path("/srv/fast/data,1.qcow2"), serial="data1", slot=0),
+            ExtraDisk("v0011223344ff", Path("/state/pools/default/logs.qcow2"), slot=3),
+        )
+    ),
+    "legacy-volume": _config(
+        profile="legacy",
+        extra_disks=(ExtraDisk("vab12cd34ef56", Path("/p/data1.qcow2"), serial="data1", slot=0),),
     ),
     "legacy-install-seed": _config(
         profile="legacy",
@@ -165,3 +175,21 @@ def test_isos_are_read_only_and_the_installer_boots_first() -> None:
 def test_aarch64_installer_iso_is_refused() -> None:
     with pytest.raises(InvalidInput, match="aarch64"):
         build_argv("qemu", _config(arch="aarch64", install_iso=Path("/i.iso"), kernel=None))
+
+
+def test_modern_machines_get_spare_hotplug_ports_and_volumes_sit_on_them() -> None:
+    for case in ("tcg-nat", "aarch64"):
+        ports = [d for d in _devices(build_argv("qemu", CASES[case])) if "root-port" in d]
+        assert [p.split(",")[1] for p in ports] == ["id=hp0", "id=hp1", "id=hp2", "id=hp3"]
+    assert not any("root-port" in d for d in _devices(build_argv("qemu", CASES["legacy"])))
+    argv = build_argv("qemu", CASES["volumes"])
+    devices = _devices(argv)
+    assert "virtio-blk-pci,drive=vab12cd34ef56,id=vab12cd34ef56-dev,serial=data1,bus=hp0" in devices
+    # the root ports come before the disks that sit on them
+    assert devices.index("pcie-root-port,id=hp3,chassis=4,port=19") < devices.index(
+        "virtio-blk-pci,drive=v0011223344ff,id=v0011223344ff-dev,bus=hp3"
+    )
+    nodes = [argv[i + 1] for i, a in enumerate(argv) if a == "-blockdev"]
+    assert '"filename":"/srv/fast/data,1.qcow2"' in nodes[1]  # JSON: no comma escaping
+    legacy = _devices(build_argv("qemu", CASES["legacy-volume"]))
+    assert "virtio-blk-pci,drive=vab12cd34ef56,id=vab12cd34ef56-dev,serial=data1" in legacy

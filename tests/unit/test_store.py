@@ -24,3 +24,15 @@ def test_new_database_is_migrated_to_head_and_reopens(tmp_path: Path) -> None:
     with again.engine.connect() as conn:
         mode = conn.exec_driver_sql("PRAGMA journal_mode").scalar()
     assert mode == "wal"
+
+
+def test_migrations_build_the_schema_the_models_describe(tmp_path: Path) -> None:
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from cloudlet.store.models import Base
+
+    db = Database(tmp_path / "state.db")
+    with db.engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    assert diff == []

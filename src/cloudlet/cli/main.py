@@ -10,7 +10,7 @@ from typing import Annotated, NoReturn
 import typer
 
 from cloudlet.cli import console as console_mod
-from cloudlet.cli import render, run_command, spec_commands, wizard
+from cloudlet.cli import render, run_command, spec_commands, storage_commands, wizard
 from cloudlet.cli.progress import byte_progress as _byte_progress
 from cloudlet.cli.render import Output, err, out
 from cloudlet.engine.engine import CreateRequest, Engine
@@ -31,6 +31,7 @@ image_app = typer.Typer(help="Guest images.", no_args_is_help=True)
 app.add_typer(image_app, name="image")
 license_app = typer.Typer(help="Seats of proprietary image licences.", no_args_is_help=True)
 app.add_typer(license_app, name="license")
+storage_commands.register(app)  # pool, volume, snapshot, clone
 
 OutputOpt = Annotated[Output, typer.Option("--output", "-o", help="table or json")]
 NameArg = Annotated[str, typer.Argument(help="VM name")]

@@ -7,6 +7,28 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
+# Data volumes a VM can have: modern machines get one spare PCIe root port for each.
+HOTPLUG_SLOTS = 4
+
+
+@dataclass(frozen=True)
+class ExtraDisk:
+    """A data volume attached to a VM, at boot or by hot-plug.
+
+    ``node`` names the QEMU block node (the device is ``<node>-dev``); ``slot`` is the
+    hot-plug port it sits on (machines with PCIe root ports), or None.
+    """
+
+    node: str
+    path: Path
+    format: str = "qcow2"
+    serial: str = ""
+    slot: int | None = None
+
+    @property
+    def device_id(self) -> str:
+        return f"{self.node}-dev"
+
 
 @dataclass(frozen=True)
 class Channel:
@@ -66,6 +88,8 @@ class LaunchConfig:
     channels: tuple[Channel, ...] = ()
     shares: tuple[Share, ...] = ()
     exit_on_poweroff: bool = False
+    # Data volumes attached to the VM, in slot order.
+    extra_disks: tuple[ExtraDisk, ...] = ()
 
 
 class PowerState(StrEnum):
@@ -173,3 +197,42 @@ class Driver(abc.ABC):
 
     @abc.abstractmethod
     def guest_info(self, instance_id: str) -> GuestInfo: ...
+
+    # ---------------------------------------------------------------- storage (live)
+    @abc.abstractmethod
+    def attach_disk(self, instance_id: str, disk: ExtraDisk) -> None:
+        """Hot-plug a disk into the running VM (block node, then device)."""
+
+    @abc.abstractmethod
+    def detach_disk(self, instance_id: str, disk: ExtraDisk, timeout: float = 30.0) -> None:
+        """Unplug a disk: ask the guest to release the device, wait, drop the node."""
+
+    @abc.abstractmethod
+    def attached_disks(self, instance_id: str) -> list[str]:
+        """Node names of the hot-pluggable disks the running VM has now."""
+
+    @abc.abstractmethod
+    def resize_disk(self, instance_id: str, node: str, size: int) -> None:
+        """Grow a disk of the running VM; the guest sees the new size at once."""
+
+    @abc.abstractmethod
+    def snapshot_disk(self, instance_id: str, new_top: Path) -> None:
+        """External snapshot of the root disk: ``new_top`` (created here, qcow2, backed by
+        the current top) becomes the disk the guest writes to; the old top is frozen."""
+
+    @abc.abstractmethod
+    def stream_disk(self, instance_id: str, top: Path, base: Path | None) -> None:
+        """Pull the data of the layers between ``base`` and ``top`` into ``top`` (a layer
+        of the root disk's chain), so they drop out of the chain; wait until done."""
+
+    @abc.abstractmethod
+    def disk_chain(self, instance_id: str) -> list[Path]:
+        """The root disk's files as the running VM sees them, top first."""
+
+    @abc.abstractmethod
+    def freeze_filesystems(self, instance_id: str) -> int:
+        """Ask the guest agent to freeze its file systems; returns how many."""
+
+    @abc.abstractmethod
+    def thaw_filesystems(self, instance_id: str) -> int:
+        """Undo freeze_filesystems; safe to call when nothing is frozen."""

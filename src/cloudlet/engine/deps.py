@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from cloudlet.driver.base import Driver
 from cloudlet.host.kvm import AccelVerdict
@@ -35,6 +35,18 @@ class DiskBackend(Protocol):
     def virtual_size(self, path: Path) -> int: ...
 
     def create_blank(self, dest: Path, size: int) -> None: ...
+
+    def create_layer(self, backing: Path, backing_format: str, dest: Path) -> None: ...
+
+    def resize(self, path: Path, size: int) -> None: ...
+
+    def rebase(self, path: Path, backing: Path | None, backing_format: str) -> None: ...
+
+    def flatten(self, src: Path, dest: Path) -> None: ...
+
+    def check(self, path: Path) -> dict[str, Any]: ...
+
+    def backing(self, path: Path) -> tuple[Path, str] | None: ...
 
 
 @dataclass

@@ -23,7 +23,7 @@ from cloudlet.config import Settings
 from cloudlet.driver.base import ExecResult, GuestInfo, LaunchConfig, PowerState
 from cloudlet.engine import access as access_mod
 from cloudlet.engine import capacity as capacity_mod
-from cloudlet.engine import licensing, locks
+from cloudlet.engine import licensing, locks, storage_ops
 from cloudlet.engine.deps import EngineDeps
 from cloudlet.engine.views import HostView, InstanceView
 from cloudlet.errors import CloudletError, Conflict, InvalidInput, NotFound
@@ -182,7 +182,7 @@ class Engine:
                 "restrict": spec.network.restrict or self.settings.force_restrict_network,
             },
             paths={
-                "disk": str(instance_dir / "disk.qcow2"),
+                "disk": str(storage_ops.active_disk(self, row.id)),
                 "serial_log": str(instance_dir / "serial.log"),
                 "image": row.image_path,
                 "runtime": str(self.paths.runtime_dir(row.id)),
@@ -217,8 +217,9 @@ class Engine:
             accel=accel,
             cpus=row.cpus,
             memory_mib=row.memory // MIB,
-            disk=instance_dir / "disk.qcow2",
+            disk=storage_ops.active_disk(self, row.id, heal=True),
             disk_format="qcow2",
+            extra_disks=storage_ops.boot_disks(self, row.id),
             runtime_dir=self.paths.runtime_dir(row.id),
             serial_log=instance_dir / "serial.log",
             kernel=image.kernel,
@@ -350,6 +351,7 @@ class Engine:
         self.driver.cleanup(row.id)
         release(self, row.id)
         shutil.rmtree(self.paths.instance_dir(row.id), ignore_errors=True)
+        storage_ops.forget(self, row.id)
         with self.db.session() as s:
             existing = s.get(InstanceRow, row.id)
             if existing is not None:
@@ -791,11 +793,15 @@ class Engine:
         """Stop (forced) and remove the VM, its overlay, sockets and records."""
         with self._lock(name):
             row = self._row(name)
+            storage_ops.check_deletable(self, row)
+            kept = storage_ops.attached_volume_names(self, row.id)
             with self._operation(row, "delete") as op_id:
                 self._set_state(row.id, VMState.DELETING)
                 self._remove_everything(row)
                 self._event(name, "deleted", "VM and its disk removed", op_id)
-        return f"{name} deleted"
+        return f"{name} deleted" + (
+            f" (volumes kept, now detached: {', '.join(kept)})" if kept else ""
+        )
 
     # ------------------------------------------------------------------ licences
     def _seats_in_use(self, licence: str, exclude: str | None = None) -> int:

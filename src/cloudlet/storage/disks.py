@@ -1,8 +1,9 @@
-"""Root disks for VMs: a qcow2 overlay on the image, grown to the requested size."""
+"""Disks for VMs: root overlays on images, volumes, snapshot layers (qcow2, qemu-img)."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from cloudlet.images.store import Image
 from cloudlet.storage import qcow2
@@ -19,3 +20,21 @@ class Qcow2Disks:
 
     def virtual_size(self, path: Path) -> int:
         return qcow2.virtual_size(path, "qcow2")
+
+    def create_layer(self, backing: Path, backing_format: str, dest: Path) -> None:
+        qcow2.create_overlay(backing, backing_format, dest)
+
+    def resize(self, path: Path, size: int) -> None:
+        qcow2.resize(path, size)
+
+    def rebase(self, path: Path, backing: Path | None, backing_format: str) -> None:
+        qcow2.rebase(path, backing, backing_format)
+
+    def flatten(self, src: Path, dest: Path) -> None:
+        qcow2.convert(src, dest)
+
+    def check(self, path: Path) -> dict[str, Any]:
+        return qcow2.check(path)
+
+    def backing(self, path: Path) -> tuple[Path, str] | None:
+        return qcow2.backing(path)

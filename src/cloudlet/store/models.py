@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import ForeignKey, Integer, String, Text
+from sqlalchemy import BigInteger, Boolean, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -82,3 +82,56 @@ class LicenceRow(Base):
     name: Mapped[str] = mapped_column(String(128), primary_key=True)
     seats: Mapped[int] = mapped_column(Integer)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class PoolRow(Base):
+    """A place volumes live: a directory today (kind "dir"), LVM later."""
+
+    __tablename__ = "pools"
+
+    name: Mapped[str] = mapped_column(String(63), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    path: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class VolumeRow(Base):
+    """A data disk in a pool, attached to at most one VM (on a hot-plug slot)."""
+
+    __tablename__ = "volumes"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(String(63), unique=True, index=True)
+    pool: Mapped[str] = mapped_column(ForeignKey("pools.name"))
+    path: Mapped[str] = mapped_column(Text)
+    format: Mapped[str] = mapped_column(String(16))
+    size: Mapped[int] = mapped_column(BigInteger)
+    instance_id: Mapped[str | None] = mapped_column(String(36), nullable=True, index=True)
+    slot: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class SnapshotRow(Base):
+    """An external snapshot of a VM's root disk: ``file`` is the frozen layer."""
+
+    __tablename__ = "snapshots"
+    __table_args__ = (UniqueConstraint("instance_id", "name"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    instance_id: Mapped[str] = mapped_column(String(36), index=True)
+    name: Mapped[str] = mapped_column(String(63))
+    file: Mapped[str] = mapped_column(Text)
+    live: Mapped[bool] = mapped_column(Boolean)
+    frozen: Mapped[bool] = mapped_column(Boolean)  # file systems frozen by the guest agent
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class InstanceDiskRow(Base):
+    """Where a VM's root disk chain ends (its active layer), once snapshots moved it;
+    and, for a linked clone, the snapshot its disk grows from."""
+
+    __tablename__ = "instance_disks"
+
+    instance_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    active_path: Mapped[str] = mapped_column(Text)
+    origin_snapshot_id: Mapped[str | None] = mapped_column(String(36), nullable=True, index=True)

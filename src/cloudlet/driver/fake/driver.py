@@ -7,13 +7,16 @@ the same assertions against it and against real QEMU.
 
 from __future__ import annotations
 
+import json
 import shlex
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from cloudlet.driver.base import (
     Driver,
     ExecResult,
+    ExtraDisk,
     GuestInfo,
     LaunchConfig,
     PowerState,
@@ -31,6 +34,18 @@ class FakeVM:
     pid: int = 0
     started_at: float = field(default_factory=time.time)
     commands: list[list[str]] = field(default_factory=list)
+    # storage: hot-plugged disks (node -> disk, size), the root chain (top first), freeze
+    disks: dict[str, tuple[ExtraDisk, int]] = field(default_factory=dict)
+    chain: list[Path] = field(default_factory=list)
+    frozen: bool = False
+
+
+def _file_size(path: Path) -> int:
+    """Fake disk files are JSON ({"size": N}); anything else counts as 1 GiB."""
+    try:
+        return int(json.loads(path.read_text())["size"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 1 << 30
 
 
 class FakeDriver(Driver):
@@ -60,7 +75,9 @@ class FakeDriver(Driver):
         if existing is not None and existing.alive:
             raise Conflict("a fake QEMU already runs for this VM")
         self._next_pid += 1
-        self.vms[config.instance_id] = FakeVM(config=config, pid=self._next_pid)
+        vm = FakeVM(config=config, pid=self._next_pid, chain=[config.disk])
+        vm.disks = {d.node: (d, _file_size(d.path)) for d in config.extra_disks}
+        self.vms[config.instance_id] = vm
         info = self.runtime(config.instance_id)
         assert info is not None
         return info
@@ -136,12 +153,95 @@ class FakeDriver(Driver):
         vm = self._live(instance_id)
         if vm.state != PowerState.RUNNING:
             raise GuestError("the guest agent did not answer (the VM is not running)")
+        if vm.frozen:
+            raise GuestError("guest agent refused guest-exec: the agent is in frozen state")
         vm.commands.append(argv)
+        if argv[:1] == ["cat"] and len(argv) == 2 and argv[1].startswith("/sys/block/vd"):
+            return _fake_block_size(vm, argv[1])
         return _fake_guest(vm.config, argv, stdin)
 
     def guest_info(self, instance_id: str) -> GuestInfo:
         vm = self._live(instance_id)
         return GuestInfo(agent_version="fake", os_name="fake OS", hostname=vm.config.name)
+
+    # storage ----------------------------------------------------------------
+    def attach_disk(self, instance_id: str, disk: ExtraDisk) -> None:
+        vm = self._live(instance_id)
+        if disk.node in vm.disks:
+            raise CloudletError(f"QEMU refused blockdev-add: Duplicate nodes with {disk.node}")
+        if disk.slot is not None and any(d.slot == disk.slot for d, _ in vm.disks.values()):
+            raise CloudletError(f"QEMU refused device_add: slot hp{disk.slot} is occupied")
+        vm.disks[disk.node] = (disk, _file_size(disk.path))
+
+    def detach_disk(self, instance_id: str, disk: ExtraDisk, timeout: float = 30.0) -> None:
+        self._live(instance_id).disks.pop(disk.node, None)
+
+    def attached_disks(self, instance_id: str) -> list[str]:
+        return sorted(self._live(instance_id).disks)
+
+    def resize_disk(self, instance_id: str, node: str, size: int) -> None:
+        vm = self._live(instance_id)
+        if node not in vm.disks:
+            raise CloudletError(f"QEMU refused block_resize: Cannot find device={node}")
+        disk, old = vm.disks[node]
+        if size < old:
+            raise CloudletError("QEMU refused block_resize: shrinking is not supported")
+        vm.disks[node] = (disk, size)
+        if disk.path.exists():
+            disk.path.write_text(json.dumps({"size": size}))
+
+    def snapshot_disk(self, instance_id: str, new_top: Path) -> None:
+        vm = self._live(instance_id)
+        if new_top.exists():
+            raise CloudletError(f"QEMU refused blockdev-snapshot-sync: {new_top} exists")
+        old = vm.chain[0]
+        new_top.write_text(json.dumps({"size": _file_size(old), "backing": str(old)}))
+        vm.chain.insert(0, new_top)
+
+    def stream_disk(self, instance_id: str, top: Path, base: Path | None) -> None:
+        vm = self._live(instance_id)
+        if top not in vm.chain or (base is not None and base not in vm.chain):
+            raise Conflict(
+                f"the running VM has no disk layer {top if top not in vm.chain else base}"
+            )
+        start = vm.chain.index(top)
+        end = vm.chain.index(base) if base is not None else len(vm.chain)
+        dropped, vm.chain[start + 1 : end] = vm.chain[start + 1 : end], []
+        if top.exists():  # the data of the dropped layers moves into top, under its own
+            data = json.loads(top.read_text())
+            merged: dict[str, str] = {}
+            for layer in reversed(dropped):
+                if layer.exists():
+                    merged.update(json.loads(layer.read_text()).get("data", {}))
+            data["data"] = {**merged, **data.get("data", {})}
+            data["backing"] = str(base) if base is not None else None
+            top.write_text(json.dumps(data))
+
+    def disk_chain(self, instance_id: str) -> list[Path]:
+        return list(self._live(instance_id).chain)
+
+    def freeze_filesystems(self, instance_id: str) -> int:
+        self._live(instance_id).frozen = True
+        return 1
+
+    def thaw_filesystems(self, instance_id: str) -> int:
+        vm = self._live(instance_id)
+        count, vm.frozen = (1 if vm.frozen else 0), False
+        return count
+
+
+def _fake_block_size(vm: FakeVM, path: str) -> ExecResult:
+    """``cat /sys/block/vdX/size``: vda is the root disk, then the volumes by slot."""
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    disks = sorted(vm.disks.values(), key=lambda d: (d[0].slot is None, d[0].slot or 0))
+    sizes = [_file_size(vm.config.disk), *(size for _, size in disks)]
+    name = path.removeprefix("/sys/block/").removesuffix("/size")
+    index = letters.index(name[2]) if len(name) == 3 and name[2] in letters else 99
+    if index >= len(sizes):
+        return ExecResult(
+            1, stderr=f"cat: can't open '{path}': No such file or directory\n".encode()
+        )
+    return ExecResult(0, f"{sizes[index] // 512}\n".encode())
 
 
 def _fake_guest(config: LaunchConfig, argv: list[str], stdin: bytes | None) -> ExecResult:

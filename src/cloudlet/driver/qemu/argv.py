@@ -15,7 +15,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from cloudlet.driver.base import LaunchConfig
+from cloudlet.driver.base import HOTPLUG_SLOTS, ExtraDisk, LaunchConfig
 from cloudlet.errors import InvalidInput
 
 AGENT_PORT_NAME = "org.qemu.guest_agent.0"
@@ -131,6 +131,53 @@ def _disks(config: LaunchConfig) -> list[str]:
     return argv
 
 
+def has_hotplug_ports(config: LaunchConfig) -> bool:
+    """q35 and virt need PCIe root ports to hot-plug; i440fx hot-plugs on its PCI bus."""
+    return not _legacy(config)
+
+
+def _hotplug_ports(config: LaunchConfig) -> list[str]:
+    """Empty root ports, after every built-in device so their addresses stay put."""
+    if not has_hotplug_ports(config):
+        return []
+    argv: list[str] = []
+    for slot in range(HOTPLUG_SLOTS):
+        argv += ["-device", f"pcie-root-port,id=hp{slot},chassis={slot + 1},port={0x10 + slot}"]
+    return argv
+
+
+def disk_device(disk: ExtraDisk, *, ports: bool) -> dict[str, str]:
+    """The virtio-blk device of a data volume, as device_add/-device properties.
+
+    ``ports``: the machine has hot-plug root ports (the disk goes on its slot's port).
+    """
+    props = {"driver": "virtio-blk-pci", "drive": disk.node, "id": disk.device_id}
+    if disk.serial:
+        props["serial"] = disk.serial
+    if disk.slot is not None and ports:
+        props["bus"] = f"hp{disk.slot}"
+    return props
+
+
+def disk_node(disk: ExtraDisk) -> dict[str, object]:
+    """The block node of a data volume, as blockdev-add/-blockdev JSON."""
+    return {
+        "driver": disk.format,
+        "node-name": disk.node,
+        "file": {"driver": "file", "filename": str(disk.path)},
+    }
+
+
+def _extra_disks(config: LaunchConfig) -> list[str]:
+    argv: list[str] = []
+    for disk in config.extra_disks:
+        props = disk_device(disk, ports=has_hotplug_ports(config))
+        device = ",".join([props.pop("driver")] + [f"{k}={escape(v)}" for k, v in props.items()])
+        argv += ["-blockdev", json.dumps(disk_node(disk), separators=(",", ":"))]
+        argv += ["-device", device]
+    return argv
+
+
 def _netdev(config: LaunchConfig) -> list[str]:
     if config.network_mode == "none":
         return []
@@ -224,6 +271,8 @@ def build_argv(qemu: str, config: LaunchConfig) -> list[str]:
         *_disks(config),
         *rng,
         *_netdev(config),
+        *_hotplug_ports(config),
+        *_extra_disks(config),
         *_boot(config),
     ]  # fmt: skip
     if config.uuid:

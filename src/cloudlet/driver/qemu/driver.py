@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 from cloudlet.driver.base import (
     Driver,
     ExecResult,
+    ExtraDisk,
     GuestInfo,
     LaunchConfig,
     PowerState,
     RuntimeInfo,
 )
 from cloudlet.driver.qemu import agent, qmp
-from cloudlet.driver.qemu.argv import build_argv, socket_paths
+from cloudlet.driver.qemu.argv import build_argv, disk_device, disk_node, socket_paths
 from cloudlet.driver.qemu.runtime import read_record, write_record
 from cloudlet.errors import CloudletError, Conflict, HostCommandError, Timeout
 from cloudlet.host import processes
@@ -28,6 +31,22 @@ _FAILED_STATES = {"internal-error", "guest-panicked", "io-error"}
 _PAUSED_STATES = {"paused", "suspended"}
 AGENT_CHARDEV = "qga0"
 AGENT_DEVICE = "qga0-port"
+ROOT_DEVICE = "disk0-dev"
+_BUILTIN_DEVICES = {"disk0-dev", "seed0-dev", "install0-dev"}
+JOB_TIMEOUT = 3600.0
+
+
+def _qdev_id(qdev: str) -> str:
+    """ "/machine/peripheral/X/virtio-backend" or "X" -> "X"."""
+    parts = qdev.split("/")
+    if len(parts) >= 4 and parts[1:3] == ["machine", "peripheral"]:
+        return parts[3]
+    return qdev
+
+
+def _layer_node(path: Path) -> str:
+    """A stable node name for a disk layer QEMU opens for us (31 characters at most)."""
+    return "l" + hashlib.sha256(str(path).encode()).hexdigest()[:20]
 
 
 class QemuDriver(Driver):
@@ -209,3 +228,133 @@ class QemuDriver(Driver):
             os_name=str(osinfo.get("pretty-name", "")),
             hostname=str(hostname),
         )
+
+    # ---------------------------------------------------------------- storage (live)
+    def _blocks(self, info: RuntimeInfo) -> list[dict[str, Any]]:
+        result = qmp.execute(info.qmp_socket, "query-block")
+        return list(result)
+
+    def _root_block(self, info: RuntimeInfo) -> dict[str, Any]:
+        for block in self._blocks(info):
+            if _qdev_id(str(block.get("qdev", ""))) == ROOT_DEVICE and block.get("inserted"):
+                return dict(block["inserted"])
+        raise Conflict("the VM has no root disk device (disk0-dev)")
+
+    def attach_disk(self, instance_id: str, disk: ExtraDisk) -> None:
+        info = self._require(instance_id)
+        ports = any(a.startswith("pcie-root-port,") for a in info.argv)
+        machine = info.argv[info.argv.index("-machine") + 1] if "-machine" in info.argv else ""
+        if not ports and machine.startswith(("q35", "virt")):
+            raise Conflict(
+                "this VM was started before cloudlet gave VMs hot-plug ports",
+                hint="attach while it is stopped, or stop and start it once",
+            )
+        qmp.execute(info.qmp_socket, "blockdev-add", disk_node(disk))
+        try:
+            qmp.execute(info.qmp_socket, "device_add", dict(disk_device(disk, ports=ports)))
+        except BaseException:
+            with contextlib.suppress(CloudletError):
+                qmp.execute(info.qmp_socket, "blockdev-del", {"node-name": disk.node})
+            raise
+
+    def detach_disk(self, instance_id: str, disk: ExtraDisk, timeout: float = 30.0) -> None:
+        info = self._require(instance_id)
+        if disk.device_id in self._device_ids(info):
+            qmp.execute_and_wait(
+                info.qmp_socket,
+                "device_del",
+                {"id": disk.device_id},
+                events=("DEVICE_DELETED",),
+                done=lambda _name, data: data.get("device") == disk.device_id,
+                timeout=timeout,
+            )
+        if disk.node in self._node_names(info):
+            qmp.execute(info.qmp_socket, "blockdev-del", {"node-name": disk.node})
+
+    def _device_ids(self, info: RuntimeInfo) -> set[str]:
+        return {_qdev_id(str(b.get("qdev", ""))) for b in self._blocks(info)}
+
+    def _nodes(self, info: RuntimeInfo) -> list[dict[str, Any]]:
+        return list(qmp.execute(info.qmp_socket, "query-named-block-nodes", {"flat": True}))
+
+    def _node_names(self, info: RuntimeInfo) -> set[str]:
+        return {str(n["node-name"]) for n in self._nodes(info)}
+
+    def attached_disks(self, instance_id: str) -> list[str]:
+        info = self._require(instance_id)
+        found = []
+        for block in self._blocks(info):
+            device = _qdev_id(str(block.get("qdev", "")))
+            if (
+                block.get("inserted")
+                and device.endswith("-dev")
+                and (device not in _BUILTIN_DEVICES)
+            ):
+                found.append(str(block["inserted"]["node-name"]))
+        return sorted(found)
+
+    def resize_disk(self, instance_id: str, node: str, size: int) -> None:
+        info = self._require(instance_id)
+        qmp.execute(info.qmp_socket, "block_resize", {"node-name": node, "size": size})
+
+    def snapshot_disk(self, instance_id: str, new_top: Path) -> None:
+        info = self._require(instance_id)
+        top = self._root_block(info)
+        qmp.execute(
+            info.qmp_socket,
+            "blockdev-snapshot-sync",
+            {
+                "node-name": top["node-name"],
+                "snapshot-file": str(new_top),
+                "snapshot-node-name": _layer_node(new_top),
+                "format": "qcow2",
+                "mode": "absolute-paths",
+            },
+            timeout=60.0,
+        )
+
+    def disk_chain(self, instance_id: str) -> list[Path]:
+        info = self._require(instance_id)
+        image: dict[str, Any] | None = self._root_block(info).get("image")
+        chain = []
+        while image is not None:
+            chain.append(Path(str(image["filename"])))
+            image = image.get("backing-image")
+        return chain
+
+    def _node_for(self, info: RuntimeInfo, path: Path) -> str:
+        """The format node (not the protocol node) that opens ``path``."""
+        for node in self._nodes(info):
+            if node.get("drv") != "file" and Path(str(node.get("file", ""))) == path:
+                return str(node["node-name"])
+        raise Conflict(f"the running VM has no disk layer {path}")
+
+    def stream_disk(self, instance_id: str, top: Path, base: Path | None) -> None:
+        info = self._require(instance_id)
+        job = "stream-" + _layer_node(top)
+        args: dict[str, Any] = {"job-id": job, "device": self._node_for(info, top)}
+        if base is not None:
+            args["base-node"] = self._node_for(info, base)
+        data = qmp.execute_and_wait(
+            info.qmp_socket,
+            "block-stream",
+            args,
+            events=("BLOCK_JOB_COMPLETED", "BLOCK_JOB_CANCELLED", "BLOCK_JOB_ERROR"),
+            done=lambda name, d: d.get("device") == job and name != "BLOCK_JOB_ERROR",
+            timeout=JOB_TIMEOUT,
+        )
+        if data.get("error") or data.get("offset") != data.get("len"):
+            raise CloudletError(
+                f"merging the disk layers failed: {data.get('error', 'the job was cancelled')}",
+                hint="the snapshot is kept; try again",
+            )
+
+    def freeze_filesystems(self, instance_id: str) -> int:
+        info = self._require(instance_id)
+        with agent.connect(info.agent_socket, timeout=60.0) as conn:
+            return int(conn.call("guest-fsfreeze-freeze"))
+
+    def thaw_filesystems(self, instance_id: str) -> int:
+        info = self._require(instance_id)
+        with agent.connect(info.agent_socket, timeout=60.0) as conn:
+            return int(conn.call("guest-fsfreeze-thaw"))

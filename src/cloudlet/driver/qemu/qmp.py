@@ -8,13 +8,15 @@ the monitor.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from qemu.qmp import ConnectError, EventListener, ExecuteError, QMPClient, QMPError
 
 from cloudlet.errors import CloudletError, Timeout
+
+T = TypeVar("T")
 
 
 class MonitorError(CloudletError):
@@ -38,8 +40,14 @@ def execute(
     path: Path, command: str, args: dict[str, Any] | None = None, *, timeout: float = 10.0
 ) -> Any:
     """Run one QMP command and return its result."""
+    late = f"QEMU's monitor did not answer {command} within {timeout:.0f} s"
+    return _run(_execute(path, command, args, timeout), path, command, late)
+
+
+def _run(coro: Coroutine[Any, Any, T], path: Path, command: str, late: str) -> T:
+    """Run a conversation; QMP failures become MonitorError, ``late`` the Timeout's text."""
     try:
-        return asyncio.run(_execute(path, command, args, timeout))
+        return asyncio.run(coro)
     except ExecuteError as exc:
         raise MonitorError(f"QEMU refused {command}: {exc.error.error.desc}") from None
     except (ConnectError, OSError, EOFError, QMPError) as exc:
@@ -47,7 +55,7 @@ def execute(
             f"cannot reach QEMU's monitor at {path}: {exc}", hint="is the VM running?"
         ) from None
     except TimeoutError:
-        raise Timeout(f"QEMU's monitor did not answer {command} within {timeout:.0f} s") from None
+        raise Timeout(late) from None
 
 
 def status(path: Path, *, timeout: float = 5.0) -> str:
@@ -100,3 +108,49 @@ def wait_chardev_open(
         return asyncio.run(_wait_chardev_open(path, label, port_name, timeout, alive))
     except (ConnectError, OSError, EOFError, QMPError, TimeoutError):
         return False
+
+
+async def _execute_and_wait(
+    path: Path,
+    command: str,
+    args: dict[str, Any],
+    events: tuple[str, ...],
+    done: Callable[[str, dict[str, Any]], bool],
+    timeout: float,
+) -> dict[str, Any]:
+    client = QMPClient("cloudlet-wait")
+    listener = EventListener(names=events)
+    try:
+        await asyncio.wait_for(client.connect(str(path)), 5.0)
+        client.register_listener(listener)
+        await asyncio.wait_for(client.execute(command, args), 10.0)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            left = deadline - loop.time()
+            if left <= 0:
+                raise TimeoutError
+            event = await asyncio.wait_for(listener.get(), left)
+            data: dict[str, Any] = dict(event.get("data") or {})  # type: ignore[call-overload]
+            if done(str(event["event"]), data):
+                return data
+    finally:
+        client.remove_listener(listener)
+        await client.disconnect()
+
+
+def execute_and_wait(
+    path: Path,
+    command: str,
+    args: dict[str, Any],
+    *,
+    events: tuple[str, ...],
+    done: Callable[[str, dict[str, Any]], bool],
+    timeout: float,
+) -> dict[str, Any]:
+    """Run one command, then wait on the same connection for the event that ends it.
+
+    Listening before the command is sent means a fast event cannot be missed.
+    """
+    late = f"{command} did not finish within {timeout:.0f} s"
+    return _run(_execute_and_wait(path, command, args, events, done, timeout), path, command, late)

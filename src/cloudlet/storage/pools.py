@@ -1,0 +1,125 @@
+"""Storage pools: where volumes live, and how full they may get.
+
+A pool backend is small on purpose (``PoolBackend``): a directory of qcow2 files
+today; an LVM volume group can implement the same methods later.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from cloudlet.errors import CapacityExceeded, Conflict, InvalidInput
+from cloudlet.spec.units import format_size
+
+
+@dataclass(frozen=True)
+class FsUsage:
+    """The file system (or volume group) under a pool."""
+
+    total: int
+    free: int
+
+
+class VolumeFiles(Protocol):
+    """What a pool needs to make and grow its volume files (qemu-img or a fake)."""
+
+    def create_blank(self, dest: Path, size: int) -> None: ...
+
+    def resize(self, path: Path, size: int) -> None: ...
+
+
+class PoolBackend(Protocol):
+    kind: str
+    name: str
+    path: Path
+
+    def check(self) -> None:
+        """Refuse (InvalidInput) a pool that cannot work; may create what is missing."""
+
+    def usage(self) -> FsUsage: ...
+
+    def volume_path(self, volume_name: str) -> Path: ...
+
+    def create_volume(self, files: VolumeFiles, volume_name: str, size: int) -> Path: ...
+
+    def delete_volume(self, path: Path) -> None: ...
+
+    def allocated(self, path: Path) -> int:
+        """Bytes a volume really takes (thin volumes take less than their size)."""
+
+
+class DirPool:
+    """Volumes are ``<name>.qcow2`` files in one directory."""
+
+    kind = "dir"
+
+    def __init__(self, name: str, path: Path) -> None:
+        self.name = name
+        self.path = path
+
+    def check(self) -> None:
+        if not self.path.is_absolute():
+            raise InvalidInput(
+                f"pool path {self.path} is relative",
+                hint="give an absolute path, such as /srv/fast",
+            )
+        if self.path.exists() and not self.path.is_dir():
+            raise InvalidInput(f"{self.path} is not a directory", hint="pick a directory")
+        self.path.mkdir(parents=True, exist_ok=True)
+        if not os.access(self.path, os.W_OK | os.X_OK):
+            raise InvalidInput(f"cannot write to {self.path}", hint="fix its permissions")
+
+    def usage(self) -> FsUsage:
+        st = os.statvfs(self.path)
+        return FsUsage(total=st.f_blocks * st.f_frsize, free=st.f_bavail * st.f_frsize)
+
+    def volume_path(self, volume_name: str) -> Path:
+        return self.path / f"{volume_name}.qcow2"
+
+    def create_volume(self, files: VolumeFiles, volume_name: str, size: int) -> Path:
+        path = self.volume_path(volume_name)
+        if path.exists():
+            raise Conflict(
+                f"{path} already exists and is not a volume cloudlet knows",
+                hint="move that file away or pick another volume name",
+            )
+        try:
+            files.create_blank(path, size)
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        return path
+
+    def delete_volume(self, path: Path) -> None:
+        path.unlink(missing_ok=True)
+
+    def allocated(self, path: Path) -> int:
+        try:
+            return os.stat(path).st_blocks * 512
+        except FileNotFoundError:
+            return 0
+
+
+def open_pool(kind: str, name: str, path: Path) -> PoolBackend:
+    if kind == "dir":
+        return DirPool(name, path)
+    raise InvalidInput(f"unknown pool kind {kind!r}", hint="only directory pools (dir) exist yet")
+
+
+def check_thin_limit(
+    pool: str, usage: FsUsage, overcommit: float, committed: int, wanted: int
+) -> None:
+    """Refuse ``wanted`` more bytes of virtual size beyond the pool's thin limit."""
+    limit = int(usage.total * overcommit)
+    left = max(0, limit - committed)
+    if wanted > left:
+        raise CapacityExceeded(
+            f"pool {pool} cannot take {format_size(wanted)} more: {format_size(left)} left of "
+            f"its {format_size(limit)} limit ({overcommit:g} x {format_size(usage.total)} "
+            "file system)",
+            hint="use a smaller size, another pool (--pool), "
+            "or raise storage.overcommit in config.toml",
+        )
