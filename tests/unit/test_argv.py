@@ -69,6 +69,7 @@ CASES = {
         ssh_port=None,
         guest_agent=False,
         exit_on_poweroff=True,
+        hotplug=False,
         channels=(
             Channel("cloudlet.status", Path("/state/run") / f"{ID}.io" / "c0.sock"),
             Channel("cloudlet.tty", Path("/state/run") / f"{ID}.io" / "c1,x.sock", console=True),

@@ -88,6 +88,8 @@ class LaunchConfig:
     channels: tuple[Channel, ...] = ()
     shares: tuple[Share, ...] = ()
     exit_on_poweroff: bool = False
+    # Spare PCIe root ports for hot-plug; a process VM never hot-plugs, so it skips them.
+    hotplug: bool = True
     # Data volumes attached to the VM, in slot order.
     extra_disks: tuple[ExtraDisk, ...] = ()
 

@@ -233,6 +233,7 @@ class ProcessVMs:
                 ),
                 shares=tuple(Share(g.share_tag(i), path) for i, path in enumerate(share_sockets)),
                 exit_on_poweroff=True,
+                hotplug=False,
             )
             engine.driver.start(config)
             conns = channels.accept_all()

@@ -38,9 +38,13 @@ def main(argv: list[str]) -> int:
     home, pid, start = Path(argv[0]), int(argv[1]), int(argv[2]) or None
     wait_for_exit(pid, start)
     from cloudlet.config import Settings
+
+    settings = Settings.load(home)
+    if not settings.paths.database.exists():
+        return 0  # the state directory went away with everything in it
     from cloudlet.engine.factory import open_engine
 
-    open_engine(Settings.load(home), recover=True)
+    open_engine(settings, recover=True)
     return 0
 
 

@@ -133,7 +133,7 @@ def _disks(config: LaunchConfig) -> list[str]:
 
 def has_hotplug_ports(config: LaunchConfig) -> bool:
     """q35 and virt need PCIe root ports to hot-plug; i440fx hot-plugs on its PCI bus."""
-    return not _legacy(config)
+    return config.hotplug and not _legacy(config)
 
 
 def _hotplug_ports(config: LaunchConfig) -> list[str]:
