@@ -176,7 +176,7 @@ def test_create_says_what_is_only_recorded(engine: Engine) -> None:
     assert not [n for n in engine.notices if "recorded" in n]
     engine.create(CreateRequest(name="more", volumes=(GIB,), inbound_ports=(80,)))
     (note,) = [n for n in engine.notices if "recorded" in n]
-    assert "attached when volumes land" in note and "enforced when networks land" in note
+    assert "volumes" not in note and "enforced when networks land" in note
     with pytest.raises(InvalidInput, match="invalid port 0"):
         engine.create(CreateRequest(name="bad", inbound_ports=(0,)))
 
@@ -199,3 +199,30 @@ def test_round_trip_keeps_a_user_key_and_its_private_half(
     engine.delete("k1")
     apply_mod.create_from(engine, parse_documents(text, "k1.yaml")[0])
     assert engine.spec("k1") == original
+
+
+def test_create_makes_and_attaches_the_volumes_it_asks_for(engine: Engine) -> None:
+    from cloudlet.engine.storage_ops import StorageOps
+
+    engine.create(CreateRequest(name="db1", volumes=(GIB, 2 * GIB)))
+    vols = {v.name: v for v in StorageOps(engine).volumes()}
+    assert sorted(vols) == ["db1-vol0", "db1-vol1"]
+    assert all(v.to_dict()["attached_to"] == "db1" for v in vols.values())
+    with pytest.raises(InvalidInput, match="4 at most"):
+        engine.create(CreateRequest(name="db2", volumes=(GIB,) * 5))
+    assert engine.instances() == [engine.show("db1")]
+
+
+def test_a_failed_create_takes_its_new_volumes_along(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cloudlet.engine.storage_ops import StorageOps
+
+    def broken_boot(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("boot failed")
+
+    monkeypatch.setattr(engine, "_boot", broken_boot)
+    with pytest.raises(RuntimeError):
+        engine.create(CreateRequest(name="db3", volumes=(GIB,)))
+    assert StorageOps(engine).volumes() == []
+    assert engine.instances() == []

@@ -249,8 +249,8 @@ class Wizard:
         self.step(
             5,
             "Storage",
-            "root disk size ('image' keeps the image's size); extra volumes are recorded "
-            "now and attached when volumes land",
+            "root disk size ('image' keeps the image's size); extra volumes are made in "
+            "the default pool and attached as NAME-vol0, NAME-vol1, ...",
         )
         disk = self.ask(
             "Disk size",

@@ -464,6 +464,9 @@ class Engine:
             ssh_key_lines=req.ssh_key_lines,
             user_data_text=req.user_data_text,
         )
+        volumes = storage_ops.StorageOps(self)
+        if req.volumes:
+            volumes.check_new_vm_volumes(req.name, req.volumes)
         if start:
             licensing.check_host_allowed(image, apple_hardware=licensing.host_is_apple_hardware())
             self._check_seats(image)
@@ -514,6 +517,7 @@ class Engine:
             )
             with self.db.session() as s:
                 s.add(row)
+            made: list[str] = []
             try:
                 # One operation from the row to the first boot: a create killed at any
                 # point is rolled back whole by the next command.
@@ -541,11 +545,13 @@ class Engine:
                         fresh.disk_size = actual
                         fresh.state = VMState.STOPPED.value
                     self._event(row.name, "created", f"created from image {req.image}", op_id)
+                    made += volumes.create_for_new_vm(row.id, row.name, req.volumes)
                     if start:
                         self._boot(self._row(req.name), wait=wait, op_id=op_id)
                         if wait and req.wait_cloud_init and image.cloud_init:
                             self._finish_first_boot(self._row(req.name))
             except BaseException:
+                volumes.undo_new_vm_volumes(row.id, made)
                 self._remove_everything(row)
                 raise
         self._note_recorded_only(spec)
@@ -556,7 +562,6 @@ class Engine:
         pending = [
             what
             for what, asked in (
-                ("extra volumes (attached when volumes land)", spec.volumes),
                 ("inbound ports (enforced when networks land)", spec.firewall.inbound_ports),
                 ("backup policy (enforced when backups land)", spec.backup != NO_BACKUP),
                 ("API access (a token once the API server lands)", spec.api_access),

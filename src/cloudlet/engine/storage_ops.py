@@ -391,6 +391,80 @@ class StorageOps:
                 raise
         return self.volume(name)
 
+    # ------------------------------------------------------------ volumes of a new VM
+    @staticmethod
+    def new_vm_volume_names(vm: str, count: int) -> list[str]:
+        return [f"{vm}-vol{i}" for i in range(count)]
+
+    def _reusable(self, name: str, size: int) -> bool:
+        """A detached volume of this name and size (kept when its VM was deleted) is reused."""
+        with self.e.db.session() as s:
+            vol = s.scalar(select(VolumeRow).where(VolumeRow.name == name))
+        if vol is None:
+            return False
+        if vol.instance_id is not None or vol.size != size:
+            raise Conflict(
+                f"a volume named {name!r} already exists"
+                + (
+                    " and is attached"
+                    if vol.instance_id
+                    else f" with another size ({format_size(vol.size)})"
+                ),
+                hint="delete it, or pick another VM name",
+            )
+        return True
+
+    def check_new_vm_volumes(self, vm: str, sizes: tuple[int, ...]) -> None:
+        """Before a create: the volumes it asks for fit (slots, names, the pool's limit)."""
+        if len(sizes) > HOTPLUG_SLOTS:
+            raise InvalidInput(
+                f"{len(sizes)} volumes asked for; a VM takes {HOTPLUG_SLOTS} at most",
+                hint="ask for fewer, larger volumes",
+            )
+        new = 0
+        for name, size in zip(self.new_vm_volume_names(vm, len(sizes)), sizes, strict=True):
+            validate_name(name, what="volume name")
+            if not self._reusable(name, size):
+                new += size
+        pool_row, backend = self._pool(DEFAULT_POOL)
+        check_thin_limit(
+            pool_row.name,
+            backend.usage(),
+            self.e.settings.storage_overcommit,
+            self._committed(pool_row.name),
+            new,
+        )
+
+    def create_for_new_vm(self, instance_id: str, vm: str, sizes: tuple[int, ...]) -> list[str]:
+        """Volumes attached to a VM being created (its lock held), one slot each.
+
+        Returns the names of the volumes made here (reused ones are not listed).
+        """
+        made: list[str] = []
+        try:
+            for slot, (name, size) in enumerate(
+                zip(self.new_vm_volume_names(vm, len(sizes)), sizes, strict=True)
+            ):
+                if not self._reusable(name, size):
+                    self.volume_create(name, size)
+                    made.append(name)
+                with self.e.db.session() as s:
+                    vol = s.scalar(select(VolumeRow).where(VolumeRow.name == name))
+                    assert vol is not None
+                    vol.instance_id, vol.slot = instance_id, slot
+        except BaseException:
+            self.undo_new_vm_volumes(instance_id, made)
+            raise
+        return made
+
+    def undo_new_vm_volumes(self, instance_id: str, made: list[str]) -> None:
+        """A create failed: detach what it attached, delete what it made."""
+        with self.e.db.session() as s:
+            for vol in s.scalars(select(VolumeRow).where(VolumeRow.instance_id == instance_id)):
+                vol.instance_id, vol.slot = None, None
+        for name in made:
+            self.volume_delete(name)
+
     def _vm_row(self, name: str) -> InstanceRow:
         return self.e._reconcile_locked(self.e._row(name))
 

@@ -114,7 +114,9 @@ class VMBody(_Doc):
         default=False, description="install podman and enable its docker-compatible socket"
     )
     volumes: list[DiskSize] = Field(
-        default=[], description="extra volume sizes (attached when volumes land)"
+        default=[],
+        description="extra volume sizes: made (or a detached one of that name and size "
+        "reused) and attached as NAME-vol0, NAME-vol1, ...",
     )
     access: AccessDoc = AccessDoc()
     firewall: FirewallSpec = Field(
