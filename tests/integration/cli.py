@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +20,12 @@ def env_for(home: Path) -> dict[str, str]:
         COLUMNS="200",
     )
     return env
+
+
+def default_sigint() -> None:
+    """For a child that must react to Ctrl-C: a runner started in the background (CI)
+    hands its children SIGINT ignored, and Python then never raises KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def argv(*args: str) -> list[str]:

@@ -236,6 +236,7 @@ def test_interrupt_and_kill_leave_nothing(cloudlet_home: Path) -> None:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
+            preexec_fn=cli.default_sigint,
         )
         wait_until(lambda: qemu_pids_for(cloudlet_home), 60, "QEMU to start")
         time.sleep(1.0)
@@ -272,6 +273,7 @@ def test_tty_gives_the_program_a_terminal(cloudlet_home: Path) -> None:
         env=cli.env_for(cloudlet_home),
         timeout=120,
         dimensions=(30, 100),
+        preexec_fn=cli.default_sigint,
     )
     child.expect(r"[#$] ")
     child.sendline("tty; stty size; exit 7")

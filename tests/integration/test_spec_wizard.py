@@ -27,7 +27,10 @@ PROMPTS = {
 def wizard(home: Path, cwd: Path) -> pexpect.spawn:
     argv = cli.argv("create")
     env = {**cli.env_for(home), "TERM": "dumb"}  # no colour codes in what we read
-    return pexpect.spawn(argv[0], argv[1:], env=env, cwd=str(cwd), encoding="utf-8", timeout=120)
+    return pexpect.spawn(
+        argv[0], argv[1:], env=env, cwd=str(cwd), encoding="utf-8", timeout=120,
+        preexec_fn=cli.default_sigint,
+    )  # fmt: skip
 
 
 def answer(child: pexpect.spawn, answers: dict[str, str]) -> None:
