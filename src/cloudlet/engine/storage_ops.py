@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select
 
 from cloudlet.driver.base import HOTPLUG_SLOTS, ExtraDisk
-from cloudlet.engine import locks
+from cloudlet.engine import locks, network_ops
 from cloudlet.errors import CloudletError, Conflict, InvalidInput, NotFound
 from cloudlet.images.store import Image
 from cloudlet.spec.instance import InstanceSpec
@@ -411,6 +411,7 @@ class StorageOps:
             if row.state == VMState.PAUSED:
                 raise Conflict(f"cannot hot-plug into {vm}: it is paused", hint="resume it first")
             used = {d.slot for d in boot_disks(self.e, row.id)}
+            used |= network_ops.used_slots(self.e, row.id)  # hot-plugged NICs share them
             free = [slot for slot in range(HOTPLUG_SLOTS) if slot not in used]
             if not free:
                 raise Conflict(

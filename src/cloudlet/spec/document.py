@@ -118,7 +118,7 @@ class VMBody(_Doc):
     )
     access: AccessDoc = AccessDoc()
     firewall: FirewallSpec = Field(
-        default=FirewallSpec(), description="inbound ports (enforced when networks land)"
+        default=FirewallSpec(), description="inbound rules (enforced on virtual networks)"
     )
     backup: BackupPolicy = Field(
         default=BackupPolicy(), description="backup policy (enforced when backups land)"
