@@ -92,7 +92,7 @@ def test_ruleset_refuses_names_that_could_inject() -> None:
 def test_dnsmasq_config_and_hosts(tmp_path: Path) -> None:
     net = NetworkDef(name="backend", subnet="10.80.1.0/24")
     conf = dnsmasq.config_text(net, tmp_path)
-    assert "interface=clb-backend\nbind-interfaces\n" in conf
+    assert "user=nobody\ninterface=clb-backend\nbind-interfaces\n" in conf
     assert "dhcp-range=10.80.1.10,static,255.255.255.0,1h" in conf
     assert "dhcp-option=option:router,10.80.1.1" in conf and "no-resolv" in conf
     assert f"pid-file={tmp_path / 'dnsmasq.pid'}" in conf

@@ -8,6 +8,7 @@ life), ``dhcp-hosts`` and ``hosts`` (rewritten when NICs come and go, then SIGHU
 from __future__ import annotations
 
 import signal
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,11 +29,25 @@ class Lease:
     hostname: str
 
 
-def config_text(net: NetworkDef, directory: Path) -> str:
+def run_user(directory: Path) -> str:
+    """dnsmasq drops root for ``nobody`` once it listens, then re-reads its hosts files
+    on SIGHUP as nobody: possible only when every directory above them lets others in.
+    A private state directory (mode 0700) keeps it root."""
+    for path in (directory, *directory.parents):
+        try:
+            if not path.stat().st_mode & stat.S_IXOTH:
+                return "root"
+        except FileNotFoundError:
+            continue
+    return "nobody"
+
+
+def config_text(net: NetworkDef, directory: Path, user: str = "nobody") -> str:
     """dnsmasq.conf for a network (every value was validated by NetworkDef)."""
     network = net.network
     lines = [
         f"# cloudlet network {net.name} ({net.mode})",
+        f"user={'root' if user == 'root' else 'nobody'}",
         f"interface={net.bridge}",
         "bind-interfaces",
         "except-interface=lo",
@@ -70,7 +85,7 @@ def hosts_text(net: NetworkDef, leases: list[Lease]) -> str:
 def write_files(net: NetworkDef, directory: Path, leases: list[Lease]) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     for name, text in (
-        ("dnsmasq.conf", config_text(net, directory)),
+        ("dnsmasq.conf", config_text(net, directory, run_user(directory))),
         ("dhcp-hosts", dhcp_hosts_text(leases)),
         ("hosts", hosts_text(net, leases)),
     ):
