@@ -333,3 +333,24 @@ def test_bridged_networks_need_root(engine: Engine, monkeypatch: pytest.MonkeyPa
         NetworkOps(engine).network_create("backend", "10.80.1.0/24")
     assert "\n" not in info.value.one_line()
     engine.create(CreateRequest(name="plain"))  # user-mode NAT needs no root
+
+
+def test_spec_files_carry_networks_and_apply_enforces_firewall(
+    engine: Engine, host: FakeHost
+) -> None:
+    from cloudlet.engine import apply as apply_mod
+    from cloudlet.spec.document import document_for, parse_documents
+
+    NetworkOps(engine).network_create("backend", "10.80.1.0/24")
+    text = (
+        "apiVersion: cloudlet/v1\nkind: VM\nmetadata:\n  name: web1\nspec:\n"
+        "  network: none\n  networks: [backend]\n"
+    )
+    apply_mod.apply(engine, parse_documents(text, "lab.yaml"))
+    spec = engine.spec("web1")
+    assert spec.network.mode == "none" and [n.network for n in spec.network.nics] == ["backend"]
+    doc = document_for(spec, state="running")
+    assert doc.spec.networks == ["backend"] and doc.spec.network == "none"
+    opened = text + "  firewall: {inbound_ports: [443]}\n"
+    apply_mod.apply(engine, parse_documents(opened, "lab.yaml"))
+    assert host.ruleset is not None and "tcp dport 443 accept" in host.ruleset

@@ -682,6 +682,8 @@ class Engine:
             # validate through the model: model_copy alone would skip the field checks
             new = InstanceSpec.model_validate({**spec.model_dump(), **changes})
             row.spec_json = new.model_dump_json()
+        if "firewall" in changes and new.network.nics:
+            network_ops.NetworkOps(self).sync_locked()  # enforce the new rules now
         return ActionResult(self.show(name), new != spec, f"{name}: {', '.join(sorted(changes))}")
 
     # ------------------------------------------------------------------ power

@@ -344,6 +344,10 @@ class NetworkOps:
             return
         nft.apply(self.plan(), self.e.paths.home / "networks" / "cloudlet.nft")
 
+    def sync_locked(self) -> None:
+        with self._network_lock():
+            self.sync()
+
     # ------------------------------------------------------------ networks
     def network_create(
         self, name: str, subnet: str, *, mode: str = "nat", route_to: tuple[str, ...] = ()
