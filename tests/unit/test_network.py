@@ -354,3 +354,18 @@ def test_spec_files_carry_networks_and_apply_enforces_firewall(
     opened = text + "  firewall: {inbound_ports: [443]}\n"
     apply_mod.apply(engine, parse_documents(opened, "lab.yaml"))
     assert host.ruleset is not None and "tcp dport 443 accept" in host.ruleset
+
+
+def test_a_clone_gets_its_own_addresses_not_the_forwards(engine: Engine, host: FakeHost) -> None:
+    ops = NetworkOps(engine)
+    ops.network_create("backend", "10.80.1.0/24")
+    engine.create(CreateRequest(name="web1", networks=("backend",)))
+    ops.port_add("web1", "8080:80")
+    engine.stop("web1", force=True)
+    StorageOps(engine).clone("web1", "web2")
+    assert {v["name"]: v["ip"] for v in ops.network("backend").vms} == {
+        "web1": "10.80.1.10", "web2": "10.80.1.11"
+    }  # fmt: skip
+    assert ops.ports("web2") == []
+    engine.delete("web2")
+    assert [v["name"] for v in ops.network("backend").vms] == ["web1"]

@@ -770,7 +770,10 @@ class StorageOps:
             )
         from cloudlet.host.resources import free_loopback_port
 
-        spec = InstanceSpec.model_validate_json(src.spec_json).model_copy(update={"name": name})
+        spec = InstanceSpec.model_validate_json(src.spec_json)
+        # a clone gets NICs on the same networks (new addresses), not the source's forwards
+        network = spec.network.model_copy(update={"ports": ()})
+        spec = spec.model_copy(update={"name": name, "network": network})
         new_id = str(uuid.uuid4())
         with self.e._lock(name), self.e._lock(source):
             self.e._ensure_name_free(name)
@@ -795,6 +798,7 @@ class StorageOps:
                 with self.e._operation(row, "create") as op_id:
                     instance_dir = self.e.paths.instance_dir(new_id)
                     instance_dir.mkdir(parents=True)
+                    network_ops.allocate(self.e, new_id, spec.network.nics)
                     disk = instance_dir / "disk.qcow2"
                     if linked:
                         assert snap is not None
