@@ -322,6 +322,15 @@ def test_gc_removes_leftovers(engine: Engine, host: FakeHost) -> None:
     removed = ops.gc()
     assert sorted(removed) == ["TAP clt-deadbeef1", "bridge clb-old"]
     assert host.links == {"clb-backend", "eth0"}
+    # a nic add killed half way: the record exists, the spec never got the NIC
+    engine.create(CreateRequest(name="web1"))
+    from cloudlet.engine.network_ops import _add_nic_row
+
+    stray = _add_nic_row(engine, engine.show("web1").id, "backend", slot=None)
+    host.links.add(stray.tap)
+    removed = ops.gc()
+    assert removed[0].startswith(f"record of NIC {stray.tap}") and f"TAP {stray.tap}" in removed
+    engine.delete("web1")
     ops.network_delete("backend")
     host.ruleset = "left over"
     assert ops.gc() == ["nftables tables inet/bridge cloudlet"]

@@ -497,6 +497,8 @@ class NetworkOps:
                     if nic.instance_id not in vm_ids:
                         s.delete(nic)
                         removed.append(f"record of NIC {nic.tap} (its VM is gone)")
+            removed += self._settle_nics()
+            with self.e.db.session() as s:
                 taps = set(s.scalars(select(NicRow.tap)).all())
             rows = self._networks()
             bridges = {r.bridge for r in rows}
@@ -538,6 +540,34 @@ class NetworkOps:
             else:
                 self.sync()
         return removed
+
+    def _settle_nics(self) -> list[str]:
+        """A nic add/remove killed half way: make the NIC records match the VM's spec."""
+        settled: list[str] = []
+        with self.e.db.session() as s:
+            vms = s.scalars(select(InstanceRow)).all()
+        for vm in vms:
+            wanted = {
+                n.network for n in InstanceSpec.model_validate_json(vm.spec_json).network.nics
+            }
+            rows = _nic_rows(self.e, vm.id)
+            for row in rows:
+                if row.network not in wanted:
+                    with self.e.db.session() as s:
+                        existing = s.get(NicRow, row.id)
+                        if existing is not None:
+                            s.delete(existing)
+                    settled.append(
+                        f"record of NIC {row.tap} ({vm.name} has no NIC on {row.network})"
+                    )
+            missing = wanted - {r.network for r in rows}
+            for network in sorted(missing):
+                with self.e.db.session() as s:
+                    known = s.get(NetworkRow, network) is not None
+                if known:
+                    row = _add_nic_row(self.e, vm.id, network, slot=None)
+                    settled.append(f"missing record of {vm.name}'s NIC on {network}: made {row.ip}")
+        return settled
 
     # ------------------------------------------------------------ NICs
     def nic_add(self, vm: str, network: str) -> str:
