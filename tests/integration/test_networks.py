@@ -76,7 +76,8 @@ def test_subnet_dns_firewall_forward_hotplug_and_cleanup(netns: Netns) -> None:
     ns.run("port", "add", "db1", "8080:80/tcp")
     probe = (
         "import socket; s = socket.create_connection(('10.80.1.1', 8080), timeout=5); "
-        "s.sendall(b'GET / HTTP/1.0\\r\\n\\r\\n'); print(s.recv(4096).decode())"
+        "s.sendall(b'GET / HTTP/1.0\\r\\n\\r\\n'); "
+        "print(b''.join(iter(lambda: s.recv(4096), b'')).decode())"  # until the server closes
     )
     assert "hello" in ns.sh("python3", "-c", probe).stdout
     assert ns.json("port", "list", "db1") == [
