@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from cloudlet.driver.base import Driver, ExtraDisk, LaunchConfig, PowerState
+from cloudlet.driver.base import Driver, ExtraDisk, HostForward, LaunchConfig, PowerState, TapNic
 from cloudlet.errors import CloudletError
 
 
@@ -157,6 +157,37 @@ def test_storage_hotplug_resize_snapshot_stream_and_freeze(target: Target) -> No
     finally:
         assert d.thaw_filesystems(iid) >= 1
     assert d.exec(iid, ["true"], timeout=60).exit_code == 0
+
+
+def test_host_forwards_and_nic_hotplug(target: Target) -> None:
+    """User-mode port forwards come and go on a running VM; a clash is refused.
+
+    NIC hot-plug needs a TAP, which real QEMU may only get inside a test's network
+    namespace: tests/integration/test_networks.py covers it there; here the fake.
+    """
+    d, cfg = target.driver, target.config
+    iid = cfg.instance_id
+    d.start(cfg)
+    forward = HostForward("tcp", 0, 80)
+    import socket
+
+    with socket.socket() as probe:  # a free loopback port for the forward
+        probe.bind(("127.0.0.1", 0))
+        forward = HostForward("tcp", probe.getsockname()[1], 80)
+    d.add_host_forward(iid, forward)
+    with pytest.raises(CloudletError):
+        d.add_host_forward(iid, forward)  # the host port is taken
+    d.remove_host_forward(iid, forward)
+    d.add_host_forward(iid, forward)  # free again
+    assert d.attached_nics(iid) == []
+    if d.name == "fake":
+        nic = TapNic("tn1", "clt-contract1", "52:54:00:00:00:01", slot=2)
+        d.attach_nic(iid, nic)
+        assert d.attached_nics(iid) == ["tn1"]
+        with pytest.raises(CloudletError):
+            d.attach_nic(iid, nic)
+        d.detach_nic(iid, nic)
+        assert d.attached_nics(iid) == []
 
 
 def _eventually(probe: Callable[[], str], expected: str, timeout: float = 30.0) -> bool:

@@ -176,7 +176,7 @@ def test_create_says_what_is_only_recorded(engine: Engine) -> None:
     assert not [n for n in engine.notices if "recorded" in n]
     engine.create(CreateRequest(name="more", volumes=(GIB,), inbound_ports=(80,)))
     (note,) = [n for n in engine.notices if "recorded" in n]
-    assert "volumes" not in note and "enforced when networks land" in note
+    assert "volumes" not in note and "enforced on virtual networks" in note
     with pytest.raises(InvalidInput, match="invalid port 0"):
         engine.create(CreateRequest(name="bad", inbound_ports=(0,)))
 

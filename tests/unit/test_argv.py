@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from cloudlet.driver.base import Channel, ExtraDisk, LaunchConfig, Share
+from cloudlet.driver.base import Channel, ExtraDisk, HostForward, LaunchConfig, Share, TapNic
 from cloudlet.driver.qemu.argv import build_argv, escape, mac_address
 from cloudlet.errors import InvalidInput
 from cloudlet.host.kvm import ProbeGuest, probe_argv
@@ -81,6 +81,20 @@ CASES = {
             ExtraDisk("vab12cd34ef56", Path("/srv/fast/data,1.qcow2"), serial="data1", slot=0),
             ExtraDisk("v0011223344ff", Path("/state/pools/default/logs.qcow2"), slot=3),
         )
+    ),
+    "tap-nics-and-forwards": _config(
+        host_forwards=(HostForward("tcp", 8080, 80), HostForward("udp", 5353, 53)),
+        tap_nics=(
+            TapNic("tn1", "clt-0b0e7a9e1", "52:54:00:aa:bb:01"),
+            TapNic("tn2", "clt-0b0e7a9e2", "52:54:00:aa:bb:02", slot=1),
+        ),
+        extra_disks=(ExtraDisk("vab12cd34ef56", Path("/p/data1.qcow2"), slot=0),),
+    ),
+    "legacy-tap-nic": _config(
+        profile="legacy",
+        network_mode="none",
+        ssh_port=None,
+        tap_nics=(TapNic("tn1", "clt-0b0e7a9e1", "52:54:00:aa:bb:01"),),
     ),
     "legacy-volume": _config(
         profile="legacy",

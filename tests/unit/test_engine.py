@@ -57,7 +57,8 @@ def test_custom_shape_and_disk(engine: Engine) -> None:
         (CreateRequest(name="ok", cpus=17), CapacityExceeded),
         (CreateRequest(name="ok", memory=9 * GIB), CapacityExceeded),
         (CreateRequest(name="ok", disk_size=100 * MIB), InvalidInput),
-        (CreateRequest(name="ok", network="bridge0"), InvalidInput),
+        (CreateRequest(name="ok", network="bridge0"), NotFound),
+        (CreateRequest(name="ok", networks=("nat", "none")), InvalidInput),
     ],
 )
 def test_bad_create_input_creates_nothing(

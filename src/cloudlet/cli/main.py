@@ -10,7 +10,14 @@ from typing import Annotated, NoReturn
 import typer
 
 from cloudlet.cli import console as console_mod
-from cloudlet.cli import render, run_command, spec_commands, storage_commands, wizard
+from cloudlet.cli import (
+    network_commands,
+    render,
+    run_command,
+    spec_commands,
+    storage_commands,
+    wizard,
+)
 from cloudlet.cli.progress import byte_progress as _byte_progress
 from cloudlet.cli.render import Output, err, out
 from cloudlet.engine.engine import CreateRequest, Engine
@@ -32,6 +39,7 @@ app.add_typer(image_app, name="image")
 license_app = typer.Typer(help="Seats of proprietary image licences.", no_args_is_help=True)
 app.add_typer(license_app, name="license")
 storage_commands.register(app)  # pool, volume, snapshot, clone
+network_commands.register(app)  # network, nic, port, firewall
 
 OutputOpt = Annotated[Output, typer.Option("--output", "-o", help="table or json")]
 NameArg = Annotated[str, typer.Argument(help="VM name")]
@@ -62,7 +70,10 @@ def create(
     cpus: Annotated[int | None, typer.Option(help="vCPUs (custom shape)")] = None,
     memory: Annotated[str | None, typer.Option(help="memory, e.g. 2G (custom shape)")] = None,
     disk_size: Annotated[str | None, typer.Option(help="root disk size, e.g. 20G")] = None,
-    network: Annotated[str, typer.Option(help="nat or none")] = "nat",
+    network: Annotated[
+        list[str] | None,
+        typer.Option(help="nat (user-mode, default), none, or a virtual network (repeatable)"),
+    ] = None,
     restrict_network: Annotated[
         bool, typer.Option("--restrict-network", help="NAT without any way out (restrict=on)")
     ] = False,
@@ -126,7 +137,7 @@ def create(
         cpus=cpus,
         memory=parse_size(memory, what="memory", default_unit="M") if memory else None,
         disk_size=parse_size(disk_size, what="disk size", default_unit="G") if disk_size else None,
-        network=network,
+        networks=tuple(network or ()),
         restrict_network=restrict_network,
         arch=arch,
         profile=profile,

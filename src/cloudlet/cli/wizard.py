@@ -340,7 +340,7 @@ class Wizard:
             8,
             "Access",
             "login user and SSH key, API access, and inbound firewall ports "
-            "(recorded now, enforced when networks land)",
+            "(enforced on virtual networks; see cloudlet firewall)",
         )
         if self.a.cloud_init:
             self.a.user = self.ask("Login user", str(self._default_user or "cloudlet"))

@@ -31,6 +31,33 @@ class ExtraDisk:
 
 
 @dataclass(frozen=True)
+class TapNic:
+    """A NIC on a virtual network: QEMU opens the TAP cloudlet made (``ifname``).
+
+    ``node`` names the netdev (the device is ``<node>-dev``); ``slot`` is the hot-plug
+    port it sits on when it was added to a running VM (shared with volumes), or None.
+    """
+
+    node: str
+    tap: str
+    mac: str
+    slot: int | None = None
+
+    @property
+    def device_id(self) -> str:
+        return f"{self.node}-dev"
+
+
+@dataclass(frozen=True)
+class HostForward:
+    """A user-mode NAT port forward: host 127.0.0.1:host_port -> guest guest_port."""
+
+    proto: str
+    host_port: int
+    guest_port: int
+
+
+@dataclass(frozen=True)
 class Channel:
     """A virtio-serial port whose host end is a unix socket cloudlet listens on.
 
@@ -92,6 +119,9 @@ class LaunchConfig:
     hotplug: bool = True
     # Data volumes attached to the VM, in slot order.
     extra_disks: tuple[ExtraDisk, ...] = ()
+    # NICs on virtual networks (after the user-mode NIC), and user-mode port forwards.
+    tap_nics: tuple[TapNic, ...] = ()
+    host_forwards: tuple[HostForward, ...] = ()
 
 
 class PowerState(StrEnum):
@@ -238,3 +268,24 @@ class Driver(abc.ABC):
     @abc.abstractmethod
     def thaw_filesystems(self, instance_id: str) -> int:
         """Undo freeze_filesystems; safe to call when nothing is frozen."""
+
+    # ---------------------------------------------------------------- network (live)
+    @abc.abstractmethod
+    def attach_nic(self, instance_id: str, nic: TapNic) -> None:
+        """Hot-plug a NIC on an existing TAP into the running VM (netdev, then device)."""
+
+    @abc.abstractmethod
+    def detach_nic(self, instance_id: str, nic: TapNic, timeout: float = 30.0) -> None:
+        """Unplug a NIC: ask the guest to release the device, wait, drop the netdev."""
+
+    @abc.abstractmethod
+    def attached_nics(self, instance_id: str) -> list[str]:
+        """Netdev ids of the TAP NICs the running VM has now."""
+
+    @abc.abstractmethod
+    def add_host_forward(self, instance_id: str, forward: HostForward) -> None:
+        """Add a user-mode NAT port forward to the running VM."""
+
+    @abc.abstractmethod
+    def remove_host_forward(self, instance_id: str, forward: HostForward) -> None:
+        """Remove a user-mode NAT port forward from the running VM."""

@@ -96,6 +96,7 @@ def create_request(entry: VMEntry) -> CreateRequest:
         disk_size=spec.disk_size,
         restrict_network=spec.restrict_network,
         network=spec.network,
+        networks=(spec.network, *spec.networks) if spec.networks else (),
         arch=spec.arch,
         profile=spec.profile,
         user=spec.access.user,
@@ -188,6 +189,7 @@ def _fixed_differences(
     differ("spec.profile", spec.profile, want.profile)
     differ("spec.network", spec.network.mode, want.network)
     differ("spec.restrict_network", spec.network.restrict, want.restrict_network)
+    differ("spec.networks", [n.network for n in spec.network.nics], want.networks)
     differ("spec.containers", spec.containers, want.containers)
     if want.disk_size is not None and want.disk_size != spec.disk_size:
         found.append(

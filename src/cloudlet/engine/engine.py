@@ -23,7 +23,7 @@ from cloudlet.config import Settings
 from cloudlet.driver.base import ExecResult, GuestInfo, LaunchConfig, PowerState
 from cloudlet.engine import access as access_mod
 from cloudlet.engine import capacity as capacity_mod
-from cloudlet.engine import licensing, locks, storage_ops
+from cloudlet.engine import licensing, locks, network_ops, storage_ops
 from cloudlet.engine.deps import EngineDeps
 from cloudlet.engine.views import HostView, InstanceView
 from cloudlet.errors import CloudletError, Conflict, InvalidInput, NotFound
@@ -64,7 +64,8 @@ class CreateRequest:
     memory: int | None = None
     disk_size: int | None = None
     restrict_network: bool = False
-    network: str = "nat"
+    network: str = "nat"  # nat, none or a virtual network (spec files, the wizard)
+    networks: tuple[str, ...] = ()  # --network, repeatable: nat, none and virtual networks
     arch: str | None = None
     profile: str = "modern"
     user: str | None = None
@@ -226,6 +227,8 @@ class Engine:
             initrd=image.initrd,
             cmdline=cmdline,
             network_mode=spec.network.mode,
+            tap_nics=network_ops.boot_nics(self, row.id),
+            host_forwards=network_ops.host_forwards(spec),
             network_restrict=spec.network.restrict or self.settings.force_restrict_network,
             ssh_port=row.ssh_port,
             uuid=row.id,
@@ -352,6 +355,7 @@ class Engine:
         release(self, row.id)
         shutil.rmtree(self.paths.instance_dir(row.id), ignore_errors=True)
         storage_ops.forget(self, row.id)
+        network_ops.forget(self, row.id)
         with self.db.session() as s:
             existing = s.get(InstanceRow, row.id)
             if existing is not None:
@@ -418,10 +422,7 @@ class Engine:
         """Validate everything first, then record, make the disk, and boot."""
         validate_name(req.name)
         shape = resolve_shape(req.type, req.cpus, req.memory)
-        if req.network not in ("nat", "none"):
-            raise InvalidInput(
-                f"unknown network {req.network!r}", hint="use 'nat' or 'none' for now"
-            )
+        mode, nics = network_ops.split_networks(req.networks or (req.network,))
         self._ensure_name_free(req.name)
         if req.location != LOCAL_ZONE:
             raise InvalidInput(
@@ -471,10 +472,8 @@ class Engine:
             licensing.check_host_allowed(image, apple_hardware=licensing.host_is_apple_hardware())
             self._check_seats(image)
             self._capacity().check(shape.cpus, shape.memory, name=req.name)
-        network = NetworkSpec(
-            mode="none" if req.network == "none" else "nat",
-            restrict=req.restrict_network,
-        )
+        network_ops.check_networks(self, nics)
+        network = NetworkSpec(mode=mode, restrict=req.restrict_network, nics=nics)  # type: ignore[arg-type]
         spec = InstanceSpec(
             name=req.name,
             image=image.name,
@@ -524,6 +523,7 @@ class Engine:
                 with self._operation(row, "create") as op_id:
                     instance_dir = self.paths.instance_dir(row.id)
                     instance_dir.mkdir(parents=True)
+                    network_ops.allocate(self, row.id, nics)
                     disk = instance_dir / "disk.qcow2"
                     if image.install_iso is not None:
                         assert req.disk_size is not None
@@ -562,7 +562,10 @@ class Engine:
         pending = [
             what
             for what, asked in (
-                ("inbound ports (enforced when networks land)", spec.firewall.inbound_ports),
+                (
+                    "inbound ports (enforced on virtual networks; NAT is reached by port forwards)",
+                    spec.firewall.inbound_ports and not spec.network.nics,
+                ),
                 ("backup policy (enforced when backups land)", spec.backup != NO_BACKUP),
                 ("API access (a token once the API server lands)", spec.api_access),
             )
@@ -684,6 +687,8 @@ class Engine:
             # validate through the model: model_copy alone would skip the field checks
             new = InstanceSpec.model_validate({**spec.model_dump(), **changes})
             row.spec_json = new.model_dump_json()
+        if "firewall" in changes and new.network.nics:
+            network_ops.NetworkOps(self).sync_locked()  # enforce the new rules now
         return ActionResult(self.show(name), new != spec, f"{name}: {', '.join(sorted(changes))}")
 
     # ------------------------------------------------------------------ power
@@ -720,6 +725,7 @@ class Engine:
         try:
             self.driver.force_stop(row.id)  # a crashed VM may leave a stuck process
             self.driver.cleanup(row.id)
+            network_ops.ensure_for_boot(self, row.id)
             config = self._launch_config(row, image, verdict.accel)
             with self.db.session() as s:
                 fresh = s.get(InstanceRow, row.id)

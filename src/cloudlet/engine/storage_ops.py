@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select
 
 from cloudlet.driver.base import HOTPLUG_SLOTS, ExtraDisk
-from cloudlet.engine import locks
+from cloudlet.engine import locks, network_ops
 from cloudlet.errors import CloudletError, Conflict, InvalidInput, NotFound
 from cloudlet.images.store import Image
 from cloudlet.spec.instance import InstanceSpec
@@ -485,6 +485,7 @@ class StorageOps:
             if row.state == VMState.PAUSED:
                 raise Conflict(f"cannot hot-plug into {vm}: it is paused", hint="resume it first")
             used = {d.slot for d in boot_disks(self.e, row.id)}
+            used |= network_ops.used_slots(self.e, row.id)  # hot-plugged NICs share them
             free = [slot for slot in range(HOTPLUG_SLOTS) if slot not in used]
             if not free:
                 raise Conflict(
@@ -843,7 +844,10 @@ class StorageOps:
             )
         from cloudlet.host.resources import free_loopback_port
 
-        spec = InstanceSpec.model_validate_json(src.spec_json).model_copy(update={"name": name})
+        spec = InstanceSpec.model_validate_json(src.spec_json)
+        # a clone gets NICs on the same networks (new addresses), not the source's forwards
+        network = spec.network.model_copy(update={"ports": ()})
+        spec = spec.model_copy(update={"name": name, "network": network})
         new_id = str(uuid.uuid4())
         with self.e._lock(name), self.e._lock(source):
             self.e._ensure_name_free(name)
@@ -868,6 +872,7 @@ class StorageOps:
                 with self.e._operation(row, "create") as op_id:
                     instance_dir = self.e.paths.instance_dir(new_id)
                     instance_dir.mkdir(parents=True)
+                    network_ops.allocate(self.e, new_id, spec.network.nics)
                     disk = instance_dir / "disk.qcow2"
                     if linked:
                         assert snap is not None

@@ -110,6 +110,9 @@ class VMBody(_Doc):
     profile: Profile = "modern"
     network: Literal["nat", "none"] = "nat"
     restrict_network: bool = Field(default=False, description="NAT without any way out")
+    networks: list[str] = Field(
+        default=[], description="virtual networks, one NIC each ('cloudlet network list')"
+    )
     containers: bool = Field(
         default=False, description="install podman and enable its docker-compatible socket"
     )
@@ -120,7 +123,7 @@ class VMBody(_Doc):
     )
     access: AccessDoc = AccessDoc()
     firewall: FirewallSpec = Field(
-        default=FirewallSpec(), description="inbound ports (enforced when networks land)"
+        default=FirewallSpec(), description="inbound rules (enforced on virtual networks)"
     )
     backup: BackupPolicy = Field(
         default=BackupPolicy(), description="backup policy (enforced when backups land)"
@@ -399,6 +402,7 @@ def document_for(
             "profile": spec.profile,
             "network": spec.network.mode,
             "restrict_network": spec.network.restrict,
+            "networks": [nic.network for nic in spec.network.nics],
             "containers": spec.containers,
             "volumes": [size_text(v) for v in spec.volumes],
             "access": AccessDoc(user=access.user, ssh_keys=keys, api_access=spec.api_access),

@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from cloudlet.errors import InvalidInput
 from cloudlet.spec.names import validate_name
+from cloudlet.spec.network import FirewallRule, NicSpec, PortForward
 
 Arch = Literal["x86_64", "aarch64"]
 Profile = Literal["modern", "legacy"]
@@ -15,13 +16,18 @@ LOCAL_ZONE = "local"  # the zone of this host; the only location until several h
 
 
 class NetworkSpec(BaseModel):
-    """User-mode NAT for now; ``restrict`` cuts the guest off from everything outside."""
+    """The NICs: user-mode NAT (``mode``, the first NIC), then one per virtual network.
+
+    ``restrict`` cuts the user-mode NIC off from everything outside.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     mode: Literal["nat", "none"] = "nat"
     restrict: bool = False
     ssh_forward: bool = True
+    nics: tuple[NicSpec, ...] = Field(default=(), description="NICs on virtual networks")
+    ports: tuple[PortForward, ...] = Field(default=(), description="host port -> guest port")
 
 
 class AccessSpec(BaseModel):
@@ -38,11 +44,17 @@ BackupSchedule = Literal["none", "hourly", "daily", "weekly"]
 
 
 class FirewallSpec(BaseModel):
-    """Inbound ports to open; recorded now, enforced when networks land."""
+    """Inbound traffic allowed on virtual networks (everything else but replies is dropped)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     inbound_ports: tuple[int, ...] = Field(default=(), description="TCP ports open from outside")
+    rules: tuple[FirewallRule, ...] = Field(default=(), description="allow rules")
+    groups: tuple[str, ...] = Field(default=(), description="firewall groups applied")
+
+    def own_rules(self) -> tuple[FirewallRule, ...]:
+        """inbound_ports (TCP from anywhere) and the VM's own rules, without groups."""
+        return tuple(FirewallRule(port=p) for p in self.inbound_ports) + self.rules
 
     @field_validator("inbound_ports")
     @classmethod

@@ -135,3 +135,47 @@ class InstanceDiskRow(Base):
     instance_id: Mapped[str] = mapped_column(String(36), primary_key=True)
     active_path: Mapped[str] = mapped_column(Text)
     origin_snapshot_id: Mapped[str | None] = mapped_column(String(36), nullable=True, index=True)
+
+
+class NetworkRow(Base):
+    """A virtual network: its definition, its bridge and the dnsmasq serving it."""
+
+    __tablename__ = "networks"
+
+    name: Mapped[str] = mapped_column(String(63), primary_key=True)
+    spec_json: Mapped[str] = mapped_column(Text)
+    bridge: Mapped[str] = mapped_column(String(15), unique=True)
+    dnsmasq_pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    dnsmasq_start: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class NicRow(Base):
+    """A VM's NIC on a virtual network: its fixed MAC, address and TAP device."""
+
+    __tablename__ = "nics"
+    __table_args__ = (
+        UniqueConstraint("network", "ip"),
+        UniqueConstraint("instance_id", "network"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    instance_id: Mapped[str] = mapped_column(String(36), index=True)
+    network: Mapped[str] = mapped_column(ForeignKey("networks.name"), index=True)
+    index: Mapped[int] = mapped_column(Integer)  # MAC and TAP are derived from it
+    mac: Mapped[str] = mapped_column(String(17))
+    ip: Mapped[str] = mapped_column(String(15))
+    tap: Mapped[str] = mapped_column(String(15), unique=True)
+    # The hot-plug port a NIC added to a running VM sits on (shared with volumes).
+    slot: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class FirewallGroupRow(Base):
+    """A named set of firewall rules VMs can apply."""
+
+    __tablename__ = "firewall_groups"
+
+    name: Mapped[str] = mapped_column(String(63), primary_key=True)
+    rules_json: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -18,9 +18,11 @@ from cloudlet.driver.base import (
     ExecResult,
     ExtraDisk,
     GuestInfo,
+    HostForward,
     LaunchConfig,
     PowerState,
     RuntimeInfo,
+    TapNic,
 )
 from cloudlet.errors import CloudletError, Conflict, GuestError
 
@@ -38,6 +40,9 @@ class FakeVM:
     disks: dict[str, tuple[ExtraDisk, int]] = field(default_factory=dict)
     chain: list[Path] = field(default_factory=list)
     frozen: bool = False
+    # network: hot-plugged NICs (node -> nic), user-mode port forwards
+    nics: dict[str, TapNic] = field(default_factory=dict)
+    forwards: set[tuple[str, int]] = field(default_factory=set)
 
 
 def _file_size(path: Path) -> int:
@@ -77,6 +82,8 @@ class FakeDriver(Driver):
         self._next_pid += 1
         vm = FakeVM(config=config, pid=self._next_pid, chain=[config.disk])
         vm.disks = {d.node: (d, _file_size(d.path)) for d in config.extra_disks}
+        vm.nics = {n.node: n for n in config.tap_nics}
+        vm.forwards = {(f.proto, f.host_port) for f in config.host_forwards}
         self.vms[config.instance_id] = vm
         info = self.runtime(config.instance_id)
         assert info is not None
@@ -169,7 +176,8 @@ class FakeDriver(Driver):
         vm = self._live(instance_id)
         if disk.node in vm.disks:
             raise CloudletError(f"QEMU refused blockdev-add: Duplicate nodes with {disk.node}")
-        if disk.slot is not None and any(d.slot == disk.slot for d, _ in vm.disks.values()):
+        used = {d.slot for d, _ in vm.disks.values()} | {n.slot for n in vm.nics.values()}
+        if disk.slot is not None and disk.slot in used:
             raise CloudletError(f"QEMU refused device_add: slot hp{disk.slot} is occupied")
         vm.disks[disk.node] = (disk, _file_size(disk.path))
 
@@ -228,6 +236,34 @@ class FakeDriver(Driver):
         vm = self._live(instance_id)
         count, vm.frozen = (1 if vm.frozen else 0), False
         return count
+
+    # network ---------------------------------------------------------------
+    def attach_nic(self, instance_id: str, nic: TapNic) -> None:
+        vm = self._live(instance_id)
+        if nic.node in vm.nics:
+            raise CloudletError(f"QEMU refused netdev_add: Duplicate ID '{nic.node}'")
+        used = {d.slot for d, _ in vm.disks.values()} | {n.slot for n in vm.nics.values()}
+        if nic.slot is not None and nic.slot in used:
+            raise CloudletError(f"QEMU refused device_add: slot hp{nic.slot} is occupied")
+        vm.nics[nic.node] = nic
+
+    def detach_nic(self, instance_id: str, nic: TapNic, timeout: float = 30.0) -> None:
+        self._live(instance_id).nics.pop(nic.node, None)
+
+    def attached_nics(self, instance_id: str) -> list[str]:
+        return sorted(self._live(instance_id).nics)
+
+    def add_host_forward(self, instance_id: str, forward: HostForward) -> None:
+        vm = self._live(instance_id)
+        if vm.config.network_mode != "nat":
+            raise Conflict("the VM has no user-mode NAT NIC", hint="forward on a bridged NIC")
+        key = (forward.proto, forward.host_port)
+        if key in vm.forwards:
+            raise CloudletError("QEMU refused hostfwd_add: could not set up host forwarding rule")
+        vm.forwards.add(key)
+
+    def remove_host_forward(self, instance_id: str, forward: HostForward) -> None:
+        self._live(instance_id).forwards.discard((forward.proto, forward.host_port))
 
 
 def _fake_block_size(vm: FakeVM, path: str) -> ExecResult:

@@ -15,7 +15,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from cloudlet.driver.base import HOTPLUG_SLOTS, ExtraDisk, LaunchConfig
+from cloudlet.driver.base import HOTPLUG_SLOTS, ExtraDisk, HostForward, LaunchConfig, TapNic
 from cloudlet.errors import InvalidInput
 
 AGENT_PORT_NAME = "org.qemu.guest_agent.0"
@@ -178,17 +178,54 @@ def _extra_disks(config: LaunchConfig) -> list[str]:
     return argv
 
 
+def host_forward_rule(forward: HostForward) -> str:
+    """``tcp:127.0.0.1:8080-:80``: hostfwd= in argv, hostfwd_add on the monitor."""
+    if forward.proto not in ("tcp", "udp"):
+        raise InvalidInput(f"unknown protocol {forward.proto!r}", hint="use tcp or udp")
+    return f"{forward.proto}:127.0.0.1:{int(forward.host_port)}-:{int(forward.guest_port)}"
+
+
+def _nic_model(config: LaunchConfig) -> str:
+    return "e1000" if _legacy(config) else "virtio-net-pci"
+
+
 def _netdev(config: LaunchConfig) -> list[str]:
     if config.network_mode == "none":
         return []
     opts = ["user", "id=net0", f"restrict={'on' if config.network_restrict else 'off'}"]
     if config.ssh_port is not None:
         opts.append(f"hostfwd=tcp:127.0.0.1:{config.ssh_port}-:22")
-    model = "e1000" if _legacy(config) else "virtio-net-pci"
+    opts += [f"hostfwd={host_forward_rule(f)}" for f in config.host_forwards]
+    model = _nic_model(config)
     return [
         "-netdev", ",".join(opts),
         "-device", f"{model},netdev=net0,id=nic0,mac={mac_address(config.instance_id)}",
     ]  # fmt: skip
+
+
+def tap_netdev(nic: TapNic) -> dict[str, str]:
+    """The netdev of a TAP NIC, as netdev_add arguments (no helper scripts: sandboxed)."""
+    return {"type": "tap", "id": nic.node, "ifname": nic.tap, "script": "no", "downscript": "no"}
+
+
+def nic_device(nic: TapNic, *, model: str, ports: bool) -> dict[str, str]:
+    """The NIC device of a TAP NIC, as device_add/-device properties."""
+    props = {"driver": model, "netdev": nic.node, "id": nic.device_id, "mac": nic.mac}
+    if nic.slot is not None and ports:
+        props["bus"] = f"hp{nic.slot}"
+    return props
+
+
+def _tap_nics(config: LaunchConfig) -> list[str]:
+    argv: list[str] = []
+    for nic in config.tap_nics:
+        netdev = tap_netdev(nic)
+        kind = netdev.pop("type")
+        props = nic_device(nic, model=_nic_model(config), ports=has_hotplug_ports(config))
+        device = ",".join([props.pop("driver")] + [f"{k}={escape(v)}" for k, v in props.items()])
+        argv += ["-netdev", ",".join([kind] + [f"{k}={escape(v)}" for k, v in netdev.items()])]
+        argv += ["-device", device]
+    return argv
 
 
 def _serial_ports(config: LaunchConfig) -> list[str]:
@@ -272,6 +309,7 @@ def build_argv(qemu: str, config: LaunchConfig) -> list[str]:
         *rng,
         *_netdev(config),
         *_hotplug_ports(config),
+        *_tap_nics(config),
         *_extra_disks(config),
         *_boot(config),
     ]  # fmt: skip

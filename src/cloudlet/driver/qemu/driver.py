@@ -14,12 +14,22 @@ from cloudlet.driver.base import (
     ExecResult,
     ExtraDisk,
     GuestInfo,
+    HostForward,
     LaunchConfig,
     PowerState,
     RuntimeInfo,
+    TapNic,
 )
 from cloudlet.driver.qemu import agent, qmp
-from cloudlet.driver.qemu.argv import build_argv, disk_device, disk_node, socket_paths
+from cloudlet.driver.qemu.argv import (
+    build_argv,
+    disk_device,
+    disk_node,
+    host_forward_rule,
+    nic_device,
+    socket_paths,
+    tap_netdev,
+)
 from cloudlet.driver.qemu.runtime import read_record, write_record
 from cloudlet.errors import CloudletError, Conflict, HostCommandError, Timeout
 from cloudlet.host import processes
@@ -240,8 +250,8 @@ class QemuDriver(Driver):
                 return dict(block["inserted"])
         raise Conflict("the VM has no root disk device (disk0-dev)")
 
-    def attach_disk(self, instance_id: str, disk: ExtraDisk) -> None:
-        info = self._require(instance_id)
+    def _hotplug_ports(self, info: RuntimeInfo) -> bool:
+        """Whether the VM has hot-plug root ports (machines that need them must have)."""
         ports = any(a.startswith("pcie-root-port,") for a in info.argv)
         machine = info.argv[info.argv.index("-machine") + 1] if "-machine" in info.argv else ""
         if not ports and machine.startswith(("q35", "virt")):
@@ -249,6 +259,11 @@ class QemuDriver(Driver):
                 "this VM was started before cloudlet gave VMs hot-plug ports",
                 hint="attach while it is stopped, or stop and start it once",
             )
+        return ports
+
+    def attach_disk(self, instance_id: str, disk: ExtraDisk) -> None:
+        info = self._require(instance_id)
+        ports = self._hotplug_ports(info)
         qmp.execute(info.qmp_socket, "blockdev-add", disk_node(disk))
         try:
             qmp.execute(info.qmp_socket, "device_add", dict(disk_device(disk, ports=ports)))
@@ -260,16 +275,20 @@ class QemuDriver(Driver):
     def detach_disk(self, instance_id: str, disk: ExtraDisk, timeout: float = 30.0) -> None:
         info = self._require(instance_id)
         if disk.device_id in self._device_ids(info):
-            qmp.execute_and_wait(
-                info.qmp_socket,
-                "device_del",
-                {"id": disk.device_id},
-                events=("DEVICE_DELETED",),
-                done=lambda _name, data: data.get("device") == disk.device_id,
-                timeout=timeout,
-            )
+            self._unplug(info, disk.device_id, timeout)
         if disk.node in self._node_names(info):
             qmp.execute(info.qmp_socket, "blockdev-del", {"node-name": disk.node})
+
+    def _unplug(self, info: RuntimeInfo, device_id: str, timeout: float) -> None:
+        """device_del, then wait until the guest has released the device."""
+        qmp.execute_and_wait(
+            info.qmp_socket,
+            "device_del",
+            {"id": device_id},
+            events=("DEVICE_DELETED",),
+            done=lambda _name, data: data.get("device") == device_id,
+            timeout=timeout,
+        )
 
     def _device_ids(self, info: RuntimeInfo) -> set[str]:
         return {_qdev_id(str(b.get("qdev", ""))) for b in self._blocks(info)}
@@ -358,3 +377,56 @@ class QemuDriver(Driver):
         info = self._require(instance_id)
         with agent.connect(info.agent_socket, timeout=60.0) as conn:
             return int(conn.call("guest-fsfreeze-thaw"))
+
+    # ---------------------------------------------------------------- network (live)
+    def _nic_model(self, info: RuntimeInfo) -> str:
+        return "e1000" if any(a.startswith("e1000,") for a in info.argv) else "virtio-net-pci"
+
+    def attach_nic(self, instance_id: str, nic: TapNic) -> None:
+        info = self._require(instance_id)
+        ports = self._hotplug_ports(info)
+        qmp.execute(info.qmp_socket, "netdev_add", dict(tap_netdev(nic)))
+        try:
+            device = nic_device(nic, model=self._nic_model(info), ports=ports)
+            qmp.execute(info.qmp_socket, "device_add", dict(device))
+        except BaseException:
+            with contextlib.suppress(CloudletError):
+                qmp.execute(info.qmp_socket, "netdev_del", {"id": nic.node})
+            raise
+
+    def detach_nic(self, instance_id: str, nic: TapNic, timeout: float = 30.0) -> None:
+        info = self._require(instance_id)
+        if nic.device_id in self._peripherals(info):
+            self._unplug(info, nic.device_id, timeout)
+        with contextlib.suppress(CloudletError):
+            qmp.execute(info.qmp_socket, "netdev_del", {"id": nic.node})
+
+    def _peripherals(self, info: RuntimeInfo) -> set[str]:
+        items = qmp.execute(info.qmp_socket, "qom-list", {"path": "/machine/peripheral"})
+        return {str(item["name"]) for item in items}
+
+    def attached_nics(self, instance_id: str) -> list[str]:
+        info = self._require(instance_id)
+        return sorted(
+            device.removesuffix("-dev")
+            for device in self._peripherals(info)
+            if device.startswith("tn") and device.endswith("-dev")
+        )
+
+    def _hmp(self, info: RuntimeInfo, command: str, ok: str = "") -> None:
+        """A monitor command that only speaks (in text) when it fails, or says ``ok``."""
+        answer = qmp.execute(info.qmp_socket, "human-monitor-command", {"command-line": command})
+        text = str(answer or "").strip()
+        if text and not (ok and text.endswith(ok)):
+            raise qmp.MonitorError(f"QEMU refused {command.split()[0]}: {str(answer).strip()}")
+
+    def add_host_forward(self, instance_id: str, forward: HostForward) -> None:
+        info = self._require(instance_id)
+        if "-netdev" not in info.argv or not any(a.startswith("user,") for a in info.argv):
+            raise Conflict("the VM has no user-mode NAT NIC", hint="forward on a bridged NIC")
+        self._hmp(info, f"hostfwd_add net0 {host_forward_rule(forward)}")
+
+    def remove_host_forward(self, instance_id: str, forward: HostForward) -> None:
+        info = self._require(instance_id)
+        rule = host_forward_rule(forward).rsplit("-", 1)[0]  # tcp:127.0.0.1:8080
+        self._hmp(info, f"hostfwd_remove net0 {rule}", ok="removed")
