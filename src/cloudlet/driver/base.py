@@ -92,6 +92,20 @@ class LaunchConfig:
     extra_disks: tuple[ExtraDisk, ...] = ()
 
 
+@dataclass(frozen=True)
+class DirtyBitmap:
+    """A dirty bitmap on the root disk's active layer: which clusters changed since it began.
+
+    ``inconsistent``: QEMU did not close the disk cleanly while it recorded (kill -9,
+    host crash), so it may miss writes and can only be removed.
+    """
+
+    name: str
+    recording: bool
+    inconsistent: bool
+    count: int  # dirty bytes
+
+
 class PowerState(StrEnum):
     """What the hypervisor says about a VM's process."""
 
@@ -236,3 +250,28 @@ class Driver(abc.ABC):
     @abc.abstractmethod
     def thaw_filesystems(self, instance_id: str) -> int:
         """Undo freeze_filesystems; safe to call when nothing is frozen."""
+
+    # ---------------------------------------------------------------- backups (live)
+    @abc.abstractmethod
+    def disk_bitmaps(self, instance_id: str) -> list[DirtyBitmap]:
+        """The dirty bitmaps on the running VM's root disk's active layer."""
+
+    @abc.abstractmethod
+    def backup_disk(
+        self,
+        instance_id: str,
+        target: Path,
+        *,
+        new_bitmap: str,
+        since: str | None,
+        speed: int = 0,
+    ) -> None:
+        """Copy the root disk as it is now into ``target`` (an empty qcow2 of its size):
+        all of it (``since`` None) or only the clusters dirty in bitmap ``since``, which
+        is left as it was. In the same instant a persistent bitmap ``new_bitmap`` starts
+        recording on the active layer. Waits until the copy is done; ``speed`` limits it
+        (bytes/s, 0: no limit)."""
+
+    @abc.abstractmethod
+    def remove_bitmap(self, instance_id: str, name: str) -> None:
+        """Drop a dirty bitmap from the root disk's active layer."""

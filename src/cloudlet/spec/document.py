@@ -121,7 +121,7 @@ class VMBody(_Doc):
         default=FirewallSpec(), description="inbound ports (enforced when networks land)"
     )
     backup: BackupPolicy = Field(
-        default=BackupPolicy(), description="backup policy (enforced when backups land)"
+        default=BackupPolicy(), description="backup policy (run by 'cloudlet backup run-due')"
     )
     user_data: str | None = Field(default=None, description="your own #cloud-config, inline")
     user_data_file: str | None = Field(default=None, description="your own #cloud-config file")
