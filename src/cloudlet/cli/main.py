@@ -9,8 +9,15 @@ from typing import Annotated, NoReturn
 
 import typer
 
+from cloudlet.cli import (
+    backup_commands,
+    render,
+    run_command,
+    spec_commands,
+    storage_commands,
+    wizard,
+)
 from cloudlet.cli import console as console_mod
-from cloudlet.cli import render, run_command, spec_commands, storage_commands, wizard
 from cloudlet.cli.progress import byte_progress as _byte_progress
 from cloudlet.cli.render import Output, err, out
 from cloudlet.engine.engine import CreateRequest, Engine
@@ -32,6 +39,7 @@ app.add_typer(image_app, name="image")
 license_app = typer.Typer(help="Seats of proprietary image licences.", no_args_is_help=True)
 app.add_typer(license_app, name="license")
 storage_commands.register(app)  # pool, volume, snapshot, clone
+backup_commands.register(app)  # backup, restore, export, import
 
 OutputOpt = Annotated[Output, typer.Option("--output", "-o", help="table or json")]
 NameArg = Annotated[str, typer.Argument(help="VM name")]

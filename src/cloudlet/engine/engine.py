@@ -558,7 +558,11 @@ class Engine:
             for what, asked in (
                 ("extra volumes (attached when volumes land)", spec.volumes),
                 ("inbound ports (enforced when networks land)", spec.firewall.inbound_ports),
-                ("backup policy (enforced when backups land)", spec.backup != NO_BACKUP),
+                (
+                    "backup policy (run by 'cloudlet backup run-due' from cron until the "
+                    "server's scheduler lands)",
+                    spec.backup != NO_BACKUP,
+                ),
                 ("API access (a token once the API server lands)", spec.api_access),
             )
             if asked
