@@ -12,7 +12,14 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
-from qemu.qmp import ConnectError, EventListener, ExecuteError, QMPClient, QMPError
+from qemu.qmp import (
+    ConnectError,
+    EventListener,
+    ExecuteError,
+    QMPClient,
+    QMPError,
+    Runstate,
+)
 
 from cloudlet.errors import CloudletError, Timeout
 
@@ -130,7 +137,13 @@ async def _execute_and_wait(
             left = deadline - loop.time()
             if left <= 0:
                 raise TimeoutError
-            event = await asyncio.wait_for(listener.get(), left)
+            try:
+                event = await asyncio.wait_for(listener.get(), min(left, 1.0))
+            except TimeoutError:
+                # QEMU gone (killed, crashed): no event will ever come.
+                if client.runstate != Runstate.RUNNING:
+                    raise EOFError("QEMU closed its monitor") from None
+                continue
             data: dict[str, Any] = dict(event.get("data") or {})  # type: ignore[call-overload]
             if done(str(event["event"]), data):
                 return data
