@@ -191,11 +191,11 @@ def test_a_full_backup_store_fails_cleanly_and_keeps_earlier_backups(
         write(engine, i * CHUNK_SIZE, f"more {i}")
     real_write, calls = ops.store.write_file, []
 
-    def fill_up(path: Path, data: bytes) -> None:
+    def fill_up(path: Path, data: bytes, *, sync: bool = True) -> None:
         calls.append(path)
         if len(calls) > 1:
             raise OSError(errno.ENOSPC, "No space left on device")
-        real_write(path, data)
+        real_write(path, data, sync=sync)
 
     ops.store.write_file = fill_up
     with pytest.raises(CapacityExceeded) as info:

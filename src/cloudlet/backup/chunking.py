@@ -7,11 +7,15 @@ so restoring any backup needs no chain walk and pruning any backup breaks no oth
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from cloudlet.backup.store import CHUNK_SIZE, BackupStore
 from cloudlet.errors import CloudletError
+
+WORKERS = 2
 
 # (guest offset, bytes or None for zeros, length): never crossing a chunk boundary
 Extent = tuple[int, bytes | None, int]
@@ -61,37 +65,62 @@ def build_chunks(
         raise CloudletError("the parent backup has another disk size; read the whole disk")
     chunks: list[str | None] = list(base) if base is not None else [None] * count
     result = ChunkResult(chunks, created if created is not None else set(), 0, 0)
+    zeros = bytes(chunk_size)
     index: int | None = None
     buf = bytearray()
+    # Hashing and writing run in threads (both release the GIL) while the next chunk
+    # is read; a few chunks in flight at most.
+    pending: deque[tuple[int, int, Future[tuple[str, bool]]]] = deque()
 
-    def flush() -> None:
+    def settle(limit: int) -> None:
+        while len(pending) > limit:
+            where, length, future = pending.popleft()
+            digest, new = future.result()
+            chunks[where] = digest
+            if new:
+                result.new_chunks.add(digest)
+                result.new_bytes += length
+
+    def flush(pool: ThreadPoolExecutor) -> None:
         if index is None:
             return
-        if not any(buf):
+        if buf == zeros[: len(buf)]:
             chunks[index] = None
             return
-        digest, new = store.put(bytes(buf))
-        chunks[index] = digest
-        if new:
-            result.new_chunks.add(digest)
-            result.new_bytes += len(buf)
+        pending.append((index, len(buf), pool.submit(store.put, bytes(buf))))
+        settle(WORKERS * 2)
 
-    for offset, data, length in extents:
-        here = offset // chunk_size
-        if here >= count or (offset + length - 1) // chunk_size != here:
-            raise ValueError(f"extent {offset}+{length} is not inside one chunk of the disk")
-        if data is None and base is None:
-            continue  # zeros on a full read: already zero
-        if here != index:
-            flush()
-            index = here
-            chunk_len = min(chunk_size, size - here * chunk_size)
-            previous = chunks[here] if base is not None else None
-            buf = (
-                bytearray(store.get(previous, backup=backup)) if previous else bytearray(chunk_len)
-            )
-        rel = offset - here * chunk_size
-        buf[rel : rel + length] = data if data is not None else bytes(length)
-        result.read_bytes += length if data is not None else 0
-    flush()
+    with ThreadPoolExecutor(WORKERS) as pool:
+        try:
+            for offset, data, length in extents:
+                here = offset // chunk_size
+                if here >= count or (offset + length - 1) // chunk_size != here:
+                    raise ValueError(f"extent {offset}+{length} is not inside one chunk")
+                if data is None and base is None:
+                    continue  # zeros on a full read: already zero
+                if here != index:
+                    flush(pool)
+                    index = here
+                    chunk_len = min(chunk_size, size - here * chunk_size)
+                    previous = chunks[here] if base is not None else None
+                    buf = (
+                        bytearray(store.get(previous, backup=backup))
+                        if previous
+                        else bytearray(chunk_len)
+                    )
+                rel = offset - here * chunk_size
+                buf[rel : rel + length] = data if data is not None else bytes(length)
+                result.read_bytes += length if data is not None else 0
+            flush(pool)
+            settle(0)
+        except BaseException:
+            # Every chunk written must be known to the caller, so it can be undone.
+            for _, _, future in pending:
+                try:
+                    digest, new = future.result()
+                except Exception:
+                    continue
+                if new:
+                    result.new_chunks.add(digest)
+            raise
     return result

@@ -21,6 +21,8 @@ import hashlib
 import json
 import os
 import shutil
+import threading
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -154,19 +156,30 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _write_file(path: Path, data: bytes) -> None:
-    """Write ``data`` durably under ``path``: temp file, fsync, rename, fsync the directory."""
-    tmp = path.with_name(f".{path.name}.tmp")
+def _write_file(path: Path, data: bytes, *, sync: bool = True) -> None:
+    """Write ``data`` under ``path`` through a temp file and a rename; with ``sync``,
+    durably (fsync the file, then its directory). Without, the caller syncs later."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         with open(tmp, "wb") as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+            if sync:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        if sync:
+            _fsync_dir(path.parent)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class BackupStore:
@@ -178,6 +191,9 @@ class BackupStore:
         self.manifests = root / "manifests"
         self.tmp = root / "tmp"
         self.write_file = _write_file  # tests swap this to simulate a full disk
+        self._unsynced: list[Path] = []
+        self._lock = threading.Lock()
+        self._writing: set[str] = set()
 
     def ensure(self) -> None:
         for path in (self.chunks, self.manifests, self.tmp):
@@ -217,17 +233,40 @@ class BackupStore:
         return self.chunk_path(digest).exists()
 
     def put(self, data: bytes) -> tuple[str, bool]:
-        """Store a chunk; its SHA-256 and whether it was new."""
+        """Store a chunk; its SHA-256 and whether it was new. Safe from several threads.
+
+        New chunks are made durable by sync(), which callers run before they write the
+        manifest that references them (one late fsync per chunk lets the kernel write
+        them back in the meantime, instead of waiting for each in turn).
+        """
         digest = hashlib.sha256(data).hexdigest()
         path = self.chunk_path(digest)
-        if path.exists():
-            return digest, False
+        with self._lock:
+            if digest in self._writing or path.exists():
+                return digest, False
+            self._writing.add(digest)
         try:
             path.parent.mkdir(exist_ok=True)
-            self.write_file(path, data)
+            self.write_file(path, data, sync=False)
         except OSError as exc:
             raise self._full(exc) from None
+        finally:
+            with self._lock:
+                self._writing.discard(digest)
+        with self._lock:
+            self._unsynced.append(path)
         return digest, True
+
+    def sync(self) -> None:
+        """Make every chunk put() wrote durable: fsync each file, then its directory."""
+        pending, self._unsynced = self._unsynced, []
+        try:
+            for path in pending:
+                _fsync_file(path)
+            for directory in {p.parent for p in pending}:
+                _fsync_dir(directory)
+        except OSError as exc:
+            raise self._full(exc) from None
 
     def get(self, digest: str, *, backup: str = "?") -> bytes:
         """A chunk's bytes, checked against its name."""
@@ -260,6 +299,8 @@ class BackupStore:
         return self.manifests / vm_id / f"{backup_id}.json"
 
     def write_manifest(self, manifest: Manifest) -> Path:
+        """Write a manifest durably, after the chunks it references (sync() first)."""
+        self.sync()
         path = self.manifest_path(manifest.vm_id, manifest.id)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
