@@ -138,5 +138,14 @@ def test_qemu_killed_during_a_backup(cloudlet_home: Path) -> None:
     assert again["kind"] == "full" and "read the whole disk" in again["note"]
     assert not any(tmp.iterdir())
     cli.run(home, "backup", "verify", "web1")
+    checksum = "sha256sum /root/data | cut -d' ' -f1"
+    kept = guest(home, "web1", checksum)
     nxt = cli.run_json(home, "backup", "create", "web1")
     assert nxt["kind"] == "incremental"
+
+    # in place, with --force: the VM is stopped, its disk replaced, the data as backed up
+    guest(home, "web1", "rm /root/data && sync")
+    message = cli.run(home, "restore", "web1", "--latest", "--force").stderr
+    assert f"restored from backup {nxt['id']}" in message
+    cli.run(home, "start", "web1")
+    assert guest(home, "web1", checksum) == kept

@@ -278,9 +278,20 @@ def test_restore_in_place_needs_a_stopped_vm_or_force(engine: Engine, ops: Backu
     assert "snapshots (s1) were dropped" in message
     assert engine.show("web1").state == "stopped"
     assert content(engine, "web1") == {"0": "good"}
-    assert active_disk(engine, vm_id(engine)).name == "disk.qcow2"
+    disk = active_disk(engine, vm_id(engine))
+    assert disk.name.startswith("disk-") and FakeDisks().backing(disk) is None
+    assert sorted(p.name for p in disk.parent.glob("*.qcow2")) == [disk.name]
     assert StorageOps(engine).snapshots("web1") == []
     assert not list((engine.paths.instance_dir(vm_id(engine)) / "layers").iterdir())
+    # a snapshot on the restored disk, then a restore killed before its switch: the next
+    # restore removes the orphan, never the restored disk the chain grows from
+    StorageOps(engine).snapshot_create("web1", "s2")
+    (disk.parent / ".restore-dead.raw").write_text("x")
+    (disk.parent / "disk-orphan.qcow2").write_text("{}")
+    ops.restore("web1", backup_id=backup.id, force=True)
+    assert not (disk.parent / ".restore-dead.raw").exists()
+    assert not (disk.parent / "disk-orphan.qcow2").exists()
+    assert content(engine, "web1") == {"0": "good"}
 
 
 # ---------------------------------------------------------------- export / import

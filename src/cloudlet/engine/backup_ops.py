@@ -38,7 +38,10 @@ from cloudlet.backup.store import CHUNK_SIZE, BackupStore, DiskManifest, Manifes
 from cloudlet.driver.base import DirtyBitmap
 from cloudlet.engine import locks
 from cloudlet.engine.storage_ops import (
+    _OFFLINE,
+    _ONLINE,
     _clones_of,
+    _set_active,
     _snapshot_rows,
     active_disk,
     default_disk,
@@ -56,8 +59,6 @@ if TYPE_CHECKING:
 STORE_LOCK = ".backup-store"
 BITMAP_PREFIX = "cloudlet-"
 EXPORT_FORMAT = 1
-_OFFLINE = {VMState.STOPPED, VMState.CRASHED, VMState.ERROR}
-_ONLINE = {VMState.RUNNING, VMState.PAUSED}
 _ROW_FIELDS = ("image", "image_path", "type_name", "cpus", "memory", "disk_size", "arch",
                "location")  # fmt: skip
 
@@ -494,22 +495,31 @@ class BackupOps:
                     hint=f"delete those clones first, or restore beside it: --as {vm}-restored",
                 )
             instance_dir = self.e.paths.instance_dir(row.id)
+            self._clean_killed_restore(instance_dir, active_disk(self.e, row.id))
             with self.e._operation(row, "restore") as op_id:
                 disk, backup = self._materialize_first(vm, backup_id, instance_dir)
-                old = [Path(s.file) for s in snaps] + [active_disk(self.e, row.id)]
-                target = default_disk(self.e, row.id)
+                old = [Path(s.file) for s in snaps] + [
+                    active_disk(self.e, row.id),
+                    default_disk(self.e, row.id),
+                ]
+                # The restored disk gets a name of its own and the switch to it is one
+                # database commit: killed before it, the VM keeps its old chain (the
+                # file is removed by the next restore); after it, the new disk.
+                target = instance_dir / f"disk-{uuid.uuid4().hex[:12]}.qcow2"
                 os.replace(disk, target)
+                size = self.e.deps.disks.virtual_size(target)
                 with self.e.db.session() as s:
                     for snap in snaps:
                         fresh = s.get(SnapshotRow, snap.id)
                         if fresh is not None:
                             s.delete(fresh)
+                    _set_active(s, row.id, target)
                     disk_row = s.get(InstanceDiskRow, row.id)
                     if disk_row is not None:
-                        s.delete(disk_row)
+                        disk_row.origin_snapshot_id = None  # no longer grows from a snapshot
                     fresh_vm = s.get(InstanceRow, row.id)
                     assert fresh_vm is not None
-                    fresh_vm.disk_size = self.e.deps.disks.virtual_size(target)
+                    fresh_vm.disk_size = size
                 for path in old:
                     if path != target:
                         path.unlink(missing_ok=True)
@@ -521,6 +531,19 @@ class BackupOps:
                     )
                 self.e._event(vm, "restored", message, op_id)
         return message
+
+    def _clean_killed_restore(self, instance_dir: Path, active: Path) -> None:
+        """Remove what a killed restore left: temp files, a restored disk never switched to
+        (one not in the VM's chain)."""
+        chain: set[Path] = set()
+        layer: Path | None = active
+        while layer is not None and layer not in chain and layer.exists():
+            chain.add(layer)
+            below = self.e.deps.disks.backing(layer)
+            layer = below[0] if below is not None else None
+        for stale in [*instance_dir.glob(".restore-*"), *instance_dir.glob("disk-*.qcow2")]:
+            if stale not in chain:
+                stale.unlink()
 
     def _restore_as(self, vm: str, backup_id: str | None, name: str) -> str:
         holder: dict[str, BackupRow] = {}
