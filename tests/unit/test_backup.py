@@ -116,6 +116,9 @@ def test_full_then_incremental_stores_only_the_changed_chunks(
         write(engine, i * CHUNK_SIZE, f"block {i} " * 50)
     first = ops.create("web1")
     assert (first.kind, first.chunks, first.note) == ("full", 8, "")
+    # frozen for the backup's instant, thawed before the copy ran on
+    assert first.consistency == "file systems frozen"
+    assert not fake(engine).vms[vm_id(engine)].frozen
     assert first.stored == 8 * CHUNK_SIZE
     write(engine, 3 * CHUNK_SIZE + MIB, "changed")
     second = ops.create("web1")
@@ -150,6 +153,7 @@ def test_lost_or_inconsistent_bitmaps_read_everything_and_say_why(
     engine.stop("web1")
     stopped = ops.create("web1")
     assert stopped.kind == "full" and "stopped" in stopped.note and stopped.stored == 0
+    assert stopped.consistency == "offline"
     engine.start("web1")
     assert "stopped" in ops.create("web1").note  # no bitmap since the offline backup
     assert ops.create("web1").kind == "incremental"

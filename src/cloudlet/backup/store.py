@@ -67,6 +67,7 @@ class Manifest:
     spec: dict[str, Any]
     vm_row: dict[str, Any]
     note: str = ""
+    consistency: str = ""
     read_bytes: int = 0
     new_bytes: int = 0  # bytes of chunks this backup added to the store
     # Where the next incremental reads from: the dirty bitmap started at this backup's
@@ -87,6 +88,7 @@ class Manifest:
             "kind": self.kind,
             "parent": self.parent,
             "note": self.note,
+            "consistency": self.consistency,
             "chunk_size": self.chunk_size,
             "read_bytes": self.read_bytes,
             "new_bytes": self.new_bytes,
@@ -124,6 +126,7 @@ class Manifest:
             kind=data["kind"],
             parent=data["parent"],
             note=data.get("note", ""),
+            consistency=data.get("consistency", ""),
             chunk_size=data["chunk_size"],
             read_bytes=data.get("read_bytes", 0),
             new_bytes=data.get("new_bytes", 0),

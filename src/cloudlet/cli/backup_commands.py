@@ -78,8 +78,8 @@ def backup_create(vm: VmArg, output: OutputOpt = Output.table) -> None:
         render.print_json(backup.to_dict())
         return
     err.print(
-        f"{backup.kind} backup {backup.id} of {vm}: read {format_size(backup.read)}, "
-        f"stored {format_size(backup.stored)} new"
+        f"{backup.kind} backup {backup.id} of {vm} ({backup.consistency}): "
+        f"read {format_size(backup.read)}, stored {format_size(backup.stored)} new"
     )
     if backup.note:
         err.print(f"[yellow]note:[/] {backup.note}")

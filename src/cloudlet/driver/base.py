@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -265,12 +266,14 @@ class Driver(abc.ABC):
         new_bitmap: str,
         since: str | None,
         speed: int = 0,
+        started: Callable[[], None] | None = None,
     ) -> None:
         """Copy the root disk as it is now into ``target`` (an empty qcow2 of its size):
         all of it (``since`` None) or only the clusters dirty in bitmap ``since``, which
         is left as it was. In the same instant a persistent bitmap ``new_bitmap`` starts
-        recording on the active layer. Waits until the copy is done; ``speed`` limits it
-        (bytes/s, 0: no limit)."""
+        recording on the active layer. ``started`` is called once that instant has passed
+        (the guest may write again: thaw it). Waits until the copy is done; ``speed``
+        limits it (bytes/s, 0: no limit)."""
 
     @abc.abstractmethod
     def remove_bitmap(self, instance_id: str, name: str) -> None:

@@ -40,6 +40,7 @@ from cloudlet.engine import locks
 from cloudlet.engine.storage_ops import (
     _OFFLINE,
     _ONLINE,
+    StorageOps,
     _clones_of,
     _set_active,
     _snapshot_rows,
@@ -70,6 +71,7 @@ class BackupView:
     created_at: datetime
     kind: str
     note: str
+    consistency: str  # "file systems frozen", "crash-consistent" or "offline"
     size: int  # the disk's virtual size
     read: int  # bytes read from the disk
     stored: int  # bytes of new chunks this backup added to the store
@@ -105,6 +107,7 @@ def _view(row: BackupRow) -> BackupView:
         created_at=row.created_at,
         kind=row.kind,
         note=row.note,
+        consistency=row.consistency,
         size=row.virtual_size,
         read=row.read_bytes,
         stored=row.new_bytes,
@@ -225,14 +228,34 @@ class BackupOps:
                 since, note = self._usable_bitmap(parent, bitmaps, layer, size)
                 e.deps.disks.create_blank(work, size)
                 new_bitmap = BITMAP_PREFIX + backup_id
-                e.driver.backup_disk(
-                    row.id,
-                    work,
-                    new_bitmap=new_bitmap,
-                    since=since,
-                    speed=e.settings.backup_speed,
-                )
+                frozen = StorageOps(e)._freeze(row, "backup")
+                consistency = "file systems frozen" if frozen else "crash-consistent"
+                thawed: list[bool] = []
+
+                def thaw() -> None:
+                    # Right after the backup's instant: the guest is frozen for no longer
+                    # than QEMU takes to start the job, not for the whole copy.
+                    if frozen and not thawed:
+                        e.driver.thaw_filesystems(row.id)
+                        thawed.append(True)
+
+                def thaw_quietly() -> None:
+                    with contextlib.suppress(CloudletError):
+                        thaw()
+
+                try:
+                    e.driver.backup_disk(
+                        row.id,
+                        work,
+                        new_bitmap=new_bitmap,
+                        since=since,
+                        speed=e.settings.backup_speed,
+                        started=thaw_quietly,
+                    )
+                finally:
+                    thaw()
             else:
+                consistency = "offline"
                 since = None
                 note = (
                     f"the VM was stopped: read the whole disk, stored only the chunks "
@@ -261,6 +284,7 @@ class BackupOps:
                 kind="incremental" if base is not None else "full",
                 parent=parent.id if parent is not None else None,
                 note=note,
+                consistency=consistency,
                 read_bytes=result.read_bytes,
                 new_bytes=result.new_bytes,
                 bitmap={"layer": str(layer), "name": new_bitmap} if new_bitmap else None,
@@ -281,6 +305,7 @@ class BackupOps:
                         instance_name=row.name,
                         kind=manifest.kind,
                         note=note,
+                        consistency=consistency,
                         virtual_size=size,
                         read_bytes=result.read_bytes,
                         new_bytes=result.new_bytes,

@@ -151,6 +151,7 @@ class BackupRow(Base):
     instance_name: Mapped[str] = mapped_column(String(63), index=True)
     kind: Mapped[str] = mapped_column(String(16))  # full, incremental
     note: Mapped[str] = mapped_column(Text, default="")
+    consistency: Mapped[str] = mapped_column(String(24))  # frozen, crash-consistent, offline
     virtual_size: Mapped[int] = mapped_column(BigInteger)
     read_bytes: Mapped[int] = mapped_column(BigInteger)
     new_bytes: Mapped[int] = mapped_column(BigInteger)

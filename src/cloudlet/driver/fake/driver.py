@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import shlex
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -260,6 +261,7 @@ class FakeDriver(Driver):
         new_bitmap: str,
         since: str | None,
         speed: int = 0,
+        started: Callable[[], None] | None = None,
     ) -> None:
         top, data = self._layer(instance_id)
         bitmaps = data.setdefault("bitmaps", {})
@@ -279,6 +281,8 @@ class FakeDriver(Driver):
         target.write_text(json.dumps({"size": size, "data": copied}))
         bitmaps[new_bitmap] = {"base": content}
         top.write_text(json.dumps(data))
+        if started is not None:
+            started()
 
     def remove_bitmap(self, instance_id: str, name: str) -> None:
         top, data = self._layer(instance_id)

@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -385,6 +386,7 @@ class QemuDriver(Driver):
         new_bitmap: str,
         since: str | None,
         speed: int = 0,
+        started: Callable[[], None] | None = None,
     ) -> None:
         info = self._require(instance_id)
         top = str(self._root_block(info)["node-name"])
@@ -426,6 +428,7 @@ class QemuDriver(Driver):
                 events=("BLOCK_JOB_COMPLETED", "BLOCK_JOB_CANCELLED"),
                 done=lambda _name, d: d.get("device") == job,
                 timeout=JOB_TIMEOUT,
+                accepted=started,
             )
             if data.get("error") or data.get("offset") != data.get("len"):
                 with contextlib.suppress(CloudletError):

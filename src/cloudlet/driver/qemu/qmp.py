@@ -124,6 +124,7 @@ async def _execute_and_wait(
     events: tuple[str, ...],
     done: Callable[[str, dict[str, Any]], bool],
     timeout: float,
+    accepted: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     client = QMPClient("cloudlet-wait")
     listener = EventListener(names=events)
@@ -131,6 +132,8 @@ async def _execute_and_wait(
         await asyncio.wait_for(client.connect(str(path)), 5.0)
         client.register_listener(listener)
         await asyncio.wait_for(client.execute(command, args), 10.0)
+        if accepted is not None:
+            accepted()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
@@ -160,10 +163,13 @@ def execute_and_wait(
     events: tuple[str, ...],
     done: Callable[[str, dict[str, Any]], bool],
     timeout: float,
+    accepted: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Run one command, then wait on the same connection for the event that ends it.
 
     Listening before the command is sent means a fast event cannot be missed.
+    ``accepted`` is called as soon as QEMU accepted the command (the job runs on).
     """
     late = f"{command} did not finish within {timeout:.0f} s"
-    return _run(_execute_and_wait(path, command, args, events, done, timeout), path, command, late)
+    conversation = _execute_and_wait(path, command, args, events, done, timeout, accepted)
+    return _run(conversation, path, command, late)

@@ -23,6 +23,7 @@ def upgrade() -> None:
         sa.Column("instance_name", sa.String(63), nullable=False),
         sa.Column("kind", sa.String(16), nullable=False),
         sa.Column("note", sa.Text(), nullable=False),
+        sa.Column("consistency", sa.String(24), nullable=False),
         sa.Column("virtual_size", sa.BigInteger(), nullable=False),
         sa.Column("read_bytes", sa.BigInteger(), nullable=False),
         sa.Column("new_bytes", sa.BigInteger(), nullable=False),
