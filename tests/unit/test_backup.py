@@ -186,6 +186,23 @@ def test_verify_names_the_backup_and_chunk_of_a_flipped_byte(
     assert [v.name for v in engine.instances()] == ["back", "web1"]
 
 
+def test_a_corrupt_parent_chunk_stops_the_incremental_and_the_next_reads_all(
+    engine: Engine, ops: BackupOps
+) -> None:
+    write(engine, 0, "base")
+    first = ops.create("web1")
+    (digest,) = ops._manifest(ops._find("web1", first.id)).chunk_ids()
+    ops.store.chunk_path(digest).write_bytes(b"rot")
+    write(engine, 100, "patch")  # the incremental must patch the rotten chunk
+    with pytest.raises(StoreCorrupt, match=f"chunk {digest}") as info:
+        ops.create("web1")
+    assert "reads the whole disk" in info.value.one_line()
+    again = ops.create("web1")
+    assert again.kind == "full" and f"backup {first.id} failed verify" in again.note
+    ops.restore("web1", backup_id=again.id, as_name="back")
+    assert content(engine, "back") == {"0": "base", "100": "patch"}
+
+
 def test_a_full_backup_store_fails_cleanly_and_keeps_earlier_backups(
     engine: Engine, ops: BackupOps
 ) -> None:
@@ -249,17 +266,31 @@ def test_policy_is_stored_in_the_spec_and_legacy_keep_means_keep_last() -> None:
 
 
 def test_run_due_backs_up_due_vms_then_prunes(engine: Engine, ops: BackupOps) -> None:
+    real_write = ops.store.write_file
+
+    def broken_store(path: Path, data: bytes, *, sync: bool = True) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
     engine.create(CreateRequest(name="idle"))  # no policy: never backed up
     ops.set_policy("web1", {"every": 3600, "keep_last": 2})
     assert engine.spec("web1").backup.every == 3600  # stored with the VM's spec
     write(engine, 0, "v1")
-    assert [line.split(":")[0] for line in ops.run_due()] == ["web1"]
-    assert ops.run_due() == []  # not due yet
+    lines, failed = ops.run_due()
+    assert [line.split(":")[0] for line in lines] == ["web1"] and failed == 0
+    assert ops.run_due() == ([], 0)  # not due yet
     later = datetime.now().timestamp() + 3600
     for i in range(3):
         write(engine, 0, f"v{i + 2}")
         ops.run_due(now=later + i * 3600)
     assert len(ops.backups("web1")) == 2 and ops.backups("idle") == []
+    # one VM failing does not stop the others, and is counted
+    engine.create(CreateRequest(name="web2"))
+    ops.set_policy("web2", {"every": 3600})
+    engine.delete("idle")
+    ops.store.write_file = broken_store
+    lines, failed = ops.run_due(now=later + 10 * 3600)
+    assert failed == 2 and all("FAILED" in line and "is full" in line for line in lines)
+    ops.store.write_file = real_write
     assert ops.verify("web1").problems == []
     with engine.db.session() as s:
         assert s.query(BackupRow).count() == 2

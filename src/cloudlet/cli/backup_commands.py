@@ -179,14 +179,17 @@ def backup_policy(
 def backup_run_due() -> None:
     """Back up every VM whose policy is due, then prune it (run this from cron)."""
     ops = _ops()
-    try:
-        lines = ops.run_due()
-    finally:
-        _notices(ops)
+    lines, failed = ops.run_due()
+    _notices(ops)
     for line in lines:
         err.print(line)
     if not lines:
         err.print("no backup is due")
+    if failed:
+        raise CloudletError(
+            f"{failed} scheduled backup(s) failed",
+            hint="see the lines above; fix and run 'cloudlet backup run-due' again",
+        )
 
 
 @backup_app.command("prune")

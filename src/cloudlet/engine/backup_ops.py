@@ -188,6 +188,8 @@ class BackupOps:
         if parent is None:
             return None, ""
         why = "read the whole disk, stored only the chunks that changed"
+        if self._find(parent.vm, parent.id).verify_ok is False:
+            return None, f"backup {parent.id} failed verify, so nothing builds on it: {why}"
         if parent.disks[0].virtual_size != size:
             return None, f"the disk's size changed since backup {parent.id}: {why}"
         if parent.bitmap is None:
@@ -314,12 +316,18 @@ class BackupOps:
                         created_at=started,
                     )
                 )
+        except StoreCorrupt as exc:
+            self._cleanup_failed(row, backup_id, created, new_bitmap)
+            if parent is None:
+                raise
+            # An incremental patches its parent's chunks: a bad one there stops it. The
+            # parent is marked, so the next backup reads the whole disk instead.
+            self._mark_failed(parent.id)
+            raise StoreCorrupt(
+                exc.message, hint="run the backup again: it reads the whole disk"
+            ) from None
         except BaseException:
-            self.store.delete_manifest(row.id, backup_id)
-            self.store.remove_chunks(created)  # new in this backup: nothing else uses them
-            if new_bitmap is not None:
-                with contextlib.suppress(CloudletError):
-                    e.driver.remove_bitmap(row.id, new_bitmap)
+            self._cleanup_failed(row, backup_id, created, new_bitmap)
             raise
         finally:
             work.unlink(missing_ok=True)
@@ -329,6 +337,22 @@ class BackupOps:
                 with contextlib.suppress(CloudletError):
                     e.driver.remove_bitmap(row.id, bitmap.name)
         return _view(self._find(row.name, backup_id))
+
+    def _mark_failed(self, backup_id: str) -> None:
+        with self.e.db.session() as s:
+            fresh = s.get(BackupRow, backup_id)
+            if fresh is not None:
+                fresh.verify_ok, fresh.verified_at = False, utcnow()
+
+    def _cleanup_failed(
+        self, row: InstanceRow, backup_id: str, created: set[str], new_bitmap: str | None
+    ) -> None:
+        """Undo a backup that failed: its manifest, the chunks it added, its new bitmap."""
+        self.store.delete_manifest(row.id, backup_id)
+        self.store.remove_chunks(created)  # new in this backup: nothing else uses them
+        if new_bitmap is not None:
+            with contextlib.suppress(CloudletError):
+                self.e.driver.remove_bitmap(row.id, new_bitmap)
 
     # ------------------------------------------------------------ reads
     def backups(self, vm: str | None = None) -> list[BackupView]:
@@ -388,8 +412,9 @@ class BackupOps:
             self.e._event(vm, "backup-pruned", f"pruned {len(gone)} backup(s)")
         return [r.id for r in gone], freed
 
-    def run_due(self, now: float | None = None) -> list[str]:
-        """Back up every VM whose policy says it is time, then prune it; one line each."""
+    def run_due(self, now: float | None = None) -> tuple[list[str], int]:
+        """Back up every VM whose policy says it is time, then prune it: one line each,
+        and how many failed (one VM's failure does not stop the others)."""
         now = time.time() if now is None else now
         lines: list[str] = []
         failed = 0
@@ -416,13 +441,7 @@ class BackupOps:
             except CloudletError as exc:
                 failed += 1
                 lines.append(f"{vm.name}: FAILED: {exc.one_line()}")
-        if failed:
-            raise CloudletError(
-                f"{failed} scheduled backup(s) failed: "
-                + "; ".join(line for line in lines if "FAILED" in line),
-                hint="see the lines above; fix and run 'cloudlet backup run-due' again",
-            )
-        return lines
+        return lines, failed
 
     # ------------------------------------------------------------ restore
     def _materialize(self, row: BackupRow, dest_dir: Path) -> Path:
@@ -476,10 +495,7 @@ class BackupOps:
                 try:
                     return self._materialize(row, dest), row
                 except StoreCorrupt as exc:
-                    with self.e.db.session() as s:
-                        fresh = s.get(BackupRow, row.id)
-                        if fresh is not None:
-                            fresh.verify_ok, fresh.verified_at = False, utcnow()
+                    self._mark_failed(row.id)
                     if backup_id is not None or i + 1 == len(candidates):
                         raise
                     self.e.notices.append(
