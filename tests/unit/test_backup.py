@@ -134,6 +134,10 @@ def test_full_then_incremental_stores_only_the_changed_chunks(
     assert content(engine, "old")[str(3 * CHUNK_SIZE)] == "block 3 " * 50
     assert content(engine, "old") != now
     assert engine.spec("new").cpus == engine.spec("web1").cpus
+    # backups outlive their VM: a deleted one comes back under its own name
+    engine.delete("web1")
+    ops.restore("web1", as_name="web1")
+    assert content(engine, "web1") == now
 
 
 def test_lost_or_inconsistent_bitmaps_read_everything_and_say_why(
