@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar
 
@@ -10,7 +12,7 @@ from cloudlet.config import Paths, Settings
 from cloudlet.driver.fake.driver import FakeDriver
 from cloudlet.engine.deps import EngineDeps
 from cloudlet.engine.engine import Engine
-from cloudlet.errors import NotFound
+from cloudlet.errors import InvalidInput, NotFound
 from cloudlet.host.kvm import AccelVerdict
 from cloudlet.images.store import Image, Progress
 from cloudlet.spec.units import GIB, MIB
@@ -112,6 +114,34 @@ class FakeDisks:
     def backing(self, path: Path) -> tuple[Path, str] | None:
         name = json.loads(path.read_text()).get("backing")
         return (Path(name), "qcow2") if name else None
+
+    # Backups: a fake disk's "data" keys that are numbers are byte offsets, their values
+    # the text written there; that is what backups read and restores write back.
+    def extents(self, path: Path, piece: int) -> Iterator[tuple[int, bytes | None, int]]:
+        data = json.loads(path.read_text()).get("data", {})
+        for key in sorted((k for k in data if k.isdigit()), key=int):
+            offset, raw = int(key), data[key].encode()
+            while raw:
+                cut = min(len(raw), (offset // piece + 1) * piece - offset)
+                yield offset, raw[:cut], cut
+                offset, raw = offset + cut, raw[cut:]
+
+    def from_raw(self, raw: Path, dest: Path) -> None:
+        data: dict[str, str] = {}
+        block, offset, zeros = 1 << 22, 0, bytes(1 << 22)
+        with open(raw, "rb") as f:
+            while piece := f.read(block):
+                if piece != zeros[: len(piece)]:
+                    for match in re.finditer(rb"[^\x00]+", piece):
+                        data[str(offset + match.start())] = match.group().decode()
+                offset += len(piece)
+        dest.write_text(json.dumps({"size": offset, "data": data}))
+
+    def inspect_import(self, path: Path) -> int:
+        data = json.loads(path.read_text())
+        if data.get("backing"):
+            raise InvalidInput(f"backing-filename is {data['backing']!r}: refused")
+        return int(data["size"])
 
     @staticmethod
     def content(path: Path) -> dict[str, str]:

@@ -99,6 +99,14 @@ class Settings:
     # Thin provisioning: the virtual sizes of a pool's volumes may add up to this many
     # times the size of its file system.
     storage_overcommit: float = 2.0
+    # Backups: where the chunk store lives (None: $CLOUDLET_HOME/backups) and a limit on
+    # how fast a live backup reads the disk (bytes/s, 0: none).
+    backup_dir: Path | None = None
+    backup_speed: int = 0
+
+    @property
+    def backup_store(self) -> Path:
+        return self.backup_dir or self.paths.home / "backups"
 
     @classmethod
     def load(cls, home: Path | None = None) -> Settings:
@@ -129,7 +137,15 @@ class Settings:
         storage_overcommit = float(
             os.environ.get("CLOUDLET_STORAGE_OVERCOMMIT") or str(storage.get("overcommit", 2.0))
         )
+        backup = data.get("backup", {})
+        assert isinstance(backup, dict)
+        backup_dir = os.environ.get("CLOUDLET_BACKUP_DIR") or backup.get("path")
+        speed_text = os.environ.get("CLOUDLET_BACKUP_SPEED") or str(backup.get("speed", "0"))
         return cls(
+            backup_dir=Path(str(backup_dir)).expanduser() if backup_dir else None,
+            backup_speed=parse_size(speed_text, what="backup speed", default_unit="M")
+            if speed_text != "0"
+            else 0,
             paths=paths,
             cpu_overcommit=cpu_overcommit,
             memory_reserve=memory_reserve,

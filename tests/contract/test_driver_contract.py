@@ -190,6 +190,42 @@ def test_host_forwards_and_nic_hotplug(target: Target) -> None:
         assert d.attached_nics(iid) == []
 
 
+def test_backup_copies_and_dirty_bitmaps(target: Target) -> None:
+    d, cfg = target.driver, target.config
+    iid = cfg.instance_id
+    if not cfg.disk.exists():
+        target.make_disk(cfg.disk, 64 << 20)
+    d.start(cfg)
+    if d.name == "qemu":
+        from cloudlet.storage.qcow2 import virtual_size
+
+        size = virtual_size(cfg.disk, "qcow2")
+    else:
+        size = 64 << 20
+    copies = [cfg.disk.parent / f"copy{i}.qcow2" for i in range(3)]
+    for copy in copies:
+        target.make_disk(copy, size)
+
+    def names() -> list[str]:
+        return sorted(b.name for b in d.disk_bitmaps(iid))
+
+    assert names() == []
+    d.backup_disk(iid, copies[0], new_bitmap="b1", since=None)
+    (bitmap,) = d.disk_bitmaps(iid)
+    assert bitmap.name == "b1" and bitmap.recording and not bitmap.inconsistent
+    # an unknown bitmap fails the whole transaction: no new bitmap either
+    with pytest.raises(CloudletError):
+        d.backup_disk(iid, copies[1], new_bitmap="b2", since="nope")
+    assert names() == ["b1"]
+    d.backup_disk(iid, copies[2], new_bitmap="b2", since="b1")
+    assert names() == ["b1", "b2"]  # "since" stays until the caller drops it
+    d.remove_bitmap(iid, "b1")
+    assert names() == ["b2"]
+    # a snapshot puts a new active layer on top: the bitmaps stay on the old one
+    d.snapshot_disk(iid, cfg.disk.parent / "s1.qcow2")
+    assert names() == []
+
+
 def _eventually(probe: Callable[[], str], expected: str, timeout: float = 30.0) -> bool:
     """Hot-plug and resize reach the guest asynchronously: poll for the expected value."""
     import time

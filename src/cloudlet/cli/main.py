@@ -9,8 +9,8 @@ from typing import Annotated, NoReturn
 
 import typer
 
-from cloudlet.cli import console as console_mod
 from cloudlet.cli import (
+    backup_commands,
     network_commands,
     render,
     run_command,
@@ -18,6 +18,7 @@ from cloudlet.cli import (
     storage_commands,
     wizard,
 )
+from cloudlet.cli import console as console_mod
 from cloudlet.cli.progress import byte_progress as _byte_progress
 from cloudlet.cli.render import Output, err, out
 from cloudlet.engine.engine import CreateRequest, Engine
@@ -40,6 +41,7 @@ license_app = typer.Typer(help="Seats of proprietary image licences.", no_args_i
 app.add_typer(license_app, name="license")
 storage_commands.register(app)  # pool, volume, snapshot, clone
 network_commands.register(app)  # network, nic, port, firewall
+backup_commands.register(app)  # backup, restore, export, import
 
 OutputOpt = Annotated[Output, typer.Option("--output", "-o", help="table or json")]
 NameArg = Annotated[str, typer.Argument(help="VM name")]

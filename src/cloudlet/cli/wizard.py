@@ -374,7 +374,7 @@ class Wizard:
 
     def protection(self) -> None:
         self.step(
-            10, "Protection", "backup policy, recorded now and enforced when backups land"
+            10, "Protection", "backup policy, run by 'cloudlet backup run-due'"
         )  # fmt: skip
         choice = self.ask(
             "Backups (daily keeps 7, hourly keeps 24)",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -122,6 +123,20 @@ class LaunchConfig:
     # NICs on virtual networks (after the user-mode NIC), and user-mode port forwards.
     tap_nics: tuple[TapNic, ...] = ()
     host_forwards: tuple[HostForward, ...] = ()
+
+
+@dataclass(frozen=True)
+class DirtyBitmap:
+    """A dirty bitmap on the root disk's active layer: which clusters changed since it began.
+
+    ``inconsistent``: QEMU did not close the disk cleanly while it recorded (kill -9,
+    host crash), so it may miss writes and can only be removed.
+    """
+
+    name: str
+    recording: bool
+    inconsistent: bool
+    count: int  # dirty bytes
 
 
 class PowerState(StrEnum):
@@ -289,3 +304,30 @@ class Driver(abc.ABC):
     @abc.abstractmethod
     def remove_host_forward(self, instance_id: str, forward: HostForward) -> None:
         """Remove a user-mode NAT port forward from the running VM."""
+
+    # ---------------------------------------------------------------- backups (live)
+    @abc.abstractmethod
+    def disk_bitmaps(self, instance_id: str) -> list[DirtyBitmap]:
+        """The dirty bitmaps on the running VM's root disk's active layer."""
+
+    @abc.abstractmethod
+    def backup_disk(
+        self,
+        instance_id: str,
+        target: Path,
+        *,
+        new_bitmap: str,
+        since: str | None,
+        speed: int = 0,
+        started: Callable[[], None] | None = None,
+    ) -> None:
+        """Copy the root disk as it is now into ``target`` (an empty qcow2 of its size):
+        all of it (``since`` None) or only the clusters dirty in bitmap ``since``, which
+        is left as it was. In the same instant a persistent bitmap ``new_bitmap`` starts
+        recording on the active layer. ``started`` is called once that instant has passed
+        (the guest may write again: thaw it). Waits until the copy is done; ``speed``
+        limits it (bytes/s, 0: no limit)."""
+
+    @abc.abstractmethod
+    def remove_bitmap(self, instance_id: str, name: str) -> None:
+        """Drop a dirty bitmap from the root disk's active layer."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -47,6 +47,13 @@ class DiskBackend(Protocol):
     def check(self, path: Path) -> dict[str, Any]: ...
 
     def backing(self, path: Path) -> tuple[Path, str] | None: ...
+
+    # backups
+    def extents(self, path: Path, piece: int) -> Iterable[tuple[int, bytes | None, int]]: ...
+
+    def from_raw(self, raw: Path, dest: Path) -> None: ...
+
+    def inspect_import(self, path: Path) -> int: ...
 
 
 @dataclass

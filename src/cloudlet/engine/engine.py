@@ -566,7 +566,11 @@ class Engine:
                     "inbound ports (enforced on virtual networks; NAT is reached by port forwards)",
                     spec.firewall.inbound_ports and not spec.network.nics,
                 ),
-                ("backup policy (enforced when backups land)", spec.backup != NO_BACKUP),
+                (
+                    "backup policy (run by 'cloudlet backup run-due' from cron until the "
+                    "server's scheduler lands)",
+                    spec.backup != NO_BACKUP,
+                ),
                 ("API access (a token once the API server lands)", spec.api_access),
             )
             if asked

@@ -694,7 +694,7 @@ class StorageOps:
         except CloudletError:
             return []
 
-    def _freeze(self, row: InstanceRow) -> bool:
+    def _freeze(self, row: InstanceRow, what: str = "snapshot") -> bool:
         """Freeze the guest's file systems when it runs an agent; say so when we cannot."""
         if row.state != VMState.RUNNING or not Image.load(Path(row.image_path)).guest_agent:
             return False
@@ -704,7 +704,7 @@ class StorageOps:
         except CloudletError as exc:
             self.e.notices.append(
                 f"the guest agent could not freeze {row.name}'s file systems ({exc.message}): "
-                "the snapshot is crash-consistent"
+                f"the {what} is crash-consistent"
             )
             return False
 

@@ -126,7 +126,7 @@ class VMBody(_Doc):
         default=FirewallSpec(), description="inbound rules (enforced on virtual networks)"
     )
     backup: BackupPolicy = Field(
-        default=BackupPolicy(), description="backup policy (enforced when backups land)"
+        default=BackupPolicy(), description="backup policy (run by 'cloudlet backup run-due')"
     )
     user_data: str | None = Field(default=None, description="your own #cloud-config, inline")
     user_data_file: str | None = Field(default=None, description="your own #cloud-config file")

@@ -66,12 +66,58 @@ class FirewallSpec(BaseModel):
 
 
 class BackupPolicy(BaseModel):
-    """How often to back up and how many to keep; recorded now, enforced when backups land."""
+    """How often to back up and which backups to keep.
+
+    ``schedule``/``keep`` are what the create wizard and spec files ask; ``every`` (seconds)
+    overrides the schedule's interval, and the ``keep_*`` rules, when any is set, replace
+    ``keep`` (which alone means "keep the last N").
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     schedule: BackupSchedule = "none"
     keep: int = Field(default=0, ge=0, le=10000, description="backups kept; 0 with 'none'")
+    every: int | None = Field(default=None, ge=60, description="seconds between backups")
+    keep_last: int = Field(default=0, ge=0, le=10000)
+    keep_hourly: int = Field(default=0, ge=0, le=10000)
+    keep_daily: int = Field(default=0, ge=0, le=10000)
+    keep_weekly: int = Field(default=0, ge=0, le=10000)
+    keep_monthly: int = Field(default=0, ge=0, le=10000)
+
+    def interval(self) -> int | None:
+        """Seconds between scheduled backups, or None when nothing is scheduled."""
+        if self.every is not None:
+            return self.every
+        return SCHEDULE_SECONDS.get(self.schedule)
+
+    def retention(self) -> Retention:
+        rules = Retention(
+            last=self.keep_last,
+            hourly=self.keep_hourly,
+            daily=self.keep_daily,
+            weekly=self.keep_weekly,
+            monthly=self.keep_monthly,
+        )
+        return rules if rules.any() else Retention(last=self.keep)
+
+
+class Retention(BaseModel):
+    """Keep rules, as in Proxmox: the newest backup of each of the last N hours/days/...;
+    a backup any rule keeps is kept. No rule at all keeps everything."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    last: int = 0
+    hourly: int = 0
+    daily: int = 0
+    weekly: int = 0
+    monthly: int = 0
+
+    def any(self) -> bool:
+        return any((self.last, self.hourly, self.daily, self.weekly, self.monthly))
+
+
+SCHEDULE_SECONDS: dict[str, int] = {"hourly": 3600, "daily": 86400, "weekly": 7 * 86400}
 
 
 BACKUP_PRESETS: dict[str, BackupPolicy] = {

@@ -41,3 +41,25 @@ def format_size(n: int) -> str:
             text = f"{value:.1f}".rstrip("0").rstrip(".")
             return f"{text} {unit}"
     return f"{n} B"
+
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(text: str, *, what: str = "interval") -> int:
+    """Parse "90s", "30m", "1h", "7d", "2w" (a bare number is minutes) into seconds."""
+    value = str(text).strip().lower()
+    unit = value[-1:] if value[-1:] in _DURATION_UNITS else "m"
+    number = value[:-1] if value[-1:] in _DURATION_UNITS else value
+    if not number.isdigit() or int(number) <= 0:
+        raise InvalidInput(
+            f"invalid {what} {text!r}", hint="use a number with s, m, h, d or w, such as 1h"
+        )
+    return int(number) * _DURATION_UNITS[unit]
+
+
+def format_duration(seconds: int) -> str:
+    for unit in ("w", "d", "h", "m"):
+        if seconds % _DURATION_UNITS[unit] == 0:
+            return f"{seconds // _DURATION_UNITS[unit]}{unit}"
+    return f"{seconds}s"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,3 +39,15 @@ class Qcow2Disks:
 
     def backing(self, path: Path) -> tuple[Path, str] | None:
         return qcow2.backing(path)
+
+    def extents(self, path: Path, piece: int) -> Iterator[tuple[int, bytes | None, int]]:
+        return qcow2.read_present(path, piece)
+
+    def from_raw(self, raw: Path, dest: Path) -> None:
+        qcow2.from_raw(raw, dest)
+
+    def inspect_import(self, path: Path) -> int:
+        """Refuse an imported qcow2 that reads other host files; its virtual size."""
+        from cloudlet.images.importer import inspect
+
+        return int(inspect(path, "qcow2")["virtual-size"])

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from cloudlet.errors import CloudletError
 from cloudlet.host.qemu_binaries import qemu_img
 from cloudlet.host.run import run
 
@@ -77,3 +79,47 @@ def check(path: Path) -> dict[str, Any]:
         raise HostCommandError(proc.args, proc.returncode, "", proc.stderr.decode(errors="replace"))
     result: dict[str, Any] = json.loads(proc.stdout)
     return result
+
+
+def map_extents(path: Path) -> list[dict[str, Any]]:
+    """``qemu-img map --output=json``: the guest ranges, and where a standalone qcow2
+    keeps each one's data (``offset`` in the file) or that it reads as zeros."""
+    out = run([qemu_img(), "map", "-f", "qcow2", "--output=json", str(path)]).stdout
+    result: list[dict[str, Any]] = json.loads(out)
+    return result
+
+
+def read_present(path: Path, piece: int) -> Iterator[tuple[int, bytes | None, int]]:
+    """What a standalone, uncompressed qcow2 (a backup target) holds: (guest offset,
+    bytes or None for zeros, length), in pieces that never cross a multiple of ``piece``.
+
+    Ranges the file does not hold (``present`` false) are left out: in the target of an
+    incremental backup those are the clusters that did not change.
+    """
+    with open(path, "rb") as f:
+        for extent in map_extents(path):
+            if not extent.get("present", True) or extent.get("depth", 0) != 0:
+                continue
+            start, length = int(extent["start"]), int(extent["length"])
+            data = bool(extent.get("data"))
+            if data and "offset" not in extent:
+                raise CloudletError(f"{path}: data at {start} has no file offset (compressed?)")
+            host = int(extent.get("offset", 0))
+            end = start + length
+            while start < end:
+                stop = min(end, (start // piece + 1) * piece)
+                if data:
+                    f.seek(host)
+                    chunk = f.read(stop - start)
+                    if len(chunk) != stop - start:
+                        raise CloudletError(f"{path} is shorter than its map says")
+                    yield start, chunk, stop - start
+                    host += stop - start
+                else:
+                    yield start, None, stop - start
+                start = stop
+
+
+def from_raw(raw: Path, dest: Path) -> None:
+    """A standalone qcow2 with the content of a raw file (zeros stay unallocated)."""
+    run([qemu_img(), "convert", "-q", "-f", "raw", "-O", "qcow2", str(raw), str(dest)])

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 MIGRATIONS = Path(__file__).parent / "migrations"
 # The newest Alembic revision; a unit test keeps it equal to the scripts' head.
 # Comparing against it first means Alembic (slow to import) loads only to migrate.
-HEAD_REVISION = "0200_networks"
+HEAD_REVISION = "0101_backups"
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

@@ -179,3 +179,28 @@ class FirewallGroupRow(Base):
     name: Mapped[str] = mapped_column(String(63), primary_key=True)
     rules_json: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class BackupRow(Base):
+    """A backup in the backup store, recorded once its chunks and manifest are durable.
+
+    Outlives its VM (restore --as brings it back); the manifest in the store is the
+    truth, this row its index.
+    """
+
+    __tablename__ = "backups"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    instance_id: Mapped[str] = mapped_column(String(36), index=True)
+    instance_name: Mapped[str] = mapped_column(String(63), index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # full, incremental
+    note: Mapped[str] = mapped_column(Text, default="")
+    consistency: Mapped[str] = mapped_column(String(24))  # frozen, crash-consistent, offline
+    virtual_size: Mapped[int] = mapped_column(BigInteger)
+    read_bytes: Mapped[int] = mapped_column(BigInteger)
+    new_bytes: Mapped[int] = mapped_column(BigInteger)
+    chunks: Mapped[int] = mapped_column(Integer)
+    manifest_sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    verified_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    verify_ok: Mapped[bool | None] = mapped_column(Boolean, nullable=True)

@@ -10,10 +10,13 @@ from __future__ import annotations
 import json
 import shlex
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from cloudlet.driver.base import (
+    DirtyBitmap,
     Driver,
     ExecResult,
     ExtraDisk,
@@ -264,6 +267,81 @@ class FakeDriver(Driver):
 
     def remove_host_forward(self, instance_id: str, forward: HostForward) -> None:
         self._live(instance_id).forwards.discard((forward.proto, forward.host_port))
+
+    # backups ----------------------------------------------------------------
+    # A bitmap lives in the active layer's JSON ("bitmaps": name -> the content it started
+    # from, and whether it is inconsistent): like QEMU's, it survives a restart and is
+    # left behind on the old layer by a snapshot.
+    def _layer(self, instance_id: str) -> tuple[Path, dict[str, Any]]:
+        top = self._live(instance_id).chain[0]
+        return top, json.loads(top.read_text())
+
+    def disk_bitmaps(self, instance_id: str) -> list[DirtyBitmap]:
+        top, data = self._layer(instance_id)
+        content = _content(top)
+        return [
+            DirtyBitmap(
+                name=name,
+                recording=True,
+                inconsistent=bool(b.get("inconsistent")),
+                count=sum(len(v) for k, v in content.items() if b["base"].get(k) != v),
+            )
+            for name, b in sorted(data.get("bitmaps", {}).items())
+        ]
+
+    def backup_disk(
+        self,
+        instance_id: str,
+        target: Path,
+        *,
+        new_bitmap: str,
+        since: str | None,
+        speed: int = 0,
+        started: Callable[[], None] | None = None,
+    ) -> None:
+        top, data = self._layer(instance_id)
+        bitmaps = data.setdefault("bitmaps", {})
+        if new_bitmap in bitmaps:
+            raise CloudletError(f"QEMU refused transaction: bitmap {new_bitmap!r} already exists")
+        if since is not None and (since not in bitmaps or bitmaps[since].get("inconsistent")):
+            raise CloudletError(f"QEMU refused transaction: no usable bitmap {since!r}")
+        if not target.exists():
+            raise CloudletError(f"QEMU refused blockdev-add: {target} does not exist")
+        content = _content(top)
+        if since is not None:
+            base = bitmaps[since]["base"]
+            copied = {k: v for k, v in content.items() if base.get(k) != v}
+        else:
+            copied = content
+        size = _file_size(target)
+        target.write_text(json.dumps({"size": size, "data": copied}))
+        bitmaps[new_bitmap] = {"base": content}
+        top.write_text(json.dumps(data))
+        if started is not None:
+            started()
+
+    def remove_bitmap(self, instance_id: str, name: str) -> None:
+        top, data = self._layer(instance_id)
+        if name not in data.get("bitmaps", {}):
+            raise CloudletError(f"QEMU refused block-dirty-bitmap-remove: no bitmap {name!r}")
+        del data["bitmaps"][name]
+        top.write_text(json.dumps(data))
+
+    def spoil_bitmaps(self, instance_id: str) -> None:
+        """Test hook: what QEMU killed while recording leaves, inconsistent bitmaps."""
+        top, data = self._layer(instance_id)
+        for bitmap in data.get("bitmaps", {}).values():
+            bitmap["inconsistent"] = True
+        top.write_text(json.dumps(data))
+
+
+def _content(path: Path) -> dict[str, str]:
+    """What the guest reads through a fake layer chain (see tests.fakes.FakeDisks)."""
+    if not path.exists():
+        return {}
+    data = json.loads(path.read_text())
+    below = _content(Path(data["backing"])) if data.get("backing") else {}
+    return {**below, **data.get("data", {})}
 
 
 def _fake_block_size(vm: FakeVM, path: str) -> ExecResult:

@@ -6,10 +6,12 @@ import contextlib
 import hashlib
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from cloudlet.driver.base import (
+    DirtyBitmap,
     Driver,
     ExecResult,
     ExtraDisk,
@@ -430,3 +432,88 @@ class QemuDriver(Driver):
         info = self._require(instance_id)
         rule = host_forward_rule(forward).rsplit("-", 1)[0]  # tcp:127.0.0.1:8080
         self._hmp(info, f"hostfwd_remove net0 {rule}", ok="removed")
+
+    # ---------------------------------------------------------------- backups (live)
+    def disk_bitmaps(self, instance_id: str) -> list[DirtyBitmap]:
+        info = self._require(instance_id)
+        top = str(self._root_block(info)["node-name"])
+        for node in self._nodes(info):
+            if node.get("node-name") == top:
+                return [
+                    DirtyBitmap(
+                        name=str(b["name"]),
+                        recording=bool(b.get("recording", True)),
+                        inconsistent=bool(b.get("inconsistent", False)),
+                        count=int(b.get("count", 0)),
+                    )
+                    for b in node.get("dirty-bitmaps", [])
+                ]
+        return []
+
+    def backup_disk(
+        self,
+        instance_id: str,
+        target: Path,
+        *,
+        new_bitmap: str,
+        since: str | None,
+        speed: int = 0,
+        started: Callable[[], None] | None = None,
+    ) -> None:
+        info = self._require(instance_id)
+        top = str(self._root_block(info)["node-name"])
+        target_node = "b" + _layer_node(target)[1:]
+        job = "backup-" + target_node
+        qmp.execute(
+            info.qmp_socket,
+            "blockdev-add",
+            {
+                "driver": "qcow2",
+                "node-name": target_node,
+                "file": {"driver": "file", "filename": str(target)},
+            },
+        )
+        try:
+            backup: dict[str, Any] = {
+                "job-id": job,
+                "device": top,
+                "target": target_node,
+                "sync": "full",
+            }
+            if since is not None:
+                # "bitmap" with mode "never": like "incremental", but the old bitmap stays
+                # as it is until the backup is recorded (a failure loses nothing).
+                backup.update(sync="bitmap", bitmap=since, **{"bitmap-mode": "never"})
+            if speed:
+                backup["speed"] = speed
+            actions = [
+                {
+                    "type": "block-dirty-bitmap-add",
+                    "data": {"node": top, "name": new_bitmap, "persistent": True},
+                },
+                {"type": "blockdev-backup", "data": backup},
+            ]
+            data = qmp.execute_and_wait(
+                info.qmp_socket,
+                "transaction",
+                {"actions": actions},
+                events=("BLOCK_JOB_COMPLETED", "BLOCK_JOB_CANCELLED"),
+                done=lambda _name, d: d.get("device") == job,
+                timeout=JOB_TIMEOUT,
+                accepted=started,
+            )
+            if data.get("error") or data.get("offset") != data.get("len"):
+                with contextlib.suppress(CloudletError):
+                    self.remove_bitmap(instance_id, new_bitmap)
+                raise CloudletError(
+                    f"the backup copy failed: {data.get('error', 'the job was cancelled')}",
+                    hint="earlier backups are untouched; try again",
+                )
+        finally:
+            with contextlib.suppress(CloudletError):
+                qmp.execute(info.qmp_socket, "blockdev-del", {"node-name": target_node})
+
+    def remove_bitmap(self, instance_id: str, name: str) -> None:
+        info = self._require(instance_id)
+        top = str(self._root_block(info)["node-name"])
+        qmp.execute(info.qmp_socket, "block-dirty-bitmap-remove", {"node": top, "name": name})

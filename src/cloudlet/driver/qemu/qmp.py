@@ -12,7 +12,14 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
-from qemu.qmp import ConnectError, EventListener, ExecuteError, QMPClient, QMPError
+from qemu.qmp import (
+    ConnectError,
+    EventListener,
+    ExecuteError,
+    QMPClient,
+    QMPError,
+    Runstate,
+)
 
 from cloudlet.errors import CloudletError, Timeout
 
@@ -117,6 +124,7 @@ async def _execute_and_wait(
     events: tuple[str, ...],
     done: Callable[[str, dict[str, Any]], bool],
     timeout: float,
+    accepted: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     client = QMPClient("cloudlet-wait")
     listener = EventListener(names=events)
@@ -124,13 +132,21 @@ async def _execute_and_wait(
         await asyncio.wait_for(client.connect(str(path)), 5.0)
         client.register_listener(listener)
         await asyncio.wait_for(client.execute(command, args), 10.0)
+        if accepted is not None:
+            accepted()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
             left = deadline - loop.time()
             if left <= 0:
                 raise TimeoutError
-            event = await asyncio.wait_for(listener.get(), left)
+            try:
+                event = await asyncio.wait_for(listener.get(), min(left, 1.0))
+            except TimeoutError:
+                # QEMU gone (killed, crashed): no event will ever come.
+                if client.runstate != Runstate.RUNNING:
+                    raise EOFError("QEMU closed its monitor") from None
+                continue
             data: dict[str, Any] = dict(event.get("data") or {})  # type: ignore[call-overload]
             if done(str(event["event"]), data):
                 return data
@@ -147,10 +163,13 @@ def execute_and_wait(
     events: tuple[str, ...],
     done: Callable[[str, dict[str, Any]], bool],
     timeout: float,
+    accepted: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Run one command, then wait on the same connection for the event that ends it.
 
     Listening before the command is sent means a fast event cannot be missed.
+    ``accepted`` is called as soon as QEMU accepted the command (the job runs on).
     """
     late = f"{command} did not finish within {timeout:.0f} s"
-    return _run(_execute_and_wait(path, command, args, events, done, timeout), path, command, late)
+    conversation = _execute_and_wait(path, command, args, events, done, timeout, accepted)
+    return _run(conversation, path, command, late)

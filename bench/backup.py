@@ -1,0 +1,135 @@
+"""Backup benchmark: full and incremental backups of a running VM's 2 GiB disk.
+
+A `tiny` VM gets a 2 GiB disk; 1.5 GiB of random data (distinct, so nothing
+deduplicates) is written past its 256 MiB root file system with qemu-io while it is
+stopped. Then, with the VM running:
+
+- the floor: `qemu-img convert -U -f qcow2 -O qcow2` of the same disk (what a stopped
+  VM's backup runs, and the least any full copy costs);
+- `cloudlet backup create` (full: blockdev-backup, then chunking, hashing, storing);
+- 1% of the disk (20 MiB) rewritten by the guest (dd to /dev/vda past its file system);
+- `cloudlet backup create` again (incremental: only the dirty clusters are read);
+- `cloudlet restore --as` of the incremental backup.
+
+    .venv/bin/python bench/backup.py
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+MIB = 1 << 20
+FILL_START = 512 * MIB
+FILL = 1536 * MIB
+PIECE = 64 * MIB
+CHANGE = 20 * MIB
+
+
+def cloudlet(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "CLOUDLET_HOME": str(home), "CLOUDLET_FORCE_RESTRICT_NETWORK": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "cloudlet", *args],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+
+
+def timed(fn: Any) -> tuple[float, Any]:
+    started = time.monotonic()
+    result = fn()
+    return time.monotonic() - started, result
+
+
+def fill(disk: Path, work: Path) -> None:
+    """1.5 GiB of distinct random data past the root file system, with qemu-io."""
+    source = work / "piece.bin"
+    for offset in range(FILL_START, FILL_START + FILL, PIECE):
+        source.write_bytes(os.urandom(PIECE))
+        subprocess.run(
+            ["qemu-io", "-f", "qcow2", "-c", f"write -q -s {source} {offset} {PIECE}", str(disk)],
+            check=True,
+        )
+    source.unlink()
+
+
+def rate(size: int, seconds: float) -> str:
+    return f"{size / MIB / seconds:7.1f} MiB/s"
+
+
+def main() -> None:
+    home = Path(tempfile.mkdtemp(prefix="cl-bench-", dir="/tmp"))
+    shared = os.environ.get("CLOUDLET_TEST_CACHE", "/var/cache/cloudlet-test")
+    try:
+        if Path(shared, "state", "images").exists():
+            (home / "images").symlink_to(Path(shared, "state", "images"))
+            (home / "cache").symlink_to(Path(shared, "state", "cache"))
+        cloudlet(home, "create", "bench", "--disk-size", "2G", "--no-start")
+        vm = json.loads(cloudlet(home, "show", "bench", "-o", "json").stdout)
+        disk = Path(vm["paths"]["disk"])
+        fill_s, _ = timed(lambda: fill(disk, home))
+        allocated = disk.stat().st_blocks * 512
+        print(f"disk: 2 GiB virtual, {allocated / MIB:.0f} MiB allocated "
+              f"(filled in {fill_s:.1f} s)", flush=True)  # fmt: skip
+        cloudlet(home, "start", "bench")
+
+        floor = home / "floor.qcow2"
+        floor_s, _ = timed(lambda: subprocess.run(
+            ["qemu-img", "convert", "-U", "-f", "qcow2", "-O", "qcow2", str(disk), str(floor)],
+            check=True,
+        ))  # fmt: skip
+        floor.unlink()
+
+        full_s, out = timed(lambda: cloudlet(home, "backup", "create", "bench", "-o", "json"))
+        full = json.loads(out.stdout)
+        cloudlet(
+            home, "exec", "bench", "--", "sh", "-c",
+            f"dd if=/dev/urandom of=/dev/vda bs=1M count={CHANGE // MIB} seek=1024 "
+            "conv=fsync 2>/dev/null",
+        )  # fmt: skip
+        inc_s, out = timed(lambda: cloudlet(home, "backup", "create", "bench", "-o", "json"))
+        inc = json.loads(out.stdout)
+        restore_s, _ = timed(
+            lambda: cloudlet(home, "restore", "bench", "--backup", inc["id"], "--as", "back")
+        )
+        verify_s, _ = timed(lambda: cloudlet(home, "backup", "verify", "bench"))
+        cloudlet(home, "stop", "bench", "--force")
+        store = sum(p.stat().st_size for p in (home / "backups" / "chunks").rglob("*"))
+
+        print(f"{'':34}{'time':>9}{'read':>11}{'stored':>11}{'throughput':>16}")
+        print(f"{'qemu-img convert (floor)':34}{floor_s:8.2f}s{allocated / MIB:9.0f}Mi"
+              f"{'':>11}{rate(allocated, floor_s):>16}")  # fmt: skip
+        for label, seconds, b in (
+            ("cloudlet backup create (full)", full_s, full),
+            ("cloudlet backup create (incr, 1%)", inc_s, inc),
+        ):
+            print(f"{label:34}{seconds:8.2f}s{b['read'] / MIB:9.0f}Mi{b['stored'] / MIB:9.0f}Mi"
+                  f"{rate(b['read'], seconds):>16}")  # fmt: skip
+        print(f"{'cloudlet restore --as (from incr)':34}{restore_s:8.2f}s")
+        print(f"{'cloudlet backup verify (both)':34}{verify_s:8.2f}s")
+        print(
+            f"\nfull / floor: {full_s / floor_s:.2f}x   incremental: {inc_s / full_s:.1%} of "
+            f"the full's time, {inc['stored'] / full['stored']:.1%} of its stored bytes "
+            f"({inc['kind']})   store: {store / MIB:.0f} MiB for both backups"
+        )
+    finally:
+        subprocess.run(
+            [sys.executable, "-m", "cloudlet", "delete", "bench"],
+            env={**os.environ, "CLOUDLET_HOME": str(home)},
+            capture_output=True,
+            check=False,
+        )
+        shutil.rmtree(home, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

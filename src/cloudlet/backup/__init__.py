@@ -1,0 +1,1 @@
+"""Backups: a content-addressed chunk store with one manifest per backup, and retention."""

@@ -1,0 +1,245 @@
+"""`cloudlet backup ...`, `cloudlet restore`, `cloudlet export` and `cloudlet import`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from cloudlet.cli import render
+from cloudlet.cli.render import Output, err, out
+from cloudlet.engine.backup_ops import BackupOps, BackupView
+from cloudlet.engine.factory import open_engine
+from cloudlet.errors import CloudletError, InvalidInput
+from cloudlet.spec.instance import BackupPolicy
+from cloudlet.spec.units import format_duration, format_size, parse_duration
+
+backup_app = typer.Typer(
+    help="Full and incremental backups of a VM's root disk, verify, retention.",
+    no_args_is_help=True,
+)
+
+OutputOpt = Annotated[Output, typer.Option("--output", "-o", help="table or json")]
+VmArg = Annotated[str, typer.Argument(help="VM name")]
+
+
+class BackupsCorrupt(CloudletError):
+    exit_code = 1
+    code = "backup_corrupt"
+
+
+def _ops() -> BackupOps:
+    return BackupOps(open_engine())
+
+
+def _notices(ops: BackupOps) -> None:
+    for notice in ops.e.notices:
+        err.print(f"[yellow]note:[/] {notice}")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(backup_app, name="backup")
+    app.command("restore")(restore)
+    app.command("export")(export)
+    app.command("import")(import_)
+
+
+def _table(items: list[BackupView]) -> None:
+    if not items:
+        err.print("no backups yet: 'cloudlet backup create VM'")
+        return
+    table = Table(box=None, pad_edge=False)
+    for column in ("ID", "VM", "CREATED", "KIND", "SIZE", "READ", "STORED", "VERIFIED", "NOTE"):
+        table.add_column(column)
+    for b in items:
+        table.add_row(
+            b.id,
+            b.vm,
+            b.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+            b.kind,
+            format_size(b.size),
+            format_size(b.read),
+            format_size(b.stored),
+            b.verified or "-",
+            b.note,
+        )
+    out.print(table)
+
+
+@backup_app.command("create")
+def backup_create(vm: VmArg, output: OutputOpt = Output.table) -> None:
+    """Back up a VM (running or stopped): the first backup reads all, later ones what changed."""
+    ops = _ops()
+    backup = ops.create(vm)
+    _notices(ops)
+    if output == Output.json:
+        render.print_json(backup.to_dict())
+        return
+    err.print(
+        f"{backup.kind} backup {backup.id} of {vm} ({backup.consistency}): "
+        f"read {format_size(backup.read)}, stored {format_size(backup.stored)} new"
+    )
+    if backup.note:
+        err.print(f"[yellow]note:[/] {backup.note}")
+
+
+@backup_app.command("list")
+def backup_list(
+    vm: Annotated[str | None, typer.Argument(help="VM name (default: all)")] = None,
+    output: OutputOpt = Output.table,
+) -> None:
+    """Backups, newest first."""
+    items = _ops().backups(vm)
+    if output == Output.json:
+        render.print_json([b.to_dict() for b in items])
+    else:
+        _table(items)
+
+
+@backup_app.command("verify")
+def backup_verify(
+    vm: VmArg,
+    backup: Annotated[
+        str | None, typer.Option("--backup", help="one backup (default: all)")
+    ] = None,
+    output: OutputOpt = Output.table,
+) -> None:
+    """Re-read every chunk of the VM's backups and check its SHA-256."""
+    report = _ops().verify(vm, backup)
+    if output == Output.json:
+        render.print_json(report.to_dict())
+    for problem in report.problems:
+        err.print(f"[red]{problem}[/]")
+    if report.problems:
+        raise BackupsCorrupt(
+            f"{len(report.problems)} problem(s) in the backups of {vm}",
+            hint="restore another backup; the next backup stores the data again",
+        )
+    if output != Output.json:
+        err.print(f"{len(report.backups)} backup(s) of {vm} verified: {report.chunks} chunks OK")
+
+
+def _policy_text(policy: BackupPolicy) -> str:
+    every = policy.interval()
+    rules = policy.retention()
+    keep = ", ".join(
+        f"{name} {getattr(rules, name)}"
+        for name in ("last", "hourly", "daily", "weekly", "monthly")
+        if getattr(rules, name)
+    )
+    return (
+        f"every {format_duration(every)}" if every else "not scheduled"
+    ) + f"; keep {keep or 'everything'}"
+
+
+@backup_app.command("policy")
+def backup_policy(
+    vm: VmArg,
+    every: Annotated[
+        str | None, typer.Option(help="interval such as 1h or 1d; 'off' stops")
+    ] = None,
+    keep_last: Annotated[int | None, typer.Option(help="keep the newest N")] = None,
+    keep_hourly: Annotated[int | None, typer.Option(help="keep one per hour, N hours")] = None,
+    keep_daily: Annotated[int | None, typer.Option(help="keep one per day, N days")] = None,
+    keep_weekly: Annotated[int | None, typer.Option(help="keep one per week, N weeks")] = None,
+    keep_monthly: Annotated[int | None, typer.Option(help="keep one per month, N months")] = None,
+    output: OutputOpt = Output.table,
+) -> None:
+    """Show or set when a VM is backed up and which backups are kept (stored in its spec)."""
+    ops = _ops()
+    changes: dict[str, Any] = {
+        k: v
+        for k, v in {
+            "keep_last": keep_last,
+            "keep_hourly": keep_hourly,
+            "keep_daily": keep_daily,
+            "keep_weekly": keep_weekly,
+            "keep_monthly": keep_monthly,
+        }.items()
+        if v is not None
+    }
+    if every is not None:
+        if every.lower() in ("off", "none", "0"):
+            changes.update(every=None, schedule="none")
+        else:
+            seconds = parse_duration(every, what="backup interval")
+            if seconds < 60:
+                raise InvalidInput("backups can run at most once a minute", hint="use 1m or more")
+            changes["every"] = seconds
+    policy = ops.set_policy(vm, changes) if changes else ops.policy(vm)
+    if output == Output.json:
+        render.print_json(policy.model_dump())
+    else:
+        err.print(f"{vm}: {_policy_text(policy)}")
+
+
+@backup_app.command("run-due")
+def backup_run_due() -> None:
+    """Back up every VM whose policy is due, then prune it (run this from cron)."""
+    ops = _ops()
+    lines, failed = ops.run_due()
+    _notices(ops)
+    for line in lines:
+        err.print(line)
+    if not lines:
+        err.print("no backup is due")
+    if failed:
+        raise CloudletError(
+            f"{failed} scheduled backup(s) failed",
+            hint="see the lines above; fix and run 'cloudlet backup run-due' again",
+        )
+
+
+@backup_app.command("prune")
+def backup_prune(vm: VmArg) -> None:
+    """Delete the backups the VM's retention policy no longer keeps, then unused chunks."""
+    gone, freed = _ops().prune(vm)
+    if gone:
+        err.print(f"pruned {len(gone)} backup(s) of {vm}, freed {format_size(freed)}")
+    else:
+        err.print(f"nothing to prune: the policy keeps every backup of {vm}")
+
+
+def restore(
+    vm: VmArg,
+    latest: Annotated[bool, typer.Option("--latest", help="the newest good backup")] = False,
+    backup: Annotated[str | None, typer.Option("--backup", help="backup id")] = None,
+    as_name: Annotated[
+        str | None, typer.Option("--as", help="restore into a new VM of this name")
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="stop the VM first if it runs (in place)")
+    ] = False,
+) -> None:
+    """Restore a VM's disk from a backup, in place (VM stopped) or as a new VM (--as)."""
+    if latest == (backup is not None):
+        raise InvalidInput("say which backup", hint="give --latest or --backup ID")
+    ops = _ops()
+    try:
+        message = ops.restore(vm, backup_id=backup, as_name=as_name, force=force)
+    finally:
+        _notices(ops)
+    err.print(message)
+
+
+def export(
+    vm: VmArg,
+    file: Annotated[Path, typer.Argument(help="the file to write (a tar)")],
+) -> None:
+    """Write a stopped VM (spec and flattened disk, with checksums) to one file."""
+    err.print(_ops().export(vm, file.expanduser()))
+
+
+def import_(
+    file: Annotated[Path, typer.Argument(help="a file made by 'cloudlet export'")],
+    name: Annotated[str | None, typer.Option("--name", help="name of the new VM")] = None,
+    output: OutputOpt = Output.table,
+) -> None:
+    """Create a VM from an exported file, after checking its checksums and disk."""
+    view = _ops().import_(file.expanduser(), name)
+    if output == Output.json:
+        render.print_json(view.to_dict())
+    else:
+        err.print(f"{view.name} imported from {file} (stopped; 'cloudlet start {view.name}')")

@@ -1,0 +1,152 @@
+"""Backups, restores and export/import on real QEMU (TCG here), through the real CLI."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from cloudlet.driver.qemu.runtime import read_record
+from cloudlet.host import processes
+from cloudlet.host.qemu_binaries import qemu_img
+from tests.integration import cli
+
+pytestmark = pytest.mark.integration
+
+MIB = 1 << 20
+
+
+def guest(home: Path, vm: str, script: str) -> str:
+    return cli.run(home, "exec", vm, "--", "sh", "-c", script).stdout
+
+
+def disk_of(home: Path, vm: str) -> Path:
+    return Path(cli.run_json(home, "show", vm)["paths"]["disk"])
+
+
+def copy_paused(home: Path, vm: str, dest: Path) -> dict[str, object]:
+    """Pause the guest, copy its disk with qemu-img, back it up, resume: the copy and
+    the backup hold the same point in time."""
+    cli.run(home, "pause", vm)
+    try:
+        subprocess.run(
+            [qemu_img(), "convert", "-U", "-f", "qcow2", "-O", "qcow2", str(disk_of(home, vm)),
+             str(dest)],
+            check=True,
+        )  # fmt: skip
+        backup: dict[str, object] = cli.run_json(home, "backup", "create", vm)
+    finally:
+        cli.run(home, "resume", vm)
+    return backup
+
+
+def same_disk(a: Path, b: Path) -> None:
+    proc = subprocess.run(
+        [qemu_img(), "compare", "-f", "qcow2", "-F", "qcow2", str(a), str(b)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_incremental_backups_restore_as_new_vms_and_export_import(
+    cloudlet_home: Path, short_tmp: Path
+) -> None:
+    home = cloudlet_home
+    cli.run(home, "create", "web1")
+    write = "dd if=/dev/urandom of=/root/data bs=1M count=80 2>/dev/null && sync"
+    checksum = "sha256sum /root/data | cut -d' ' -f1"
+    guest(home, "web1", write)
+    sum1 = guest(home, "web1", checksum)
+    full = copy_paused(home, "web1", short_tmp / "at1.qcow2")
+    assert full["kind"] == "full" and int(full["stored"]) >= 80 * MIB  # type: ignore[call-overload]
+
+    # change about 1% of the 256 MiB disk
+    guest(home, "web1", "dd if=/dev/urandom of=/root/data bs=1M count=2 seek=7 conv=notrunc "
+                        "2>/dev/null && sync")  # fmt: skip
+    sum2 = guest(home, "web1", checksum)
+    assert sum2 != sum1
+    inc = copy_paused(home, "web1", short_tmp / "at2.qcow2")
+    assert inc["kind"] == "incremental" and inc["note"] == ""
+    assert int(inc["read"]) < 16 * MIB  # type: ignore[call-overload]
+    assert int(inc["stored"]) * 4 < int(full["stored"])  # type: ignore[call-overload]
+    listed = cli.run_json(home, "backup", "list", "web1")
+    assert [b["id"] for b in listed] == [inc["id"], full["id"]]
+    cli.run(home, "backup", "verify", "web1")
+
+    # in place over a running VM: refused without --force
+    refused = cli.run(home, "restore", "web1", "--latest", check=False)
+    assert refused.returncode == 4 and "--force" in refused.stderr
+
+    # each backup as a new VM: the same disk as the copy taken with it, the same file
+    for backup, copy, expected, name in (
+        (full, "at1.qcow2", sum1, "r1"),
+        (inc, "at2.qcow2", sum2, "r2"),
+    ):
+        cli.run(home, "restore", "web1", "--backup", str(backup["id"]), "--as", name)
+        same_disk(disk_of(home, name), short_tmp / copy)
+        cli.run(home, "start", name)
+        assert guest(home, name, checksum) == expected
+        cli.run(home, "stop", name)
+
+    # export the stopped r2, import it under a new name: the same disk
+    cli.run(home, "export", "r2", str(short_tmp / "r2.cloudlet"))
+    cli.run(home, "import", str(short_tmp / "r2.cloudlet"), "--name", "r2-copy")
+    same_disk(disk_of(home, "r2-copy"), disk_of(home, "r2"))
+    assert cli.run_json(home, "show", "r2-copy")["state"] == "stopped"
+
+
+def test_qemu_killed_during_a_backup(cloudlet_home: Path) -> None:
+    home = cloudlet_home
+    cli.run(home, "create", "web1")
+    guest(home, "web1", "dd if=/dev/urandom of=/root/data bs=1M count=24 2>/dev/null && sync")
+    first = cli.run_json(home, "backup", "create", "web1")
+    guest(home, "web1", "dd if=/dev/urandom of=/root/data bs=1M count=32 2>/dev/null && sync")
+
+    # a slow (rate-limited) backup, and QEMU killed -9 while it copies
+    env = {**cli.env_for(home), "CLOUDLET_BACKUP_SPEED": "1M"}
+    proc = subprocess.Popen(
+        cli.argv("backup", "create", "web1"),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    tmp = home / "backups" / "tmp"
+    deadline = time.monotonic() + 60
+    while not (tmp.exists() and any(tmp.iterdir())):
+        assert proc.poll() is None and time.monotonic() < deadline, "the backup never started"
+        time.sleep(0.1)
+    time.sleep(0.5)
+    vm = cli.run_json(home, "show", "web1")
+    info = read_record(home / "run" / vm["id"])
+    assert info is not None
+    os.kill(info.pid, signal.SIGKILL)
+    processes.wait_gone(info.pid, 10.0)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode != 0, stderr
+    assert [b["id"] for b in cli.run_json(home, "backup", "list", "web1")] == [first["id"]]
+
+    # the next backup (after a restart) recovers: work files gone, whole disk read, said why
+    cli.run(home, "start", "web1")
+    again = cli.run_json(home, "backup", "create", "web1")
+    assert again["kind"] == "full" and "read the whole disk" in again["note"]
+    assert again["consistency"] == "file systems frozen"  # tiny's agent froze, then thawed
+    assert not any(tmp.iterdir())
+    cli.run(home, "backup", "verify", "web1")
+    checksum = "sha256sum /root/data | cut -d' ' -f1"
+    kept = guest(home, "web1", checksum)
+    nxt = cli.run_json(home, "backup", "create", "web1")
+    assert nxt["kind"] == "incremental"
+
+    # in place, with --force: the VM is stopped, its disk replaced, the data as backed up
+    guest(home, "web1", "rm /root/data && sync")
+    message = cli.run(home, "restore", "web1", "--latest", "--force").stderr
+    assert f"restored from backup {nxt['id']}" in message
+    cli.run(home, "start", "web1")
+    assert guest(home, "web1", checksum) == kept

@@ -1,0 +1,65 @@
+"""`cloudlet backup|restore|export|import` on the fake engine, through Typer."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from cloudlet.cli import backup_commands, main
+from cloudlet.engine.engine import CreateRequest, Engine
+from cloudlet.errors import CloudletError
+from tests.fakes import make_fake_engine
+
+
+@pytest.fixture
+def engine(short_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> Engine:
+    e = make_fake_engine(short_tmp / "home")
+    e.create(CreateRequest(name="web1"))
+    monkeypatch.setattr(backup_commands, "open_engine", lambda: e)
+    return e
+
+
+def cli(*args: str) -> tuple[int, str, str]:
+    """Exit code, stdout and stderr as `cloudlet` gives them (main() turns a
+    CloudletError into one line and its class's exit code)."""
+    result = CliRunner().invoke(main.app, list(args))
+    error = result.exception
+    if isinstance(error, CloudletError):
+        return error.exit_code, result.stdout, result.stderr + error.one_line()
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_policy_is_shown_set_and_stored_in_the_spec(engine: Engine) -> None:
+    code, _, err = cli("backup", "policy", "web1")
+    assert code == 0 and "not scheduled; keep everything" in err
+    code, _, err = cli("backup", "policy", "web1", "--every", "1h", "--keep-hourly", "24",
+                       "--keep-daily", "7")  # fmt: skip
+    assert code == 0 and "every 1h; keep hourly 24, daily 7" in err
+    policy = engine.spec("web1").backup
+    assert (policy.every, policy.keep_hourly, policy.keep_daily) == (3600, 24, 7)
+    code, out, _ = cli("backup", "policy", "web1", "--every", "off", "-o", "json")
+    assert code == 0 and json.loads(out)["every"] is None and json.loads(out)["keep_daily"] == 7
+    code, _, err = cli("backup", "policy", "web1", "--every", "10s")
+    assert code == 2 and "at most once a minute" in err
+
+
+def test_backup_list_verify_and_restore_arguments(engine: Engine) -> None:
+    code, _, err = cli("backup", "create", "web1")
+    assert code == 0 and "full backup" in err and "(file systems frozen)" in err
+    code, out, _ = cli("backup", "list", "web1", "-o", "json")
+    (backup,) = json.loads(out)
+    assert backup["vm"] == "web1" and backup["kind"] == "full"
+    code, _, err = cli("backup", "verify", "web1")
+    assert code == 0 and "1 backup(s) of web1 verified" in err
+    code, _, err = cli("restore", "web1")
+    assert code == 2 and "--latest or --backup" in err
+    code, _, err = cli("restore", "web1", "--latest")
+    assert code == 4 and "--force" in err
+    code, _, err = cli("restore", "web1", "--backup", "nope", "--as", "x")
+    assert code == 3 and "no backup 'nope'" in err
+    code, _, err = cli("restore", "web1", "--latest", "--as", "web1-restored")
+    assert code == 0 and "web1-restored created from backup" in err
+    assert engine.show("web1-restored").state == "stopped"
