@@ -9,9 +9,11 @@ export DEBIAN_FRONTEND=noninteractive
 # qemu: the hypervisors (x86 and, emulated, ARM); apt, dpkg, e2fsprogs, gzip, mmdebstrap:
 # build images from Debian packages; openssh-client: `cloudlet ssh`; cpio: tests read
 # the initramfs back with GNU cpio; dnsmasq-base, nftables, iproute2: virtual networks
-# (dnsmasq without its system service, one per network)
+# (dnsmasq without its system service, one per network); lvm2, thin-provisioning-tools:
+# LVM pools with thin volumes
 packages="qemu-system-x86 qemu-system-arm qemu-utils python3 python3-venv e2fsprogs gzip
- ca-certificates mmdebstrap openssh-client cpio dnsmasq-base nftables iproute2"
+ ca-certificates mmdebstrap openssh-client cpio dnsmasq-base nftables iproute2
+ lvm2 thin-provisioning-tools"
 missing=""
 for p in $packages; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

@@ -82,6 +82,18 @@ CASES = {
             ExtraDisk("v0011223344ff", Path("/state/pools/default/logs.qcow2"), slot=3),
         )
     ),
+    "lvm-volume": _config(
+        extra_disks=(
+            ExtraDisk(
+                "vab12cd34ef56",
+                Path("/dev/cloudlet-big/vol-data1"),
+                format="raw",
+                serial="data1",
+                slot=0,
+                protocol="host_device",
+            ),
+        )
+    ),
     "tap-nics-and-forwards": _config(
         host_forwards=(HostForward("tcp", 8080, 80), HostForward("udp", 5353, 53)),
         tap_nics=(

@@ -12,9 +12,12 @@ from cloudlet.cli import render
 from cloudlet.cli.render import Output, err, out
 from cloudlet.engine.factory import open_engine
 from cloudlet.engine.storage_ops import PoolView, SnapshotView, StorageOps, VolumeView
+from cloudlet.errors import InvalidInput
 from cloudlet.spec.units import format_size, parse_size
 
-pool_app = typer.Typer(help="Storage pools (directories) that hold volumes.", no_args_is_help=True)
+pool_app = typer.Typer(
+    help="Storage pools (directories or LVM) that hold volumes.", no_args_is_help=True
+)
 volume_app = typer.Typer(help="Data volumes: create, attach, grow, detach.", no_args_is_help=True)
 snapshot_app = typer.Typer(help="Live snapshots of a VM's root disk.", no_args_is_help=True)
 
@@ -72,20 +75,40 @@ def pool_list(output: OutputOpt = Output.table) -> None:
 @pool_app.command("create")
 def pool_create(
     name: Annotated[str, typer.Argument(help="pool name")],
-    path: Annotated[Path, typer.Option(help="directory for the pool's volumes")],
+    devices: Annotated[
+        list[str] | None, typer.Argument(help="block devices of an LVM pool (with --lvm)")
+    ] = None,
+    path: Annotated[
+        Path | None, typer.Option(help="directory for the pool's volumes (directory pool)")
+    ] = None,
+    lvm: Annotated[
+        bool, typer.Option("--lvm", help="one LVM volume group (thin) over the DEVICES")
+    ] = False,
     output: OutputOpt = Output.table,
 ) -> None:
-    """Create a directory pool (the directory is made if missing)."""
-    pool = _ops().pool_create(name, path.expanduser().absolute())
+    """Create a directory pool (--path DIR) or an LVM pool (--lvm /dev/sdb /dev/sdc ...)."""
+    if lvm == (path is not None) or (devices and not lvm):
+        raise InvalidInput(
+            "give either --path DIR or --lvm DEVICE...",
+            hint="'cloudlet pool create fast --path /srv/fast' or "
+            "'cloudlet pool create big --lvm /dev/sdb /dev/sdc'",
+        )
+    ops = _ops()
+    if lvm:
+        pool = ops.pool_create(name, kind="lvm", devices=tuple(devices or ()))
+    else:
+        assert path is not None
+        pool = ops.pool_create(name, path.expanduser().absolute())
+    _notices(ops)
     if output == Output.json:
         render.print_json(pool.to_dict())
     else:
-        err.print(f"pool {name} created at {pool.path}")
+        err.print(f"pool {name} created at {pool.path} ({format_size(pool.fs_total)})")
 
 
 @pool_app.command("delete")
 def pool_delete(name: Annotated[str, typer.Argument(help="pool name")]) -> None:
-    """Forget an empty pool (its directory stays)."""
+    """Delete an empty pool (a directory stays; an LVM pool's VG and PV labels go)."""
     err.print(_ops().pool_delete(name))
 
 
@@ -121,7 +144,7 @@ def volume_create(
     pool: Annotated[str | None, typer.Option(help="pool (default: default)")] = None,
     output: OutputOpt = Output.table,
 ) -> None:
-    """Create an empty thin qcow2 volume."""
+    """Create an empty thin volume (qcow2 file, or thin LV in an LVM pool)."""
     vol = _ops().volume_create(name, parse_size(size, what="volume size", default_unit="G"), pool)
     if output == Output.json:
         render.print_json(vol.to_dict())

@@ -17,7 +17,9 @@ class ExtraDisk:
     """A data volume attached to a VM, at boot or by hot-plug.
 
     ``node`` names the QEMU block node (the device is ``<node>-dev``); ``slot`` is the
-    hot-plug port it sits on (machines with PCIe root ports), or None.
+    hot-plug port it sits on (machines with PCIe root ports), or None. ``format`` is the
+    QEMU format driver (qcow2, raw) and ``protocol`` the one under it: ``file`` for a
+    file, ``host_device`` for a host block device such as an LVM volume.
     """
 
     node: str
@@ -25,6 +27,7 @@ class ExtraDisk:
     format: str = "qcow2"
     serial: str = ""
     slot: int | None = None
+    protocol: str = "file"
 
     @property
     def device_id(self) -> str:

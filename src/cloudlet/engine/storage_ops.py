@@ -187,12 +187,14 @@ def _node(volume_id: str) -> str:
 
 
 def _extra_disk(vol: VolumeRow) -> ExtraDisk:
+    block = vol.format == "raw" and vol.path.startswith("/dev/")
     return ExtraDisk(
         node=_node(vol.id),
         path=Path(vol.path),
         format=vol.format,
         serial=vol.name[:20],
         slot=vol.slot,
+        protocol="host_device" if block else "file",
     )
 
 
@@ -259,6 +261,10 @@ class StorageOps:
             raise NotFound(f"no pool named {name!r}", hint="run 'cloudlet pool list'")
         return row, open_pool(row.kind, row.name, Path(row.path))
 
+    def _overcommit(self, backend: PoolBackend) -> float:
+        """Thin pools may promise more than they hold; thick LVs take their size at once."""
+        return self.e.settings.storage_overcommit if backend.thin else 1.0
+
     def _committed(self, pool: str) -> int:
         with self.e.db.session() as s:
             return sum(s.scalars(select(VolumeRow.size).where(VolumeRow.pool == pool)).all())
@@ -274,7 +280,7 @@ class StorageOps:
             path=row.path,
             fs_total=usage.total,
             fs_free=usage.free,
-            limit=int(usage.total * self.e.settings.storage_overcommit),
+            limit=int(usage.total * self._overcommit(backend)),
             committed=sum(v.size for v in vols),
             allocated=sum(backend.allocated(Path(v.path)) for v in vols),
             volumes=len(vols),
@@ -286,8 +292,15 @@ class StorageOps:
             rows = s.scalars(select(PoolRow).order_by(PoolRow.name)).all()
         return [self._pool_view(r) for r in rows]
 
-    def pool_create(self, name: str, path: Path, kind: str = "dir") -> PoolView:
+    def pool_create(
+        self, name: str, path: Path | None = None, kind: str = "dir", devices: tuple[str, ...] = ()
+    ) -> PoolView:
+        """A directory pool at ``path``, or (kind "lvm") a volume group over ``devices``."""
         validate_name(name, what="pool name")
+        if kind == "lvm":
+            return self._lvm_pool_create(name, devices)
+        if path is None:
+            raise InvalidInput("a directory pool needs a path", hint="add --path DIR")
         spec = PoolSpec(name=name, kind="dir", path=str(path)) if kind == "dir" else None
         backend = open_pool(kind, name, path)  # refuses unknown kinds
         assert spec is not None
@@ -304,6 +317,39 @@ class StorageOps:
                 s.add(PoolRow(name=spec.name, kind=spec.kind, path=spec.path))
         return self.pool(name)
 
+    def _lvm_pool_create(self, name: str, devices: tuple[str, ...]) -> PoolView:
+        from cloudlet.storage import lvm
+
+        vg = lvm.vg_name(name)
+        spec = PoolSpec(name=name, kind="lvm", path=f"/dev/{vg}")
+        self._ensure_default_pool()
+        with self._storage_lock():
+            with self.e.db.session() as s:
+                if s.get(PoolRow, name) is not None:
+                    raise Conflict(f"a pool named {name!r} already exists", hint="pick another")
+            if not lvm.device_mapper_available():
+                raise InvalidInput(
+                    "this kernel has no device-mapper: LVM volumes cannot be activated here",
+                    hint="load the dm-mod module, or use a directory pool (--path)",
+                )
+            lvm.check_devices(devices)  # refuses before anything changes
+            if vg in lvm.existing_vgs():
+                raise Conflict(f"volume group {vg} already exists", hint="pick another pool name")
+            thin = lvm.thin_available()
+            if not thin:
+                self.e.notices.append(
+                    "thin provisioning is not available (thin-provisioning-tools or the "
+                    "dm-thin-pool module missing): volumes are plain LVs that take their size"
+                )
+            lvm.create_pool(name, devices, thin=thin)
+            try:
+                with self.e.db.session() as s:
+                    s.add(PoolRow(name=spec.name, kind=spec.kind, path=spec.path))
+            except BaseException:
+                open_pool("lvm", name, Path(spec.path)).destroy()
+                raise
+        return self.pool(name)
+
     def pool(self, name: str) -> PoolView:
         row, _ = self._pool(name)
         return self._pool_view(row)
@@ -312,17 +358,21 @@ class StorageOps:
         if name == DEFAULT_POOL:
             raise Conflict("the default pool cannot be deleted", hint="delete its volumes instead")
         with self._storage_lock():
-            self._pool(name)
+            pool_row, backend = self._pool(name)
             with self.e.db.session() as s:
                 vols = s.scalars(select(VolumeRow.name).where(VolumeRow.pool == name)).all()
-                if vols:
-                    raise Conflict(
-                        f"pool {name} still holds volumes: {', '.join(sorted(vols))}",
-                        hint="delete them first",
-                    )
+            if vols:
+                raise Conflict(
+                    f"pool {name} still holds volumes: {', '.join(sorted(vols))}",
+                    hint="delete them first",
+                )
+            backend.destroy()
+            with self.e.db.session() as s:
                 row = s.get(PoolRow, name)
                 if row is not None:
                     s.delete(row)
+        if pool_row.kind == "lvm":
+            return f"pool {name} deleted (its volume group and PV labels removed)"
         return f"pool {name} deleted (its directory is left as it is)"
 
     # ------------------------------------------------------------ volumes
@@ -366,14 +416,15 @@ class StorageOps:
             with self.e.db.session() as s:
                 if s.scalar(select(VolumeRow.id).where(VolumeRow.name == name)) is not None:
                     raise Conflict(f"a volume named {name!r} already exists", hint="pick another")
+            size = backend.round_size(spec.size)
             check_thin_limit(
                 pool_row.name,
                 backend.usage(),
-                self.e.settings.storage_overcommit,
+                self._overcommit(backend),
                 self._committed(pool_row.name),
-                spec.size,
+                size,
             )
-            path = backend.create_volume(self.e.deps.disks, name, spec.size)
+            path = backend.create_volume(self.e.deps.disks, name, size)
             try:
                 with self.e.db.session() as s:
                     s.add(
@@ -382,8 +433,8 @@ class StorageOps:
                             name=name,
                             pool=pool_row.name,
                             path=str(path),
-                            format=spec.format,
-                            size=spec.size,
+                            format=backend.volume_format,
+                            size=size,
                         )
                     )
             except BaseException:
@@ -558,26 +609,29 @@ class StorageOps:
             if size == vol.size:
                 return f"volume {volume} is already {format_size(size)}"
             pool_row, backend = self._pool(vol.pool)
+            size = backend.round_size(size)
             with self._storage_lock():
                 check_thin_limit(
                     pool_row.name,
                     backend.usage(),
-                    self.e.settings.storage_overcommit,
+                    self._overcommit(backend),
                     self._committed(pool_row.name),
                     size - vol.size,
                 )
                 row = self._vm_row(vm) if vm is not None else None
-                if row is not None and row.state in _ONLINE:
-                    self.e.driver.resize_disk(row.id, _node(vol.id), size)
-                    how = "online"
-                elif row is not None and row.state not in _OFFLINE:
+                if row is not None and row.state not in _ONLINE | _OFFLINE:
                     raise Conflict(
                         f"cannot resize {volume}: its VM {vm} is {row.state}",
                         hint="wait for it to finish",
                     )
-                else:
-                    self.e.deps.disks.resize(Path(vol.path), size)
-                    how = "offline"
+                online = row is not None and row.state in _ONLINE
+                if backend.block_device or not online:
+                    # a block device grows first; QEMU is then told its new size
+                    backend.grow_volume(self.e.deps.disks, Path(vol.path), size)
+                if online:
+                    assert row is not None
+                    self.e.driver.resize_disk(row.id, _node(vol.id), size)
+                how = "online" if online else "offline"
                 with self.e.db.session() as s:
                     fresh = s.get(VolumeRow, vol.id)
                     assert fresh is not None

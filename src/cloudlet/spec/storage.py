@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from cloudlet.errors import InvalidInput
 from cloudlet.spec.names import validate_name
 
-PoolKind = Literal["dir"]  # "lvm" later
+PoolKind = Literal["dir", "lvm"]
 
 
 def _name(value: str, what: str) -> str:
@@ -24,7 +24,7 @@ class PoolSpec(BaseModel):
 
     name: str
     kind: PoolKind = "dir"
-    path: str = Field(description="absolute directory for a dir pool")
+    path: str = Field(description="absolute directory (dir), /dev/<volume group> (lvm)")
 
     @field_validator("name")
     @classmethod
@@ -38,7 +38,7 @@ class VolumeSpec(BaseModel):
     name: str
     size: int = Field(gt=0, description="bytes (virtual; thin)")
     pool: str = "default"
-    format: Literal["qcow2"] = "qcow2"
+    format: Literal["qcow2", "raw"] = "qcow2"
 
     @field_validator("name")
     @classmethod

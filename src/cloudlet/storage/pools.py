@@ -1,7 +1,7 @@
 """Storage pools: where volumes live, and how full they may get.
 
 A pool backend is small on purpose (``PoolBackend``): a directory of qcow2 files
-today; an LVM volume group can implement the same methods later.
+(``DirPool``) or an LVM volume group of (thin) LVs (``storage.lvm.LvmPool``).
 """
 
 from __future__ import annotations
@@ -35,6 +35,12 @@ class PoolBackend(Protocol):
     kind: str
     name: str
     path: Path
+    block_device: bool  # volumes are host block devices (grown before QEMU is told)
+    volume_format: str  # qcow2 or raw
+
+    @property
+    def thin(self) -> bool:
+        """Volumes take space as they are written (so the overcommit limit applies)."""
 
     def check(self) -> None:
         """Refuse (InvalidInput) a pool that cannot work; may create what is missing."""
@@ -43,18 +49,29 @@ class PoolBackend(Protocol):
 
     def volume_path(self, volume_name: str) -> Path: ...
 
+    def round_size(self, size: int) -> int:
+        """The size a volume asked to be ``size`` really gets."""
+
     def create_volume(self, files: VolumeFiles, volume_name: str, size: int) -> Path: ...
+
+    def grow_volume(self, files: VolumeFiles, path: Path, size: int) -> None: ...
 
     def delete_volume(self, path: Path) -> None: ...
 
     def allocated(self, path: Path) -> int:
         """Bytes a volume really takes (thin volumes take less than their size)."""
 
+    def destroy(self) -> None:
+        """The pool is forgotten: remove what cloudlet made for it (if anything)."""
+
 
 class DirPool:
     """Volumes are ``<name>.qcow2`` files in one directory."""
 
     kind = "dir"
+    block_device = False
+    volume_format = "qcow2"
+    thin = True
 
     def __init__(self, name: str, path: Path) -> None:
         self.name = name
@@ -79,6 +96,9 @@ class DirPool:
     def volume_path(self, volume_name: str) -> Path:
         return self.path / f"{volume_name}.qcow2"
 
+    def round_size(self, size: int) -> int:
+        return size
+
     def create_volume(self, files: VolumeFiles, volume_name: str, size: int) -> Path:
         path = self.volume_path(volume_name)
         if path.exists():
@@ -93,6 +113,9 @@ class DirPool:
             raise
         return path
 
+    def grow_volume(self, files: VolumeFiles, path: Path, size: int) -> None:
+        files.resize(path, size)
+
     def delete_volume(self, path: Path) -> None:
         path.unlink(missing_ok=True)
 
@@ -102,11 +125,18 @@ class DirPool:
         except FileNotFoundError:
             return 0
 
+    def destroy(self) -> None:
+        """The directory and anything left in it stay."""
+
 
 def open_pool(kind: str, name: str, path: Path) -> PoolBackend:
     if kind == "dir":
         return DirPool(name, path)
-    raise InvalidInput(f"unknown pool kind {kind!r}", hint="only directory pools (dir) exist yet")
+    if kind == "lvm":
+        from cloudlet.storage.lvm import LvmPool
+
+        return LvmPool(name, path)
+    raise InvalidInput(f"unknown pool kind {kind!r}", hint="pools are dir or lvm")
 
 
 def check_thin_limit(

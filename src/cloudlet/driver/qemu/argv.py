@@ -164,7 +164,7 @@ def disk_node(disk: ExtraDisk) -> dict[str, object]:
     return {
         "driver": disk.format,
         "node-name": disk.node,
-        "file": {"driver": "file", "filename": str(disk.path)},
+        "file": {"driver": disk.protocol, "filename": str(disk.path)},
     }
 
 
