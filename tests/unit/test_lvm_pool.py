@@ -79,7 +79,7 @@ class FakeLvm:
         if cmd == "lvcreate":
             vg, name = a[-1], a[a.index("--name") + 1]
             if "thin-pool" in a:
-                self.vgs[vg][name] = self._vg_size(vg) * 95 // 100 // EXTENT * EXTENT
+                self.vgs[vg][name] = self._vg_size(vg) * 90 // 100 // EXTENT * EXTENT
             elif "--virtualsize" in a:
                 self.vgs[vg][name] = int(a[a.index("--virtualsize") + 1].rstrip("b"))
             else:
@@ -172,7 +172,7 @@ def test_pool_over_two_devices_holds_a_thin_volume_larger_than_either(
     assert fake_lvm.commands() == [
         "pvcreate --yes /dev/loop7 /dev/loop8",
         "vgcreate --yes cloudlet-big /dev/loop7 /dev/loop8",
-        "lvcreate --yes --type thin-pool --extents 95%FREE --name thinpool cloudlet-big",
+        "lvcreate --yes --type thin-pool --extents 90%FREE --name thinpool cloudlet-big",
     ]
     assert (pool.kind, pool.path) == ("lvm", "/dev/cloudlet-big")
     assert pool.fs_total > DEV_SIZE and pool.limit == int(pool.fs_total * 2.0)

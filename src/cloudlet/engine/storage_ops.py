@@ -327,12 +327,12 @@ class StorageOps:
             with self.e.db.session() as s:
                 if s.get(PoolRow, name) is not None:
                     raise Conflict(f"a pool named {name!r} already exists", hint="pick another")
+            lvm.check_devices(devices)  # refuses before anything changes
             if not lvm.device_mapper_available():
                 raise InvalidInput(
                     "this kernel has no device-mapper: LVM volumes cannot be activated here",
                     hint="load the dm-mod module, or use a directory pool (--path)",
                 )
-            lvm.check_devices(devices)  # refuses before anything changes
             if vg in lvm.existing_vgs():
                 raise Conflict(f"volume group {vg} already exists", hint="pick another pool name")
             thin = lvm.thin_available()

@@ -29,7 +29,7 @@ from cloudlet.storage.pools import FsUsage, VolumeFiles
 VG_PREFIX = "cloudlet-"
 THIN_POOL = "thinpool"
 LV_PREFIX = "vol-"
-THIN_POOL_SHARE = "95%FREE"  # the rest is left for the pool's metadata spare and growth
+THIN_POOL_SHARE = "90%FREE"  # the rest is left for the pool's metadata spare and growth
 _HINT = "install lvm2 (and thin-provisioning-tools for thin volumes)"
 
 
