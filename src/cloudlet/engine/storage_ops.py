@@ -327,7 +327,7 @@ class StorageOps:
             with self.e.db.session() as s:
                 if s.get(PoolRow, name) is not None:
                     raise Conflict(f"a pool named {name!r} already exists", hint="pick another")
-            lvm.check_devices(devices)  # refuses before anything changes
+            nodes = lvm.check_devices(devices)  # refuses before anything changes
             if not lvm.device_mapper_available():
                 raise InvalidInput(
                     "this kernel has no device-mapper: LVM volumes cannot be activated here",
@@ -341,7 +341,7 @@ class StorageOps:
                     "thin provisioning is not available (thin-provisioning-tools or the "
                     "dm-thin-pool module missing): volumes are plain LVs that take their size"
                 )
-            lvm.create_pool(name, devices, thin=thin)
+            lvm.create_pool(name, nodes, thin=thin)
             try:
                 with self.e.db.session() as s:
                     s.add(PoolRow(name=spec.name, kind=spec.kind, path=spec.path))

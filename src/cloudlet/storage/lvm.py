@@ -31,11 +31,12 @@ THIN_POOL = "thinpool"
 LV_PREFIX = "vol-"
 THIN_POOL_SHARE = "90%FREE"  # the rest is left for the pool's metadata spare and growth
 _HINT = "install lvm2 (and thin-provisioning-tools for thin volumes)"
+_QUIET = {"LVM_SUPPRESS_FD_WARNINGS": "1"}  # inherited descriptors are not errors
 
 
 def run(argv: Sequence[str], *, check: bool = True) -> subprocess.CompletedProcess[bytes]:
     """Every command of this module (tests replace it with a recording fake)."""
-    return host_run.run(argv, check=check, hint=_HINT)
+    return host_run.run(argv, check=check, hint=_HINT, env=_QUIET)
 
 
 def vg_name(pool: str) -> str:
@@ -70,17 +71,27 @@ def _is_block_device(path: str) -> bool:
         return False
 
 
-def check_devices(devices: Sequence[str]) -> None:
-    """Refuse (one line, before anything changes) devices that are not free to take."""
+def _resolve(dev: str) -> str:
+    """/dev/disk/by-id/... and other links name the device node they point to."""
+    real = os.path.realpath(dev)
+    return real if real.startswith("/dev/") else dev
+
+
+def check_devices(devices: Sequence[str]) -> list[str]:
+    """Refuse (one line, before anything changes) devices that are not free to take.
+
+    Returns the device nodes (links resolved), in the order given.
+    """
     if not devices:
         raise InvalidInput("an LVM pool needs at least one block device", hint="name the devices")
-    if len(set(devices)) != len(devices):
-        raise InvalidInput("a device is named twice", hint="name each device once")
     for dev in devices:
         if not dev.startswith("/dev/"):
             raise InvalidInput(f"{dev} is not under /dev", hint="give a block device path")
         if not _is_block_device(dev):
             raise InvalidInput(f"{dev} is not a block device", hint="give a disk or loop device")
+    devices = [_resolve(dev) for dev in devices]
+    if len(set(devices)) != len(devices):
+        raise InvalidInput("a device is named twice", hint="name each device once")
     tree = _report_lsblk(devices)
     for dev in devices:
         node = tree.get(dev)
@@ -106,6 +117,7 @@ def check_devices(devices: Sequence[str]) -> None:
                 f"{dev} holds a {probe['TYPE']} file system or signature",
                 hint="pick an unused device, or wipe it first (wipefs -a)",
             )
+    return devices
 
 
 def _report_lsblk(devices: Sequence[str]) -> dict[str, dict[str, Any]]:
