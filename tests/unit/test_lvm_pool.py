@@ -220,6 +220,10 @@ def test_attach_resize_detach_delete_and_pool_delete(
     ops.volume_detach("data1")
     fake_lvm.log.clear()
     ops.volume_delete("data1")
+    fake_lvm.vgs["cloudlet-big"]["mine"] = EXTENT  # an LV someone else made is never removed
+    with pytest.raises(Conflict, match="LVs cloudlet does not know: mine"):
+        ops.pool_delete("big")
+    del fake_lvm.vgs["cloudlet-big"]["mine"]
     ops.pool_delete("big")
     assert fake_lvm.commands() == [
         "lvremove --yes cloudlet-big/vol-data1",
@@ -320,3 +324,33 @@ def test_a_failed_step_undoes_the_earlier_ones(ops: StorageOps, fake_lvm: FakeLv
     ]
     assert fake_lvm.pvs == {} and fake_lvm.vgs == {}
     assert [p.name for p in ops.pools()] == ["default"]
+
+
+def test_cli_pool_create_lvm_list_and_usage_errors(
+    engine: Engine, fake_lvm: FakeLvm, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from cloudlet.cli import main, storage_commands
+    from cloudlet.errors import CloudletError
+
+    monkeypatch.setattr(storage_commands, "open_engine", lambda: engine)
+
+    def cli(*args: str) -> tuple[int, str]:
+        result = CliRunner().invoke(main.app, list(args))
+        if isinstance(result.exception, CloudletError):
+            return result.exception.exit_code, result.exception.one_line()
+        return result.exit_code, result.stdout + result.stderr
+
+    code, text = cli("pool", "create", "big", "--lvm", *DEVS)
+    assert code == 0 and "pool big created at /dev/cloudlet-big" in text, text
+    assert fake_lvm.commands()[:2] == [
+        "pvcreate --yes /dev/loop7 /dev/loop8",
+        "vgcreate --yes cloudlet-big /dev/loop7 /dev/loop8",
+    ]
+    code, text = cli("pool", "list", "-o", "json")
+    (big,) = [p for p in json.loads(text) if p["name"] == "big"]
+    assert big["kind"] == "lvm" and big["fs_total"] > DEV_SIZE
+    for args in (("x",), ("x", "--lvm"), ("x", "/dev/loop7"), ("x", "--path", "/p", "--lvm")):
+        code, text = cli("pool", "create", *args)
+        assert code == 2, (args, text)

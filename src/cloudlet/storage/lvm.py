@@ -281,6 +281,13 @@ class LvmPool:
         """Remove the thin pool, the VG and the PV labels this pool made."""
         argv = ["pvs", "--reportformat", "json", "--options", "pv_name,vg_name"]
         pvs = [str(r["pv_name"]) for r in _report(argv, "pv") if r.get("vg_name") == self.vg]
+        others = sorted(str(r.get("lv_name")) for r in self._lvs() if r.get("lv_name") != THIN_POOL)
+        if others:
+            raise Conflict(
+                f"volume group {self.vg} still holds LVs cloudlet does not know: "
+                f"{', '.join(others)}",
+                hint=f"remove them yourself (lvremove {self.vg}/NAME) if they can go",
+            )
         if self._lv(THIN_POOL) is not None:
             run(["lvremove", "--yes", f"{self.vg}/{THIN_POOL}"])
         run(["vgremove", "--yes", self.vg])
