@@ -119,6 +119,8 @@ class FakeLvm:
             return self._report("vg", rows), 0 if rows or names == list(self.vgs) else 5
         if cmd == "lvs":
             vg = a[-1]
+            if vg not in self.vgs:
+                return "", 5
             rows = [
                 {
                     "lv_name": lv,
@@ -260,6 +262,11 @@ def test_without_thin_provisioning_volumes_are_plain_lvs_within_the_vg(
     ]
     with pytest.raises(CapacityExceeded):
         ops.volume_create("data2", 640 * MIB, pool="big")
+
+    # a VG removed behind cloudlet's back does not break pool list
+    fake_lvm.vgs.pop("cloudlet-big")
+    (big,) = [p for p in ops.pools() if p.name == "big"]
+    assert (big.fs_total, big.allocated, big.volumes) == (0, 0, 1)
 
 
 @pytest.mark.parametrize(

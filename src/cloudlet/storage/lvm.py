@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cloudlet.errors import Conflict, InvalidInput, MissingDependency
+from cloudlet.errors import Conflict, HostCommandError, InvalidInput, MissingDependency
 from cloudlet.host import run as host_run
 from cloudlet.storage.pools import FsUsage, VolumeFiles
 
@@ -224,13 +224,23 @@ class LvmPool:
 
     @property
     def thin(self) -> bool:
-        return self._lv(THIN_POOL) is not None
+        try:
+            return self._lv(THIN_POOL) is not None
+        except HostCommandError:
+            return False
 
     # -------------------------------------------------------------- PoolBackend
     def check(self) -> None:
         self._vg()
 
     def usage(self) -> FsUsage:
+        """The thin pool's size and free data space (the VG's without one); 0 when gone."""
+        try:
+            return self._usage()
+        except HostCommandError:  # the VG went away behind cloudlet's back
+            return FsUsage(total=0, free=0)
+
+    def _usage(self) -> FsUsage:
         pool = self._lv(THIN_POOL, "lv_size", "data_percent")
         if pool is not None:
             size = _num(pool.get("lv_size"))
@@ -270,7 +280,10 @@ class LvmPool:
             run(["lvremove", "--yes", f"{self.vg}/{path.name}"])
 
     def allocated(self, path: Path) -> int:
-        row = self._lv(path.name, "lv_size", "data_percent")
+        try:
+            row = self._lv(path.name, "lv_size", "data_percent")
+        except HostCommandError:
+            return 0
         if row is None:
             return 0
         size = _num(row.get("lv_size"))
