@@ -265,6 +265,13 @@ class StorageOps:
         """Thin pools may promise more than they hold; thick LVs take their size at once."""
         return self.e.settings.storage_overcommit if backend.thin else 1.0
 
+    @staticmethod
+    def _limit_base(backend: PoolBackend) -> str:
+        """What the thin limit multiplies, for messages."""
+        if backend.kind == "lvm":
+            return "thin pool" if backend.thin else "volume group"
+        return "file system"
+
     def _committed(self, pool: str) -> int:
         with self.e.db.session() as s:
             return sum(s.scalars(select(VolumeRow.size).where(VolumeRow.pool == pool)).all())
@@ -423,6 +430,7 @@ class StorageOps:
                 self._overcommit(backend),
                 self._committed(pool_row.name),
                 size,
+                self._limit_base(backend),
             )
             path = backend.create_volume(self.e.deps.disks, name, size)
             try:
@@ -617,6 +625,7 @@ class StorageOps:
                     self._overcommit(backend),
                     self._committed(pool_row.name),
                     size - vol.size,
+                    self._limit_base(backend),
                 )
                 row = self._vm_row(vm) if vm is not None else None
                 if row is not None and row.state not in _ONLINE | _OFFLINE:

@@ -140,7 +140,12 @@ def open_pool(kind: str, name: str, path: Path) -> PoolBackend:
 
 
 def check_thin_limit(
-    pool: str, usage: FsUsage, overcommit: float, committed: int, wanted: int
+    pool: str,
+    usage: FsUsage,
+    overcommit: float,
+    committed: int,
+    wanted: int,
+    under: str = "file system",
 ) -> None:
     """Refuse ``wanted`` more bytes of virtual size beyond the pool's thin limit."""
     limit = int(usage.total * overcommit)
@@ -149,7 +154,7 @@ def check_thin_limit(
         raise CapacityExceeded(
             f"pool {pool} cannot take {format_size(wanted)} more: {format_size(left)} left of "
             f"its {format_size(limit)} limit ({overcommit:g} x {format_size(usage.total)} "
-            "file system)",
+            f"{under})",
             hint="use a smaller size, another pool (--pool), "
             "or raise storage.overcommit in config.toml",
         )
