@@ -482,3 +482,13 @@ def test_memory_state_that_cannot_be_saved_or_loaded_is_a_clear_error(
     assert engine.show("web1").state == "error"
     engine.start("web1")
     assert engine.show("web1").state == "running"
+
+
+def test_a_stale_memory_state_never_makes_a_disk_snapshot_look_like_one(
+    engine: Engine, ops: StorageOps
+) -> None:
+    engine.create(CreateRequest(name="web1"))
+    layer = active_disk(engine, vm_id(engine, "web1"))
+    Path(f"{layer}.vmstate").write_text("left by a killed snapshot")
+    assert not ops.snapshot_create("web1", "s1").memory
+    assert not Path(f"{layer}.vmstate").exists()

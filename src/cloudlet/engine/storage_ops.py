@@ -660,6 +660,8 @@ class StorageOps:
             old_top = active_disk(self.e, row.id, heal=True)
             new_top = self._layers_dir(row.id) / f"{uuid.uuid4()}.qcow2"
             live = row.state in _ONLINE
+            # A memory state left by an older snapshot on this file (killed mid-way) is stale.
+            state_file(old_top).unlink(missing_ok=True)
             with self.e._operation(row, "snapshot") as op_id:
                 frozen = live and not memory and self._freeze(row)
                 paused_here = memory and row.state == VMState.RUNNING
