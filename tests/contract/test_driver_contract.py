@@ -238,3 +238,32 @@ def _eventually(probe: Callable[[], str], expected: str, timeout: float = 30.0) 
         if time.monotonic() > deadline:
             raise AssertionError(f"expected {expected!r}, the guest still shows {value!r}")
         time.sleep(0.3)
+
+
+def test_memory_state_save_and_restore(target: Target, short_tmp: Path) -> None:
+    d, cfg = target.driver, target.config
+    iid = cfg.instance_id
+    if not cfg.disk.exists():
+        target.make_disk(cfg.disk, 64 << 20)
+    d.start(cfg)
+    d.wait_agent(iid, 180)
+    saved = short_tmp / "state.vmstate"
+    with pytest.raises(CloudletError, match="must be paused"):
+        d.save_state(iid, saved)
+    d.pause(iid)
+    d.save_state(iid, saved)
+    assert saved.stat().st_size > 0
+    assert d.power_state(iid) == PowerState.PAUSED
+    d.resume(iid)
+    assert d.power_state(iid) == PowerState.RUNNING
+    with pytest.raises(CloudletError, match="not started to receive"):
+        d.restore_state(iid, saved)
+    d.force_stop(iid)
+    d.cleanup(iid)
+    # a new process started to receive it runs on from the saved state
+    d.start(LaunchConfig(**{**cfg.__dict__, "incoming": True}))
+    assert d.power_state(iid) == PowerState.PAUSED
+    d.restore_state(iid, saved)
+    d.resume(iid)
+    assert d.power_state(iid) == PowerState.RUNNING
+    assert d.exec(iid, ["echo", "back"], timeout=60).stdout == b"back\n"

@@ -112,6 +112,7 @@ CASES = {
         profile="legacy",
         extra_disks=(ExtraDisk("vab12cd34ef56", Path("/p/data1.qcow2"), serial="data1", slot=0),),
     ),
+    "incoming-state": _config(incoming=True),
     "legacy-install-seed": _config(
         profile="legacy",
         install_iso=Path("/state/isos/win2000.iso"),

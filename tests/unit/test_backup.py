@@ -305,6 +305,15 @@ def test_run_due_backs_up_due_vms_then_prunes(engine: Engine, ops: BackupOps) ->
 
 
 # ---------------------------------------------------------------- restore in place
+def test_restore_in_place_drops_memory_snapshot_states(engine: Engine, ops: BackupOps) -> None:
+    backup = ops.create("web1")
+    StorageOps(engine).snapshot_create("web1", "s1", memory=True)
+    instance_dir = engine.paths.instance_dir(vm_id(engine))
+    assert len(list(instance_dir.rglob("*.vmstate"))) == 1
+    ops.restore("web1", backup_id=backup.id, force=True)
+    assert not list(instance_dir.rglob("*.vmstate"))
+
+
 def test_restore_in_place_needs_a_stopped_vm_or_force(engine: Engine, ops: BackupOps) -> None:
     write(engine, 0, "good")
     backup = ops.create("web1")

@@ -14,7 +14,14 @@ import pytest
 from cloudlet.driver.fake.driver import FakeDriver
 from cloudlet.engine.engine import CreateRequest, Engine
 from cloudlet.engine.storage_ops import StorageOps, _snapshot_rows, active_disk, boot_disks
-from cloudlet.errors import CapacityExceeded, Conflict, GuestError, InvalidInput, NotFound
+from cloudlet.errors import (
+    CapacityExceeded,
+    CloudletError,
+    Conflict,
+    GuestError,
+    InvalidInput,
+    NotFound,
+)
 from cloudlet.spec.units import GIB, TIB
 from tests.fakes import FakeDisks, make_fake_engine
 
@@ -396,3 +403,92 @@ def test_snapshot_recorded_but_never_made_is_rolled_back_at_next_start(
     assert fake(engine).vms[iid].config.disk == before
     assert ops.snapshots("web1") == []
     assert content(engine, "web1") == {"f": "1"}
+
+
+# ---------------------------------------------------------------- memory snapshots
+def test_memory_snapshot_revert_resumes_the_guest_where_it_was(
+    engine: Engine, ops: StorageOps
+) -> None:
+    engine.create(CreateRequest(name="web1"))
+    iid = vm_id(engine, "web1")
+    fake(engine).vms[iid].ram["/tmp/pid"] = "42"
+    write(engine, "web1", "/root/keep", "v1")
+    snap = ops.snapshot_create("web1", "pre-patch", memory=True)
+    assert snap.memory and snap.live and not snap.frozen  # paused instead of frozen
+    assert engine.show("web1").state == "running"  # resumed after the save
+    layer = fake(engine).disk_chain(iid)[1]
+    assert (layer.parent / f"{layer.name}.vmstate").exists()
+    assert not list(layer.parent.rglob("*.part"))
+    # the guest changes its memory and disk, reboots, takes a disk-only snapshot
+    fake(engine).vms[iid].ram.clear()
+    write(engine, "web1", "/root/keep", "")
+    ops.snapshot_create("web1", "later", memory=True)
+    later_state = ops.snapshots("web1")[1]
+    assert later_state.memory
+    message = ops.snapshot_revert("web1", "pre-patch", force=True)
+    assert "resumed from its memory state" in message
+    assert engine.show("web1").state == "running"
+    vm = fake(engine).vms[iid]
+    assert vm.ram == {"/tmp/pid": "42"} and vm.config.incoming
+    assert content(engine, "web1") == {"/root/keep": "v1"}
+    assert [(s.name, s.memory) for s in ops.snapshots("web1")] == [("pre-patch", True)]
+    states = list(engine.paths.instance_dir(iid).rglob("*.vmstate"))
+    assert states == [layer.parent / f"{layer.name}.vmstate"]  # the later one went
+    # reverting again works (the state is kept); deleting the snapshot drops it
+    ops.snapshot_revert("web1", "pre-patch", force=True)
+    assert fake(engine).vms[iid].ram == {"/tmp/pid": "42"}
+    ops.snapshot_delete("web1", "pre-patch")
+    assert not list(engine.paths.instance_dir(iid).rglob("*.vmstate"))
+
+
+def test_memory_snapshot_of_a_stopped_vm_is_refused(engine: Engine, ops: StorageOps) -> None:
+    engine.create(CreateRequest(name="web1"), start=False)
+    with pytest.raises(Conflict, match="cannot keep the memory of web1: it is stopped"):
+        ops.snapshot_create("web1", "s1", memory=True)
+    assert ops.snapshots("web1") == []
+
+
+def test_memory_snapshot_of_a_paused_vm_leaves_it_paused(engine: Engine, ops: StorageOps) -> None:
+    engine.create(CreateRequest(name="web1"))
+    engine.pause("web1")
+    assert ops.snapshot_create("web1", "s1", memory=True).memory
+    assert engine.show("web1").state == "paused"
+    assert fake(engine).power_state(vm_id(engine, "web1")).value == "paused"
+
+
+def test_memory_state_that_cannot_be_saved_or_loaded_is_a_clear_error(
+    engine: Engine, ops: StorageOps, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine.create(CreateRequest(name="web1"))
+    iid = vm_id(engine, "web1")
+
+    def refuse(instance_id: str, target: Path) -> None:
+        target.write_text("half")
+        raise Conflict("QEMU could not save the memory state: disk full")
+
+    with monkeypatch.context() as m:
+        m.setattr(fake(engine), "save_state", refuse)
+        with pytest.raises(CloudletError, match="kept its disk but not its memory: QEMU could"):
+            ops.snapshot_create("web1", "s1", memory=True)
+    assert engine.show("web1").state == "running"  # resumed all the same
+    assert [s.memory for s in ops.snapshots("web1")] == [False]
+    assert not list(engine.paths.instance_dir(iid).rglob("*.vmstate*"))
+    ops.snapshot_create("web1", "s2", memory=True)
+    # a VM whose devices changed since cannot load the state: the disk is reverted all the same
+    state = next(engine.paths.instance_dir(iid).rglob("*.vmstate"))
+    state.write_text("garbage")
+    with pytest.raises(CloudletError, match="reverted to s2, but its memory state could not"):
+        ops.snapshot_revert("web1", "s2", force=True)
+    assert engine.show("web1").state == "error"
+    engine.start("web1")
+    assert engine.show("web1").state == "running"
+
+
+def test_a_stale_memory_state_never_makes_a_disk_snapshot_look_like_one(
+    engine: Engine, ops: StorageOps
+) -> None:
+    engine.create(CreateRequest(name="web1"))
+    layer = active_disk(engine, vm_id(engine, "web1"))
+    Path(f"{layer}.vmstate").write_text("left by a killed snapshot")
+    assert not ops.snapshot_create("web1", "s1").memory
+    assert not Path(f"{layer}.vmstate").exists()

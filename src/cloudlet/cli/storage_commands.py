@@ -188,6 +188,8 @@ def _snapshot_chain(vm: str, items: list[SnapshotView]) -> None:
         table.add_column(column)
     for depth, s in enumerate(items):
         kind = ("live, fs frozen" if s.frozen else "live") if s.live else "offline"
+        if s.memory:
+            kind = "live + memory"
         table.add_row(
             ("  " * depth + "└─ " if depth else "") + s.name,
             s.created_at.strftime("%Y-%m-%d %H:%M:%S UTC"),
@@ -200,16 +202,29 @@ def _snapshot_chain(vm: str, items: list[SnapshotView]) -> None:
 
 
 @snapshot_app.command("create")
-def snapshot_create(vm: VmArg, name: SnapArg, output: OutputOpt = Output.table) -> None:
+def snapshot_create(
+    vm: VmArg,
+    name: SnapArg,
+    memory: Annotated[
+        bool,
+        typer.Option(
+            "--memory",
+            help="also keep RAM and device state: a revert resumes the VM where it was",
+        ),
+    ] = False,
+    output: OutputOpt = Output.table,
+) -> None:
     """Snapshot the root disk (live; file systems frozen through the guest agent)."""
     ops = _ops()
     with err.status(f"snapshotting {vm} ..."):
-        snap = ops.snapshot_create(vm, name)
+        snap = ops.snapshot_create(vm, name, memory=memory)
     _notices(ops)
     if output == Output.json:
         render.print_json(snap.to_dict())
     else:
         how = "file systems frozen" if snap.frozen else ("live" if snap.live else "offline")
+        if snap.memory:
+            how = "with memory"
         err.print(f"snapshot {name} of {vm} taken ({how})")
 
 
@@ -229,7 +244,10 @@ def snapshot_revert(
     name: SnapArg,
     force: Annotated[bool, typer.Option("--force", "-f", help="stop a running VM first")] = False,
 ) -> None:
-    """Put the disk back to a snapshot (later snapshots are discarded). The VM must be stopped."""
+    """Put the disk back to a snapshot (later snapshots are discarded). The VM must be stopped.
+
+    A snapshot taken with --memory then resumes the VM where it was when it was taken.
+    """
     with err.status(f"reverting {vm} ..."):
         err.print(_ops().snapshot_revert(vm, name, force=force))
 

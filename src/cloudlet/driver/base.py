@@ -126,6 +126,8 @@ class LaunchConfig:
     # NICs on virtual networks (after the user-mode NIC), and user-mode port forwards.
     tap_nics: tuple[TapNic, ...] = ()
     host_forwards: tuple[HostForward, ...] = ()
+    # Wait for a saved RAM and device state (``-incoming defer``): restore_state loads it.
+    incoming: bool = False
 
 
 @dataclass(frozen=True)
@@ -334,3 +336,14 @@ class Driver(abc.ABC):
     @abc.abstractmethod
     def remove_bitmap(self, instance_id: str, name: str) -> None:
         """Drop a dirty bitmap from the root disk's active layer."""
+
+    # ---------------------------------------------------------------- memory state
+    @abc.abstractmethod
+    def save_state(self, instance_id: str, target: Path) -> None:
+        """Write the paused VM's RAM and device state into ``target`` (created here); the
+        VM stays paused (``resume`` runs it on). Refused unless the VM is paused."""
+
+    @abc.abstractmethod
+    def restore_state(self, instance_id: str, source: Path) -> None:
+        """Load a state written by save_state into a VM started with ``incoming``; wait
+        until it is loaded. The VM is then paused or running: ``resume`` runs it."""

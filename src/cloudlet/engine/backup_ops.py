@@ -46,6 +46,7 @@ from cloudlet.engine.storage_ops import (
     _snapshot_rows,
     active_disk,
     default_disk,
+    state_file,
 )
 from cloudlet.errors import CloudletError, Conflict, InvalidInput, NotFound
 from cloudlet.spec.instance import BackupPolicy, InstanceSpec
@@ -564,6 +565,7 @@ class BackupOps:
                 for path in old:
                     if path != target:
                         path.unlink(missing_ok=True)
+                        state_file(path).unlink(missing_ok=True)  # memory snapshots
                 message = f"{vm} restored from backup {backup.id}"
                 if snaps:
                     message += (

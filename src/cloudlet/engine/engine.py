@@ -8,6 +8,7 @@ engine to open finishes it or rolls it back (``recover``).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import uuid
@@ -713,8 +714,12 @@ class Engine:
                 self._boot(row, wait=wait, op_id=op_id)
             return ActionResult(self.show(name), True, f"{name} is running")
 
-    def _boot(self, row: InstanceRow, *, wait: bool, op_id: int) -> None:
-        """Check capacity, launch QEMU, wait for the agent; the caller holds the VM's lock."""
+    def _boot(self, row: InstanceRow, *, wait: bool, op_id: int, state: Path | None = None) -> None:
+        """Check capacity, launch QEMU, wait for the agent; the caller holds the VM's lock.
+
+        ``state``: a saved RAM and device state (a memory snapshot) to resume from
+        instead of booting; the guest then runs on where it was saved.
+        """
         image = Image.load(Path(row.image_path))
         verdict = self._accel_for(image)
         if verdict.accel == "tcg":
@@ -735,9 +740,14 @@ class Engine:
                 fresh = s.get(InstanceRow, row.id)
                 assert fresh is not None
                 fresh.accel = verdict.accel
+            if state is not None:
+                config = dataclasses.replace(config, incoming=True)
             self.driver.start(config)
+            if state is not None:
+                self.driver.restore_state(row.id, state)
+                self.driver.resume(row.id)
             self._set_state(row.id, VMState.RUNNING)
-            if wait and image.guest_agent:
+            if wait and image.guest_agent and state is None:
                 self.driver.wait_agent(row.id, self.agent_timeout)
         except BaseException as exc:
             self.driver.force_stop(row.id)
@@ -745,7 +755,8 @@ class Engine:
             message = exc.one_line() if isinstance(exc, CloudletError) else repr(exc)
             self._set_state(row.id, VMState.ERROR, message)
             raise
-        self._event(row.name, "started", f"started with {verdict.accel}", op_id)
+        how = " from its memory state" if state is not None else ""
+        self._event(row.name, "started", f"started with {verdict.accel}{how}", op_id)
 
     def stop(self, name: str, *, force: bool = False, timeout: float | None = None) -> ActionResult:
         """ACPI power button, wait, then quit/kill; ``force`` skips the wait."""

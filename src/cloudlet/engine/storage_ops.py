@@ -97,6 +97,7 @@ class SnapshotView:
     live: bool
     frozen: bool
     linked_clones: list[str]
+    memory: bool = False  # RAM and device state kept: a revert resumes the VM there
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -132,6 +133,11 @@ def active_disk(engine: Engine, instance_id: str, *, heal: bool = False) -> Path
             engine._event(vm.name if vm is not None else instance_id, "recovered", message)
             return below
     return path
+
+
+def state_file(layer: Path | str) -> Path:
+    """Where a memory snapshot keeps its RAM and device state: next to its layer."""
+    return Path(f"{layer}.vmstate")
 
 
 def _undo_snapshot(engine: Engine, instance_id: str, snap_id: str, old_top: Path) -> None:
@@ -700,18 +706,30 @@ class StorageOps:
             hint=f"see 'cloudlet snapshot list {row.name}'",
         )
 
-    def snapshot_create(self, vm: str, name: str) -> SnapshotView:
+    def snapshot_create(self, vm: str, name: str, *, memory: bool = False) -> SnapshotView:
+        """Snapshot the root disk; ``memory`` also keeps RAM and device state (the VM is
+        paused meanwhile, so disk and memory match without freezing file systems)."""
         validate_name(name, what="snapshot name")
         with self.e._lock(vm):
             row = self._vm_row(vm)
             self._require(row, _ONLINE | _OFFLINE, "snapshot")
+            if memory and row.state not in _ONLINE:
+                raise Conflict(
+                    f"cannot keep the memory of {vm}: it is {row.state}",
+                    hint="start it first, or snapshot its disk only (without --memory)",
+                )
             if any(s.name == name for s in _snapshot_rows(self.e, row.id)):
                 raise Conflict(f"{vm} already has a snapshot {name!r}", hint="pick another name")
             old_top = active_disk(self.e, row.id, heal=True)
             new_top = self._layers_dir(row.id) / f"{uuid.uuid4()}.qcow2"
             live = row.state in _ONLINE
+            # A memory state left by an older snapshot on this file (killed mid-way) is stale.
+            state_file(old_top).unlink(missing_ok=True)
             with self.e._operation(row, "snapshot") as op_id:
-                frozen = live and self._freeze(row)
+                frozen = live and not memory and self._freeze(row)
+                paused_here = memory and row.state == VMState.RUNNING
+                if paused_here:
+                    self.e.driver.pause(row.id)
                 snap_id = str(uuid.uuid4())
                 try:
                     # Recorded before it is acted on: if this process dies before the new
@@ -739,14 +757,42 @@ class StorageOps:
                             new_top.unlink(missing_ok=True)
                             _undo_snapshot(self.e, row.id, snap_id, old_top)
                         raise
+                    if memory:
+                        self._save_memory(vm, name, row.id, old_top)
+                        if not paused_here:
+                            # Saving hands the disks over to a (never coming) target; only
+                            # cont takes them back. A paused VM then stays paused.
+                            self.e.driver.resume(row.id)
+                            self.e.driver.pause(row.id)
                 finally:
                     if frozen:
                         self.e.driver.thaw_filesystems(row.id)
-                how = (
-                    "file systems frozen" if frozen else ("crash-consistent" if live else "offline")
-                )
+                    if paused_here:
+                        self.e.driver.resume(row.id)
+                how = "file systems frozen" if frozen else ("live" if live else "offline")
+                if memory:
+                    how = "with memory"
+                elif live and not frozen:
+                    how = "crash-consistent"
                 self._remember(vm, "snapshot", f"snapshot {name} taken ({how})", op_id)
         return next(v for v in self.snapshots(vm) if v.name == name)
+
+    def _save_memory(self, vm: str, name: str, instance_id: str, layer: Path) -> None:
+        """Save the paused VM's RAM and device state next to the layer just frozen."""
+        target = state_file(layer)
+        part = Path(f"{target}.part")
+        try:
+            self.e.driver.save_state(instance_id, part)
+            part.rename(target)
+        except CloudletError as exc:
+            part.unlink(missing_ok=True)
+            raise CloudletError(
+                f"snapshot {name} of {vm} kept its disk but not its memory: {exc.message}",
+                hint=f"delete it ('cloudlet snapshot delete {vm} {name}') and try again",
+            ) from None
+        except BaseException:
+            part.unlink(missing_ok=True)
+            raise
 
     def _remember(self, vm: str, kind: str, message: str, op_id: int) -> None:
         self.e._event(vm, kind, message, op_id)
@@ -788,6 +834,7 @@ class StorageOps:
                     live=snap.live,
                     frozen=snap.frozen,
                     linked_clones=sorted(c for c, sid in clones.items() if sid == snap.id),
+                    memory=state_file(path).exists(),
                 )
             )
         return views
@@ -833,9 +880,20 @@ class StorageOps:
                 for path in old_files:
                     if path != target:
                         path.unlink(missing_ok=True)
+                        state_file(path).unlink(missing_ok=True)
                 dropped = f" (discarded later snapshots: {', '.join(s.name for s in later)})"
                 message = f"{vm} reverted to {name}" + (dropped if later else "")
                 self._remember(vm, "snapshot-reverted", message, op_id)
+                saved = state_file(target)
+                if saved.exists():
+                    try:
+                        self.e._boot(self._vm_row(vm), wait=False, op_id=op_id, state=saved)
+                    except CloudletError as exc:
+                        raise CloudletError(
+                            f"{message}, but its memory state could not be loaded: {exc.message}",
+                            hint=f"'cloudlet start {vm}' boots it from the reverted disk",
+                        ) from None
+                    message += " and resumed from its memory state"
         return message
 
     def snapshot_delete(self, vm: str, name: str) -> str:
@@ -877,6 +935,7 @@ class StorageOps:
                     if fresh is not None:
                         s.delete(fresh)
                 layer.unlink(missing_ok=True)
+                state_file(layer).unlink(missing_ok=True)
                 self._remember(vm, "snapshot-deleted", f"snapshot {name} merged and deleted", op_id)
         return f"snapshot {name} of {vm} deleted (its data merged into the layer above)"
 

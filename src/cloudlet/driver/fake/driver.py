@@ -46,6 +46,10 @@ class FakeVM:
     # network: hot-plugged NICs (node -> nic), user-mode port forwards
     nics: dict[str, TapNic] = field(default_factory=dict)
     forwards: set[tuple[str, int]] = field(default_factory=set)
+    # memory: what the guest holds in RAM only (a test hook), and whether the VM waits
+    # for a saved state (started with ``incoming``)
+    ram: dict[str, str] = field(default_factory=dict)
+    awaiting_state: bool = False
 
 
 def _file_size(path: Path) -> int:
@@ -83,7 +87,9 @@ class FakeDriver(Driver):
         if existing is not None and existing.alive:
             raise Conflict("a fake QEMU already runs for this VM")
         self._next_pid += 1
-        vm = FakeVM(config=config, pid=self._next_pid, chain=[config.disk])
+        vm = FakeVM(config=config, pid=self._next_pid, chain=_chain(config.disk))
+        if config.incoming:
+            vm.state, vm.awaiting_state = PowerState.PAUSED, True
         vm.disks = {d.node: (d, _file_size(d.path)) for d in config.extra_disks}
         vm.nics = {n.node: n for n in config.tap_nics}
         vm.forwards = {(f.proto, f.host_port) for f in config.host_forwards}
@@ -152,7 +158,10 @@ class FakeDriver(Driver):
         self._live(instance_id).state = PowerState.PAUSED
 
     def resume(self, instance_id: str) -> None:
-        self._live(instance_id).state = PowerState.RUNNING
+        vm = self._live(instance_id)
+        if vm.awaiting_state:
+            raise Conflict("the VM waits for its memory state (restore_state)")
+        vm.state = PowerState.RUNNING
 
     def wait_agent(self, instance_id: str, timeout: float) -> None:
         self._live(instance_id)
@@ -333,6 +342,41 @@ class FakeDriver(Driver):
         for bitmap in data.get("bitmaps", {}).values():
             bitmap["inconsistent"] = True
         top.write_text(json.dumps(data))
+
+    # memory state ------------------------------------------------------------
+    def save_state(self, instance_id: str, target: Path) -> None:
+        vm = self._live(instance_id)
+        if vm.state != PowerState.PAUSED:
+            raise Conflict("the VM must be paused while its memory state is saved")
+        state = {"ram": vm.ram, "memory_mib": vm.config.memory_mib, "disk": str(vm.chain[-1])}
+        target.write_text(json.dumps(state))
+
+    def restore_state(self, instance_id: str, source: Path) -> None:
+        vm = self._live(instance_id)
+        if not vm.awaiting_state:
+            raise Conflict("the VM was not started to receive a memory state")
+        try:
+            state = json.loads(source.read_text())
+        except (OSError, ValueError) as exc:
+            raise CloudletError(f"QEMU could not load the memory state: {exc}") from None
+        if state.get("memory_mib") != vm.config.memory_mib:
+            raise CloudletError("QEMU could not load the memory state: RAM size differs")
+        vm.ram, vm.awaiting_state = dict(state["ram"]), False
+
+
+def _chain(disk: Path) -> list[Path]:
+    """The root disk's layers, top first, as QEMU would open them (fake files name their
+    backing layer; anything else is a single layer)."""
+    chain = [disk]
+    while len(chain) < 100:
+        try:
+            below = json.loads(chain[-1].read_text()).get("backing")
+        except (OSError, ValueError, AttributeError):
+            break
+        if not below:
+            break
+        chain.append(Path(below))
+    return chain
 
 
 def _content(path: Path) -> dict[str, str]:

@@ -316,4 +316,7 @@ def build_argv(qemu: str, config: LaunchConfig) -> list[str]:
     if config.uuid:
         argv += ["-uuid", config.uuid]
     argv += ["-pidfile", sockets["pidfile"]]
+    if config.incoming:
+        # Paused until a saved state arrives over QMP (migrate-incoming with an fd).
+        argv += ["-S", "-incoming", "defer"]
     return argv

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -40,12 +41,14 @@ from cloudlet.host.run import spawn
 
 START_TIMEOUT = 60.0
 _FAILED_STATES = {"internal-error", "guest-panicked", "io-error"}
-_PAUSED_STATES = {"paused", "suspended"}
+# A saved or awaited memory state (migration) leaves the vCPUs stopped, like a pause.
+_PAUSED_STATES = {"paused", "suspended", "postmigrate", "inmigrate", "finish-migrate"}
 AGENT_CHARDEV = "qga0"
 AGENT_DEVICE = "qga0-port"
 ROOT_DEVICE = "disk0-dev"
 _BUILTIN_DEVICES = {"disk0-dev", "seed0-dev", "install0-dev"}
 JOB_TIMEOUT = 3600.0
+STATE_TIMEOUT = 600.0
 
 
 def _qdev_id(qdev: str) -> str:
@@ -517,3 +520,39 @@ class QemuDriver(Driver):
         info = self._require(instance_id)
         top = str(self._root_block(info)["node-name"])
         qmp.execute(info.qmp_socket, "block-dirty-bitmap-remove", {"node": top, "name": name})
+
+    # ---------------------------------------------------------------- memory state
+    def _migrate(self, info: RuntimeInfo, fd: int, command: str, what: str) -> None:
+        # A paused guest's RAM goes out as fast as the disk takes it (the default limit is
+        # 128 MiB/s, made for live migration over a network).
+        setup = [("migrate-set-parameters", {"max-bandwidth": 1 << 40})]
+        data = qmp.migrate_fd(
+            info.qmp_socket,
+            fd,
+            command,
+            setup=setup if command == "migrate" else None,
+            timeout=STATE_TIMEOUT,
+        )
+        if data.get("status") != "completed":
+            reason = data.get("error-desc") or data.get("status")
+            raise CloudletError(f"QEMU could not {what} the memory state: {reason}")
+
+    def save_state(self, instance_id: str, target: Path) -> None:
+        info = self._require(instance_id)
+        if qmp.status(info.qmp_socket) not in _PAUSED_STATES:
+            raise Conflict("the VM must be paused while its memory state is saved")
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            self._migrate(info, fd, "migrate", "save")
+        finally:
+            os.close(fd)
+
+    def restore_state(self, instance_id: str, source: Path) -> None:
+        info = self._require(instance_id)
+        if "-incoming" not in info.argv:
+            raise Conflict("the VM was not started to receive a memory state")
+        fd = os.open(source, os.O_RDONLY)
+        try:
+            self._migrate(info, fd, "migrate-incoming", "load")
+        finally:
+            os.close(fd)

@@ -173,3 +173,47 @@ def execute_and_wait(
     late = f"{command} did not finish within {timeout:.0f} s"
     conversation = _execute_and_wait(path, command, args, events, done, timeout, accepted)
     return _run(conversation, path, command, late)
+
+
+async def _migrate_fd(
+    path: Path, fd: int, command: str, setup: list[tuple[str, dict[str, Any]]], timeout: float
+) -> dict[str, Any]:
+    client = QMPClient("cloudlet-migrate")
+    try:
+        await asyncio.wait_for(client.connect(str(path)), 5.0)
+        for name, args in setup:
+            await asyncio.wait_for(client.execute(name, args), 10.0)
+        # The fd belongs to this monitor connection: hand it over, name it, use it.
+        client.send_fd_scm(fd)
+        await asyncio.wait_for(client.execute("getfd", {"fdname": "cloudlet-state"}), 10.0)
+        await asyncio.wait_for(client.execute(command, {"uri": "fd:cloudlet-state"}), 10.0)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            info: dict[str, Any] = dict(
+                await asyncio.wait_for(client.execute("query-migrate"), 10.0)  # type: ignore[call-overload]
+            )
+            if info.get("status") in ("completed", "failed", "cancelled"):
+                return info
+            if loop.time() > deadline:
+                raise TimeoutError
+            await asyncio.sleep(0.05)
+    finally:
+        await client.disconnect()
+
+
+def migrate_fd(
+    path: Path,
+    fd: int,
+    command: str,
+    *,
+    setup: list[tuple[str, dict[str, Any]]] | None = None,
+    timeout: float,
+) -> dict[str, Any]:
+    """Pass ``fd`` to QEMU (SCM_RIGHTS + getfd), run ``command`` (``migrate`` or
+    ``migrate-incoming``) on ``fd:`` and wait, on one connection, until it ends.
+
+    Returns query-migrate's last answer (``status`` completed, failed or cancelled).
+    """
+    late = f"{command} did not finish within {timeout:.0f} s"
+    return _run(_migrate_fd(path, fd, command, setup or [], timeout), path, command, late)
