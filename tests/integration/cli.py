@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from cloudlet.host import processes
+
 
 def env_for(home: Path) -> dict[str, str]:
     env = dict(os.environ)
@@ -64,3 +66,18 @@ def spawn(home: Path, *args: str) -> subprocess.Popen[str]:
         stdin=subprocess.DEVNULL,
         text=True,
     )
+
+
+def our_processes(marker: str, programs: tuple[str, ...] = ("qemu-system",)) -> list[int]:
+    """Live processes of ``programs`` whose argv names ``marker`` (a VM id or a state
+    directory): the ones a test started, found by pid scan, never by name alone."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        pid = int(entry.name)
+        argv = processes.cmdline(pid)
+        ours = argv and any(p in argv[0] for p in programs) and any(marker in a for a in argv)
+        if ours and processes.is_alive(pid):
+            found.append(pid)
+    return found

@@ -24,19 +24,6 @@ def runtime(home: Path, vm: dict[str, object]):  # type: ignore[no-untyped-def]
     return read_record(home / "run" / str(vm["id"]))
 
 
-def qemu_pids_for(instance_id: str) -> list[int]:
-    """QEMU processes whose command line names this VM's id (ours, found by pid scan)."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            pid = int(proc.name)
-            argv = processes.cmdline(pid)
-            ours = argv and "qemu-system" in argv[0] and any(instance_id in a for a in argv)
-            if ours and processes.is_alive(pid):
-                found.append(pid)
-    return found
-
-
 def test_create_exec_sees_shape_and_vm_outlives_cli(cloudlet_home: Path) -> None:
     home = cloudlet_home
     created = cli.run_json(home, "create", "web1", "--cpus", "2", "--memory", "768M")
@@ -181,7 +168,7 @@ def test_two_concurrent_starts_give_one_qemu(cloudlet_home: Path) -> None:
     assert [first.returncode, second.returncode] == [0, 0], outputs
     messages = sorted(err.strip().splitlines()[-1] for _, err in outputs)
     assert messages == ["race is already running", "race is running"]
-    assert len(qemu_pids_for(vm["id"])) == 1
+    assert len(cli.our_processes(vm["id"])) == 1
 
 
 def test_console_attaches_and_detaches(cloudlet_home: Path) -> None:

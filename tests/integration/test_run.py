@@ -19,6 +19,7 @@ import pytest
 from tests.integration import cli
 
 pytestmark = pytest.mark.integration
+QEMU_AND_VIRTIOFSD = ("qemu-system", "virtiofsd")
 
 
 def run(
@@ -33,28 +34,12 @@ def run(
     )
 
 
-def qemu_pids_for(home: Path) -> list[int]:
-    """QEMU or virtiofsd processes whose argv names this test's state directory."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        is_ours = any(str(home).encode() in a for a in argv)
-        if argv and (b"qemu-system" in argv[0] or b"virtiofsd" in argv[0]) and is_ours:
-            found.append(int(entry.name))
-    return found
-
-
 def assert_nothing_left(home: Path) -> None:
     vms = json.loads(cli.run(home, "list", "--all", "-o", "json").stdout)
     assert vms == [], vms
     assert list((home / "instances").iterdir()) == []
     assert [p.name for p in (home / "run").iterdir()] == []
-    assert qemu_pids_for(home) == []
+    assert cli.our_processes(str(home), QEMU_AND_VIRTIOFSD) == []
     mounts = Path("/proc/self/mountinfo").read_text().splitlines()
     assert [m for m in mounts if str(home) in m] == []
 
@@ -238,7 +223,9 @@ def test_interrupt_and_kill_leave_nothing(cloudlet_home: Path) -> None:
             stderr=subprocess.PIPE,
             preexec_fn=cli.default_sigint,
         )
-        wait_until(lambda: qemu_pids_for(cloudlet_home), 60, "QEMU to start")
+        wait_until(
+            lambda: cli.our_processes(str(cloudlet_home), QEMU_AND_VIRTIOFSD), 60, "QEMU to start"
+        )
         time.sleep(1.0)
         proc.send_signal(sig)
         proc.wait(timeout=60)
@@ -247,7 +234,11 @@ def test_interrupt_and_kill_leave_nothing(cloudlet_home: Path) -> None:
             assert_nothing_left(cloudlet_home)
         else:
             # Nobody ran the CLI's cleanup: its watcher has to.
-            wait_until(lambda: not qemu_pids_for(cloudlet_home), 60, "the watcher")
+            wait_until(
+                lambda: not cli.our_processes(str(cloudlet_home), QEMU_AND_VIRTIOFSD),
+                60,
+                "the watcher",
+            )
             wait_until(lambda: not list((cloudlet_home / "run").iterdir()), 30, "run files")
             assert_nothing_left(cloudlet_home)
 

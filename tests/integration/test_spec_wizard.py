@@ -8,7 +8,6 @@ from pathlib import Path
 import pexpect
 import pytest
 
-from cloudlet.host import processes
 from tests.integration import cli
 
 pytestmark = pytest.mark.integration
@@ -37,17 +36,6 @@ def answer(child: pexpect.spawn, answers: dict[str, str]) -> None:
     for prompt, pattern in PROMPTS.items():
         child.expect(pattern)
         child.sendline(answers.get(prompt, ""))
-
-
-def qemu_of(home: Path) -> list[int]:
-    """QEMU processes started for this state directory (found by pid scan)."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            argv = processes.cmdline(int(proc.name))
-            if argv and "qemu-system" in argv[0] and any(str(home) in a for a in argv):
-                found.append(int(proc.name))
-    return found
 
 
 def spec_without_name(home: Path, name: str) -> str:
@@ -123,7 +111,7 @@ def test_ctrl_c_halfway_creates_nothing(cloudlet_home: Path, tmp_path: Path) -> 
     assert child.before.strip().splitlines()[-1].strip() == "cancelled: nothing was created"
     assert cli.run_json(home, "list") == []
     assert not any((home / "instances").glob("*")) and not list(tmp_path.iterdir())
-    assert qemu_of(home) == []
+    assert cli.our_processes(str(home)) == []
 
 
 def test_a_process_vm_is_handed_to_cloudlet_run(cloudlet_home: Path, tmp_path: Path) -> None:

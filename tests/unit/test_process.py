@@ -27,7 +27,7 @@ def test_share_defaults_to_the_host_path_and_reads_ro(tmp_path: Path) -> None:
     (tmp_path / "src").mkdir()
     share = p.parse_share("src", tmp_path)
     assert share == p.ShareSpec(host=tmp_path / "src", guest=str(tmp_path / "src"))
-    ro = p.parse_share("src:/work/../data:ro", tmp_path)
+    ro = p.parse_share("src:/srv/../data:ro", tmp_path)
     assert (ro.guest, ro.read_only) == ("/data", True)
 
 

@@ -244,11 +244,10 @@ class ProcessVMs:
             # The image's own init boots the system; then the agent starts the program.
             engine.driver.wait_agent(row.id, engine.agent_timeout)
             engine.driver.exec(row.id, g.BOOTED_START, timeout=60)
-        engine._set_state(row.id, VMState.RUNNING)
         with engine.db.session() as s:
             fresh = s.get(InstanceRow, row.id)
             if fresh is not None:
-                fresh.accel = verdict.accel
+                fresh.state, fresh.accel = VMState.RUNNING.value, verdict.accel
         self._spawn_watcher(row)
         return RunningProcessVM(row.name, row.id, verdict.accel, conns, spec, notices)
 

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 
 from cloudlet.process import copies
+from cloudlet.process import guest_init as g
 from cloudlet.spec.process import CopySpec
 
 CHUNK = 64 * 1024
@@ -122,8 +123,6 @@ class Relay:
         copy_in: tuple[CopySpec, ...] = (),
         copy_out: tuple[CopySpec, ...] = (),
     ) -> None:
-        from cloudlet.process import guest_init as g
-
         self.status = conns[g.PORT_STATUS]
         self.pumps: list[_Pump] = []
         self.jobs: list[_Job] = []
