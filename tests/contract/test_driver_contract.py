@@ -10,7 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from cloudlet.driver.base import Driver, ExtraDisk, HostForward, LaunchConfig, PowerState, TapNic
+from cloudlet.driver.base import (
+    DiskCopy,
+    Driver,
+    ExtraDisk,
+    HostForward,
+    LaunchConfig,
+    PowerState,
+    TapNic,
+)
 from cloudlet.errors import CloudletError
 
 
@@ -210,20 +218,60 @@ def test_backup_copies_and_dirty_bitmaps(target: Target) -> None:
         return sorted(b.name for b in d.disk_bitmaps(iid))
 
     assert names() == []
-    d.backup_disk(iid, copies[0], new_bitmap="b1", since=None)
+    d.backup_disks(iid, [DiskCopy(copies[0], new_bitmap="b1")])
     (bitmap,) = d.disk_bitmaps(iid)
     assert bitmap.name == "b1" and bitmap.recording and not bitmap.inconsistent
     # an unknown bitmap fails the whole transaction: no new bitmap either
     with pytest.raises(CloudletError):
-        d.backup_disk(iid, copies[1], new_bitmap="b2", since="nope")
+        d.backup_disks(iid, [DiskCopy(copies[1], new_bitmap="b2", since="nope")])
     assert names() == ["b1"]
-    d.backup_disk(iid, copies[2], new_bitmap="b2", since="b1")
+    d.backup_disks(iid, [DiskCopy(copies[2], new_bitmap="b2", since="b1")])
     assert names() == ["b1", "b2"]  # "since" stays until the caller drops it
     d.remove_bitmap(iid, "b1")
     assert names() == ["b2"]
     # a snapshot puts a new active layer on top: the bitmaps stay on the old one
     d.snapshot_disk(iid, cfg.disk.parent / "s1.qcow2")
     assert names() == []
+
+
+def test_one_backup_transaction_covers_root_and_volume(target: Target) -> None:
+    cfg = target.config
+    if not cfg.disk.exists():
+        target.make_disk(cfg.disk, 64 << 20)
+    volume = ExtraDisk("vcontract02", cfg.disk.parent / "vol.qcow2", serial="data1", slot=0)
+    target.make_disk(volume.path, 32 << 20)
+    cfg = LaunchConfig(**{**cfg.__dict__, "extra_disks": (volume,)})
+    d, iid = target.driver, cfg.instance_id
+    d.start(cfg)
+    root_size = 64 << 20
+    if d.name == "qemu":
+        from cloudlet.storage.qcow2 import virtual_size
+
+        root_size = virtual_size(cfg.disk, "qcow2")
+    work = {n: cfg.disk.parent / f"{n}.qcow2" for n in ("r1", "v1", "r2", "v2")}
+    for name, path in work.items():
+        target.make_disk(path, root_size if name.startswith("r") else 32 << 20)
+
+    def names(node: str | None) -> list[str]:
+        return sorted(b.name for b in d.disk_bitmaps(iid, node))
+
+    d.backup_disks(
+        iid,
+        [DiskCopy(work["r1"], new_bitmap="b1"), DiskCopy(work["v1"], volume.node, "b1")],
+    )
+    assert names(None) == ["b1"] and names(volume.node) == ["b1"]
+    # one bad disk fails the whole transaction: no bitmap starts on the good one either
+    with pytest.raises(CloudletError):
+        d.backup_disks(
+            iid,
+            [
+                DiskCopy(work["r2"], new_bitmap="b2", since="b1"),
+                DiskCopy(work["v2"], volume.node, "b2", since="nope"),
+            ],
+        )
+    assert names(None) == ["b1"] and names(volume.node) == ["b1"]
+    d.remove_bitmap(iid, "b1", volume.node)
+    assert names(None) == ["b1"] and names(volume.node) == []
 
 
 def _eventually(probe: Callable[[], str], expected: str, timeout: float = 30.0) -> bool:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -131,8 +131,24 @@ class LaunchConfig:
 
 
 @dataclass(frozen=True)
+class DiskCopy:
+    """One disk of a live backup, copied into ``target`` (an empty qcow2 of its size).
+
+    ``node`` None is the root disk's active layer, else a volume's block node. A
+    persistent bitmap ``new_bitmap`` starts recording on it at the backup's instant
+    (None: none starts, as on a raw volume, which cannot keep one); ``since`` None copies
+    all of it, else only the clusters dirty in that bitmap (which is left as it was).
+    """
+
+    target: Path
+    node: str | None = None
+    new_bitmap: str | None = None
+    since: str | None = None
+
+
+@dataclass(frozen=True)
 class DirtyBitmap:
-    """A dirty bitmap on the root disk's active layer: which clusters changed since it began.
+    """A dirty bitmap on a disk's active layer: which clusters changed since it began.
 
     ``inconsistent``: QEMU did not close the disk cleanly while it recorded (kill -9,
     host crash), so it may miss writes and can only be removed.
@@ -312,30 +328,28 @@ class Driver(abc.ABC):
 
     # ---------------------------------------------------------------- backups (live)
     @abc.abstractmethod
-    def disk_bitmaps(self, instance_id: str) -> list[DirtyBitmap]:
-        """The dirty bitmaps on the running VM's root disk's active layer."""
+    def disk_bitmaps(self, instance_id: str, node: str | None = None) -> list[DirtyBitmap]:
+        """The dirty bitmaps on a disk of the running VM (``node`` None: the root disk's
+        active layer, else a volume's block node)."""
 
     @abc.abstractmethod
-    def backup_disk(
+    def backup_disks(
         self,
         instance_id: str,
-        target: Path,
+        copies: Sequence[DiskCopy],
         *,
-        new_bitmap: str,
-        since: str | None,
         speed: int = 0,
         started: Callable[[], None] | None = None,
     ) -> None:
-        """Copy the root disk as it is now into ``target`` (an empty qcow2 of its size):
-        all of it (``since`` None) or only the clusters dirty in bitmap ``since``, which
-        is left as it was. In the same instant a persistent bitmap ``new_bitmap`` starts
-        recording on the active layer. ``started`` is called once that instant has passed
-        (the guest may write again: thaw it). Waits until the copy is done; ``speed``
-        limits it (bytes/s, 0: no limit)."""
+        """Copy every disk of ``copies`` as it is now, all at one instant (one
+        transaction: the bitmaps start and the copies begin together, or nothing
+        happens). ``started`` is called once that instant has passed (the guest may
+        write again: thaw it). Waits until every copy is done; ``speed`` limits each
+        (bytes/s, 0: no limit). A failed copy fails the call and drops the new bitmaps."""
 
     @abc.abstractmethod
-    def remove_bitmap(self, instance_id: str, name: str) -> None:
-        """Drop a dirty bitmap from the root disk's active layer."""
+    def remove_bitmap(self, instance_id: str, name: str, node: str | None = None) -> None:
+        """Drop a dirty bitmap from a disk (``node`` as in disk_bitmaps)."""
 
     # ---------------------------------------------------------------- memory state
     @abc.abstractmethod

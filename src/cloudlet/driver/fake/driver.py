@@ -10,13 +10,14 @@ from __future__ import annotations
 import json
 import shlex
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cloudlet.driver.base import (
     DirtyBitmap,
+    DiskCopy,
     Driver,
     ExecResult,
     ExtraDisk,
@@ -278,15 +279,21 @@ class FakeDriver(Driver):
         self._live(instance_id).forwards.discard((forward.proto, forward.host_port))
 
     # backups ----------------------------------------------------------------
-    # A bitmap lives in the active layer's JSON ("bitmaps": name -> the content it started
-    # from, and whether it is inconsistent): like QEMU's, it survives a restart and is
-    # left behind on the old layer by a snapshot.
-    def _layer(self, instance_id: str) -> tuple[Path, dict[str, Any]]:
-        top = self._live(instance_id).chain[0]
+    # A bitmap lives in the disk's JSON (the root's active layer, or the volume's file):
+    # "bitmaps": name -> the content it started from, and whether it is inconsistent.
+    # Like QEMU's, it survives a restart and is left behind on the old layer by a snapshot.
+    def _layer(self, instance_id: str, node: str | None = None) -> tuple[Path, dict[str, Any]]:
+        vm = self._live(instance_id)
+        if node is None:
+            top = vm.chain[0]
+        elif node in vm.disks:
+            top = vm.disks[node][0].path
+        else:
+            raise Conflict(f"the running VM has no disk node {node}")
         return top, json.loads(top.read_text())
 
-    def disk_bitmaps(self, instance_id: str) -> list[DirtyBitmap]:
-        top, data = self._layer(instance_id)
+    def disk_bitmaps(self, instance_id: str, node: str | None = None) -> list[DirtyBitmap]:
+        top, data = self._layer(instance_id, node)
         content = _content(top)
         return [
             DirtyBitmap(
@@ -298,47 +305,54 @@ class FakeDriver(Driver):
             for name, b in sorted(data.get("bitmaps", {}).items())
         ]
 
-    def backup_disk(
+    def backup_disks(
         self,
         instance_id: str,
-        target: Path,
+        copies: Sequence[DiskCopy],
         *,
-        new_bitmap: str,
-        since: str | None,
         speed: int = 0,
         started: Callable[[], None] | None = None,
     ) -> None:
-        top, data = self._layer(instance_id)
-        bitmaps = data.setdefault("bitmaps", {})
-        if new_bitmap in bitmaps:
-            raise CloudletError(f"QEMU refused transaction: bitmap {new_bitmap!r} already exists")
-        if since is not None and (since not in bitmaps or bitmaps[since].get("inconsistent")):
-            raise CloudletError(f"QEMU refused transaction: no usable bitmap {since!r}")
-        if not target.exists():
-            raise CloudletError(f"QEMU refused blockdev-add: {target} does not exist")
-        content = _content(top)
-        if since is not None:
-            base = bitmaps[since]["base"]
-            copied = {k: v for k, v in content.items() if base.get(k) != v}
-        else:
-            copied = content
-        size = _file_size(target)
-        target.write_text(json.dumps({"size": size, "data": copied}))
-        bitmaps[new_bitmap] = {"base": content}
-        top.write_text(json.dumps(data))
+        # Check everything first: a transaction either does all of it or nothing.
+        layers = [self._layer(instance_id, c.node) for c in copies]
+        for copy, (_, data) in zip(copies, layers, strict=True):
+            bitmaps = data.get("bitmaps", {})
+            if copy.new_bitmap in bitmaps:
+                raise CloudletError(
+                    f"QEMU refused transaction: bitmap {copy.new_bitmap!r} already exists"
+                )
+            if copy.since is not None and (
+                copy.since not in bitmaps or bitmaps[copy.since].get("inconsistent")
+            ):
+                raise CloudletError(f"QEMU refused transaction: no usable bitmap {copy.since!r}")
+            if not copy.target.exists():
+                raise CloudletError(f"QEMU refused blockdev-add: {copy.target} does not exist")
+        for copy, (top, data) in zip(copies, layers, strict=True):
+            bitmaps = data.setdefault("bitmaps", {})
+            content = _content(top)
+            if copy.since is not None:
+                base = bitmaps[copy.since]["base"]
+                copied = {k: v for k, v in content.items() if base.get(k) != v}
+            else:
+                copied = content
+            size = _file_size(copy.target)
+            copy.target.write_text(json.dumps({"size": size, "data": copied}))
+            if copy.new_bitmap is not None:
+                bitmaps[copy.new_bitmap] = {"base": content}
+            top.write_text(json.dumps(data))
         if started is not None:
             started()
 
-    def remove_bitmap(self, instance_id: str, name: str) -> None:
-        top, data = self._layer(instance_id)
+    def remove_bitmap(self, instance_id: str, name: str, node: str | None = None) -> None:
+        top, data = self._layer(instance_id, node)
         if name not in data.get("bitmaps", {}):
             raise CloudletError(f"QEMU refused block-dirty-bitmap-remove: no bitmap {name!r}")
         del data["bitmaps"][name]
         top.write_text(json.dumps(data))
 
-    def spoil_bitmaps(self, instance_id: str) -> None:
+    def spoil_bitmaps(self, instance_id: str, node: str | None = None) -> None:
         """Test hook: what QEMU killed while recording leaves, inconsistent bitmaps."""
-        top, data = self._layer(instance_id)
+        top, data = self._layer(instance_id, node)
         for bitmap in data.get("bitmaps", {}).values():
             bitmap["inconsistent"] = True
         top.write_text(json.dumps(data))

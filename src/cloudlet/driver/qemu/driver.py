@@ -7,12 +7,13 @@ import hashlib
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from cloudlet.driver.base import (
     DirtyBitmap,
+    DiskCopy,
     Driver,
     ExecResult,
     ExtraDisk,
@@ -437,11 +438,15 @@ class QemuDriver(Driver):
         self._hmp(info, f"hostfwd_remove net0 {rule}", ok="removed")
 
     # ---------------------------------------------------------------- backups (live)
-    def disk_bitmaps(self, instance_id: str) -> list[DirtyBitmap]:
+    def _bitmap_node(self, info: RuntimeInfo, node: str | None) -> str:
+        """The format node a backup bitmap lives on: the root's active layer or a volume."""
+        return node if node is not None else str(self._root_block(info)["node-name"])
+
+    def disk_bitmaps(self, instance_id: str, node: str | None = None) -> list[DirtyBitmap]:
         info = self._require(instance_id)
-        top = str(self._root_block(info)["node-name"])
-        for node in self._nodes(info):
-            if node.get("node-name") == top:
+        wanted = self._bitmap_node(info, node)
+        for found in self._nodes(info):
+            if found.get("node-name") == wanted:
                 return [
                     DirtyBitmap(
                         name=str(b["name"]),
@@ -449,77 +454,99 @@ class QemuDriver(Driver):
                         inconsistent=bool(b.get("inconsistent", False)),
                         count=int(b.get("count", 0)),
                     )
-                    for b in node.get("dirty-bitmaps", [])
+                    for b in found.get("dirty-bitmaps", [])
                 ]
+        if node is not None:
+            raise Conflict(f"the running VM has no disk node {node}")
         return []
 
-    def backup_disk(
+    def backup_disks(
         self,
         instance_id: str,
-        target: Path,
+        copies: Sequence[DiskCopy],
         *,
-        new_bitmap: str,
-        since: str | None,
         speed: int = 0,
         started: Callable[[], None] | None = None,
     ) -> None:
         info = self._require(instance_id)
-        top = str(self._root_block(info)["node-name"])
-        target_node = "b" + _layer_node(target)[1:]
-        job = "backup-" + target_node
-        qmp.execute(
-            info.qmp_socket,
-            "blockdev-add",
-            {
-                "driver": "qcow2",
-                "node-name": target_node,
-                "file": {"driver": "file", "filename": str(target)},
-            },
-        )
+        targets: list[str] = []
+        actions: list[dict[str, Any]] = []
         try:
-            backup: dict[str, Any] = {
-                "job-id": job,
-                "device": top,
-                "target": target_node,
-                "sync": "full",
-            }
-            if since is not None:
-                # "bitmap" with mode "never": like "incremental", but the old bitmap stays
-                # as it is until the backup is recorded (a failure loses nothing).
-                backup.update(sync="bitmap", bitmap=since, **{"bitmap-mode": "never"})
-            if speed:
-                backup["speed"] = speed
-            actions = [
-                {
-                    "type": "block-dirty-bitmap-add",
-                    "data": {"node": top, "name": new_bitmap, "persistent": True},
-                },
-                {"type": "blockdev-backup", "data": backup},
-            ]
-            data = qmp.execute_and_wait(
+            for copy in copies:
+                device = self._bitmap_node(info, copy.node)
+                target_node = "b" + _layer_node(copy.target)[1:]
+                qmp.execute(
+                    info.qmp_socket,
+                    "blockdev-add",
+                    {
+                        "driver": "qcow2",
+                        "node-name": target_node,
+                        "file": {"driver": "file", "filename": str(copy.target)},
+                    },
+                )
+                targets.append(target_node)
+                backup: dict[str, Any] = {
+                    "job-id": "backup-" + target_node,
+                    "device": device,
+                    "target": target_node,
+                    "sync": "full",
+                }
+                if copy.since is not None:
+                    # "bitmap" with mode "never": like "incremental", but the old bitmap
+                    # stays as it is until the backup is recorded (a failure loses nothing).
+                    backup.update(sync="bitmap", bitmap=copy.since, **{"bitmap-mode": "never"})
+                if speed:
+                    backup["speed"] = speed
+                if copy.new_bitmap is not None:
+                    actions.append(
+                        {
+                            "type": "block-dirty-bitmap-add",
+                            "data": {"node": device, "name": copy.new_bitmap, "persistent": True},
+                        }
+                    )
+                actions.append({"type": "blockdev-backup", "data": backup})
+            jobs = {"backup-" + t for t in targets}
+            ended: dict[str, dict[str, Any]] = {}
+
+            def all_ended(_name: str, data: dict[str, Any]) -> bool:
+                if data.get("device") in jobs:
+                    ended[str(data["device"])] = data
+                return len(ended) == len(jobs)
+
+            # One transaction: every bitmap starts and every copy begins at one instant.
+            qmp.execute_and_wait(
                 info.qmp_socket,
                 "transaction",
                 {"actions": actions},
                 events=("BLOCK_JOB_COMPLETED", "BLOCK_JOB_CANCELLED"),
-                done=lambda _name, d: d.get("device") == job,
+                done=all_ended,
                 timeout=JOB_TIMEOUT,
                 accepted=started,
             )
-            if data.get("error") or data.get("offset") != data.get("len"):
-                with contextlib.suppress(CloudletError):
-                    self.remove_bitmap(instance_id, new_bitmap)
+            failed = [
+                d for d in ended.values() if d.get("error") or d.get("offset") != d.get("len")
+            ]
+            if failed:
+                for copy in copies:
+                    if copy.new_bitmap is not None:
+                        with contextlib.suppress(CloudletError):
+                            self.remove_bitmap(instance_id, copy.new_bitmap, copy.node)
                 raise CloudletError(
-                    f"the backup copy failed: {data.get('error', 'the job was cancelled')}",
+                    f"the backup copy failed: {failed[0].get('error', 'the job was cancelled')}",
                     hint="earlier backups are untouched; try again",
                 )
         finally:
-            with contextlib.suppress(CloudletError):
-                qmp.execute(info.qmp_socket, "blockdev-del", {"node-name": target_node})
+            for target_node in targets:
+                with contextlib.suppress(CloudletError):
+                    qmp.execute(info.qmp_socket, "blockdev-del", {"node-name": target_node})
 
-    def remove_bitmap(self, instance_id: str, name: str) -> None:
+    def remove_bitmap(self, instance_id: str, name: str, node: str | None = None) -> None:
         info = self._require(instance_id)
-        top = str(self._root_block(info)["node-name"])
-        qmp.execute(info.qmp_socket, "block-dirty-bitmap-remove", {"node": top, "name": name})
+        qmp.execute(
+            info.qmp_socket,
+            "block-dirty-bitmap-remove",
+            {"node": self._bitmap_node(info, node), "name": name},
+        )
 
     # ---------------------------------------------------------------- memory state
     def _migrate(self, info: RuntimeInfo, fd: int, command: str, what: str) -> None:
