@@ -103,7 +103,7 @@ class FakeDisks:
         data["backing"] = str(backing) if backing is not None else None
         path.write_text(json.dumps(data))
 
-    def flatten(self, src: Path, dest: Path) -> None:
+    def flatten(self, src: Path, dest: Path, src_format: str = "qcow2") -> None:
         size = self.virtual_size(src)
         dest.write_text(json.dumps({"size": size, "data": self.content(src)}))
 

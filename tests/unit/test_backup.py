@@ -180,12 +180,12 @@ def test_verify_names_the_backup_and_chunk_of_a_flipped_byte(
     data[7] ^= 0x01
     path.write_bytes(bytes(data))
     report = ops.verify("web1")
-    assert report.problems == [f"backup {newer.id}: chunk {digest} is corrupt"]
+    assert report.problems == [f"backup {newer.id}: disk root: chunk {digest} is corrupt"]
     assert [b.verified for b in ops.backups("web1")] == ["failed", "ok"]
     # --latest skips the corrupt backup and restores the newest good one
     ops.restore("web1", as_name="back")
     assert content(engine, "back") == {"0": "same"}
-    with pytest.raises(StoreCorrupt, match=f"backup {newer.id}: chunk {digest}"):
+    with pytest.raises(StoreCorrupt, match=rf"backup {newer.id} \(disk root\): chunk {digest}"):
         ops.restore("web1", backup_id=newer.id, as_name="bad")
     assert [v.name for v in engine.instances()] == ["back", "web1"]
 

@@ -32,6 +32,7 @@ from cloudlet.errors import CapacityExceeded, CloudletError, NotFound
 
 CHUNK_SIZE = 4 << 20
 FORMAT = 1
+ROOT = "root"  # the name of a VM's root disk in a manifest (volumes go by their names)
 
 
 class StoreCorrupt(CloudletError):
@@ -44,14 +45,54 @@ class StoreCorrupt(CloudletError):
 
 @dataclass
 class DiskManifest:
-    """One disk of a backup: its virtual size and the chunk for each 4 MiB (None: zeros)."""
+    """One disk of a backup: its virtual size and the chunk for each 4 MiB (None: zeros).
+
+    ``name`` is "root" or the volume's name; a volume also records what restore needs to
+    make it again (its pool, format and id). ``bitmap`` is where the next incremental of
+    this disk reads from (the dirty bitmap started at this backup's instant, on this
+    layer); None: the next one reads it whole.
+    """
 
     name: str
     virtual_size: int
     chunks: list[str | None]
+    format: str = "qcow2"
+    pool: str = ""
+    volume_id: str = ""
+    bitmap: dict[str, str] | None = None
+    read_bytes: int = 0
+    new_bytes: int = 0
+
+    @property
+    def is_root(self) -> bool:
+        return self.name == ROOT
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "virtual_size": self.virtual_size, "chunks": self.chunks}
+        return {
+            "name": self.name,
+            "virtual_size": self.virtual_size,
+            "chunks": self.chunks,
+            "format": self.format,
+            "pool": self.pool,
+            "volume_id": self.volume_id,
+            "bitmap": self.bitmap,
+            "read_bytes": self.read_bytes,
+            "new_bytes": self.new_bytes,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DiskManifest:
+        return cls(
+            name=data["name"],
+            virtual_size=data["virtual_size"],
+            chunks=data["chunks"],
+            format=data.get("format", "qcow2"),
+            pool=data.get("pool", ""),
+            volume_id=data.get("volume_id", ""),
+            bitmap=data.get("bitmap"),
+            read_bytes=data.get("read_bytes", 0),
+            new_bytes=data.get("new_bytes", 0),
+        )
 
 
 @dataclass
@@ -70,8 +111,8 @@ class Manifest:
     consistency: str = ""
     read_bytes: int = 0
     new_bytes: int = 0  # bytes of chunks this backup added to the store
-    # Where the next incremental reads from: the dirty bitmap started at this backup's
-    # point in time, on this layer of the root disk. None: the next one reads everything.
+    # The root disk's bitmap (DiskManifest.bitmap), also kept here where manifests
+    # written before volumes were backed up have it.
     bitmap: dict[str, str] | None = None
     chunk_size: int = CHUNK_SIZE
     sha256: str = ""
@@ -92,7 +133,7 @@ class Manifest:
             "chunk_size": self.chunk_size,
             "read_bytes": self.read_bytes,
             "new_bytes": self.new_bytes,
-            "bitmap": self.bitmap,
+            "bitmap": self.root.bitmap if self.disks else self.bitmap,
             "disks": [d.to_dict() for d in self.disks],
             "spec": self.spec,
             "vm_row": self.vm_row,
@@ -117,6 +158,9 @@ class Manifest:
             raise StoreCorrupt(f"manifest {where} is not valid JSON") from None
         if cls.digest(data) != claimed:
             raise StoreCorrupt(f"manifest {where} does not match its sha256")
+        disks = [DiskManifest.from_dict(d) for d in data["disks"]]
+        if disks and disks[0].bitmap is None and data.get("bitmap"):
+            disks[0].bitmap = data["bitmap"]  # written before each disk had its own
         return cls(
             id=data["id"],
             vm=data["vm"],
@@ -131,11 +175,15 @@ class Manifest:
             read_bytes=data.get("read_bytes", 0),
             new_bytes=data.get("new_bytes", 0),
             bitmap=data.get("bitmap"),
-            disks=[DiskManifest(d["name"], d["virtual_size"], d["chunks"]) for d in data["disks"]],
+            disks=disks,
             spec=data["spec"],
             vm_row=data["vm_row"],
             sha256=claimed,
         )
+
+    @property
+    def root(self) -> DiskManifest:
+        return self.disks[0]
 
     def chunk_ids(self) -> set[str]:
         return {c for d in self.disks for c in d.chunks if c is not None}
@@ -144,11 +192,12 @@ class Manifest:
 @dataclass(frozen=True)
 class VerifyProblem:
     backup: str
+    disk: str
     chunk: str
     problem: str  # "missing" or "corrupt"
 
     def __str__(self) -> str:
-        return f"backup {self.backup}: chunk {self.chunk} is {self.problem}"
+        return f"backup {self.backup}: disk {self.disk}: chunk {self.chunk} is {self.problem}"
 
 
 def _fsync_dir(path: Path) -> None:
@@ -336,14 +385,20 @@ class BackupStore:
 
     # ------------------------------------------------------------ checks
     def verify(self, manifest: Manifest) -> list[VerifyProblem]:
-        """Re-read every chunk of a backup and check its hash."""
+        """Re-read every chunk of every disk of a backup and check its hash (a chunk
+        shared by several disks is read once, and named for each disk)."""
         problems = []
-        for digest in sorted(manifest.chunk_ids()):
-            try:
-                self.get(digest, backup=manifest.id)
-            except StoreCorrupt as exc:
-                kind = "missing" if "missing" in exc.message else "corrupt"
-                problems.append(VerifyProblem(manifest.id, digest, kind))
+        seen: dict[str, str] = {}  # digest -> "" (good), "missing" or "corrupt"
+        for disk in manifest.disks:
+            for digest in sorted({c for c in disk.chunks if c is not None}):
+                if digest not in seen:
+                    try:
+                        self.get(digest, backup=manifest.id)
+                        seen[digest] = ""
+                    except StoreCorrupt as exc:
+                        seen[digest] = "missing" if "missing" in exc.message else "corrupt"
+                if seen[digest]:
+                    problems.append(VerifyProblem(manifest.id, disk.name, digest, seen[digest]))
         return problems
 
     def garbage_collect(self) -> tuple[int, int]:

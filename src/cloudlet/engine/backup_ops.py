@@ -16,11 +16,7 @@ still stores only the chunks that changed, and says why in its record.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import os
-import shutil
-import tarfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -34,9 +30,25 @@ from sqlalchemy import select
 
 from cloudlet.backup.chunking import build_chunks
 from cloudlet.backup.retention import keep_set
-from cloudlet.backup.store import CHUNK_SIZE, BackupStore, DiskManifest, Manifest, StoreCorrupt
-from cloudlet.driver.base import DirtyBitmap
-from cloudlet.engine import locks
+from cloudlet.backup.store import (
+    CHUNK_SIZE,
+    ROOT,
+    BackupStore,
+    DiskManifest,
+    Manifest,
+    StoreCorrupt,
+)
+from cloudlet.driver.base import DirtyBitmap, DiskCopy
+from cloudlet.engine import backup_export, locks
+from cloudlet.engine.backup_disks import WHOLE, VmDisk, prior_disk, usable_bitmap, vm_disks
+from cloudlet.engine.backup_restore import (
+    NewVolume,
+    Restorer,
+    check_new_volumes,
+    install_new_volumes,
+    new_volume_name,
+    pool_dir,
+)
 from cloudlet.engine.storage_ops import (
     _OFFLINE,
     _ONLINE,
@@ -45,10 +57,11 @@ from cloudlet.engine.storage_ops import (
     _set_active,
     _snapshot_rows,
     active_disk,
+    attached_volume_names,
     default_disk,
     state_file,
 )
-from cloudlet.errors import CloudletError, Conflict, InvalidInput, NotFound
+from cloudlet.errors import CloudletError, Conflict, NotFound
 from cloudlet.spec.instance import BackupPolicy, InstanceSpec
 from cloudlet.spec.names import validate_name
 from cloudlet.spec.states import VMState
@@ -60,9 +73,14 @@ if TYPE_CHECKING:
 
 STORE_LOCK = ".backup-store"
 BITMAP_PREFIX = "cloudlet-"
-EXPORT_FORMAT = 1
-_ROW_FIELDS = ("image", "image_path", "type_name", "cpus", "memory", "disk_size", "arch",
-               "location")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class DiskSummary:
+    name: str
+    size: int
+    read: int
+    stored: int
 
 
 @dataclass(frozen=True)
@@ -78,6 +96,8 @@ class BackupView:
     stored: int  # bytes of new chunks this backup added to the store
     chunks: int
     verified: str  # "ok", "failed" or "" (never verified)
+    # each disk: name ("root" or the volume's), size, read and stored bytes
+    disks: tuple[DiskSummary, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -100,8 +120,12 @@ def new_backup_id(now: datetime) -> str:
     return f"{now:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
 
 
-def _view(row: BackupRow) -> BackupView:
+def _view(row: BackupRow, manifest: Manifest | None) -> BackupView:
     verified = "" if row.verify_ok is None else ("ok" if row.verify_ok else "failed")
+    disks = tuple(
+        DiskSummary(d.name, d.virtual_size, d.read_bytes, d.new_bytes)
+        for d in (manifest.disks if manifest is not None else [])
+    )
     return BackupView(
         id=row.id,
         vm=row.instance_name,
@@ -114,15 +138,8 @@ def _view(row: BackupRow) -> BackupView:
         stored=row.new_bytes,
         chunks=row.chunks,
         verified=verified,
+        disks=disks,
     )
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class BackupOps:
@@ -182,143 +199,112 @@ class BackupOps:
                 continue
         return None
 
-    def _usable_bitmap(
-        self, parent: Manifest | None, bitmaps: list[DirtyBitmap], layer: Path, size: int
-    ) -> tuple[str | None, str]:
-        """The bitmap an incremental backup can read from, or None and why not."""
+    def _plan_live(
+        self, row: InstanceRow, parent: Manifest | None, disks: list[VmDisk]
+    ) -> tuple[list[str | None], list[list[DirtyBitmap]], str]:
+        """Per disk: the bitmap its incremental reads from (None: read it whole), the
+        bitmaps it has now; and a note saying which disks are read whole, and why."""
+        e = self.e
+        bitmaps = [e.driver.disk_bitmaps(row.id, d.node) if d.keeps_bitmaps else [] for d in disks]
+        whole: list[str | None] = [None] * len(disks)
         if parent is None:
-            return None, ""
-        why = "read the whole disk, stored only the chunks that changed"
+            return whole, bitmaps, ""
         if self._find(parent.vm, parent.id).verify_ok is False:
-            return None, f"backup {parent.id} failed verify, so nothing builds on it: {why}"
-        if parent.disks[0].virtual_size != size:
-            return None, f"the disk's size changed since backup {parent.id}: {why}"
-        if parent.bitmap is None:
-            return None, f"backup {parent.id} was taken while the VM was stopped: {why}"
-        if parent.bitmap["layer"] != str(layer):
-            return None, (
-                f"a snapshot changed the disk's active layer since backup {parent.id}, "
-                f"so its dirty bitmap is gone: {why}"
+            return (
+                whole,
+                bitmaps,
+                f"backup {parent.id} failed verify, so nothing builds on it: {WHOLE}",
             )
-        found = {b.name: b for b in bitmaps}.get(parent.bitmap["name"])
-        if found is None:
-            return None, (
-                f"the dirty bitmap of backup {parent.id} is lost (QEMU stopped without "
-                f"saving it, or the disk was replaced): {why}"
+        if parent.consistency == "offline" or not any(d.bitmap for d in parent.disks):
+            return whole, bitmaps, f"backup {parent.id} was taken while the VM was stopped: {WHOLE}"
+        since: list[str | None] = []
+        notes: list[str] = []
+        for disk, found in zip(disks, bitmaps, strict=True):
+            bitmap, why = usable_bitmap(parent, disk, found)
+            since.append(bitmap)
+            if why:
+                notes.append(why)
+        return since, bitmaps, "; ".join(notes)
+
+    def _copy_live(self, row: InstanceRow, copies: list[DiskCopy]) -> str:
+        """All disks copied at one instant, the guest's file systems frozen for that
+        instant only; the consistency reached."""
+        e = self.e
+        frozen = StorageOps(e)._freeze(row, "backup")
+        thawed: list[bool] = []
+
+        def thaw() -> None:
+            # Right after the backup's instant: the guest is frozen for no longer than
+            # QEMU takes to start the jobs, not for the whole copy.
+            if frozen and not thawed:
+                e.driver.thaw_filesystems(row.id)
+                thawed.append(True)
+
+        def thaw_quietly() -> None:
+            with contextlib.suppress(CloudletError):
+                thaw()
+
+        try:
+            e.driver.backup_disks(
+                row.id, copies, speed=e.settings.backup_speed, started=thaw_quietly
             )
-        if found.inconsistent or not found.recording:
-            return None, (
-                f"the dirty bitmap of backup {parent.id} is inconsistent (QEMU was killed "
-                f"while it recorded): {why}"
-            )
-        return found.name, ""
+        finally:
+            thaw()
+        return "file systems frozen" if frozen else "crash-consistent"
 
     def _take(self, row: InstanceRow) -> BackupView:
         e = self.e
         started = utcnow()
         backup_id = new_backup_id(started)
         parent = self._parent(row)
-        layer = active_disk(e, row.id, heal=True)
-        size = e.deps.disks.virtual_size(layer)
+        disks = vm_disks(e, row)
         live = row.state in _ONLINE
-        work = self.store.tmp / f"{backup_id}.qcow2"
-        new_bitmap: str | None = None
-        bitmaps: list[DirtyBitmap] = []
+        work = [self.store.tmp / f"{backup_id}-{i}.qcow2" for i in range(len(disks))]
+        new_bitmap = BITMAP_PREFIX + backup_id
+        bitmaps: list[list[DirtyBitmap]] = [[] for _ in disks]
+        marked: list[VmDisk] = []  # disks the new bitmap may have started on
         created: set[str] = set()
         try:
             if live:
-                bitmaps = e.driver.disk_bitmaps(row.id)
-                since, note = self._usable_bitmap(parent, bitmaps, layer, size)
-                e.deps.disks.create_blank(work, size)
-                new_bitmap = BITMAP_PREFIX + backup_id
-                frozen = StorageOps(e)._freeze(row, "backup")
-                consistency = "file systems frozen" if frozen else "crash-consistent"
-                thawed: list[bool] = []
-
-                def thaw() -> None:
-                    # Right after the backup's instant: the guest is frozen for no longer
-                    # than QEMU takes to start the job, not for the whole copy.
-                    if frozen and not thawed:
-                        e.driver.thaw_filesystems(row.id)
-                        thawed.append(True)
-
-                def thaw_quietly() -> None:
-                    with contextlib.suppress(CloudletError):
-                        thaw()
-
-                try:
-                    e.driver.backup_disk(
-                        row.id,
-                        work,
-                        new_bitmap=new_bitmap,
-                        since=since,
-                        speed=e.settings.backup_speed,
-                        started=thaw_quietly,
-                    )
-                finally:
-                    thaw()
+                since, bitmaps, note = self._plan_live(row, parent, disks)
+                for disk, path in zip(disks, work, strict=True):
+                    e.deps.disks.create_blank(path, disk.size)
+                copies = [
+                    DiskCopy(path, d.node, new_bitmap if d.keeps_bitmaps else None, s)
+                    for d, path, s in zip(disks, work, since, strict=True)
+                ]
+                marked = [d for d in disks if d.keeps_bitmaps]
+                consistency = self._copy_live(row, copies)
             else:
                 consistency = "offline"
-                since = None
+                since = [None] * len(disks)
                 note = (
                     f"the VM was stopped: read the whole disk, stored only the chunks "
                     f"that changed since backup {parent.id}"
                     if parent is not None
                     else ""
                 )
-                e.deps.disks.flatten(layer, work)
-            base = parent.disks[0].chunks if since is not None and parent is not None else None
-            result = build_chunks(
-                self.store,
-                e.deps.disks.extents(work, CHUNK_SIZE),
-                size,
-                base,
-                backup=backup_id,
-                created=created,
-            )
-            spec = InstanceSpec.model_validate_json(row.spec_json)
-            seed = (e.paths.instance_dir(row.id) / "seed.iso").exists()
-            manifest = Manifest(
-                id=backup_id,
-                vm=row.name,
-                vm_id=row.id,
-                created_at=started.isoformat() + "Z",
-                finished_at=utcnow().isoformat() + "Z",
-                kind="incremental" if base is not None else "full",
-                parent=parent.id if parent is not None else None,
-                note=note,
-                consistency=consistency,
-                read_bytes=result.read_bytes,
-                new_bytes=result.new_bytes,
-                bitmap={"layer": str(layer), "name": new_bitmap} if new_bitmap else None,
-                disks=[DiskManifest("root", size, result.chunks)],
-                spec=spec.model_dump(mode="json"),
-                vm_row={
-                    **{f: getattr(row, f) for f in _ROW_FIELDS},
-                    "ssh": row.ssh_port is not None,
-                    "seed": seed,
-                },
-            )
-            self.store.write_manifest(manifest)
-            with e.db.session() as s:
-                s.add(
-                    BackupRow(
-                        id=backup_id,
-                        instance_id=row.id,
-                        instance_name=row.name,
-                        kind=manifest.kind,
-                        note=note,
-                        consistency=consistency,
-                        virtual_size=size,
-                        read_bytes=result.read_bytes,
-                        new_bytes=result.new_bytes,
-                        chunks=sum(1 for c in result.chunks if c is not None),
-                        manifest_sha256=manifest.sha256,
-                        created_at=started,
-                    )
+                for disk, path in zip(disks, work, strict=True):
+                    e.deps.disks.flatten(disk.path, path, disk.format)
+            parts: list[DiskManifest] = []
+            for disk, path, bitmap in zip(disks, work, since, strict=True):
+                prior = prior_disk(parent, disk) if parent is not None and bitmap else None
+                result = build_chunks(
+                    self.store,
+                    e.deps.disks.extents(path, CHUNK_SIZE),
+                    disk.size,
+                    prior.chunks if prior is not None else None,
+                    backup=backup_id,
+                    created=created,
                 )
+                path.unlink(missing_ok=True)  # its chunks are stored: free the space now
+                part = disk.manifest(result.chunks, new_bitmap if disk in marked else None)
+                part.read_bytes, part.new_bytes = result.read_bytes, result.new_bytes
+                parts.append(part)
+            manifest = self._write_manifest(row, backup_id, started, parent, parts, note,
+                                            consistency, incremental=any(since))  # fmt: skip
         except StoreCorrupt as exc:
-            self._cleanup_failed(row, backup_id, created, new_bitmap)
+            self._cleanup_failed(row, backup_id, created, new_bitmap, marked)
             if parent is None:
                 raise
             # An incremental patches its parent's chunks: a bad one there stops it. The
@@ -328,16 +314,69 @@ class BackupOps:
                 exc.message, hint="run the backup again: it reads the whole disk"
             ) from None
         except BaseException:
-            self._cleanup_failed(row, backup_id, created, new_bitmap)
+            self._cleanup_failed(row, backup_id, created, new_bitmap, marked)
             raise
         finally:
-            work.unlink(missing_ok=True)
+            for path in work:
+                path.unlink(missing_ok=True)
         # Recorded: the older bitmaps (and any an interrupted backup left) can go.
-        for bitmap in bitmaps:
-            if bitmap.name.startswith(BITMAP_PREFIX) and bitmap.name != new_bitmap:
-                with contextlib.suppress(CloudletError):
-                    e.driver.remove_bitmap(row.id, bitmap.name)
-        return _view(self._find(row.name, backup_id))
+        for disk, found in zip(disks, bitmaps, strict=True):
+            for old in found:
+                if old.name.startswith(BITMAP_PREFIX) and old.name != new_bitmap:
+                    with contextlib.suppress(CloudletError):
+                        e.driver.remove_bitmap(row.id, old.name, disk.node)
+        return _view(self._find(row.name, backup_id), manifest)
+
+    def _write_manifest(
+        self,
+        row: InstanceRow,
+        backup_id: str,
+        started: datetime,
+        parent: Manifest | None,
+        parts: list[DiskManifest],
+        note: str,
+        consistency: str,
+        *,
+        incremental: bool,
+    ) -> Manifest:
+        """Record the backup: its manifest in the store (durably), then its row."""
+        e = self.e
+        spec = InstanceSpec.model_validate_json(row.spec_json)
+        manifest = Manifest(
+            id=backup_id,
+            vm=row.name,
+            vm_id=row.id,
+            created_at=started.isoformat() + "Z",
+            finished_at=utcnow().isoformat() + "Z",
+            kind="incremental" if incremental else "full",
+            parent=parent.id if parent is not None else None,
+            note=note,
+            consistency=consistency,
+            read_bytes=sum(p.read_bytes for p in parts),
+            new_bytes=sum(p.new_bytes for p in parts),
+            disks=parts,
+            spec=spec.model_dump(mode="json"),
+            vm_row=backup_export.vm_row_data(self, row),
+        )
+        self.store.write_manifest(manifest)
+        with e.db.session() as s:
+            s.add(
+                BackupRow(
+                    id=backup_id,
+                    instance_id=row.id,
+                    instance_name=row.name,
+                    kind=manifest.kind,
+                    note=note,
+                    consistency=consistency,
+                    virtual_size=parts[0].virtual_size,
+                    read_bytes=manifest.read_bytes,
+                    new_bytes=manifest.new_bytes,
+                    chunks=sum(1 for p in parts for c in p.chunks if c is not None),
+                    manifest_sha256=manifest.sha256,
+                    created_at=started,
+                )
+            )
+        return manifest
 
     def _mark_failed(self, backup_id: str) -> None:
         with self.e.db.session() as s:
@@ -346,20 +385,32 @@ class BackupOps:
                 fresh.verify_ok, fresh.verified_at = False, utcnow()
 
     def _cleanup_failed(
-        self, row: InstanceRow, backup_id: str, created: set[str], new_bitmap: str | None
+        self,
+        row: InstanceRow,
+        backup_id: str,
+        created: set[str],
+        new_bitmap: str,
+        marked: list[VmDisk],
     ) -> None:
-        """Undo a backup that failed: its manifest, the chunks it added, its new bitmap."""
+        """Undo a backup that failed: its manifest, the chunks it added, its new bitmaps."""
         self.store.delete_manifest(row.id, backup_id)
         self.store.remove_chunks(created)  # new in this backup: nothing else uses them
-        if new_bitmap is not None:
+        for disk in marked:
             with contextlib.suppress(CloudletError):
-                self.e.driver.remove_bitmap(row.id, new_bitmap)
+                self.e.driver.remove_bitmap(row.id, new_bitmap, disk.node)
 
     # ------------------------------------------------------------ reads
     def backups(self, vm: str | None = None) -> list[BackupView]:
         if vm is not None and not self._rows(vm):
             self.e._row(vm)  # an unknown VM with no backups: NotFound
-        return [_view(r) for r in self._rows(vm)]
+        views = []
+        for row in self._rows(vm):
+            try:
+                manifest: Manifest | None = self._manifest(row)
+            except CloudletError:
+                manifest = None  # unreadable: verify says why; the row still lists
+            views.append(_view(row, manifest))
+        return views
 
     def verify(self, vm: str, backup_id: str | None = None) -> VerifyReport:
         rows = [self._find(vm, backup_id)] if backup_id else self._rows(vm)
@@ -445,36 +496,6 @@ class BackupOps:
         return lines, failed
 
     # ------------------------------------------------------------ restore
-    def _materialize(self, row: BackupRow, dest_dir: Path) -> Path:
-        """Write a backup's root disk into a checked qcow2 in ``dest_dir`` (a temp name)."""
-        manifest = self._manifest(row)
-        disk = manifest.disks[0]
-        tag = uuid.uuid4().hex[:8]
-        raw = dest_dir / f".restore-{tag}.raw"
-        out = dest_dir / f".restore-{tag}.qcow2"
-        try:
-            with open(raw, "wb") as f:
-                f.truncate(disk.virtual_size)
-                for i, digest in enumerate(disk.chunks):
-                    if digest is not None:
-                        f.seek(i * manifest.chunk_size)
-                        f.write(self.store.get(digest, backup=row.id))
-                f.flush()
-                os.fsync(f.fileno())
-            self.e.deps.disks.from_raw(raw, out)
-            check = self.e.deps.disks.check(out)
-            if check.get("corruptions") or check.get("check-errors"):
-                raise CloudletError(
-                    f"the disk restored from backup {row.id} fails qemu-img check: {check}",
-                    hint="nothing was replaced; try another backup",
-                )
-        except BaseException:
-            out.unlink(missing_ok=True)
-            raise
-        finally:
-            raw.unlink(missing_ok=True)
-        return out
-
     def _pick(self, vm: str, backup_id: str | None) -> list[BackupRow]:
         if backup_id is not None:
             return [self._find(vm, backup_id)]
@@ -485,24 +506,6 @@ class BackupOps:
                 hint=f"see 'cloudlet backup list {vm}'",
             )
         return rows
-
-    def _materialize_first(
-        self, vm: str, backup_id: str | None, dest: Path
-    ) -> tuple[Path, BackupRow]:
-        """The newest backup that restores cleanly (or exactly ``backup_id``)."""
-        candidates = self._pick(vm, backup_id)
-        with self._store_lock():
-            for i, row in enumerate(candidates):
-                try:
-                    return self._materialize(row, dest), row
-                except StoreCorrupt as exc:
-                    self._mark_failed(row.id)
-                    if backup_id is not None or i + 1 == len(candidates):
-                        raise
-                    self.e.notices.append(
-                        f"skipped backup {row.id}: {exc.message}; trying the one before it"
-                    )
-        raise AssertionError("unreachable")
 
     def restore(
         self,
@@ -515,7 +518,10 @@ class BackupOps:
         if as_name is not None:
             return self._restore_as(vm, backup_id, as_name)
         row = self.e._reconcile(self.e._row(vm))
-        self._pick(vm, backup_id)  # unknown backups fail before anything stops
+        restorer = Restorer(self)
+        # unknown backups, and volumes that cannot go back, fail before anything stops
+        first = self._pick(vm, backup_id)[0]
+        restorer.free_slots(row.id, restorer.plan_in_place(row.id, self._manifest(first)))
         if row.state in _ONLINE:
             if not force:
                 raise Conflict(
@@ -539,34 +545,32 @@ class BackupOps:
             instance_dir = self.e.paths.instance_dir(row.id)
             self._clean_killed_restore(instance_dir, active_disk(self.e, row.id))
             with self.e._operation(row, "restore") as op_id:
-                disk, backup = self._materialize_first(vm, backup_id, instance_dir)
-                old = [Path(s.file) for s in snaps] + [
-                    active_disk(self.e, row.id),
-                    default_disk(self.e, row.id),
-                ]
-                # The restored disk gets a name of its own and the switch to it is one
-                # database commit: killed before it, the VM keeps its old chain (the
-                # file is removed by the next restore); after it, the new disk.
-                target = instance_dir / f"disk-{uuid.uuid4().hex[:12]}.qcow2"
-                os.replace(disk, target)
-                size = self.e.deps.disks.virtual_size(target)
-                with self.e.db.session() as s:
-                    for snap in snaps:
-                        fresh = s.get(SnapshotRow, snap.id)
-                        if fresh is not None:
-                            s.delete(fresh)
-                    _set_active(s, row.id, target)
-                    disk_row = s.get(InstanceDiskRow, row.id)
-                    if disk_row is not None:
-                        disk_row.origin_snapshot_id = None  # no longer grows from a snapshot
-                    fresh_vm = s.get(InstanceRow, row.id)
-                    assert fresh_vm is not None
-                    fresh_vm.disk_size = size
-                for path in old:
-                    if path != target:
+                plans: dict[str, list[Any]] = {}
+
+                def dirs_for(manifest: Manifest) -> dict[str, Path]:
+                    plans[manifest.id] = restorer.plan_in_place(row.id, manifest)
+                    return {ROOT: instance_dir, **{p.disk.name: p.directory
+                                                   for p in plans[manifest.id]}}  # fmt: skip
+
+                files, backup, manifest = restorer.materialize_first(vm, backup_id, dirs_for)
+                try:
+                    said = restorer.put_back_volumes(row.id, plans[manifest.id], files)
+                except BaseException:
+                    for path in files.values():
                         path.unlink(missing_ok=True)
-                        state_file(path).unlink(missing_ok=True)  # memory snapshots
+                    raise
+                kept = sorted(
+                    set(attached_volume_names(self.e, row.id))
+                    - {p.name for p in plans[manifest.id]}
+                )
+                self._switch_root(row, snaps, files[ROOT])
                 message = f"{vm} restored from backup {backup.id}"
+                if said:
+                    message += f" ({', '.join(said)})"
+                if kept:
+                    message += (
+                        f"; volume(s) {', '.join(kept)} were not in the backup and stay as they are"
+                    )
                 if snaps:
                     message += (
                         f"; its snapshots ({', '.join(s.name for s in snaps)}) were dropped: "
@@ -574,6 +578,36 @@ class BackupOps:
                     )
                 self.e._event(vm, "restored", message, op_id)
         return message
+
+    def _switch_root(self, row: InstanceRow, snaps: list[SnapshotRow], disk: Path) -> None:
+        """Make the restored root disk the VM's, dropping its old chain and snapshots."""
+        instance_dir = self.e.paths.instance_dir(row.id)
+        old = [Path(s.file) for s in snaps] + [
+            active_disk(self.e, row.id),
+            default_disk(self.e, row.id),
+        ]
+        # The restored disk gets a name of its own and the switch to it is one database
+        # commit: killed before it, the VM keeps its old chain (the file is removed by the
+        # next restore); after it, the new disk.
+        target = instance_dir / f"disk-{uuid.uuid4().hex[:12]}.qcow2"
+        os.replace(disk, target)
+        size = self.e.deps.disks.virtual_size(target)
+        with self.e.db.session() as s:
+            for snap in snaps:
+                fresh = s.get(SnapshotRow, snap.id)
+                if fresh is not None:
+                    s.delete(fresh)
+            _set_active(s, row.id, target)
+            disk_row = s.get(InstanceDiskRow, row.id)
+            if disk_row is not None:
+                disk_row.origin_snapshot_id = None  # no longer grows from a snapshot
+            fresh_vm = s.get(InstanceRow, row.id)
+            assert fresh_vm is not None
+            fresh_vm.disk_size = size
+        for path in old:
+            if path != target:
+                path.unlink(missing_ok=True)
+                state_file(path).unlink(missing_ok=True)  # memory snapshots
 
     def _clean_killed_restore(self, instance_dir: Path, active: Path) -> None:
         """Remove what a killed restore left: temp files, a restored disk never switched to
@@ -589,32 +623,55 @@ class BackupOps:
                 stale.unlink()
 
     def _restore_as(self, vm: str, backup_id: str | None, name: str) -> str:
-        holder: dict[str, BackupRow] = {}
+        restorer = Restorer(self)
+        holder: dict[str, Any] = {}
 
-        def fill(disk: Path) -> None:
-            made, backup = self._materialize_first(vm, backup_id, disk.parent)
+        def plan(manifest: Manifest) -> list[tuple[str, str]]:
+            return [(new_volume_name(name, manifest.vm, d.name), d.pool)
+                    for d in manifest.disks[1:]]  # fmt: skip
+
+        first = self._manifest(self._pick(vm, backup_id)[0])
+        validate_name(name)
+        self.e._ensure_name_free(name)
+        check_new_volumes(self.e, plan(first), f"backup {first.id}")
+
+        def fill(disk: Path) -> list[NewVolume]:
+            def dirs_for(manifest: Manifest) -> dict[str, Path]:
+                source = f"backup {manifest.id}"
+                return {ROOT: disk.parent, **{
+                    d.name: pool_dir(self.e, pool, new, source)
+                    for d, (new, pool) in zip(manifest.disks[1:], plan(manifest), strict=True)
+                }}  # fmt: skip
+
+            files, backup, manifest = restorer.materialize_first(vm, backup_id, dirs_for)
             holder["backup"] = backup
-            os.replace(made, disk)
+            os.replace(files.pop(ROOT), disk)
+            return [
+                NewVolume(new, pool, d.virtual_size, files[d.name])
+                for d, (new, pool) in zip(manifest.disks[1:], plan(manifest), strict=True)
+            ]
 
-        manifest = self._manifest(self._pick(vm, backup_id)[0])
-        self._new_vm(
+        view = self._new_vm(
             name,
-            manifest.spec,
-            manifest.vm_row,
+            first.spec,
+            first.vm_row,
             fill,
             lambda: f"restored from backup {holder['backup'].id} of {vm}",
         )
-        return f"{name} created from backup {holder['backup'].id} of {vm} (stopped)"
+        volumes = attached_volume_names(self.e, view.id)
+        extra = f" with volume(s) {', '.join(volumes)}" if volumes else ""
+        return f"{name} created from backup {holder['backup'].id} of {vm}{extra} (stopped)"
 
     def _new_vm(
         self,
         name: str,
         spec_data: dict[str, Any],
         row_data: dict[str, Any],
-        fill: Callable[[Path], None],
+        fill: Callable[[Path], list[NewVolume]],
         story: Callable[[], str],
     ) -> InstanceView:
-        """A new stopped VM with ``spec_data`` (renamed) whose disk ``fill`` writes."""
+        """A new stopped VM with ``spec_data`` (renamed) whose root disk ``fill`` writes;
+        the volumes it returns are made and attached. A failure removes all of it."""
         from cloudlet.engine import access as access_mod
         from cloudlet.host.resources import free_loopback_port
 
@@ -645,12 +702,13 @@ class BackupOps:
             )
             with e.db.session() as s:
                 s.add(row)
+            made: list[str] = []
             try:
                 with e._operation(row, "create") as op_id:
                     instance_dir = e.paths.instance_dir(new_id)
                     instance_dir.mkdir(parents=True)
                     disk = instance_dir / "disk.qcow2"
-                    fill(disk)
+                    made = install_new_volumes(e, new_id, fill(disk))
                     if row_data.get("seed"):
                         access_mod.write_seed(
                             instance_dir / "seed.iso",
@@ -666,107 +724,15 @@ class BackupOps:
                         fresh.state = VMState.STOPPED.value
                     e._event(name, "created", story(), op_id)
             except BaseException:
+                StorageOps(e).undo_new_vm_volumes(new_id, made)
                 e._remove_everything(row)
                 raise
         return e.show(name)
 
     # ------------------------------------------------------------ export / import
     def export(self, vm: str, dest: Path) -> str:
-        """One tar: manifest.json (with SHA-256 of each file), spec.json, disk.qcow2."""
-        dest = dest.absolute()
-        if dest.exists():
-            raise Conflict(f"{dest} already exists", hint="pick another file name")
-        with self.e._lock(vm):
-            row = self.e._reconcile_locked(self.e._row(vm))
-            if row.state not in _OFFLINE:
-                raise Conflict(
-                    f"cannot export {vm}: it is {row.state}",
-                    hint=f"stop it first ('cloudlet stop {vm}'), or restore a backup "
-                    "as a stopped copy with 'cloudlet restore --as' and export that",
-                )
-            work = dest.parent / f".{dest.name}.{uuid.uuid4().hex[:8]}"
-            work.mkdir()
-            try:
-                disk = work / "disk.qcow2"
-                self.e.deps.disks.flatten(active_disk(self.e, row.id, heal=True), disk)
-                spec = InstanceSpec.model_validate_json(row.spec_json).model_dump(mode="json")
-                (work / "spec.json").write_text(json.dumps(spec, indent=1, sort_keys=True))
-                seed = (self.e.paths.instance_dir(row.id) / "seed.iso").exists()
-                manifest = {
-                    "format": EXPORT_FORMAT,
-                    "vm": vm,
-                    "exported_at": utcnow().isoformat() + "Z",
-                    "vm_row": {
-                        **{f: getattr(row, f) for f in _ROW_FIELDS},
-                        "ssh": row.ssh_port is not None,
-                        "seed": seed,
-                    },
-                    "files": {n: _sha256(work / n) for n in ("spec.json", "disk.qcow2")},
-                }
-                (work / "manifest.json").write_text(json.dumps(manifest, indent=1))
-                partial = work / "out.tar"
-                with tarfile.open(partial, "w") as tar:
-                    for name in ("manifest.json", "spec.json", "disk.qcow2"):
-                        tar.add(work / name, arcname=name)
-                with open(partial, "rb") as f:
-                    os.fsync(f.fileno())
-                os.replace(partial, dest)
-            except OSError as exc:
-                raise CloudletError(
-                    f"cannot write {dest}: {exc.strerror}", hint="check the path and free space"
-                ) from None
-            finally:
-                shutil.rmtree(work, ignore_errors=True)
-        size = dest.stat().st_size
-        return f"{vm} exported to {dest} ({size >> 20} MiB)"
+        """One tar with the VM's spec, its root disk and its volumes (backup_export.py)."""
+        return backup_export.export(self, vm, dest)
 
     def import_(self, src: Path, name: str | None = None) -> InstanceView:
-        src = src.absolute()
-        try:
-            tar = tarfile.open(src, "r:")  # noqa: SIM115 (closed by the with below)
-        except (OSError, tarfile.TarError) as exc:
-            raise InvalidInput(f"{src} is not a cloudlet export: {exc}") from None
-        with tar:
-            members = {m.name: m for m in tar.getmembers()}
-            expected = {"manifest.json", "spec.json", "disk.qcow2"}
-            if set(members) != expected or not all(m.isfile() for m in members.values()):
-                raise InvalidInput(
-                    f"{src} is not a cloudlet export: it holds {sorted(members)}",
-                    hint="make one with 'cloudlet export VM FILE'",
-                )
-
-            def read(member: str, limit: int = 1 << 20) -> bytes:
-                f = tar.extractfile(members[member])
-                assert f is not None
-                return f.read(limit)
-
-            try:
-                manifest = json.loads(read("manifest.json"))
-                spec_bytes = read("spec.json")
-                spec_data = json.loads(spec_bytes)
-                sums = manifest["files"]
-                vm_row = manifest["vm_row"]
-            except (ValueError, KeyError, TypeError) as exc:
-                raise InvalidInput(f"{src}: its manifest is not valid ({exc})") from None
-            if manifest.get("format") != EXPORT_FORMAT:
-                raise InvalidInput(f"{src}: unknown export format {manifest.get('format')!r}")
-            if hashlib.sha256(spec_bytes).hexdigest() != sums.get("spec.json"):
-                raise InvalidInput(f"{src}: spec.json does not match its SHA-256")
-            name = name or str(spec_data.get("name"))
-
-            def fill(disk: Path) -> None:
-                part = disk.with_name(".import.qcow2")
-                digest = hashlib.sha256()
-                f = tar.extractfile(members["disk.qcow2"])
-                assert f is not None
-                with open(part, "wb") as out:
-                    while block := f.read(1 << 20):
-                        digest.update(block)
-                        out.write(block)
-                if digest.hexdigest() != sums.get("disk.qcow2"):
-                    part.unlink()
-                    raise InvalidInput(f"{src}: disk.qcow2 does not match its SHA-256")
-                self.e.deps.disks.inspect_import(part)  # no backing file, no data file
-                os.replace(part, disk)
-
-            return self._new_vm(name, spec_data, vm_row, fill, lambda: f"imported from {src.name}")
+        return backup_export.import_(self, src, name)

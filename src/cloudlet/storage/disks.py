@@ -31,8 +31,8 @@ class Qcow2Disks:
     def rebase(self, path: Path, backing: Path | None, backing_format: str) -> None:
         qcow2.rebase(path, backing, backing_format)
 
-    def flatten(self, src: Path, dest: Path) -> None:
-        qcow2.convert(src, dest)
+    def flatten(self, src: Path, dest: Path, src_format: str = "qcow2") -> None:
+        qcow2.convert(src, dest, src_format)
 
     def check(self, path: Path) -> dict[str, Any]:
         return qcow2.check(path)

@@ -65,9 +65,9 @@ def rebase(path: Path, backing: Path | None, backing_format: str) -> None:
     run([*argv, str(path)])
 
 
-def convert(src: Path, dest: Path) -> None:
-    """A standalone copy of a chain, flattened (no backing file)."""
-    run([qemu_img(), "convert", "-f", "qcow2", "-O", "qcow2", str(src), str(dest)])
+def convert(src: Path, dest: Path, src_format: str = "qcow2") -> None:
+    """A standalone qcow2 copy of a chain (or a raw volume), flattened (no backing file)."""
+    run([qemu_img(), "convert", "-f", src_format, "-O", "qcow2", str(src), str(dest)])
 
 
 def check(path: Path) -> dict[str, Any]:
