@@ -150,3 +150,54 @@ def test_qemu_killed_during_a_backup(cloudlet_home: Path) -> None:
     assert f"restored from backup {nxt['id']}" in message
     cli.run(home, "start", "web1")
     assert guest(home, "web1", checksum) == kept
+
+
+def test_backups_cover_a_hot_plugged_volume(cloudlet_home: Path, short_tmp: Path) -> None:
+    home = cloudlet_home
+    cli.run(home, "create", "web1")
+    cli.run(home, "volume", "create", "data1", "--size", "32M")
+    cli.run(home, "volume", "attach", "data1", "web1")
+    # the volume is the disk whose serial is data1 (vdb in this guest)
+    find = 'for d in /sys/block/vd*; do [ "$(cat $d/serial)" = data1 ] && echo ${d##*/}; done'
+    deadline = time.monotonic() + 60
+    while not (dev := guest(home, "web1", find).strip()):
+        assert time.monotonic() < deadline, "the guest never saw the volume"
+        time.sleep(0.5)
+    vol_sum = f"head -c 16777216 /dev/{dev} | sha256sum | cut -d' ' -f1"
+    root_sum = "sha256sum /root/data | cut -d' ' -f1"
+    write = "dd if=/dev/urandom of=/root/data bs=1M count=8 2>/dev/null && sync"
+    guest(home, "web1", f"dd if=/dev/urandom of=/dev/{dev} bs=1M count=16 2>/dev/null && {write}")
+    sums1 = (guest(home, "web1", root_sum), guest(home, "web1", vol_sum))
+    full = cli.run_json(home, "backup", "create", "web1")
+    assert full["kind"] == "full" and [d["name"] for d in full["disks"]] == ["root", "data1"]
+    assert int(full["disks"][1]["stored"]) >= 16 * MIB  # type: ignore[call-overload]
+
+    # change a little of both disks: one incremental reads just that, from both disks
+    guest(home, "web1", f"dd if=/dev/urandom of=/dev/{dev} bs=1M count=1 seek=3 conv=notrunc "
+                        "2>/dev/null && dd if=/dev/urandom of=/root/data bs=1M count=1 seek=2 "
+                        "conv=notrunc 2>/dev/null && sync")  # fmt: skip
+    sums2 = (guest(home, "web1", root_sum), guest(home, "web1", vol_sum))
+    assert sums2[0] != sums1[0] and sums2[1] != sums1[1]
+    inc = cli.run_json(home, "backup", "create", "web1")
+    assert inc["kind"] == "incremental" and inc["note"] == ""
+    assert int(inc["read"]) < 8 * MIB  # type: ignore[call-overload]
+    assert all(0 < int(d["read"]) < 4 * MIB for d in inc["disks"])  # type: ignore[call-overload]
+    cli.run(home, "backup", "verify", "web1")
+
+    # the first backup as a new VM: its own volume, the data of then
+    cli.run(home, "restore", "web1", "--backup", str(full["id"]), "--as", "r1")
+    volumes = {v["name"]: v["attached_to"] for v in cli.run_json(home, "volume", "list")}
+    assert volumes == {"data1": "web1", "r1-data1": "r1"}
+    cli.run(home, "start", "r1")
+    assert (guest(home, "r1", root_sum), guest(home, "r1", vol_sum.replace(dev, "vdb"))) == sums1
+    cli.run(home, "stop", "r1", "--force")
+
+    # the second in place, after both disks changed again
+    guest(home, "web1", f"dd if=/dev/zero of=/dev/{dev} bs=1M count=2 2>/dev/null && "
+                        "rm /root/data && sync")  # fmt: skip
+    message = cli.run(home, "restore", "web1", "--backup", str(inc["id"]), "--force").stderr
+    assert "volume data1 restored" in message
+    cli.run(home, "start", "web1")
+    assert (guest(home, "web1", root_sum), guest(home, "web1", vol_sum.replace(dev, "vdb"))) == (
+        sums2
+    )

@@ -51,7 +51,8 @@ def _table(items: list[BackupView]) -> None:
         err.print("no backups yet: 'cloudlet backup create VM'")
         return
     table = Table(box=None, pad_edge=False)
-    for column in ("ID", "VM", "CREATED", "KIND", "SIZE", "READ", "STORED", "VERIFIED", "NOTE"):
+    columns = ("ID", "VM", "CREATED", "KIND", "DISKS", "SIZE", "READ", "STORED", "VERIFIED", "NOTE")
+    for column in columns:
         table.add_column(column)
     for b in items:
         table.add_row(
@@ -59,7 +60,8 @@ def _table(items: list[BackupView]) -> None:
             b.vm,
             b.created_at.strftime("%Y-%m-%d %H:%M:%S"),
             b.kind,
-            format_size(b.size),
+            str(len(b.disks) or "-"),
+            format_size(sum(d.size for d in b.disks) or b.size),
             format_size(b.read),
             format_size(b.stored),
             b.verified or "-",
