@@ -16,7 +16,6 @@ from cloudlet.cli import (
     run_command,
     spec_commands,
     storage_commands,
-    wizard,
 )
 from cloudlet.cli import console as console_mod
 from cloudlet.cli.progress import byte_progress as _byte_progress
@@ -130,6 +129,8 @@ def create(
         spec_commands.create_from_file(from_, output)
         return
     if name is None:
+        from cloudlet.cli import wizard  # the wizard's imports cost every other command
+
         wizard.start(output)
         return
     request = CreateRequest(

@@ -11,17 +11,18 @@ import tty
 from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from cloudlet.cli.render import err
-from cloudlet.engine.factory import open_engine
-from cloudlet.engine.process_vms import RunningProcessVM
 from cloudlet.errors import InvalidInput
-from cloudlet.process.relay import Outcome, Relay
 from cloudlet.spec import process as p
 from cloudlet.spec.units import parse_size
+
+if TYPE_CHECKING:
+    from cloudlet.engine.process_vms import RunningProcessVM
+    from cloudlet.process.relay import Outcome
 
 EXIT_TIMEOUT = 124
 EXIT_RUN_FAILED = 125
@@ -127,6 +128,10 @@ def run(
 
     cloudlet run tiny -- uname -a ; cloudlet run debian-12 --share .:/work -- make -C /work
     """
+    # Imported here: every other command's start-up would pay for them.
+    from cloudlet.engine.factory import open_engine
+    from cloudlet.process.relay import Relay
+
     image, command = split_image_and_command(list(args), sys.argv)
     cwd = Path.cwd()
     stdin_tty = os.isatty(0)

@@ -9,19 +9,23 @@ import json
 import shlex
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from cloudlet.cli import render
 from cloudlet.cli.render import Output, err, out
-from cloudlet.engine import apply as apply_mod
-from cloudlet.engine.engine import Engine
 from cloudlet.engine.factory import open_engine
-from cloudlet.engine.views import InstanceView
 from cloudlet.errors import Conflict, InvalidInput
-from cloudlet.spec import document
-from cloudlet.spec.document import VMDocument, VMEntry, size_text
+
+if TYPE_CHECKING:
+    from cloudlet.engine import apply as apply_mod
+    from cloudlet.engine.engine import Engine
+    from cloudlet.engine.views import InstanceView
+    from cloudlet.spec.document import VMDocument, VMEntry
+
+# The spec-file format and apply's planner are imported inside the functions that use
+# them: only spec, plan, apply and create --from need them, not every command's start-up.
 
 FileArg = Annotated[Path, typer.Argument(help="spec file (YAML); - for stdin")]
 OutputOpt = Annotated[Output, typer.Option("--output", "-o", help="table or json")]
@@ -29,6 +33,8 @@ OutputOpt = Annotated[Output, typer.Option("--output", "-o", help="table or json
 
 def read_entries(path: Path) -> list[VMEntry]:
     """Every VM of a spec file; errors name the file, line and field."""
+    from cloudlet.spec import document
+
     if str(path) == "-":
         return document.parse_documents(sys.stdin.read(), "<stdin>")
     try:
@@ -65,6 +71,8 @@ def create_from_file(path: Path, output: Output) -> None:
 
 
 def create_entry(entry: VMEntry, output: Output) -> None:
+    from cloudlet.engine import apply as apply_mod
+
     engine = open_engine()
     with err.status(f"creating {entry.name} ..."):
         vm = apply_mod.create_from(engine, entry, progress=_progress)
@@ -73,6 +81,8 @@ def create_entry(entry: VMEntry, output: Output) -> None:
 
 def create_argv(doc: VMDocument) -> list[str]:
     """The `cloudlet create ...` command line that asks for the same VM as ``doc``."""
+    from cloudlet.spec.document import size_text
+
     spec = doc.spec
     argv = ["cloudlet", "create", doc.metadata.name, "--image", spec.image]
     if spec.type is not None:
@@ -153,6 +163,9 @@ def register(app: typer.Typer) -> None:
         output: Annotated[str, typer.Option("--output", "-o", help="yaml or json")] = "yaml",
     ) -> None:
         """A VM's spec as a file 'create --from' and 'apply' accept (or the schema)."""
+        from cloudlet.engine import apply as apply_mod
+        from cloudlet.spec import document
+
         if schema:
             sys.stdout.write(json.dumps(document.json_schema(), indent=2) + "\n")
             return
@@ -166,6 +179,8 @@ def register(app: typer.Typer) -> None:
     @app.command("plan")
     def plan_(path: FileArg, output: OutputOpt = Output.table) -> None:
         """What 'apply' would do with a spec file, without doing it."""
+        from cloudlet.engine import apply as apply_mod
+
         the_plan = apply_mod.plan(open_engine(), read_entries(path))
         print_plan(the_plan, output, done=False)
         if the_plan.refusals:
@@ -177,6 +192,8 @@ def register(app: typer.Typer) -> None:
         output: OutputOpt = Output.table,
     ) -> None:
         """Create the file's VMs or bring them to its state; applying twice changes nothing."""
+        from cloudlet.engine import apply as apply_mod
+
         engine = open_engine()
         entries = read_entries(path)
         with err.status(f"applying {path} ..."):
