@@ -190,6 +190,49 @@ def test_restore_in_place_is_all_or_nothing_and_recreates_deleted_volumes(
     assert StorageOps(engine).volume("scratch").attached_to == "web1"
 
 
+def test_restore_swaps_every_disk_in_one_commit_and_sweeps_what_a_killed_one_left(
+    engine: Engine, ops: BackupOps, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    put(root_of(engine, "web1"), 0, "root v1")
+    put(vol(engine, "data1"), 0, "data v1")
+    backup = ops.create("web1")
+    put(root_of(engine, "web1"), 0, "root v2")
+    put(vol(engine, "data1"), 0, "data v2")
+    engine.stop("web1")
+    pool = vol(engine, "data1").parent
+    instance_dir = engine.paths.instance_dir(engine.show("web1").id)
+    before = {p.name for p in [*pool.iterdir(), *instance_dir.iterdir()]}
+
+    # the last step before the commit fails (as a kill there would stop it): no disk
+    # changed, and nothing of the restore is left behind
+    def fail(*_args: object) -> None:
+        raise OSError("killed")
+
+    monkeypatch.setattr("cloudlet.engine.backup_restore.Restorer.point_volumes", fail)
+    with pytest.raises(OSError, match="killed"):
+        ops.restore("web1", backup_id=backup.id)
+    monkeypatch.undo()
+    assert FakeDisks.content(root_of(engine, "web1")) == {"0": "root v2"}
+    assert FakeDisks.content(vol(engine, "data1")) == {"0": "data v2"}
+    assert {p.name for p in [*pool.iterdir(), *instance_dir.iterdir()]} == before
+
+    # files a SIGKILLed restore leaves (temp files of this VM, a restored volume file no
+    # volume points at) go with the next restore; another VM's temp files stay
+    other = engine.create(CreateRequest(name="web2")).id
+    strays = [pool / f".restore-{engine.show('web1').id[:8]}-0badc0de.raw",
+              pool / "data1@0123456789ab.qcow2"]  # fmt: skip
+    theirs = pool / f".restore-{other[:8]}-0badc0de.qcow2"
+    for path in [*strays, theirs]:
+        path.write_bytes(b"left over")
+    message = ops.restore("web1", backup_id=backup.id)
+    assert "volume data1 restored" in message
+    assert FakeDisks.content(root_of(engine, "web1")) == {"0": "root v1"}
+    assert FakeDisks.content(vol(engine, "data1")) == {"0": "data v1"}
+    assert not any(p.exists() for p in strays) and theirs.exists()
+    # the volume keeps its restored file; the old one is gone
+    assert "@" in vol(engine, "data1").name and not (pool / "data1.qcow2").exists()
+
+
 def test_restore_refuses_clearly_when_a_volume_cannot_go_back(
     engine: Engine, ops: BackupOps, short_tmp: Path
 ) -> None:

@@ -54,7 +54,7 @@ from cloudlet.engine.storage_ops import (
     _ONLINE,
     StorageOps,
     _clones_of,
-    _set_active,
+    _set_active_dropping,
     _snapshot_rows,
     active_disk,
     attached_volume_names,
@@ -544,7 +544,7 @@ class BackupOps:
                 )
             instance_dir = self.e.paths.instance_dir(row.id)
             self._clean_killed_restore(instance_dir, active_disk(self.e, row.id))
-            with self.e._operation(row, "restore") as op_id:
+            with self.e._operation(row, "restore") as op_id, self._store_lock():
                 plans: dict[str, list[Any]] = {}
 
                 def dirs_for(manifest: Manifest) -> dict[str, Path]:
@@ -552,18 +552,14 @@ class BackupOps:
                     return {ROOT: instance_dir, **{p.disk.name: p.directory
                                                    for p in plans[manifest.id]}}  # fmt: skip
 
-                files, backup, manifest = restorer.materialize_first(vm, backup_id, dirs_for)
-                try:
-                    said = restorer.put_back_volumes(row.id, plans[manifest.id], files)
-                except BaseException:
-                    for path in files.values():
-                        path.unlink(missing_ok=True)
-                    raise
+                files, backup, manifest = restorer.materialize_first(
+                    vm, backup_id, dirs_for, row.id
+                )
+                said = self._swap_in(row, snaps, plans[manifest.id], files)
                 kept = sorted(
                     set(attached_volume_names(self.e, row.id))
                     - {p.name for p in plans[manifest.id]}
                 )
-                self._switch_root(row, snaps, files[ROOT])
                 message = f"{vm} restored from backup {backup.id}"
                 if said:
                     message += f" ({', '.join(said)})"
@@ -579,35 +575,49 @@ class BackupOps:
                 self.e._event(vm, "restored", message, op_id)
         return message
 
-    def _switch_root(self, row: InstanceRow, snaps: list[SnapshotRow], disk: Path) -> None:
-        """Make the restored root disk the VM's, dropping its old chain and snapshots."""
-        instance_dir = self.e.paths.instance_dir(row.id)
-        old = [Path(s.file) for s in snaps] + [
-            active_disk(self.e, row.id),
-            default_disk(self.e, row.id),
-        ]
-        # The restored disk gets a name of its own and the switch to it is one database
-        # commit: killed before it, the VM keeps its old chain (the file is removed by the
-        # next restore); after it, the new disk.
-        target = instance_dir / f"disk-{uuid.uuid4().hex[:12]}.qcow2"
-        os.replace(disk, target)
-        size = self.e.deps.disks.virtual_size(target)
-        with self.e.db.session() as s:
-            for snap in snaps:
-                fresh = s.get(SnapshotRow, snap.id)
-                if fresh is not None:
-                    s.delete(fresh)
-            _set_active(s, row.id, target)
-            disk_row = s.get(InstanceDiskRow, row.id)
-            if disk_row is not None:
-                disk_row.origin_snapshot_id = None  # no longer grows from a snapshot
-            fresh_vm = s.get(InstanceRow, row.id)
-            assert fresh_vm is not None
-            fresh_vm.disk_size = size
-        for path in old:
+    def _swap_in(
+        self,
+        row: InstanceRow,
+        snaps: list[SnapshotRow],
+        plans: list[Any],
+        files: dict[str, Path],
+    ) -> list[str]:
+        """Make the restored disks the VM's in one database commit: the root disk (its old
+        chain and snapshots dropped) and every volume of the backup. Killed before the
+        commit, the VM keeps all its old disks; after it, all the restored ones."""
+        restorer = Restorer(self)
+        tag = uuid.uuid4().hex[:12]
+        try:
+            free = restorer.free_slots(row.id, plans)
+            instance_dir = self.e.paths.instance_dir(row.id)
+            old = [Path(s.file) for s in snaps] + [
+                active_disk(self.e, row.id),
+                default_disk(self.e, row.id),
+            ]
+            target = instance_dir / f"disk-{tag}.qcow2"
+            os.replace(files[ROOT], target)
+            files[ROOT] = target
+            taken = restorer.take_volume_files(plans, files, tag)
+            files.update({p.disk.name: taken[p.name] for p in plans})
+            size = self.e.deps.disks.virtual_size(target)
+            with self.e.db.session() as s:
+                _set_active_dropping(s, row.id, target, snaps)
+                disk_row = s.get(InstanceDiskRow, row.id)
+                if disk_row is not None:
+                    disk_row.origin_snapshot_id = None  # no longer grows from a snapshot
+                fresh_vm = s.get(InstanceRow, row.id)
+                assert fresh_vm is not None
+                fresh_vm.disk_size = size
+                said, replaced = restorer.point_volumes(s, row.id, plans, taken, free)
+        except BaseException:
+            for path in files.values():
+                path.unlink(missing_ok=True)
+            raise
+        for path in old + replaced:
             if path != target:
                 path.unlink(missing_ok=True)
                 state_file(path).unlink(missing_ok=True)  # memory snapshots
+        return said
 
     def _clean_killed_restore(self, instance_dir: Path, active: Path) -> None:
         """Remove what a killed restore left: temp files, a restored disk never switched to
@@ -643,7 +653,10 @@ class BackupOps:
                     for d, (new, pool) in zip(manifest.disks[1:], plan(manifest), strict=True)
                 }}  # fmt: skip
 
-            files, backup, manifest = restorer.materialize_first(vm, backup_id, dirs_for)
+            with self._store_lock():  # the new VM's directory is named by its id
+                files, backup, manifest = restorer.materialize_first(
+                    vm, backup_id, dirs_for, disk.parent.name
+                )
             holder["backup"] = backup
             os.replace(files.pop(ROOT), disk)
             return [

@@ -3,13 +3,18 @@
 Each disk of the backup is written into a temporary file beside where it will live (the
 same file system, so taking it is a rename) and checked: every chunk's hash as it is
 read, then ``qemu-img check``. Only once every disk is materialized are they swapped
-in, so a failure leaves every disk as it was (a restore killed during the final renames
-can leave some volumes restored and others not; the next restore puts that right).
+in, and the swap is one database commit: each restored disk gets a file name of its
+own (``NAME@TAG.qcow2`` for a volume), and the commit points the VM and its volumes at
+them. A restore that fails or is killed at any point leaves every disk as it was; the
+files it left are named after the VM (``.restore-ID8-*``) or unreferenced (``*@*``),
+and the next restore, which holds the backup store's lock as every restore does,
+removes them.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,9 +29,13 @@ from cloudlet.engine import network_ops
 from cloudlet.engine.storage_ops import StorageOps
 from cloudlet.errors import CloudletError, Conflict, InvalidInput, NotFound
 from cloudlet.spec.names import validate_name
-from cloudlet.store.models import BackupRow, PoolRow, VolumeRow
+from cloudlet.store.models import BackupRow, InstanceRow, PoolRow, VolumeRow
+
+_TEMP = re.compile(r"\.restore-([0-9a-f]{8})-")
 
 if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
     from cloudlet.engine.backup_ops import BackupOps
     from cloudlet.engine.engine import Engine
 
@@ -130,10 +139,32 @@ class Restorer:
         self.store = ops.store
 
     # ------------------------------------------------------------ materialize
+    def sweep(self, owner: str, dirs: list[Path]) -> int:
+        """Remove what killed restores left in ``dirs`` (the store's lock is held): temp
+        files of VM ``owner`` or of VMs that no longer exist, and restored volume files
+        no volume points at. How many."""
+        with self.e.db.session() as s:
+            ids = [str(i) for i in s.scalars(select(InstanceRow.id))]
+            paths = {str(p) for p in s.scalars(select(VolumeRow.path))}
+        gone = 0
+        for directory in set(dirs):
+            for path in directory.glob(".restore-*"):
+                match = _TEMP.match(path.name)
+                if match and (owner.startswith(match[1]) or
+                              not any(i.startswith(match[1]) for i in ids)):  # fmt: skip
+                    path.unlink(missing_ok=True)
+                    gone += 1
+            for path in directory.glob("*@*.qcow2"):
+                if str(path) not in paths:
+                    path.unlink(missing_ok=True)
+                    gone += 1
+        return gone
+
     def materialize(self, row: BackupRow, manifest: Manifest, disk: DiskManifest,
-                    dest_dir: Path) -> Path:  # fmt: skip
-        """Write one disk of a backup into a checked qcow2 in ``dest_dir`` (a temp name)."""
-        tag = uuid.uuid4().hex[:8]
+                    dest_dir: Path, owner: str) -> Path:  # fmt: skip
+        """Write one disk of a backup into a checked qcow2 in ``dest_dir`` (a temp name
+        that says which VM ``owner`` it is for)."""
+        tag = f"{owner[:8]}-{uuid.uuid4().hex[:8]}"
         raw = dest_dir / f".restore-{tag}.raw"
         out = dest_dir / f".restore-{tag}.qcow2"
         where = f"{row.id} (disk {disk.name})"
@@ -161,13 +192,14 @@ class Restorer:
         return out
 
     def materialize_all(
-        self, row: BackupRow, manifest: Manifest, dirs: dict[str, Path]
+        self, row: BackupRow, manifest: Manifest, dirs: dict[str, Path], owner: str
     ) -> dict[str, Path]:
         """Every disk of the backup, each into its directory; none left on a failure."""
         made: dict[str, Path] = {}
+        self.sweep(owner, list(dirs.values()))
         try:
             for disk in manifest.disks:
-                made[disk.name] = self.materialize(row, manifest, disk, dirs[disk.name])
+                made[disk.name] = self.materialize(row, manifest, disk, dirs[disk.name], owner)
         except BaseException:
             for path in made.values():
                 path.unlink(missing_ok=True)
@@ -175,23 +207,28 @@ class Restorer:
         return made
 
     def materialize_first(
-        self, vm: str, backup_id: str | None, dirs_for: Callable[[Manifest], dict[str, Path]]
+        self,
+        vm: str,
+        backup_id: str | None,
+        dirs_for: Callable[[Manifest], dict[str, Path]],
+        owner: str,
     ) -> tuple[dict[str, Path], BackupRow, Manifest]:
         """The newest backup whose disks all restore cleanly (or exactly ``backup_id``);
-        ``dirs_for`` says where each disk goes (and refuses a backup that cannot go)."""
+        ``dirs_for`` says where each disk goes (and refuses a backup that cannot go).
+        ``owner`` is the VM the disks are for. Callers hold the backup store's lock."""
         candidates = self.ops._pick(vm, backup_id)
-        with self.ops._store_lock():
-            for i, row in enumerate(candidates):
-                try:
-                    manifest = self.ops._manifest(row)
-                    return self.materialize_all(row, manifest, dirs_for(manifest)), row, manifest
-                except StoreCorrupt as exc:
-                    self.ops._mark_failed(row.id)
-                    if backup_id is not None or i + 1 == len(candidates):
-                        raise
-                    self.e.notices.append(
-                        f"skipped backup {row.id}: {exc.message}; trying the one before it"
-                    )
+        for i, row in enumerate(candidates):
+            try:
+                manifest = self.ops._manifest(row)
+                dirs = dirs_for(manifest)
+                return self.materialize_all(row, manifest, dirs, owner), row, manifest
+            except StoreCorrupt as exc:
+                self.ops._mark_failed(row.id)
+                if backup_id is not None or i + 1 == len(candidates):
+                    raise
+                self.e.notices.append(
+                    f"skipped backup {row.id}: {exc.message}; trying the one before it"
+                )
         raise AssertionError("unreachable")
 
     # ------------------------------------------------------------ in place
@@ -241,36 +278,52 @@ class Restorer:
             )
         return free
 
-    def put_back_volumes(
-        self, instance_id: str, plans: list[_InPlace], files: dict[str, Path]
-    ) -> list[str]:
-        """Swap the materialized volumes in: deleted ones made again (and undone if that
-        fails), then each file renamed over its volume's and attached. What was said."""
-        storage = StorageOps(self.e)
-        free = self.free_slots(instance_id, plans)
-        made: list[str] = []
-        try:
-            for plan in plans:
-                if plan.existing is None:
-                    storage.volume_create(plan.name, plan.disk.virtual_size, plan.pool)
-                    made.append(plan.name)
-        except BaseException:
-            for name in made:
-                storage.volume_delete(name)
-            raise
-        said: list[str] = []
+    def take_volume_files(
+        self, plans: list[_InPlace], files: dict[str, Path], tag: str
+    ) -> dict[str, Path]:
+        """Rename each materialized volume to the name it keeps (``NAME@TAG.qcow2``): no
+        volume points at it yet, so until the commit the VM's volumes are as they were."""
+        taken: dict[str, Path] = {}
         for plan in plans:
-            vol = storage._volume(plan.name)
-            os.replace(files[plan.disk.name], vol.path)
-            with self.e.db.session() as s:
-                fresh = s.get(VolumeRow, vol.id)
-                assert fresh is not None
-                fresh.size = plan.disk.virtual_size
-                if fresh.instance_id is None:
-                    fresh.instance_id, fresh.slot = instance_id, free.pop(0)
-            said.append(
-                f"volume {plan.name} recreated in pool {plan.pool}"
-                if plan.name in made
-                else f"volume {plan.name} restored"
-            )
-        return said
+            target = plan.directory / f"{plan.name}@{tag}.qcow2"
+            os.replace(files[plan.disk.name], target)
+            taken[plan.name] = target
+        return taken
+
+    def point_volumes(
+        self,
+        session: Session,
+        instance_id: str,
+        plans: list[_InPlace],
+        taken: dict[str, Path],
+        free: list[int],
+    ) -> tuple[list[str], list[Path]]:
+        """In the restore's one commit: each volume of the backup points at its restored
+        file (a deleted one is made again, attached). What to say, and the files replaced."""
+        said: list[str] = []
+        replaced: list[Path] = []
+        free = list(free)
+        for plan in plans:
+            target = taken[plan.name]
+            fresh = session.get(VolumeRow, plan.existing.id) if plan.existing else None
+            if fresh is None:
+                session.add(
+                    VolumeRow(
+                        id=str(uuid.uuid4()),
+                        name=plan.name,
+                        pool=plan.pool,
+                        path=str(target),
+                        format="qcow2",
+                        size=plan.disk.virtual_size,
+                        instance_id=instance_id,
+                        slot=free.pop(0),
+                    )
+                )
+                said.append(f"volume {plan.name} recreated in pool {plan.pool}")
+                continue
+            replaced.append(Path(fresh.path))
+            fresh.path, fresh.size, fresh.format = str(target), plan.disk.virtual_size, "qcow2"
+            if fresh.instance_id is None:
+                fresh.instance_id, fresh.slot = instance_id, free.pop(0)
+            said.append(f"volume {plan.name} restored")
+        return said, replaced

@@ -237,6 +237,15 @@ def _set_active(s: Any, instance_id: str, path: Path) -> None:
         disk.active_path = str(path)
 
 
+def _set_active_dropping(s: Any, instance_id: str, path: Path, dropped: list[SnapshotRow]) -> None:
+    """In one commit: ``path`` becomes the disk's active layer, ``dropped`` snapshots go."""
+    for snap in dropped:
+        fresh = s.get(SnapshotRow, snap.id)
+        if fresh is not None:
+            s.delete(fresh)
+    _set_active(s, instance_id, path)
+
+
 class StorageOps:
     """Pools, volumes, snapshots and clones, on top of one Engine."""
 
@@ -869,11 +878,7 @@ class StorageOps:
                 self.e.deps.disks.create_layer(target, "qcow2", new_top)
                 try:
                     with self.e.db.session() as s:
-                        for snap in later:
-                            fresh = s.get(SnapshotRow, snap.id)
-                            if fresh is not None:
-                                s.delete(fresh)
-                        _set_active(s, row.id, new_top)
+                        _set_active_dropping(s, row.id, new_top, later)
                 except BaseException:
                     new_top.unlink(missing_ok=True)
                     raise
