@@ -7,6 +7,7 @@ do next) without knowing which layer raised it.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 
 class CloudletError(Exception):
@@ -56,6 +57,17 @@ class CapacityExceeded(CloudletError):
     http_status = 507
     exit_code = 5
     code = "capacity_exceeded"
+
+
+class OutOfSpace(CapacityExceeded):
+    """A file system ran out of space under a write (ENOSPC): ``path`` says where, so
+    the caller can name what is full (the backup store, a VM's directory)."""
+
+    code = "out_of_space"
+
+    def __init__(self, message: str, *, path: Path, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.path = path
 
 
 class Busy(CloudletError):

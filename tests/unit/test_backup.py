@@ -17,11 +17,12 @@ import pytest
 from cloudlet.backup.chunking import build_chunks
 from cloudlet.backup.retention import keep_set
 from cloudlet.backup.store import CHUNK_SIZE, BackupStore, Manifest, StoreCorrupt
+from cloudlet.driver.base import DiskCopy
 from cloudlet.driver.fake.driver import FakeDriver
 from cloudlet.engine.backup_ops import BackupOps
 from cloudlet.engine.engine import CreateRequest, Engine
 from cloudlet.engine.storage_ops import StorageOps, active_disk
-from cloudlet.errors import CapacityExceeded, Conflict, InvalidInput
+from cloudlet.errors import CapacityExceeded, Conflict, InvalidInput, OutOfSpace
 from cloudlet.spec.instance import BackupPolicy, Retention
 from cloudlet.spec.units import parse_duration
 from cloudlet.store.models import BackupRow
@@ -233,6 +234,42 @@ def test_a_full_backup_store_fails_cleanly_and_keeps_earlier_backups(
     ops.store.write_file = real_write
     again = ops.create("web1")  # the first backup's bitmap still counts
     assert again.kind == "incremental" and again.stored == 3 * CHUNK_SIZE
+
+
+def test_qemu_finding_the_store_full_says_the_store_is_full(
+    engine: Engine, ops: BackupOps, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write(engine, 0, "first")
+    first = ops.create("web1")
+    write(engine, CHUNK_SIZE, "more")
+
+    def full(instance_id: str, copies: list[DiskCopy], **_: object) -> None:
+        target = copies[0].target
+        raise OutOfSpace("the backup copy failed: No space left on device", path=target)
+
+    monkeypatch.setattr(engine.driver, "backup_disks", full)
+    with pytest.raises(CapacityExceeded) as info:
+        ops.create("web1")
+    assert info.value.message.startswith(f"the backup store {ops.store.root} is full")
+    assert "prune" in (info.value.hint or "")
+    assert [b.id for b in ops.backups("web1")] == [first.id]
+    assert list(ops.store.tmp.iterdir()) == []
+    monkeypatch.undo()
+    assert ops.create("web1").kind == "incremental"  # the first backup's bitmap is kept
+
+
+def test_a_full_disk_outside_the_store_is_not_blamed_on_it(
+    engine: Engine, ops: BackupOps, monkeypatch: pytest.MonkeyPatch, short_tmp: Path
+) -> None:
+    elsewhere = short_tmp / "elsewhere.qcow2"
+
+    def full(instance_id: str, copies: list[DiskCopy], **_: object) -> None:
+        raise OutOfSpace(f"no space left for {elsewhere}", path=elsewhere)
+
+    monkeypatch.setattr(engine.driver, "backup_disks", full)
+    with pytest.raises(OutOfSpace) as info:
+        ops.create("web1")
+    assert info.value.path == elsewhere and "backup store" not in info.value.message
 
 
 def test_stale_work_files_of_a_killed_backup_are_cleaned(engine: Engine, ops: BackupOps) -> None:

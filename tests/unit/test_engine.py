@@ -232,3 +232,15 @@ def test_host_view_counts_usage(engine: Engine) -> None:
     assert (host.cpus_used, host.memory_used) == (2, 4 * GIB)
     assert (host.cpu_limit, host.memory_limit) == (16, 7 * GIB)
     assert (host.instances, host.running, host.accel) == (2, 1, "tcg")
+
+
+def test_a_guest_paused_for_want_of_disk_space_is_paused_not_crashed(engine: Engine) -> None:
+    vm = engine.create(CreateRequest(name="vm"))
+    fake(engine).vms[vm.id].state = PowerState.NO_SPACE
+    view = engine.show("vm")
+    assert view.state == "paused" and "no space left" in (view.last_error or "")
+    assert "'cloudlet resume vm'" in (view.last_error or "")
+    assert fake(engine).vms[vm.id].alive  # QEMU keeps the write waiting: never killed
+    engine.resume("vm")
+    view = engine.show("vm")
+    assert view.state == "running" and view.last_error is None

@@ -34,3 +34,12 @@ def test_vm_started_without_root_ports_gets_a_clear_error(short_tmp: Path) -> No
     with pytest.raises(Conflict, match="hot-plug ports") as refused:
         driver.attach_disk("vm1", ExtraDisk("vx", short_tmp / "v.qcow2", slot=0))
     assert "stop and start it once" in str(refused.value.hint)
+
+
+def test_qemu_errors_that_mean_a_full_file_system_are_told_apart() -> None:
+    from cloudlet.driver.qemu.driver import out_of_space
+
+    assert out_of_space("Unable to write to file: No space left on device")
+    assert out_of_space("Disk quota exceeded")
+    assert not out_of_space("Input/output error")
+    assert not out_of_space(None)

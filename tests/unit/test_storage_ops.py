@@ -21,6 +21,7 @@ from cloudlet.errors import (
     GuestError,
     InvalidInput,
     NotFound,
+    OutOfSpace,
 )
 from cloudlet.spec.units import GIB, TIB
 from tests.fakes import FakeDisks, make_fake_engine
@@ -468,10 +469,10 @@ def test_memory_state_that_cannot_be_saved_or_loaded_is_a_clear_error(
 
     with monkeypatch.context() as m:
         m.setattr(fake(engine), "save_state", refuse)
-        with pytest.raises(CloudletError, match="kept its disk but not its memory: QEMU could"):
+        with pytest.raises(CloudletError, match="s1 of web1 was not taken: QEMU could not"):
             ops.snapshot_create("web1", "s1", memory=True)
     assert engine.show("web1").state == "running"  # resumed all the same
-    assert [s.memory for s in ops.snapshots("web1")] == [False]
+    assert ops.snapshots("web1") == []  # the disk half is taken back too
     assert not list(engine.paths.instance_dir(iid).rglob("*.vmstate*"))
     ops.snapshot_create("web1", "s2", memory=True)
     # a VM whose devices changed since cannot load the state: the disk is reverted all the same
@@ -492,3 +493,27 @@ def test_a_stale_memory_state_never_makes_a_disk_snapshot_look_like_one(
     Path(f"{layer}.vmstate").write_text("left by a killed snapshot")
     assert not ops.snapshot_create("web1", "s1").memory
     assert not Path(f"{layer}.vmstate").exists()
+
+
+def test_a_memory_snapshot_with_no_room_for_its_state_is_not_taken_at_all(
+    engine: Engine, ops: StorageOps, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine.create(CreateRequest(name="web1"))
+    iid = vm_id(engine, "web1")
+    top = active_disk(engine, iid)
+
+    def full(instance_id: str, target: Path) -> None:
+        target.write_text("half")
+        raise OutOfSpace("QEMU could not save the memory state: No space left", path=target)
+
+    monkeypatch.setattr(fake(engine), "save_state", full)
+    with pytest.raises(CapacityExceeded) as caught:
+        ops.snapshot_create("web1", "m1", memory=True)
+    assert "snapshot m1 of web1 was not taken: no space left" in caught.value.message
+    assert "without --memory" in (caught.value.hint or "")
+    # the disk snapshot went back too: no row, no layer, no state file, guest running
+    assert ops.snapshots("web1") == []
+    assert fake(engine).disk_chain(iid)[0] == top == active_disk(engine, iid)
+    assert not list((engine.paths.instance_dir(iid) / "layers").iterdir())
+    assert not list(engine.paths.instance_dir(iid).rglob("*.vmstate*"))
+    assert engine.show("web1").state == "running"

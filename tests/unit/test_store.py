@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 
@@ -36,3 +37,25 @@ def test_migrations_build_the_schema_the_models_describe(tmp_path: Path) -> None
     with db.engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
     assert diff == []
+
+
+def test_a_full_file_system_under_the_database_is_one_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from collections import namedtuple
+
+    from sqlalchemy.exc import OperationalError
+
+    from cloudlet.errors import CapacityExceeded
+    from cloudlet.store import database
+
+    db = Database(tmp_path / "state.db")
+    io_error = OperationalError("INSERT", {}, Exception("disk I/O error"))
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(database.shutil, "disk_usage", lambda _p: usage(10 << 20, 10 << 20, 0))
+    with pytest.raises(CapacityExceeded, match=r"database .* is full"), db.session():
+        raise io_error
+    # with room to spare, the same text is some other trouble: passed on as it is
+    monkeypatch.setattr(database.shutil, "disk_usage", lambda _p: usage(1 << 30, 0, 1 << 30))
+    with pytest.raises(OperationalError), db.session():
+        raise io_error

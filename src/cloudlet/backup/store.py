@@ -272,14 +272,22 @@ class BackupStore:
 
     def _full(self, exc: OSError) -> CloudletError:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            st = shutil.disk_usage(self.root)
-            return CapacityExceeded(
-                f"the backup store {self.root} is full ({st.free >> 20} MiB free): "
-                "this backup was not recorded, earlier backups are untouched",
-                hint="free space there, prune old backups ('cloudlet backup prune VM'), "
-                "or set [backup] path in config.toml",
-            )
+            return self.full_error()
         return CloudletError(f"cannot write to the backup store {self.root}: {exc}")
+
+    def full_error(self) -> CapacityExceeded:
+        """What a backup that ran out of space in the store reports."""
+        st = shutil.disk_usage(self.root)
+        return CapacityExceeded(
+            f"the backup store {self.root} is full ({st.free >> 20} MiB free now): "
+            "this backup was not recorded, earlier backups are untouched",
+            hint="free space there, prune old backups ('cloudlet backup prune VM'), "
+            "or set [backup] path in config.toml",
+        )
+
+    def holds(self, path: Path) -> bool:
+        """Whether ``path`` (a work file QEMU wrote, say) lies inside the store."""
+        return path.absolute().is_relative_to(self.root.absolute())
 
     # ------------------------------------------------------------ chunks
     def chunk_path(self, digest: str) -> Path:

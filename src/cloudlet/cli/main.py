@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated, NoReturn
 
 import typer
+from rich.markup import escape
 
 from cloudlet.cli import (
     backup_commands,
@@ -482,7 +483,8 @@ spec_commands.register(app)
 
 
 def fail(error: CloudletError) -> NoReturn:
-    err.print(f"[red]error:[/] {error.one_line()}")
+    # escaped: messages carry paths and hints such as "[backup] path" that are not markup
+    err.print(f"[red]error:[/] {escape(error.one_line())}")
     sys.exit(error.exit_code)
 
 

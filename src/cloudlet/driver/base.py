@@ -167,6 +167,9 @@ class PowerState(StrEnum):
     PAUSED = "paused"
     SHUTDOWN = "shutdown"  # the guest powered off; the process waits to be reaped
     FAILED = "failed"  # the process lives but the guest hit an internal error or panicked
+    # QEMU paused the guest: a disk write found no space left on the host (werror=enospc);
+    # resume retries the write once there is space again
+    NO_SPACE = "no-space"
     GONE = "gone"  # a record exists but the process died (crash, kill -9)
     ABSENT = "absent"  # no record: never started, or cleanly stopped
 
@@ -287,6 +290,11 @@ class Driver(abc.ABC):
     def snapshot_disk(self, instance_id: str, new_top: Path) -> None:
         """External snapshot of the root disk: ``new_top`` (created here, qcow2, backed by
         the current top) becomes the disk the guest writes to; the old top is frozen."""
+
+    @abc.abstractmethod
+    def unsnapshot_disk(self, instance_id: str, top: Path) -> None:
+        """Undo snapshot_disk while the guest is paused: merge ``top`` (the active layer)
+        into the layer below and make that the active one again. The file stays."""
 
     @abc.abstractmethod
     def stream_disk(self, instance_id: str, top: Path, base: Path | None) -> None:

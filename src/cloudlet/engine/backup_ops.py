@@ -61,7 +61,7 @@ from cloudlet.engine.storage_ops import (
     default_disk,
     state_file,
 )
-from cloudlet.errors import CloudletError, Conflict, NotFound
+from cloudlet.errors import CloudletError, Conflict, NotFound, OutOfSpace
 from cloudlet.spec.instance import BackupPolicy, InstanceSpec
 from cloudlet.spec.names import validate_name
 from cloudlet.spec.states import VMState
@@ -182,7 +182,11 @@ class BackupOps:
                     self.e.notices.append(
                         f"removed {len(leftovers)} work file(s) an interrupted backup left"
                     )
-                backup = self._take(row)
+                try:
+                    backup = self._take(row)
+                except OutOfSpace as exc:
+                    # QEMU's copy into the store's work file found no space: say what is full.
+                    raise (self.store.full_error() if self.store.holds(exc.path) else exc) from None
                 what = f"{backup.kind} backup {backup.id}" + (
                     f" ({backup.note})" if backup.note else ""
                 )

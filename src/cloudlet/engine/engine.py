@@ -261,6 +261,15 @@ class Engine:
             new_state = VMState.RUNNING
         elif power == PowerState.PAUSED and row.state != VMState.PAUSED:
             new_state = VMState.PAUSED
+        elif power == PowerState.NO_SPACE:
+            # Not a crash: nothing is lost, the write waits in QEMU for space.
+            error = (
+                "QEMU paused the guest: a disk write found no space left on the host; "
+                f"free space there, then 'cloudlet resume {row.name}' retries it"
+            )
+            if row.state != VMState.PAUSED or row.last_error != error:
+                new_state = VMState.PAUSED
+                self._event(row.name, "paused", error)
         elif power == PowerState.SHUTDOWN:
             # The guest powered itself off; QEMU waits (-no-shutdown) to be reaped.
             self.driver.force_stop(row.id)
@@ -341,7 +350,7 @@ class Engine:
         power = self.driver.power_state(row.id)
         if power == PowerState.RUNNING:
             self._set_state(row.id, VMState.RUNNING)
-        elif power == PowerState.PAUSED:
+        elif power in (PowerState.PAUSED, PowerState.NO_SPACE):
             self._set_state(row.id, VMState.PAUSED)
         else:
             self.driver.force_stop(row.id)

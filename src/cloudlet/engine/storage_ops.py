@@ -14,6 +14,7 @@ snapshot's file and discards what lay above it.
 
 from __future__ import annotations
 
+import shutil
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,7 +27,14 @@ from sqlalchemy import select
 
 from cloudlet.driver.base import HOTPLUG_SLOTS, ExtraDisk
 from cloudlet.engine import locks, network_ops
-from cloudlet.errors import CloudletError, Conflict, InvalidInput, NotFound
+from cloudlet.errors import (
+    CapacityExceeded,
+    CloudletError,
+    Conflict,
+    InvalidInput,
+    NotFound,
+    OutOfSpace,
+)
 from cloudlet.images.store import Image
 from cloudlet.spec.instance import InstanceSpec
 from cloudlet.spec.names import validate_name
@@ -767,7 +775,7 @@ class StorageOps:
                             _undo_snapshot(self.e, row.id, snap_id, old_top)
                         raise
                     if memory:
-                        self._save_memory(vm, name, row.id, old_top)
+                        self._save_memory(vm, name, row.id, snap_id, old_top, new_top)
                         if not paused_here:
                             # Saving hands the disks over to a (never coming) target; only
                             # cont takes them back. A paused VM then stays paused.
@@ -786,8 +794,11 @@ class StorageOps:
                 self._remember(vm, "snapshot", f"snapshot {name} taken ({how})", op_id)
         return next(v for v in self.snapshots(vm) if v.name == name)
 
-    def _save_memory(self, vm: str, name: str, instance_id: str, layer: Path) -> None:
-        """Save the paused VM's RAM and device state next to the layer just frozen."""
+    def _save_memory(
+        self, vm: str, name: str, instance_id: str, snap_id: str, layer: Path, new_top: Path
+    ) -> None:
+        """Save the paused VM's RAM and device state next to the layer just frozen; when
+        that fails, take the disk snapshot back too, so no half snapshot stays."""
         target = state_file(layer)
         part = Path(f"{target}.part")
         try:
@@ -795,9 +806,24 @@ class StorageOps:
             part.rename(target)
         except CloudletError as exc:
             part.unlink(missing_ok=True)
+            try:
+                self.e.driver.unsnapshot_disk(instance_id, new_top)
+            except CloudletError:
+                raise CloudletError(
+                    f"snapshot {name} of {vm} kept its disk but not its memory: {exc.message}",
+                    hint=f"delete it ('cloudlet snapshot delete {vm} {name}') and try again",
+                ) from None
+            new_top.unlink(missing_ok=True)
+            _undo_snapshot(self.e, instance_id, snap_id, layer)
+            if isinstance(exc, OutOfSpace):
+                free = shutil.disk_usage(layer.parent).free >> 20
+                raise CapacityExceeded(
+                    f"snapshot {name} of {vm} was not taken: no space left in {layer.parent} "
+                    f"for its memory state ({free} MiB free now)",
+                    hint="free space there, or snapshot the disk only (without --memory)",
+                ) from None
             raise CloudletError(
-                f"snapshot {name} of {vm} kept its disk but not its memory: {exc.message}",
-                hint=f"delete it ('cloudlet snapshot delete {vm} {name}') and try again",
+                f"snapshot {name} of {vm} was not taken: {exc.message}", hint="try again"
             ) from None
         except BaseException:
             part.unlink(missing_ok=True)

@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 import fcntl
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
+
+from cloudlet.errors import CapacityExceeded
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 # The newest Alembic revision; a unit test keeps it equal to the scripts' head.
 # Comparing against it first means Alembic (slow to import) loads only to migrate.
 HEAD_REVISION = "0101_backups"
+# SQLite says "disk I/O error" (WAL files) or "database or disk is full" on ENOSPC.
+_FULL_TEXTS = ("disk I/O error", "database or disk is full")
+_NEARLY_FULL = 4 << 20
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -60,7 +67,7 @@ class Database:
         self.engine = create_engine(f"sqlite:///{path}", future=True)
         event.listen(self.engine, "connect", _sqlite_pragmas)
         # Two processes opening a new database must not both run the migration.
-        with open(path.with_suffix(".migrate.lock"), "w") as lock:
+        with open(path.with_suffix(".migrate.lock"), "w") as lock, self._full_disk():
             fcntl.flock(lock, fcntl.LOCK_EX)
             migrate(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
@@ -68,8 +75,23 @@ class Database:
     @contextmanager
     def session(self) -> Iterator[Session]:
         """One transaction: committed on success, rolled back on error."""
-        with self._sessions() as session, session.begin():
+        with self._full_disk(), self._sessions() as session, session.begin():
             yield session
+
+    @contextmanager
+    def _full_disk(self) -> Iterator[None]:
+        """A clear error when SQLite failed because its file system is full."""
+        try:
+            yield
+        except OperationalError as exc:
+            free = shutil.disk_usage(self.path.parent).free
+            if free >= _NEARLY_FULL or not any(t in str(exc.orig) for t in _FULL_TEXTS):
+                raise
+            raise CapacityExceeded(
+                f"the state database {self.path} cannot be written: its file system is "
+                f"full ({free >> 10} KiB free)",
+                hint="free space there, then run the command again",
+            ) from None
 
     def close(self) -> None:
         self.engine.dispose()

@@ -219,6 +219,12 @@ class FakeDriver(Driver):
         new_top.write_text(json.dumps({"size": _file_size(old), "backing": str(old)}))
         vm.chain.insert(0, new_top)
 
+    def unsnapshot_disk(self, instance_id: str, top: Path) -> None:
+        vm = self._live(instance_id)
+        if not vm.chain or vm.chain[0] != top or len(vm.chain) < 2:
+            raise Conflict(f"the running VM's active disk layer is not {top}")
+        vm.chain.pop(0)
+
     def stream_disk(self, instance_id: str, top: Path, base: Path | None) -> None:
         vm = self._live(instance_id)
         if top not in vm.chain or (base is not None and base not in vm.chain):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import shutil
@@ -35,13 +36,15 @@ from cloudlet.driver.qemu.argv import (
     tap_netdev,
 )
 from cloudlet.driver.qemu.runtime import read_record, write_record
-from cloudlet.errors import CloudletError, Conflict, HostCommandError, Timeout
+from cloudlet.errors import CloudletError, Conflict, HostCommandError, OutOfSpace, Timeout
 from cloudlet.host import processes
 from cloudlet.host.qemu_binaries import qemu_binary, qemu_version
 from cloudlet.host.run import spawn
 
 START_TIMEOUT = 60.0
 _FAILED_STATES = {"internal-error", "guest-panicked", "io-error"}
+# How QEMU words an ENOSPC / EDQUOT (strerror, as in its job and migration errors).
+_NO_SPACE = (os.strerror(errno.ENOSPC), os.strerror(errno.EDQUOT))
 # A saved or awaited memory state (migration) leaves the vCPUs stopped, like a pause.
 _PAUSED_STATES = {"paused", "suspended", "postmigrate", "inmigrate", "finish-migrate"}
 AGENT_CHARDEV = "qga0"
@@ -50,6 +53,11 @@ ROOT_DEVICE = "disk0-dev"
 _BUILTIN_DEVICES = {"disk0-dev", "seed0-dev", "install0-dev"}
 JOB_TIMEOUT = 3600.0
 STATE_TIMEOUT = 600.0
+
+
+def out_of_space(reason: object) -> bool:
+    """Whether a QEMU error text says a file system was full."""
+    return any(text in str(reason) for text in _NO_SPACE)
 
 
 def _qdev_id(qdev: str) -> str:
@@ -158,9 +166,20 @@ class QemuDriver(Driver):
             return PowerState.SHUTDOWN
         if state in _PAUSED_STATES:
             return PowerState.PAUSED
+        if state == "io-error" and self._io_status(info) == "nospace":
+            return PowerState.NO_SPACE
         if state in _FAILED_STATES:
             return PowerState.FAILED
         return PowerState.RUNNING
+
+    def _io_status(self, info: RuntimeInfo) -> str:
+        """ "nospace" when a disk's last write failed for want of space ("ok", "failed")."""
+        try:
+            blocks = qmp.execute(info.qmp_socket, "query-block", timeout=5.0)
+        except CloudletError:
+            return "unknown"
+        statuses = {str(b.get("io-status", "ok")) for b in blocks}
+        return "nospace" if "nospace" in statuses else ("failed" if "failed" in statuses else "ok")
 
     def request_shutdown(self, instance_id: str, *, via_agent: bool = False) -> None:
         info = self._require(instance_id)
@@ -337,6 +356,47 @@ class QemuDriver(Driver):
             },
             timeout=60.0,
         )
+
+    def unsnapshot_disk(self, instance_id: str, top: Path) -> None:
+        info = self._require(instance_id)
+        chain = self.disk_chain(instance_id)
+        if len(chain) < 2 or chain[0] != top:
+            raise Conflict(f"the running VM's active disk layer is not {top}")
+        job = "commit-" + _layer_node(top)
+        events = ("BLOCK_JOB_READY", "BLOCK_JOB_COMPLETED", "BLOCK_JOB_CANCELLED")
+
+        def ended(name: str, data: dict[str, Any]) -> bool:
+            return data.get("device") == job and name != "BLOCK_JOB_READY"
+
+        # An active commit: copies what top holds (nothing, the guest is paused) into
+        # the layer below, then waits for block-job-complete to switch the guest over.
+        data = qmp.execute_and_wait(
+            info.qmp_socket,
+            "block-commit",
+            # base-node: without it QEMU commits into the bottom of the chain (the image)
+            {
+                "job-id": job,
+                "device": self._node_for(info, top),
+                "base-node": self._node_for(info, chain[1]),
+            },
+            events=events,
+            done=lambda _name, d: d.get("device") == job,
+            timeout=JOB_TIMEOUT,
+        )
+        if "error" not in data and data.get("offset") == data.get("len"):
+            data = qmp.execute_and_wait(
+                info.qmp_socket,
+                "block-job-complete",
+                {"device": job},
+                events=events,
+                done=ended,
+                timeout=JOB_TIMEOUT,
+            )
+        if data.get("error") or data.get("offset") != data.get("len"):
+            raise CloudletError(
+                f"dropping the disk layer {top.name} failed: "
+                f"{data.get('error', 'the job was cancelled')}"
+            )
 
     def disk_chain(self, instance_id: str) -> list[Path]:
         info = self._require(instance_id)
@@ -531,6 +591,14 @@ class QemuDriver(Driver):
                     if copy.new_bitmap is not None:
                         with contextlib.suppress(CloudletError):
                             self.remove_bitmap(instance_id, copy.new_bitmap, copy.node)
+                full = [d for d in failed if out_of_space(d.get("error"))]
+                if full:
+                    target = copies[targets.index(str(full[0]["device"])[len("backup-") :])].target
+                    raise OutOfSpace(
+                        f"the backup copy into {target} failed: {full[0]['error']}",
+                        path=target,
+                        hint="earlier backups are untouched; free space there and try again",
+                    )
                 raise CloudletError(
                     f"the backup copy failed: {failed[0].get('error', 'the job was cancelled')}",
                     hint="earlier backups are untouched; try again",
@@ -549,7 +617,7 @@ class QemuDriver(Driver):
         )
 
     # ---------------------------------------------------------------- memory state
-    def _migrate(self, info: RuntimeInfo, fd: int, command: str, what: str) -> None:
+    def _migrate(self, info: RuntimeInfo, fd: int, command: str, what: str, path: Path) -> None:
         # A paused guest's RAM goes out as fast as the disk takes it (the default limit is
         # 128 MiB/s, made for live migration over a network).
         setup = [("migrate-set-parameters", {"max-bandwidth": 1 << 40})]
@@ -562,6 +630,8 @@ class QemuDriver(Driver):
         )
         if data.get("status") != "completed":
             reason = data.get("error-desc") or data.get("status")
+            if out_of_space(reason):
+                raise OutOfSpace(f"QEMU could not {what} the memory state: {reason}", path=path)
             raise CloudletError(f"QEMU could not {what} the memory state: {reason}")
 
     def save_state(self, instance_id: str, target: Path) -> None:
@@ -570,7 +640,7 @@ class QemuDriver(Driver):
             raise Conflict("the VM must be paused while its memory state is saved")
         fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            self._migrate(info, fd, "migrate", "save")
+            self._migrate(info, fd, "migrate", "save", target)
         finally:
             os.close(fd)
 
@@ -580,6 +650,6 @@ class QemuDriver(Driver):
             raise Conflict("the VM was not started to receive a memory state")
         fd = os.open(source, os.O_RDONLY)
         try:
-            self._migrate(info, fd, "migrate-incoming", "load")
+            self._migrate(info, fd, "migrate-incoming", "load", source)
         finally:
             os.close(fd)
