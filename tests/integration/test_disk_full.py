@@ -99,6 +99,17 @@ def test_backup_store_full(cloudlet_home: Path, short_tmp: Path) -> None:
         refused(out, f"the backup store {store} is full")
         assert files(store) == before
 
+        # 3. a directory pool on the same full file system: a volume is refused in one
+        # line naming the pool, and no file is left
+        (mnt / "pool").mkdir()
+        cli.run(home, "pool", "create", "small", "--path", str(mnt / "pool"))
+        fill(mnt, leave=0)
+        out = cli.run(home, "volume", "create", "v1", "--size", "64M", "--pool", "small",
+                      check=False)  # fmt: skip
+        refused(out, "pool small is full", "another pool")
+        assert not list((mnt / "pool").iterdir())
+        assert cli.run_json(home, "volume", "list") == []
+
         (backup,) = cli.run_json(home, "backup", "list", "web1")
         assert backup["id"] == first["id"]
         cli.run(home, "backup", "verify", "web1")
@@ -112,6 +123,8 @@ def test_backup_store_full(cloudlet_home: Path, short_tmp: Path) -> None:
         assert 40 * MIB <= second["stored"] < 60 * MIB
         cli.run(home, "backup", "verify", "web1")
         assert not list((store / "tmp").iterdir())
+        cli.run(home, "volume", "create", "v1", "--size", "64M", "--pool", "small")
+        cli.run(home, "volume", "delete", "v1")
         cli.run(home, "delete", "web1")
 
 

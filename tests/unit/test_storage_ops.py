@@ -109,6 +109,28 @@ def test_volume_beyond_the_thin_limit_is_refused_and_leaves_nothing(
     assert ops.volume("a").size == GIB
 
 
+def test_a_full_pool_file_system_is_named_and_leaves_nothing(
+    engine: Engine, ops: StorageOps, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_space(path: Path, size: int) -> None:
+        path.write_bytes(b"half")  # qemu-img may leave a piece behind
+        raise CloudletError("qemu-img create failed: No space left on device")
+
+    monkeypatch.setattr(engine.deps.disks, "create_blank", no_space)
+    with pytest.raises(OutOfSpace, match=r"^pool default is full: its file system at ") as info:
+        ops.volume_create("v1", GIB)
+    assert "another pool" in (info.value.hint or "")
+    assert ops.volumes() == [] and not list((engine.paths.pools / "default").iterdir())
+
+    # any other failure is passed on as it is
+    def broken(path: Path, size: int) -> None:
+        raise CloudletError("qemu-img create failed: Permission denied")
+
+    monkeypatch.setattr(engine.deps.disks, "create_blank", broken)
+    with pytest.raises(CloudletError, match=r"^qemu-img create failed: Permission denied$"):
+        ops.volume_create("v1", GIB)
+
+
 def test_overcommit_ratio_is_a_setting(short_tmp: Path) -> None:
     from dataclasses import replace
 

@@ -11,7 +11,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from cloudlet.errors import CapacityExceeded, Conflict, InvalidInput
+from cloudlet.errors import (
+    CapacityExceeded,
+    CloudletError,
+    Conflict,
+    InvalidInput,
+    OutOfSpace,
+)
 from cloudlet.spec.units import format_size
 
 
@@ -108,13 +114,32 @@ class DirPool:
             )
         try:
             files.create_blank(path, size)
-        except BaseException:
+        except BaseException as exc:
             path.unlink(missing_ok=True)
+            self._raise_if_full(exc)
             raise
         return path
 
     def grow_volume(self, files: VolumeFiles, path: Path, size: int) -> None:
-        files.resize(path, size)
+        try:
+            files.resize(path, size)
+        except CloudletError as exc:
+            self._raise_if_full(exc)
+            raise
+
+    def _raise_if_full(self, exc: BaseException) -> None:
+        """A write that failed because the pool's file system is full says so."""
+        if not isinstance(exc, (CloudletError, OSError)):
+            return
+        if "No space left" not in str(exc) and self.usage().free >= 1 << 20:
+            return
+        raise OutOfSpace(
+            f"pool {self.name} is full: its file system at {self.path} has "
+            f"{self.usage().free >> 20} MiB free",
+            path=self.path,
+            hint="free space there, delete volumes you no longer need ('cloudlet volume "
+            "list'), or use another pool (--pool)",
+        ) from None
 
     def delete_volume(self, path: Path) -> None:
         path.unlink(missing_ok=True)
