@@ -4,6 +4,7 @@ backups and the VM untouched, and everything works again once there is space."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import subprocess
@@ -58,6 +59,18 @@ def fill(mount_point: Path, leave: int) -> Path:
     return filler
 
 
+def fill_up(mount_point: Path) -> None:
+    """No byte left: the filler leaves 1 MiB (fallocate needs room for its own
+    metadata), which a second file then takes 4 KiB at a time until ENOSPC."""
+    fill(mount_point, leave=MIB)
+    with open(mount_point / "filler-rest", "wb", buffering=0) as rest:
+        try:
+            while True:
+                rest.write(bytes(4096))
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC, exc
+
+
 def files(root: Path) -> set[str]:
     return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
 
@@ -103,7 +116,7 @@ def test_backup_store_full(cloudlet_home: Path, short_tmp: Path) -> None:
         # line naming the pool, and no file is left
         (mnt / "pool").mkdir()
         cli.run(home, "pool", "create", "small", "--path", str(mnt / "pool"))
-        fill(mnt, leave=0)
+        fill_up(mnt)
         out = cli.run(home, "volume", "create", "v1", "--size", "64M", "--pool", "small",
                       check=False)  # fmt: skip
         refused(out, "pool small is full", "another pool")
@@ -118,6 +131,7 @@ def test_backup_store_full(cloudlet_home: Path, short_tmp: Path) -> None:
 
         # space again: the next backup builds on the first one's dirty bitmap
         filler.unlink()
+        (mnt / "filler-rest").unlink()
         second = cli.run_json(home, "backup", "create", "web1")
         assert second["kind"] == "incremental", second
         assert 40 * MIB <= second["stored"] < 60 * MIB
