@@ -142,7 +142,7 @@ def test_backup_store_full(cloudlet_home: Path, short_tmp: Path) -> None:
         cli.run(home, "delete", "web1")
 
 
-def wait_state(home: Path, vm: str, state: str, timeout: float = 60) -> dict[str, object]:
+def wait_state(home: Path, vm: str, state: str, timeout: float = 180) -> dict[str, object]:
     deadline = time.monotonic() + timeout
     while True:
         view: dict[str, object] = cli.run_json(home, "show", vm)
