@@ -416,6 +416,9 @@ class QemuDriver(Driver):
 
     def stream_disk(self, instance_id: str, top: Path, base: Path | None) -> None:
         info = self._require(instance_id)
+        chain = self.disk_chain(instance_id)
+        below = chain[chain.index(top) + 1 :] if top in chain else []
+        dropped = below[: below.index(base)] if base in below else below
         job = "stream-" + _layer_node(top)
         args: dict[str, Any] = {"job-id": job, "device": self._node_for(info, top)}
         if base is not None:
@@ -433,6 +436,16 @@ class QemuDriver(Driver):
                 f"merging the disk layers failed: {data.get('error', 'the job was cancelled')}",
                 hint="the snapshot is kept; try again",
             )
+        self._release_layers(info, dropped)
+
+    def _release_layers(self, info: RuntimeInfo, dropped: list[Path]) -> None:
+        """Close the layers a merge took out of the chain. The root disk's first layer was
+        opened with -blockdev, so QEMU keeps it (and its file, even once deleted, with the
+        space it holds) until it is deleted by name; layers snapshots made go by themselves."""
+        for node in self._nodes(info):
+            if node.get("drv") != "file" and Path(str(node.get("file", ""))) in dropped:
+                with contextlib.suppress(CloudletError):  # not the monitor's: already gone
+                    qmp.execute(info.qmp_socket, "blockdev-del", {"node-name": node["node-name"]})
 
     def freeze_filesystems(self, instance_id: str) -> int:
         info = self._require(instance_id)
