@@ -23,31 +23,18 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from common import bench_home, cloudlet
 
 MIB = 1 << 20
 FILL_START = 512 * MIB
 FILL = 1536 * MIB
 PIECE = 64 * MIB
 CHANGE = 20 * MIB
-
-
-def cloudlet(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "CLOUDLET_HOME": str(home), "CLOUDLET_FORCE_RESTRICT_NETWORK": "1"}
-    env.pop("CLOUDLET_BACKUP_DIR", None)  # the CLI's store is the default one
-    return subprocess.run(
-        [sys.executable, "-m", "cloudlet", *args],
-        env=env,
-        check=True,
-        capture_output=True,
-        text=True,
-    )
 
 
 def timed(fn: Any) -> tuple[float, Any]:
@@ -98,12 +85,7 @@ def rate(size: int, seconds: float) -> str:
 
 
 def main() -> None:
-    home = Path(tempfile.mkdtemp(prefix="cl-bench-", dir="/tmp"))
-    shared = os.environ.get("CLOUDLET_TEST_CACHE", "/var/cache/cloudlet-test")
-    try:
-        if Path(shared, "state", "images").exists():
-            (home / "images").symlink_to(Path(shared, "state", "images"))
-            (home / "cache").symlink_to(Path(shared, "state", "cache"))
+    with bench_home("bench", "back") as home:
         cloudlet(home, "create", "bench", "--disk-size", "2G", "--no-start")
         vm = json.loads(cloudlet(home, "show", "bench", "-o", "json").stdout)
         disk = Path(vm["paths"]["disk"])
@@ -169,15 +151,6 @@ def main() -> None:
         ):
             print(f"incremental ({mode}, {i['kind']}): {i_s / f_s:.1%} of the full's time, "
                   f"{i['stored'] / f['stored']:.1%} of its stored bytes")  # fmt: skip
-
-    finally:
-        subprocess.run(
-            [sys.executable, "-m", "cloudlet", "delete", "bench"],
-            env={**os.environ, "CLOUDLET_HOME": str(home)},
-            capture_output=True,
-            check=False,
-        )
-        shutil.rmtree(home, ignore_errors=True)
 
 
 if __name__ == "__main__":

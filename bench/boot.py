@@ -21,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import cloudlet
+
 AGENT_PORT = "org.qemu.guest_agent.0"
 
 
@@ -85,17 +87,6 @@ def bare_boot(image: dict[str, str], accel: str, workdir: Path) -> float:
     finally:
         proc.kill()
         proc.wait()
-
-
-def cloudlet(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "CLOUDLET_HOME": str(home), "CLOUDLET_FORCE_RESTRICT_NETWORK": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "cloudlet", *args],
-        env=env,
-        check=True,
-        capture_output=True,
-        text=True,
-    )
 
 
 def cloudlet_boot(home: Path) -> float:

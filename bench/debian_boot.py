@@ -17,16 +17,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import cloudlet
+
 from cloudlet.cloudinit import build_user_data, make_seed_iso
-
-
-def cloudlet(home: Path, *args: str, timeout: float = 1200) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "CLOUDLET_HOME": str(home), "CLOUDLET_FORCE_RESTRICT_NETWORK": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "cloudlet", *args],
-        env=env, check=True, capture_output=True, text=True, timeout=timeout,
-        stdin=subprocess.DEVNULL,
-    )  # fmt: skip
 
 
 def bare_boot(image_dir: Path, accel: str, work: Path, pubkey: str) -> float:
@@ -62,7 +55,7 @@ def bare_boot(image_dir: Path, accel: str, work: Path, pubkey: str) -> float:
     seen = b""
     try:
         while b"login:" not in seen:
-            chunk = proc.stdout.read1(4096)
+            chunk = os.read(proc.stdout.fileno(), 4096)
             if not chunk:
                 raise RuntimeError("QEMU exited before the login prompt")
             seen = seen[-64:] + chunk

@@ -407,8 +407,8 @@ def main() -> None:
         generic_label = "bare QEMU, generic kernel (floor)"
         vng_label = "virtme-ng (generic kernel) true"
         if times.get(generic_label) and times.get(vng_label) and vng_label not in failed:
-            ratio = statistics.median(times[vng_label]) / statistics.median(times[generic_label])
-            print(f"virtme-ng vs bare QEMU with the same generic kernel: {ratio:.2f}")
+            speedup = statistics.median(times[vng_label]) / statistics.median(times[generic_label])
+            print(f"virtme-ng vs bare QEMU with the same generic kernel: {speedup:.2f}")
         for note in notes:
             print(f"note: {note}")
         print(f"(whole benchmark: {time.monotonic() - begun:.0f} s)")

@@ -7,4 +7,5 @@ sh scripts/setup.sh --dev
 .venv/bin/ruff check src tests bench
 .venv/bin/ruff format --check src tests bench
 .venv/bin/mypy
+MYPYPATH=bench .venv/bin/mypy bench
 exec .venv/bin/python -m pytest "$@"
