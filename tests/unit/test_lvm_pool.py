@@ -361,3 +361,31 @@ def test_cli_pool_create_lvm_list_and_usage_errors(
     for args in (("x",), ("x", "--lvm"), ("x", "/dev/loop7"), ("x", "--path", "/p", "--lvm")):
         code, text = cli("pool", "create", *args)
         assert code == 2, (args, text)
+
+
+def test_device_mapper_module_is_loaded_before_the_answer_is_no(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Debian kernel has dm-mod as a module, not loaded until used: the real run in a
+    guest found cloudlet refusing such a kernel as one without device-mapper."""
+    misc = tmp_path / "misc"
+    misc.write_text(" 62 vga_arbiter\n")
+    monkeypatch.setattr(lvm, "PROC_MISC", misc)
+    ran: list[list[str]] = []
+
+    def modprobe(argv: Sequence[str], *, check: bool = True) -> subprocess.CompletedProcess[bytes]:
+        ran.append(list(argv))
+        if loads:
+            misc.write_text(misc.read_text() + "236 device-mapper\n")
+            return subprocess.CompletedProcess(list(argv), 0, b"", b"")
+        return subprocess.CompletedProcess(list(argv), 1, b"", b"module dm-mod not found")
+
+    monkeypatch.setattr(lvm, "run", modprobe)
+    loads = False  # this build host: no such module
+    assert lvm.device_mapper_available() is False
+    assert ran == [["modprobe", "dm-mod"]]
+    loads = True
+    assert lvm.device_mapper_available() is True
+    ran.clear()
+    assert lvm.device_mapper_available() is True  # loaded now: nothing to run
+    assert ran == []
