@@ -13,7 +13,13 @@ import pytest
 from cloudlet.driver.fake.driver import FakeDriver
 from cloudlet.engine.engine import Engine
 from cloudlet.engine.storage_ops import StorageOps, boot_disks
-from cloudlet.errors import CapacityExceeded, Conflict, InvalidInput
+from cloudlet.errors import (
+    CapacityExceeded,
+    Conflict,
+    HostCommandError,
+    InvalidInput,
+    MissingDependency,
+)
 from cloudlet.storage import lvm
 from tests.fakes import make_fake_engine
 
@@ -389,3 +395,51 @@ def test_device_mapper_module_is_loaded_before_the_answer_is_no(
     ran.clear()
     assert lvm.device_mapper_available() is True  # loaded now: nothing to run
     assert ran == []
+
+
+def test_lvm_commands_create_device_nodes_themselves_without_udev(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without udevd, lvcreate waits for nodes nobody makes: libdevmapper must make them."""
+    seen: list[dict[str, str] | None] = []
+
+    def fake_run(argv: object, **kwargs: Any) -> subprocess.CompletedProcess[bytes]:
+        seen.append(kwargs.get("env"))
+        return subprocess.CompletedProcess([], 0, b"", b"")
+
+    monkeypatch.setattr(lvm.host_run, "run", fake_run)
+    monkeypatch.setattr(lvm, "UDEV_CONTROL", tmp_path / "control")
+    lvm.run(["lvs"])
+    assert seen[-1] == {"LVM_SUPPRESS_FD_WARNINGS": "1", "DM_DISABLE_UDEV": "1"}
+
+    (tmp_path / "control").touch()  # udevd runs: it makes the nodes, as usual
+    lvm.run(["lvs"])
+    assert seen[-1] == {"LVM_SUPPRESS_FD_WARNINGS": "1"}
+
+
+def test_a_failing_lvm_command_is_not_blamed_on_a_missing_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The real run showed "Failed to wipe start of new LV.: install lvm2 ..." for a
+    failing lvcreate: the install hint belongs to a missing program only."""
+    monkeypatch.setattr(lvm.host_run, "_check_guard", lambda argv: None)
+
+    def failing(args: list[str], **kwargs: Any) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.CompletedProcess(args, 5, b"", b"  Failed to wipe start of new LV.\n")
+
+    monkeypatch.setattr(lvm.host_run.subprocess, "run", failing)
+    with pytest.raises(HostCommandError) as failed:
+        lvm.run(["lvcreate", "--yes", "vg"])
+    assert failed.value.hint is None
+    assert "Failed to wipe start of new LV." in failed.value.one_line()
+    assert "install" not in failed.value.one_line()
+
+    def absent(args: list[str], **kwargs: Any) -> subprocess.CompletedProcess[bytes]:
+        raise FileNotFoundError(args[0])
+
+    monkeypatch.setattr(lvm.host_run.subprocess, "run", absent)
+    with pytest.raises(MissingDependency) as missing:
+        lvm.run(["pvcreate", "/dev/loop0"])
+    assert missing.value.one_line() == (
+        "pvcreate is not installed: install lvm2 (and thin-provisioning-tools for thin volumes)"
+    )

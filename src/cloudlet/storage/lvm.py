@@ -32,11 +32,33 @@ LV_PREFIX = "vol-"
 THIN_POOL_SHARE = "90%FREE"  # the rest is left for the pool's metadata spare and growth
 _HINT = "install lvm2 (and thin-provisioning-tools for thin volumes)"
 _QUIET = {"LVM_SUPPRESS_FD_WARNINGS": "1"}  # inherited descriptors are not errors
+UDEV_CONTROL = Path("/run/udev/control")  # what libudev checks to see whether udevd runs
+
+
+def lvm_env() -> dict[str, str]:
+    """Environment for LVM commands.
+
+    Without a running udevd (a minimal host, a container, a chroot) LVM still expects
+    udev to create the /dev/<vg>/<lv> nodes, and ``lvcreate`` fails with "Failed to wipe
+    start of new LV". ``DM_DISABLE_UDEV=1`` makes libdevmapper create the nodes itself
+    and not wait for udev; with udevd running, udev keeps doing it.
+    """
+    env = dict(_QUIET)
+    if not UDEV_CONTROL.exists():
+        env["DM_DISABLE_UDEV"] = "1"
+    return env
 
 
 def run(argv: Sequence[str], *, check: bool = True) -> subprocess.CompletedProcess[bytes]:
-    """Every command of this module (tests replace it with a recording fake)."""
-    return host_run.run(argv, check=check, hint=_HINT, env=_QUIET)
+    """Every command of this module (tests replace it with a recording fake).
+
+    "install lvm2" is the hint when a program is missing only: a failing LVM command
+    says what went wrong itself, and an install hint behind it would mislead.
+    """
+    try:
+        return host_run.run(argv, check=check, env=lvm_env())
+    except MissingDependency as missing:
+        raise MissingDependency(missing.message, hint=_HINT) from missing
 
 
 def vg_name(pool: str) -> str:
@@ -56,10 +78,25 @@ def _num(value: object) -> int:
     return int(float(text)) if text else 0
 
 
+PROC_MISC = Path("/proc/misc")  # lists device-mapper once the driver is there
+
+
 def device_mapper_available() -> bool:
-    """LVs need the kernel's device-mapper (a container may have the node but no driver)."""
+    """LVs need the kernel's device-mapper (a container may have the node but no driver).
+
+    A distribution kernel often has it as the module dm-mod, loaded on first use: it is
+    loaded here, as LVM's own tools would, before the answer is no.
+    """
+    if _device_mapper_loaded():
+        return True
+    with contextlib.suppress(MissingDependency):
+        run(["modprobe", "dm-mod"], check=False)
+    return _device_mapper_loaded()
+
+
+def _device_mapper_loaded() -> bool:
     try:
-        return "device-mapper" in Path("/proc/misc").read_text()
+        return "device-mapper" in PROC_MISC.read_text()
     except OSError:
         return False
 
