@@ -233,3 +233,27 @@ def test_copy_in_sends_a_directory_or_a_single_file(tmp_path: Path) -> None:
             members = tar.getmembers()
         assert {m.name for m in members} == names
         assert all(m.uid == 0 and m.uname == "root" for m in members)
+
+
+def test_watcher_of_a_run_that_cleaned_up_does_not_open_the_engine(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run that removed its own VM needs no recovery: opening the engine then would
+    recreate a state directory being deleted meanwhile (a test's, or a user's)."""
+    from cloudlet.config import Settings
+    from cloudlet.engine import factory
+    from cloudlet.process import watcher
+
+    opened: list[object] = []
+    monkeypatch.setattr(factory, "open_engine", lambda *a, **k: opened.append(a))
+    gone = Path("/proc/sys/kernel/pid_max").read_text().strip()  # no process has this pid
+    home = tmp_path / "home"
+    paths = Settings.load(home).paths
+    paths.database.parent.mkdir(parents=True)
+    paths.database.touch()
+    assert watcher.main([str(home), gone, "0", "0123-cleaned-up"]) == 0
+    assert opened == []
+    # killed before it could clean up: its VM's directory is there, recovery runs
+    paths.instance_dir("0123-killed").mkdir(parents=True)
+    assert watcher.main([str(home), gone, "0", "0123-killed"]) == 0
+    assert len(opened) == 1

@@ -258,6 +258,7 @@ class ProcessVMs:
             [
                 sys.executable, "-m", "cloudlet.process.watcher",
                 str(self.engine.paths.home), str(row.owner_pid), str(row.owner_start or 0),
+                row.id,
             ],
             detach=True,
         )  # fmt: skip

@@ -2,10 +2,11 @@
 
 Started by the run in its own session (so the terminal's Ctrl-C does not reach
 it), it waits for the run's process to end, then opens the engine, whose recovery
-removes every process VM whose command is gone. When the run ended normally there
-is nothing left to do and it exits at once.
+removes every process VM whose command is gone. When the run ended normally (its
+VM's directory is gone) there is nothing left to do and it exits at once, without
+opening the engine: that would recreate a state directory removed in the meantime.
 
-Usage: python -m cloudlet.process.watcher HOME OWNER_PID OWNER_START
+Usage: python -m cloudlet.process.watcher HOME OWNER_PID OWNER_START INSTANCE_ID
 """
 
 from __future__ import annotations
@@ -35,13 +36,13 @@ def wait_for_exit(pid: int, start: int | None) -> None:
 
 
 def main(argv: list[str]) -> int:
-    home, pid, start = Path(argv[0]), int(argv[1]), int(argv[2]) or None
+    home, pid, start, instance_id = Path(argv[0]), int(argv[1]), int(argv[2]) or None, argv[3]
     wait_for_exit(pid, start)
     from cloudlet.config import Settings
 
     settings = Settings.load(home)
-    if not settings.paths.database.exists():
-        return 0  # the state directory went away with everything in it
+    if not settings.paths.instance_dir(instance_id).exists():
+        return 0  # the run removed its VM itself (or the state directory went away)
     from cloudlet.engine.factory import open_engine
 
     open_engine(settings, recover=True)
