@@ -6,8 +6,18 @@ do next) without knowing which layer raised it.
 
 from __future__ import annotations
 
+import errno
+import os
 from collections.abc import Sequence
 from pathlib import Path
+
+# How a full file system reads in QEMU's and qemu-img's messages (their strerror).
+_NO_SPACE = (os.strerror(errno.ENOSPC), os.strerror(errno.EDQUOT))
+
+
+def out_of_space(reason: object) -> bool:
+    """Whether an error text (QEMU's, qemu-img's) says a file system was full."""
+    return any(text in str(reason) for text in _NO_SPACE)
 
 
 class CloudletError(Exception):

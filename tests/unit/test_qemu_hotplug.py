@@ -37,9 +37,32 @@ def test_vm_started_without_root_ports_gets_a_clear_error(short_tmp: Path) -> No
 
 
 def test_qemu_errors_that_mean_a_full_file_system_are_told_apart() -> None:
-    from cloudlet.driver.qemu.driver import out_of_space
+    from cloudlet.errors import out_of_space
 
     assert out_of_space("Unable to write to file: No space left on device")
     assert out_of_space("Disk quota exceeded")
     assert not out_of_space("Input/output error")
     assert not out_of_space(None)
+
+
+def test_qemu_img_on_a_full_file_system_names_what_it_was_writing(
+    short_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cloudlet.errors import HostCommandError, OutOfSpace
+    from cloudlet.storage import qcow2
+
+    def full(argv: list[str]) -> None:
+        raise HostCommandError(argv, 1, stderr="qemu-img: foo.qcow2: No space left on device")
+
+    monkeypatch.setattr(qcow2, "run", full)
+    dest = short_tmp / "v.qcow2"
+    with pytest.raises(OutOfSpace) as info:
+        qcow2.create_blank(dest, 1 << 30)
+    assert info.value.path == dest and "no space left" in info.value.message
+
+    def other(argv: list[str]) -> None:
+        raise HostCommandError(argv, 1, stderr="qemu-img: Permission denied")
+
+    monkeypatch.setattr(qcow2, "run", other)
+    with pytest.raises(HostCommandError):
+        qcow2.resize(dest, 2 << 30)

@@ -114,7 +114,7 @@ def test_a_full_pool_file_system_is_named_and_leaves_nothing(
 ) -> None:
     def no_space(path: Path, size: int) -> None:
         path.write_bytes(b"half")  # qemu-img may leave a piece behind
-        raise CloudletError("qemu-img create failed: No space left on device")
+        raise OutOfSpace("qemu-img could not write it: no space left", path=path)
 
     monkeypatch.setattr(engine.deps.disks, "create_blank", no_space)
     with pytest.raises(OutOfSpace, match=r"^pool default is full: its file system at ") as info:

@@ -13,7 +13,6 @@ from typing import Protocol
 
 from cloudlet.errors import (
     CapacityExceeded,
-    CloudletError,
     Conflict,
     InvalidInput,
     OutOfSpace,
@@ -114,32 +113,29 @@ class DirPool:
             )
         try:
             files.create_blank(path, size)
-        except BaseException as exc:
+        except OutOfSpace:
             path.unlink(missing_ok=True)
-            self._raise_if_full(exc)
+            raise self._full() from None
+        except BaseException:
+            path.unlink(missing_ok=True)
             raise
         return path
 
     def grow_volume(self, files: VolumeFiles, path: Path, size: int) -> None:
         try:
             files.resize(path, size)
-        except CloudletError as exc:
-            self._raise_if_full(exc)
-            raise
+        except OutOfSpace:
+            raise self._full() from None
 
-    def _raise_if_full(self, exc: BaseException) -> None:
-        """A write that failed because the pool's file system is full says so."""
-        if not isinstance(exc, (CloudletError, OSError)):
-            return
-        if "No space left" not in str(exc) and self.usage().free >= 1 << 20:
-            return
-        raise OutOfSpace(
+    def _full(self) -> OutOfSpace:
+        """What a write into a full pool says: which pool, how much is left, what to do."""
+        return OutOfSpace(
             f"pool {self.name} is full: its file system at {self.path} has "
             f"{self.usage().free >> 20} MiB free",
             path=self.path,
             hint="free space there, delete volumes you no longer need ('cloudlet volume "
             "list'), or use another pool (--pool)",
-        ) from None
+        )
 
     def delete_volume(self, path: Path) -> None:
         path.unlink(missing_ok=True)

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from cloudlet.errors import CloudletError
+from cloudlet.errors import CloudletError, HostCommandError, OutOfSpace, out_of_space
 from cloudlet.host.qemu_binaries import qemu_img
 from cloudlet.host.run import run
 
@@ -28,6 +28,21 @@ def backing(path: Path) -> tuple[Path, str] | None:
     return Path(str(name)), str(data.get("backing-filename-format") or "raw")
 
 
+def _write(argv: list[str], dest: Path) -> None:
+    """Run a qemu-img command that writes ``dest``; a full file system under it is an
+    OutOfSpace naming where, so callers can say what is full (a pool, a VM's directory)."""
+    try:
+        run(argv)
+    except HostCommandError as exc:
+        if out_of_space(exc.message):
+            raise OutOfSpace(
+                f"qemu-img could not write {dest}: no space left on its file system",
+                path=dest,
+                hint="free space there and try again",
+            ) from None
+        raise
+
+
 def virtual_size(path: Path, fmt: str) -> int:
     return int(info(path, fmt)["virtual-size"])
 
@@ -41,17 +56,17 @@ def create_overlay(base: Path, base_format: str, dest: Path, size: int | None = 
     ]  # fmt: skip
     if size is not None:
         argv.append(str(size))
-    run(argv)
+    _write(argv, dest)
 
 
 def create_blank(dest: Path, size: int) -> None:
     """An empty thin qcow2 (for installs from ISO)."""
-    run([qemu_img(), "create", "-q", "-f", "qcow2", str(dest), str(size)])
+    _write([qemu_img(), "create", "-q", "-f", "qcow2", str(dest), str(size)], dest)
 
 
 def resize(path: Path, size: int) -> None:
     """Grow a stopped VM's qcow2 (never shrink: callers refuse that first)."""
-    run([qemu_img(), "resize", "-q", "-f", "qcow2", str(path), str(size)])
+    _write([qemu_img(), "resize", "-q", "-f", "qcow2", str(path), str(size)], path)
 
 
 def rebase(path: Path, backing: Path | None, backing_format: str) -> None:
@@ -62,12 +77,12 @@ def rebase(path: Path, backing: Path | None, backing_format: str) -> None:
         argv += ["-b", ""]
     else:
         argv += ["-b", str(backing.resolve()), "-F", backing_format]
-    run([*argv, str(path)])
+    _write([*argv, str(path)], path)
 
 
 def convert(src: Path, dest: Path, src_format: str = "qcow2") -> None:
     """A standalone qcow2 copy of a chain (or a raw volume), flattened (no backing file)."""
-    run([qemu_img(), "convert", "-f", src_format, "-O", "qcow2", str(src), str(dest)])
+    _write([qemu_img(), "convert", "-f", src_format, "-O", "qcow2", str(src), str(dest)], dest)
 
 
 def check(path: Path) -> dict[str, Any]:
@@ -122,4 +137,4 @@ def read_present(path: Path, piece: int) -> Iterator[tuple[int, bytes | None, in
 
 def from_raw(raw: Path, dest: Path) -> None:
     """A standalone qcow2 with the content of a raw file (zeros stay unallocated)."""
-    run([qemu_img(), "convert", "-q", "-f", "raw", "-O", "qcow2", str(raw), str(dest)])
+    _write([qemu_img(), "convert", "-q", "-f", "raw", "-O", "qcow2", str(raw), str(dest)], dest)

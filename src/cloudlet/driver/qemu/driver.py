@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import os
 import shutil
@@ -36,15 +35,20 @@ from cloudlet.driver.qemu.argv import (
     tap_netdev,
 )
 from cloudlet.driver.qemu.runtime import read_record, write_record
-from cloudlet.errors import CloudletError, Conflict, HostCommandError, OutOfSpace, Timeout
+from cloudlet.errors import (
+    CloudletError,
+    Conflict,
+    HostCommandError,
+    OutOfSpace,
+    Timeout,
+    out_of_space,
+)
 from cloudlet.host import processes
 from cloudlet.host.qemu_binaries import qemu_binary, qemu_version
 from cloudlet.host.run import spawn
 
 START_TIMEOUT = 60.0
 _FAILED_STATES = {"internal-error", "guest-panicked", "io-error"}
-# How QEMU words an ENOSPC / EDQUOT (strerror, as in its job and migration errors).
-_NO_SPACE = (os.strerror(errno.ENOSPC), os.strerror(errno.EDQUOT))
 # A saved or awaited memory state (migration) leaves the vCPUs stopped, like a pause.
 _PAUSED_STATES = {"paused", "suspended", "postmigrate", "inmigrate", "finish-migrate"}
 AGENT_CHARDEV = "qga0"
@@ -53,11 +57,6 @@ ROOT_DEVICE = "disk0-dev"
 _BUILTIN_DEVICES = {"disk0-dev", "seed0-dev", "install0-dev"}
 JOB_TIMEOUT = 3600.0
 STATE_TIMEOUT = 600.0
-
-
-def out_of_space(reason: object) -> bool:
-    """Whether a QEMU error text says a file system was full."""
-    return any(text in str(reason) for text in _NO_SPACE)
 
 
 def _qdev_id(qdev: str) -> str:
