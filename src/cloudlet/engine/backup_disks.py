@@ -12,12 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sqlalchemy import select
-
 from cloudlet.backup.store import ROOT, DiskManifest, Manifest
 from cloudlet.driver.base import DirtyBitmap
-from cloudlet.engine.storage_ops import _node, active_disk
-from cloudlet.store.models import InstanceRow, VolumeRow
+from cloudlet.engine.storage_ops import _node, active_disk, attached_volumes
+from cloudlet.store.models import InstanceRow
 
 if TYPE_CHECKING:
     from cloudlet.engine.engine import Engine
@@ -58,23 +56,11 @@ class VmDisk:
         )
 
 
-def vm_volumes(engine: Engine, instance_id: str) -> list[VolumeRow]:
-    """The volumes attached to a VM, in slot order."""
-    with engine.db.session() as s:
-        return list(
-            s.scalars(
-                select(VolumeRow)
-                .where(VolumeRow.instance_id == instance_id)
-                .order_by(VolumeRow.slot, VolumeRow.name)
-            ).all()
-        )
-
-
 def vm_disks(engine: Engine, row: InstanceRow) -> list[VmDisk]:
     """The root disk (its active layer; call with the VM's lock held), then each volume."""
     layer = active_disk(engine, row.id, heal=True)
     disks = [VmDisk(ROOT, layer, engine.deps.disks.virtual_size(layer))]
-    for vol in vm_volumes(engine, row.id):
+    for vol in attached_volumes(engine, row.id):
         path = Path(vol.path)
         size = engine.deps.disks.virtual_size(path) if vol.format == "qcow2" else vol.size
         disks.append(VmDisk(vol.name, path, size, vol.format, _node(vol.id), vol.pool, vol.id))

@@ -22,14 +22,13 @@ import uuid
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from cloudlet.engine.backup_disks import vm_volumes
 from cloudlet.engine.backup_restore import (
     NewVolume,
     check_new_volumes,
     new_volume_name,
     pool_dir,
 )
-from cloudlet.engine.storage_ops import _OFFLINE, DEFAULT_POOL, active_disk
+from cloudlet.engine.storage_ops import _OFFLINE, DEFAULT_POOL, active_disk, attached_volumes
 from cloudlet.errors import CloudletError, Conflict, InvalidInput
 from cloudlet.spec.instance import InstanceSpec
 from cloudlet.spec.names import validate_name
@@ -82,7 +81,7 @@ def export(ops: BackupOps, vm: str, dest: Path) -> str:
             (work / "volumes").mkdir()
             e.deps.disks.flatten(active_disk(e, row.id, heal=True), work / "disk.qcow2")
             volumes = []
-            for vol in vm_volumes(e, row.id):
+            for vol in attached_volumes(e, row.id):
                 file = f"volumes/{vol.name}.qcow2"
                 e.deps.disks.flatten(Path(vol.path), work / file, vol.format)
                 volumes.append({"name": vol.name, "file": file, "size": vol.size})

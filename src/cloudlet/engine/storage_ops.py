@@ -156,20 +156,25 @@ def _undo_snapshot(engine: Engine, instance_id: str, snap_id: str, old_top: Path
         _set_active(s, instance_id, old_top)
 
 
+def attached_volumes(engine: Engine, instance_id: str) -> list[VolumeRow]:
+    """The volumes attached to a VM, in slot order."""
+    with engine.db.session() as s:
+        return list(
+            s.scalars(
+                select(VolumeRow)
+                .where(VolumeRow.instance_id == instance_id)
+                .order_by(VolumeRow.slot, VolumeRow.name)
+            ).all()
+        )
+
+
 def boot_disks(engine: Engine, instance_id: str) -> tuple[ExtraDisk, ...]:
     """The volumes attached to a VM, for its launch config (in slot order)."""
-    with engine.db.session() as s:
-        rows = s.scalars(
-            select(VolumeRow).where(VolumeRow.instance_id == instance_id).order_by(VolumeRow.slot)
-        ).all()
-    return tuple(_extra_disk(v) for v in rows)
+    return tuple(_extra_disk(v) for v in attached_volumes(engine, instance_id))
 
 
 def attached_volume_names(engine: Engine, instance_id: str) -> list[str]:
-    with engine.db.session() as s:
-        return sorted(
-            s.scalars(select(VolumeRow.name).where(VolumeRow.instance_id == instance_id)).all()
-        )
+    return sorted(v.name for v in attached_volumes(engine, instance_id))
 
 
 def check_deletable(engine: Engine, row: InstanceRow) -> None:
