@@ -12,16 +12,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import socket
 import statistics
 import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 
-from common import cloudlet
+from common import bench_home, cloudlet
 
 AGENT_PORT = "org.qemu.guest_agent.0"
 
@@ -116,12 +113,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
-    home = Path(tempfile.mkdtemp(prefix="cl-bench-", dir="/tmp"))
-    shared = os.environ.get("CLOUDLET_TEST_CACHE", "/var/cache/cloudlet-test")
-    try:
-        if Path(shared, "state", "images").exists():
-            (home / "images").symlink_to(Path(shared, "state", "images"))
-            (home / "cache").symlink_to(Path(shared, "state", "cache"))
+    with bench_home("bench") as home:
         cloudlet(home, "create", "bench", "--type", "gp.small", "--no-start")
         vm = json.loads(cloudlet(home, "show", "bench", "-o", "json").stdout)
         meta_dir = Path(vm["paths"]["image"])
@@ -163,13 +155,6 @@ def main() -> None:
         for label, value in (("cloudlet start", ours), ("engine.start()", engine)):
             overhead = 100 * (value / bare - 1)
             print(f"ratio {label}/bare: {value / bare:.3f}  (overhead {overhead:+.1f}%)")
-    finally:
-        subprocess.run(
-            [sys.executable, "-m", "cloudlet", "delete", "bench"],
-            env={**os.environ, "CLOUDLET_HOME": str(home)},
-            capture_output=True,
-        )
-        shutil.rmtree(home, ignore_errors=True)
 
 
 if __name__ == "__main__":

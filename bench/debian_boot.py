@@ -9,15 +9,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 
-from common import cloudlet
+from common import bench_home, cloudlet
 
 from cloudlet.cloudinit import build_user_data, make_seed_iso
 
@@ -78,12 +75,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
-    home = Path(tempfile.mkdtemp(prefix="cl-bd-", dir="/tmp"))
-    shared = Path(os.environ.get("CLOUDLET_TEST_CACHE", "/var/cache/cloudlet-test"), "state")
-    try:
-        if (shared / "images").exists():
-            (home / "images").symlink_to(shared / "images")
-            (home / "cache").symlink_to(shared / "cache")
+    with bench_home(*(f"bench{n}" for n in range(args.rounds))) as home:
         key = home / "id_bench"
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
         pubkey = Path(f"{key}.pub").read_text().strip()
@@ -105,13 +97,6 @@ def main() -> None:
         print(f"bare qemu (login prompt)        median {bare:.1f} s")
         print(f"cloudlet create --wait + ssh    median {mine:.1f} s")
         print(f"ratio cloudlet/bare: {mine / bare:.2f}")
-    finally:
-        for n in range(args.rounds):
-            subprocess.run(
-                [sys.executable, "-m", "cloudlet", "delete", f"bench{n}"],
-                env={**os.environ, "CLOUDLET_HOME": str(home)}, capture_output=True,
-            )  # fmt: skip
-        shutil.rmtree(home, ignore_errors=True)
 
 
 if __name__ == "__main__":
