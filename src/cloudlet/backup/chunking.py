@@ -33,17 +33,6 @@ def chunk_count(size: int, chunk_size: int = CHUNK_SIZE) -> int:
     return (size + chunk_size - 1) // chunk_size
 
 
-def split_extent(
-    start: int, length: int, chunk_size: int = CHUNK_SIZE
-) -> Iterable[tuple[int, int]]:
-    """Pieces of [start, start+length) that each stay inside one chunk."""
-    end = start + length
-    while start < end:
-        stop = min(end, (start // chunk_size + 1) * chunk_size)
-        yield start, stop - start
-        start = stop
-
-
 def build_chunks(
     store: BackupStore,
     extents: Iterable[Extent],
