@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cloudlet.errors import InvalidInput
+from cloudlet.spec.names import name_path
 from cloudlet.spec.units import GIB, parse_size
 
 MAX_SOCKET_PATH = 107
@@ -64,10 +65,10 @@ class Paths:
         return self.home / "config.toml"
 
     def instance_dir(self, instance_id: str) -> Path:
-        return self.instances / instance_id
+        return name_path(self.instances, instance_id)
 
     def runtime_dir(self, instance_id: str) -> Path:
-        return self.run / instance_id
+        return name_path(self.run, instance_id)
 
     def check_socket_room(self) -> None:
         """Unix socket paths are limited to 107 bytes; say so before QEMU fails obscurely."""

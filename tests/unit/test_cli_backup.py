@@ -58,8 +58,10 @@ def test_backup_list_verify_and_restore_arguments(engine: Engine) -> None:
     assert code == 2 and "--latest or --backup" in err
     code, _, err = cli("restore", "web1", "--latest")
     assert code == 4 and "--force" in err
+    code, _, err = cli("restore", "web1", "--backup", "20200101T000000-abcdef", "--as", "x")
+    assert code == 3 and "no backup '20200101T000000-abcdef'" in err
     code, _, err = cli("restore", "web1", "--backup", "nope", "--as", "x")
-    assert code == 3 and "no backup 'nope'" in err
+    assert code == 2 and "invalid backup id 'nope'" in err
     code, _, err = cli("restore", "web1", "--latest", "--as", "web1-restored")
     assert code == 0 and "web1-restored created from backup" in err
     assert engine.show("web1-restored").state == "stopped"

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from cloudlet.errors import CapacityExceeded, CloudletError, NotFound
+from cloudlet.spec.names import name_path
 
 CHUNK_SIZE = 4 << 20
 FORMAT = 1
@@ -360,7 +361,7 @@ class BackupStore:
 
     # ------------------------------------------------------------ manifests
     def manifest_path(self, vm_id: str, backup_id: str) -> Path:
-        return self.manifests / vm_id / f"{backup_id}.json"
+        return name_path(name_path(self.manifests, vm_id), backup_id, ".json")
 
     def write_manifest(self, manifest: Manifest) -> Path:
         """Write a manifest durably, after the chunks it references (sync() first)."""

@@ -16,6 +16,7 @@ from pathlib import Path
 from cloudlet.driver.base import Driver
 from cloudlet.errors import GuestError, InvalidInput, Timeout
 from cloudlet.images.store import Image
+from cloudlet.spec import names
 from cloudlet.spec.instance import AccessSpec, InstanceSpec
 
 DEFAULT_USER = "cloudlet"
@@ -44,6 +45,8 @@ def plan_access(
     """
     from cloudlet import cloudinit
 
+    if user is not None:
+        names.login_user(user)  # before keys or files are touched
     if not image.cloud_init:
         if ssh_keys or ssh_key_lines or user_data_file or user_data_text or user:
             raise InvalidInput(
@@ -81,7 +84,7 @@ def plan_access(
         private_key, public_key = cloudinit.ensure_keypair(keys_dir)
         public = (cloudinit.load_public_key(public_key),)
         private_path = str(private_key)
-    login = user or image.default_user or DEFAULT_USER
+    login = names.login_user(user or image.default_user or DEFAULT_USER)
     return AccessPlan(
         AccessSpec(user=login, ssh_public_keys=public, ssh_private_key=private_path), user_data
     )
@@ -144,7 +147,9 @@ def pin_host_keys(driver: Driver, instance_id: str, port: int, known_hosts: Path
 
 
 def ssh_options(access: AccessSpec, port: int, known_hosts: Path) -> list[str]:
+    """Options only: the caller ends them with ``--``, so nothing after is an option."""
     options = [
+        "-l", names.login_user(access.user or DEFAULT_USER),
         "-p", str(port),
         "-o", f"UserKnownHostsFile={known_hosts}",
         "-o", "StrictHostKeyChecking=yes",
@@ -160,7 +165,7 @@ def ssh_config(name: str, access: AccessSpec, port: int, known_hosts: Path) -> s
         f"Host {name}",
         "  HostName 127.0.0.1",
         f"  Port {port}",
-        f"  User {access.user}",
+        f"  User {names.login_user(access.user or DEFAULT_USER)}",
         f"  UserKnownHostsFile {json.dumps(str(known_hosts))}",
         "  StrictHostKeyChecking yes",
     ]

@@ -62,6 +62,7 @@ from cloudlet.engine.storage_ops import (
     state_file,
 )
 from cloudlet.errors import CloudletError, Conflict, NotFound, OutOfSpace
+from cloudlet.spec import names
 from cloudlet.spec.instance import BackupPolicy, InstanceSpec
 from cloudlet.spec.names import validate_name
 from cloudlet.spec.states import VMState
@@ -155,6 +156,8 @@ class BackupOps:
 
     def _rows(self, vm: str | None = None) -> list[BackupRow]:
         """Backups, newest first (of one VM name, or all)."""
+        if vm is not None:
+            names.vm_name(vm)
         with self.e.db.session() as s:
             query = select(BackupRow).order_by(BackupRow.created_at.desc(), BackupRow.id.desc())
             if vm is not None:
@@ -162,6 +165,7 @@ class BackupOps:
             return list(s.scalars(query).all())
 
     def _find(self, vm: str, backup_id: str) -> BackupRow:
+        names.backup_id(backup_id)
         for row in self._rows(vm):
             if row.id == backup_id:
                 return row
@@ -519,7 +523,11 @@ class BackupOps:
         as_name: str | None = None,
         force: bool = False,
     ) -> str:
+        names.vm_name(vm)
+        if backup_id is not None:
+            names.backup_id(backup_id)
         if as_name is not None:
+            names.vm_name(as_name)
             return self._restore_as(vm, backup_id, as_name)
         row = self.e._reconcile(self.e._row(vm))
         restorer = Restorer(self)
@@ -749,7 +757,10 @@ class BackupOps:
     # ------------------------------------------------------------ export / import
     def export(self, vm: str, dest: Path) -> str:
         """One tar with the VM's spec, its root disk and its volumes (backup_export.py)."""
+        names.vm_name(vm)
         return backup_export.export(self, vm, dest)
 
     def import_(self, src: Path, name: str | None = None) -> InstanceView:
+        if name is not None:
+            names.vm_name(name)
         return backup_export.import_(self, src, name)

@@ -30,6 +30,7 @@ from cloudlet.engine.views import HostView, InstanceView
 from cloudlet.errors import CloudletError, Conflict, InvalidInput, NotFound
 from cloudlet.host.kvm import AccelVerdict
 from cloudlet.images.store import HOST_ARCH, Image, Progress
+from cloudlet.spec import names
 from cloudlet.spec.instance import (
     LOCAL_ZONE,
     BackupPolicy,
@@ -38,7 +39,6 @@ from cloudlet.spec.instance import (
     NetworkSpec,
 )
 from cloudlet.spec.machine_types import resolve_shape
-from cloudlet.spec.names import validate_name
 from cloudlet.spec.states import CAPACITY_STATES, LIVE_STATES, STARTABLE_STATES, VMState
 from cloudlet.spec.units import MIB, format_size
 from cloudlet.store.database import Database
@@ -108,9 +108,11 @@ class Engine:
 
     # ------------------------------------------------------------------ helpers
     def _lock(self, name: str, wait: float = locks.DEFAULT_WAIT) -> AbstractContextManager[None]:
+        names.vm_name(name)  # every VM-name call locks or looks up first: the boundary
         return locks.hold(self.paths.locks, name, wait=wait, what=f"VM {name}")
 
     def _row(self, name: str) -> InstanceRow:
+        names.vm_name(name)
         with self.db.session() as s:
             row = s.scalar(select(InstanceRow).where(InstanceRow.name == name))
         if row is None:
@@ -430,7 +432,11 @@ class Engine:
         progress: Progress | None = None,
     ) -> InstanceView:  # fmt: skip
         """Validate everything first, then record, make the disk, and boot."""
-        validate_name(req.name)
+        names.vm_name(req.name)
+        if req.iso is None:
+            names.image_name(req.image)
+        if req.user is not None:
+            names.login_user(req.user)
         shape = resolve_shape(req.type, req.cpus, req.memory)
         mode, nics = network_ops.split_networks(req.networks or (req.network,))
         self._ensure_name_free(req.name)
@@ -687,6 +693,7 @@ class Engine:
 
     def update_spec(self, name: str, changes: dict[str, object]) -> ActionResult:
         """Record fields that need no action on the VM now (volumes, firewall, backup ...)."""
+        names.vm_name(name)
         allowed = {"volumes", "firewall", "backup", "api_access"}
         if not changes.keys() <= allowed:
             raise InvalidInput(
@@ -867,6 +874,7 @@ class Engine:
 
     def license_add(self, name: str, seats: int) -> dict[str, object]:
         """Register (or change) the seats of a proprietary licence."""
+        names.licence_name(name)
         licensing.validate_seats(seats)
         with locks.hold(self.paths.locks, HOST_LOCK, what="host capacity"), self.db.session() as s:
             row = s.get(LicenceRow, name)
@@ -896,16 +904,19 @@ class Engine:
         return result
 
     def image_show(self, name: str) -> dict[str, object]:
+        names.image_name(name)
         for info in self.images():
             if info["name"] == name:
                 return info
         raise NotFound(f"unknown image {name!r}", hint="run 'cloudlet image list'")
 
     def image_build(self, name: str, *, arch: str | None, progress: Progress | None) -> Image:
+        names.image_name(name)
         return self.deps.images.get(name, progress=progress, arch=arch)
 
     def image_delete(self, name: str) -> str:
         """Refused while any VM still uses the image (its disk is their backing file)."""
+        names.image_name(name)
         with locks.hold(self.paths.locks, f".image-{name}", what=f"image {name}"):
             with self.db.session() as s:
                 users = s.scalars(select(InstanceRow.name).where(InstanceRow.image == name)).all()
@@ -930,6 +941,10 @@ class Engine:
     ) -> dict[str, object]:
         from cloudlet.images import importer
 
+        names.image_name(name)
+        names.licence_name(licence)
+        if default_user is not None:
+            names.login_user(default_user)
         if not path.is_file():
             raise NotFound(f"no file {path}", hint="check the path")
         importer.import_image(
@@ -959,6 +974,7 @@ class Engine:
     ) -> dict[str, object]:
         from cloudlet.images import catalog, importer
 
+        names.image_name(name)
         entry = catalog.get_entry(name)
         importer.pull(entry, self.paths.images, self.paths.cache / "downloads", progress)
         return self.image_show(name)
@@ -988,7 +1004,7 @@ class Engine:
         row, spec, known_hosts = self._access(name)
         assert row.ssh_port is not None
         options = access_mod.ssh_options(spec.access, row.ssh_port, known_hosts)
-        return ["ssh", *options, f"{spec.access.user}@127.0.0.1", *command]
+        return ["ssh", *options, "--", "127.0.0.1", *command]
 
     def ssh_config(self, name: str) -> str:
         row, spec, known_hosts = self._access(name)

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from cloudlet.errors import Busy
+from cloudlet.spec.names import name_path
 
 DEFAULT_WAIT = 300.0
 
@@ -22,7 +23,7 @@ DEFAULT_WAIT = 300.0
 def hold(lock_dir: Path, key: str, *, wait: float = DEFAULT_WAIT, what: str = "") -> Iterator[None]:
     """Hold the lock named ``key``, waiting up to ``wait`` seconds for another holder."""
     lock_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(lock_dir / f"{key}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fd = os.open(name_path(lock_dir, key, ".lock"), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     try:
         deadline = time.monotonic() + wait
         while True:
@@ -43,7 +44,7 @@ def hold(lock_dir: Path, key: str, *, wait: float = DEFAULT_WAIT, what: str = ""
 
 def is_free(lock_dir: Path, key: str) -> bool:
     """True when nobody holds the lock right now (used to spot abandoned operations)."""
-    path = lock_dir / f"{key}.lock"
+    path = name_path(lock_dir, key, ".lock")
     if not path.exists():
         return True
     fd = os.open(path, os.O_RDWR)

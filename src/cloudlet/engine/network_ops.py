@@ -28,6 +28,7 @@ from cloudlet.driver.base import HOTPLUG_SLOTS, HostForward, TapNic
 from cloudlet.engine import locks
 from cloudlet.errors import Conflict, InvalidInput, NotFound
 from cloudlet.spec.instance import FirewallSpec, InstanceSpec, NetworkSpec
+from cloudlet.spec.names import group_name, name_path, vm_name
 from cloudlet.spec.network import (
     USER_MODE,
     FirewallGroup,
@@ -229,9 +230,10 @@ class NetworkOps:
             yield
 
     def _dir(self, name: str) -> Path:
-        return self.e.paths.home / "networks" / name
+        return name_path(self.e.paths.home / "networks", name)
 
     def _network(self, name: str) -> NetworkDef:
+        validate_network_name(name)
         with self.e.db.session() as s:
             row = s.get(NetworkRow, name)
         if row is None:
@@ -574,6 +576,7 @@ class NetworkOps:
         from cloudlet.engine import storage_ops
         from cloudlet.network import require_root, tap
 
+        vm_name(vm)
         self._network(network)
         require_root()
         with self.e._lock(vm):
@@ -633,6 +636,8 @@ class NetworkOps:
     def nic_remove(self, vm: str, network: str) -> str:
         from cloudlet.network import require_root
 
+        vm_name(vm)
+        validate_network_name(network)
         require_root()
         with self.e._lock(vm):
             row = self._vm(vm)
@@ -681,6 +686,8 @@ class NetworkOps:
     def port_add(self, vm: str, text: str, network: str | None = None) -> str:
         from cloudlet.spec.network import parse_port_forward
 
+        if network is not None and network not in USER_MODE:
+            validate_network_name(network)
         with self.e._lock(vm):
             row = self._vm(vm)
             spec = InstanceSpec.model_validate_json(row.spec_json)
@@ -839,6 +846,7 @@ class NetworkOps:
         return f"{vm}: removed {rule.describe()}"
 
     def group_create(self, name: str, rules: list[FirewallRule]) -> str:
+        group_name(name)  # a one-line error, not the model's ValidationError
         group = FirewallGroup(name=name, rules=tuple(rules))
         with self._network_lock(), self.e.db.session() as s:
             if s.get(FirewallGroupRow, name) is not None:
@@ -870,6 +878,7 @@ class NetworkOps:
         ]
 
     def group_delete(self, name: str) -> str:
+        group_name(name)
         users = next((g["used_by"] for g in self.groups() if g["name"] == name), None)
         if users is None:
             raise NotFound(
@@ -887,6 +896,8 @@ class NetworkOps:
         return f"firewall group {name} deleted"
 
     def firewall_apply(self, vm: str, group: str, *, apply: bool = True) -> str:
+        vm_name(vm)
+        group_name(group)
         if apply and group not in self._groups():
             raise NotFound(
                 f"no firewall group named {group!r}",

@@ -36,8 +36,8 @@ from cloudlet.errors import (
     OutOfSpace,
 )
 from cloudlet.images.store import Image
+from cloudlet.spec import names
 from cloudlet.spec.instance import InstanceSpec
-from cloudlet.spec.names import validate_name
 from cloudlet.spec.states import VMState
 from cloudlet.spec.storage import PoolSpec, VolumeSpec
 from cloudlet.spec.units import format_size
@@ -282,6 +282,7 @@ class StorageOps:
                 s.add(PoolRow(name=DEFAULT_POOL, kind="dir", path=str(path)))
 
     def _pool(self, name: str) -> tuple[PoolRow, PoolBackend]:
+        names.pool_name(name)
         self._ensure_default_pool()
         with self.e.db.session() as s:
             row = s.get(PoolRow, name)
@@ -331,7 +332,7 @@ class StorageOps:
         self, name: str, path: Path | None = None, kind: str = "dir", devices: tuple[str, ...] = ()
     ) -> PoolView:
         """A directory pool at ``path``, or (kind "lvm") a volume group over ``devices``."""
-        validate_name(name, what="pool name")
+        names.pool_name(name)
         if kind == "lvm":
             return self._lvm_pool_create(name, devices)
         if path is None:
@@ -390,6 +391,7 @@ class StorageOps:
         return self._pool_view(row)
 
     def pool_delete(self, name: str) -> str:
+        names.pool_name(name)
         if name == DEFAULT_POOL:
             raise Conflict("the default pool cannot be deleted", hint="delete its volumes instead")
         with self._storage_lock():
@@ -412,6 +414,7 @@ class StorageOps:
 
     # ------------------------------------------------------------ volumes
     def _volume(self, name: str) -> VolumeRow:
+        names.volume_name(name)
         with self.e.db.session() as s:
             row = s.scalar(select(VolumeRow).where(VolumeRow.name == name))
         if row is None:
@@ -444,7 +447,9 @@ class StorageOps:
         return self._volume_view(self._volume(name))
 
     def volume_create(self, name: str, size: int, pool: str | None = None) -> VolumeView:
-        validate_name(name, what="volume name")
+        names.volume_name(name)
+        if pool is not None:
+            names.pool_name(pool)
         spec = VolumeSpec(name=name, size=size, pool=pool or DEFAULT_POOL)
         pool_row, backend = self._pool(spec.pool)
         with self._storage_lock():
@@ -510,7 +515,7 @@ class StorageOps:
             )
         new = 0
         for name, size in zip(self.new_vm_volume_names(vm, len(sizes)), sizes, strict=True):
-            validate_name(name, what="volume name")
+            names.volume_name(name)
             if not self._reusable(name, size):
                 new += size
         pool_row, backend = self._pool(DEFAULT_POOL)
@@ -556,6 +561,7 @@ class StorageOps:
         return self.e._reconcile_locked(self.e._row(name))
 
     def volume_attach(self, volume: str, vm: str) -> str:
+        names.vm_name(vm)
         self._volume(volume)  # an unknown volume fails before the VM is looked at
         with self.e._lock(vm), locks.hold(self.e.paths.locks, f".vol-{volume}", what=volume):
             row = self._vm_row(vm)
@@ -684,6 +690,7 @@ class StorageOps:
             yield
 
     def volume_delete(self, volume: str) -> str:
+        names.volume_name(volume)
         with locks.hold(self.e.paths.locks, f".vol-{volume}", what=volume):
             vol = self._volume(volume)
             if vol.instance_id is not None:
@@ -707,6 +714,7 @@ class StorageOps:
 
     def _snapshot(self, row: InstanceRow, name: str) -> tuple[int, list[SnapshotRow]]:
         """The index of snapshot ``name`` in the VM's chain, and the chain."""
+        names.snapshot_name(name)
         snaps = _snapshot_rows(self.e, row.id)
         for i, snap in enumerate(snaps):
             if snap.name == name:
@@ -731,7 +739,8 @@ class StorageOps:
     def snapshot_create(self, vm: str, name: str, *, memory: bool = False) -> SnapshotView:
         """Snapshot the root disk; ``memory`` also keeps RAM and device state (the VM is
         paused meanwhile, so disk and memory match without freezing file systems)."""
-        validate_name(name, what="snapshot name")
+        names.snapshot_name(name)
+        names.vm_name(vm)
         with self.e._lock(vm):
             row = self._vm_row(vm)
             self._require(row, _ONLINE | _OFFLINE, "snapshot")
@@ -979,7 +988,10 @@ class StorageOps:
     def clone(
         self, source: str, name: str, *, linked: bool = False, snapshot: str | None = None
     ) -> InstanceView:
-        validate_name(name)
+        names.vm_name(name)
+        names.vm_name(source)
+        if snapshot is not None:
+            names.snapshot_name(snapshot)
         self.e._ensure_name_free(name)
         src = self.e._reconcile(self.e._row(source))
         snap: SnapshotRow | None = None

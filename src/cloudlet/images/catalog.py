@@ -121,11 +121,6 @@ CATALOG: tuple[CatalogEntry, ...] = (
 )
 
 
-# Catalog names keep the projects' version numbers ("ubuntu-24.04") and become the
-# local image names, so they are DNS labels plus dots: no slashes, no leading dot.
-CATALOG_NAME = re.compile(r"^[a-z](?:[a-z0-9.-]{0,61}[a-z0-9])?$")
-
-
 def names() -> list[str]:
     """The catalog's image names, in catalog order."""
     return [entry.name for entry in CATALOG]

@@ -24,10 +24,10 @@ from typing import Any
 from cloudlet.errors import Conflict, HostCommandError, InvalidInput, NotFound
 from cloudlet.host.qemu_binaries import qemu_img
 from cloudlet.host.run import run
-from cloudlet.images.catalog import CATALOG_NAME, CatalogEntry, parse_checksum_file
+from cloudlet.images.catalog import CatalogEntry, parse_checksum_file
 from cloudlet.images.download import ByteProgress, download, fetch_text
 from cloudlet.images.store import BUILTIN
-from cloudlet.spec.names import validate_name
+from cloudlet.spec.names import image_name, name_path
 
 Progress = Callable[[str], None]
 
@@ -205,7 +205,7 @@ def inspect(path: Path, declared_format: str) -> dict[str, Any]:
 
 
 def _exists(images_root: Path, name: str) -> bool:
-    current = images_root / name / "current"
+    current = name_path(images_root, name) / "current"
     return name in BUILTIN or current.is_symlink() or current.exists()
 
 
@@ -249,7 +249,7 @@ def _point_current(name_dir: Path, version_dir: Path) -> None:
 
 def _commit(images_root: Path, name: str, built: Path) -> Path:
     """Move a finished version directory under ``name`` and make it current."""
-    name_dir = images_root / name
+    name_dir = name_path(images_root, name)
     created = not name_dir.exists()
     name_dir.mkdir(exist_ok=True)
     lock_path = name_dir / ".build.lock"
@@ -294,7 +294,7 @@ def import_image(
     qcow2 and raw become ``disk.qcow2`` (a qcow2 without backing file, so every disk the
     engine sees has one format and no links); an ISO is kept as ``install.iso``.
     """
-    validate_name(name, what="image name")
+    image_name(name)
     return _import(
         src,
         name,
@@ -407,10 +407,7 @@ def pull(
     """
     if name is None:
         name = entry.name
-        if not CATALOG_NAME.match(name):
-            raise InvalidInput(f"invalid catalog name {name!r}", hint="fix the catalog entry")
-    else:
-        validate_name(name, what="image name")
+    image_name(name)
     _refuse_existing(images_root, name)  # before, not after, a long download
     if status:
         status(f"fetching checksums from {entry.checksum_url}")

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cloudlet.errors import InvalidInput, NotFound
+from cloudlet.spec.names import image_name, name_path
 
 BUILTIN = ("tiny", "debian-12")
 HOST_ARCH = platform.machine()
@@ -98,7 +99,7 @@ class ImageStore:
         self.deb_cache = deb_cache
 
     def _current(self, name: str) -> Path:
-        return self.root / name / "current"
+        return name_path(self.root, name) / "current"
 
     def names(self) -> list[str]:
         found = {p.parent.name for p in self.root.glob("*/current")}
@@ -189,7 +190,7 @@ class ImageStore:
 
     def delete(self, name: str) -> list[Path]:
         """Remove every version of ``name``; the caller checks no VM uses it."""
-        target = self.root / name
+        target = name_path(self.root, image_name(name))
         if not target.exists():
             raise NotFound(f"unknown image {name!r}", hint="run 'cloudlet image list'")
         versions = [p for p in target.iterdir() if p.is_dir() and not p.is_symlink()]

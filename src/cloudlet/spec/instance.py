@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from cloudlet.errors import InvalidInput
-from cloudlet.spec.names import validate_name
+from cloudlet.spec.names import login_user, vm_name
 from cloudlet.spec.network import FirewallRule, NicSpec, PortForward
 
 Arch = Literal["x86_64", "aarch64"]
@@ -38,6 +38,15 @@ class AccessSpec(BaseModel):
     user: str | None = None
     ssh_public_keys: tuple[str, ...] = ()
     ssh_private_key: str | None = Field(default=None, description="path used by cloudlet ssh")
+
+    @field_validator("user")
+    @classmethod
+    def _valid_user(cls, value: str | None) -> str | None:
+        """The user becomes an ssh argument and a cloud-init user: never an option."""
+        try:
+            return None if value is None else login_user(value)
+        except InvalidInput as exc:
+            raise ValueError(exc.one_line()) from None
 
 
 BackupSchedule = Literal["none", "hourly", "daily", "weekly"]
@@ -156,7 +165,7 @@ class InstanceSpec(BaseModel):
     @classmethod
     def _valid_name(cls, value: str) -> str:
         try:
-            return validate_name(value)
+            return vm_name(value)
         except InvalidInput as exc:
             raise ValueError(exc.one_line()) from None
 

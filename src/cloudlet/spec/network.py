@@ -9,28 +9,12 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from cloudlet.errors import InvalidInput
-from cloudlet.spec.names import validate_name
+from cloudlet.spec.names import USER_MODE as USER_MODE
+from cloudlet.spec.names import group_name, network_name
 
 NetworkMode = Literal["nat", "isolated", "routed"]
 Proto = Literal["tcp", "udp"]
-# Words --network takes that are not virtual networks: QEMU user-mode NAT, or no NIC.
-USER_MODE = ("nat", "none")
-# Bridge names are "clb-" + the network name and must fit IFNAMSIZ (15 characters).
-MAX_NETWORK_NAME = 11
-
-
-def validate_network_name(name: str) -> str:
-    validate_name(name, what="network name")
-    if len(name) > MAX_NETWORK_NAME:
-        raise InvalidInput(
-            f"network name {name!r} is longer than {MAX_NETWORK_NAME} characters",
-            hint="its bridge is named clb-NAME and Linux allows 15 characters",
-        )
-    if name in USER_MODE:
-        raise InvalidInput(
-            f"{name!r} is reserved for user-mode networking", hint="pick another network name"
-        )
-    return name
+validate_network_name = network_name
 
 
 class NetworkDef(BaseModel):
@@ -196,6 +180,6 @@ class FirewallGroup(BaseModel):
     @classmethod
     def _name(cls, value: str) -> str:
         try:
-            return validate_name(value, what="group name")
+            return group_name(value)
         except InvalidInput as exc:
             raise ValueError(exc.one_line()) from None

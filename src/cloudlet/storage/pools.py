@@ -17,6 +17,7 @@ from cloudlet.errors import (
     InvalidInput,
     OutOfSpace,
 )
+from cloudlet.spec.names import name_path
 from cloudlet.spec.units import format_size
 
 
@@ -99,7 +100,7 @@ class DirPool:
         return FsUsage(total=st.f_blocks * st.f_frsize, free=st.f_bavail * st.f_frsize)
 
     def volume_path(self, volume_name: str) -> Path:
-        return self.path / f"{volume_name}.qcow2"
+        return name_path(self.path, volume_name, ".qcow2")
 
     def round_size(self, size: int) -> int:
         return size
