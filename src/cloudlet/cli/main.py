@@ -26,6 +26,7 @@ from cloudlet.engine.factory import open_engine
 from cloudlet.errors import CloudletError, InvalidInput
 from cloudlet.host.run import exec_replace
 from cloudlet.spec.instance import parse_backup
+from cloudlet.spec.names import vm_name
 from cloudlet.spec.units import format_size, parse_size
 
 app = typer.Typer(
@@ -246,6 +247,8 @@ def resume(name: NameArg) -> None:
 @app.command()
 def delete(names: Annotated[list[str], typer.Argument(help="VM names")]) -> None:
     """Delete VMs: QEMU, disk overlay, sockets and records."""
+    for name in names:
+        vm_name(name)  # all checked before the first is deleted
     engine = _engine()
     for name in names:
         err.print(engine.delete(name))

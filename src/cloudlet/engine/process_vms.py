@@ -29,7 +29,7 @@ from cloudlet.process import copies, virtiofs
 from cloudlet.process import guest_init as g
 from cloudlet.process.channels import Channels
 from cloudlet.spec.instance import InstanceSpec, NetworkSpec
-from cloudlet.spec.names import validate_name
+from cloudlet.spec.names import image_name, vm_name
 from cloudlet.spec.process import ProcessSpec
 from cloudlet.spec.states import VMState
 from cloudlet.spec.units import MIB
@@ -78,6 +78,9 @@ class ProcessVMs:
 
     # ------------------------------------------------------------------ checks
     def _validate(self, spec: ProcessSpec) -> Image:
+        image_name(spec.image)
+        if spec.name is not None:
+            vm_name(spec.name)
         if not spec.argv:
             raise InvalidInput(
                 "no program to run", hint="put it after --, as in: cloudlet run tiny -- uname -a"
@@ -118,7 +121,7 @@ class ProcessVMs:
 
     def _name(self, spec: ProcessSpec) -> str:
         if spec.name is not None:
-            validate_name(spec.name)
+            vm_name(spec.name)
             self.engine._ensure_name_free(spec.name)
             return spec.name
         return f"run-{secrets.token_hex(3)}"
