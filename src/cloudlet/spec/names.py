@@ -68,9 +68,15 @@ IMAGE = NameKind(
     "1-63 characters: lowercase letters, digits, '-' and '.', starting with a letter "
     "and ending with a letter or digit",
 )
-NETWORK = _label_kind("network name")
 # Bridges are "clb-" + the network name and must fit IFNAMSIZ (15 characters).
 MAX_NETWORK_NAME = 11
+NETWORK = NameKind(
+    "network name",
+    re.compile(_LABEL),
+    63,  # longer ones get their own error, which says why 11
+    f"1-{MAX_NETWORK_NAME} characters: lowercase letters, digits and '-', starting with a "
+    "letter, not ending in '-'",
+)
 # Words --network takes that are not virtual networks: QEMU user-mode NAT, or no NIC.
 USER_MODE = ("nat", "none")
 # Backup ids are made as the start time and 6 hex digits: 20250101T120000-a1b2c3.
