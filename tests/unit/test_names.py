@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -106,10 +107,20 @@ def test_access_user_is_validated_wherever_a_spec_comes_from() -> None:
     for bad in ["-oProxyCommand=x", "root\n", "a b", "x@y"]:
         with pytest.raises(ValidationError):
             AccessSpec(user=bad)
-        with pytest.raises(ValidationError):
-            InstanceSpec.model_validate({"name": "web1", "access": {"user": bad}})
-        with pytest.raises(ValidationError):  # an exported spec is JSON
-            InstanceSpec.model_validate_json(f'{{"name": "web1", "access": {{"user": "{bad}"}}}}')
+        base = {"name": "web1", "cpus": 1, "memory": 1}
+        with pytest.raises(ValidationError, match="invalid login user"):
+            InstanceSpec.model_validate({**base, "access": {"user": bad}})
+        with pytest.raises(ValidationError, match="invalid login user"):  # exports carry JSON
+            InstanceSpec.model_validate_json(json.dumps({**base, "access": {"user": bad}}))
+    assert InstanceSpec.model_validate({**base, "access": {"user": "ops"}}).access.user == "ops"
+
+
+def test_spec_names_from_files_are_validated_like_cli_names() -> None:
+    assert InstanceSpec(name="web1", image="ubuntu-24.04", cpus=1, memory=1).image == "ubuntu-24.04"
+    for field, bad in [("image", "../../x"), ("image", "/var/lib/img"), ("image", "tiny\n"),
+                       ("name", "web1\n"), ("firewall", {"groups": ["../g"]})]:  # fmt: skip
+        with pytest.raises(ValidationError, match=r"invalid (image|VM|firewall group) name"):
+            InstanceSpec.model_validate({"name": "web1", "cpus": 1, "memory": 1, field: bad})
 
 
 def test_ssh_gets_the_user_as_an_argument_never_as_an_option(tmp_path: Path) -> None:

@@ -616,7 +616,9 @@ class Engine:
         """An installer ISO becomes an image once (after its safety checks), then is reused."""
         from cloudlet.images import importer
 
-        name = "iso-" + "".join(c if c.isalnum() else "-" for c in iso.stem.lower()).strip("-")
+        name = "iso-" + "".join(
+            c if c.isascii() and c.isalnum() else "-" for c in iso.stem.lower()
+        ).strip("-")
         name = name[:63].rstrip("-")
         try:
             return self.deps.images.get(name, progress=progress)

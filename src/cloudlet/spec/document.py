@@ -31,7 +31,7 @@ from pydantic import (
 from cloudlet.errors import CloudletError, InvalidInput
 from cloudlet.spec.instance import Arch, BackupPolicy, FirewallSpec, InstanceSpec, Profile
 from cloudlet.spec.machine_types import CUSTOM, resolve_shape
-from cloudlet.spec.names import validate_name
+from cloudlet.spec.names import model_check, vm_name
 from cloudlet.spec.units import GIB, KIB, MIB, parse_size
 
 API_VERSION: Literal["cloudlet/v1"] = "cloudlet/v1"
@@ -143,10 +143,7 @@ class Metadata(_Doc):
     @field_validator("name")
     @classmethod
     def _valid_name(cls, value: str) -> str:
-        try:
-            return validate_name(value)
-        except InvalidInput as exc:
-            raise ValueError(exc.one_line()) from None
+        return model_check(vm_name, value)
 
 
 class VMDocument(_Doc):

@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from cloudlet.errors import InvalidInput
-from cloudlet.spec.names import login_user, vm_name
+from cloudlet.spec.names import group_name, image_name, login_user, model_check, vm_name
 from cloudlet.spec.network import FirewallRule, NicSpec, PortForward
 
 Arch = Literal["x86_64", "aarch64"]
@@ -43,10 +43,7 @@ class AccessSpec(BaseModel):
     @classmethod
     def _valid_user(cls, value: str | None) -> str | None:
         """The user becomes an ssh argument and a cloud-init user: never an option."""
-        try:
-            return None if value is None else login_user(value)
-        except InvalidInput as exc:
-            raise ValueError(exc.one_line()) from None
+        return None if value is None else model_check(login_user, value)
 
 
 BackupSchedule = Literal["none", "hourly", "daily", "weekly"]
@@ -60,6 +57,11 @@ class FirewallSpec(BaseModel):
     inbound_ports: tuple[int, ...] = Field(default=(), description="TCP ports open from outside")
     rules: tuple[FirewallRule, ...] = Field(default=(), description="allow rules")
     groups: tuple[str, ...] = Field(default=(), description="firewall groups applied")
+
+    @field_validator("groups")
+    @classmethod
+    def _valid_groups(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(model_check(group_name, g) for g in value)
 
     def own_rules(self) -> tuple[FirewallRule, ...]:
         """inbound_ports (TCP from anywhere) and the VM's own rules, without groups."""
@@ -164,10 +166,13 @@ class InstanceSpec(BaseModel):
     @field_validator("name")
     @classmethod
     def _valid_name(cls, value: str) -> str:
-        try:
-            return vm_name(value)
-        except InvalidInput as exc:
-            raise ValueError(exc.one_line()) from None
+        return model_check(vm_name, value)
+
+    @field_validator("image")
+    @classmethod
+    def _valid_image(cls, value: str) -> str:
+        """A name, never a path: exports carry it and it is looked up in the image store."""
+        return model_check(image_name, value)
 
 
 def parse_backup(text: str) -> BackupPolicy:

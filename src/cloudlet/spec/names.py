@@ -10,6 +10,7 @@ name joins a directory: it resolves the result and refuses anything outside the 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,6 +112,14 @@ group_name = GROUP.check
 licence_name = LICENCE.check
 backup_id = BACKUP_ID.check
 login_user = LOGIN_USER.check
+
+
+def model_check(check: Callable[[str], str], value: str) -> str:
+    """``check(value)`` inside a pydantic validator: its one line becomes a ValueError."""
+    try:
+        return check(value)
+    except InvalidInput as exc:
+        raise ValueError(exc.one_line()) from None
 
 
 def network_name(name: str) -> str:

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from cloudlet.errors import InvalidInput
 from cloudlet.spec.names import USER_MODE as USER_MODE
-from cloudlet.spec.names import group_name, network_name
+from cloudlet.spec.names import group_name, model_check, network_name
 
 NetworkMode = Literal["nat", "isolated", "routed"]
 Proto = Literal["tcp", "udp"]
@@ -30,10 +30,7 @@ class NetworkDef(BaseModel):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        try:
-            return validate_network_name(value)
-        except InvalidInput as exc:
-            raise ValueError(exc.one_line()) from None
+        return model_check(validate_network_name, value)
 
     @field_validator("subnet")
     @classmethod
@@ -179,7 +176,4 @@ class FirewallGroup(BaseModel):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        try:
-            return group_name(value)
-        except InvalidInput as exc:
-            raise ValueError(exc.one_line()) from None
+        return model_check(group_name, value)
