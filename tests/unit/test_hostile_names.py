@@ -264,3 +264,34 @@ def test_hostile_name_is_refused_in_one_line_and_changes_nothing(
     assert "\n" not in line and "\x00" not in line and len(line) < 400, line
     assert result.stdout == ""
     assert [_tree_hash(d) for d in world] == before
+
+
+# ---------------------------------------------------------------- names in spec files
+SPEC_FIELDS = {
+    "metadata.name": lambda v: {"metadata": {"name": v}, "spec": {"image": "seed"}},
+    "spec.image": lambda v: {"metadata": {"name": "ok1"}, "spec": {"image": v}},
+    "spec.networks": lambda v: {"metadata": {"name": "ok1"}, "spec": {"networks": [v]}},
+    "spec.access.user": lambda v: {"metadata": {"name": "ok1"}, "spec": {"access": {"user": v}}},
+    "spec.firewall.groups": lambda v: {
+        "metadata": {"name": "ok1"},
+        "spec": {"firewall": {"groups": [v]}},
+    },
+}
+
+
+@pytest.mark.parametrize("value", HOSTILE.values(), ids=HOSTILE.keys())
+@pytest.mark.parametrize("field", SPEC_FIELDS)
+@pytest.mark.parametrize("command", [["apply", "-f"], ["create", "--no-start", "--from"]])
+def test_hostile_name_in_a_spec_file_is_refused_and_changes_nothing(
+    world: tuple[Path, Path, Path], command: list[str], field: str, value: str
+) -> None:
+    spec = world[2].parent / "spec.yaml"  # outside the hashed trees
+    doc = {"apiVersion": "cloudlet/v1", "kind": "VM", **SPEC_FIELDS[field](value)}
+    spec.write_text(json.dumps(doc))  # JSON is YAML, with every character escaped
+    before = [_tree_hash(d) for d in world]
+    result = CliRunner().invoke(main.app, [*command, str(spec)])
+    error = result.exception
+    assert isinstance(error, InvalidInput), (result.exit_code, result.output, error)
+    line = error.one_line()
+    assert "\n" not in line and "\x00" not in line, line
+    assert [_tree_hash(d) for d in world] == before

@@ -92,6 +92,12 @@ def test_name_path_refuses_a_link_out_of_its_parent(tmp_path: Path) -> None:
         names.name_path(parent, "evil", ".qcow2")
     with pytest.raises(InvalidInput, match="leads outside"):
         names.name_path(parent, "up")
+    # An entry its owner linked elsewhere (images built once, shared): allowed when asked,
+    # and still only that entry.
+    assert names.name_path(parent, "evil", ".qcow2", links=True) == parent / "evil.qcow2"
+    for bad in ["..", ".", "a/b", "/etc"]:
+        with pytest.raises(InvalidInput):
+            names.name_path(parent, bad, links=True)
 
 
 def test_name_path_follows_a_linked_parent(tmp_path: Path) -> None:

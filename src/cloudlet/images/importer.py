@@ -205,7 +205,7 @@ def inspect(path: Path, declared_format: str) -> dict[str, Any]:
 
 
 def _exists(images_root: Path, name: str) -> bool:
-    current = name_path(images_root, name) / "current"
+    current = name_path(images_root, name, links=True) / "current"
     return name in BUILTIN or current.is_symlink() or current.exists()
 
 
@@ -249,7 +249,7 @@ def _point_current(name_dir: Path, version_dir: Path) -> None:
 
 def _commit(images_root: Path, name: str, built: Path) -> Path:
     """Move a finished version directory under ``name`` and make it current."""
-    name_dir = name_path(images_root, name)
+    name_dir = name_path(images_root, name, links=True)
     created = not name_dir.exists()
     name_dir.mkdir(exist_ok=True)
     lock_path = name_dir / ".build.lock"

@@ -99,7 +99,7 @@ class ImageStore:
         self.deb_cache = deb_cache
 
     def _current(self, name: str) -> Path:
-        return name_path(self.root, name) / "current"
+        return name_path(self.root, name, links=True) / "current"
 
     def names(self) -> list[str]:
         found = {p.parent.name for p in self.root.glob("*/current")}
@@ -190,7 +190,7 @@ class ImageStore:
 
     def delete(self, name: str) -> list[Path]:
         """Remove every version of ``name``; the caller checks no VM uses it."""
-        target = name_path(self.root, image_name(name))
+        target = name_path(self.root, image_name(name), links=True)
         if not target.exists():
             raise NotFound(f"unknown image {name!r}", hint="run 'cloudlet image list'")
         versions = [p for p in target.iterdir() if p.is_dir() and not p.is_symlink()]

@@ -31,7 +31,7 @@ from pydantic import (
 from cloudlet.errors import CloudletError, InvalidInput
 from cloudlet.spec.instance import Arch, BackupPolicy, FirewallSpec, InstanceSpec, Profile
 from cloudlet.spec.machine_types import CUSTOM, resolve_shape
-from cloudlet.spec.names import model_check, vm_name
+from cloudlet.spec.names import image_name, model_check, vm_name
 from cloudlet.spec.units import GIB, KIB, MIB, parse_size
 
 API_VERSION: Literal["cloudlet/v1"] = "cloudlet/v1"
@@ -135,6 +135,11 @@ class VMBody(_Doc):
     wait: WaitFor = Field(
         default="agent", description="what create waits for: guest agent, cloud-init, or none"
     )
+
+    @field_validator("image")
+    @classmethod
+    def _valid_image(cls, value: str) -> str:
+        return model_check(image_name, value)
 
 
 class Metadata(_Doc):

@@ -136,11 +136,13 @@ def network_name(name: str) -> str:
     return name
 
 
-def name_path(parent: Path, name: str, suffix: str = "") -> Path:
+def name_path(parent: Path, name: str, suffix: str = "", *, links: bool = False) -> Path:
     """``parent / (name + suffix)``, refused unless it resolves to an entry of ``parent``.
 
     The name should be validated first; this is the last guard, so a name that slipped
-    through (or a symlink planted in ``parent``) cannot reach outside it.
+    through (or a symlink planted in ``parent``) cannot reach outside it. ``links`` lets
+    the entry itself be a symlink placed by whoever owns ``parent`` (built images shared
+    from another disk): the name still reaches only that one entry.
     """
     entry = f"{name}{suffix}"
     if not entry or entry in (".", "..") or "/" in entry or "\0" in entry:
@@ -148,7 +150,7 @@ def name_path(parent: Path, name: str, suffix: str = "") -> Path:
             f"name {shown(name)} cannot be a file name", hint="use a name without '/' or NUL"
         )
     base = parent.resolve()
-    path = (base / entry).resolve()
+    path = (base / entry).resolve() if not links else base / entry
     if path.parent != base:
         raise InvalidInput(
             f"name {shown(name)} leads outside {parent.name or parent}",
