@@ -114,7 +114,8 @@ def test_wizard_on_a_cloud_init_image_asks_for_user_and_key(
     answers = [
         "db1", "", "", "custom", "3", "3G", "4G", "1G,2G", "y",
         "tiny",  # refused: containers need cloud-init; asked again
-        "cloudy", "ops", "9",  # no key 9: asked again
+        "cloudy", "-oProxyCommand=x", "ops",  # not a login user: asked again
+        "9",  # no key 9: asked again
         "1", "y", "80, 22", "none", "custom", "weekly", "4", "", "y",
     ]  # fmt: skip
     monkeypatch.setattr("sys.stdin", io.StringIO("\n".join(answers) + "\n"))
@@ -125,6 +126,7 @@ def test_wizard_on_a_cloud_init_image_asks_for_user_and_key(
     path, doc = result
     text = screen.getvalue()
     assert "error: image tiny has no cloud-init" in text and "cannot read SSH public key" in text
+    assert "error: invalid login user '-oProxyCommand=x'" in text
     assert path == Path("db1.yaml")
     spec = doc.spec
     assert (spec.image, spec.type, spec.cpus, spec.memory) == ("cloudy", "custom", 3, 3 * GIB)

@@ -30,7 +30,7 @@ from cloudlet.spec import document
 from cloudlet.spec.document import VMDocument
 from cloudlet.spec.instance import LOCAL_ZONE
 from cloudlet.spec.machine_types import CATALOG, CUSTOM, DEFAULT_TYPE, resolve_shape
-from cloudlet.spec.names import validate_name
+from cloudlet.spec.names import login_user, vm_name
 from cloudlet.spec.units import format_size, parse_size
 
 DEFAULT_IMAGE = "tiny"  # what `cloudlet create NAME` uses
@@ -188,7 +188,7 @@ class Wizard:
         suggestion = next(f"vm{i}" for i in range(1, 10_000) if f"vm{i}" not in taken)
 
         def check(answer: str) -> None:
-            validate_name(answer)
+            vm_name(answer)
             if answer in taken:
                 raise InvalidInput(f"a VM named {answer!r} already exists", hint="pick another")
 
@@ -343,7 +343,9 @@ class Wizard:
             "(enforced on virtual networks; see cloudlet firewall)",
         )
         if self.a.cloud_init:
-            self.a.user = self.ask("Login user", str(self._default_user or "cloudlet"))
+            self.a.user = self.ask(
+                "Login user", str(self._default_user or "cloudlet"), check=login_user
+            )
             keys = sorted(str(p) for p in (Path.home() / ".ssh").glob("*.pub"))
             for i, path in enumerate(keys, 1):
                 self.console.print(f"  {i}) {path}")
