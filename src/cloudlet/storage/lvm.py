@@ -24,6 +24,7 @@ from typing import Any
 
 from cloudlet.errors import Conflict, HostCommandError, InvalidInput, MissingDependency
 from cloudlet.host import run as host_run
+from cloudlet.spec.names import name_path
 from cloudlet.storage.pools import FsUsage, VolumeFiles
 
 VG_PREFIX = "cloudlet-"
@@ -292,7 +293,8 @@ class LvmPool:
         return -(-size // extent) * extent
 
     def volume_path(self, volume_name: str) -> Path:
-        return self.path / (LV_PREFIX + volume_name)
+        # /dev/VG/LV is udev's link to /dev/dm-N: the entry may be a link, never a path
+        return name_path(self.path, LV_PREFIX + volume_name, links=True)
 
     def create_volume(self, files: VolumeFiles, volume_name: str, size: int) -> Path:
         lv = LV_PREFIX + volume_name
