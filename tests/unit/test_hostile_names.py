@@ -8,10 +8,8 @@ so a new command cannot skip this suite.
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -42,6 +40,7 @@ from cloudlet.spec.network import FirewallRule
 from cloudlet.spec.units import GIB, MIB
 from cloudlet.store.database import Database
 from tests.fakes import FakeDisks
+from tests.tree_hash import tree_hash
 
 HOSTILE = {
     "dotdot": "..",
@@ -176,22 +175,6 @@ def test_every_command_with_a_name_is_in_the_table() -> None:
 
 
 # ---------------------------------------------------------------- a real engine, fake driver
-def _tree_hash(root: Path) -> str:
-    """Names, modes, contents and link targets of everything under ``root``."""
-    digest = hashlib.sha256()
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        for entry in sorted(dirnames + filenames):
-            path = Path(dirpath, entry)
-            st = path.lstat()
-            digest.update(f"{path.relative_to(root)}\0{st.st_mode:o}\0".encode())
-            if path.is_symlink():
-                digest.update(os.readlink(path).encode())
-            elif path.is_file() and not entry.endswith(".db-shm"):  # SQLite readers write it
-                digest.update(hashlib.sha256(path.read_bytes()).digest())
-    return digest.hexdigest()
-
-
 def _seed_image(images: Path) -> None:
     """An imported image 'seed' in the real image store's layout (version dir + current)."""
     version = images / "seed" / "v1"
@@ -255,7 +238,7 @@ def world() -> Iterator[tuple[Path, Path, Path]]:
 def test_hostile_name_is_refused_in_one_line_and_changes_nothing(
     world: tuple[Path, Path, Path], argv: list[str], value: str
 ) -> None:
-    before = [_tree_hash(d) for d in world]
+    before = [tree_hash(d) for d in world]
     result = CliRunner().invoke(main.app, [value if a == H else a.replace(H, value) for a in argv])
     error = result.exception
     assert isinstance(error, InvalidInput), (result.exit_code, result.output, error)
@@ -263,7 +246,7 @@ def test_hostile_name_is_refused_in_one_line_and_changes_nothing(
     line = error.one_line()
     assert "\n" not in line and "\x00" not in line and len(line) < 400, line
     assert result.stdout == ""
-    assert [_tree_hash(d) for d in world] == before
+    assert [tree_hash(d) for d in world] == before
 
 
 # ---------------------------------------------------------------- names in spec files
@@ -288,10 +271,10 @@ def test_hostile_name_in_a_spec_file_is_refused_and_changes_nothing(
     spec = world[2].parent / "spec.yaml"  # outside the hashed trees
     doc = {"apiVersion": "cloudlet/v1", "kind": "VM", **SPEC_FIELDS[field](value)}
     spec.write_text(json.dumps(doc))  # JSON is YAML, with every character escaped
-    before = [_tree_hash(d) for d in world]
+    before = [tree_hash(d) for d in world]
     result = CliRunner().invoke(main.app, [*command, str(spec)])
     error = result.exception
     assert isinstance(error, InvalidInput), (result.exit_code, result.output, error)
     line = error.one_line()
     assert "\n" not in line and "\x00" not in line, line
-    assert [_tree_hash(d) for d in world] == before
+    assert [tree_hash(d) for d in world] == before
