@@ -33,7 +33,7 @@ from cloudlet.engine.deps import EngineDeps
 from cloudlet.engine.engine import CreateRequest, Engine
 from cloudlet.engine.network_ops import NetworkOps
 from cloudlet.engine.storage_ops import StorageOps
-from cloudlet.errors import InvalidInput
+from cloudlet.errors import InvalidInput, NotFound
 from cloudlet.host.kvm import AccelVerdict
 from cloudlet.images.store import ImageStore
 from cloudlet.spec.network import FirewallRule
@@ -278,3 +278,27 @@ def test_hostile_name_in_a_spec_file_is_refused_and_changes_nothing(
     line = error.one_line()
     assert "\n" not in line and "\x00" not in line, line
     assert [tree_hash(d) for d in world] == before
+
+
+# A valid name nobody has: still NotFound (exit 3). (Valid names may take a lock file in
+# the state directory, so only what lies beside it must stay the same.)
+UNKNOWN = {
+    "show": ["show", "nosuch"],
+    "image delete": ["image", "delete", "nosuch"],
+    "image show": ["image", "show", "ubuntu-24.04"],
+    "volume delete": ["volume", "delete", "nosuch"],
+    "pool delete": ["pool", "delete", "nosuch"],
+    "snapshot delete": ["snapshot", "delete", "web1", "nosuch"],
+    "firewall group delete": ["firewall", "group", "delete", "nosuch"],
+    "network show": ["network", "show", "nosuch"],
+    "backup verify": ["backup", "verify", "web1", "--backup", "20200101T000000-abcdef"],
+}
+
+
+@pytest.mark.parametrize("argv", UNKNOWN.values(), ids=UNKNOWN.keys())
+def test_a_valid_unknown_name_is_not_found(world: tuple[Path, Path, Path], argv: list[str]) -> None:
+    before = [tree_hash(d) for d in world[1:]]
+    result = CliRunner().invoke(main.app, argv)
+    assert isinstance(result.exception, NotFound), (result.output, result.exception)
+    assert result.exception.exit_code == 3
+    assert [tree_hash(d) for d in world[1:]] == before
