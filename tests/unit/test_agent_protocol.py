@@ -125,3 +125,74 @@ def test_silent_socket_times_out(short_tmp: Path) -> None:
 def test_missing_socket_is_a_guest_error(short_tmp: Path) -> None:
     with pytest.raises(GuestError, match="cannot reach the guest agent"):
         agent.connect(short_tmp / "nothing.sock")
+
+
+class FloodingAgent:
+    """A hostile guest on the agent port: sends ``prefix`` then ``unit`` until hung up on."""
+
+    def __init__(self, path: Path, prefix: bytes, unit: bytes) -> None:
+        self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.server.bind(str(path))
+        self.server.listen(1)
+        self.prefix, self.unit = prefix, unit * max(1, 65536 // len(unit))
+        self.sent = 0
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        conn, _ = self.server.accept()
+        with conn:
+            request = b""
+            while b"\n" not in request:
+                request += conn.recv(65536)
+            sync_id = json.loads(request.lstrip(b"\xff").split(b"\n")[0])["arguments"]["id"]
+            prefix = self.prefix.replace(b"ID", str(sync_id).encode())
+            try:
+                conn.sendall(prefix)
+                while True:
+                    conn.sendall(self.unit)
+                    self.sent += len(self.unit)
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self.server.close()
+        self.thread.join()
+
+
+@pytest.mark.parametrize(
+    ("prefix", "unit"),
+    [
+        (b"", b"stale bytes before any marker "),  # never the 0xFF marker
+        (b"\xff", b"x"),  # a marker, then a line without end
+        (b"\xff", b'{"return": 1}\n'),  # a marker, then endless answers to other syncs
+        (b'\xff{"return": ID}\n', b"A"),  # a good sync, then a reply without end
+    ],
+    ids=["before-marker", "endless-line", "wrong-ids", "endless-reply"],
+)
+def test_an_endless_answer_stops_at_the_cap_with_flat_memory(
+    short_tmp: Path, prefix: bytes, unit: bytes
+) -> None:
+    import tracemalloc
+
+    path = short_tmp / "flood.sock"
+    flood = FloodingAgent(path, prefix, unit)
+    cap = 256 * 1024
+    tracemalloc.start()
+    try:
+        with (
+            pytest.raises(GuestError, match=f"more than {cap} bytes"),
+            agent.connect(path, timeout=10, max_reply=cap) as conn,
+        ):
+            conn.call("guest-info")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+        flood.close()
+    assert flood.sent > cap  # the guest really sent more than the cap
+    assert peak < 8 * cap + 2 * (1 << 20)  # a few buffers of the cap, whatever was sent
+
+
+def test_exec_replies_may_be_larger_than_file_replies() -> None:
+    # qemu-ga 7.2 returns up to 16 MiB per stream from guest-exec-status, as base64.
+    assert agent.MAX_EXEC_REPLY >= 2 * (16 << 20) * 4 // 3 + 4096 > agent.MAX_REPLY

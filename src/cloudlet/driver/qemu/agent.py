@@ -19,12 +19,19 @@ from cloudlet.driver.base import ExecResult
 from cloudlet.errors import GuestError, Timeout
 
 POLL_INTERVAL = 0.05
+# The longest reply line read from a guest (which may send anything, forever).
+# guest-file-read replies carry ~1.4 MiB of base64 per MiB asked: 8 MiB is ample.
+MAX_REPLY = 8 * 1024 * 1024
+# guest-exec-status carries up to 16 MiB of output per stream in qemu-ga 7.2
+# (GUEST_EXEC_MAX_OUTPUT), so stdout and stderr as base64 fit in 48 MiB.
+MAX_EXEC_REPLY = 48 * 1024 * 1024
 
 
 class AgentConnection:
     """One open conversation with the guest agent."""
 
-    def __init__(self, path: Path, timeout: float) -> None:
+    def __init__(self, path: Path, timeout: float, max_reply: int = MAX_REPLY) -> None:
+        self.max_reply = max_reply
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.settimeout(timeout)
         try:
@@ -54,34 +61,53 @@ class AgentConnection:
         end = self._buffer.find(b"\n")
         if end < 0:
             parts = [self._buffer]
+            size = len(self._buffer)
             while True:
-                chunk = self.sock.recv(1 << 20)
-                if not chunk:
-                    raise GuestError("the guest agent closed the connection")
+                chunk = self._recv(1 << 20)
                 newline = chunk.find(b"\n")
                 parts.append(chunk)
+                size += len(chunk)
                 if newline >= 0:
                     break
+                self._check_size(size)
             self._buffer = b"".join(parts)
             end = self._buffer.find(b"\n", len(self._buffer) - len(chunk))
         line, self._buffer = self._buffer[:end], self._buffer[end + 1 :]
+        self._check_size(len(line))
         return line
+
+    def _recv(self, size: int) -> bytes:
+        chunk = self.sock.recv(size)
+        if not chunk:
+            raise GuestError("the guest agent closed the connection")
+        return chunk
+
+    def _check_size(self, size: int) -> None:
+        """A guest that sends a line without end must not grow our memory without bound."""
+        if size > self.max_reply:
+            raise GuestError(
+                f"the guest answered more than {self.max_reply} bytes in one reply",
+                hint="the guest agent is misbehaving; restart it or the VM",
+            )
 
     def sync(self) -> None:
         """Flush stale data: send a sync id, skip to the 0xFF marker, expect the id back."""
         sync_id = random.randint(1, 2**31)
         self.sock.sendall(b"\xff")
         self._send({"execute": "guest-sync-delimited", "arguments": {"id": sync_id}})
+        skipped = 0
         while b"\xff" not in self._buffer:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise GuestError("the guest agent closed the connection")
-            self._buffer += chunk
+            # Stale bytes before the marker are dropped as they come, but only so many.
+            skipped += len(self._buffer)
+            self._check_size(skipped)
+            self._buffer = self._recv(65536)
         self._buffer = self._buffer.split(b"\xff", 1)[1]
         while True:
             # Answers to syncs of earlier, abandoned connections may still arrive,
             # each behind its own 0xFF: skip everything until our id comes back.
             line = self._read_line().replace(b"\xff", b"").strip()
+            skipped += len(line)
+            self._check_size(skipped)
             try:
                 reply = json.loads(line)
             except ValueError:
@@ -111,9 +137,9 @@ class AgentConnection:
         return reply.get("return")
 
 
-def connect(path: Path, timeout: float = 5.0) -> AgentConnection:
+def connect(path: Path, timeout: float = 5.0, max_reply: int = MAX_REPLY) -> AgentConnection:
     """Open and sync a conversation, or raise GuestError/Timeout."""
-    conn = AgentConnection(path, timeout)
+    conn = AgentConnection(path, timeout, max_reply)
     try:
         conn.sync()
     except TimeoutError:
@@ -148,7 +174,7 @@ def wait_ready(path: Path, timeout: float) -> None:
 def run_command(path: Path, argv: list[str], *, stdin: bytes | None, timeout: float) -> ExecResult:
     """guest-exec with captured output, polled until the program exits."""
     deadline = time.monotonic() + timeout
-    with connect(path) as conn:
+    with connect(path, max_reply=MAX_EXEC_REPLY) as conn:
         args: dict[str, Any] = {"path": argv[0], "arg": argv[1:], "capture-output": True}
         if stdin:
             args["input-data"] = base64.b64encode(stdin).decode()
