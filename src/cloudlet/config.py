@@ -107,6 +107,8 @@ class Settings:
     # so a copy stops past this many bytes or entries.
     copy_max_bytes: int = 10 * GIB
     copy_max_entries: int = 100_000
+    # A VM's serial log is rotated to serial.log.1 when it reaches this size.
+    serial_log_max: int = 1024 * 1024
 
     @property
     def backup_store(self) -> Path:
@@ -153,7 +155,11 @@ class Settings:
         copy_entries = os.environ.get("CLOUDLET_COPY_MAX_ENTRIES") or str(
             guest.get("copy_max_entries", 100_000)
         )
+        serial_text = os.environ.get("CLOUDLET_SERIAL_LOG_MAX") or str(
+            guest.get("serial_log_max", "1M")
+        )
         return cls(
+            serial_log_max=parse_size(serial_text, what="serial_log_max", default_unit="M"),
             copy_max_bytes=parse_size(copy_bytes, what="copy_max_bytes", default_unit="M"),
             copy_max_entries=_positive_int(copy_entries, "copy_max_entries"),
             backup_dir=Path(str(backup_dir)).expanduser() if backup_dir else None,

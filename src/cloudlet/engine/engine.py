@@ -225,6 +225,7 @@ class Engine:
             extra_disks=storage_ops.boot_disks(self, row.id),
             runtime_dir=self.paths.runtime_dir(row.id),
             serial_log=instance_dir / "serial.log",
+            serial_log_max=self.settings.serial_log_max,
             kernel=image.kernel,
             initrd=image.initrd,
             cmdline=cmdline,

@@ -221,6 +221,7 @@ class ProcessVMs:
                 disk_format="qcow2",
                 runtime_dir=engine.paths.runtime_dir(row.id),
                 serial_log=instance_dir / "serial.log",
+                serial_log_max=engine.settings.serial_log_max,
                 kernel=image.kernel,
                 initrd=initrd,
                 # The root disk is the first virtio disk: no wait for a label lookup.

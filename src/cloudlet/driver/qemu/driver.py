@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import os
 import shutil
@@ -24,7 +25,7 @@ from cloudlet.driver.base import (
     RuntimeInfo,
     TapNic,
 )
-from cloudlet.driver.qemu import agent, qmp
+from cloudlet.driver.qemu import agent, qmp, serial_pump
 from cloudlet.driver.qemu.argv import (
     build_argv,
     disk_device,
@@ -97,10 +98,17 @@ class QemuDriver(Driver):
         if run_dir.exists():
             shutil.rmtree(run_dir)
         run_dir.mkdir(mode=0o700, parents=True)
-        argv = build_argv(qemu_binary(config.arch), config)
         sockets = socket_paths(config)
         try:
-            pid = self._launch(argv, run_dir, Path(sockets["qmp"]))
+            # The serial log goes through a pump that caps it; QEMU holds the only write end.
+            log_fd = serial_pump.start(config.serial_log, config.serial_log_max)
+            try:
+                argv = build_argv(
+                    qemu_binary(config.arch), dataclasses.replace(config, serial_log_fd=log_fd)
+                )
+                pid = self._launch(argv, run_dir, Path(sockets["qmp"]), (log_fd,))
+            finally:
+                os.close(log_fd)
         except BaseException:
             shutil.rmtree(run_dir, ignore_errors=True)
             raise
@@ -124,7 +132,9 @@ class QemuDriver(Driver):
         write_record(run_dir, info)
         return info
 
-    def _launch(self, argv: list[str], run_dir: Path, qmp_socket: Path) -> int:
+    def _launch(
+        self, argv: list[str], run_dir: Path, qmp_socket: Path, pass_fds: Sequence[int] = ()
+    ) -> int:
         """Start QEMU in its own session (it outlives us) and wait for its monitor.
 
         QEMU is not asked to -daemonize: its fork would be refused by
@@ -132,7 +142,9 @@ class QemuDriver(Driver):
         """
         log_path = run_dir / "qemu.log"
         with open(log_path, "ab") as log:
-            proc = spawn(argv, stdout=log.fileno(), stderr=log.fileno(), detach=True)
+            proc = spawn(
+                argv, stdout=log.fileno(), stderr=log.fileno(), detach=True, pass_fds=pass_fds
+            )
         deadline = time.monotonic() + START_TIMEOUT
         while True:
             code = proc.poll()
