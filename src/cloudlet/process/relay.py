@@ -17,6 +17,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from cloudlet.errors import CloudletError
 from cloudlet.guest.landing import CopyLimits
 from cloudlet.process import copies
 from cloudlet.process import guest_init as g
@@ -109,6 +110,8 @@ class _Job(threading.Thread):
     def run(self) -> None:
         try:
             self.work()
+        except CloudletError as exc:  # reported with its hint (how to raise a limit, say)
+            self.error = f"{exc.message}; {exc.hint}" if exc.hint else exc.message
         except Exception as exc:  # reported, not raised: the run's result still counts
             self.error = str(exc) or type(exc).__name__
 

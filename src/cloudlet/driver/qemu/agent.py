@@ -122,15 +122,22 @@ class AgentConnection:
             message["arguments"] = arguments
         self._send(message)
 
-    def call(self, command: str, arguments: dict[str, Any] | None = None) -> Any:
+    def call(
+        self, command: str, arguments: dict[str, Any] | None = None, *, max_reply: int = 0
+    ) -> Any:
+        """Send a command and return its reply; ``max_reply`` raises the cap for this one."""
         message: dict[str, Any] = {"execute": command}
         if arguments:
             message["arguments"] = arguments
         self._send(message)
-        while True:
-            line = self._read_line().strip()
-            if line:
-                break
+        default, self.max_reply = self.max_reply, max_reply or self.max_reply
+        try:
+            while True:
+                line = self._read_line().strip()
+                if line:
+                    break
+        finally:
+            self.max_reply = default
         reply = json.loads(line)
         if "error" in reply:
             raise GuestError(f"guest agent refused {command}: {reply['error'].get('desc')}")
@@ -174,7 +181,7 @@ def wait_ready(path: Path, timeout: float) -> None:
 def run_command(path: Path, argv: list[str], *, stdin: bytes | None, timeout: float) -> ExecResult:
     """guest-exec with captured output, polled until the program exits."""
     deadline = time.monotonic() + timeout
-    with connect(path, max_reply=MAX_EXEC_REPLY) as conn:
+    with connect(path) as conn:
         args: dict[str, Any] = {"path": argv[0], "arg": argv[1:], "capture-output": True}
         if stdin:
             args["input-data"] = base64.b64encode(stdin).decode()
@@ -187,7 +194,7 @@ def run_command(path: Path, argv: list[str], *, stdin: bytes | None, timeout: fl
             message = f"cloudlet: {argv[0]}: command not found in the guest\n"
             return ExecResult(exit_code=127, stderr=message.encode())
         while True:
-            status = conn.call("guest-exec-status", {"pid": pid})
+            status = conn.call("guest-exec-status", {"pid": pid}, max_reply=MAX_EXEC_REPLY)
             if status.get("exited"):
                 break
             if time.monotonic() > deadline:
