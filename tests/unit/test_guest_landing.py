@@ -268,7 +268,11 @@ def test_limits_stop_a_tree_and_nothing_of_it_stays(tmp_path: Path) -> None:
     big = [(_member(f"r/f{i}", size=40_000), b"z" * 40_000) for i in range(5)]
     with pytest.raises(CapacityExceeded, match="byte limit"):
         _receive(_tar(big), CopySpec(dest, "/r"), CopyLimits(max_bytes=100_000))
-    assert list(dest.iterdir()) == []
+    assert not dest.exists()  # it made the destination, so it took it away again
+    dest.mkdir()
+    with pytest.raises(CapacityExceeded, match="byte limit"):
+        _receive(_tar(big), CopySpec(dest, "/r"), CopyLimits(max_bytes=100_000))
+    assert list(dest.iterdir()) == []  # the user's directory stays, empty as it was
 
 
 def test_a_huge_pax_header_is_refused_before_it_is_read(tmp_path: Path) -> None:
@@ -296,3 +300,25 @@ def test_limits_come_from_config_toml_and_the_environment(
     monkeypatch.setenv("CLOUDLET_COPY_MAX_ENTRIES", "-1")
     with pytest.raises(InvalidInput, match="copy_max_entries"):
         Settings.load(tmp_path)
+
+
+def test_directories_made_for_a_deep_name_count_as_entries(tmp_path: Path) -> None:
+    dest = tmp_path / "dest"
+    with (
+        pytest.raises(CapacityExceeded, match="more than 50 entries"),
+        _landing(dest, max_entries=50) as landing,
+    ):
+        landing.count_entry()
+        landing.file(("d",) * 100 + ("f",), 0o644, _reader(b"x").read)
+    assert list(dest.iterdir()) == []
+
+
+def test_a_tree_deeper_than_the_bound_is_skipped(tmp_path: Path) -> None:
+    with _landing(tmp_path / "dest") as landing, pytest.raises(Refused, match="deep"):
+        landing.file(("d",) * 1000 + ("f",), 0o644, _reader(b"x").read)
+    assert list((tmp_path / "dest").iterdir()) == []
+
+
+def test_a_name_longer_than_the_file_system_allows_is_skipped(tmp_path: Path) -> None:
+    with _landing(tmp_path / "dest") as landing, pytest.raises(Refused, match="longer than"):
+        landing.file(("x" * 256,), 0o644, _reader(b"x").read)

@@ -30,6 +30,10 @@ DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 CHUNK = 1024 * 1024
 PART_PREFIX = ".cloudlet-part-"
+NAME_MAX = 255
+# Each entry is reached by opening every directory above it: a bound on depth keeps
+# a hostile tree from costing depth x entries system calls.
+MAX_DEPTH = 256
 
 Read = Callable[[int], bytes]
 
@@ -47,9 +51,11 @@ class Refused(CloudletError):
 
 
 def check_name(name: str) -> None:
-    """One path component from a guest: no separator, no climbing, no NUL."""
+    """One path component from a guest: no separator, no climbing, no NUL, not too long."""
     if name in ("", ".", "..") or "/" in name or "\0" in name:
         raise Refused(f"the name {name!r} is not a plain file name")
+    if len(os.fsencode(name)) > NAME_MAX:
+        raise Refused(f"the name {name[:40]!r}... is longer than {NAME_MAX} bytes")
 
 
 @dataclass
@@ -167,25 +173,38 @@ class Landing:
     def remove_partial(self) -> None:
         """Remove the files and directories this copy made (replaced files stay replaced)."""
         for parts in reversed(self._made):
-            with contextlib.suppress(OSError, CloudletError), self._open_dir(parts[:-1]) as parent:
+            with (
+                contextlib.suppress(OSError, CloudletError),
+                self._open_dir(parts[:-1], create=False) as parent,
+            ):
                 os.unlink(parts[-1], dir_fd=parent)
         for parts in reversed(self._made_dirs):
-            with contextlib.suppress(OSError, CloudletError), self._open_dir(parts[:-1]) as parent:
+            with (
+                contextlib.suppress(OSError, CloudletError),
+                self._open_dir(parts[:-1], create=False) as parent,
+            ):
                 os.rmdir(parts[-1], dir_fd=parent)
         self._made.clear()
         self._made_dirs.clear()
 
     # ------------------------------------------------------------------ helpers
     @contextlib.contextmanager
-    def _open_dir(self, parts: tuple[str, ...]) -> Iterator[int]:
+    def _open_dir(self, parts: tuple[str, ...], *, create: bool = True) -> Iterator[int]:
         """An fd for root/parts, making missing directories; never through a symlink."""
+        if len(parts) >= MAX_DEPTH:
+            raise Refused(f"the path is more than {MAX_DEPTH} directories deep")
         fd = os.dup(self._root_fd)
         try:
             for depth, name in enumerate(parts, start=1):
                 check_name(name)
                 try:
+                    if not create:
+                        raise FileExistsError
                     os.mkdir(name, 0o755, dir_fd=fd)
                     self._made_dirs.append(parts[:depth])
+                    # Made without an entry of its own: it counts, or one deep name
+                    # could make a million directories.
+                    self.count_entry()
                 except FileExistsError:
                     pass
                 child = self._enter(fd, name, parts[:depth])

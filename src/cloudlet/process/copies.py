@@ -106,6 +106,7 @@ def receive_tree(conn: socket.socket, spec: CopySpec, limits: CopyLimits | None 
 
     def work() -> None:
         landing: Landing | None = None
+        made_root = False
         prefix: tuple[str, ...] = ()
         try:
             with (
@@ -117,6 +118,7 @@ def receive_tree(conn: socket.socket, spec: CopySpec, limits: CopyLimits | None 
                         # A single file lands at spec.host itself, so in its parent.
                         single = member.isfile() and _relative(member.name, base) == ()
                         root = spec.host.parent if single else spec.host
+                        made_root = not root.exists()
                         root.mkdir(parents=True, exist_ok=True)
                         landing = Landing(root, bounds)
                         prefix = (spec.host.name,) if single else ()
@@ -125,6 +127,9 @@ def receive_tree(conn: socket.socket, spec: CopySpec, limits: CopyLimits | None 
         except BaseException:
             if landing is not None:
                 landing.remove_partial()
+                if made_root:
+                    with contextlib.suppress(OSError):
+                        landing.root.rmdir()
             raise
         finally:
             if landing is not None:
