@@ -18,7 +18,15 @@ from cloudlet.errors import GuestError, Timeout
 class ScriptedAgent:
     """Answers like qemu-ga: sync-delimited with 0xFF, guest-exec, guest-exec-status."""
 
-    def __init__(self, path: Path, *, stale: bytes = b"", polls_before_exit: int = 2) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        stale: bytes = b"",
+        polls_before_exit: int = 2,
+        canned: list[bytes] | None = None,
+    ) -> None:
+        self.canned = canned  # if given, every command but sync gets the next line
         self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.server.bind(str(path))
         self.server.listen(4)
@@ -54,6 +62,8 @@ class ScriptedAgent:
                     conn.sendall(
                         self.stale + b"\xff" + json.dumps({"return": args["id"]}).encode() + b"\n"
                     )
+                elif self.canned is not None:
+                    conn.sendall(self.canned.pop(0) + b"\n")
                 elif cmd == "guest-ping":
                     conn.sendall(b'{"return": {}}\n')
                 elif cmd == "guest-exec":
@@ -196,3 +206,37 @@ def test_an_endless_answer_stops_at_the_cap_with_flat_memory(
 def test_exec_replies_may_be_larger_than_file_replies() -> None:
     # qemu-ga 7.2 returns up to 16 MiB per stream from guest-exec-status, as base64.
     assert agent.MAX_EXEC_REPLY >= 2 * (16 << 20) * 4 // 3 + 4096 > agent.MAX_REPLY
+
+
+PID = b'{"return": {"pid": 7}}'
+HOSTILE_REPLIES = {
+    "not-json": [b"{{{"],
+    "not-an-object": [b"[1, 2]"],
+    "error-as-text": [b'{"error": "\\u001b[2Jgone"}'],
+    "exec-returns-a-list": [b'{"return": []}'],
+    "pid-is-text": [b'{"return": {"pid": "7; rm -rf /"}}'],
+    "pid-is-bool": [b'{"return": {"pid": true}}'],
+    "status-is-text": [PID, b'{"return": "exited"}'],
+    "exit-code-is-text": [PID, b'{"return": {"exited": true, "exitcode": "0"}}'],
+    "out-data-not-base64": [PID, b'{"return": {"exited": true, "out-data": "!!**"}}'],
+    "out-data-a-number": [PID, b'{"return": {"exited": true, "out-data": 12}}'],
+    "signal-is-text": [PID, b'{"return": {"exited": true, "signal": "KILL"}}'],
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE_REPLIES))
+def test_a_reply_of_the_wrong_shape_is_a_guest_error(short_tmp: Path, case: str) -> None:
+    path = short_tmp / "canned.sock"
+    canned = ScriptedAgent(path, canned=list(HOSTILE_REPLIES[case]))
+    try:
+        with pytest.raises(GuestError) as caught:
+            agent.run_command(path, ["true"], stdin=None, timeout=10)
+    finally:
+        canned.close()
+    assert "\x1b" not in caught.value.message and "\n" not in caught.value.message
+
+
+def test_clean_text_keeps_guest_text_printable_and_short() -> None:
+    assert agent.clean_text("Debian\x1b[2J\x07 12\n") == "Debian[2J 12"
+    assert len(agent.clean_text("x" * 10_000)) == 256
+    assert agent.clean_text(None) == "" and agent.clean_text(5) == "5"

@@ -14,6 +14,7 @@ from typing import Any, BinaryIO
 
 import pytest
 
+from cloudlet.driver.base import ExecResult
 from cloudlet.errors import CapacityExceeded, GuestError, InvalidInput, NotFound
 from cloudlet.guest import files
 from cloudlet.guest.landing import CopyLimits
@@ -401,3 +402,14 @@ def test_copy_out_stops_at_the_byte_limit_even_when_the_guest_lies(
         files.copy_out(sock, "/root/big", short_tmp / "big", limits=limits)
     assert guest.reads == 2  # stopped by the bytes that arrived
     assert not (short_tmp / "big").exists() and _leftovers(short_tmp) == []
+
+
+@pytest.mark.parametrize("printed", [b"zz 1", b"81a4 -5", b"-1 3", b"\x1b[2J 4"])
+def test_a_lying_stat_is_a_guest_error(
+    sock: Path, short_tmp: Path, monkeypatch: pytest.MonkeyPatch, printed: bytes
+) -> None:
+    monkeypatch.setattr(files, "_run", lambda _sock, _argv: ExecResult(exit_code=0, stdout=printed))
+    with pytest.raises(GuestError, match="stat printed") as caught:
+        files.copy_out(sock, "/root/f", short_tmp / "f")
+    assert "\x1b" not in caught.value.message
+    assert not (short_tmp / "f").exists()

@@ -20,7 +20,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cloudlet.driver.base import ExecResult
-from cloudlet.driver.qemu.agent import AgentConnection, connect, run_command
+from cloudlet.driver.qemu.agent import (
+    AgentConnection,
+    as_int,
+    clean_text,
+    connect,
+    decode_b64,
+    run_command,
+)
 from cloudlet.errors import CloudletError, GuestError, InvalidInput, NotFound
 from cloudlet.guest.landing import CopyLimits, Landing, Refused
 
@@ -82,14 +89,14 @@ def copy_in(
             try:
                 _report(progress, 0, total)
                 while data := source.read(WRITE_CHUNK):
-                    reply = conn.call(
+                    reply = conn.call_dict(
                         "guest-file-write",
                         {"handle": handle, "buf-b64": base64.b64encode(data).decode()},
                     )
-                    if int(reply.get("count", -1)) != len(data):
+                    written = as_int(reply.get("count", -1), "guest-file-write")
+                    if written != len(data):
                         raise GuestError(
-                            f"the guest agent wrote {reply.get('count')} of {len(data)} bytes "
-                            f"to {part}",
+                            f"the guest agent wrote {written} of {len(data)} bytes to {part}",
                             hint="is the guest's disk full?",
                         )
                     done += len(data)
@@ -168,8 +175,8 @@ class _GuestReader:
             nonlocal eof
             if eof:
                 return b""
-            reply = conn.call("guest-file-read", {"handle": handle, "count": READ_CHUNK})
-            data = base64.b64decode(reply.get("buf-b64", ""))
+            reply = conn.call_dict("guest-file-read", {"handle": handle, "count": READ_CHUNK})
+            data = decode_b64(reply.get("buf-b64"), "guest-file-read")
             eof = bool(reply.get("eof")) or not data
             self.done += len(data)
             if data:
@@ -195,7 +202,7 @@ def _report(progress: Progress | None, done: int, total: int) -> None:
 def _open(conn: AgentConnection, path: str, mode: str) -> int:
     """guest-file-open, with a missing file or directory reported as NotFound."""
     try:
-        return int(conn.call("guest-file-open", {"path": path, "mode": mode}))
+        return as_int(conn.call("guest-file-open", {"path": path, "mode": mode}), "guest-file-open")
     except GuestError as exc:
         if "No such file or directory" in exc.message:
             where = path if mode.startswith("r") else posixpath.dirname(path)
@@ -245,7 +252,16 @@ def _guest_stat(agent_socket: Path, path: str) -> tuple[int, int]:
             f"{path} does not exist in the guest" + (f" ({detail})" if detail else ""),
             hint="check the path with 'ls' in the guest",
         )
-    return int(fields[0], 16), int(fields[1])
+    try:
+        mode, size = int(fields[0], 16), int(fields[1])
+    except ValueError:
+        mode, size = -1, -1
+    if mode < 0 or size < 0:
+        raise GuestError(
+            f"the guest's stat printed {clean_text(result.stdout.decode(errors='replace'), 60)!r}",
+            hint="the guest's stat command is misbehaving",
+        )
+    return mode, size
 
 
 def _discard_guest_part(agent_socket: Path, part: str, handle: int | None) -> None:

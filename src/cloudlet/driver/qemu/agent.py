@@ -138,10 +138,61 @@ class AgentConnection:
                     break
         finally:
             self.max_reply = default
-        reply = json.loads(line)
+        try:
+            reply = json.loads(line)
+        except ValueError:
+            raise _odd(command, "something that is not JSON") from None
+        if not isinstance(reply, dict):
+            raise _odd(command, "JSON that is not an object")
         if "error" in reply:
-            raise GuestError(f"guest agent refused {command}: {reply['error'].get('desc')}")
+            error = reply["error"]
+            desc = error.get("desc") if isinstance(error, dict) else error
+            raise GuestError(f"guest agent refused {command}: {clean_text(desc, 500)}")
         return reply.get("return")
+
+    def call_dict(
+        self, command: str, arguments: dict[str, Any] | None = None, *, max_reply: int = 0
+    ) -> dict[str, Any]:
+        """``call`` for commands that return an object; any other shape is a GuestError."""
+        result = self.call(command, arguments, max_reply=max_reply)
+        if not isinstance(result, dict):
+            raise _odd(command, "a reply of the wrong shape")
+        return result
+
+
+# The guest writes every reply: their shapes and values are checked, never assumed.
+
+
+def _odd(command: str, what: str) -> GuestError:
+    return GuestError(
+        f"the guest agent answered {command} with {what}",
+        hint="the guest agent is misbehaving; restart it or the VM",
+    )
+
+
+def as_int(value: object, command: str) -> int:
+    """An integer from a reply (bool is not one)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _odd(command, f"{clean_text(value, 40)!r} where a number belongs")
+    return value
+
+
+def decode_b64(value: object, command: str) -> bytes:
+    """Base64 text from a reply, decoded strictly."""
+    if value is None:
+        return b""
+    if not isinstance(value, str):
+        raise _odd(command, "data that is not text")
+    try:
+        return base64.b64decode(value, validate=True)
+    except ValueError:
+        raise _odd(command, "data that is not base64") from None
+
+
+def clean_text(value: object, limit: int = 256) -> str:
+    """Guest text fit to print: printable characters only (no terminal escapes), short."""
+    text = value if isinstance(value, str) else ("" if value is None else str(value))
+    return "".join(ch for ch in text[: limit * 4] if ch.isprintable())[:limit]
 
 
 def connect(path: Path, timeout: float = 5.0, max_reply: int = MAX_REPLY) -> AgentConnection:
@@ -186,7 +237,7 @@ def run_command(path: Path, argv: list[str], *, stdin: bytes | None, timeout: fl
         if stdin:
             args["input-data"] = base64.b64encode(stdin).decode()
         try:
-            pid = conn.call("guest-exec", args)["pid"]
+            pid = as_int(conn.call_dict("guest-exec", args).get("pid"), "guest-exec")
         except GuestError as exc:
             if "No such file or directory" not in exc.message:
                 raise
@@ -194,16 +245,18 @@ def run_command(path: Path, argv: list[str], *, stdin: bytes | None, timeout: fl
             message = f"cloudlet: {argv[0]}: command not found in the guest\n"
             return ExecResult(exit_code=127, stderr=message.encode())
         while True:
-            status = conn.call("guest-exec-status", {"pid": pid}, max_reply=MAX_EXEC_REPLY)
+            status = conn.call_dict("guest-exec-status", {"pid": pid}, max_reply=MAX_EXEC_REPLY)
             if status.get("exited"):
                 break
             if time.monotonic() > deadline:
                 raise Timeout(f"{argv[0]} did not finish within {timeout:.0f} s in the guest")
             time.sleep(POLL_INTERVAL)
+    what = "guest-exec-status"
+    signal = status.get("signal")
     return ExecResult(
-        exit_code=int(status.get("exitcode", 0)),
-        stdout=base64.b64decode(status.get("out-data", "")),
-        stderr=base64.b64decode(status.get("err-data", "")),
-        signal=status.get("signal"),
+        exit_code=as_int(status.get("exitcode", 0), what),
+        stdout=decode_b64(status.get("out-data"), what),
+        stderr=decode_b64(status.get("err-data"), what),
+        signal=None if signal is None else as_int(signal, what),
         truncated=bool(status.get("out-truncated") or status.get("err-truncated")),
     )

@@ -260,19 +260,20 @@ class QemuDriver(Driver):
     def guest_info(self, instance_id: str) -> GuestInfo:
         info = self._require(instance_id)
         with agent.connect(info.agent_socket) as conn:
-            version = conn.call("guest-info").get("version", "")
+            version = conn.call_dict("guest-info").get("version", "")
             try:
-                osinfo = conn.call("guest-get-osinfo") or {}
+                osinfo = conn.call_dict("guest-get-osinfo")
             except CloudletError:
                 osinfo = {}
             try:
-                hostname = (conn.call("guest-get-host-name") or {}).get("host-name", "")
+                hostname = conn.call_dict("guest-get-host-name").get("host-name", "")
             except CloudletError:
                 hostname = ""
+        # Printed as they are by frontends: no escapes, no screens of text.
         return GuestInfo(
-            agent_version=str(version),
-            os_name=str(osinfo.get("pretty-name", "")),
-            hostname=str(hostname),
+            agent_version=agent.clean_text(version),
+            os_name=agent.clean_text(osinfo.get("pretty-name", "")),
+            hostname=agent.clean_text(hostname),
         )
 
     # ---------------------------------------------------------------- storage (live)
@@ -461,12 +462,12 @@ class QemuDriver(Driver):
     def freeze_filesystems(self, instance_id: str) -> int:
         info = self._require(instance_id)
         with agent.connect(info.agent_socket, timeout=60.0) as conn:
-            return int(conn.call("guest-fsfreeze-freeze"))
+            return agent.as_int(conn.call("guest-fsfreeze-freeze"), "guest-fsfreeze-freeze")
 
     def thaw_filesystems(self, instance_id: str) -> int:
         info = self._require(instance_id)
         with agent.connect(info.agent_socket, timeout=60.0) as conn:
-            return int(conn.call("guest-fsfreeze-thaw"))
+            return agent.as_int(conn.call("guest-fsfreeze-thaw"), "guest-fsfreeze-thaw")
 
     # ---------------------------------------------------------------- network (live)
     def _nic_model(self, info: RuntimeInfo) -> str:
