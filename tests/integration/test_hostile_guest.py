@@ -129,6 +129,14 @@ def _guest(vm: Vm, script: str, timeout: float = 300) -> str:
     return cli.run(vm.home, "exec", vm.name, "--", "sh", "-c", script, timeout=timeout).stdout
 
 
+def _peak_rss(pid: int) -> int:
+    """VmHWM of a live process, in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmHWM for {pid}")
+
+
 def _run_measured(home: Path, *args: str) -> tuple[int, str, int]:
     """(exit code, stderr, peak RSS in bytes) of one CLI run, from wait4's rusage."""
     with tempfile.TemporaryFile() as err:
@@ -254,6 +262,10 @@ def test_a_flooded_serial_console_keeps_the_log_under_its_cap(vm: Vm) -> None:
     assert SERIAL_LOG_MAX < len(logs.encode()) <= 2 * SERIAL_LOG_MAX
     print(f"\nserial flood {flood >> 20} MiB: log {log.stat().st_size} B + {SERIAL_LOG_MAX} B kept")
     print(f"cloudlet logs peak RSS {rss >> 20} MiB")
+    (pump,) = _pumps(vm.home)
+    pump_peak = _peak_rss(pump)
+    print(f"serial pump peak RSS {pump_peak >> 20} MiB after the flood")
+    assert pump_peak < 64 * 1024 * 1024
     # The pump goes with QEMU and comes back with it; the log is kept across the restart.
     cli.run(vm.home, "stop", vm.name)
     wait_until(lambda: _pumps(vm.home) == [], 30, "the serial pump to exit with QEMU")
