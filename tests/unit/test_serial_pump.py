@@ -77,3 +77,12 @@ def test_the_pump_exits_when_its_log_cannot_be_opened(tmp_path: Path) -> None:
 
 def test_read_serial_log_without_a_log_is_none(tmp_path: Path) -> None:
     assert read_serial_log(tmp_path / "serial.log") is None
+
+
+def test_finish_is_quiet_when_the_pump_is_gone_or_unrecorded(tmp_path: Path) -> None:
+    pid_file = tmp_path / "serial-pump.pid"
+    serial_pump.finish(pid_file)  # never started (a VM from before pumps)
+    pid_file.write_text("not a pid\n")
+    serial_pump.finish(pid_file)
+    pid_file.write_text(f"{2**22 + 7} 12345\n")  # above any pid_max: long gone
+    serial_pump.finish(pid_file, timeout=1.0)

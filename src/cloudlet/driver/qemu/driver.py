@@ -73,6 +73,10 @@ def _layer_node(path: Path) -> str:
     return "l" + hashlib.sha256(str(path).encode()).hexdigest()[:20]
 
 
+# The serial log pump's pid and start time, in the runtime directory.
+SERIAL_PUMP_PID = "serial-pump.pid"
+
+
 class QemuDriver(Driver):
     """Runs each VM as a daemonized QEMU whose runtime record lives in ``run_root/<id>``."""
 
@@ -101,7 +105,9 @@ class QemuDriver(Driver):
         sockets = socket_paths(config)
         try:
             # The serial log goes through a pump that caps it; QEMU holds the only write end.
-            log_fd = serial_pump.start(config.serial_log, config.serial_log_max)
+            log_fd = serial_pump.start(
+                config.serial_log, config.serial_log_max, run_dir / SERIAL_PUMP_PID
+            )
             try:
                 argv = build_argv(
                     qemu_binary(config.arch), dataclasses.replace(config, serial_log_fd=log_fd)
@@ -224,6 +230,7 @@ class QemuDriver(Driver):
         info = self.runtime(instance_id)
         if info is not None and processes.is_alive(info.pid, info.pid_start):
             raise Conflict("QEMU still runs; stop it before cleaning up")
+        serial_pump.finish(self._dir(instance_id) / SERIAL_PUMP_PID)
         shutil.rmtree(self._dir(instance_id), ignore_errors=True)
 
     def pause(self, instance_id: str) -> None:

@@ -22,6 +22,7 @@ import signal
 import sys
 from pathlib import Path
 
+from cloudlet.host import processes
 from cloudlet.host.run import spawn
 from cloudlet.spec.units import KIB, MIB
 
@@ -40,20 +41,39 @@ def rotated(log: Path) -> Path:
     return log.with_name(log.name + ".1")
 
 
-def start(log: Path, max_bytes: int) -> int:
-    """Start a pump for ``log``; return the pipe's write end for QEMU (the caller closes it)."""
+def start(log: Path, max_bytes: int, pid_file: Path) -> int:
+    """Start a pump for ``log``; return the pipe's write end for QEMU (the caller closes it).
+
+    The pump's pid and start time go to ``pid_file`` so that ``finish`` can wait for it.
+    """
     read_fd, write_fd = os.pipe()
     try:
         with contextlib.suppress(OSError):
             fcntl.fcntl(write_fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
         argv = [sys.executable, "-m", "cloudlet.driver.qemu.serial_pump", str(log), str(max_bytes)]
-        spawn(argv, stdin=read_fd, detach=True)
+        proc = spawn(argv, stdin=read_fd, detach=True)
+        pid_file.write_text(f"{proc.pid} {processes.start_time(proc.pid) or 0}\n")
     except BaseException:
         os.close(write_fd)
         raise
     finally:
         os.close(read_fd)
     return write_fd
+
+
+def finish(pid_file: Path, timeout: float = 10.0) -> None:
+    """After QEMU is gone: wait until the pump has written the last bytes and exited.
+
+    So a log read right after a stop is complete, and no pump outlives its VM (one
+    stuck for ``timeout`` seconds is killed).
+    """
+    try:
+        pid_text, start_text = pid_file.read_text().split()
+        pid, started = int(pid_text), int(start_text) or None
+    except (OSError, ValueError):
+        return
+    if not processes.wait_gone(pid, timeout, started):
+        processes.kill_and_wait(pid, started)
 
 
 class CappedLog:
