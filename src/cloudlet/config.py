@@ -104,6 +104,12 @@ class Settings:
     # how fast a live backup reads the disk (bytes/s, 0: none).
     backup_dir: Path | None = None
     backup_speed: int = 0
+    # Copies out of a guest ([guest] in config.toml): the guest decides what it sends,
+    # so a copy stops past this many bytes or entries.
+    copy_max_bytes: int = 10 * GIB
+    copy_max_entries: int = 100_000
+    # A VM's serial log is rotated to serial.log.1 when it reaches this size.
+    serial_log_max: int = 1024 * 1024
 
     @property
     def backup_store(self) -> Path:
@@ -142,7 +148,21 @@ class Settings:
         assert isinstance(backup, dict)
         backup_dir = os.environ.get("CLOUDLET_BACKUP_DIR") or backup.get("path")
         speed_text = os.environ.get("CLOUDLET_BACKUP_SPEED") or str(backup.get("speed", "0"))
+        guest = data.get("guest", {})
+        assert isinstance(guest, dict)
+        copy_bytes = os.environ.get("CLOUDLET_COPY_MAX_BYTES") or str(
+            guest.get("copy_max_bytes", "10G")
+        )
+        copy_entries = os.environ.get("CLOUDLET_COPY_MAX_ENTRIES") or str(
+            guest.get("copy_max_entries", 100_000)
+        )
+        serial_text = os.environ.get("CLOUDLET_SERIAL_LOG_MAX") or str(
+            guest.get("serial_log_max", "1M")
+        )
         return cls(
+            serial_log_max=parse_size(serial_text, what="serial_log_max", default_unit="M"),
+            copy_max_bytes=parse_size(copy_bytes, what="copy_max_bytes", default_unit="M"),
+            copy_max_entries=_positive_int(copy_entries, "copy_max_entries"),
             backup_dir=Path(str(backup_dir)).expanduser() if backup_dir else None,
             backup_speed=parse_size(speed_text, what="backup speed", default_unit="M")
             if speed_text != "0"
@@ -154,3 +174,10 @@ class Settings:
             force_restrict_network=restrict,
             storage_overcommit=storage_overcommit,
         )
+
+
+def _positive_int(text: str, what: str) -> int:
+    """A count from config.toml or the environment, refused in one line when it is not one."""
+    if not text.isdigit() or int(text) < 1:
+        raise InvalidInput(f"{what} must be a positive whole number, not {text!r}")
+    return int(text)

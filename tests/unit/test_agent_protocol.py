@@ -18,7 +18,15 @@ from cloudlet.errors import GuestError, Timeout
 class ScriptedAgent:
     """Answers like qemu-ga: sync-delimited with 0xFF, guest-exec, guest-exec-status."""
 
-    def __init__(self, path: Path, *, stale: bytes = b"", polls_before_exit: int = 2) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        stale: bytes = b"",
+        polls_before_exit: int = 2,
+        canned: list[bytes] | None = None,
+    ) -> None:
+        self.canned = canned  # if given, every command but sync gets the next line
         self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.server.bind(str(path))
         self.server.listen(4)
@@ -54,6 +62,8 @@ class ScriptedAgent:
                     conn.sendall(
                         self.stale + b"\xff" + json.dumps({"return": args["id"]}).encode() + b"\n"
                     )
+                elif self.canned is not None:
+                    conn.sendall(self.canned.pop(0) + b"\n")
                 elif cmd == "guest-ping":
                     conn.sendall(b'{"return": {}}\n')
                 elif cmd == "guest-exec":
@@ -125,3 +135,108 @@ def test_silent_socket_times_out(short_tmp: Path) -> None:
 def test_missing_socket_is_a_guest_error(short_tmp: Path) -> None:
     with pytest.raises(GuestError, match="cannot reach the guest agent"):
         agent.connect(short_tmp / "nothing.sock")
+
+
+class FloodingAgent:
+    """A hostile guest on the agent port: sends ``prefix`` then ``unit`` until hung up on."""
+
+    def __init__(self, path: Path, prefix: bytes, unit: bytes) -> None:
+        self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.server.bind(str(path))
+        self.server.listen(1)
+        self.prefix, self.unit = prefix, unit * max(1, 65536 // len(unit))
+        self.sent = 0
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        conn, _ = self.server.accept()
+        with conn:
+            request = b""
+            while b"\n" not in request:
+                request += conn.recv(65536)
+            sync_id = json.loads(request.lstrip(b"\xff").split(b"\n")[0])["arguments"]["id"]
+            prefix = self.prefix.replace(b"ID", str(sync_id).encode())
+            try:
+                conn.sendall(prefix)
+                while True:
+                    conn.sendall(self.unit)
+                    self.sent += len(self.unit)
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self.server.close()
+        self.thread.join()
+
+
+@pytest.mark.parametrize(
+    ("prefix", "unit"),
+    [
+        (b"", b"stale bytes before any marker "),  # never the 0xFF marker
+        (b"\xff", b"x"),  # a marker, then a line without end
+        (b"\xff", b'{"return": 1}\n'),  # a marker, then endless answers to other syncs
+        (b'\xff{"return": ID}\n', b"A"),  # a good sync, then a reply without end
+    ],
+    ids=["before-marker", "endless-line", "wrong-ids", "endless-reply"],
+)
+def test_an_endless_answer_stops_at_the_cap_with_flat_memory(
+    short_tmp: Path, prefix: bytes, unit: bytes
+) -> None:
+    import tracemalloc
+
+    path = short_tmp / "flood.sock"
+    flood = FloodingAgent(path, prefix, unit)
+    cap = 256 * 1024
+    tracemalloc.start()
+    try:
+        with (
+            pytest.raises(GuestError, match=f"more than {cap} bytes"),
+            agent.connect(path, timeout=10, max_reply=cap) as conn,
+        ):
+            conn.call("guest-info")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+        flood.close()
+    assert flood.sent > cap  # the guest really sent more than the cap
+    assert peak < 8 * cap + 2 * (1 << 20)  # a few buffers of the cap, whatever was sent
+
+
+def test_exec_replies_may_be_larger_than_file_replies() -> None:
+    # qemu-ga 7.2 returns up to 16 MiB per stream from guest-exec-status, as base64.
+    assert agent.MAX_EXEC_REPLY >= 2 * (16 << 20) * 4 // 3 + 4096 > agent.MAX_REPLY
+
+
+PID = b'{"return": {"pid": 7}}'
+HOSTILE_REPLIES = {
+    "not-json": [b"{{{"],
+    "not-an-object": [b"[1, 2]"],
+    "error-as-text": [b'{"error": "\\u001b[2Jgone"}'],
+    "exec-returns-a-list": [b'{"return": []}'],
+    "pid-is-text": [b'{"return": {"pid": "7; rm -rf /"}}'],
+    "pid-is-bool": [b'{"return": {"pid": true}}'],
+    "status-is-text": [PID, b'{"return": "exited"}'],
+    "exit-code-is-text": [PID, b'{"return": {"exited": true, "exitcode": "0"}}'],
+    "out-data-not-base64": [PID, b'{"return": {"exited": true, "out-data": "!!**"}}'],
+    "out-data-a-number": [PID, b'{"return": {"exited": true, "out-data": 12}}'],
+    "signal-is-text": [PID, b'{"return": {"exited": true, "signal": "KILL"}}'],
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE_REPLIES))
+def test_a_reply_of_the_wrong_shape_is_a_guest_error(short_tmp: Path, case: str) -> None:
+    path = short_tmp / "canned.sock"
+    canned = ScriptedAgent(path, canned=list(HOSTILE_REPLIES[case]))
+    try:
+        with pytest.raises(GuestError) as caught:
+            agent.run_command(path, ["true"], stdin=None, timeout=10)
+    finally:
+        canned.close()
+    assert "\x1b" not in caught.value.message and "\n" not in caught.value.message
+
+
+def test_clean_text_keeps_guest_text_printable_and_short() -> None:
+    assert agent.clean_text("Debian\x1b[2J\x07 12\n") == "Debian[2J 12"
+    assert len(agent.clean_text("x" * 10_000)) == 256
+    assert agent.clean_text(None) == "" and agent.clean_text(5) == "5"

@@ -221,3 +221,13 @@ def test_modern_machines_get_spare_hotplug_ports_and_volumes_sit_on_them() -> No
     assert '"filename":"/srv/fast/data,1.qcow2"' in nodes[1]  # JSON: no comma escaping
     legacy = _devices(build_argv("qemu", CASES["legacy-volume"]))
     assert "virtio-blk-pci,drive=vab12cd34ef56,id=vab12cd34ef56-dev,serial=data1" in legacy
+
+
+def test_the_serial_log_goes_through_the_pumps_pipe_when_the_driver_made_one() -> None:
+    argv = build_argv("qemu", _config(serial_log_fd=17))
+    assert argv[argv.index("-add-fd") + 1] == "fd=17,set=9,opaque=serial-log"
+    chardevs = [argv[i + 1] for i, a in enumerate(argv) if a == "-chardev"]
+    serial = next(c for c in chardevs if c.startswith("socket,id=serial0,"))
+    assert "logfile=/dev/fdset/9,logappend=on" in serial
+    assert argv.index("-add-fd") < argv.index(serial)
+    assert "-add-fd" not in build_argv("qemu", _config())

@@ -14,8 +14,10 @@ from typing import Any, BinaryIO
 
 import pytest
 
-from cloudlet.errors import GuestError, InvalidInput, NotFound
+from cloudlet.driver.base import ExecResult
+from cloudlet.errors import CapacityExceeded, GuestError, InvalidInput, NotFound
 from cloudlet.guest import files
+from cloudlet.guest.landing import CopyLimits
 
 CHUNK = 4096
 ALL_BYTES = bytes(range(256))
@@ -182,7 +184,8 @@ def _payload(size: int) -> bytes:
 
 
 def _leftovers(root: Path) -> list[Path]:
-    return [p for p in root.rglob("*") if p.name.endswith((".cloudlet-part", ".part"))]
+    parts = (".cloudlet-part", ".part")
+    return [p for p in root.rglob("*") if p.name.endswith(parts) or ".cloudlet-part-" in p.name]
 
 
 @pytest.mark.parametrize("size", [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 3 * CHUNK + 7])
@@ -353,3 +356,60 @@ def test_default_chunks_fit_qemu_ga_request_limit() -> None:
     """qemu-ga 7.2 refuses JSON requests over 64 MiB and reads over 48 MiB."""
     assert 0 < files.WRITE_CHUNK * 4 // 3 + 200 < 64 * 1024 * 1024
     assert 0 < files.READ_CHUNK <= 48 * 1024 * 1024
+
+
+def test_copy_out_never_writes_through_a_symlink_at_the_destination(
+    guest: FakeGuest, sock: Path, short_tmp: Path
+) -> None:
+    canary = short_tmp / "canary"
+    canary.mkdir(mode=0o700)
+    (canary / "secret").write_text("keep")
+    guest.real("/root/f").write_bytes(b"guest bytes")
+    dest = short_tmp / "out"
+    dest.mkdir()
+    (dest / "f").symlink_to(canary / "secret")
+    for target in (dest, dest / "f"):
+        with pytest.raises(InvalidInput, match="symlink"):
+            files.copy_out(sock, "/root/f", target)
+    assert (canary / "secret").read_text() == "keep"
+    assert (dest / "f").is_symlink() and _leftovers(short_tmp) == []
+
+
+def test_copy_out_masks_setuid_and_world_write(
+    guest: FakeGuest, sock: Path, short_tmp: Path
+) -> None:
+    src = guest.real("/root/tool")
+    src.write_bytes(b"#!/bin/sh\n")
+    src.chmod(0o4777)
+    old = os.umask(0)
+    try:
+        files.copy_out(sock, "/root/tool", short_tmp / "tool")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((short_tmp / "tool").stat().st_mode) == 0o775
+
+
+def test_copy_out_stops_at_the_byte_limit_even_when_the_guest_lies(
+    guest: FakeGuest, sock: Path, short_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    guest.real("/root/big").write_bytes(_payload(5 * CHUNK))
+    limits = CopyLimits(max_bytes=CHUNK)
+    with pytest.raises(CapacityExceeded, match="byte limit"):
+        files.copy_out(sock, "/root/big", short_tmp / "big", limits=limits)
+    assert guest.reads == 0  # refused from the size the guest gave
+    monkeypatch.setattr(files, "_guest_stat", lambda _sock, _path: (0o100644, 1))
+    with pytest.raises(CapacityExceeded, match="byte limit"):
+        files.copy_out(sock, "/root/big", short_tmp / "big", limits=limits)
+    assert guest.reads == 2  # stopped by the bytes that arrived
+    assert not (short_tmp / "big").exists() and _leftovers(short_tmp) == []
+
+
+@pytest.mark.parametrize("printed", [b"zz 1", b"81a4 -5", b"-1 3", b"\x1b[2J 4"])
+def test_a_lying_stat_is_a_guest_error(
+    sock: Path, short_tmp: Path, monkeypatch: pytest.MonkeyPatch, printed: bytes
+) -> None:
+    monkeypatch.setattr(files, "_run", lambda _sock, _argv: ExecResult(exit_code=0, stdout=printed))
+    with pytest.raises(GuestError, match="stat printed") as caught:
+        files.copy_out(sock, "/root/f", short_tmp / "f")
+    assert "\x1b" not in caught.value.message
+    assert not (short_tmp / "f").exists()

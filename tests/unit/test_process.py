@@ -17,7 +17,7 @@ from cloudlet.errors import InvalidInput
 from cloudlet.images.tiny.cpio import CpioWriter, read_newc
 from cloudlet.process import copies
 from cloudlet.process import guest_init as g
-from cloudlet.process.relay import Relay
+from cloudlet.process.relay import MAX_NOTES, MAX_STATUS_LINE, Relay
 from cloudlet.spec import process as p
 
 # ---------------------------------------------------------------- parsing
@@ -180,6 +180,20 @@ def test_relay_times_out_and_notices_a_dead_vm(tmp_path: Path) -> None:
     guest[g.PORT_STATUS].close()  # QEMU went away
     outcome = Relay(host, stdin_fd=None, stdout_fd=out_fd, stderr_fd=err_fd, tty=False).run(5)
     assert outcome.exit_code is None and outcome.failure is not None
+
+
+def test_a_status_line_without_end_or_endless_noise_stays_bounded(tmp_path: Path) -> None:
+    host, guest, out_fd, err_fd, _, _ = _relay_fixture(tmp_path)
+    flood = threading.Thread(
+        target=lambda: guest[g.PORT_STATUS].sendall(b"x" * (4 * MAX_STATUS_LINE)), daemon=True
+    )
+    flood.start()
+    outcome = Relay(host, stdin_fd=None, stdout_fd=out_fd, stderr_fd=err_fd, tty=False).run(10)
+    assert outcome.exit_code is None and "status line over" in (outcome.failure or "")
+    host, guest, out_fd, err_fd, _, _ = _relay_fixture(tmp_path)
+    guest[g.PORT_STATUS].sendall(b"noise\n" * 500 + b"exit 0 0 0\n")
+    outcome = Relay(host, stdin_fd=None, stdout_fd=out_fd, stderr_fd=err_fd, tty=False).run(10)
+    assert outcome.exit_code == 0 and len(outcome.notes) == MAX_NOTES
 
 
 # ---------------------------------------------------------------- copies

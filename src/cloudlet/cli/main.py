@@ -21,6 +21,7 @@ from cloudlet.cli import (
 from cloudlet.cli import console as console_mod
 from cloudlet.cli.progress import byte_progress as _byte_progress
 from cloudlet.cli.render import Output, err, out
+from cloudlet.engine.access import read_serial_log
 from cloudlet.engine.engine import CreateRequest, Engine
 from cloudlet.engine.factory import open_engine
 from cloudlet.errors import CloudletError, InvalidInput
@@ -348,11 +349,10 @@ def logs(
     tail: Annotated[int | None, typer.Option("--tail", "-n", help="last N lines")] = None,
 ) -> None:
     """Print the serial console log."""
-    path = _engine().serial_log(name)
-    if not path.exists():
+    data = read_serial_log(_engine().serial_log(name))
+    if data is None:
         err.print(f"{name} has no serial log yet (it has not been started)")
         return
-    data = path.read_bytes()
     if tail is not None:
         data = b"\n".join(data.splitlines()[-tail:]) + b"\n"
     sys.stdout.buffer.write(data)

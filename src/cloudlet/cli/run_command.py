@@ -172,6 +172,7 @@ def run(
             tty=tty_,
             copy_in=spec.copy_in,
             copy_out=spec.copy_out,
+            copy_limits=vm.copy_limits,
         )
         if tty_:
             with _raw_terminal(0):

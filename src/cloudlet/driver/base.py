@@ -128,6 +128,10 @@ class LaunchConfig:
     host_forwards: tuple[HostForward, ...] = ()
     # Wait for a saved RAM and device state (``-incoming defer``): restore_state loads it.
     incoming: bool = False
+    # The serial log's cap (it is rotated to serial.log.1 there), and the pipe QEMU
+    # writes it through (set by the driver at launch; None: QEMU writes the file itself).
+    serial_log_max: int = 1024 * 1024
+    serial_log_fd: int | None = None
 
 
 @dataclass(frozen=True)

@@ -193,12 +193,23 @@ def wait_ssh_banner(port: int, timeout: float, alive: Callable[[], bool]) -> Non
     )
 
 
+def read_serial_log(serial_log: Path) -> bytes | None:
+    """The serial log as kept: its rotated older part (serial.log.1) first; None if none."""
+    parts = []
+    for path in (serial_log.with_name(serial_log.name + ".1"), serial_log):
+        try:
+            parts.append(path.read_bytes())
+        except FileNotFoundError:
+            continue
+    return b"".join(parts) if parts else None
+
+
 def pin_host_keys_from_serial(serial_log: Path, port: int, known_hosts: Path) -> None:
     """cloud-init prints the host keys on the console at first boot; pin those."""
     from cloudlet import cloudinit
 
     try:
-        text = serial_log.read_text(errors="replace")
+        text = (read_serial_log(serial_log) or b"").decode(errors="replace")
     except OSError:
         text = ""
     keys = cloudinit.parse_host_keys(text)

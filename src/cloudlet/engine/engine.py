@@ -28,6 +28,7 @@ from cloudlet.engine import licensing, locks, network_ops, storage_ops
 from cloudlet.engine.deps import EngineDeps
 from cloudlet.engine.views import HostView, InstanceView
 from cloudlet.errors import CloudletError, Conflict, InvalidInput, NotFound
+from cloudlet.guest.landing import CopyLimits
 from cloudlet.host.kvm import AccelVerdict
 from cloudlet.images.store import HOST_ARCH, Image, Progress
 from cloudlet.spec import names
@@ -226,6 +227,7 @@ class Engine:
             extra_disks=storage_ops.boot_disks(self, row.id),
             runtime_dir=self.paths.runtime_dir(row.id),
             serial_log=instance_dir / "serial.log",
+            serial_log_max=self.settings.serial_log_max,
             kernel=image.kernel,
             initrd=image.initrd,
             cmdline=cmdline,
@@ -1036,7 +1038,14 @@ class Engine:
         self._require_state(row, {VMState.RUNNING}, "copy from")
         runtime = self.driver.runtime(row.id)
         assert runtime is not None
-        return files.copy_out(runtime.agent_socket, src, dest, progress=progress)
+        return files.copy_out(
+            runtime.agent_socket, src, dest, progress=progress, limits=self.copy_limits
+        )
+
+    @property
+    def copy_limits(self) -> CopyLimits:
+        """How much a copy out of a guest may write (config.toml [guest])."""
+        return CopyLimits(self.settings.copy_max_bytes, self.settings.copy_max_entries)
 
     def wait_ready(self, name: str) -> None:
         """--wait on an existing VM: cloud-init done and host keys pinned."""

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from cloudlet.driver.base import Channel, LaunchConfig, Share
 from cloudlet.errors import Conflict, InvalidInput
+from cloudlet.guest.landing import CopyLimits
 from cloudlet.host import processes
 from cloudlet.host.run import spawn
 from cloudlet.images.store import Image
@@ -55,6 +56,7 @@ class RunningProcessVM:
     conns: dict[str, socket.socket]
     spec: ProcessSpec
     notices: list[str] = field(default_factory=list)
+    copy_limits: CopyLimits = field(default_factory=CopyLimits)
 
 
 def io_dir(engine: Engine, instance_id: str) -> Path:
@@ -222,6 +224,7 @@ class ProcessVMs:
                 disk_format="qcow2",
                 runtime_dir=engine.paths.runtime_dir(row.id),
                 serial_log=instance_dir / "serial.log",
+                serial_log_max=engine.settings.serial_log_max,
                 kernel=image.kernel,
                 initrd=initrd,
                 # The root disk is the first virtio disk: no wait for a label lookup.
@@ -252,7 +255,9 @@ class ProcessVMs:
             if fresh is not None:
                 fresh.state, fresh.accel = VMState.RUNNING.value, verdict.accel
         self._spawn_watcher(row)
-        return RunningProcessVM(row.name, row.id, verdict.accel, conns, spec, notices)
+        return RunningProcessVM(
+            row.name, row.id, verdict.accel, conns, spec, notices, engine.copy_limits
+        )
 
     def _spawn_watcher(self, row: InstanceRow) -> None:
         """A process in its own session that cleans up if this one is SIGKILLed."""

@@ -14,15 +14,22 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import os
 import posixpath
 import stat
 from collections.abc import Callable
 from pathlib import Path
 
 from cloudlet.driver.base import ExecResult
-from cloudlet.driver.qemu.agent import AgentConnection, connect, run_command
+from cloudlet.driver.qemu.agent import (
+    AgentConnection,
+    as_int,
+    clean_text,
+    connect,
+    decode_b64,
+    run_command,
+)
 from cloudlet.errors import CloudletError, GuestError, InvalidInput, NotFound
+from cloudlet.guest.landing import CopyLimits, Landing, Refused
 
 Progress = Callable[[int, int], None]
 
@@ -41,7 +48,6 @@ AGENT_TIMEOUT = 120.0
 # Seconds for each small helper command run with guest-exec.
 EXEC_TIMEOUT = 60.0
 GUEST_PART_SUFFIX = ".cloudlet-part"
-LOCAL_PART_SUFFIX = ".part"
 
 
 def copy_in(
@@ -83,14 +89,14 @@ def copy_in(
             try:
                 _report(progress, 0, total)
                 while data := source.read(WRITE_CHUNK):
-                    reply = conn.call(
+                    reply = conn.call_dict(
                         "guest-file-write",
                         {"handle": handle, "buf-b64": base64.b64encode(data).decode()},
                     )
-                    if int(reply.get("count", -1)) != len(data):
+                    written = as_int(reply.get("count", -1), "guest-file-write")
+                    if written != len(data):
                         raise GuestError(
-                            f"the guest agent wrote {reply.get('count')} of {len(data)} bytes "
-                            f"to {part}",
+                            f"the guest agent wrote {written} of {len(data)} bytes to {part}",
                             hint="is the guest's disk full?",
                         )
                     done += len(data)
@@ -116,12 +122,14 @@ def copy_out(
     dest: Path,
     *,
     progress: Progress | None = None,
+    limits: CopyLimits | None = None,
 ) -> int:
     """Copy the guest file ``src`` to the host path ``dest``; return the bytes copied.
 
     ``dest`` naming an existing local directory gets the source's name appended.
-    The local file gets the guest file's permission bits (never setuid/setgid:
-    the guest is not trusted), filtered by the umask.
+    The local file gets the guest file's permission bits less setuid, setgid, sticky
+    and world-write (the guest is not trusted), filtered by the umask; it is written
+    through landing.Landing, so a symlink at ``dest`` is refused, never followed.
     """
     _check_guest_path(src)
     guest_mode, total = _guest_stat(agent_socket, src)
@@ -133,33 +141,49 @@ def copy_out(
     if not stat.S_ISREG(guest_mode):
         raise InvalidInput(f"{src} is not a regular file in the guest", hint="copy a regular file")
     target = dest / posixpath.basename(src.rstrip("/")) if dest.is_dir() else dest
-    part = target.with_name(target.name + LOCAL_PART_SUFFIX)
-    if not target.parent.is_dir():
-        raise NotFound(f"{target.parent} does not exist", hint="create the local directory first")
-    part.unlink(missing_ok=True)
-    done = 0
-    try:
-        fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, guest_mode & 0o777)
-        with open(fd, "wb") as out, connect(agent_socket, AGENT_TIMEOUT) as conn:
-            handle = _open(conn, src, "rb")
-            try:
-                _report(progress, 0, total)
-                while True:
-                    reply = conn.call("guest-file-read", {"handle": handle, "count": READ_CHUNK})
-                    data = base64.b64decode(reply.get("buf-b64", ""))
-                    if data:
-                        out.write(data)
-                        done += len(data)
-                        _report(progress, done, max(total, done))
-                    if reply.get("eof") or not data:
-                        break
-            finally:
-                _close_quietly(conn, handle)
-        os.replace(part, target)
-    except BaseException:
-        part.unlink(missing_ok=True)
-        raise
-    return done
+    bounds = limits or CopyLimits()
+    if total > bounds.max_bytes:
+        # The guest's stat may lie: the landing counts the bytes that really arrive too.
+        Landing.too_large(bounds)
+    reader = _GuestReader(progress, total)
+    with Landing(target.parent, bounds) as landing, connect(agent_socket, AGENT_TIMEOUT) as conn:
+        handle = _open(conn, src, "rb")
+        try:
+            _report(progress, 0, total)
+            landing.file((target.name,), guest_mode, reader.reading(conn, handle))
+        except Refused as exc:
+            raise InvalidInput(
+                f"cannot write {target}: {exc.message}", hint="choose another local path"
+            ) from None
+        finally:
+            _close_quietly(conn, handle)
+    return reader.done
+
+
+class _GuestReader:
+    """guest-file-read as a read(n) callable, reporting progress as bytes land."""
+
+    def __init__(self, progress: Progress | None, total: int) -> None:
+        self.progress = progress
+        self.total = total
+        self.done = 0
+
+    def reading(self, conn: AgentConnection, handle: int) -> Callable[[int], bytes]:
+        eof = False
+
+        def read(_size: int) -> bytes:
+            nonlocal eof
+            if eof:
+                return b""
+            reply = conn.call_dict("guest-file-read", {"handle": handle, "count": READ_CHUNK})
+            data = decode_b64(reply.get("buf-b64"), "guest-file-read")
+            eof = bool(reply.get("eof")) or not data
+            self.done += len(data)
+            if data:
+                _report(self.progress, self.done, max(self.total, self.done))
+            return data
+
+        return read
 
 
 def _check_guest_path(path: str) -> None:
@@ -178,7 +202,7 @@ def _report(progress: Progress | None, done: int, total: int) -> None:
 def _open(conn: AgentConnection, path: str, mode: str) -> int:
     """guest-file-open, with a missing file or directory reported as NotFound."""
     try:
-        return int(conn.call("guest-file-open", {"path": path, "mode": mode}))
+        return as_int(conn.call("guest-file-open", {"path": path, "mode": mode}), "guest-file-open")
     except GuestError as exc:
         if "No such file or directory" in exc.message:
             where = path if mode.startswith("r") else posixpath.dirname(path)
@@ -228,7 +252,16 @@ def _guest_stat(agent_socket: Path, path: str) -> tuple[int, int]:
             f"{path} does not exist in the guest" + (f" ({detail})" if detail else ""),
             hint="check the path with 'ls' in the guest",
         )
-    return int(fields[0], 16), int(fields[1])
+    try:
+        mode, size = int(fields[0], 16), int(fields[1])
+    except ValueError:
+        mode, size = -1, -1
+    if mode < 0 or size < 0:
+        raise GuestError(
+            f"the guest's stat printed {clean_text(result.stdout.decode(errors='replace'), 60)!r}",
+            hint="the guest's stat command is misbehaving",
+        )
+    return mode, size
 
 
 def _discard_guest_part(agent_socket: Path, part: str, handle: int | None) -> None:

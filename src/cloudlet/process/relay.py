@@ -17,11 +17,16 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from cloudlet.errors import CloudletError
+from cloudlet.guest.landing import CopyLimits
 from cloudlet.process import copies
 from cloudlet.process import guest_init as g
 from cloudlet.spec.process import CopySpec
 
 CHUNK = 64 * 1024
+# The status port carries short lines ("exit 0 12 0"); a guest may send anything.
+MAX_STATUS_LINE = 4096
+MAX_NOTES = 20
 
 
 @dataclass
@@ -105,6 +110,8 @@ class _Job(threading.Thread):
     def run(self) -> None:
         try:
             self.work()
+        except CloudletError as exc:  # reported with its hint (how to raise a limit, say)
+            self.error = f"{exc.message}; {exc.hint}" if exc.hint else exc.message
         except Exception as exc:  # reported, not raised: the run's result still counts
             self.error = str(exc) or type(exc).__name__
 
@@ -122,6 +129,7 @@ class Relay:
         tty: bool,
         copy_in: tuple[CopySpec, ...] = (),
         copy_out: tuple[CopySpec, ...] = (),
+        copy_limits: CopyLimits | None = None,
     ) -> None:
         self.status = conns[g.PORT_STATUS]
         self.pumps: list[_Pump] = []
@@ -145,7 +153,7 @@ class Relay:
             self.jobs.append(_Job(f"copy-in-{index}", copies.send_copy(spec, conn)))
         for index, spec in enumerate(copy_out):
             conn = conns[g.copy_out_port(index)]
-            job = _Job(f"copy-out-{index}", copies.receive_tree(conn, spec))
+            job = _Job(f"copy-out-{index}", copies.receive_tree(conn, spec, copy_limits))
             self._out_jobs[index] = job
             self.jobs.append(job)
 
@@ -188,6 +196,10 @@ class Relay:
                 line, buffer = buffer.split(b"\n", 1)
                 if self._status_line(line.decode(errors="replace").split(), outcome):
                     return outcome
+            if len(buffer) > MAX_STATUS_LINE:
+                # The guest writes this port: a line without end must not grow our memory.
+                outcome.failure = f"the guest sent a status line over {MAX_STATUS_LINE} bytes"
+                return outcome
 
     def _status_line(self, words: list[str], outcome: Outcome) -> bool:
         """Apply one status line; True when it was the last one."""
@@ -204,5 +216,6 @@ class Relay:
             for pump, count in zip(self.pumps, (int(words[2]), int(words[3])), strict=False):
                 pump.expect = count
             return True
-        outcome.notes.append(f"unexpected status from the guest: {' '.join(words)[:80]}")
+        if len(outcome.notes) < MAX_NOTES:
+            outcome.notes.append(f"unexpected status from the guest: {' '.join(words)[:80]}")
         return False

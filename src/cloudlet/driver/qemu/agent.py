@@ -19,12 +19,19 @@ from cloudlet.driver.base import ExecResult
 from cloudlet.errors import GuestError, Timeout
 
 POLL_INTERVAL = 0.05
+# The longest reply line read from a guest (which may send anything, forever).
+# guest-file-read replies carry ~1.4 MiB of base64 per MiB asked: 8 MiB is ample.
+MAX_REPLY = 8 * 1024 * 1024
+# guest-exec-status carries up to 16 MiB of output per stream in qemu-ga 7.2
+# (GUEST_EXEC_MAX_OUTPUT), so stdout and stderr as base64 fit in 48 MiB.
+MAX_EXEC_REPLY = 48 * 1024 * 1024
 
 
 class AgentConnection:
     """One open conversation with the guest agent."""
 
-    def __init__(self, path: Path, timeout: float) -> None:
+    def __init__(self, path: Path, timeout: float, max_reply: int = MAX_REPLY) -> None:
+        self.max_reply = max_reply
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.settimeout(timeout)
         try:
@@ -54,34 +61,53 @@ class AgentConnection:
         end = self._buffer.find(b"\n")
         if end < 0:
             parts = [self._buffer]
+            size = len(self._buffer)
             while True:
-                chunk = self.sock.recv(1 << 20)
-                if not chunk:
-                    raise GuestError("the guest agent closed the connection")
+                chunk = self._recv(1 << 20)
                 newline = chunk.find(b"\n")
                 parts.append(chunk)
+                size += len(chunk)
                 if newline >= 0:
                     break
+                self._check_size(size)
             self._buffer = b"".join(parts)
             end = self._buffer.find(b"\n", len(self._buffer) - len(chunk))
         line, self._buffer = self._buffer[:end], self._buffer[end + 1 :]
+        self._check_size(len(line))
         return line
+
+    def _recv(self, size: int) -> bytes:
+        chunk = self.sock.recv(size)
+        if not chunk:
+            raise GuestError("the guest agent closed the connection")
+        return chunk
+
+    def _check_size(self, size: int) -> None:
+        """A guest that sends a line without end must not grow our memory without bound."""
+        if size > self.max_reply:
+            raise GuestError(
+                f"the guest answered more than {self.max_reply} bytes in one reply",
+                hint="the guest agent is misbehaving; restart it or the VM",
+            )
 
     def sync(self) -> None:
         """Flush stale data: send a sync id, skip to the 0xFF marker, expect the id back."""
         sync_id = random.randint(1, 2**31)
         self.sock.sendall(b"\xff")
         self._send({"execute": "guest-sync-delimited", "arguments": {"id": sync_id}})
+        skipped = 0
         while b"\xff" not in self._buffer:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise GuestError("the guest agent closed the connection")
-            self._buffer += chunk
+            # Stale bytes before the marker are dropped as they come, but only so many.
+            skipped += len(self._buffer)
+            self._check_size(skipped)
+            self._buffer = self._recv(65536)
         self._buffer = self._buffer.split(b"\xff", 1)[1]
         while True:
             # Answers to syncs of earlier, abandoned connections may still arrive,
             # each behind its own 0xFF: skip everything until our id comes back.
             line = self._read_line().replace(b"\xff", b"").strip()
+            skipped += len(line)
+            self._check_size(skipped)
             try:
                 reply = json.loads(line)
             except ValueError:
@@ -96,24 +122,82 @@ class AgentConnection:
             message["arguments"] = arguments
         self._send(message)
 
-    def call(self, command: str, arguments: dict[str, Any] | None = None) -> Any:
+    def call(
+        self, command: str, arguments: dict[str, Any] | None = None, *, max_reply: int = 0
+    ) -> Any:
+        """Send a command and return its reply; ``max_reply`` raises the cap for this one."""
         message: dict[str, Any] = {"execute": command}
         if arguments:
             message["arguments"] = arguments
         self._send(message)
-        while True:
-            line = self._read_line().strip()
-            if line:
-                break
-        reply = json.loads(line)
+        default, self.max_reply = self.max_reply, max_reply or self.max_reply
+        try:
+            while True:
+                line = self._read_line().strip()
+                if line:
+                    break
+        finally:
+            self.max_reply = default
+        try:
+            reply = json.loads(line)
+        except ValueError:
+            raise _odd(command, "something that is not JSON") from None
+        if not isinstance(reply, dict):
+            raise _odd(command, "JSON that is not an object")
         if "error" in reply:
-            raise GuestError(f"guest agent refused {command}: {reply['error'].get('desc')}")
+            error = reply["error"]
+            desc = error.get("desc") if isinstance(error, dict) else error
+            raise GuestError(f"guest agent refused {command}: {clean_text(desc, 500)}")
         return reply.get("return")
 
+    def call_dict(
+        self, command: str, arguments: dict[str, Any] | None = None, *, max_reply: int = 0
+    ) -> dict[str, Any]:
+        """``call`` for commands that return an object; any other shape is a GuestError."""
+        result = self.call(command, arguments, max_reply=max_reply)
+        if not isinstance(result, dict):
+            raise _odd(command, "a reply of the wrong shape")
+        return result
 
-def connect(path: Path, timeout: float = 5.0) -> AgentConnection:
+
+# The guest writes every reply: their shapes and values are checked, never assumed.
+
+
+def _odd(command: str, what: str) -> GuestError:
+    return GuestError(
+        f"the guest agent answered {command} with {what}",
+        hint="the guest agent is misbehaving; restart it or the VM",
+    )
+
+
+def as_int(value: object, command: str) -> int:
+    """An integer from a reply (bool is not one)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _odd(command, f"{clean_text(value, 40)!r} where a number belongs")
+    return value
+
+
+def decode_b64(value: object, command: str) -> bytes:
+    """Base64 text from a reply, decoded strictly."""
+    if value is None:
+        return b""
+    if not isinstance(value, str):
+        raise _odd(command, "data that is not text")
+    try:
+        return base64.b64decode(value, validate=True)
+    except ValueError:
+        raise _odd(command, "data that is not base64") from None
+
+
+def clean_text(value: object, limit: int = 256) -> str:
+    """Guest text fit to print: printable characters only (no terminal escapes), short."""
+    text = value if isinstance(value, str) else ("" if value is None else str(value))
+    return "".join(ch for ch in text[: limit * 4] if ch.isprintable())[:limit]
+
+
+def connect(path: Path, timeout: float = 5.0, max_reply: int = MAX_REPLY) -> AgentConnection:
     """Open and sync a conversation, or raise GuestError/Timeout."""
-    conn = AgentConnection(path, timeout)
+    conn = AgentConnection(path, timeout, max_reply)
     try:
         conn.sync()
     except TimeoutError:
@@ -153,7 +237,7 @@ def run_command(path: Path, argv: list[str], *, stdin: bytes | None, timeout: fl
         if stdin:
             args["input-data"] = base64.b64encode(stdin).decode()
         try:
-            pid = conn.call("guest-exec", args)["pid"]
+            pid = as_int(conn.call_dict("guest-exec", args).get("pid"), "guest-exec")
         except GuestError as exc:
             if "No such file or directory" not in exc.message:
                 raise
@@ -161,16 +245,18 @@ def run_command(path: Path, argv: list[str], *, stdin: bytes | None, timeout: fl
             message = f"cloudlet: {argv[0]}: command not found in the guest\n"
             return ExecResult(exit_code=127, stderr=message.encode())
         while True:
-            status = conn.call("guest-exec-status", {"pid": pid})
+            status = conn.call_dict("guest-exec-status", {"pid": pid}, max_reply=MAX_EXEC_REPLY)
             if status.get("exited"):
                 break
             if time.monotonic() > deadline:
                 raise Timeout(f"{argv[0]} did not finish within {timeout:.0f} s in the guest")
             time.sleep(POLL_INTERVAL)
+    what = "guest-exec-status"
+    signal = status.get("signal")
     return ExecResult(
-        exit_code=int(status.get("exitcode", 0)),
-        stdout=base64.b64decode(status.get("out-data", "")),
-        stderr=base64.b64decode(status.get("err-data", "")),
-        signal=status.get("signal"),
+        exit_code=as_int(status.get("exitcode", 0), what),
+        stdout=decode_b64(status.get("out-data"), what),
+        stderr=decode_b64(status.get("err-data"), what),
+        signal=None if signal is None else as_int(signal, what),
         truncated=bool(status.get("out-truncated") or status.get("err-truncated")),
     )

@@ -279,6 +279,23 @@ def _boot(config: LaunchConfig) -> list[str]:
     return argv
 
 
+# The fd set that carries the serial log's pipe (see serial_pump.py).
+SERIAL_LOG_FDSET = 9
+
+
+def _serial_log_fd(config: LaunchConfig) -> list[str]:
+    if config.serial_log_fd is None:
+        return []
+    return ["-add-fd", f"fd={config.serial_log_fd},set={SERIAL_LOG_FDSET},opaque=serial-log"]
+
+
+def _serial_logfile(config: LaunchConfig) -> str:
+    """The pump's pipe when the driver made one, else the file (uncapped)."""
+    if config.serial_log_fd is None:
+        return escape(str(config.serial_log))
+    return f"/dev/fdset/{SERIAL_LOG_FDSET}"
+
+
 def build_argv(qemu: str, config: LaunchConfig) -> list[str]:
     """The full QEMU argv for a VM, with QMP, console and agent sockets."""
     sockets = socket_paths(config)
@@ -299,9 +316,10 @@ def build_argv(qemu: str, config: LaunchConfig) -> list[str]:
         "-msg", "timestamp=on",
         "-chardev", f"socket,id=qmp,path={escape(sockets['qmp'])},server=on,wait=off",
         "-mon", "chardev=qmp,mode=control",
+        *_serial_log_fd(config),
         "-chardev",
         f"socket,id=serial0,path={escape(sockets['console'])},server=on,wait=off,"
-        f"logfile={escape(str(config.serial_log))},logappend=on",
+        f"logfile={_serial_logfile(config)},logappend=on",
         "-serial", "chardev:serial0",
         *_serial_ports(config),
         *_shares(config),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import os
 import shutil
@@ -24,7 +25,7 @@ from cloudlet.driver.base import (
     RuntimeInfo,
     TapNic,
 )
-from cloudlet.driver.qemu import agent, qmp
+from cloudlet.driver.qemu import agent, qmp, serial_pump
 from cloudlet.driver.qemu.argv import (
     build_argv,
     disk_device,
@@ -72,6 +73,10 @@ def _layer_node(path: Path) -> str:
     return "l" + hashlib.sha256(str(path).encode()).hexdigest()[:20]
 
 
+# The serial log pump's pid and start time, in the runtime directory.
+SERIAL_PUMP_PID = "serial-pump.pid"
+
+
 class QemuDriver(Driver):
     """Runs each VM as a daemonized QEMU whose runtime record lives in ``run_root/<id>``."""
 
@@ -97,10 +102,19 @@ class QemuDriver(Driver):
         if run_dir.exists():
             shutil.rmtree(run_dir)
         run_dir.mkdir(mode=0o700, parents=True)
-        argv = build_argv(qemu_binary(config.arch), config)
         sockets = socket_paths(config)
         try:
-            pid = self._launch(argv, run_dir, Path(sockets["qmp"]))
+            # The serial log goes through a pump that caps it; QEMU holds the only write end.
+            log_fd = serial_pump.start(
+                config.serial_log, config.serial_log_max, run_dir / SERIAL_PUMP_PID
+            )
+            try:
+                argv = build_argv(
+                    qemu_binary(config.arch), dataclasses.replace(config, serial_log_fd=log_fd)
+                )
+                pid = self._launch(argv, run_dir, Path(sockets["qmp"]), (log_fd,))
+            finally:
+                os.close(log_fd)
         except BaseException:
             shutil.rmtree(run_dir, ignore_errors=True)
             raise
@@ -124,7 +138,9 @@ class QemuDriver(Driver):
         write_record(run_dir, info)
         return info
 
-    def _launch(self, argv: list[str], run_dir: Path, qmp_socket: Path) -> int:
+    def _launch(
+        self, argv: list[str], run_dir: Path, qmp_socket: Path, pass_fds: Sequence[int] = ()
+    ) -> int:
         """Start QEMU in its own session (it outlives us) and wait for its monitor.
 
         QEMU is not asked to -daemonize: its fork would be refused by
@@ -132,7 +148,9 @@ class QemuDriver(Driver):
         """
         log_path = run_dir / "qemu.log"
         with open(log_path, "ab") as log:
-            proc = spawn(argv, stdout=log.fileno(), stderr=log.fileno(), detach=True)
+            proc = spawn(
+                argv, stdout=log.fileno(), stderr=log.fileno(), detach=True, pass_fds=pass_fds
+            )
         deadline = time.monotonic() + START_TIMEOUT
         while True:
             code = proc.poll()
@@ -212,6 +230,7 @@ class QemuDriver(Driver):
         info = self.runtime(instance_id)
         if info is not None and processes.is_alive(info.pid, info.pid_start):
             raise Conflict("QEMU still runs; stop it before cleaning up")
+        serial_pump.finish(self._dir(instance_id) / SERIAL_PUMP_PID)
         shutil.rmtree(self._dir(instance_id), ignore_errors=True)
 
     def pause(self, instance_id: str) -> None:
@@ -248,19 +267,20 @@ class QemuDriver(Driver):
     def guest_info(self, instance_id: str) -> GuestInfo:
         info = self._require(instance_id)
         with agent.connect(info.agent_socket) as conn:
-            version = conn.call("guest-info").get("version", "")
+            version = conn.call_dict("guest-info").get("version", "")
             try:
-                osinfo = conn.call("guest-get-osinfo") or {}
+                osinfo = conn.call_dict("guest-get-osinfo")
             except CloudletError:
                 osinfo = {}
             try:
-                hostname = (conn.call("guest-get-host-name") or {}).get("host-name", "")
+                hostname = conn.call_dict("guest-get-host-name").get("host-name", "")
             except CloudletError:
                 hostname = ""
+        # Printed as they are by frontends: no escapes, no screens of text.
         return GuestInfo(
-            agent_version=str(version),
-            os_name=str(osinfo.get("pretty-name", "")),
-            hostname=str(hostname),
+            agent_version=agent.clean_text(version),
+            os_name=agent.clean_text(osinfo.get("pretty-name", "")),
+            hostname=agent.clean_text(hostname),
         )
 
     # ---------------------------------------------------------------- storage (live)
@@ -449,12 +469,12 @@ class QemuDriver(Driver):
     def freeze_filesystems(self, instance_id: str) -> int:
         info = self._require(instance_id)
         with agent.connect(info.agent_socket, timeout=60.0) as conn:
-            return int(conn.call("guest-fsfreeze-freeze"))
+            return agent.as_int(conn.call("guest-fsfreeze-freeze"), "guest-fsfreeze-freeze")
 
     def thaw_filesystems(self, instance_id: str) -> int:
         info = self._require(instance_id)
         with agent.connect(info.agent_socket, timeout=60.0) as conn:
-            return int(conn.call("guest-fsfreeze-thaw"))
+            return agent.as_int(conn.call("guest-fsfreeze-thaw"), "guest-fsfreeze-thaw")
 
     # ---------------------------------------------------------------- network (live)
     def _nic_model(self, info: RuntimeInfo) -> str:
