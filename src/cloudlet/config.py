@@ -103,6 +103,9 @@ class Settings:
     # how fast a live backup reads the disk (bytes/s, 0: none).
     backup_dir: Path | None = None
     backup_speed: int = 0
+    # The largest virtual size an image or imported disk may have (None: what the
+    # largest pool could ever hold, see engine/image_cap.py).
+    max_image_size: int | None = None
 
     @property
     def backup_store(self) -> Path:
@@ -141,7 +144,16 @@ class Settings:
         assert isinstance(backup, dict)
         backup_dir = os.environ.get("CLOUDLET_BACKUP_DIR") or backup.get("path")
         speed_text = os.environ.get("CLOUDLET_BACKUP_SPEED") or str(backup.get("speed", "0"))
+        images = data.get("images", {})
+        assert isinstance(images, dict)
+        cap_text = os.environ.get("CLOUDLET_MAX_IMAGE_SIZE") or images.get("max_virtual_size")
+        max_image_size = (
+            parse_size(str(cap_text), what="images.max_virtual_size", default_unit="G")
+            if cap_text
+            else None
+        )
         return cls(
+            max_image_size=max_image_size,
             backup_dir=Path(str(backup_dir)).expanduser() if backup_dir else None,
             backup_speed=parse_size(speed_text, what="backup speed", default_unit="M")
             if speed_text != "0"

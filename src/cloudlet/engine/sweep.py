@@ -1,0 +1,32 @@
+"""Recovery's share of staging: what a killed image import or VM import left behind.
+
+Image imports stage under the image store, VM imports stage volumes in the pool they go
+to; both name their work so storage/staging.py can tell it from anything else.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from sqlalchemy import select
+
+from cloudlet.storage.staging import sweep
+from cloudlet.store.models import PoolRow
+
+if TYPE_CHECKING:
+    from cloudlet.engine.engine import Engine
+
+
+def sweep_staging(engine: Engine) -> list[str]:
+    """Remove stale staging under the image store and every directory pool; notes."""
+    with engine.db.session() as s:
+        pools = s.scalars(select(PoolRow.path).where(PoolRow.kind == "dir")).all()
+    notes = []
+    for parent in (engine.paths.images, *(Path(p) for p in pools)):
+        removed = sweep(parent)
+        if removed:
+            notes.append(
+                f"removed {len(removed)} staging file(s) of an interrupted import in {parent}"
+            )
+    return notes

@@ -1,0 +1,115 @@
+"""Staging of half-made imports and the sweep recovery runs: only what cloudlet named,
+never while its maker lives, never through a link."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import pytest
+
+from cloudlet.engine.engine import CreateRequest
+from cloudlet.engine.storage_ops import StorageOps
+from cloudlet.errors import InvalidInput, LimitExceeded
+from cloudlet.host import run as host_run
+from cloudlet.host.run import Limits, _limit_hit
+from cloudlet.images import untrusted
+from cloudlet.storage.staging import PREFIX, staging, sweep
+from tests.fakes import make_fake_engine
+
+
+def _plant(parent: Path) -> tuple[Path, Path, Path]:
+    """A stale staging dir, a stale staging link to a directory outside, an unrelated file."""
+    stale = parent / f"{PREFIX}dead"
+    stale.mkdir(parents=True)
+    (stale / "source.qcow2").write_bytes(b"x" * 4096)
+    outside = parent.parent / "outside"
+    outside.mkdir(exist_ok=True)
+    (outside / "keep").write_text("canary")
+    (parent / f"{PREFIX}link").symlink_to(outside)
+    unrelated = parent / ".import-not-ours"
+    unrelated.write_text("keep me")
+    return stale, outside, unrelated
+
+
+def test_sweep_removes_only_staging_and_never_follows_links(tmp_path: Path) -> None:
+    parent = tmp_path / "images"
+    stale, outside, unrelated = _plant(parent)
+    assert sweep(parent) == [f"{PREFIX}dead", f"{PREFIX}link"]
+    assert not stale.exists() and not (parent / f"{PREFIX}link").is_symlink()
+    assert (outside / "keep").read_text() == "canary"
+    assert unrelated.read_text() == "keep me"
+    assert sorted(p.name for p in parent.iterdir()) == [".import-not-ours"]
+
+
+def test_sweep_waits_for_a_live_stager(tmp_path: Path) -> None:
+    parent = tmp_path / "images"
+    with staging(parent) as work:
+        (work / "source.raw").write_bytes(b"half")
+        assert sweep(parent) == []  # its maker holds the directory
+        assert work.is_dir() and work.name.startswith(PREFIX)
+        assert oct(work.stat().st_mode & 0o777) == "0o700"
+    assert list(parent.iterdir()) == []  # and it cleans up after itself
+
+
+def test_recovery_sweeps_the_image_store_and_pools(short_tmp: Path) -> None:
+    engine = make_fake_engine(short_tmp / "home")
+    pool = Path(StorageOps(engine).pools()[0].path)  # the default pool
+    image_stale, _, image_unrelated = _plant(engine.paths.images)
+    pool_stale = pool / f"{PREFIX}vm-import"
+    pool_stale.mkdir()
+    notes = engine.recover()
+    assert not image_stale.exists() and not pool_stale.exists()
+    assert image_unrelated.exists()
+    assert any("interrupted import" in n and str(pool) in n for n in notes), notes
+
+
+def test_limit_hits_are_named_by_how_the_child_ended() -> None:
+    limits = Limits(wall=9, cpu=3, memory=64 << 20, file_size=1 << 20)
+    assert _limit_hit(-24, "", limits) == "CPU limit (3 s)"
+    assert _limit_hit(-25, "", limits) == "file-size limit (1 MiB)"
+    assert _limit_hit(1, "qemu-img: Cannot allocate memory", limits) == "memory limit (64 MiB)"
+    assert _limit_hit(-6, "", limits) == "memory limit (64 MiB)"
+    assert _limit_hit(1, "qemu-img: Could not open: Invalid argument", limits) is None
+    assert LimitExceeded.exit_code == 2
+
+
+def test_qemu_img_sees_a_pinned_format_and_a_descriptor(tmp_path: Path) -> None:
+    seen: list[list[str]] = []
+
+    class Stop(Exception):
+        pass
+
+    def record(argv: object) -> None:
+        seen.append(list(argv))  # type: ignore[call-overload]
+        raise Stop
+
+    image = tmp_path / "x.qcow2"
+    image.write_bytes(b"QFI\xfb" + bytes(508))
+    image.chmod(0o600)
+    host_run.set_guard(record)
+    for call in (untrusted.info, untrusted.check):
+        with pytest.raises(Stop):
+            call(image, "qcow2", "x.qcow2")
+    assert [a[1:5] for a in seen] == [
+        ["info", "-f", "qcow2", "--output=json"],
+        ["check", "-f", "qcow2", "--output=json"],
+    ]
+    assert all(a[5].startswith("/dev/fd/") and a[5][8:].isdigit() for a in seen)
+    assert oct(image.stat().st_mode & 0o777) == "0o600"  # readable by others only during the call
+    assert not any(str(tmp_path) in arg for a in seen for arg in a)
+    assert os.path.basename(seen[0][0]).startswith("qemu-img")
+
+
+def test_create_refuses_a_disk_over_the_cap(short_tmp: Path) -> None:
+    engine = make_fake_engine(short_tmp / "home")
+    with pytest.raises(InvalidInput, match=r"the disk of big has a virtual size of 1024 TiB, over"):
+        engine.create(CreateRequest(name="big", disk_size=1 << 50))
+    assert engine.instances() == []
+    capped = dataclasses.replace(engine.settings, max_image_size=1 << 20)
+    engine.settings = capped
+    with pytest.raises(InvalidInput, match=r"256 MiB, over this host's cap of 1 MiB") as err:
+        engine.create(CreateRequest(name="small"))  # the image itself is over 1 MiB
+    assert "raise images.max_virtual_size in config.toml" in (err.value.hint or "")
+    assert engine.instances() == []
