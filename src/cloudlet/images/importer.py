@@ -228,7 +228,10 @@ def inspect(
             f"{name} is not a valid {fmt} image: {tail[-1] if tail else 'qemu-img failed'}",
             hint="check the file and the declared format",
         ) from None
-    check_safe(info, fmt)
+    try:
+        check_safe(info, fmt)
+    except InvalidInput as exc:
+        raise InvalidInput(f"{name}: {exc.message}", hint=exc.hint) from None
     check_size(name, int(info["virtual-size"]), max_size)
     if fmt == "qcow2":
         check_clean(untrusted.check(path, "qcow2", name), name)
