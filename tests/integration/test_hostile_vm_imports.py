@@ -204,3 +204,10 @@ def test_killed_image_import_is_swept(home: Path, tmp_path: Path) -> None:
     assert _staged(images), "the kill left the staging copy behind"
     cli.run(home, "image", "list")  # the next command recovers
     assert sorted(p.name for p in images.iterdir()) == before
+
+
+def test_backup_of_a_stopped_vm_maps_its_disk_confined(home: Path) -> None:
+    """A backup reads its target's map through the confined qemu-img (as nobody, by fd)."""
+    made = cli.run_json(home, "backup", "create", "src")
+    assert made["kind"] == "full" and int(made["stored"]) > 0
+    cli.run(home, "backup", "verify", "src")

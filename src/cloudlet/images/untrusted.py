@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -52,37 +53,54 @@ def _descriptor(path: Path, flags: int = os.O_RDONLY) -> Iterator[int]:
         os.close(fd)
 
 
-def _json(out: bytes, name: str) -> dict[str, Any]:
+def _json(out: bytes, label: str, kind: type) -> Any:
+    """qemu-img's JSON report, which must be a ``kind`` (dict or list)."""
     try:
         result = json.loads(out)
     except ValueError:
         result = None
-    if not isinstance(result, dict):
-        raise InvalidInput(f"qemu-img gave no report on {name}", hint="use another file")
+    if not isinstance(result, kind):
+        raise InvalidInput(f"qemu-img gave no report on {label}", hint="use another file")
     return result
 
 
-def info(path: Path, fmt: str, label: str) -> dict[str, Any]:
-    """``qemu-img info -f FMT --output=json`` of ``path`` (called ``label``), confined."""
+def _query(
+    command: str, path: Path, fmt: str, label: str, limits: Limits, *, check: bool = True
+) -> subprocess.CompletedProcess[bytes]:
+    """``qemu-img COMMAND -f FMT --output=json /dev/fd/N`` on ``path``, confined."""
     with _descriptor(path) as fd:
-        argv = [qemu_img(), "info", "-f", fmt, "--output=json", f"/dev/fd/{fd}"]
-        out = run_confined(argv, limits=INFO_LIMITS, what=label, pass_fds=[fd]).stdout
-    return _json(out, label)
+        argv = [qemu_img(), command, "-f", fmt, "--output=json", f"/dev/fd/{fd}"]
+        return run_confined(argv, limits=limits, what=label, pass_fds=[fd], check=check)
+
+
+def info(path: Path, fmt: str, label: str) -> dict[str, Any]:
+    """``qemu-img info`` of ``path`` (called ``label`` in messages)."""
+    proc = _query("info", path, fmt, label, INFO_LIMITS)
+    result: dict[str, Any] = _json(proc.stdout, label, dict)
+    return result
 
 
 def check(path: Path, fmt: str, label: str) -> dict[str, Any]:
-    """``qemu-img check -f FMT --output=json`` of ``path``, confined; its report (it exits
-    non-zero when it finds something, so the report is what counts)."""
-    with _descriptor(path) as fd:
-        argv = [qemu_img(), "check", "-f", fmt, "--output=json", f"/dev/fd/{fd}"]
-        proc = run_confined(argv, limits=CHECK_LIMITS, what=label, pass_fds=[fd], check=False)
+    """``qemu-img check`` of ``path``: its report (it exits non-zero when it finds
+    something, so the report is what counts)."""
+    proc = _query("check", path, fmt, label, CHECK_LIMITS, check=False)
     if not proc.stdout.strip():
         tail = proc.stderr.decode(errors="replace").strip().splitlines()
         raise InvalidInput(
             f"{label} cannot be checked: {tail[-1] if tail else 'qemu-img check failed'}",
             hint="the file is damaged or not a valid image; use another file",
         )
-    return _json(proc.stdout, label)
+    result: dict[str, Any] = _json(proc.stdout, label, dict)
+    return result
+
+
+def map_extents(path: Path, fmt: str, label: str) -> list[dict[str, Any]]:
+    """``qemu-img map`` of ``path`` (a backup target is written by a QEMU that runs
+    guest code: its tables are not ours to trust)."""
+    result: list[dict[str, Any]] = _json(
+        _query("map", path, fmt, label, CHECK_LIMITS).stdout, label, list
+    )
+    return result
 
 
 def convert_to_qcow2(src: Path, fmt: str, dest: Path, virtual_size: int, label: str) -> None:
