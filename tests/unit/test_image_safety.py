@@ -1,5 +1,5 @@
-"""Staging of half-made imports and the sweep recovery runs: only what cloudlet named,
-never while its maker lives, never through a link."""
+"""Image safety without subprocesses: the staging sweep (only what cloudlet named,
+never while its maker lives, never through a link), limits, argv and the size cap."""
 
 from __future__ import annotations
 
@@ -113,3 +113,19 @@ def test_create_refuses_a_disk_over_the_cap(short_tmp: Path) -> None:
         engine.create(CreateRequest(name="small"))  # the image itself is over 1 MiB
     assert "raise images.max_virtual_size in config.toml" in (err.value.hint or "")
     assert engine.instances() == []
+
+
+def test_the_cap_is_read_from_config_and_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cloudlet.config import Settings
+
+    monkeypatch.delenv("CLOUDLET_MAX_IMAGE_SIZE", raising=False)
+    assert Settings.load(tmp_path).max_image_size is None
+    (tmp_path / "config.toml").write_text('[images]\nmax_virtual_size = "2T"\n')
+    assert Settings.load(tmp_path).max_image_size == 2 << 40
+    monkeypatch.setenv("CLOUDLET_MAX_IMAGE_SIZE", "500")  # a bare number is GiB
+    assert Settings.load(tmp_path).max_image_size == 500 << 30
+    monkeypatch.setenv("CLOUDLET_MAX_IMAGE_SIZE", "lots")
+    with pytest.raises(InvalidInput, match=r"invalid images\.max_virtual_size 'lots'"):
+        Settings.load(tmp_path)
