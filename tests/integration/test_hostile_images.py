@@ -14,8 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from cloudlet.errors import LimitExceeded
 from cloudlet.host.qemu_binaries import qemu_img
-from cloudlet.host.run import run
+from cloudlet.host.run import Limits, run
+from cloudlet.images import untrusted
+from cloudlet.images.importer import import_image
 from cloudlet.spec.units import MIB
 from tests.integration import cli
 
@@ -233,3 +236,14 @@ def test_hostile_image_is_refused_in_one_line(case: str, home: Path, tmp_path: P
     assert re.search(expected, lines[0]), lines[0]
     assert "Traceback" not in proc.stderr
     assert state_hash(home) == before
+
+
+def test_import_runs_qemu_img_under_its_limits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The import path really applies the limits: squeezed, qemu-img cannot even load."""
+    monkeypatch.setattr(untrusted, "INFO_LIMITS", Limits(wall=60, cpu=5, memory=8 * MIB))
+    images = tmp_path / "images"
+    with pytest.raises(LimitExceeded, match=r"qemu-img on x\.qcow2 ran past its memory limit"):
+        import_image(plain_qcow2(tmp_path), "squeezed", "qcow2", images)
+    assert list(images.iterdir()) == []

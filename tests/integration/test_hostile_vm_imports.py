@@ -211,3 +211,16 @@ def test_backup_of_a_stopped_vm_maps_its_disk_confined(home: Path) -> None:
     made = cli.run_json(home, "backup", "create", "src")
     assert made["kind"] == "full" and int(made["stored"]) > 0
     cli.run(home, "backup", "verify", "src")
+
+
+def test_create_refuses_a_disk_over_the_cap(home: Path) -> None:
+    seen = _visible(home)
+    proc = cli.run(home, "create", "huge", "--image", "tiny", "--disk-size", "1024T", "--no-start",
+                   check=False)  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert re.fullmatch(
+        r"error: the disk of huge has a virtual size of 1024 TiB, over this host's cap of "
+        r"[\d.]+ [GT]iB: raise images\.max_virtual_size in config\.toml, or use a smaller image",
+        proc.stderr.strip(),
+    ), proc.stderr
+    assert _visible(home) == seen
