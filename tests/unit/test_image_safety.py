@@ -129,3 +129,16 @@ def test_the_cap_is_read_from_config_and_environment(
     monkeypatch.setenv("CLOUDLET_MAX_IMAGE_SIZE", "lots")
     with pytest.raises(InvalidInput, match=r"invalid images\.max_virtual_size 'lots'"):
         Settings.load(tmp_path)
+
+
+def test_staging_works_in_a_linked_pool_directory(tmp_path: Path) -> None:
+    real = tmp_path / "real"
+    real.mkdir()
+    linked = tmp_path / "pool"
+    linked.symlink_to(real)
+    with staging(linked) as work:
+        (work / "v.qcow2").write_bytes(b"half")
+        assert [p.name for p in real.iterdir()] == [work.name]
+    (real / f"{PREFIX}stale").mkdir()
+    assert sweep(linked) == [f"{PREFIX}stale"]
+    assert list(real.iterdir()) == []

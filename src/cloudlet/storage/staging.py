@@ -22,7 +22,8 @@ PREFIX = ".cloudlet-staging-"
 
 
 def _open_lock(parent: Path) -> int:
-    return os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    # parent may be a link (a pool at a linked path): it is a path cloudlet chose
+    return os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
 
 
 @contextmanager
@@ -45,7 +46,7 @@ def staging(parent: Path) -> Iterator[Path]:
 def sweep(parent: Path) -> list[str]:
     """Remove the staging entries under ``parent`` that no live process holds; their
     names. Links are removed, never followed; nothing without the prefix is touched."""
-    if not parent.is_dir() or parent.is_symlink():
+    if not parent.is_dir():
         return []
     fd = _open_lock(parent)
     try:
