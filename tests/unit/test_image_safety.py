@@ -15,6 +15,7 @@ from cloudlet.errors import InvalidInput, LimitExceeded
 from cloudlet.host import run as host_run
 from cloudlet.host.run import Limits, _limit_hit
 from cloudlet.images import untrusted
+from cloudlet.images.importer import check_clean
 from cloudlet.storage.staging import PREFIX, staging, sweep
 from tests.fakes import make_fake_engine
 
@@ -142,3 +143,22 @@ def test_staging_works_in_a_linked_pool_directory(tmp_path: Path) -> None:
     (real / f"{PREFIX}stale").mkdir()
     assert sweep(linked) == [f"{PREFIX}stale"]
     assert list(real.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("report", "refused"),
+    [
+        ({"check-errors": 0, "image-end-offset": 262144}, None),
+        ({"check-errors": 0, "corruptions": 0, "leaks": 0}, None),
+        ({"check-errors": 2}, r"\(2 check-errors\)"),
+        ({"check-errors": 0, "corruptions": 30, "leaks": 1}, r"\(30 corruptions, 1 leaks\)"),
+        ({"leaks": 4}, r"\(4 leaks\)"),
+        ({"corruptions-fixed": 1}, r"\(repairs\)"),
+    ],
+)
+def test_a_check_report_passes_only_when_clean(report: dict[str, int], refused: str | None) -> None:
+    if refused is None:
+        check_clean(report, "x.qcow2")
+    else:
+        with pytest.raises(InvalidInput, match=r"x\.qcow2 fails qemu-img check " + refused):
+            check_clean(report, "x.qcow2")
