@@ -162,3 +162,23 @@ def test_a_check_report_passes_only_when_clean(report: dict[str, int], refused: 
     else:
         with pytest.raises(InvalidInput, match=r"x\.qcow2 fails qemu-img check " + refused):
             check_clean(report, "x.qcow2")
+
+
+def test_leftovers_of_earlier_versions_are_swept_by_their_exact_names(short_tmp: Path) -> None:
+    engine = make_fake_engine(short_tmp / "home")
+    pool = Path(StorageOps(engine).pools()[0].path)
+    old_image = engine.paths.images / ".import-k2j_9x0a"
+    old_image.mkdir()
+    (old_image / "source.qcow2").write_bytes(b"old")
+    old_volume = pool / ".import-0badcafe.qcow2"
+    old_volume.write_bytes(b"old")
+    keep = [
+        pool / ".import-0badcafe.qcow2.mine",
+        pool / ".import-notes",
+        engine.paths.images / ".import-x",
+    ]
+    for path in keep:
+        path.write_text("keep")
+    engine.recover()
+    assert not old_image.exists() and not old_volume.exists()
+    assert all(path.read_text() == "keep" for path in keep)

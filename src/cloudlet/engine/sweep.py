@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 
-from cloudlet.storage.staging import sweep
+from cloudlet.storage.staging import LEGACY_IMAGE_STAGING, LEGACY_VOLUME_STAGING, sweep
 from cloudlet.store.models import PoolRow
 
 if TYPE_CHECKING:
@@ -23,8 +23,10 @@ def sweep_staging(engine: Engine) -> list[str]:
     with engine.db.session() as s:
         pools = s.scalars(select(PoolRow.path).where(PoolRow.kind == "dir")).all()
     notes = []
-    for parent in (engine.paths.images, *(Path(p) for p in pools)):
-        removed = sweep(parent)
+    places = [(engine.paths.images, LEGACY_IMAGE_STAGING)]
+    places += [(Path(p), LEGACY_VOLUME_STAGING) for p in pools]
+    for parent, legacy in places:
+        removed = sweep(parent, legacy)
         if removed:
             notes.append(
                 f"removed {len(removed)} staging file(s) of an interrupted import in {parent}"

@@ -27,7 +27,7 @@ from cloudlet.images.download import ByteProgress, download, fetch_text
 from cloudlet.images.store import BUILTIN
 from cloudlet.spec.names import validate_name
 from cloudlet.spec.units import format_size
-from cloudlet.storage.staging import staging, sweep
+from cloudlet.storage.staging import LEGACY_IMAGE_STAGING, staging, sweep
 
 Progress = Callable[[str], None]
 
@@ -385,7 +385,7 @@ def _import(
             progress(message)
 
     images_root.mkdir(parents=True, exist_ok=True)
-    sweep(images_root)  # what a killed import left behind
+    sweep(images_root, LEGACY_IMAGE_STAGING)  # what a killed import left behind
     with staging(images_root) as work:
         say(f"copying {src.name}")
         copy = work / f"source.{fmt}"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -19,6 +20,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 PREFIX = ".cloudlet-staging-"
+
+# Earlier versions staged an image import in images/.import-XXXXXXXX (mkdtemp) and a VM
+# import's volume as POOL/.import-<8 hex>.qcow2: leftovers of those are swept too.
+LEGACY_IMAGE_STAGING = re.compile(r"\.import-[a-z0-9_]{8}")
+LEGACY_VOLUME_STAGING = re.compile(r"\.import-[0-9a-f]{8}\.qcow2")
 
 
 def _open_lock(parent: Path) -> int:
@@ -43,9 +49,10 @@ def staging(parent: Path) -> Iterator[Path]:
         os.close(fd)
 
 
-def sweep(parent: Path) -> list[str]:
+def sweep(parent: Path, legacy: re.Pattern[str] | None = None) -> list[str]:
     """Remove the staging entries under ``parent`` that no live process holds; their
-    names. Links are removed, never followed; nothing without the prefix is touched."""
+    names. Links are removed, never followed; nothing else is touched but names in
+    full match of ``legacy`` (what earlier versions staged under other names)."""
     if not parent.is_dir():
         return []
     fd = _open_lock(parent)
@@ -57,7 +64,8 @@ def sweep(parent: Path) -> list[str]:
         removed = []
         with os.scandir(parent) as entries:
             for entry in entries:
-                if not entry.name.startswith(PREFIX):
+                ours = entry.name.startswith(PREFIX)
+                if not ours and not (legacy and legacy.fullmatch(entry.name)):
                     continue
                 if entry.is_dir(follow_symlinks=False):
                     shutil.rmtree(entry.path, ignore_errors=True)
