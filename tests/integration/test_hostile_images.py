@@ -177,6 +177,10 @@ def leaked_cluster(t: Path) -> Path:
     return _poke(f, block + 2 * index, struct.pack(">H", 1))  # ...counted as used
 
 
+def empty_qcow2(t: Path) -> Path:
+    return _created(t, "qcow2", "0")
+
+
 def pib_qcow2(t: Path) -> Path:
     return _created(t, "qcow2", "1P")
 
@@ -209,6 +213,8 @@ CASES: dict[str, Case] = {
     "zeroed-refcounts": (zeroed_refcounts, "qcow2", r"fails qemu-img check \(\d+ corruptions"),
     "misaligned-l2": (misaligned_l2, "qcow2", r"fails qemu-img check \(\d+ corruptions"),
     "leaked-cluster": (leaked_cluster, "qcow2", r"fails qemu-img check \(1 leaks\)"),
+    "raw-as-iso": (plain_raw, "iso", r"x\.raw is declared iso but has no ISO9660 signature"),
+    "zero-size-qcow2": (empty_qcow2, "qcow2", r"x\.qcow2: image has no usable virtual-size \(0\)"),
     "1-pib-qcow2": (pib_qcow2, "qcow2", r"x\.qcow2 has a virtual size of 1024 TiB, over this"),
     "15-tib-raw": (huge_raw, "raw", r"x\.raw has a virtual size of 15 TiB, over this host's"),
 }
