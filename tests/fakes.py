@@ -14,6 +14,7 @@ from cloudlet.engine.deps import EngineDeps
 from cloudlet.engine.engine import Engine
 from cloudlet.errors import InvalidInput, NotFound
 from cloudlet.host.kvm import AccelVerdict
+from cloudlet.images.importer import check_size
 from cloudlet.images.store import Image, Progress
 from cloudlet.spec.units import GIB, MIB
 from cloudlet.store.database import Database
@@ -137,10 +138,13 @@ class FakeDisks:
                 offset += len(piece)
         dest.write_text(json.dumps({"size": offset, "data": data}))
 
-    def inspect_import(self, path: Path) -> int:
+    def inspect_import(
+        self, path: Path, max_size: int | None = None, label: str | None = None
+    ) -> int:
         data = json.loads(path.read_text())
         if data.get("backing"):
             raise InvalidInput(f"backing-filename is {data['backing']!r}: refused")
+        check_size(label or path.name, int(data["size"]), max_size)
         return int(data["size"])
 
     @staticmethod

@@ -110,6 +110,9 @@ class Settings:
     copy_max_entries: int = 100_000
     # A VM's serial log is rotated to serial.log.1 when it reaches this size.
     serial_log_max: int = 1024 * 1024
+    # The largest virtual size an image or imported disk may have (None: what the
+    # largest pool could ever hold, see engine/image_cap.py).
+    max_image_size: int | None = None
 
     @property
     def backup_store(self) -> Path:
@@ -148,6 +151,14 @@ class Settings:
         assert isinstance(backup, dict)
         backup_dir = os.environ.get("CLOUDLET_BACKUP_DIR") or backup.get("path")
         speed_text = os.environ.get("CLOUDLET_BACKUP_SPEED") or str(backup.get("speed", "0"))
+        images = data.get("images", {})
+        assert isinstance(images, dict)
+        cap_text = os.environ.get("CLOUDLET_MAX_IMAGE_SIZE") or images.get("max_virtual_size")
+        max_image_size = (
+            parse_size(str(cap_text), what="images.max_virtual_size", default_unit="G")
+            if cap_text
+            else None
+        )
         guest = data.get("guest", {})
         assert isinstance(guest, dict)
         copy_bytes = os.environ.get("CLOUDLET_COPY_MAX_BYTES") or str(
@@ -160,6 +171,7 @@ class Settings:
             guest.get("serial_log_max", "1M")
         )
         return cls(
+            max_image_size=max_image_size,
             serial_log_max=parse_size(serial_text, what="serial_log_max", default_unit="M"),
             copy_max_bytes=parse_size(copy_bytes, what="copy_max_bytes", default_unit="M"),
             copy_max_entries=_positive_int(copy_entries, "copy_max_entries"),

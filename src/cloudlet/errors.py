@@ -138,3 +138,10 @@ class MissingDependency(CloudletError):
     http_status = 500
     exit_code = 10
     code = "missing_dependency"
+
+
+class LimitExceeded(InvalidInput):
+    """A command on a file we did not make ran past its time, CPU, memory or file-size
+    limit: the file is refused as hostile (or too large for the limits set)."""
+
+    code = "limit_exceeded"

@@ -19,6 +19,7 @@ import os
 import shutil
 import tarfile
 import uuid
+from contextlib import ExitStack
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -28,10 +29,12 @@ from cloudlet.engine.backup_restore import (
     new_volume_name,
     pool_dir,
 )
+from cloudlet.engine.image_cap import image_size_cap
 from cloudlet.engine.storage_ops import _OFFLINE, DEFAULT_POOL, active_disk, attached_volumes
 from cloudlet.errors import CloudletError, Conflict, InvalidInput
 from cloudlet.spec.instance import InstanceSpec
 from cloudlet.spec.names import validate_name
+from cloudlet.storage.staging import staging
 from cloudlet.store.models import InstanceRow, utcnow
 
 if TYPE_CHECKING:
@@ -189,7 +192,8 @@ def import_(ops: BackupOps, src: Path, name: str | None = None) -> InstanceView:
             assert f is not None
             _copy_checked(f, dest, sums.get(member), f"{src}: {member}")
             try:
-                return e.deps.disks.inspect_import(dest)  # no backing file, no data file
+                # no backing file, no data file, a clean check, not over the cap
+                return e.deps.disks.inspect_import(dest, image_size_cap(e), f"{src.name}: {member}")
             except BaseException:
                 dest.unlink(missing_ok=True)
                 raise
@@ -201,8 +205,9 @@ def import_(ops: BackupOps, src: Path, name: str | None = None) -> InstanceView:
             made: list[NewVolume] = []
             try:
                 for new, (_, file) in zip(new_names, volumes, strict=True):
-                    where = pool_dir(e, DEFAULT_POOL, new, str(src))
-                    dest = where / f".import-{uuid.uuid4().hex[:8]}.qcow2"
+                    # staged in the pool (so it moves in by a rename), swept if we die
+                    where = stage.enter_context(staging(pool_dir(e, DEFAULT_POOL, new, str(src))))
+                    dest = where / f"{new}.qcow2"
                     size = extract(file, dest)
                     made.append(NewVolume(new, DEFAULT_POOL, size, dest))
             except BaseException:
@@ -211,4 +216,5 @@ def import_(ops: BackupOps, src: Path, name: str | None = None) -> InstanceView:
                 raise
             return made
 
-        return ops._new_vm(name, spec_data, vm_row, fill, lambda: f"imported from {src.name}")
+        with ExitStack() as stage:
+            return ops._new_vm(name, spec_data, vm_row, fill, lambda: f"imported from {src.name}")

@@ -53,7 +53,9 @@ class DiskBackend(Protocol):
 
     def from_raw(self, raw: Path, dest: Path) -> None: ...
 
-    def inspect_import(self, path: Path) -> int: ...
+    def inspect_import(
+        self, path: Path, max_size: int | None = None, label: str | None = None
+    ) -> int: ...
 
 
 @dataclass

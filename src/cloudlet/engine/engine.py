@@ -26,6 +26,8 @@ from cloudlet.engine import access as access_mod
 from cloudlet.engine import capacity as capacity_mod
 from cloudlet.engine import licensing, locks, network_ops, storage_ops
 from cloudlet.engine.deps import EngineDeps
+from cloudlet.engine.image_cap import check_disk_size, image_size_cap
+from cloudlet.engine.sweep import sweep_staging
 from cloudlet.engine.views import HostView, InstanceView
 from cloudlet.errors import CloudletError, Conflict, InvalidInput, NotFound
 from cloudlet.guest.landing import CopyLimits
@@ -333,6 +335,7 @@ class Engine:
                 self._finish_op(op.id, status, "the process running it died")
                 self._event(op.instance_name, "recovered", notes[-1] if notes else status, op.id)
         notes += self._reap_process_vms()
+        notes += sweep_staging(self)
         return notes
 
     def _reap_process_vms(self) -> list[str]:
@@ -474,6 +477,7 @@ class Engine:
                 hint=f"use --disk-size {format_size(image.min_disk_bytes).replace(' ', '')} "
                 "or more",
             )
+        check_disk_size(self, req.name, max(req.disk_size or 0, image.min_disk_bytes))
         plan = access_mod.plan_access(
             image,
             user=req.user,
@@ -626,7 +630,9 @@ class Engine:
             return self.deps.images.get(name, progress=progress)
         except NotFound:
             pass
-        importer.import_image(iso, name, "iso", self.paths.images, progress=None)
+        importer.import_image(
+            iso, name, "iso", self.paths.images, progress=None, max_size=image_size_cap(self)
+        )
         return self.deps.images.get(name)
 
     def _finish_first_boot(self, row: InstanceRow) -> None:
@@ -953,7 +959,7 @@ class Engine:
             raise NotFound(f"no file {path}", hint="check the path")
         importer.import_image(
             path, name, fmt, self.paths.images, licence=licence, default_user=default_user,
-            os_family=os_family,
+            os_family=os_family, max_size=image_size_cap(self),
         )  # fmt: skip
         return self.image_show(name)
 
@@ -980,7 +986,10 @@ class Engine:
 
         names.image_name(name)
         entry = catalog.get_entry(name)
-        importer.pull(entry, self.paths.images, self.paths.cache / "downloads", progress)
+        importer.pull(
+            entry, self.paths.images, self.paths.cache / "downloads", progress,
+            max_size=image_size_cap(self),
+        )  # fmt: skip
         return self.image_show(name)
 
     # ------------------------------------------------------------------ access

@@ -6,13 +6,19 @@ command's output, and a guard that unit tests use to forbid real subprocesses.
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import os
+import pwd
+import resource
 import shutil
+import signal
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-from cloudlet.errors import HostCommandError, MissingDependency
+from cloudlet.errors import HostCommandError, LimitExceeded, MissingDependency
 
 Guard = Callable[[Sequence[str]], None]
 _guard: Guard | None = None
@@ -138,3 +144,128 @@ def exec_replace(argv: Sequence[str]) -> None:
         raise MissingDependency(
             f"{args[0]} is not installed", hint="install openssh-client"
         ) from exc
+
+
+# ---------------------------------------------------------------- confined commands
+
+NOBODY = 65534
+"""The uid/gid a confined command runs as when we are root and no ``nobody`` exists."""
+
+_PR_SET_PDEATHSIG = 1
+_PR_SET_NO_NEW_PRIVS = 38
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What a command parsing a file we did not make may use (as ``timeout`` + ``prlimit``).
+
+    ``wall`` and ``cpu`` are seconds, ``memory`` (address space) and ``file_size``
+    (largest file it may write; 0: none) bytes.
+    """
+
+    wall: float
+    cpu: int
+    memory: int
+    file_size: int = 0
+
+
+def unprivileged_ids() -> tuple[int, int] | None:
+    """(uid, gid) to drop to when we are root (``nobody``), else None: nothing to drop."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        entry = pwd.getpwnam("nobody")
+    except KeyError:
+        return NOBODY, NOBODY
+    return entry.pw_uid, entry.pw_gid
+
+
+def _confine(limits: Limits, ids: tuple[int, int] | None) -> Callable[[], None]:
+    """The child's last steps before exec: rlimits, no core, no new privileges, then the
+    unprivileged ids, and death with its parent (set after setuid, which clears it)."""
+
+    libc = ctypes.CDLL(None, use_errno=True)  # loaded here: the child only calls it
+
+    def apply() -> None:
+        for which, value in (
+            (resource.RLIMIT_AS, limits.memory),
+            (resource.RLIMIT_FSIZE, limits.file_size),
+            (resource.RLIMIT_CORE, 0),
+        ):
+            resource.setrlimit(which, (value, value))
+        resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu, limits.cpu + 1))
+        libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+        if ids is not None:
+            os.setgroups([])
+            os.setgid(ids[1])
+            os.setuid(ids[0])
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+    return apply
+
+
+def _limit_hit(proc_rc: int, stderr: str, limits: Limits) -> str | None:
+    """Which limit a finished command ran into, from how it ended, or None."""
+    if proc_rc in (-signal.SIGXCPU, -signal.SIGKILL):
+        return f"CPU limit ({limits.cpu} s)"
+    if proc_rc == -signal.SIGXFSZ or os.strerror(errno.EFBIG) in stderr:
+        return f"file-size limit ({limits.file_size >> 20} MiB)"
+    out_of_memory = (os.strerror(errno.ENOMEM), "failed to allocate", "failed to map")
+    if proc_rc in (-signal.SIGABRT, -signal.SIGTRAP) or any(t in stderr for t in out_of_memory):
+        return f"memory limit ({limits.memory >> 20} MiB)"
+    return None
+
+
+def run_confined(
+    argv: Sequence[str | os.PathLike[str]],
+    *,
+    limits: Limits,
+    what: str,
+    pass_fds: Sequence[int] = (),
+    unprivileged: bool = True,
+    check: bool = True,
+) -> subprocess.CompletedProcess[bytes]:
+    """Run a command on an untrusted file under a wall-clock timeout and rlimits, and
+    (when we are root and ``unprivileged``) as ``nobody``: files it must read are
+    handed over as inherited descriptors (``/dev/fd/N``).
+
+    A limit hit is a LimitExceeded naming ``what`` (the file) and the limit; any other
+    failure a HostCommandError, as with run().
+    """
+    args = [os.fspath(a) for a in argv]
+    _check_guard(args)
+    ids = unprivileged_ids() if unprivileged else None
+    try:
+        proc = subprocess.Popen(
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            pass_fds=tuple(pass_fds),
+            preexec_fn=_confine(limits, ids),
+            start_new_session=True,  # its whole group is killed on a timeout
+            cwd="/",
+            close_fds=True,
+        )
+    except FileNotFoundError as exc:
+        raise MissingDependency(f"{args[0]} is not installed") from exc
+    try:
+        stdout, stderr = proc.communicate(timeout=limits.wall)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise LimitExceeded(
+            f"{os.path.basename(args[0])} on {what} ran past its time limit ({limits.wall:g} s)",
+            hint="the file may be crafted to stall the host; use another file",
+        ) from None
+    err = stderr.decode(errors="replace")
+    if proc.returncode != 0:
+        hit = _limit_hit(proc.returncode, err, limits)
+        if hit is not None:
+            raise LimitExceeded(
+                f"{os.path.basename(args[0])} on {what} ran past its {hit}",
+                hint="the file may be crafted to exhaust the host; use another file",
+            )
+        if check:
+            raise HostCommandError(args, proc.returncode, stdout.decode(errors="replace"), err)
+    return subprocess.CompletedProcess(args, proc.returncode, stdout, stderr)

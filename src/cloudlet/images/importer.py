@@ -16,18 +16,18 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from cloudlet.errors import Conflict, HostCommandError, InvalidInput, NotFound
-from cloudlet.host.qemu_binaries import qemu_img
-from cloudlet.host.run import run
+from cloudlet.images import untrusted
 from cloudlet.images.catalog import CatalogEntry, parse_checksum_file
 from cloudlet.images.download import ByteProgress, download, fetch_text
 from cloudlet.images.store import BUILTIN
 from cloudlet.spec.names import image_name, name_path
+from cloudlet.spec.units import format_size
+from cloudlet.storage.staging import LEGACY_IMAGE_STAGING, staging, sweep
 
 Progress = Callable[[str], None]
 
@@ -90,7 +90,7 @@ def sniff_format(path: Path) -> str | None:
     return None
 
 
-def check_magic(path: Path, declared_format: str) -> None:
+def check_magic(path: Path, declared_format: str, label: str | None = None) -> None:
     """Refuse a file whose leading bytes contradict the declared format.
 
     We never let qemu-img probe (a probe is what lets a "raw" file become a qcow2 with a
@@ -98,19 +98,20 @@ def check_magic(path: Path, declared_format: str) -> None:
     """
     fmt = _declared(declared_format)
     found = sniff_format(path)
+    name = label or path.name
     if fmt == "qcow2" and found != "qcow2":
         raise InvalidInput(
-            f"{path.name} is declared qcow2 but looks like {found or 'raw data'}",
+            f"{name} is declared qcow2 but looks like {found or 'raw data'}",
             hint="declare the format the file really has",
         )
     if fmt == "raw" and found not in (None, "iso"):
         raise InvalidInput(
-            f"{path.name} is declared raw but looks like {found}",
+            f"{name} is declared raw but looks like {found}",
             hint=f"declare it as {found} only if cloudlet supports it; else {_FLATTEN_HINT}",
         )
     if fmt == "iso" and found != "iso":
         raise InvalidInput(
-            f"{path.name} is declared iso but has no ISO9660 signature"
+            f"{name} is declared iso but has no ISO9660 signature"
             + (f" (it looks like {found})" if found else ""),
             hint="import disk images as qcow2 or raw; an ISO must be a CD image",
         )
@@ -178,26 +179,62 @@ def check_safe(info: dict[str, Any], declared_format: str) -> None:
 # ---------------------------------------------------------------- checks with qemu-img
 
 
-def inspect(path: Path, declared_format: str) -> dict[str, Any]:
-    """``qemu-img info`` with the declared format pinned, after the magic check; then check_safe.
+SIZE_CAP_HINT = "raise images.max_virtual_size in config.toml, or use a smaller image"
+
+
+def check_size(name: str, virtual_size: int, max_size: int | None) -> None:
+    """Refuse an image whose virtual size is over the host's cap (None: no cap)."""
+    if max_size is not None and virtual_size > max_size:
+        raise InvalidInput(
+            f"{name} has a virtual size of {format_size(virtual_size)}, over this host's "
+            f"cap of {format_size(max_size)}",
+            hint=SIZE_CAP_HINT,
+        )
+
+
+def check_clean(report: dict[str, Any], name: str) -> None:
+    """Refuse a ``qemu-img check`` report with any error, corruption or leak."""
+    found = {
+        key: report.get(key)
+        for key in ("check-errors", "corruptions", "leaks")
+        if report.get(key) not in (None, 0)
+    }
+    if found or report.get("corruptions-fixed") or report.get("leaks-fixed"):
+        what = ", ".join(f"{v} {k}" for k, v in found.items()) or "repairs"
+        raise InvalidInput(
+            f"{name} fails qemu-img check ({what})",
+            hint="use an intact image (on a trusted machine, 'qemu-img check -r all' on a copy)",
+        )
+
+
+def inspect(
+    path: Path, declared_format: str, *, max_size: int | None = None, label: str | None = None
+) -> dict[str, Any]:
+    """The magic check, then ``qemu-img info`` (format pinned, confined) and check_safe,
+    the size cap, and for qcow2 a clean ``qemu-img check``. Messages call the file
+    ``label`` (the user's name for it) rather than our copy's name.
 
     Returns the info dict of a file that passed every check.
     """
     fmt = _declared(declared_format)
-    # An absolute path: a name like "json:{...}" or "nbd:..." would be a QEMU protocol.
     path = path.absolute()
-    check_magic(path, fmt)
-    argv = [qemu_img(), "info", "-f", _qemu_format(fmt), "--output=json", str(path)]
+    name = label or path.name
+    check_magic(path, fmt, name)
     try:
-        out = run(argv).stdout
+        info = untrusted.info(path, _qemu_format(fmt), name)
     except HostCommandError as exc:
         tail = (exc.stderr or exc.stdout).strip().splitlines()
         raise InvalidInput(
-            f"{path.name} is not a valid {fmt} image: {tail[-1] if tail else 'qemu-img failed'}",
+            f"{name} is not a valid {fmt} image: {tail[-1] if tail else 'qemu-img failed'}",
             hint="check the file and the declared format",
-        ) from exc
-    info: dict[str, Any] = json.loads(out)
-    check_safe(info, fmt)
+        ) from None
+    try:
+        check_safe(info, fmt)
+    except InvalidInput as exc:
+        raise InvalidInput(f"{name}: {exc.message}", hint=exc.hint) from None
+    check_size(name, int(info["virtual-size"]), max_size)
+    if fmt == "qcow2":
+        check_clean(untrusted.check(path, "qcow2", name), name)
     return info
 
 
@@ -288,6 +325,7 @@ def import_image(
     cloud_init: bool = False,
     guest_agent: bool = False,
     source_url: str | None = None,
+    max_size: int | None = None,
 ) -> Path:
     """Check ``src`` and add it as image ``name``; returns the new version directory.
 
@@ -312,6 +350,7 @@ def import_image(
         },
         arch=arch,
         source_url=source_url,
+        max_size=max_size,
     )
 
 
@@ -325,8 +364,12 @@ def _import(
     meta: dict[str, Any],
     arch: str,
     source_url: str | None,
+    max_size: int | None,
 ) -> Path:
-    """import_image without the name rule (catalog names such as "ubuntu-24.04" pass)."""
+    """import_image without the name rule (catalog names such as "ubuntu-24.04" pass).
+
+    ``max_size`` caps the virtual size (None: no cap).
+    """
     fmt = _declared(declared_format)
     _refuse_existing(images_root, name)
     src = src.absolute()
@@ -334,30 +377,36 @@ def _import(
         raise NotFound(f"{src} does not exist", hint="check the path of the image file")
     if not src.is_file():
         raise InvalidInput(f"{src} is not a regular file", hint="import an image file")
+    if fmt != "qcow2":  # a raw file's size is its virtual size: refuse before copying
+        check_size(src.name, src.stat().st_size, max_size)
 
     def say(message: str) -> None:
         if progress:
             progress(message)
 
     images_root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".import-", dir=images_root))
-    try:
+    sweep(images_root, LEGACY_IMAGE_STAGING)  # what a killed import left behind
+    with staging(images_root) as work:
         say(f"copying {src.name}")
-        copy = staging / f"source.{fmt}"
+        copy = work / f"source.{fmt}"
         sha256 = _copy_and_hash(src, copy)
         say(f"checking {src.name} ({fmt})")
-        info = inspect(copy, fmt)
-        version = staging / sha256[:16]
+        info = inspect(copy, fmt, max_size=max_size, label=src.name)
+        version = work / sha256[:16]
         version.mkdir()
         if fmt == "iso":
             disk = version / "install.iso"
             copy.rename(disk)
         else:
             say(f"converting {src.name} to qcow2")
-            disk = version / "disk.qcow2"
-            run([qemu_img(), "convert", "-q", "-f", fmt, "-O", "qcow2", str(copy), str(disk)])
+            converted = work / "converted.qcow2"
+            untrusted.convert_to_qcow2(copy, fmt, converted, int(info["virtual-size"]), src.name)
             copy.unlink()
-            inspect(disk, "qcow2")  # what we made must pass the same checks
+            disk = version / "disk.qcow2"
+            _copy_and_hash(converted, disk)  # a file no confined process ever held
+            converted.unlink()
+            # what we made must pass the same checks
+            inspect(disk, "qcow2", max_size=max_size, label=f"{src.name} (converted)")
         _fsync(disk)
         source: dict[str, str] = {"url": source_url} if source_url else {"path": str(src)}
         record: dict[str, Any] = {
@@ -385,8 +434,6 @@ def _import(
         meta_path.chmod(0o644)
         say(f"adding image {name}")
         return _commit(images_root, name, version)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def pull(
@@ -398,6 +445,7 @@ def pull(
     name: str | None = None,
     status: Progress | None = None,
     timeout: float = 30,
+    max_size: int | None = None,
 ) -> Path:
     """Download a catalog image (checked against its project's checksum file) and import it.
 
@@ -439,4 +487,5 @@ def pull(
         },
         arch=entry.arch,
         source_url=entry.url,
+        max_size=max_size,
     )

@@ -46,8 +46,11 @@ class Qcow2Disks:
     def from_raw(self, raw: Path, dest: Path) -> None:
         qcow2.from_raw(raw, dest)
 
-    def inspect_import(self, path: Path) -> int:
-        """Refuse an imported qcow2 that reads other host files; its virtual size."""
+    def inspect_import(
+        self, path: Path, max_size: int | None = None, label: str | None = None
+    ) -> int:
+        """Refuse an imported qcow2 that reads other host files, fails its check or is
+        over ``max_size``; its virtual size."""
         from cloudlet.images.importer import inspect
 
-        return int(inspect(path, "qcow2")["virtual-size"])
+        return int(inspect(path, "qcow2", max_size=max_size, label=label)["virtual-size"])

@@ -1,0 +1,34 @@
+"""Recovery's share of staging: what a killed image import or VM import left behind.
+
+Image imports stage under the image store, VM imports stage volumes in the pool they go
+to; both name their work so storage/staging.py can tell it from anything else.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from sqlalchemy import select
+
+from cloudlet.storage.staging import LEGACY_IMAGE_STAGING, LEGACY_VOLUME_STAGING, sweep
+from cloudlet.store.models import PoolRow
+
+if TYPE_CHECKING:
+    from cloudlet.engine.engine import Engine
+
+
+def sweep_staging(engine: Engine) -> list[str]:
+    """Remove stale staging under the image store and every directory pool; notes."""
+    with engine.db.session() as s:
+        pools = s.scalars(select(PoolRow.path).where(PoolRow.kind == "dir")).all()
+    notes = []
+    places = [(engine.paths.images, LEGACY_IMAGE_STAGING)]
+    places += [(Path(p), LEGACY_VOLUME_STAGING) for p in pools]
+    for parent, legacy in places:
+        removed = sweep(parent, legacy)
+        if removed:
+            notes.append(
+                f"removed {len(removed)} staging file(s) of an interrupted import in {parent}"
+            )
+    return notes
