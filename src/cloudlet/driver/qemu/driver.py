@@ -33,6 +33,7 @@ from cloudlet.driver.qemu.argv import (
     nic_device,
     socket_paths,
     tap_netdev,
+    uses_passt,
 )
 from cloudlet.driver.qemu.runtime import read_record, write_record
 from cloudlet.errors import (
@@ -43,7 +44,7 @@ from cloudlet.errors import (
     Timeout,
     out_of_space,
 )
-from cloudlet.host import processes
+from cloudlet.host import passt, processes
 from cloudlet.host.qemu_binaries import qemu_binary, qemu_version
 from cloudlet.host.run import spawn
 
@@ -72,6 +73,17 @@ def _layer_node(path: Path) -> str:
     return "l" + hashlib.sha256(str(path).encode()).hexdigest()[:20]
 
 
+def _passt_forwards(config: LaunchConfig) -> list[passt.Forward]:
+    ssh = [passt.Forward("tcp", config.ssh_port, 22)] if config.ssh_port is not None else []
+    return ssh + [passt.Forward(f.proto, f.host_port, f.guest_port) for f in config.host_forwards]
+
+
+def _stop_helper(info: RuntimeInfo) -> None:
+    """The user-mode network's back end goes with its VM (it also quits by itself)."""
+    if info.net_helper_pid is not None:
+        passt.stop(info.net_helper_pid, info.net_helper_start or 0)
+
+
 class QemuDriver(Driver):
     """Runs each VM as a daemonized QEMU whose runtime record lives in ``run_root/<id>``."""
 
@@ -97,15 +109,31 @@ class QemuDriver(Driver):
         if run_dir.exists():
             shutil.rmtree(run_dir)
         run_dir.mkdir(mode=0o700, parents=True)
-        argv = build_argv(qemu_binary(config.arch), config)
-        sockets = socket_paths(config)
+        helper = None
         try:
-            pid = self._launch(argv, run_dir, Path(sockets["qmp"]))
+            if uses_passt(config):
+                helper = passt.start(_passt_forwards(config), run_dir / "passt.log")
+            net_fd = helper.qemu_end.fileno() if helper is not None else None
+            argv = build_argv(qemu_binary(config.arch), config, net_fd=net_fd)
+            sockets = socket_paths(config)
+            try:
+                fds = (net_fd,) if net_fd is not None else ()
+                pid = self._launch(argv, run_dir, Path(sockets["qmp"]), pass_fds=fds)
+            finally:
+                if helper is not None:
+                    helper.qemu_end.close()
+            if helper is not None and not processes.is_alive(helper.pid, helper.start):
+                processes.kill_and_wait(pid)
+                passt.raise_failed(run_dir / "passt.log")
         except BaseException:
+            if helper is not None:
+                passt.stop(helper.pid, helper.start)
             shutil.rmtree(run_dir, ignore_errors=True)
             raise
         pid_start = processes.start_time(pid)
         if pid_start is None:
+            if helper is not None:
+                passt.stop(helper.pid, helper.start)
             shutil.rmtree(run_dir, ignore_errors=True)
             raise CloudletError("QEMU exited right after it started", hint="see 'cloudlet logs'")
         info = RuntimeInfo(
@@ -120,11 +148,15 @@ class QemuDriver(Driver):
             serial_log=config.serial_log,
             started_at=time.time(),
             accel=config.accel,
+            net_helper_pid=helper.pid if helper is not None else None,
+            net_helper_start=helper.start if helper is not None else None,
         )
         write_record(run_dir, info)
         return info
 
-    def _launch(self, argv: list[str], run_dir: Path, qmp_socket: Path) -> int:
+    def _launch(
+        self, argv: list[str], run_dir: Path, qmp_socket: Path, pass_fds: tuple[int, ...] = ()
+    ) -> int:
         """Start QEMU in its own session (it outlives us) and wait for its monitor.
 
         QEMU is not asked to -daemonize: its fork would be refused by
@@ -132,7 +164,9 @@ class QemuDriver(Driver):
         """
         log_path = run_dir / "qemu.log"
         with open(log_path, "ab") as log:
-            proc = spawn(argv, stdout=log.fileno(), stderr=log.fileno(), detach=True)
+            proc = spawn(
+                argv, stdout=log.fileno(), stderr=log.fileno(), detach=True, pass_fds=pass_fds
+            )
         deadline = time.monotonic() + START_TIMEOUT
         while True:
             code = proc.poll()
@@ -201,17 +235,21 @@ class QemuDriver(Driver):
 
     def force_stop(self, instance_id: str) -> None:
         info = self.runtime(instance_id)
-        if info is None or not processes.is_alive(info.pid, info.pid_start):
+        if info is None:
             return
-        with contextlib.suppress(CloudletError):
-            qmp.execute(info.qmp_socket, "quit", timeout=3.0)
-        if not processes.wait_gone(info.pid, 5.0, info.pid_start):
-            processes.kill_and_wait(info.pid, info.pid_start)
+        if processes.is_alive(info.pid, info.pid_start):
+            with contextlib.suppress(CloudletError):
+                qmp.execute(info.qmp_socket, "quit", timeout=3.0)
+            if not processes.wait_gone(info.pid, 5.0, info.pid_start):
+                processes.kill_and_wait(info.pid, info.pid_start)
+        _stop_helper(info)
 
     def cleanup(self, instance_id: str) -> None:
         info = self.runtime(instance_id)
         if info is not None and processes.is_alive(info.pid, info.pid_start):
             raise Conflict("QEMU still runs; stop it before cleaning up")
+        if info is not None:
+            _stop_helper(info)
         shutil.rmtree(self._dir(instance_id), ignore_errors=True)
 
     def pause(self, instance_id: str) -> None:
@@ -497,6 +535,10 @@ class QemuDriver(Driver):
         text = str(answer or "").strip()
         if text and not (ok and text.endswith(ok)):
             raise qmp.MonitorError(f"QEMU refused {command.split()[0]}: {str(answer).strip()}")
+
+    def live_host_forwards(self, instance_id: str) -> bool:
+        info = self._require(instance_id)
+        return info.net_helper_pid is None  # passt binds its forwards only when it starts
 
     def add_host_forward(self, instance_id: str, forward: HostForward) -> None:
         info = self._require(instance_id)
