@@ -52,9 +52,14 @@ def argv(binary: str, fd: int, forwards: Sequence[Forward]) -> list[str]:
         "--dns-forward", DNS_ALIAS,
     ]  # fmt: skip
     for proto in ("tcp", "udp"):
-        mine = [f for f in forwards if f.proto == proto]
-        specs = [f"127.0.0.1/{int(f.host_port)}:{int(f.guest_port)}" for f in mine]
-        args += [f"--{proto}-ports", ",".join(specs) if specs else "none"]
+        # one option per forward: an address applies to a whole list of ports
+        specs = [
+            f"127.0.0.1/{int(f.host_port)}:{int(f.guest_port)}"
+            for f in forwards
+            if f.proto == proto
+        ]
+        for spec in specs or ["none"]:
+            args += [f"--{proto}-ports", spec]
     return args
 
 
