@@ -24,6 +24,7 @@ __all__ = ["netns"]  # the fixture
 
 OPEN = {"CLOUDLET_FORCE_RESTRICT_NETWORK": "0"}  # safe: the namespace has no way out
 OUTSIDE = "10.98.0.1"
+NAMED = "10.98.0.7"  # what the namespace's resolver says probe.test is
 HTTPD = "mkdir -p /tmp/www && echo hello > /tmp/www/index.html && httpd -p 80 -h /tmp/www"
 PROBE = (
     "import socket, sys; s = socket.create_connection(('127.0.0.1', int(sys.argv[1])), 5); "
@@ -56,6 +57,32 @@ def world(netns: Netns, tmp_path: Path) -> Iterator[Netns]:
                 stderr=subprocess.DEVNULL,
             )
         )
+    # the namespace's resolver (ip netns exec shows it as /etc/resolv.conf): a dnsmasq on
+    # the outside address that knows one name
+    resolv = Path("/etc/netns") / ns.name / "resolv.conf"
+    resolv.parent.mkdir(parents=True)
+    resolv.write_text(f"nameserver {OUTSIDE}\n")
+    servers.append(
+        subprocess.Popen(
+            [
+                "ip",
+                "netns",
+                "exec",
+                ns.name,
+                "dnsmasq",
+                "--keep-in-foreground",
+                "--no-resolv",
+                "--no-hosts",
+                "--conf-file=/dev/null",
+                "--bind-interfaces",
+                f"--listen-address={OUTSIDE}",
+                f"--address=/probe.test/{NAMED}",
+                f"--pid-file={tmp_path / 'dns.pid'}",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    )
     try:
         # the loopback server is there for the host itself: the probe below is fair
         wait_for(
@@ -65,6 +92,8 @@ def world(netns: Netns, tmp_path: Path) -> Iterator[Netns]:
     finally:
         for server in servers:
             processes.kill_and_wait(server.pid)
+        resolv.unlink()
+        resolv.parent.rmdir()
 
 
 def fetch(ns: Netns, vm: str, url: str) -> str:
@@ -81,6 +110,11 @@ def test_default_network_reaches_out_but_not_the_host_loopback(world: Netns) -> 
 
     # outbound works (to the namespace's outside address) ...
     wait_for(lambda: "outside-page" in fetch(ns, "vm1", f"http://{OUTSIDE}:18081/"), 60, "out")
+    # ... and so does DNS through slirp's 10.0.2.3 (passt forwards it to the host's
+    # resolver; the one DHCP names directly is here a local address, which passt's UDP
+    # does not answer from: outside a test it is another machine)
+    answer = ns.exec("vm1", "nslookup probe.test 10.0.2.3", check=False)
+    assert f"Address: {NAMED}" in answer, answer
     # ... the gateway is not the host's loopback, nor is any other way to it
     for url in ("http://10.0.2.2:18080/", "http://10.99.0.2:18080/", "http://10.99.0.1:18080/"):
         got = fetch(ns, "vm1", url)
