@@ -10,10 +10,11 @@ export DEBIAN_FRONTEND=noninteractive
 # build images from Debian packages; openssh-client: `cloudlet ssh`; cpio: tests read
 # the initramfs back with GNU cpio; dnsmasq-base, nftables, iproute2: virtual networks
 # (dnsmasq without its system service, one per network); lvm2, thin-provisioning-tools:
-# LVM pools with thin volumes
+# LVM pools with thin volumes; passt: the default user-mode NAT without a way from
+# the guest to the host's loopback services (QEMU 7.2's slirp maps its gateway there)
 packages="qemu-system-x86 qemu-system-arm qemu-utils python3 python3-venv e2fsprogs gzip
  ca-certificates mmdebstrap openssh-client cpio dnsmasq-base nftables iproute2
- lvm2 thin-provisioning-tools"
+ lvm2 thin-provisioning-tools passt"
 missing=""
 for p in $packages; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

@@ -40,12 +40,13 @@ class Netns:
         return proc
 
     def run(
-        self, *args: str, check: bool = True, timeout: float = 300
+        self, *args: str, check: bool = True, timeout: float = 300, **env: str
     ) -> subprocess.CompletedProcess[str]:
         """The real CLI, inside the namespace, on this test's state directory."""
         proc = subprocess.run(
             ["ip", "netns", "exec", self.name, sys.executable, "-m", "cloudlet", *args],
-            env=cli.env_for(self.home), capture_output=True, text=True, timeout=timeout,
+            env={**cli.env_for(self.home), **env}, capture_output=True, text=True,
+            timeout=timeout,
             stdin=subprocess.DEVNULL,
         )  # fmt: skip
         if check and proc.returncode != 0:

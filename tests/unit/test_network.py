@@ -12,7 +12,7 @@ from cloudlet.driver.fake.driver import FakeDriver
 from cloudlet.engine.engine import CreateRequest, Engine
 from cloudlet.engine.network_ops import NetworkOps, split_networks
 from cloudlet.engine.storage_ops import StorageOps
-from cloudlet.errors import Conflict, InvalidInput, NotFound
+from cloudlet.errors import Conflict, InvalidInput, MissingDependency, NotFound
 from cloudlet.network import NeedsRoot, bridge, dnsmasq, links, nft, tap
 from cloudlet.spec.network import (
     FirewallRule,
@@ -86,6 +86,98 @@ def test_ruleset_refuses_names_that_could_inject() -> None:
         nft.ruleset(NETS, [bad])
     with pytest.raises(ValueError):
         nft.ruleset(NETS, [nft.NicPlan("x", "backend", "clt-a", "52:54 drop", "10.80.1.10")])
+
+
+def _chain(text: str, table: str, chain: str) -> list[str]:
+    body = text.split(f"table {table} cloudlet {{")[1].split(f"  chain {chain} {{\n")[1]
+    return [line.strip() for line in body.split("\n  }\n")[0].splitlines()]
+
+
+def test_ruleset_isolation_drops_come_before_any_dnat_accept() -> None:
+    fwd = _chain(nft.ruleset(NETS, [WEB]), "inet", "forward")
+    dnat = fwd.index("ct status dnat accept")
+    isolation = [i for i, line in enumerate(fwd) if line.startswith('iifname "clb-')]
+    # lab -> backend, lab -> dmz, backend -> lab, dmz -> lab, lab and dmz -> outside
+    assert len(isolation) == 6
+    assert max(isolation) < dnat, fwd
+    # what comes from outside reaches a bridge only as a port forward
+    assert fwd[dnat + 1].startswith("iifname != {") and fwd[dnat + 1].endswith("drop")
+    assert not [
+        line for line in fwd[:dnat] if line.endswith("accept") and "established" not in line
+    ]
+
+
+def test_ruleset_covers_ipv6() -> None:
+    text = nft.ruleset(NETS, [WEB])
+    bridges = '{ "clb-backend", "clb-dmz", "clb-lab" }'
+    fwd = _chain(text, "inet", "forward")
+    assert fwd[1:3] == [
+        f"meta nfproto ipv6 iifname {bridges} drop",
+        f"meta nfproto ipv6 oifname {bridges} drop",
+    ]
+    inp = _chain(text, "inet", "input")
+    assert inp[1:3] == [f"iifname != {bridges} accept", "meta nfproto ipv6 drop"]
+    br = _chain(text, "bridge", "prerouting")
+    # every guest frame that is not IPv4 or ARP (IPv6, VLAN-tagged) goes before the
+    # per-TAP rules, which only know IPv4
+    allow = br.index('iifname "clt-*" ether type != { ip, arp } drop')
+    assert allow < min(i for i, line in enumerate(br) if "clt-abcdef121" in line)
+
+
+def test_ruleset_guests_cannot_serve_dhcp_advertise_routes_or_spoof_arp() -> None:
+    br = _chain(nft.ruleset(NETS, [WEB]), "bridge", "prerouting")
+    assert br[1:4] == [
+        'iifname "clt-*" udp sport 67 drop',
+        'iifname "clt-*" udp sport 547 drop',
+        'iifname "clt-*" icmpv6 type nd-router-advert drop',
+    ]
+    assert 'iifname "clt-abcdef121" ether type arp arp saddr ether != 52:54:00:aa:bb:cc drop' in br
+    # the guards hold with no VM at all (a TAP made before its rules)
+    assert 'iifname "clt-*" udp sport 67 drop' in nft.ruleset(NETS, [])
+
+
+def _fake_proc(
+    tmp: Path, mp: pytest.MonkeyPatch, *, module_loads: bool
+) -> tuple[Path, list[list[str]]]:
+    proc = tmp / "proc"
+    (proc / "ipv4").mkdir(parents=True)
+    (proc / "ipv4/ip_forward").write_text("0\n")
+    calls: list[list[str]] = []
+
+    def fake_run(argv: list[str], **_: object) -> None:
+        calls.append([Path(argv[0]).name, *argv[1:]])
+        if module_loads:
+            (proc / "bridge").mkdir()
+            for name in ("bridge-nf-call-iptables", "bridge-nf-call-ip6tables"):
+                (proc / "bridge" / name).write_text("0\n")
+
+    mp.setattr(links, "_PROC", proc)
+    mp.setattr(links, "run", fake_run)
+    mp.setattr(links, "which_sbin", lambda program, hint: f"/sbin/{program}")
+    return proc, calls
+
+
+def test_br_netfilter_is_loaded_when_missing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    proc, calls = _fake_proc(tmp_path, monkeypatch, module_loads=True)
+    links.enable_forwarding()
+    assert calls == [["modprobe", "br_netfilter"]]
+    assert (proc / "ipv4/ip_forward").read_text() == "1\n"
+    assert (proc / "bridge/bridge-nf-call-iptables").read_text() == "1\n"
+    assert (proc / "bridge/bridge-nf-call-ip6tables").read_text() == "1\n"
+    links.enable_forwarding()  # loaded now: no second modprobe
+    assert len(calls) == 1
+
+
+def test_br_netfilter_that_cannot_load_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _fake_proc(tmp_path, monkeypatch, module_loads=False)
+    with pytest.raises(MissingDependency) as caught:
+        links.enable_forwarding()
+    assert "br_netfilter" in str(caught.value) and "\n" not in str(caught.value)
+    assert caught.value.exit_code == 10 and "modprobe br_netfilter" in str(caught.value.hint)
 
 
 # ---------------------------------------------------------------- dnsmasq builder

@@ -193,6 +193,9 @@ class RuntimeInfo:
     serial_log: Path
     started_at: float
     accel: str
+    # The user-mode network's back end (passt), a process of its own: stopped with the VM.
+    net_helper_pid: int | None = None
+    net_helper_start: int | None = None
 
 
 @dataclass(frozen=True)
@@ -337,6 +340,10 @@ class Driver(abc.ABC):
     @abc.abstractmethod
     def remove_host_forward(self, instance_id: str, forward: HostForward) -> None:
         """Remove a user-mode NAT port forward from the running VM."""
+
+    def live_host_forwards(self, instance_id: str) -> bool:
+        """Whether the running VM's user-mode NAT takes forwards now (else: at next start)."""
+        return True
 
     # ---------------------------------------------------------------- backups (live)
     @abc.abstractmethod

@@ -709,6 +709,8 @@ class NetworkOps:
             new = spec.network.model_copy(update={"ports": (*spec.network.ports, forward)})
             changed = spec.model_copy(update={"network": new})
             live = row.state in _ONLINE
+            # passt (the default user-mode NAT) binds forwards only when the VM starts
+            live = live and (target != "nat" or self.e.driver.live_host_forwards(row.id))
             with self.e._operation(row, "port-add") as op_id:
                 self._save_spec(row.id, changed)
                 try:
@@ -763,10 +765,14 @@ class NetworkOps:
             new = spec.network.model_copy(
                 update={"ports": tuple(p for p in spec.network.ports if p != forward)}
             )
+            kept = ""
             with self.e._operation(row, "port-remove") as op_id:
                 self._save_spec(row.id, spec.model_copy(update={"network": new}))
                 if forward.network == "nat":
-                    if row.state in _ONLINE:
+                    online = row.state in _ONLINE
+                    if online and not self.e.driver.live_host_forwards(row.id):
+                        kept = " (the running VM keeps it until its next start)"
+                    elif online:
                         self.e.driver.remove_host_forward(
                             row.id,
                             HostForward(forward.proto, forward.host_port, forward.guest_port),
@@ -775,7 +781,7 @@ class NetworkOps:
                     with self._network_lock():
                         self.sync()
                 self.e._event(vm, "port-removed", forward.describe(), op_id)
-        return f"{vm}: port forward {port}/{proto} removed"
+        return f"{vm}: port forward {port}/{proto} removed{kept}"
 
     # ------------------------------------------------------------ firewall
     def _groups(self) -> dict[str, FirewallGroup]:

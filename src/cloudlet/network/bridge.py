@@ -14,6 +14,7 @@ def ensure(name: str, gateway: ipaddress.IPv4Interface) -> bool:
     if not links.exists(name):
         run([links.ip(), "link", "add", "name", name, "type", "bridge"])
         made = True
+    links.disable_ipv6(name)
     run([links.ip(), "addr", "replace", str(gateway), "dev", name])
     run([links.ip(), "link", "set", "dev", name, "up"])
     links.enable_forwarding()

@@ -5,12 +5,17 @@
 added one by one). Every value in the text was validated before (ipaddress objects,
 ints, names matching the link-name rules), so nothing can inject a statement.
 
-- inet forward: replies pass; port forwards (DNAT) pass; networks are isolated from
-  each other unless routed; only ``nat`` networks reach beyond the host (masqueraded);
-  then each VM's own inbound rules, matched by its fixed address (bridged traffic
-  between VMs on one bridge passes here too: br_netfilter). Default: drop.
+- inet forward: replies pass; then the isolation drops (networks are isolated from
+  each other unless routed; only ``nat`` networks reach beyond the host, masqueraded),
+  and only then port forwards (DNAT) pass: a forward's DNAT must not carry a VM of an
+  isolated network into another network through its gateway. Then each VM's own
+  inbound rules, matched by its fixed address (bridged traffic between VMs on one
+  bridge passes here too: br_netfilter). Default: drop.
 - inet input: from a bridge, only DHCP, DNS and ping reach the host.
-- bridge prerouting: a NIC may only send with its own MAC and address (no spoofing).
+- IPv6 is off on cloudlet's networks (like the addresses, the policy is IPv4 only):
+  no IPv6 to or from a bridge in the inet chains, and no IPv6 frame from a guest.
+- bridge prerouting: a NIC may only send IPv4 and ARP, with its own MAC and address (no
+  spoofing, no VLAN tags), and no guest may answer DHCP or advertise itself as a router.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cloudlet.host.run import run, which_sbin
+from cloudlet.network import TAP_PREFIX
 from cloudlet.spec.network import FirewallRule, PortForward
 
 TABLE = "cloudlet"
@@ -100,6 +106,7 @@ def ruleset(nets: list[NetPlan], nics: list[NicPlan]) -> str:
         "  chain input {",
         "    type filter hook input priority 0; policy accept;",
         f"    iifname != {bridges} accept",
+        "    meta nfproto ipv6 drop",
         "    ct state established,related accept",
         "    udp dport { 53, 67 } accept",
         "    tcp dport 53 accept",
@@ -112,10 +119,12 @@ def ruleset(nets: list[NetPlan], nics: list[NicPlan]) -> str:
     fwd = [
         "  chain forward {",
         "    type filter hook forward priority 0; policy accept;",
+        f"    meta nfproto ipv6 iifname {bridges} drop",
+        f"    meta nfproto ipv6 oifname {bridges} drop",
         "    ct state established,related accept",
         "    ct state invalid drop",
-        "    ct status dnat accept",
     ]
+    # Isolation first: nothing below (a DNAT accept above all) may open a way around it.
     pairs = routed_pairs(nets)
     for a in nets:
         for b in nets:
@@ -124,6 +133,7 @@ def ruleset(nets: list[NetPlan], nics: list[NicPlan]) -> str:
     for net in nets:
         if net.mode != "nat":  # isolated and routed networks have no way beyond the host
             fwd.append(f"    iifname {_name(net.bridge)} oifname != {bridges} drop")
+    fwd.append("    ct status dnat accept")
     fwd.append(f"    iifname != {bridges} oifname {bridges} drop")
     by_vm = sorted(nics, key=lambda n: n.tap)
     if by_vm:
@@ -162,11 +172,17 @@ def ruleset(nets: list[NetPlan], nics: list[NicPlan]) -> str:
             )
     inet += ["  }", "}"]
 
-    # ---- bridge: anti-spoofing on each TAP
+    # ---- bridge: what any guest may send at all, then anti-spoofing on each TAP
+    taps = f'"{TAP_PREFIX}*"'
     br = [
         f"table bridge {TABLE} {{",
         "  chain prerouting {",
         "    type filter hook prerouting priority 0; policy accept;",
+        f"    iifname {taps} udp sport 67 drop",  # a guest's DHCP offer or ack
+        f"    iifname {taps} udp sport 547 drop",  # a guest's DHCPv6 advertise or reply
+        f"    iifname {taps} icmpv6 type nd-router-advert drop",
+        # IPv4 and ARP only: no IPv6 (around the IPv4 rules), no VLAN tags (around all)
+        f"    iifname {taps} ether type != {{ ip, arp }} drop",
     ]
     for nic in by_vm:
         if not _MAC.match(nic.mac):
@@ -177,6 +193,7 @@ def ruleset(nets: list[NetPlan], nics: list[NicPlan]) -> str:
             f"    iifname {tap} ether saddr != {nic.mac} drop",
             f"    iifname {tap} ether type ip ip saddr != {{ 0.0.0.0, {ip} }} drop",
             f"    iifname {tap} ether type arp arp saddr ip != {{ 0.0.0.0, {ip} }} drop",
+            f"    iifname {tap} ether type arp arp saddr ether != {nic.mac} drop",
         ]
     br += ["  }", "}"]
     return "\n".join(lines + inet + br) + "\n"

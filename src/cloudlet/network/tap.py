@@ -16,6 +16,7 @@ def ensure(name: str, bridge: str) -> bool:
     if not links.exists(name):
         run([links.ip(), "tuntap", "add", "dev", name, "mode", "tap"])
         made = True
+    links.disable_ipv6(name)
     run([links.ip(), "link", "set", "dev", name, "master", bridge, "up"])
     return made
 

@@ -189,13 +189,22 @@ def _nic_model(config: LaunchConfig) -> str:
     return "e1000" if _legacy(config) else "virtio-net-pci"
 
 
-def _netdev(config: LaunchConfig) -> list[str]:
+def uses_passt(config: LaunchConfig) -> bool:
+    """The default user-mode NAT runs on passt (no way to the host's loopback); a
+    restricted one stays on QEMU's slirp, which with restrict=on lets nothing out."""
+    return config.network_mode == "nat" and not config.network_restrict
+
+
+def _netdev(config: LaunchConfig, net_fd: int | None) -> list[str]:
     if config.network_mode == "none":
         return []
-    opts = ["user", "id=net0", f"restrict={'on' if config.network_restrict else 'off'}"]
-    if config.ssh_port is not None:
-        opts.append(f"hostfwd=tcp:127.0.0.1:{config.ssh_port}-:22")
-    opts += [f"hostfwd={host_forward_rule(f)}" for f in config.host_forwards]
+    if net_fd is not None:  # passt, on an inherited socket
+        opts = ["stream", "id=net0", "server=off", "addr.type=fd", f"addr.str={int(net_fd)}"]
+    else:
+        opts = ["user", "id=net0", f"restrict={'on' if config.network_restrict else 'off'}"]
+        if config.ssh_port is not None:
+            opts.append(f"hostfwd=tcp:127.0.0.1:{config.ssh_port}-:22")
+        opts += [f"hostfwd={host_forward_rule(f)}" for f in config.host_forwards]
     model = _nic_model(config)
     return [
         "-netdev", ",".join(opts),
@@ -296,8 +305,11 @@ def _serial_logfile(config: LaunchConfig) -> str:
     return f"/dev/fdset/{SERIAL_LOG_FDSET}"
 
 
-def build_argv(qemu: str, config: LaunchConfig) -> list[str]:
-    """The full QEMU argv for a VM, with QMP, console and agent sockets."""
+def build_argv(qemu: str, config: LaunchConfig, *, net_fd: int | None = None) -> list[str]:
+    """The full QEMU argv for a VM, with QMP, console and agent sockets.
+
+    ``net_fd``: QEMU's inherited end of the user-mode network's socket (passt).
+    """
     sockets = socket_paths(config)
     # Old guests have no virtio drivers for entropy; the agent port stays virtio-serial.
     rng = [] if _legacy(config) else ["-device", "virtio-rng-pci,id=rng0"]
@@ -325,7 +337,7 @@ def build_argv(qemu: str, config: LaunchConfig) -> list[str]:
         *_shares(config),
         *_disks(config),
         *rng,
-        *_netdev(config),
+        *_netdev(config, net_fd),
         *_hotplug_ports(config),
         *_tap_nics(config),
         *_extra_disks(config),

@@ -34,6 +34,7 @@ from cloudlet.driver.qemu.argv import (
     nic_device,
     socket_paths,
     tap_netdev,
+    uses_passt,
 )
 from cloudlet.driver.qemu.runtime import read_record, write_record
 from cloudlet.errors import (
@@ -44,7 +45,7 @@ from cloudlet.errors import (
     Timeout,
     out_of_space,
 )
-from cloudlet.host import processes
+from cloudlet.host import passt, processes
 from cloudlet.host.qemu_binaries import qemu_binary, qemu_version
 from cloudlet.host.run import spawn
 
@@ -77,6 +78,17 @@ def _layer_node(path: Path) -> str:
 SERIAL_PUMP_PID = "serial-pump.pid"
 
 
+def _passt_forwards(config: LaunchConfig) -> list[passt.Forward]:
+    ssh = [passt.Forward("tcp", config.ssh_port, 22)] if config.ssh_port is not None else []
+    return ssh + [passt.Forward(f.proto, f.host_port, f.guest_port) for f in config.host_forwards]
+
+
+def _stop_helper(info: RuntimeInfo) -> None:
+    """The user-mode network's back end goes with its VM (it also quits by itself)."""
+    if info.net_helper_pid is not None:
+        passt.stop(info.net_helper_pid, info.net_helper_start or 0)
+
+
 class QemuDriver(Driver):
     """Runs each VM as a daemonized QEMU whose runtime record lives in ``run_root/<id>``."""
 
@@ -103,23 +115,39 @@ class QemuDriver(Driver):
             shutil.rmtree(run_dir)
         run_dir.mkdir(mode=0o700, parents=True)
         sockets = socket_paths(config)
+        helper = None
         try:
+            if uses_passt(config):
+                helper = passt.start(_passt_forwards(config), run_dir / "passt.log")
+            net_fd = helper.qemu_end.fileno() if helper is not None else None
             # The serial log goes through a pump that caps it; QEMU holds the only write end.
             log_fd = serial_pump.start(
                 config.serial_log, config.serial_log_max, run_dir / SERIAL_PUMP_PID
             )
             try:
                 argv = build_argv(
-                    qemu_binary(config.arch), dataclasses.replace(config, serial_log_fd=log_fd)
+                    qemu_binary(config.arch),
+                    dataclasses.replace(config, serial_log_fd=log_fd),
+                    net_fd=net_fd,
                 )
-                pid = self._launch(argv, run_dir, Path(sockets["qmp"]), (log_fd,))
+                fds = (log_fd,) if net_fd is None else (log_fd, net_fd)
+                pid = self._launch(argv, run_dir, Path(sockets["qmp"]), fds)
             finally:
                 os.close(log_fd)
+                if helper is not None:
+                    helper.qemu_end.close()
+            if helper is not None and not processes.is_alive(helper.pid, helper.start):
+                processes.kill_and_wait(pid)
+                passt.raise_failed(run_dir / "passt.log")
         except BaseException:
+            if helper is not None:
+                passt.stop(helper.pid, helper.start)
             shutil.rmtree(run_dir, ignore_errors=True)
             raise
         pid_start = processes.start_time(pid)
         if pid_start is None:
+            if helper is not None:
+                passt.stop(helper.pid, helper.start)
             shutil.rmtree(run_dir, ignore_errors=True)
             raise CloudletError("QEMU exited right after it started", hint="see 'cloudlet logs'")
         info = RuntimeInfo(
@@ -134,6 +162,8 @@ class QemuDriver(Driver):
             serial_log=config.serial_log,
             started_at=time.time(),
             accel=config.accel,
+            net_helper_pid=helper.pid if helper is not None else None,
+            net_helper_start=helper.start if helper is not None else None,
         )
         write_record(run_dir, info)
         return info
@@ -219,18 +249,22 @@ class QemuDriver(Driver):
 
     def force_stop(self, instance_id: str) -> None:
         info = self.runtime(instance_id)
-        if info is None or not processes.is_alive(info.pid, info.pid_start):
+        if info is None:
             return
-        with contextlib.suppress(CloudletError):
-            qmp.execute(info.qmp_socket, "quit", timeout=3.0)
-        if not processes.wait_gone(info.pid, 5.0, info.pid_start):
-            processes.kill_and_wait(info.pid, info.pid_start)
+        if processes.is_alive(info.pid, info.pid_start):
+            with contextlib.suppress(CloudletError):
+                qmp.execute(info.qmp_socket, "quit", timeout=3.0)
+            if not processes.wait_gone(info.pid, 5.0, info.pid_start):
+                processes.kill_and_wait(info.pid, info.pid_start)
+        _stop_helper(info)
 
     def cleanup(self, instance_id: str) -> None:
         info = self.runtime(instance_id)
         if info is not None and processes.is_alive(info.pid, info.pid_start):
             raise Conflict("QEMU still runs; stop it before cleaning up")
         serial_pump.finish(self._dir(instance_id) / SERIAL_PUMP_PID)
+        if info is not None:
+            _stop_helper(info)
         shutil.rmtree(self._dir(instance_id), ignore_errors=True)
 
     def pause(self, instance_id: str) -> None:
@@ -517,6 +551,10 @@ class QemuDriver(Driver):
         text = str(answer or "").strip()
         if text and not (ok and text.endswith(ok)):
             raise qmp.MonitorError(f"QEMU refused {command.split()[0]}: {str(answer).strip()}")
+
+    def live_host_forwards(self, instance_id: str) -> bool:
+        info = self._require(instance_id)
+        return info.net_helper_pid is None  # passt binds its forwards only when it starts
 
     def add_host_forward(self, instance_id: str, forward: HostForward) -> None:
         info = self._require(instance_id)
