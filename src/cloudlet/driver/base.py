@@ -46,6 +46,8 @@ class TapNic:
     tap: str
     mac: str
     slot: int | None = None
+    # An open fd on the TAP, passed to a QEMU that may not open /dev/net/tun itself.
+    fd: int | None = None
 
     @property
     def device_id(self) -> str:
@@ -221,6 +223,14 @@ class Driver(abc.ABC):
     """How the engine tells a hypervisor what to do. Implementations: qemu, fake."""
 
     name: str = "abstract"
+
+    def process_user(self) -> str:
+        """Who the hypervisor's processes run as (``cloudlet host`` shows it)."""
+        return "the user running cloudlet"
+
+    def take_notices(self) -> list[str]:
+        """Warnings from the last calls a user should hear (e.g. QEMU kept as root)."""
+        return []
 
     @abc.abstractmethod
     def start(self, config: LaunchConfig) -> RuntimeInfo:

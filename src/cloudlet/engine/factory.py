@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 from cloudlet.config import Settings
+from cloudlet.driver.qemu.confine import Confinement
 from cloudlet.driver.qemu.driver import QemuDriver
 from cloudlet.engine.deps import EngineDeps
 from cloudlet.engine.engine import Engine
@@ -29,13 +31,32 @@ def accel_for(settings: Settings, images: ImageStore) -> Callable[[Image], Accel
     return decide
 
 
+def tighten(settings: Settings) -> None:
+    """State made before files were private: the directories others could enter and
+    the database become root's alone (the QEMU group gets in where it needs, at start)."""
+    home = settings.paths.home
+    for directory in (home, settings.backup_store, home / "pools"):
+        if directory.is_dir() and not directory.is_symlink():
+            directory.chmod(directory.stat().st_mode & 0o7750)
+    for name in ("images", "instances", "locks", "cache", "host", "backups"):
+        path = home / name
+        if path.is_dir() and not path.is_symlink():
+            path.chmod(path.stat().st_mode & 0o7750)
+    for path in home.glob(settings.paths.database.name + "*"):
+        if path.is_file():
+            path.chmod(0o600)
+
+
 def open_engine(settings: Settings | None = None, *, recover: bool = True) -> Engine:
     """The engine every frontend uses; finishes interrupted operations on open."""
     settings = settings or Settings.load()
+    # Nothing cloudlet writes (database, disks, backups, logs, keys) is for other users.
+    os.umask(0o077)
     settings.paths.ensure()
+    tighten(settings)
     images = ImageStore(settings.paths.images, settings.paths.cache / "debs")
     deps = EngineDeps(
-        driver=QemuDriver(settings.paths.run),
+        driver=QemuDriver(settings.paths.run, Confinement(settings.paths.home, settings.paths.run)),
         images=images,
         disks=Qcow2Disks(),
         accel=accel_for(settings, images),

@@ -34,6 +34,7 @@ from cloudlet.driver.qemu.argv import (
     socket_paths,
     tap_netdev,
 )
+from cloudlet.driver.qemu.confine import Confinement, Launch, open_tap
 from cloudlet.driver.qemu.runtime import read_record, write_record
 from cloudlet.errors import (
     CloudletError,
@@ -44,8 +45,9 @@ from cloudlet.errors import (
     out_of_space,
 )
 from cloudlet.host import processes
+from cloudlet.host.ownership import share_dir
 from cloudlet.host.qemu_binaries import qemu_binary, qemu_version
-from cloudlet.host.run import spawn
+from cloudlet.host.run import Credentials, spawn
 
 START_TIMEOUT = 60.0
 _FAILED_STATES = {"internal-error", "guest-panicked", "io-error"}
@@ -77,8 +79,20 @@ class QemuDriver(Driver):
 
     name = "qemu"
 
-    def __init__(self, run_root: Path) -> None:
+    def __init__(self, run_root: Path, confinement: Confinement | None = None) -> None:
         self.run_root = run_root
+        # Per-VM QEMU users; None: QEMU runs as whoever runs cloudlet.
+        self.confinement = confinement
+        self.notices: list[str] = []
+
+    def process_user(self) -> str:
+        if self.confinement is None:
+            return "the user running cloudlet"
+        return self.confinement.mode.describe()
+
+    def take_notices(self) -> list[str]:
+        taken, self.notices = self.notices, []
+        return taken
 
     def _dir(self, instance_id: str) -> Path:
         return self.run_root / instance_id
@@ -97,13 +111,22 @@ class QemuDriver(Driver):
         if run_dir.exists():
             shutil.rmtree(run_dir)
         run_dir.mkdir(mode=0o700, parents=True)
-        argv = build_argv(qemu_binary(config.arch), config)
-        sockets = socket_paths(config)
+        launch = Launch(config, None)
         try:
-            pid = self._launch(argv, run_dir, Path(sockets["qmp"]))
+            if self.confinement is not None:
+                launch, why_root = self.confinement.prepare(config)
+                if why_root and os.geteuid() == 0:
+                    self.notices.append(f"QEMU runs as root: {why_root}")
+            argv = build_argv(qemu_binary(config.arch), launch.config)
+            sockets = socket_paths(config)
+            pid = self._launch(argv, run_dir, Path(sockets["qmp"]), launch)
         except BaseException:
             shutil.rmtree(run_dir, ignore_errors=True)
+            if self.confinement is not None:
+                self.confinement.book(config.instance_id).take_back_all()
             raise
+        finally:
+            launch.close_fds()
         pid_start = processes.start_time(pid)
         if pid_start is None:
             shutil.rmtree(run_dir, ignore_errors=True)
@@ -124,7 +147,7 @@ class QemuDriver(Driver):
         write_record(run_dir, info)
         return info
 
-    def _launch(self, argv: list[str], run_dir: Path, qmp_socket: Path) -> int:
+    def _launch(self, argv: list[str], run_dir: Path, qmp_socket: Path, launch: Launch) -> int:
         """Start QEMU in its own session (it outlives us) and wait for its monitor.
 
         QEMU is not asked to -daemonize: its fork would be refused by
@@ -132,7 +155,14 @@ class QemuDriver(Driver):
         """
         log_path = run_dir / "qemu.log"
         with open(log_path, "ab") as log:
-            proc = spawn(argv, stdout=log.fileno(), stderr=log.fileno(), detach=True)
+            proc = spawn(
+                argv,
+                stdout=log.fileno(),
+                stderr=log.fileno(),
+                detach=True,
+                pass_fds=launch.fds,
+                credentials=launch.credentials,
+            )
         deadline = time.monotonic() + START_TIMEOUT
         while True:
             code = proc.poll()
@@ -213,6 +243,8 @@ class QemuDriver(Driver):
         if info is not None and processes.is_alive(info.pid, info.pid_start):
             raise Conflict("QEMU still runs; stop it before cleaning up")
         shutil.rmtree(self._dir(instance_id), ignore_errors=True)
+        if self.confinement is not None:
+            self.confinement.book(instance_id).take_back_all()
 
     def pause(self, instance_id: str) -> None:
         qmp.execute(self._require(instance_id).qmp_socket, "stop")
@@ -288,13 +320,30 @@ class QemuDriver(Driver):
     def attach_disk(self, instance_id: str, disk: ExtraDisk) -> None:
         info = self._require(instance_id)
         ports = self._hotplug_ports(info)
-        qmp.execute(info.qmp_socket, "blockdev-add", disk_node(disk))
+        creds = self._credentials(info)
+        if creds is not None and self.confinement is not None:
+            self.confinement.give_volume(instance_id, disk.path, creds)
         try:
-            qmp.execute(info.qmp_socket, "device_add", dict(disk_device(disk, ports=ports)))
+            qmp.execute(info.qmp_socket, "blockdev-add", disk_node(disk))
+            try:
+                qmp.execute(info.qmp_socket, "device_add", dict(disk_device(disk, ports=ports)))
+            except BaseException:
+                with contextlib.suppress(CloudletError):
+                    qmp.execute(info.qmp_socket, "blockdev-del", {"node-name": disk.node})
+                raise
         except BaseException:
-            with contextlib.suppress(CloudletError):
-                qmp.execute(info.qmp_socket, "blockdev-del", {"node-name": disk.node})
+            self._take_back(instance_id, disk.path)
             raise
+
+    def _credentials(self, info: RuntimeInfo) -> Credentials | None:
+        """The running QEMU's user, when it is not root."""
+        if self.confinement is None:
+            return None
+        return self.confinement.credentials_of(info.pid)
+
+    def _take_back(self, instance_id: str, path: Path) -> None:
+        if self.confinement is not None:
+            self.confinement.book(instance_id).take_back(path)
 
     def detach_disk(self, instance_id: str, disk: ExtraDisk, timeout: float = 30.0) -> None:
         info = self._require(instance_id)
@@ -302,6 +351,7 @@ class QemuDriver(Driver):
             self._unplug(info, disk.device_id, timeout)
         if disk.node in self._node_names(info):
             qmp.execute(info.qmp_socket, "blockdev-del", {"node-name": disk.node})
+        self._take_back(instance_id, disk.path)
 
     def _unplug(self, info: RuntimeInfo, device_id: str, timeout: float) -> None:
         """device_del, then wait until the guest has released the device."""
@@ -343,6 +393,9 @@ class QemuDriver(Driver):
     def snapshot_disk(self, instance_id: str, new_top: Path) -> None:
         info = self._require(instance_id)
         top = self._root_block(info)
+        creds = self._credentials(info)
+        if creds is not None:  # QEMU makes the layer: in a directory its group may add to
+            share_dir(new_top.parent, creds.gid, 0o1770)
         qmp.execute(
             info.qmp_socket,
             "blockdev-snapshot-sync",
@@ -463,7 +516,19 @@ class QemuDriver(Driver):
     def attach_nic(self, instance_id: str, nic: TapNic) -> None:
         info = self._require(instance_id)
         ports = self._hotplug_ports(info)
-        qmp.execute(info.qmp_socket, "netdev_add", dict(tap_netdev(nic)))
+        if self._credentials(info) is None:
+            qmp.execute(info.qmp_socket, "netdev_add", dict(tap_netdev(nic)))
+        else:  # a QEMU that is not root gets the TAP open (getfd), as at start
+            fd = open_tap(nic.tap)
+            try:
+                qmp.execute_with_fd(
+                    info.qmp_socket,
+                    fd,
+                    ("getfd", {"fdname": nic.node}),
+                    lambda _: ("netdev_add", {"type": "tap", "id": nic.node, "fd": nic.node}),
+                )
+            finally:
+                os.close(fd)
         try:
             device = nic_device(nic, model=self._nic_model(info), ports=ports)
             qmp.execute(info.qmp_socket, "device_add", dict(device))
@@ -547,15 +612,7 @@ class QemuDriver(Driver):
             for copy in copies:
                 device = self._bitmap_node(info, copy.node)
                 target_node = "b" + _layer_node(copy.target)[1:]
-                qmp.execute(
-                    info.qmp_socket,
-                    "blockdev-add",
-                    {
-                        "driver": "qcow2",
-                        "node-name": target_node,
-                        "file": {"driver": "file", "filename": str(copy.target)},
-                    },
-                )
+                self._open_target(info, copy.target, target_node)
                 targets.append(target_node)
                 backup: dict[str, Any] = {
                     "job-id": "backup-" + target_node,
@@ -619,6 +676,27 @@ class QemuDriver(Driver):
             for target_node in targets:
                 with contextlib.suppress(CloudletError):
                     qmp.execute(info.qmp_socket, "blockdev-del", {"node-name": target_node})
+
+    def _open_target(self, info: RuntimeInfo, target: Path, node: str) -> None:
+        """Open a backup target in the store for QEMU: root opens it and passes the fd
+        (add-fd, /dev/fdset/N), so QEMU needs no way into the backup store."""
+        fd = os.open(target, os.O_RDWR | os.O_CLOEXEC)
+        try:
+            qmp.execute_with_fd(
+                info.qmp_socket,
+                fd,
+                ("add-fd", {}),
+                lambda added: (
+                    "blockdev-add",
+                    {
+                        "driver": "qcow2",
+                        "node-name": node,
+                        "file": {"driver": "file", "filename": f"/dev/fdset/{added['fdset-id']}"},
+                    },
+                ),
+            )
+        finally:
+            os.close(fd)
 
     def remove_bitmap(self, instance_id: str, name: str, node: str | None = None) -> None:
         info = self._require(instance_id)
