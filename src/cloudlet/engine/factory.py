@@ -42,9 +42,10 @@ def tighten(settings: Settings) -> None:
         path = home / name
         if path.is_dir() and not path.is_symlink():
             path.chmod(path.stat().st_mode & 0o7750)
-    for path in home.glob(settings.paths.database.name + "*"):
-        if path.is_file():
-            path.chmod(0o600)
+    host_files = (home / "host").glob("*") if not (home / "host").is_symlink() else iter(())
+    for path in [*home.glob(settings.paths.database.name + "*"), *host_files]:
+        if path.is_file() and not path.is_symlink():
+            path.chmod(path.stat().st_mode & 0o700)
 
 
 def open_engine(settings: Settings | None = None, *, recover: bool = True) -> Engine:
