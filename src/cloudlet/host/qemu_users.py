@@ -43,6 +43,8 @@ class Mode:
     def describe(self) -> str:
         if self.unprivileged:
             return f"a uid per VM from {UID_BASE + 1} (group {SHARED_GID})"
+        if os.geteuid() != 0:
+            return "the user running cloudlet"
         return f"QEMU runs as root: {self.reason}"
 
 
