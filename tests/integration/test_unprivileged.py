@@ -141,3 +141,23 @@ def test_nothing_in_the_state_directory_is_for_other_users(two_vms: Path) -> Non
     serial = Path(str(_vm(two_vms, "ua")["paths"]["serial_log"]))  # type: ignore[index]
     assert serial.exists()
     assert not serial.stat().st_mode & 0o077
+
+
+def test_a_host_that_opts_out_keeps_qemu_root_and_says_so(two_vms: Path) -> None:
+    env = {**cli.env_for(two_vms), "CLOUDLET_QEMU_USER": "root"}
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            cli.argv(*args), env=env, capture_output=True, text=True, timeout=300, check=False
+        )
+
+    host = run("host", "-o", "json")
+    assert host.returncode == 0, host.stderr
+    assert "QEMU runs as root: CLOUDLET_QEMU_USER=root is set" in host.stdout
+    created = run("create", "uc")
+    try:
+        assert created.returncode == 0, created.stderr
+        assert "QEMU runs as root: CLOUDLET_QEMU_USER=root is set" in created.stderr
+        assert _uid(int(str(_vm(two_vms, "uc")["pid"]))) == 0
+    finally:
+        cli.run(two_vms, "delete", "uc", check=False)

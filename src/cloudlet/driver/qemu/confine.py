@@ -116,6 +116,10 @@ class Confinement:
         launch = Launch(config, creds)
         try:
             self._give_files(config, creds)
+        except OSError as exc:  # a file system that refuses owners: QEMU stays root
+            self.book(config.instance_id).take_back_all()
+            return Launch(config, None), f"the VM's files cannot be handed to its user ({exc})"
+        try:
             nics = []
             for nic in config.tap_nics:
                 fd = open_tap(nic.tap)
