@@ -128,3 +128,51 @@ def test_old_state_is_tightened_on_open(tmp_path: Path) -> None:
         assert stat.S_IMODE(path.stat().st_mode) == 0o700, path
     assert stat.S_IMODE((home / "cloudlet.db").stat().st_mode) == 0o600
     assert stat.S_IMODE((home / "host" / "accel.json").stat().st_mode) == 0o600
+
+
+def test_links_the_vm_planted_are_never_followed(tmp_path: Path) -> None:
+    """A VM owns files in its directory: a link it leaves there must not make root hand
+    the link's target (a host file) to the VM, nor let its group read it."""
+    host_file = tmp_path / "shadow"
+    host_file.write_text("secret")
+    host_file.chmod(0o600)
+    vm_dir = tmp_path / "vm"
+    vm_dir.mkdir()
+    (vm_dir / "layer.qcow2").symlink_to(host_file)
+    (vm_dir / "sub").symlink_to(tmp_path)
+    fifo = vm_dir / "f.qcow2"
+    os.mkfifo(fifo)
+    assert not ownership.give_own(vm_dir / "layer.qcow2", UID_BASE + 7, UID_BASE + 7)
+    assert not ownership.share_own_dir(vm_dir / "sub", UID_BASE + 7, 0o1770)
+    assert not ownership.give_own(fifo, UID_BASE + 7, UID_BASE + 7)
+    assert (host_file.stat().st_uid, stat.S_IMODE(host_file.stat().st_mode)) == (0, 0o600)
+    assert tmp_path.stat().st_gid != UID_BASE + 7
+    real = vm_dir / "disk.qcow2"
+    real.write_bytes(b"")
+    assert ownership.give_own(real, UID_BASE + 7, UID_BASE + 7)
+    assert real.stat().st_uid == UID_BASE + 7
+
+
+def test_a_backing_name_outside_the_image_store_is_not_opened_to_qemu(tmp_path: Path) -> None:
+    from cloudlet.driver.base import LaunchConfig
+    from cloudlet.driver.qemu.confine import Confinement
+
+    home = tmp_path / "h"
+    instance = home / "instances" / "i1"
+    instance.mkdir(parents=True)
+    (home / "images" / "tiny").mkdir(parents=True)
+    base = home / "images" / "tiny" / "disk.qcow2"
+    host_file = tmp_path / "shadow"
+    for target in (base, host_file):
+        target.write_bytes(b"QFI\xfb".ljust(104, b"\0"))
+    disk = instance / "disk.qcow2"
+    for backing, expected in ((str(base), [base]), (str(host_file), [])):
+        name = backing.encode()
+        header = b"QFI\xfb" + struct.pack(">IQI", 3, 104, len(name))
+        disk.write_bytes(header.ljust(104, b"\0") + name)
+        config = LaunchConfig(
+            instance_id="i1", name="vm", arch="x86_64", accel="tcg", cpus=1, memory_mib=64,
+            disk=disk, disk_format="qcow2", runtime_dir=home / "run" / "i1",
+            serial_log=instance / "serial.log",
+        )  # fmt: skip
+        assert Confinement(home, home / "run")._read_only(config, instance) == expected

@@ -47,6 +47,34 @@ def share_dir(path: Path, gid: int, mode: int) -> None:
     os.chmod(path, mode)
 
 
+def _change_unfollowed(path: Path, flags: int, kind: int, uid: int, gid: int, mode: int) -> bool:
+    """chown+chmod what ``path`` itself is, through an fd opened without following a
+    link, and only if it is of ``kind``: the VM may have put a link or a fifo there."""
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:  # a link (ELOOP), gone, or not openable: leave it alone
+        return False
+    try:
+        if stat.S_IFMT(os.fstat(fd).st_mode) != kind:
+            return False
+        os.fchown(fd, uid, gid)
+        os.fchmod(fd, mode)
+        return True
+    finally:
+        os.close(fd)
+
+
+def give_own(path: Path, uid: int, gid: int) -> bool:
+    """``give`` for a file in a directory the VM may write: links are never followed
+    (a link there would otherwise hand a host file to the VM)."""
+    return _change_unfollowed(path, os.O_RDONLY, stat.S_IFREG, uid, gid, 0o600)
+
+
+def share_own_dir(path: Path, gid: int, mode: int) -> bool:
+    """``share_dir`` for a directory inside one the VM may write (links not followed)."""
+    return _change_unfollowed(path, os.O_RDONLY | os.O_DIRECTORY, stat.S_IFDIR, 0, gid, mode)
+
+
 def allow_group_read(path: Path, gid: int, top: Path) -> None:
     """Let ``gid`` read a root-owned file and traverse its directories up to ``top``.
 

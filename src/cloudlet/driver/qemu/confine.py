@@ -136,25 +136,35 @@ class Confinement:
         for directory in (self.home, self.run_root, self.home / "instances"):
             ownership.share_dir(directory, shared, 0o750)
         ownership.share_dir(config.runtime_dir, gid, 0o1770)
+        # The instance directory is the VM's to write in: nothing there is followed.
         instance_dir = config.serial_log.parent
-        for directory in (instance_dir, *[d for d in instance_dir.rglob("*") if d.is_dir()]):
-            ownership.share_dir(directory, gid, 0o1770)
-        for path in instance_dir.rglob("*.qcow2"):
-            ownership.give(path, uid, gid)
-        mine = [config.serial_log, config.seed_iso, config.initrd, config.kernel]
-        for owned in mine:
-            if owned is not None and owned.exists() and instance_dir in owned.parents:
-                ownership.give(owned, uid, gid)
-        read_only = [config.kernel, config.initrd, config.install_iso, *backing_chain(config.disk)]
-        for shared_file in read_only:
-            inside = shared_file is not None and instance_dir in shared_file.parents
-            if shared_file is not None and shared_file.exists() and not inside:
-                ownership.allow_group_read(shared_file, shared, self.home)
+        ownership.share_dir(instance_dir, gid, 0o1770)
+        for root, dirs, files in os.walk(instance_dir):
+            for name in dirs:
+                ownership.share_own_dir(Path(root) / name, gid, 0o1770)
+            for name in files:
+                if name.endswith(".qcow2"):
+                    ownership.give_own(Path(root) / name, uid, gid)
+        for owned in (config.serial_log, config.seed_iso, config.initrd, config.kernel):
+            if owned is not None and instance_dir in owned.parents:
+                ownership.give_own(owned, uid, gid)
+        for shared_file in self._read_only(config, instance_dir):
+            ownership.allow_group_read(shared_file, shared, self.home)
         for disk in config.extra_disks:
             self.give_volume(config.instance_id, disk.path, creds)
         for sock in [c.socket for c in config.channels] + [s.socket for s in config.shares]:
             ownership.share_dir(sock.parent, gid, 0o710)
             ownership.give(sock, uid, gid)
+
+    def _read_only(self, config: LaunchConfig, instance_dir: Path) -> list[Path]:
+        """Image files QEMU only reads. The disk's backing chain is read from headers
+        the VM could have rewritten: only names inside the image store are believed."""
+        images = Path(os.path.normpath(self.home / "images"))
+        chain = [
+            p for p in backing_chain(config.disk) if images in Path(os.path.normpath(p)).parents
+        ]
+        found = [config.kernel, config.initrd, config.install_iso, *chain]
+        return [p for p in found if p is not None and p.exists() and instance_dir not in p.parents]
 
     def give_volume(self, instance_id: str, path: Path, creds: Credentials) -> None:
         """A pool volume or device node for the VM, remembered to be taken back."""

@@ -728,7 +728,9 @@ class QemuDriver(Driver):
         info = self._require(instance_id)
         if qmp.status(info.qmp_socket) not in _PAUSED_STATES:
             raise Conflict("the VM must be paused while its memory state is saved")
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        # The layers' directory is the VM user's to add to: never write through its links.
+        target.unlink(missing_ok=True)
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         try:
             self._migrate(info, fd, "migrate", "save", target)
         finally:
@@ -738,7 +740,7 @@ class QemuDriver(Driver):
         info = self._require(instance_id)
         if "-incoming" not in info.argv:
             raise Conflict("the VM was not started to receive a memory state")
-        fd = os.open(source, os.O_RDONLY)
+        fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW)  # a link would feed QEMU a host file
         try:
             self._migrate(info, fd, "migrate-incoming", "load", source)
         finally:
