@@ -176,3 +176,22 @@ def test_a_backing_name_outside_the_image_store_is_not_opened_to_qemu(tmp_path: 
             serial_log=instance / "serial.log",
         )  # fmt: skip
         assert Confinement(home, home / "run")._read_only(config, instance) == expected
+
+
+def test_a_linked_clone_keeps_qemu_root_and_says_why(tmp_path: Path) -> None:
+    from cloudlet.driver.base import LaunchConfig
+    from cloudlet.driver.qemu.confine import Confinement
+
+    home = tmp_path / "h"
+    confinement = Confinement(home, home / "run")
+    confinement._mode = qemu_users.Mode(True)
+    config = LaunchConfig(
+        instance_id="i2", name="clone", arch="x86_64", accel="tcg", cpus=1, memory_mib=64,
+        disk=home / "instances" / "i2" / "disk.qcow2", disk_format="qcow2",
+        runtime_dir=home / "run" / "i2", serial_log=home / "instances" / "i2" / "serial.log",
+        linked_base=home / "instances" / "i1" / "disk.qcow2",
+    )  # fmt: skip
+    launch, why = confinement.prepare(config)
+    assert launch.credentials is None and launch.fds == []
+    assert why == "a linked clone reads another VM's snapshot layer"
+    assert not home.exists()  # nothing was handed over

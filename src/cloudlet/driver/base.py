@@ -130,6 +130,9 @@ class LaunchConfig:
     host_forwards: tuple[HostForward, ...] = ()
     # Wait for a saved RAM and device state (``-incoming defer``): restore_state loads it.
     incoming: bool = False
+    # A linked clone's base: a snapshot layer in another VM's directory (the engine
+    # vouches for it; a disk header, which the guest's QEMU can rewrite, is not asked).
+    linked_base: Path | None = None
 
 
 @dataclass(frozen=True)

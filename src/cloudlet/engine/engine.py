@@ -236,6 +236,7 @@ class Engine:
             profile=spec.profile,
             seed_iso=seed if seed.exists() else None,
             install_iso=image.install_iso,
+            linked_base=storage_ops.linked_base(self, row.id),
         )
 
     # ------------------------------------------------------------------ reconcile

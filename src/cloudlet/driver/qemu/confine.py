@@ -110,6 +110,9 @@ class Confinement:
         mode = self.mode
         if not mode.unprivileged:
             return Launch(config, None), mode.reason
+        if config.linked_base is not None:
+            # Its chain runs through another VM's private directory.
+            return Launch(config, None), "a linked clone reads another VM's snapshot layer"
         creds = qemu_users.credentials(self._uid(config.instance_id))
         if config.accel == "kvm" and not qemu_users.kvm_usable(creds):
             return Launch(config, None), "/dev/kvm is open to root only (give it a group)"
