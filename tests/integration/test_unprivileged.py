@@ -95,6 +95,18 @@ def test_one_vms_uid_cannot_read_another_vms_disk(two_vms: Path) -> None:
     assert b"Permission denied" in other.stderr
     assert _read_as(uid_b, _disk(two_vms, "ua")).returncode != 0
     assert _read_as(uid_a, two_vms / "cloudlet.db").returncode != 0
+    b_paths = _vm(two_vms, "ub")["paths"]
+    assert isinstance(b_paths, dict)
+    run_b = Path(str(b_paths["runtime"]))
+    for secret in (Path(str(b_paths["serial_log"])), run_b / "runtime.json"):
+        assert _read_as(uid_a, secret).returncode != 0, secret
+    planted = subprocess.run(
+        ["setpriv", f"--reuid={uid_a}", f"--regid={uid_a}", "--groups=1900000000",
+         "ln", "-s", "/etc/shadow", str(run_b / "x")],
+        capture_output=True,
+        check=False,
+    )  # fmt: skip
+    assert planted.returncode != 0 and not (run_b / "x").exists()
 
 
 def test_volume_hotplug_is_given_then_taken_back(two_vms: Path) -> None:
