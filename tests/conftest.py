@@ -48,6 +48,7 @@ def short_tmp() -> Iterator[Path]:
     import tempfile
 
     path = Path(tempfile.mkdtemp(prefix="cl-", dir="/tmp"))
+    path.chmod(0o711)  # QEMU runs as a per-VM user: it must be able to traverse to the state
     try:
         yield path
     finally:

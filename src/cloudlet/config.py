@@ -85,7 +85,7 @@ class Paths:
         for path in (self.home, self.images, self.instances, self.locks, self.cache):
             path.mkdir(parents=True, exist_ok=True)
         self.run.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.run.chmod(0o700)
+        self.run.chmod(self.run.stat().st_mode & 0o750)  # the QEMU group may keep g+rx
 
 
 @dataclass(frozen=True)

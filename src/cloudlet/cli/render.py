@@ -108,6 +108,7 @@ def host_detail(host: HostView) -> None:
         ("Accelerator", f"{host.accel}: {host.accel_reason}"),
         ("QEMU", host.qemu_version),
         ("Driver", host.driver),
+        ("QEMU user", host.qemu_user),
         ("vCPUs", f"{host.cpus_used} used of {host.cpu_limit} "
                   f"({host.host_cpus} cores x overcommit), {host.cpu_limit - host.cpus_used} free"),
         ("Memory", f"{format_size(host.memory_used)} used of {format_size(host.memory_limit)} "

@@ -46,6 +46,8 @@ class TapNic:
     tap: str
     mac: str
     slot: int | None = None
+    # An open fd on the TAP, passed to a QEMU that may not open /dev/net/tun itself.
+    fd: int | None = None
 
     @property
     def device_id(self) -> str:
@@ -132,6 +134,9 @@ class LaunchConfig:
     # writes it through (set by the driver at launch; None: QEMU writes the file itself).
     serial_log_max: int = 1024 * 1024
     serial_log_fd: int | None = None
+    # A linked clone's base: a snapshot layer in another VM's directory (the engine
+    # vouches for it; a disk header, which the guest's QEMU can rewrite, is not asked).
+    linked_base: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -228,6 +233,14 @@ class Driver(abc.ABC):
     """How the engine tells a hypervisor what to do. Implementations: qemu, fake."""
 
     name: str = "abstract"
+
+    def process_user(self) -> str:
+        """Who the hypervisor's processes run as (``cloudlet host`` shows it)."""
+        return "the user running cloudlet"
+
+    def take_notices(self) -> list[str]:
+        """Warnings from the last calls a user should hear (e.g. QEMU kept as root)."""
+        return []
 
     @abc.abstractmethod
     def start(self, config: LaunchConfig) -> RuntimeInfo:

@@ -242,6 +242,7 @@ class Engine:
             profile=spec.profile,
             seed_iso=seed if seed.exists() else None,
             install_iso=image.install_iso,
+            linked_base=storage_ops.linked_base(self, row.id),
         )
 
     # ------------------------------------------------------------------ reconcile
@@ -418,6 +419,7 @@ class Engine:
                 arch: (accel if arch == HOST_ARCH else "tcg (emulated)")
                 for arch in sorted(self.deps.arches())
             },
+            qemu_user=self.driver.process_user(),
         )
 
     def serial_log(self, name: str) -> Path:
@@ -769,6 +771,7 @@ class Engine:
             if state is not None:
                 config = dataclasses.replace(config, incoming=True)
             self.driver.start(config)
+            self.notices.extend(n for n in self.driver.take_notices() if n not in self.notices)
             if state is not None:
                 self.driver.restore_state(row.id, state)
                 self.driver.resume(row.id)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 from cloudlet.config import Settings
+from cloudlet.driver.qemu.confine import Confinement
 from cloudlet.driver.qemu.driver import QemuDriver
 from cloudlet.engine.deps import EngineDeps
 from cloudlet.engine.engine import Engine
-from cloudlet.host import kvm
+from cloudlet.host import kvm, qemu_users
 from cloudlet.host.kvm import AccelVerdict, ProbeGuest
 from cloudlet.host.qemu_binaries import available_arches, qemu_version
 from cloudlet.host.resources import cpu_count, memory_total
@@ -29,13 +31,33 @@ def accel_for(settings: Settings, images: ImageStore) -> Callable[[Image], Accel
     return decide
 
 
+def tighten(settings: Settings) -> None:
+    """State made before files were private: directories others could enter become
+    0700 (0750 where the QEMU group was let in at a VM's start), and the database and
+    host records 0600."""
+    home = settings.paths.home
+    names = ("pools", "images", "instances", "locks", "cache", "host", "backups", "run")
+    for directory in (home, settings.backup_store, *(home / n for n in names)):
+        if directory.is_dir() and not directory.is_symlink():
+            info = directory.stat()
+            keep = 0o7750 if info.st_gid == qemu_users.SHARED_GID else 0o7700
+            directory.chmod(info.st_mode & keep)
+    host_files = (home / "host").glob("*") if not (home / "host").is_symlink() else iter(())
+    for path in [*home.glob(settings.paths.database.name + "*"), *host_files]:
+        if path.is_file() and not path.is_symlink():
+            path.chmod(path.stat().st_mode & 0o700)
+
+
 def open_engine(settings: Settings | None = None, *, recover: bool = True) -> Engine:
     """The engine every frontend uses; finishes interrupted operations on open."""
     settings = settings or Settings.load()
+    # Nothing cloudlet writes (database, disks, backups, logs, keys) is for other users.
+    os.umask(0o077)
     settings.paths.ensure()
+    tighten(settings)
     images = ImageStore(settings.paths.images, settings.paths.cache / "debs")
     deps = EngineDeps(
-        driver=QemuDriver(settings.paths.run),
+        driver=QemuDriver(settings.paths.run, Confinement(settings.paths.home, settings.paths.run)),
         images=images,
         disks=Qcow2Disks(),
         accel=accel_for(settings, images),

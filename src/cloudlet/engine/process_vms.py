@@ -242,6 +242,7 @@ class ProcessVMs:
                 hotplug=False,
             )
             engine.driver.start(config)
+            notices += engine.driver.take_notices()
             conns = channels.accept_all()
         except BaseException:
             channels.close()

@@ -148,6 +148,15 @@ def state_file(layer: Path | str) -> Path:
     return Path(f"{layer}.vmstate")
 
 
+def linked_base(engine: Engine, instance_id: str) -> Path | None:
+    """The snapshot layer (of another VM) a linked clone's disk grows from, or None."""
+    with engine.db.session() as s:
+        row = s.get(InstanceDiskRow, instance_id)
+        origin = row.origin_snapshot_id if row is not None else None
+        snap = s.get(SnapshotRow, origin) if origin is not None else None
+        return Path(snap.file) if snap is not None else None
+
+
 def _undo_snapshot(engine: Engine, instance_id: str, snap_id: str, old_top: Path) -> None:
     with engine.db.session() as s:
         snap = s.get(SnapshotRow, snap_id)

@@ -50,6 +50,7 @@ class HostView:
     running: int
     home: str
     arches: dict[str, str]
+    qemu_user: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -17,10 +17,40 @@ import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cloudlet.errors import HostCommandError, LimitExceeded, MissingDependency
 
 Guard = Callable[[Sequence[str]], None]
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """Who a child runs as: set in the child between fork and exec."""
+
+    uid: int
+    gid: int
+    groups: tuple[int, ...] = ()
+    umask: int = 0o077
+    # (resource, soft, hard) pairs, set before the uid changes.
+    rlimits: tuple[tuple[int, int, int], ...] = ()
+
+    def popen_args(self) -> dict[str, Any]:
+        limits = self.rlimits
+
+        def set_limits() -> None:
+            for which, soft, hard in limits:
+                resource.setrlimit(which, (soft, hard))
+
+        return {
+            "user": self.uid,
+            "group": self.gid,
+            "extra_groups": list(self.groups),
+            "umask": self.umask,
+            "preexec_fn": set_limits if limits else None,
+        }
+
+
 _guard: Guard | None = None
 
 
@@ -110,11 +140,14 @@ def spawn(
     detach: bool = False,
     pass_fds: Sequence[int] = (),
     env: Mapping[str, str] | None = None,
+    credentials: Credentials | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start a process without waiting for it.
 
     ``detach`` puts it in a new session so it outlives the CLI and ignores the
     terminal's Ctrl-C: a VM must not die with the command that started it.
+    ``credentials``: the uid, gid, groups, umask and rlimits the child takes on
+    before it execs (host/launcher.py builds them).
     """
     args = [os.fspath(a) for a in argv]
     _check_guard(args)
@@ -129,6 +162,7 @@ def spawn(
             pass_fds=tuple(pass_fds),
             env=full_env,
             close_fds=True,
+            **(credentials.popen_args() if credentials is not None else {}),
         )
     except FileNotFoundError as exc:
         raise MissingDependency(f"{args[0]} is not installed") from exc

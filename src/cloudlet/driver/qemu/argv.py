@@ -214,6 +214,8 @@ def _netdev(config: LaunchConfig, net_fd: int | None) -> list[str]:
 
 def tap_netdev(nic: TapNic) -> dict[str, str]:
     """The netdev of a TAP NIC, as netdev_add arguments (no helper scripts: sandboxed)."""
+    if nic.fd is not None:  # opened by cloudlet: QEMU runs as a user that cannot
+        return {"type": "tap", "id": nic.node, "fd": str(nic.fd)}
     return {"type": "tap", "id": nic.node, "ifname": nic.tap, "script": "no", "downscript": "no"}
 
 

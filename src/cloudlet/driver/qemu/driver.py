@@ -36,6 +36,7 @@ from cloudlet.driver.qemu.argv import (
     tap_netdev,
     uses_passt,
 )
+from cloudlet.driver.qemu.confine import Confinement, Launch, open_tap
 from cloudlet.driver.qemu.runtime import read_record, write_record
 from cloudlet.errors import (
     CloudletError,
@@ -46,8 +47,9 @@ from cloudlet.errors import (
     out_of_space,
 )
 from cloudlet.host import passt, processes
+from cloudlet.host.ownership import share_dir
 from cloudlet.host.qemu_binaries import qemu_binary, qemu_version
-from cloudlet.host.run import spawn
+from cloudlet.host.run import Credentials, spawn
 
 START_TIMEOUT = 60.0
 _FAILED_STATES = {"internal-error", "guest-panicked", "io-error"}
@@ -94,8 +96,20 @@ class QemuDriver(Driver):
 
     name = "qemu"
 
-    def __init__(self, run_root: Path) -> None:
+    def __init__(self, run_root: Path, confinement: Confinement | None = None) -> None:
         self.run_root = run_root
+        # Per-VM QEMU users; None: QEMU runs as whoever runs cloudlet.
+        self.confinement = confinement
+        self.notices: list[str] = []
+
+    def process_user(self) -> str:
+        if self.confinement is None:
+            return "the user running cloudlet"
+        return self.confinement.mode.describe()
+
+    def take_notices(self) -> list[str]:
+        taken, self.notices = self.notices, []
+        return taken
 
     def _dir(self, instance_id: str) -> Path:
         return self.run_root / instance_id
@@ -115,27 +129,30 @@ class QemuDriver(Driver):
             shutil.rmtree(run_dir)
         run_dir.mkdir(mode=0o700, parents=True)
         sockets = socket_paths(config)
+        launch = Launch(config, None)
         helper = None
         try:
+            if self.confinement is not None:
+                launch, why_root = self.confinement.prepare(config)
+                if why_root and os.geteuid() == 0:
+                    self.notices.append(f"QEMU runs as root: {why_root}")
+            net_fd = None
             if uses_passt(config):
                 helper = passt.start(_passt_forwards(config), run_dir / "passt.log")
-            net_fd = helper.qemu_end.fileno() if helper is not None else None
+                net_fd = os.dup(helper.qemu_end.fileno())
+                helper.qemu_end.close()
+                launch.fds.append(net_fd)
             # The serial log goes through a pump that caps it; QEMU holds the only write end.
             log_fd = serial_pump.start(
                 config.serial_log, config.serial_log_max, run_dir / SERIAL_PUMP_PID
             )
-            try:
-                argv = build_argv(
-                    qemu_binary(config.arch),
-                    dataclasses.replace(config, serial_log_fd=log_fd),
-                    net_fd=net_fd,
-                )
-                fds = (log_fd,) if net_fd is None else (log_fd, net_fd)
-                pid = self._launch(argv, run_dir, Path(sockets["qmp"]), fds)
-            finally:
-                os.close(log_fd)
-                if helper is not None:
-                    helper.qemu_end.close()
+            launch.fds.append(log_fd)
+            argv = build_argv(
+                qemu_binary(config.arch),
+                dataclasses.replace(launch.config, serial_log_fd=log_fd),
+                net_fd=net_fd,
+            )
+            pid = self._launch(argv, run_dir, Path(sockets["qmp"]), launch)
             if helper is not None and not processes.is_alive(helper.pid, helper.start):
                 processes.kill_and_wait(pid)
                 passt.raise_failed(run_dir / "passt.log")
@@ -143,7 +160,11 @@ class QemuDriver(Driver):
             if helper is not None:
                 passt.stop(helper.pid, helper.start)
             shutil.rmtree(run_dir, ignore_errors=True)
+            if self.confinement is not None:
+                self.confinement.book(config.instance_id).take_back_all()
             raise
+        finally:
+            launch.close_fds()
         pid_start = processes.start_time(pid)
         if pid_start is None:
             if helper is not None:
@@ -168,9 +189,7 @@ class QemuDriver(Driver):
         write_record(run_dir, info)
         return info
 
-    def _launch(
-        self, argv: list[str], run_dir: Path, qmp_socket: Path, pass_fds: Sequence[int] = ()
-    ) -> int:
+    def _launch(self, argv: list[str], run_dir: Path, qmp_socket: Path, launch: Launch) -> int:
         """Start QEMU in its own session (it outlives us) and wait for its monitor.
 
         QEMU is not asked to -daemonize: its fork would be refused by
@@ -179,7 +198,12 @@ class QemuDriver(Driver):
         log_path = run_dir / "qemu.log"
         with open(log_path, "ab") as log:
             proc = spawn(
-                argv, stdout=log.fileno(), stderr=log.fileno(), detach=True, pass_fds=pass_fds
+                argv,
+                stdout=log.fileno(),
+                stderr=log.fileno(),
+                detach=True,
+                pass_fds=launch.fds,
+                credentials=launch.credentials,
             )
         deadline = time.monotonic() + START_TIMEOUT
         while True:
@@ -266,6 +290,8 @@ class QemuDriver(Driver):
         if info is not None:
             _stop_helper(info)
         shutil.rmtree(self._dir(instance_id), ignore_errors=True)
+        if self.confinement is not None:
+            self.confinement.book(instance_id).take_back_all()
 
     def pause(self, instance_id: str) -> None:
         qmp.execute(self._require(instance_id).qmp_socket, "stop")
@@ -342,13 +368,30 @@ class QemuDriver(Driver):
     def attach_disk(self, instance_id: str, disk: ExtraDisk) -> None:
         info = self._require(instance_id)
         ports = self._hotplug_ports(info)
-        qmp.execute(info.qmp_socket, "blockdev-add", disk_node(disk))
+        creds = self._credentials(info)
+        if creds is not None and self.confinement is not None:
+            self.confinement.give_volume(instance_id, disk.path, creds)
         try:
-            qmp.execute(info.qmp_socket, "device_add", dict(disk_device(disk, ports=ports)))
+            qmp.execute(info.qmp_socket, "blockdev-add", disk_node(disk))
+            try:
+                qmp.execute(info.qmp_socket, "device_add", dict(disk_device(disk, ports=ports)))
+            except BaseException:
+                with contextlib.suppress(CloudletError):
+                    qmp.execute(info.qmp_socket, "blockdev-del", {"node-name": disk.node})
+                raise
         except BaseException:
-            with contextlib.suppress(CloudletError):
-                qmp.execute(info.qmp_socket, "blockdev-del", {"node-name": disk.node})
+            self._take_back(instance_id, disk.path)
             raise
+
+    def _credentials(self, info: RuntimeInfo) -> Credentials | None:
+        """The running QEMU's user, when it is not root."""
+        if self.confinement is None:
+            return None
+        return self.confinement.credentials_of(info.pid)
+
+    def _take_back(self, instance_id: str, path: Path) -> None:
+        if self.confinement is not None:
+            self.confinement.book(instance_id).take_back(path)
 
     def detach_disk(self, instance_id: str, disk: ExtraDisk, timeout: float = 30.0) -> None:
         info = self._require(instance_id)
@@ -356,6 +399,7 @@ class QemuDriver(Driver):
             self._unplug(info, disk.device_id, timeout)
         if disk.node in self._node_names(info):
             qmp.execute(info.qmp_socket, "blockdev-del", {"node-name": disk.node})
+        self._take_back(instance_id, disk.path)
 
     def _unplug(self, info: RuntimeInfo, device_id: str, timeout: float) -> None:
         """device_del, then wait until the guest has released the device."""
@@ -397,6 +441,9 @@ class QemuDriver(Driver):
     def snapshot_disk(self, instance_id: str, new_top: Path) -> None:
         info = self._require(instance_id)
         top = self._root_block(info)
+        creds = self._credentials(info)
+        if creds is not None:  # QEMU makes the layer: in a directory its group may add to
+            share_dir(new_top.parent, creds.gid, 0o1770)
         qmp.execute(
             info.qmp_socket,
             "blockdev-snapshot-sync",
@@ -517,7 +564,19 @@ class QemuDriver(Driver):
     def attach_nic(self, instance_id: str, nic: TapNic) -> None:
         info = self._require(instance_id)
         ports = self._hotplug_ports(info)
-        qmp.execute(info.qmp_socket, "netdev_add", dict(tap_netdev(nic)))
+        if self._credentials(info) is None:
+            qmp.execute(info.qmp_socket, "netdev_add", dict(tap_netdev(nic)))
+        else:  # a QEMU that is not root gets the TAP open (getfd), as at start
+            fd = open_tap(nic.tap)
+            try:
+                qmp.execute_with_fd(
+                    info.qmp_socket,
+                    fd,
+                    ("getfd", {"fdname": nic.node}),
+                    lambda _: ("netdev_add", {"type": "tap", "id": nic.node, "fd": nic.node}),
+                )
+            finally:
+                os.close(fd)
         try:
             device = nic_device(nic, model=self._nic_model(info), ports=ports)
             qmp.execute(info.qmp_socket, "device_add", dict(device))
@@ -605,15 +664,7 @@ class QemuDriver(Driver):
             for copy in copies:
                 device = self._bitmap_node(info, copy.node)
                 target_node = "b" + _layer_node(copy.target)[1:]
-                qmp.execute(
-                    info.qmp_socket,
-                    "blockdev-add",
-                    {
-                        "driver": "qcow2",
-                        "node-name": target_node,
-                        "file": {"driver": "file", "filename": str(copy.target)},
-                    },
-                )
+                self._open_target(info, copy.target, target_node)
                 targets.append(target_node)
                 backup: dict[str, Any] = {
                     "job-id": "backup-" + target_node,
@@ -678,6 +729,27 @@ class QemuDriver(Driver):
                 with contextlib.suppress(CloudletError):
                     qmp.execute(info.qmp_socket, "blockdev-del", {"node-name": target_node})
 
+    def _open_target(self, info: RuntimeInfo, target: Path, node: str) -> None:
+        """Open a backup target in the store for QEMU: root opens it and passes the fd
+        (add-fd, /dev/fdset/N), so QEMU needs no way into the backup store."""
+        fd = os.open(target, os.O_RDWR | os.O_CLOEXEC)
+        try:
+            qmp.execute_with_fd(
+                info.qmp_socket,
+                fd,
+                ("add-fd", {}),
+                lambda added: (
+                    "blockdev-add",
+                    {
+                        "driver": "qcow2",
+                        "node-name": node,
+                        "file": {"driver": "file", "filename": f"/dev/fdset/{added['fdset-id']}"},
+                    },
+                ),
+            )
+        finally:
+            os.close(fd)
+
     def remove_bitmap(self, instance_id: str, name: str, node: str | None = None) -> None:
         info = self._require(instance_id)
         qmp.execute(
@@ -708,7 +780,9 @@ class QemuDriver(Driver):
         info = self._require(instance_id)
         if qmp.status(info.qmp_socket) not in _PAUSED_STATES:
             raise Conflict("the VM must be paused while its memory state is saved")
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        # The layers' directory is the VM user's to add to: never write through its links.
+        target.unlink(missing_ok=True)
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         try:
             self._migrate(info, fd, "migrate", "save", target)
         finally:
@@ -718,7 +792,7 @@ class QemuDriver(Driver):
         info = self._require(instance_id)
         if "-incoming" not in info.argv:
             raise Conflict("the VM was not started to receive a memory state")
-        fd = os.open(source, os.O_RDONLY)
+        fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW)  # a link would feed QEMU a host file
         try:
             self._migrate(info, fd, "migrate-incoming", "load", source)
         finally:

@@ -217,3 +217,37 @@ def migrate_fd(
     """
     late = f"{command} did not finish within {timeout:.0f} s"
     return _run(_migrate_fd(path, fd, command, setup or [], timeout), path, command, late)
+
+
+async def _with_fd(
+    path: Path,
+    fd: int,
+    hand_over: tuple[str, dict[str, Any]],
+    then: Callable[[Any], tuple[str, dict[str, Any]]],
+    timeout: float,
+) -> Any:
+    client = QMPClient("cloudlet-fd")
+    try:
+        await asyncio.wait_for(client.connect(str(path)), timeout)
+        client.send_fd_scm(fd)
+        handed = await asyncio.wait_for(client.execute(*hand_over), timeout)
+        command, args = then(handed)
+        return await asyncio.wait_for(client.execute(command, args), timeout)
+    finally:
+        await client.disconnect()
+
+
+def execute_with_fd(
+    path: Path,
+    fd: int,
+    hand_over: tuple[str, dict[str, Any]],
+    then: Callable[[Any], tuple[str, dict[str, Any]]],
+    *,
+    timeout: float = 10.0,
+) -> Any:
+    """Pass ``fd`` (SCM_RIGHTS) with ``hand_over`` (getfd or add-fd), then run the
+    command ``then`` builds from its answer, on one connection: an fd set QEMU has not
+    used yet is dropped when the connection that added it closes."""
+    command = then({"fdset-id": 0, "fd": fd})[0]
+    late = f"QEMU's monitor did not answer {command} within {timeout:.0f} s"
+    return _run(_with_fd(path, fd, hand_over, then, timeout), path, command, late)

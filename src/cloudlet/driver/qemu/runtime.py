@@ -19,7 +19,12 @@ def write_record(runtime_dir: Path, info: RuntimeInfo) -> None:
         if isinstance(value, Path):
             data[key] = str(value)
     tmp = runtime_dir / f".{RECORD_NAME}.{os.getpid()}"
-    tmp.write_text(json.dumps(data, indent=2))
+    # QEMU may add files to this directory (sticky): a link planted at the temp name
+    # must not be written through, so the file is made new, never opened.
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps(data, indent=2))
     tmp.replace(runtime_dir / RECORD_NAME)
 
 
