@@ -73,6 +73,7 @@ if TYPE_CHECKING:
 
 STORE_LOCK = ".backup-store"
 BITMAP_PREFIX = "cloudlet-"
+MANIFEST_KEY = "keys/backup-manifest.key"
 
 
 @dataclass(frozen=True)
@@ -145,7 +146,8 @@ def _view(row: BackupRow, manifest: Manifest | None) -> BackupView:
 class BackupOps:
     def __init__(self, engine: Engine) -> None:
         self.e = engine
-        self.store = BackupStore(engine.settings.backup_store)
+        # The manifests' signing key stays in the state directory, out of the store's reach.
+        self.store = BackupStore(engine.settings.backup_store, engine.paths.home / MANIFEST_KEY)
 
     @contextmanager
     def _store_lock(self) -> Iterator[None]:
@@ -168,7 +170,7 @@ class BackupOps:
         raise NotFound(f"{vm} has no backup {backup_id!r}", hint=f"see 'cloudlet backup list {vm}'")
 
     def _manifest(self, row: BackupRow) -> Manifest:
-        return self.store.read_manifest(row.instance_id, row.id)
+        return self.store.read_manifest(row.instance_id, row.id, row.manifest_sha256)
 
     # ------------------------------------------------------------ create
     def create(self, vm: str) -> BackupView:
