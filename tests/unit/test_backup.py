@@ -401,7 +401,7 @@ def test_export_import_round_trip_and_tampering(
     with tarfile.open(short_tmp / "bad.cloudlet", "w") as tar:
         for name in ("manifest.json", "spec.json", "disk.qcow2"):
             tar.add(short_tmp / "x" / name, arcname=name)
-    with pytest.raises(InvalidInput, match="does not match its SHA-256"):
+    with pytest.raises(InvalidInput, match="not the size its manifest says"):
         ops.import_(short_tmp / "bad.cloudlet", "evil")
     # a disk with a backing file is refused even with matching checksums
     disk.write_text(json.dumps({"size": 1, "backing": "/etc/shadow"}))
@@ -409,6 +409,7 @@ def test_export_import_round_trip_and_tampering(
     import hashlib
 
     manifest["files"]["disk.qcow2"] = hashlib.sha256(disk.read_bytes()).hexdigest()
+    manifest["bytes"]["disk.qcow2"] = disk.stat().st_size
     (short_tmp / "x" / "manifest.json").write_text(json.dumps(manifest))
     with tarfile.open(short_tmp / "bad2.cloudlet", "w") as tar:
         for name in ("manifest.json", "spec.json", "disk.qcow2"):

@@ -271,7 +271,7 @@ def test_export_import_carries_the_volumes_and_old_exports_still_import(
         names = sorted(tar.getnames())
         manifest = json.loads(tar.extractfile("manifest.json").read())  # type: ignore[union-attr]
     assert names == ["disk.qcow2", "manifest.json", "spec.json", "volumes/data1.qcow2"]
-    assert manifest["format"] == 2 and set(manifest["files"]) == {
+    assert manifest["format"] == 3 and set(manifest["files"]) == set(manifest["bytes"]) == {
         "spec.json", "disk.qcow2", "volumes/data1.qcow2"
     }  # fmt: skip
     view = ops.import_(short_tmp / "web1.cloudlet", "web2")
@@ -286,6 +286,7 @@ def test_export_import_carries_the_volumes_and_old_exports_still_import(
     evil = x / "volumes" / "data1.qcow2"
     evil.write_text(json.dumps({"size": MIB, "backing": "/etc/shadow"}))
     manifest["files"]["volumes/data1.qcow2"] = hashlib.sha256(evil.read_bytes()).hexdigest()
+    manifest["bytes"]["volumes/data1.qcow2"] = evil.stat().st_size
     (x / "manifest.json").write_text(json.dumps(manifest))
     with tarfile.open(short_tmp / "bad.cloudlet", "w") as tar:
         for name in names:
@@ -298,7 +299,7 @@ def test_export_import_carries_the_volumes_and_old_exports_still_import(
     assert not list(vol(engine, "data1").parent.glob(".import-*"))
 
     # a format 1 export (root disk only, as cloudlet wrote before) still imports
-    old = {k: v for k, v in manifest.items() if k != "volumes"}
+    old = {k: v for k, v in manifest.items() if k not in ("volumes", "bytes")}
     old["format"] = 1
     old["files"] = {k: v for k, v in manifest["files"].items() if not k.startswith("volumes/")}
     (x / "manifest.json").write_text(json.dumps(old))

@@ -61,6 +61,7 @@ from cloudlet.engine.storage_ops import (
     default_disk,
     state_file,
 )
+from cloudlet.engine.vm_record import check_record
 from cloudlet.errors import CloudletError, Conflict, NotFound, OutOfSpace
 from cloudlet.spec.instance import BackupPolicy, InstanceSpec
 from cloudlet.spec.names import validate_name
@@ -676,6 +677,7 @@ class BackupOps:
             first.vm_row,
             fill,
             lambda: f"restored from backup {holder['backup'].id} of {vm}",
+            f"backup {first.id}",
         )
         volumes = attached_volume_names(self.e, view.id)
         extra = f" with volume(s) {', '.join(volumes)}" if volumes else ""
@@ -684,23 +686,22 @@ class BackupOps:
     def _new_vm(
         self,
         name: str,
-        spec_data: dict[str, Any],
-        row_data: dict[str, Any],
+        spec_data: object,
+        row_data: object,
         fill: Callable[[Path], list[NewVolume]],
         story: Callable[[], str],
+        source: str,
     ) -> InstanceView:
         """A new stopped VM with ``spec_data`` (renamed) whose root disk ``fill`` writes;
-        the volumes it returns are made and attached. A failure removes all of it."""
+        the volumes it returns are made and attached. A failure removes all of it.
+        ``spec_data`` and ``row_data`` come from a file (``source``): vm_record.py."""
         from cloudlet.engine import access as access_mod
         from cloudlet.host.resources import free_loopback_port
 
         e = self.e
-        validate_name(name)
+        record = check_record(e, name, spec_data, row_data, source)
+        spec = record.spec
         e._ensure_name_free(name)
-        spec = InstanceSpec.model_validate({**spec_data, "name": name})
-        image_path = Path(str(row_data["image_path"]))
-        if not image_path.exists():
-            image_path = e.deps.images.get(spec.image).path
         new_id = str(uuid.uuid4())
         with e._lock(name):
             e._ensure_name_free(name)
@@ -709,15 +710,15 @@ class BackupOps:
                 name=name,
                 state=VMState.CREATING.value,
                 spec_json=spec.model_dump_json(),
-                image=str(row_data["image"]),
-                image_path=str(image_path),
-                type_name=str(row_data["type_name"]),
-                cpus=int(row_data["cpus"]),
-                memory=int(row_data["memory"]),
-                disk_size=int(row_data["disk_size"]),
-                arch=str(row_data["arch"]),
-                location=str(row_data["location"]),
-                ssh_port=free_loopback_port() if row_data.get("ssh") else None,
+                image=record.image.name,
+                image_path=str(record.image.path),
+                type_name=record.shape.name,
+                cpus=record.shape.cpus,
+                memory=record.shape.memory,
+                disk_size=record.image.min_disk_bytes,  # the disk's own size, once filled
+                arch=spec.arch,
+                location=spec.location,
+                ssh_port=free_loopback_port() if record.ssh else None,
             )
             with e.db.session() as s:
                 s.add(row)
@@ -728,7 +729,7 @@ class BackupOps:
                     instance_dir.mkdir(parents=True)
                     disk = instance_dir / "disk.qcow2"
                     made = install_new_volumes(e, new_id, fill(disk))
-                    if row_data.get("seed"):
+                    if record.seed:
                         access_mod.write_seed(
                             instance_dir / "seed.iso",
                             instance_id=new_id,
