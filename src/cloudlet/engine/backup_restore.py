@@ -287,6 +287,8 @@ class Restorer:
         taken: dict[str, Path] = {}
         for plan in plans:
             target = plan.directory / f"{plan.name}@{tag}.qcow2"
+            if target.resolve().parent != plan.directory.resolve():  # names are checked too
+                raise InvalidInput(f"volume name {plan.name!r} leaves pool {plan.pool}")
             os.replace(files[plan.disk.name], target)
             taken[plan.name] = target
         return taken

@@ -63,7 +63,8 @@ def _spec(source: str, name: str, data: dict[str, Any]) -> InstanceSpec:
         return InstanceSpec.model_validate({**data, "name": name})
     except ValidationError as exc:
         first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "spec"
+        parts = (p if isinstance(p, str) and p.isprintable() else repr(p) for p in first["loc"])
+        where = ".".join(parts)[:80] or "spec"  # a field name from the file: one line
         raise _bad(source, f"its spec is not valid ({where}: {first['msg']})") from None
 
 
