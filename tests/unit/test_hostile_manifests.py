@@ -203,3 +203,38 @@ def test_the_key_is_made_once_private_and_outside_the_store(ops: BackupOps) -> N
     os.replace(key, key.with_name("elsewhere"))
     with pytest.raises(ManifestRefused, match="signature is not this host's"):
         BackupOps(engine).restore("web1", backup_id=first.id, as_name="copy")
+
+
+def test_restore_as_checks_the_record_even_in_a_signed_manifest(ops: BackupOps) -> None:
+    """Defence in depth: a manifest signed with this host's key (as one written before
+    these checks) still gets the record checks of a create, and no host path from it."""
+    engine = ops.e
+    backup = ops.create("web1")
+    path = ops.store.manifest_path(engine.show("web1").id, backup.id)
+
+    def signed(**row: Any) -> None:
+        body = json.loads(path.read_text())
+        core = {k: v for k, v in body.items() if k not in ("sha256", "hmac")}
+        core["vm_row"].update(row)
+        mac = ops.store.key.sign(core)
+        path.write_text(json.dumps({**core, "sha256": Manifest.digest(core), "hmac": mac}))
+        with engine.db.session() as s:
+            from cloudlet.store.models import BackupRow
+
+            fresh = s.get(BackupRow, backup.id)
+            assert fresh is not None
+            fresh.manifest_sha256 = Manifest.digest(core)
+
+    signed(cpus=-5)
+    with pytest.raises(CloudletError, match="cpus"):
+        ops.restore("web1", backup_id=backup.id, as_name="copy")
+    signed(cpus=engine.show("web1").cpus, image_path="/etc", kernel="/etc/shadow")
+    with pytest.raises(CloudletError, match="known fields"):
+        ops.restore("web1", backup_id=backup.id, as_name="copy")
+    assert [v.name for v in engine.instances()] == ["web1"]
+    body = json.loads(path.read_text())
+    del body["vm_row"]["kernel"]
+    path.write_text(json.dumps(body))
+    signed()
+    ops.restore("web1", backup_id=backup.id, as_name="copy")
+    assert engine.show("copy").paths["image"] == engine.show("web1").paths["image"] != "/etc"
