@@ -108,6 +108,9 @@ def check_record(
             raise _bad(source, f"a disk size of {size} bytes is out of range")
     for group in spec.firewall.groups:
         validate_name(group, what="firewall group")
+    for network in {n.network for n in spec.network.nics} | {p.network for p in spec.network.ports}:
+        if network != "nat":
+            validate_name(network, what="network name")
     user = spec.access.user
     if user is not None and not _LOGIN.fullmatch(user):
         hint = "use lowercase letters, digits, '_' and '-', starting with a letter"
