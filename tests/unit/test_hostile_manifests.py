@@ -19,7 +19,7 @@ from cloudlet.backup.store import Manifest, StoreCorrupt
 from cloudlet.engine.backup_ops import MANIFEST_KEY, BackupOps
 from cloudlet.engine.engine import Engine
 from cloudlet.engine.storage_ops import StorageOps
-from cloudlet.errors import CloudletError
+from cloudlet.errors import CloudletError, NotFound
 from tests.fakes import FakeDisks, make_vm_with_volume
 
 MIB = 1 << 20
@@ -147,9 +147,9 @@ def test_a_crafted_manifest_is_refused_by_every_reader(
     path.write_text(json.dumps(rehash(edit(json.loads(path.read_text())))))
     before = snapshot(engine)
     for attempt in (
+        lambda: ops.restore("web1", as_name="copy2"),  # --latest: refused, marked failed
         lambda: ops.restore("web1", backup_id=backup.id, as_name="copy"),
         lambda: ops.restore("web1", backup_id=backup.id),
-        lambda: ops.restore("web1", as_name="copy2"),  # --latest
     ):
         with pytest.raises(CloudletError) as info:
             attempt()
@@ -157,6 +157,8 @@ def test_a_crafted_manifest_is_refused_by_every_reader(
         assert isinstance(info.value, ManifestRefused) and info.value.exit_code == 2
         assert "\n" not in info.value.one_line()
         assert snapshot(engine) == before, case
+    with pytest.raises(NotFound, match="no usable backup"):  # --latest never tries it again
+        ops.restore("web1", as_name="copy2")
     report = ops.verify("web1")
     assert len(report.problems) == 1 and says in report.problems[0]
     assert ops.backups("web1")[0].verified == "failed"
@@ -238,3 +240,24 @@ def test_restore_as_checks_the_record_even_in_a_signed_manifest(ops: BackupOps) 
     signed()
     ops.restore("web1", backup_id=backup.id, as_name="copy")
     assert engine.show("copy").paths["image"] == engine.show("web1").paths["image"] != "/etc"
+
+
+def test_latest_skips_a_forged_newest_manifest_and_restores_the_one_before(
+    ops: BackupOps,
+) -> None:
+    engine = ops.e
+    FakeDisks.write(Path(StorageOps(engine).volume("data1").path), "0", "good")
+    good = ops.create("web1")
+    forged = ops.create("web1")
+    path = ops.store.manifest_path(engine.show("web1").id, forged.id)
+    body = json.loads(path.read_text())
+    body["note"] = "forged"
+    path.write_text(json.dumps(rehash(body)))
+    engine.notices.clear()
+    message = ops.restore("web1", as_name="copy")  # --latest
+    assert good.id in message and forged.id not in message
+    assert any(forged.id in n and str(path) in n for n in engine.notices)
+    assert FakeDisks.content(Path(StorageOps(engine).volume("copy-data1").path)) == {"0": "good"}
+    assert {b.id: b.verified for b in ops.backups("web1")}[forged.id] == "failed"
+    engine.stop("web1")
+    assert good.id in ops.restore("web1")  # in place, --latest: the same

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select
 
 from cloudlet.backup.chunking import build_chunks
+from cloudlet.backup.manifest_check import ManifestRefused
 from cloudlet.backup.retention import keep_set
 from cloudlet.backup.store import (
     CHUNK_SIZE,
@@ -514,6 +515,23 @@ class BackupOps:
             )
         return rows
 
+    def _first_readable(self, vm: str, backup_id: str | None) -> Manifest:
+        """The manifest of ``backup_id``, or of the newest backup whose manifest passes
+        its checks: one that fails is marked failed (so --latest never uses it again),
+        said in a notice, and the one before it tried."""
+        candidates = self._pick(vm, backup_id)
+        for i, row in enumerate(candidates):
+            try:
+                return self._manifest(row)
+            except (StoreCorrupt, ManifestRefused) as exc:
+                self._mark_failed(row.id)
+                if backup_id is not None or i + 1 == len(candidates):
+                    raise
+                self.e.notices.append(
+                    f"skipped backup {row.id}: {exc.message}; trying the one before it"
+                )
+        raise AssertionError("unreachable")
+
     def restore(
         self,
         vm: str,
@@ -527,8 +545,8 @@ class BackupOps:
         row = self.e._reconcile(self.e._row(vm))
         restorer = Restorer(self)
         # unknown backups, and volumes that cannot go back, fail before anything stops
-        first = self._pick(vm, backup_id)[0]
-        restorer.free_slots(row.id, restorer.plan_in_place(row.id, self._manifest(first)))
+        first = self._first_readable(vm, backup_id)
+        restorer.free_slots(row.id, restorer.plan_in_place(row.id, first))
         if row.state in _ONLINE:
             if not force:
                 raise Conflict(
@@ -647,7 +665,7 @@ class BackupOps:
             return [(new_volume_name(name, manifest.vm, d.name), d.pool)
                     for d in manifest.disks[1:]]  # fmt: skip
 
-        first = self._manifest(self._pick(vm, backup_id)[0])
+        first = self._first_readable(vm, backup_id)
         validate_name(name)
         self.e._ensure_name_free(name)
         check_new_volumes(self.e, plan(first), f"backup {first.id}")
