@@ -17,11 +17,28 @@ from typing import Any
 import pytest
 
 from cloudlet.engine.backup_ops import BackupOps
-from cloudlet.engine.engine import CreateRequest
+from cloudlet.engine.engine import CreateRequest, Engine
 from cloudlet.engine.storage_ops import StorageOps
 from cloudlet.errors import CloudletError
 from tests.fakes import FakeDisks, make_fake_engine
-from tests.unit.test_hostile_manifests import snapshot
+from tests.unit.test_hostile_manifests import snapshot as vms_and_volumes
+
+
+def snapshot(e: Engine) -> dict[str, str]:
+    """vms_and_volumes, and every file of the state directory (name and content) but the
+    log and lock files, which any command touches, and the database's files (compared by
+    what it holds: a disk is checked as it is copied, once its VM is recorded, and a
+    refused one removes that record again)."""
+    found = vms_and_volumes(e)
+    for path in sorted(e.paths.home.rglob("*")):
+        if (
+            path.is_file()
+            and not path.name.startswith("cloudlet.db")
+            and path.suffix not in (".log", ".lock")
+        ):
+            found[str(path)] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return found
+
 
 MIB = 1 << 20
 Member = tarfile.TarInfo

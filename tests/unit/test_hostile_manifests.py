@@ -198,9 +198,11 @@ def test_the_key_is_made_once_private_and_outside_the_store(ops: BackupOps) -> N
     assert key.stat().st_mode & 0o777 == 0o600 and len(key.read_bytes()) == 32
     assert not key.is_relative_to(ops.store.root)
     made = key.read_bytes()
+    key.chmod(0o644)
     second = BackupOps(engine)  # a new process reads the same key and trusts the backup
     assert second.create("web1").kind and second.verify("web1").problems == []
     assert key.read_bytes() == made and first.id in [b.id for b in second.backups("web1")]
+    assert key.stat().st_mode & 0o777 == 0o600  # a key loosened by hand is tightened again
     # another host (another key) does not trust this host's manifests
     os.replace(key, key.with_name("elsewhere"))
     with pytest.raises(ManifestRefused, match="signature is not this host's"):

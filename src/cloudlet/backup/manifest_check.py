@@ -86,6 +86,8 @@ class HostKey:
         try:
             fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW)
             with os.fdopen(fd, "rb") as f:
+                if os.fstat(fd).st_mode & 0o077:  # loosened by hand: only its owner reads it
+                    os.fchmod(fd, 0o600)
                 data = f.read(KEY_BYTES + 1)
         except OSError as exc:
             raise CloudletError(
