@@ -25,17 +25,11 @@ from tests.unit.test_hostile_manifests import snapshot as vms_and_volumes
 
 
 def snapshot(e: Engine) -> dict[str, str]:
-    """vms_and_volumes, and every file of the state directory (name and content) but the
-    log and lock files, which any command touches, and the database's files (compared by
-    what it holds: a disk is checked as it is copied, once its VM is recorded, and a
-    refused one removes that record again)."""
+    """vms_and_volumes, and every file of the state directory (name and content, the
+    database's too) but the log and lock files, which any command touches."""
     found = vms_and_volumes(e)
     for path in sorted(e.paths.home.rglob("*")):
-        if (
-            path.is_file()
-            and not path.name.startswith("cloudlet.db")
-            and path.suffix not in (".log", ".lock")
-        ):
+        if path.is_file() and path.suffix not in (".log", ".lock"):
             found[str(path)] = hashlib.sha256(path.read_bytes()).hexdigest()
     return found
 

@@ -8,7 +8,9 @@
     volumes/<name>.qcow2    each attached volume, flattened (format 2; format 1 had none)
 
 Every disk of an import goes through the image importer's checks (no backing file, no
-external data file): an export is a file from anywhere.
+external data file): an export is a file from anywhere. Its members, manifest and VM
+record (vm_record.py) and the SHA-256 of every disk are checked before anything is
+made; each disk is hashed again as it is copied.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from cloudlet.engine.backup_restore import (
     pool_dir,
 )
 from cloudlet.engine.storage_ops import _OFFLINE, DEFAULT_POOL, active_disk, attached_volumes
+from cloudlet.engine.vm_record import check_record
 from cloudlet.errors import CloudletError, Conflict, InvalidInput
 from cloudlet.spec.instance import InstanceSpec
 from cloudlet.spec.names import validate_name
@@ -253,6 +256,15 @@ def import_(ops: BackupOps, src: Path, name: str | None = None) -> InstanceView:
         validate_name(name)
         e._ensure_name_free(name)
         check_new_volumes(e, [(n, DEFAULT_POOL) for n in new_names], str(src))
+        check_record(e, name, spec_data, vm_row, str(src))  # again in _new_vm, for restores
+        for member in ("disk.qcow2", *(f for _, f in volumes)):  # read twice: refused early
+            f = tar.extractfile(members[member])
+            assert f is not None
+            digest = hashlib.sha256()
+            while block := f.read(1 << 20):
+                digest.update(block)
+            if digest.hexdigest() != sums.get(member):
+                raise InvalidInput(f"{src}: {member} does not match its SHA-256")
 
         def extract(member: str, dest: Path) -> int:
             """One disk of the export, checked; its virtual size."""
