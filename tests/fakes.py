@@ -178,3 +178,15 @@ def make_fake_engine(home: Path, *, cpus: int = 4, memory: int = 8 * GIB) -> Eng
         arches=lambda: {"x86_64": "fake-qemu"},
     )
     return Engine(settings, deps, Database(settings.paths.database))
+
+
+def make_vm_with_volume(home: Path) -> Engine:
+    """A fake engine with VM web1 (running) and volume data1 (64 MiB) attached to it."""
+    from cloudlet.engine.engine import CreateRequest
+    from cloudlet.engine.storage_ops import StorageOps
+
+    e = make_fake_engine(home)
+    e.create(CreateRequest(name="web1"))
+    StorageOps(e).volume_create("data1", 64 * MIB)
+    StorageOps(e).volume_attach("data1", "web1")
+    return e

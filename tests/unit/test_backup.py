@@ -16,7 +16,7 @@ import pytest
 
 from cloudlet.backup.chunking import build_chunks
 from cloudlet.backup.retention import keep_set
-from cloudlet.backup.store import CHUNK_SIZE, BackupStore, Manifest, StoreCorrupt
+from cloudlet.backup.store import CHUNK_SIZE, BackupStore, DiskManifest, Manifest, StoreCorrupt
 from cloudlet.driver.base import DiskCopy
 from cloudlet.driver.fake.driver import FakeDriver
 from cloudlet.engine.backup_ops import BackupOps
@@ -66,7 +66,7 @@ def chunk_files(ops: BackupOps) -> list[Path]:
 
 # ---------------------------------------------------------------- store and chunking
 def test_identical_data_is_stored_once_and_zero_chunks_never(short_tmp: Path) -> None:
-    store = BackupStore(short_tmp / "store")
+    store = BackupStore(short_tmp / "store", short_tmp / "key")
     store.ensure()
     block = b"A" * CHUNK_SIZE
     extents = [(0, block, CHUNK_SIZE), (2 * CHUNK_SIZE, block, CHUNK_SIZE)]
@@ -81,7 +81,7 @@ def test_identical_data_is_stored_once_and_zero_chunks_never(short_tmp: Path) ->
 
 
 def test_an_incremental_patches_the_parents_chunks(short_tmp: Path) -> None:
-    store = BackupStore(short_tmp / "store")
+    store = BackupStore(short_tmp / "store", short_tmp / "key")
     store.ensure()
     size = 2 * CHUNK_SIZE + 100  # a short last chunk
     full = build_chunks(store, [(0, b"x" * 10, 10), (2 * CHUNK_SIZE, b"t" * 100, 100)], size,
@@ -96,17 +96,18 @@ def test_an_incremental_patches_the_parents_chunks(short_tmp: Path) -> None:
 
 
 def test_manifest_checks_its_own_sha256(short_tmp: Path) -> None:
-    store = BackupStore(short_tmp / "store")
+    store = BackupStore(short_tmp / "store", short_tmp / "key")
     store.ensure()
+    vm_id, backup_id = "0" * 8 + "-0000-0000-0000-" + "0" * 12, "20260101T000000-abcdef"
     m = Manifest(
-        id="b1", vm="web1", vm_id="id1", created_at="t", finished_at="t", kind="full",
-        parent=None, disks=[], spec={}, vm_row={},
+        id=backup_id, vm="web1", vm_id=vm_id, created_at="t", finished_at="t", kind="full",
+        parent=None, disks=[DiskManifest("root", CHUNK_SIZE, [None])], spec={}, vm_row={},
     )  # fmt: skip
     path = store.write_manifest(m)
-    assert store.read_manifest("id1", "b1").sha256 == m.sha256 != ""
+    assert store.read_manifest(vm_id, backup_id).sha256 == m.sha256 != ""
     path.write_text(path.read_text().replace('"web1"', '"evil"'))
     with pytest.raises(StoreCorrupt, match="does not match its sha256"):
-        store.read_manifest("id1", "b1")
+        store.read_manifest(vm_id, backup_id)
 
 
 # ---------------------------------------------------------------- backups through the engine
@@ -400,7 +401,7 @@ def test_export_import_round_trip_and_tampering(
     with tarfile.open(short_tmp / "bad.cloudlet", "w") as tar:
         for name in ("manifest.json", "spec.json", "disk.qcow2"):
             tar.add(short_tmp / "x" / name, arcname=name)
-    with pytest.raises(InvalidInput, match="does not match its SHA-256"):
+    with pytest.raises(InvalidInput, match="not the size its manifest says"):
         ops.import_(short_tmp / "bad.cloudlet", "evil")
     # a disk with a backing file is refused even with matching checksums
     disk.write_text(json.dumps({"size": 1, "backing": "/etc/shadow"}))
@@ -408,6 +409,7 @@ def test_export_import_round_trip_and_tampering(
     import hashlib
 
     manifest["files"]["disk.qcow2"] = hashlib.sha256(disk.read_bytes()).hexdigest()
+    manifest["bytes"]["disk.qcow2"] = disk.stat().st_size
     (short_tmp / "x" / "manifest.json").write_text(json.dumps(manifest))
     with tarfile.open(short_tmp / "bad2.cloudlet", "w") as tar:
         for name in ("manifest.json", "spec.json", "disk.qcow2"):

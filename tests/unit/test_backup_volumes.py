@@ -20,18 +20,14 @@ from cloudlet.engine.engine import CreateRequest, Engine
 from cloudlet.engine.storage_ops import StorageOps, active_disk
 from cloudlet.errors import Conflict, InvalidInput, NotFound
 from cloudlet.store.models import PoolRow
-from tests.fakes import FakeDisks, make_fake_engine
+from tests.fakes import FakeDisks, make_vm_with_volume
 
 MIB = 1 << 20
 
 
 @pytest.fixture
 def engine(short_tmp: Path) -> Engine:
-    e = make_fake_engine(short_tmp / "home")
-    e.create(CreateRequest(name="web1"))
-    StorageOps(e).volume_create("data1", 64 * MIB)
-    StorageOps(e).volume_attach("data1", "web1")
-    return e
+    return make_vm_with_volume(short_tmp / "home")
 
 
 @pytest.fixture
@@ -115,7 +111,7 @@ def test_an_old_single_disk_manifest_still_reads_and_an_incremental_builds_on_it
     first = ops.create("web1")
     path = ops.store.manifest_path(engine.show("web1").id, first.id)
     body = json.loads(path.read_text())
-    del body["sha256"]
+    del body["sha256"], body["hmac"]  # written before manifests were signed
     # as written before volumes were backed up: the bitmap only at the top
     body["disks"] = [{k: body["disks"][0][k] for k in ("name", "virtual_size", "chunks")}]
     digest = Manifest.digest(body)
@@ -275,7 +271,7 @@ def test_export_import_carries_the_volumes_and_old_exports_still_import(
         names = sorted(tar.getnames())
         manifest = json.loads(tar.extractfile("manifest.json").read())  # type: ignore[union-attr]
     assert names == ["disk.qcow2", "manifest.json", "spec.json", "volumes/data1.qcow2"]
-    assert manifest["format"] == 2 and set(manifest["files"]) == {
+    assert manifest["format"] == 3 and set(manifest["files"]) == set(manifest["bytes"]) == {
         "spec.json", "disk.qcow2", "volumes/data1.qcow2"
     }  # fmt: skip
     view = ops.import_(short_tmp / "web1.cloudlet", "web2")
@@ -290,6 +286,7 @@ def test_export_import_carries_the_volumes_and_old_exports_still_import(
     evil = x / "volumes" / "data1.qcow2"
     evil.write_text(json.dumps({"size": MIB, "backing": "/etc/shadow"}))
     manifest["files"]["volumes/data1.qcow2"] = hashlib.sha256(evil.read_bytes()).hexdigest()
+    manifest["bytes"]["volumes/data1.qcow2"] = evil.stat().st_size
     (x / "manifest.json").write_text(json.dumps(manifest))
     with tarfile.open(short_tmp / "bad.cloudlet", "w") as tar:
         for name in names:
@@ -302,7 +299,7 @@ def test_export_import_carries_the_volumes_and_old_exports_still_import(
     assert not list(vol(engine, "data1").parent.glob(".import-*"))
 
     # a format 1 export (root disk only, as cloudlet wrote before) still imports
-    old = {k: v for k, v in manifest.items() if k != "volumes"}
+    old = {k: v for k, v in manifest.items() if k not in ("volumes", "bytes")}
     old["format"] = 1
     old["files"] = {k: v for k, v in manifest["files"].items() if not k.startswith("volumes/")}
     (x / "manifest.json").write_text(json.dumps(old))

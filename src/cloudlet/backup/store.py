@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cloudlet.backup.manifest_check import MAX_MANIFEST_BYTES, HostKey, ManifestRefused, check_body
 from cloudlet.errors import CapacityExceeded, CloudletError, NotFound
 from cloudlet.spec.names import name_path
 
@@ -145,20 +146,44 @@ class Manifest:
         canonical = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
         return hashlib.sha256(canonical).hexdigest()
 
-    def to_json(self) -> str:
+    def to_json(self, key: HostKey) -> str:
         body = self.body()
         self.sha256 = self.digest(body)
-        return json.dumps({**body, "sha256": self.sha256}, indent=1, sort_keys=True)
+        signed = {**body, "sha256": self.sha256, "hmac": key.sign(body)}
+        return json.dumps(signed, indent=1, sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str, where: str) -> Manifest:
+    def from_json(
+        cls, text: str, where: str, key: HostKey | None, recorded: str | None = None
+    ) -> Manifest:
+        """The manifest in ``text`` (the file ``where``), checked strictly and, with
+        ``key``, authenticated: by its HMAC, or (written before signing) by the SHA-256
+        this host ``recorded`` for it. Without ``key`` only its shape is checked (for
+        garbage collection, which only keeps more chunks for it)."""
         try:
             data = json.loads(text)
             claimed = data.pop("sha256")
-        except (ValueError, KeyError, AttributeError):
+            mac = data.pop("hmac", None)
+        except (ValueError, KeyError, AttributeError, TypeError, RecursionError):
             raise StoreCorrupt(f"manifest {where} is not valid JSON") from None
-        if cls.digest(data) != claimed:
+        if not isinstance(claimed, str) or cls.digest(data) != claimed:
             raise StoreCorrupt(f"manifest {where} does not match its sha256")
+        check_body(data, where, chunk_size=CHUNK_SIZE, fmt=FORMAT)
+        if key is not None:
+            if mac is None:
+                if recorded != claimed:
+                    raise ManifestRefused(
+                        f"backup manifest {where} is refused: it is not signed, and this "
+                        "host has no record of writing it",
+                        hint="only backups this host took before manifests were signed "
+                        "restore unsigned; take a new backup",
+                    )
+            elif not isinstance(mac, str) or not key.verify(data, mac):
+                raise ManifestRefused(
+                    f"backup manifest {where} is refused: its signature is not this host's",
+                    hint="it was changed or written elsewhere; restore another backup, "
+                    "and find out who wrote it",
+                )
         disks = [DiskManifest.from_dict(d) for d in data["disks"]]
         if disks and disks[0].bitmap is None and data.get("bitmap"):
             disks[0].bitmap = data["bitmap"]  # written before each disk had its own
@@ -242,8 +267,9 @@ def _fsync_file(path: Path) -> None:
 class BackupStore:
     """One directory; callers hold its lock (engine) while they write or prune."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, key_file: Path) -> None:
         self.root = root
+        self.key = HostKey(key_file)  # never inside the store: see manifest_check.py
         self.chunks = root / "chunks"
         self.manifests = root / "manifests"
         self.tmp = root / "tmp"
@@ -369,18 +395,29 @@ class BackupStore:
         path = self.manifest_path(manifest.vm_id, manifest.id)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            self.write_file(path, manifest.to_json().encode())
+            self.write_file(path, manifest.to_json(self.key).encode())
         except OSError as exc:
             raise self._full(exc) from None
         return path
 
-    def read_manifest(self, vm_id: str, backup_id: str) -> Manifest:
+    def read_manifest(self, vm_id: str, backup_id: str, recorded: str | None = None) -> Manifest:
+        """The manifest of a backup, checked and authenticated (manifest_check.py); a
+        manifest of another backup or VM copied over this one's file is refused too."""
         path = self.manifest_path(vm_id, backup_id)
         try:
-            text = path.read_text()
+            with open(path, "rb") as f:
+                raw = f.read(MAX_MANIFEST_BYTES + 1)
         except FileNotFoundError:
             raise NotFound(f"backup {backup_id}: its manifest {path} is missing") from None
-        return Manifest.from_json(text, backup_id)
+        if len(raw) > MAX_MANIFEST_BYTES:
+            raise ManifestRefused(f"backup manifest {path} is refused: it is too large")
+        manifest = Manifest.from_json(raw.decode(errors="replace"), str(path), self.key, recorded)
+        if (manifest.vm_id, manifest.id) != (vm_id, backup_id):
+            raise ManifestRefused(
+                f"backup manifest {path} is refused: it is the manifest of another backup",
+                hint="restore another backup, and find out who moved it there",
+            )
+        return manifest
 
     def all_manifests(self) -> Iterator[Path]:
         if self.manifests.exists():
@@ -415,8 +452,9 @@ class BackupStore:
         referenced: set[str] = set()
         for path in self.all_manifests():
             try:
-                referenced |= Manifest.from_json(path.read_text(), path.stem).chunk_ids()
-            except StoreCorrupt:
+                text = path.read_text(errors="replace")
+                referenced |= Manifest.from_json(text, str(path), None).chunk_ids()
+            except (StoreCorrupt, ManifestRefused, OSError):
                 # A manifest we cannot read might still reference anything: keep all.
                 return 0, 0
         count = size = 0

@@ -8,7 +8,9 @@
     volumes/<name>.qcow2    each attached volume, flattened (format 2; format 1 had none)
 
 Every disk of an import goes through the image importer's checks (no backing file, no
-external data file): an export is a file from anywhere.
+external data file): an export is a file from anywhere. Its members, manifest and VM
+record (vm_record.py) and the SHA-256 of every disk are checked before anything is
+made; each disk is hashed again as it is copied.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tarfile
 import uuid
@@ -23,6 +26,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from cloudlet.driver.base import HOTPLUG_SLOTS
 from cloudlet.engine.backup_restore import (
     NewVolume,
     check_new_volumes,
@@ -31,6 +35,7 @@ from cloudlet.engine.backup_restore import (
 )
 from cloudlet.engine.image_cap import image_size_cap
 from cloudlet.engine.storage_ops import _OFFLINE, DEFAULT_POOL, active_disk, attached_volumes
+from cloudlet.engine.vm_record import check_record
 from cloudlet.errors import CloudletError, Conflict, InvalidInput
 from cloudlet.spec.instance import InstanceSpec
 from cloudlet.spec.names import validate_name
@@ -41,8 +46,11 @@ if TYPE_CHECKING:
     from cloudlet.engine.backup_ops import BackupOps
     from cloudlet.engine.views import InstanceView
 
-EXPORT_FORMAT = 2
-READABLE_FORMATS = (1, 2)
+EXPORT_FORMAT = 3  # 3: the manifest says each file's size
+READABLE_FORMATS = (1, 2, 3)
+MAX_MEMBERS = 4 + HOTPLUG_SLOTS  # manifest, spec, disk, the volumes directory, volumes
+SMALL_FILE = 1 << 20  # manifest.json and spec.json
+HEX64 = re.compile(r"[0-9a-f]{64}")
 ROW_FIELDS = ("image", "image_path", "type_name", "cpus", "memory", "disk_size", "arch",
               "location")  # fmt: skip
 
@@ -98,6 +106,7 @@ def export(ops: BackupOps, vm: str, dest: Path) -> str:
                 "vm_row": vm_row_data(ops, row),
                 "volumes": volumes,
                 "files": {n: sha256_of(work / n) for n in names},
+                "bytes": {n: (work / n).stat().st_size for n in names},
             }
             (work / "manifest.json").write_text(json.dumps(manifest, indent=1))
             partial = work / "out.tar"
@@ -132,59 +141,133 @@ def _copy_checked(f: IO[bytes], dest: Path, expected: object, what: str) -> None
         raise
 
 
+def _members(tar: tarfile.TarFile, src: Path) -> dict[str, tarfile.TarInfo]:
+    """The archive's members, refused (before anything is made) unless each is a plain
+    file (or the ``volumes`` directory) named once, and there are few enough of them."""
+    found: dict[str, tarfile.TarInfo] = {}
+    hint = "make one with 'cloudlet export VM FILE'"
+    while True:
+        try:
+            member = tar.next()
+        except (tarfile.TarError, OSError, EOFError, UnicodeError, ValueError) as exc:
+            raise InvalidInput(f"{src} is not a cloudlet export: {exc}", hint=hint) from None
+        if member is None:
+            return found
+        shown = repr(member.name[:80])
+        if len(found) >= MAX_MEMBERS:
+            raise InvalidInput(f"{src} holds more than {MAX_MEMBERS} members", hint=hint)
+        if member.name in found:
+            raise InvalidInput(f"{src} holds {shown} twice", hint=hint)
+        plain = member.type in (tarfile.REGTYPE, tarfile.AREGTYPE)
+        if not plain and not (member.name == "volumes" and member.isdir()):
+            raise InvalidInput(
+                f"{src}: member {shown} is not a plain file (links, devices and fifos are "
+                "never part of an export)",
+                hint=hint,
+            )
+        found[member.name] = member
+
+
+def _read_small(tar: tarfile.TarFile, member: tarfile.TarInfo, src: Path) -> bytes:
+    if member.size > SMALL_FILE:
+        raise InvalidInput(f"{src}: {member.name} is larger than {SMALL_FILE >> 10} KiB")
+    f = tar.extractfile(member)
+    assert f is not None
+    return f.read(SMALL_FILE)
+
+
+def _check_manifest(manifest: object, src: Path) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+    """The export's manifest (its fields typed and bounded) and its (volume, file) pairs."""
+    if not isinstance(manifest, dict) or manifest.get("format") not in READABLE_FORMATS:
+        raise InvalidInput(f"{src}: unknown export format (or not a cloudlet export)")
+    sums, volumes = manifest.get("files"), manifest.get("volumes", [])
+    if not isinstance(sums, dict) or not isinstance(volumes, list):
+        raise InvalidInput(f"{src}: its manifest is not valid")
+    for file, digest in sums.items():
+        if not isinstance(digest, str) or not HEX64.fullmatch(digest):
+            raise InvalidInput(f"{src}: the SHA-256 of {str(file)[:80]!r} is not valid")
+    pairs: list[tuple[str, str]] = []
+    for vol in volumes[: HOTPLUG_SLOTS + 1]:
+        if not isinstance(vol, dict) or not isinstance(vol.get("name"), str):
+            raise InvalidInput(f"{src}: its manifest lists a volume that is not valid")
+        vol_name, file = vol["name"], vol.get("file")
+        if not vol_name.isprintable():
+            raise InvalidInput(f"{src}: invalid volume name {vol_name[:80]!r}")
+        validate_name(vol_name, what="volume name")
+        if file != f"volumes/{vol_name}.qcow2":
+            raise InvalidInput(f"{src}: volume {vol_name} is stored as {str(file)[:80]!r}")
+        pairs.append((vol_name, file))
+    if len(volumes) > HOTPLUG_SLOTS:
+        raise InvalidInput(f"{src} has {len(volumes)} volumes; a VM takes {HOTPLUG_SLOTS}")
+    sizes = manifest.get("bytes")
+    if manifest["format"] >= 3 and not (
+        isinstance(sizes, dict) and all(type(v) is int for v in sizes.values())
+    ):
+        raise InvalidInput(f"{src}: its manifest does not say the size of each file")
+    return manifest, pairs
+
+
 def import_(ops: BackupOps, src: Path, name: str | None = None) -> InstanceView:
+    """A new stopped VM from an export: every member, field and disk is checked before
+    anything is made (an export is a file from anywhere: vm_record.py for its record)."""
     e = ops.e
     src = src.absolute()
     try:
         tar = tarfile.open(src, "r:")  # noqa: SIM115 (closed by the with below)
-    except (OSError, tarfile.TarError) as exc:
+    except (OSError, tarfile.TarError, EOFError, ValueError) as exc:
         raise InvalidInput(f"{src} is not a cloudlet export: {exc}") from None
     with tar:
-        members = {m.name: m for m in tar.getmembers()}
-
-        def read(member: str, limit: int = 1 << 20) -> bytes:
-            f = tar.extractfile(members[member])
-            assert f is not None
-            return f.read(limit)
-
-        if "manifest.json" not in members or not members["manifest.json"].isfile():
+        members = _members(tar, src)
+        if "manifest.json" not in members:
             raise InvalidInput(
-                f"{src} is not a cloudlet export: it holds {sorted(members)}",
+                f"{src} is not a cloudlet export: it holds {sorted(members)[:8]}",
                 hint="make one with 'cloudlet export VM FILE'",
             )
         try:
-            manifest = json.loads(read("manifest.json"))
-            sums = manifest["files"]
-            vm_row = manifest["vm_row"]
-            volumes = [(str(v["name"]), str(v["file"])) for v in manifest.get("volumes", [])]
-        except (ValueError, KeyError, TypeError) as exc:
-            raise InvalidInput(f"{src}: its manifest is not valid ({exc})") from None
-        if manifest.get("format") not in READABLE_FORMATS:
-            raise InvalidInput(f"{src}: unknown export format {manifest.get('format')!r}")
-        for vol_name, file in volumes:
-            validate_name(vol_name, what="volume name")
-            if file != f"volumes/{vol_name}.qcow2":
-                raise InvalidInput(f"{src}: volume {vol_name} is stored as {file!r}")
+            raw_manifest = json.loads(_read_small(tar, members["manifest.json"], src))
+        except (ValueError, RecursionError) as exc:
+            raise InvalidInput(f"{src}: its manifest is not valid JSON ({exc})") from None
+        manifest, volumes = _check_manifest(raw_manifest, src)
+        sums, vm_row = manifest["files"], manifest.get("vm_row")
         expected = {"manifest.json", "spec.json", "disk.qcow2", *(f for _, f in volumes)}
         files = {n for n, m in members.items() if not (m.isdir() and n == "volumes")}
-        if files != expected or not all(members[n].isfile() for n in expected):
+        if files != expected:
+            odd = sorted(files ^ expected)[:4]
             raise InvalidInput(
-                f"{src} is not a cloudlet export: it holds {sorted(members)}",
+                f"{src} is not a cloudlet export: unexpected or missing members {odd}",
                 hint="make one with 'cloudlet export VM FILE'",
             )
-        spec_bytes = read("spec.json")
-        try:
-            spec_data = json.loads(spec_bytes)
-        except ValueError as exc:
-            raise InvalidInput(f"{src}: its spec is not valid ({exc})") from None
+        sizes = manifest.get("bytes")
+        for member in sorted(expected - {"manifest.json"}):
+            if isinstance(sizes, dict) and members[member].size != sizes.get(member):
+                raise InvalidInput(f"{src}: {member} is not the size its manifest says")
+        spec_bytes = _read_small(tar, members["spec.json"], src)
         if hashlib.sha256(spec_bytes).hexdigest() != sums.get("spec.json"):
             raise InvalidInput(f"{src}: spec.json does not match its SHA-256")
+        try:
+            spec_data = json.loads(spec_bytes)
+        except (ValueError, RecursionError) as exc:
+            raise InvalidInput(f"{src}: its spec is not valid ({exc})") from None
+        if not isinstance(spec_data, dict):
+            raise InvalidInput(f"{src}: its spec is not an object")
         name = name or str(spec_data.get("name"))
-        source_vm = str(manifest.get("vm", spec_data.get("name")))
+        source_vm = manifest.get("vm", spec_data.get("name"))
+        if not isinstance(source_vm, str) or not source_vm.isprintable():
+            raise InvalidInput(f"{src}: the name of its VM is not valid")
+        validate_name(source_vm)
         new_names = [new_volume_name(name, source_vm, v) for v, _ in volumes]
         validate_name(name)
         e._ensure_name_free(name)
         check_new_volumes(e, [(n, DEFAULT_POOL) for n in new_names], str(src))
+        check_record(e, name, spec_data, vm_row, str(src))  # again in _new_vm, for restores
+        for member in ("disk.qcow2", *(f for _, f in volumes)):  # read twice: refused early
+            f = tar.extractfile(members[member])
+            assert f is not None
+            digest = hashlib.sha256()
+            while block := f.read(1 << 20):
+                digest.update(block)
+            if digest.hexdigest() != sums.get(member):
+                raise InvalidInput(f"{src}: {member} does not match its SHA-256")
 
         def extract(member: str, dest: Path) -> int:
             """One disk of the export, checked; its virtual size."""
@@ -216,5 +299,6 @@ def import_(ops: BackupOps, src: Path, name: str | None = None) -> InstanceView:
                 raise
             return made
 
+        story = lambda: f"imported from {src.name}"  # noqa: E731
         with ExitStack() as stage:
-            return ops._new_vm(name, spec_data, vm_row, fill, lambda: f"imported from {src.name}")
+            return ops._new_vm(name, spec_data, vm_row, fill, story, str(src))

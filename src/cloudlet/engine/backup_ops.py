@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select
 
 from cloudlet.backup.chunking import build_chunks
+from cloudlet.backup.manifest_check import ManifestRefused
 from cloudlet.backup.retention import keep_set
 from cloudlet.backup.store import (
     CHUNK_SIZE,
@@ -61,6 +62,7 @@ from cloudlet.engine.storage_ops import (
     default_disk,
     state_file,
 )
+from cloudlet.engine.vm_record import check_record
 from cloudlet.errors import CloudletError, Conflict, NotFound, OutOfSpace
 from cloudlet.spec import names
 from cloudlet.spec.instance import BackupPolicy, InstanceSpec
@@ -74,6 +76,7 @@ if TYPE_CHECKING:
 
 STORE_LOCK = ".backup-store"
 BITMAP_PREFIX = "cloudlet-"
+MANIFEST_KEY = "keys/backup-manifest.key"
 
 
 @dataclass(frozen=True)
@@ -146,7 +149,8 @@ def _view(row: BackupRow, manifest: Manifest | None) -> BackupView:
 class BackupOps:
     def __init__(self, engine: Engine) -> None:
         self.e = engine
-        self.store = BackupStore(engine.settings.backup_store)
+        # The manifests' signing key stays in the state directory, out of the store's reach.
+        self.store = BackupStore(engine.settings.backup_store, engine.paths.home / MANIFEST_KEY)
 
     @contextmanager
     def _store_lock(self) -> Iterator[None]:
@@ -172,7 +176,7 @@ class BackupOps:
         raise NotFound(f"{vm} has no backup {backup_id!r}", hint=f"see 'cloudlet backup list {vm}'")
 
     def _manifest(self, row: BackupRow) -> Manifest:
-        return self.store.read_manifest(row.instance_id, row.id)
+        return self.store.read_manifest(row.instance_id, row.id, row.manifest_sha256)
 
     # ------------------------------------------------------------ create
     def create(self, vm: str) -> BackupView:
@@ -515,6 +519,23 @@ class BackupOps:
             )
         return rows
 
+    def _first_readable(self, vm: str, backup_id: str | None) -> Manifest:
+        """The manifest of ``backup_id``, or of the newest backup whose manifest passes
+        its checks: one that fails is marked failed (so --latest never uses it again),
+        said in a notice, and the one before it tried."""
+        candidates = self._pick(vm, backup_id)
+        for i, row in enumerate(candidates):
+            try:
+                return self._manifest(row)
+            except (StoreCorrupt, ManifestRefused) as exc:
+                self._mark_failed(row.id)
+                if backup_id is not None or i + 1 == len(candidates):
+                    raise
+                self.e.notices.append(
+                    f"skipped backup {row.id}: {exc.message}; trying the one before it"
+                )
+        raise AssertionError("unreachable")
+
     def restore(
         self,
         vm: str,
@@ -532,8 +553,8 @@ class BackupOps:
         row = self.e._reconcile(self.e._row(vm))
         restorer = Restorer(self)
         # unknown backups, and volumes that cannot go back, fail before anything stops
-        first = self._pick(vm, backup_id)[0]
-        restorer.free_slots(row.id, restorer.plan_in_place(row.id, self._manifest(first)))
+        first = self._first_readable(vm, backup_id)
+        restorer.free_slots(row.id, restorer.plan_in_place(row.id, first))
         if row.state in _ONLINE:
             if not force:
                 raise Conflict(
@@ -652,7 +673,7 @@ class BackupOps:
             return [(new_volume_name(name, manifest.vm, d.name), d.pool)
                     for d in manifest.disks[1:]]  # fmt: skip
 
-        first = self._manifest(self._pick(vm, backup_id)[0])
+        first = self._first_readable(vm, backup_id)
         validate_name(name)
         self.e._ensure_name_free(name)
         check_new_volumes(self.e, plan(first), f"backup {first.id}")
@@ -682,6 +703,7 @@ class BackupOps:
             first.vm_row,
             fill,
             lambda: f"restored from backup {holder['backup'].id} of {vm}",
+            f"backup {first.id}",
         )
         volumes = attached_volume_names(self.e, view.id)
         extra = f" with volume(s) {', '.join(volumes)}" if volumes else ""
@@ -690,23 +712,22 @@ class BackupOps:
     def _new_vm(
         self,
         name: str,
-        spec_data: dict[str, Any],
-        row_data: dict[str, Any],
+        spec_data: object,
+        row_data: object,
         fill: Callable[[Path], list[NewVolume]],
         story: Callable[[], str],
+        source: str,
     ) -> InstanceView:
         """A new stopped VM with ``spec_data`` (renamed) whose root disk ``fill`` writes;
-        the volumes it returns are made and attached. A failure removes all of it."""
+        the volumes it returns are made and attached. A failure removes all of it.
+        ``spec_data`` and ``row_data`` come from a file (``source``): vm_record.py."""
         from cloudlet.engine import access as access_mod
         from cloudlet.host.resources import free_loopback_port
 
         e = self.e
-        validate_name(name)
+        record = check_record(e, name, spec_data, row_data, source)
+        spec = record.spec
         e._ensure_name_free(name)
-        spec = InstanceSpec.model_validate({**spec_data, "name": name})
-        image_path = Path(str(row_data["image_path"]))
-        if not image_path.exists():
-            image_path = e.deps.images.get(spec.image).path
         new_id = str(uuid.uuid4())
         with e._lock(name):
             e._ensure_name_free(name)
@@ -715,15 +736,15 @@ class BackupOps:
                 name=name,
                 state=VMState.CREATING.value,
                 spec_json=spec.model_dump_json(),
-                image=str(row_data["image"]),
-                image_path=str(image_path),
-                type_name=str(row_data["type_name"]),
-                cpus=int(row_data["cpus"]),
-                memory=int(row_data["memory"]),
-                disk_size=int(row_data["disk_size"]),
-                arch=str(row_data["arch"]),
-                location=str(row_data["location"]),
-                ssh_port=free_loopback_port() if row_data.get("ssh") else None,
+                image=record.image.name,
+                image_path=str(record.image.path),
+                type_name=record.shape.name,
+                cpus=record.shape.cpus,
+                memory=record.shape.memory,
+                disk_size=record.image.min_disk_bytes,  # the disk's own size, once filled
+                arch=spec.arch,
+                location=spec.location,
+                ssh_port=free_loopback_port() if record.ssh else None,
             )
             with e.db.session() as s:
                 s.add(row)
@@ -734,7 +755,7 @@ class BackupOps:
                     instance_dir.mkdir(parents=True)
                     disk = instance_dir / "disk.qcow2"
                     made = install_new_volumes(e, new_id, fill(disk))
-                    if row_data.get("seed"):
+                    if record.seed:
                         access_mod.write_seed(
                             instance_dir / "seed.iso",
                             instance_id=new_id,

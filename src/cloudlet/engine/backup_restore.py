@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 
+from cloudlet.backup.manifest_check import ManifestRefused
 from cloudlet.backup.store import DiskManifest, Manifest, StoreCorrupt
 from cloudlet.driver.base import HOTPLUG_SLOTS
 from cloudlet.engine import network_ops
@@ -222,7 +223,7 @@ class Restorer:
                 manifest = self.ops._manifest(row)
                 dirs = dirs_for(manifest)
                 return self.materialize_all(row, manifest, dirs, owner), row, manifest
-            except StoreCorrupt as exc:
+            except (StoreCorrupt, ManifestRefused) as exc:
                 self.ops._mark_failed(row.id)
                 if backup_id is not None or i + 1 == len(candidates):
                     raise
@@ -286,6 +287,8 @@ class Restorer:
         taken: dict[str, Path] = {}
         for plan in plans:
             target = plan.directory / f"{plan.name}@{tag}.qcow2"
+            if target.resolve().parent != plan.directory.resolve():  # names are checked too
+                raise InvalidInput(f"volume name {plan.name!r} leaves pool {plan.pool}")
             os.replace(files[plan.disk.name], target)
             taken[plan.name] = target
         return taken

@@ -287,7 +287,10 @@ def _yaml_error(exc: yaml.YAMLError, source: str) -> InvalidInput:
 
 def parse_documents(text: str, source: str) -> list[VMEntry]:
     """Every VM in a spec file's text, validated; InvalidInput names file, line and field."""
-    loader = yaml.SafeLoader(text)
+    try:  # the reader refuses control characters as soon as it is made
+        loader = yaml.SafeLoader(text)
+    except yaml.YAMLError as exc:
+        raise _yaml_error(exc, source) from None
     raw: list[tuple[Any, dict[Loc, int]]] = []
     try:
         while loader.check_node():
