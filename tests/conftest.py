@@ -72,6 +72,10 @@ def shared_state() -> Path:
     TEST_CACHE.mkdir(parents=True, exist_ok=True)
     settings = Settings(paths=Paths(TEST_CACHE / "state"))
     settings.paths.ensure()
+    # Test homes reach the built images through links: every VM's QEMU user must be able
+    # to pass through the cache (the images themselves are made group-readable).
+    for directory in (TEST_CACHE, settings.paths.home, settings.paths.images):
+        directory.chmod(0o755)
     images = ImageStore(settings.paths.images, settings.paths.cache / "debs")
     accel_for(settings, images)(images.get("tiny"))  # probe KVM once (cached in host/accel.json)
     return settings.paths.home
