@@ -68,11 +68,14 @@ def crafted(members: dict[str, bytes], dest: Path, *, big: dict[str, int] | None
     adds members of that many zero bytes (sparse in the tar) listed as volumes."""
     manifest = json.loads(members["manifest.json"])
     files = {n: hashlib.sha256(b).hexdigest() for n, b in members.items() if n != "manifest.json"}
+    sizes = {n: len(b) for n, b in members.items() if n != "manifest.json"}
     for name, size in (big or {}).items():
         volume = name.removeprefix("volumes/").removesuffix(".qcow2")
         manifest.setdefault("volumes", []).append({"name": volume, "file": name, "size": size})
-        files[name] = "0" * 64
+        files[name] = _zeros_sha256(size)
+        sizes[name] = size
     manifest["files"] = files
+    manifest["bytes"] = sizes
     body = {**members, "manifest.json": json.dumps(manifest).encode()}
     with tarfile.open(dest, "w") as tar:
         for name in ("manifest.json", *sorted(n for n in body if n != "manifest.json")):
@@ -84,6 +87,14 @@ def crafted(members: dict[str, bytes], dest: Path, *, big: dict[str, int] | None
             info.size = size
             tar.addfile(info, _Zeros(size))  # type: ignore[arg-type]
     return dest
+
+
+def _zeros_sha256(size: int) -> str:
+    digest, block = hashlib.sha256(), bytes(1 << 20)
+    for _ in range(size >> 20):
+        digest.update(block)
+    digest.update(bytes(size & ((1 << 20) - 1)))
+    return digest.hexdigest()
 
 
 class _Zeros:
