@@ -25,11 +25,12 @@ from typing import Any
 
 from cloudlet.driver.base import HOTPLUG_SLOTS
 from cloudlet.errors import CloudletError
+from cloudlet.spec import names
 from cloudlet.spec.names import validate_name
 
 KEY_BYTES = 32
 HEX64 = re.compile(r"[0-9a-f]{64}")
-BACKUP_ID = re.compile(r"[0-9]{8}T[0-9]{6}-[0-9a-f]{6}")
+BACKUP_ID = names.BACKUP_ID.pattern
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 BITMAP = re.compile(r"cloudlet-[0-9]{8}T[0-9]{6}-[0-9a-f]{6}")
 MAX_DISK_BYTES = 1 << 50  # 1 PiB: no disk cloudlet backs up is larger

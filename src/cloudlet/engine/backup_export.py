@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import shutil
 import tarfile
 import uuid
@@ -26,6 +25,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from cloudlet.backup.manifest_check import HEX64
 from cloudlet.driver.base import HOTPLUG_SLOTS
 from cloudlet.engine.backup_restore import (
     NewVolume,
@@ -50,7 +50,6 @@ EXPORT_FORMAT = 3  # 3: the manifest says each file's size
 READABLE_FORMATS = (1, 2, 3)
 MAX_MEMBERS = 4 + HOTPLUG_SLOTS  # manifest, spec, disk, the volumes directory, volumes
 SMALL_FILE = 1 << 20  # manifest.json and spec.json
-HEX64 = re.compile(r"[0-9a-f]{64}")
 ROW_FIELDS = ("image", "image_path", "type_name", "cpus", "memory", "disk_size", "arch",
               "location")  # fmt: skip
 

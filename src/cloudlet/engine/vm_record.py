@@ -15,7 +15,6 @@ not used (the image's path on this host, the disk's real size, the spec, the ima
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +25,7 @@ from cloudlet.errors import InvalidInput
 from cloudlet.images.store import Image
 from cloudlet.spec.instance import LOCAL_ZONE, InstanceSpec
 from cloudlet.spec.machine_types import MachineType, resolve_shape
+from cloudlet.spec.names import image_name as checked_image_name
 from cloudlet.spec.names import validate_name
 
 if TYPE_CHECKING:
@@ -36,8 +36,6 @@ ROW_FIELDS = frozenset({"image", "image_path", "type_name", "cpus", "memory", "d
 SAME_AS_SPEC = (("image", "image"), ("arch", "arch"), ("location", "location"),
                 ("type_name", "type"), ("cpus", "cpus"), ("memory", "memory"))  # fmt: skip
 MAX_DISK = 1 << 50
-# A login name as useradd takes it: never an ssh option ("-oProxyCommand=...").
-_LOGIN = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 
 
 @dataclass(frozen=True)
@@ -106,18 +104,12 @@ def check_record(
     for size in (spec.disk_size, *spec.volumes):
         if size is not None and not 0 < size <= MAX_DISK:
             raise _bad(source, f"a disk size of {size} bytes is out of range")
-    for group in spec.firewall.groups:
-        validate_name(group, what="firewall group")
     for network in {n.network for n in spec.network.nics} | {p.network for p in spec.network.ports}:
         if network != "nat":
             validate_name(network, what="network name")
-    user = spec.access.user
-    if user is not None and not _LOGIN.fullmatch(user):
-        hint = "use lowercase letters, digits, '_' and '-', starting with a letter"
-        raise _bad(source, f"login user {user[:40]!r} is not a valid user name", hint)
+    user = spec.access.user  # a login name: the spec model checked it
     image_name = spec.install_iso or spec.image
-    validate_name(image_name, what="image name")
-    image = engine.deps.images.get(image_name, arch=spec.arch)
+    image = engine.deps.images.get(checked_image_name(image_name), arch=spec.arch)
     engine._check_arch(image.arch, spec.profile)
     if spec.containers and not image.cloud_init:
         raise _bad(source, f"image {image.name} has no cloud-init for its container runtime")
