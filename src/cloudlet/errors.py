@@ -61,6 +61,12 @@ class Conflict(CloudletError):
     code = "conflict"
 
 
+class StillRunning(Conflict):
+    """The VM's QEMU runs and the call did not ask to stop it (``force``)."""
+
+    code = "still_running"
+
+
 class CapacityExceeded(CloudletError):
     """The host has not enough vCPUs or memory left for the request."""
 

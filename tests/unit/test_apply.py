@@ -196,7 +196,7 @@ def test_round_trip_keeps_a_user_key_and_its_private_half(
     assert original.access.ssh_private_key == str(ssh / "id_me")
     text = dump_yaml([apply_mod.export(engine, "k1")])
     assert user_key in text  # written out, so the file works on another host too
-    engine.delete("k1")
+    engine.delete("k1", force=True)
     apply_mod.create_from(engine, parse_documents(text, "k1.yaml")[0])
     assert engine.spec("k1") == original
 

@@ -137,7 +137,7 @@ def test_full_then_incremental_stores_only_the_changed_chunks(
     assert content(engine, "old") != now
     assert engine.spec("new").cpus == engine.spec("web1").cpus
     # backups outlive their VM: a deleted one comes back under its own name
-    engine.delete("web1")
+    engine.delete("web1", force=True)
     ops.restore("web1", as_name="web1")
     assert content(engine, "web1") == now
 
@@ -328,7 +328,7 @@ def test_run_due_backs_up_due_vms_then_prunes(engine: Engine, ops: BackupOps) ->
     # one VM failing does not stop the others, and is counted
     engine.create(CreateRequest(name="web2"))
     ops.set_policy("web2", {"every": 3600})
-    engine.delete("idle")
+    engine.delete("idle", force=True)
     ops.store.write_file = broken_store
     lines, failed = ops.run_due(now=later + 10 * 3600)
     assert failed == 2 and all("FAILED" in line and "is full" in line for line in lines)

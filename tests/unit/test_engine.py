@@ -10,10 +10,18 @@ import pytest
 from cloudlet.driver.base import PowerState
 from cloudlet.driver.fake.driver import FakeDriver
 from cloudlet.engine.engine import CreateRequest, Engine
-from cloudlet.errors import CapacityExceeded, CloudletError, Conflict, InvalidInput, NotFound
+from cloudlet.errors import (
+    CapacityExceeded,
+    CloudletError,
+    Conflict,
+    InvalidInput,
+    NotFound,
+    StillRunning,
+)
 from cloudlet.spec.units import GIB, MIB
 from cloudlet.store.models import InstanceRow, OperationRow
 from tests.fakes import make_fake_engine
+from tests.tree_hash import tree_hash
 
 
 @pytest.fixture
@@ -174,11 +182,41 @@ def test_create_whose_first_boot_fails_leaves_nothing(engine: Engine) -> None:
 
 def test_delete_removes_everything(engine: Engine) -> None:
     vm = engine.create(CreateRequest(name="vm"))
-    engine.delete("vm")
+    engine.delete("vm", force=True)
     assert nothing_left(engine)
     assert fake(engine).power_state(vm.id) == PowerState.ABSENT
     with pytest.raises(NotFound):
         engine.show("vm")
+
+
+def test_delete_of_a_running_or_paused_vm_needs_force_and_touches_nothing(
+    engine: Engine,
+) -> None:
+    vm = engine.create(CreateRequest(name="vm"))
+    for state in ("running", "paused"):
+        before = tree_hash(engine.paths.home)
+        with pytest.raises(StillRunning) as refused:
+            engine.delete("vm")
+        assert isinstance(refused.value, Conflict) and refused.value.exit_code == 4
+        assert refused.value.one_line() == (
+            f"vm is {state}: stop it first, or delete it with force (it is stopped at once)"
+        )
+        assert engine.show("vm").state == state
+        assert fake(engine).power_state(vm.id) != PowerState.ABSENT
+        assert tree_hash(engine.paths.home) == before
+        if state == "running":
+            engine.pause("vm")
+    engine.delete("vm", force=True)
+    assert nothing_left(engine)
+
+
+def test_delete_of_a_stopped_or_crashed_vm_needs_no_force(engine: Engine) -> None:
+    engine.create(CreateRequest(name="off"), start=False)
+    crashed = engine.create(CreateRequest(name="dead"))
+    fake(engine).crash(crashed.id)  # the record still says running until looked at
+    assert engine.delete("off") == "off deleted"
+    assert engine.delete("dead") == "dead deleted"
+    assert nothing_left(engine)
 
 
 def test_interrupted_create_is_rolled_back_by_the_next_engine(short_tmp: Path) -> None:

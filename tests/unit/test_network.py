@@ -309,8 +309,8 @@ def test_create_vms_on_networks_and_delete_everything(engine: Engine, host: Fake
     assert host.ruleset is not None and "10.80.1.10 : jump" in host.ruleset
     with pytest.raises(Conflict, match="db1, web1"):
         ops.network_delete("backend")
-    engine.delete("web1")
-    engine.delete("db1")
+    engine.delete("web1", force=True)
+    engine.delete("db1", force=True)
     with pytest.raises(Conflict, match="network dmz routes to backend"):
         ops.network_delete("backend")
     ops.network_delete("dmz")
@@ -407,6 +407,26 @@ def test_firewall_rules_groups_and_list(engine: Engine, host: FakeHost) -> None:
     assert engine.spec("web1").firewall.inbound_ports == ()
 
 
+def test_views_carry_the_addresses_nic_list_shows(engine: Engine, host: FakeHost) -> None:
+    ops = NetworkOps(engine)
+    ops.network_create("backend", "10.80.1.0/24")
+    ops.network_create("dmz", "10.80.3.0/24")
+    engine.create(CreateRequest(name="web1", networks=("backend", "dmz")), start=False)
+    engine.create(CreateRequest(name="db1", networks=("nat", "backend")))
+    engine.create(CreateRequest(name="off", networks=("none",)), start=False)
+    views = {vm.name: vm.addresses for vm in engine.instances()}
+    assert views == {
+        "web1": {"backend": "10.80.1.10", "dmz": "10.80.3.10"},  # stopped: still recorded
+        "db1": {"nat": "10.0.2.15", "backend": "10.80.1.11"},
+        "off": {},
+    }
+    for name, addresses in views.items():
+        assert {n["network"]: n["ip"] for n in ops.nics(name)} == addresses
+        assert engine.show(name).to_dict()["addresses"] == addresses
+    ops.nic_add("db1", "dmz")
+    assert engine.show("db1").addresses["dmz"] == "10.80.3.11"
+
+
 def test_gc_removes_leftovers(engine: Engine, host: FakeHost) -> None:
     ops = NetworkOps(engine)
     ops.network_create("backend", "10.80.1.0/24")
@@ -422,7 +442,7 @@ def test_gc_removes_leftovers(engine: Engine, host: FakeHost) -> None:
     host.links.add(stray.tap)
     removed = ops.gc()
     assert removed[0].startswith(f"record of NIC {stray.tap}") and f"TAP {stray.tap}" in removed
-    engine.delete("web1")
+    engine.delete("web1", force=True)
     ops.network_delete("backend")
     host.ruleset = "left over"
     assert ops.gc() == ["nftables tables inet/bridge cloudlet"]

@@ -23,13 +23,13 @@ from sqlalchemy import select
 from cloudlet.config import Settings
 from cloudlet.driver.base import ExecResult, GuestInfo, LaunchConfig, PowerState
 from cloudlet.engine import access as access_mod
+from cloudlet.engine import addresses, licensing, locks, network_ops, storage_ops
 from cloudlet.engine import capacity as capacity_mod
-from cloudlet.engine import licensing, locks, network_ops, storage_ops
 from cloudlet.engine.deps import EngineDeps
 from cloudlet.engine.image_cap import check_disk_size, image_size_cap
 from cloudlet.engine.sweep import sweep_staging
 from cloudlet.engine.views import HostView, InstanceView
-from cloudlet.errors import CloudletError, Conflict, InvalidInput, NotFound
+from cloudlet.errors import CloudletError, Conflict, InvalidInput, NotFound, StillRunning
 from cloudlet.guest.landing import CopyLimits
 from cloudlet.host.kvm import AccelVerdict
 from cloudlet.images.store import HOST_ARCH, Image, Progress
@@ -184,6 +184,7 @@ class Engine:
             created_at=row.created_at,
             last_error=row.last_error,
             kind=row.kind,
+            addresses=addresses.of(self.db, row.id, user_mode=spec.network.mode == "nat"),
             network={
                 **spec.network.model_dump(),
                 "restrict": spec.network.restrict or self.settings.force_restrict_network,
@@ -844,10 +845,16 @@ class Engine:
                 self._event(name, f"{kind}d", f"vCPUs {'stopped' if pause else 'running'}", op_id)
             return ActionResult(self.show(name), True, f"{name} {kind}d")
 
-    def delete(self, name: str) -> str:
-        """Stop (forced) and remove the VM, its overlay, sockets and records."""
+    def delete(self, name: str, *, force: bool = False) -> str:
+        """Remove the VM, its overlay, sockets and records; a running VM only with
+        ``force`` (then it is stopped at once, no ACPI)."""
         with self._lock(name):
-            row = self._row(name)
+            row = self._reconcile_locked(self._row(name))
+            if row.state in LIVE_STATES and not force:
+                raise StillRunning(
+                    f"{name} is {row.state}",
+                    hint="stop it first, or delete it with force (it is stopped at once)",
+                )
             storage_ops.check_deletable(self, row)
             kept = storage_ops.attached_volume_names(self, row.id)
             with self._operation(row, "delete") as op_id:

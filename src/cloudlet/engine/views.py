@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -27,6 +27,8 @@ class InstanceView:
     network: dict[str, Any]
     paths: dict[str, str]
     kind: str = "system"
+    # network name -> the guest's address there ("nat": user-mode, then each NIC)
+    addresses: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
