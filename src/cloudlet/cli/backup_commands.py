@@ -3,18 +3,32 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.table import Table
 
-from cloudlet.cli import render
-from cloudlet.cli.render import Output, err, out
-from cloudlet.engine.backup_ops import BackupOps, BackupView
-from cloudlet.engine.factory import open_engine
+from cloudlet.cli.options import Output
 from cloudlet.errors import CloudletError, InvalidInput
-from cloudlet.spec.instance import BackupPolicy
 from cloudlet.spec.units import format_duration, format_size, parse_duration
+
+# Rich and the engine are imported on first use (cli/lazy.py): start-up stays cheap.
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from cloudlet.cli import render
+    from cloudlet.cli.render import err, out
+    from cloudlet.engine.backup_ops import BackupOps, BackupView
+    from cloudlet.engine.factory import open_engine
+    from cloudlet.spec.instance import BackupPolicy
+else:
+    from cloudlet.cli.lazy import lazy
+
+    Table = lazy("rich.table", "Table")
+    render = lazy("cloudlet.cli.render")
+    err = lazy("cloudlet.cli.render", "err")
+    out = lazy("cloudlet.cli.render", "out")
+    BackupOps = lazy("cloudlet.engine.backup_ops", "BackupOps")
+    open_engine = lazy("cloudlet.engine.factory", "open_engine")
 
 backup_app = typer.Typer(
     help="Full and incremental backups of a VM's root disk, verify, retention.",

@@ -5,30 +5,49 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
-from rich.markup import escape
 
 from cloudlet.cli import (
     backup_commands,
     network_commands,
-    render,
     run_command,
     spec_commands,
     storage_commands,
 )
 from cloudlet.cli import console as console_mod
-from cloudlet.cli.progress import byte_progress as _byte_progress
-from cloudlet.cli.render import Output, err, out
-from cloudlet.engine.access import read_serial_log
-from cloudlet.engine.engine import CreateRequest, Engine
-from cloudlet.engine.factory import open_engine
-from cloudlet.errors import CloudletError, InvalidInput
+from cloudlet.cli.options import Output
+from cloudlet.cli.startup import lazy_root
+from cloudlet.errors import CloudletError, InvalidInput, StillRunning
 from cloudlet.host.run import exec_replace
-from cloudlet.spec.instance import parse_backup
 from cloudlet.spec.names import vm_name
 from cloudlet.spec.units import format_size, parse_size
+
+# Rich, the engine and the database are imported when a command first uses them:
+# `cloudlet --help` and `--version` load this module and never run a command.
+if TYPE_CHECKING:
+    from rich.markup import escape
+
+    from cloudlet.cli import render
+    from cloudlet.cli.progress import byte_progress as _byte_progress
+    from cloudlet.cli.render import err, out
+    from cloudlet.engine.access import read_serial_log
+    from cloudlet.engine.engine import CreateRequest, Engine
+    from cloudlet.engine.factory import open_engine
+    from cloudlet.spec.instance import parse_backup
+else:
+    from cloudlet.cli.lazy import lazy
+
+    escape = lazy("rich.markup", "escape")
+    render = lazy("cloudlet.cli.render")
+    _byte_progress = lazy("cloudlet.cli.progress", "byte_progress")
+    err = lazy("cloudlet.cli.render", "err")
+    out = lazy("cloudlet.cli.render", "out")
+    read_serial_log = lazy("cloudlet.engine.access", "read_serial_log")
+    CreateRequest = lazy("cloudlet.engine.engine", "CreateRequest")
+    open_engine = lazy("cloudlet.engine.factory", "open_engine")
+    parse_backup = lazy("cloudlet.spec.instance", "parse_backup")
 
 app = typer.Typer(
     name="cloudlet",
@@ -36,6 +55,8 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    rich_markup_mode=None,  # Rich's help formatter costs every --help a tenth of a second
+    context_settings={"max_content_width": 120},  # help uses a wide terminal's width
 )
 image_app = typer.Typer(help="Guest images.", no_args_is_help=True)
 app.add_typer(image_app, name="image")
@@ -47,6 +68,30 @@ backup_commands.register(app)  # backup, restore, export, import
 
 OutputOpt = Annotated[Output, typer.Option("--output", "-o", help="table or json")]
 NameArg = Annotated[str, typer.Argument(help="VM name")]
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from cloudlet.cli.version import version
+
+        sys.stdout.write(f"cloudlet {version()}\n")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+            expose_value=False,
+            help="Print cloudlet's version and exit.",
+        ),
+    ] = False,
+) -> None:
+    """Self-hosted cloud engine for virtual machines on QEMU."""
 
 
 def _engine() -> Engine:
@@ -245,14 +290,30 @@ def resume(name: NameArg) -> None:
     err.print(_engine().resume(name).message)
 
 
+def _can_ask() -> bool:
+    """A question can be answered here: stdin is a terminal."""
+    return sys.stdin.isatty()
+
+
 @app.command()
-def delete(names: Annotated[list[str], typer.Argument(help="VM names")]) -> None:
-    """Delete VMs: QEMU, disk overlay, sockets and records."""
+def delete(
+    names: Annotated[list[str], typer.Argument(help="VM names")],
+    force: Annotated[
+        bool, typer.Option("--force", "-f", help="also a running VM (stopped at once)")
+    ] = False,
+) -> None:
+    """Delete VMs: QEMU, disk overlay, sockets and records (a running one: --force)."""
     for name in names:
         vm_name(name)  # all checked before the first is deleted
     engine = _engine()
     for name in names:
-        err.print(engine.delete(name))
+        try:
+            err.print(engine.delete(name, force=force))
+        except StillRunning as running:
+            if not (_can_ask() and typer.confirm(f"{running.message}: stop and delete it?")):
+                hint = f"'cloudlet stop {name}' first, or 'cloudlet delete --force {name}'"
+                raise StillRunning(running.message, hint=hint) from None
+            err.print(engine.delete(name, force=True))
 
 
 @app.command(
@@ -494,7 +555,7 @@ def fail(error: CloudletError) -> NoReturn:
 def main() -> None:
     """Entry point: every CloudletError becomes one line and its exit code."""
     try:
-        app()
+        lazy_root(app)()  # builds only the command that runs (see cli/startup.py)
     except CloudletError as error:
         fail(error)
     except KeyboardInterrupt:

@@ -2,17 +2,32 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.table import Table
 
-from cloudlet.cli import render
-from cloudlet.cli.render import Output, err, out
-from cloudlet.engine.factory import open_engine
-from cloudlet.engine.network_ops import NetworkOps, NetworkView
+from cloudlet.cli.options import Output
 from cloudlet.errors import InvalidInput
-from cloudlet.spec.network import parse_rule
+
+# Rich and the engine are imported on first use (cli/lazy.py): start-up stays cheap.
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from cloudlet.cli import render
+    from cloudlet.cli.render import err, out
+    from cloudlet.engine.factory import open_engine
+    from cloudlet.engine.network_ops import NetworkOps, NetworkView
+    from cloudlet.spec.network import parse_rule
+else:
+    from cloudlet.cli.lazy import lazy
+
+    Table = lazy("rich.table", "Table")
+    render = lazy("cloudlet.cli.render")
+    err = lazy("cloudlet.cli.render", "err")
+    out = lazy("cloudlet.cli.render", "out")
+    open_engine = lazy("cloudlet.engine.factory", "open_engine")
+    NetworkOps = lazy("cloudlet.engine.network_ops", "NetworkOps")
+    parse_rule = lazy("cloudlet.spec.network", "parse_rule")
 
 network_app = typer.Typer(
     help="Virtual networks: bridge, DHCP/DNS, NAT, isolation, routing.", no_args_is_help=True

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import sys
-from enum import StrEnum
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
+from cloudlet.cli.options import Output as Output
 from cloudlet.engine.views import HostView, InstanceView
 from cloudlet.spec.machine_types import CATALOG, MachineType
 from cloudlet.spec.units import format_size
@@ -26,11 +26,6 @@ STATE_STYLE = {
 }
 
 
-class Output(StrEnum):
-    table = "table"
-    json = "json"
-
-
 def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 
@@ -39,12 +34,18 @@ def _cpus(n: int) -> str:
     return f"{n} vCPU" + ("s" if n != 1 else "")
 
 
+def addresses_text(vm: InstanceView) -> str:
+    """``10.0.2.15 (nat), 10.80.1.10 (backend)``: each address with its network."""
+    return ", ".join(f"{ip} ({network})" for network, ip in vm.addresses.items()) or "-"
+
+
 def instances_table(items: list[InstanceView]) -> None:
     if not items:
         err.print("no VMs yet: create one with 'cloudlet create NAME'")
         return
     table = Table(box=None, pad_edge=False)
-    for column in ("NAME", "STATE", "TYPE", "VCPUS", "MEMORY", "DISK", "IMAGE", "SSH", "ACCEL"):
+    columns = ("NAME", "STATE", "TYPE", "VCPUS", "MEMORY", "DISK", "IMAGE", "ADDRESSES", "ACCEL")
+    for column in columns:
         table.add_column(column)
     for vm in items:
         style = STATE_STYLE.get(vm.state, "")
@@ -56,7 +57,7 @@ def instances_table(items: list[InstanceView]) -> None:
             format_size(vm.memory),
             format_size(vm.disk_size),
             vm.image,
-            f"127.0.0.1:{vm.ssh_port}" if vm.ssh_port else "-",
+            addresses_text(vm),
             vm.accel or "-",
         )
     out.print(table)
@@ -74,6 +75,7 @@ def instance_detail(vm: InstanceView) -> None:
         ("Location", f"{vm.location} (fixed)"),
         ("Accelerator", vm.accel or "-"),
         ("Network", f"{vm.network['mode']}" + (" (restricted)" if vm.network["restrict"] else "")),
+        ("Addresses", addresses_text(vm)),
         ("SSH forward", f"127.0.0.1:{vm.ssh_port} -> 22" if vm.ssh_port else "-"),
         ("QEMU pid", str(vm.pid) if vm.pid else "-"),
         ("Created", vm.created_at.strftime("%Y-%m-%d %H:%M:%S UTC")),

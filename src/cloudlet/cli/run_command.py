@@ -15,14 +15,18 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from cloudlet.cli.render import err
 from cloudlet.errors import InvalidInput
 from cloudlet.spec import process as p
 from cloudlet.spec.units import parse_size
 
 if TYPE_CHECKING:
+    from cloudlet.cli.render import err
     from cloudlet.engine.process_vms import RunningProcessVM
     from cloudlet.process.relay import Outcome
+else:
+    from cloudlet.cli.lazy import lazy
+
+    err = lazy("cloudlet.cli.render", "err")
 
 EXIT_TIMEOUT = 124
 EXIT_RUN_FAILED = 125

@@ -13,16 +13,24 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from cloudlet.cli import render
-from cloudlet.cli.render import Output, err, out
-from cloudlet.engine.factory import open_engine
+from cloudlet.cli.options import Output
 from cloudlet.errors import Conflict, InvalidInput
 
 if TYPE_CHECKING:
+    from cloudlet.cli import render
+    from cloudlet.cli.render import err, out
     from cloudlet.engine import apply as apply_mod
     from cloudlet.engine.engine import Engine
+    from cloudlet.engine.factory import open_engine
     from cloudlet.engine.views import InstanceView
     from cloudlet.spec.document import VMDocument, VMEntry
+else:
+    from cloudlet.cli.lazy import lazy
+
+    render = lazy("cloudlet.cli.render")
+    err = lazy("cloudlet.cli.render", "err")
+    out = lazy("cloudlet.cli.render", "out")
+    open_engine = lazy("cloudlet.engine.factory", "open_engine")
 
 # The spec-file format and apply's planner are imported inside the functions that use
 # them: only spec, plan, apply and create --from need them, not every command's start-up.

@@ -3,17 +3,31 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.table import Table
 
-from cloudlet.cli import render
-from cloudlet.cli.render import Output, err, out
-from cloudlet.engine.factory import open_engine
-from cloudlet.engine.storage_ops import PoolView, SnapshotView, StorageOps, VolumeView
+from cloudlet.cli.options import Output
 from cloudlet.errors import InvalidInput
 from cloudlet.spec.units import format_size, parse_size
+
+# Rich and the engine are imported on first use (cli/lazy.py): start-up stays cheap.
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from cloudlet.cli import render
+    from cloudlet.cli.render import err, out
+    from cloudlet.engine.factory import open_engine
+    from cloudlet.engine.storage_ops import PoolView, SnapshotView, StorageOps, VolumeView
+else:
+    from cloudlet.cli.lazy import lazy
+
+    Table = lazy("rich.table", "Table")
+    render = lazy("cloudlet.cli.render")
+    err = lazy("cloudlet.cli.render", "err")
+    out = lazy("cloudlet.cli.render", "out")
+    open_engine = lazy("cloudlet.engine.factory", "open_engine")
+    StorageOps = lazy("cloudlet.engine.storage_ops", "StorageOps")
 
 pool_app = typer.Typer(
     help="Storage pools (directories or LVM) that hold volumes.", no_args_is_help=True
