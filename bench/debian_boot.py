@@ -67,7 +67,7 @@ def cloudlet_boot(home: Path, name: str, key: Path) -> float:
     cloudlet(home, "create", name, "--image", "debian-12", "--ssh-key", f"{key}.pub", "--wait")
     cloudlet(home, "ssh", name, "--", "true")
     elapsed = time.monotonic() - started
-    cloudlet(home, "delete", name)
+    cloudlet(home, "delete", "--force", name)
     return elapsed
 
 

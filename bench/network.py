@@ -123,7 +123,7 @@ def rate(count: int, seconds: float) -> str:
 
 def cleanup(bench: Bench) -> None:
     for vm in ("tx", "rx"):
-        bench.cloudlet("delete", vm, check=False)
+        bench.cloudlet("delete", "--force", vm, check=False)
     bench.cloudlet("network", "delete", "bench", check=False)
     from cloudlet.driver.qemu.runtime import read_record
     from cloudlet.host import processes

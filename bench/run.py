@@ -295,7 +295,7 @@ def cleanup(home: Path, workers: list[subprocess.Popen[str]]) -> None:
         names = []
     if names:
         print(f"deleting left-over VMs: {' '.join(names)}", flush=True)
-        subprocess.run([*base, "delete", *names], env=env, capture_output=True)
+        subprocess.run([*base, "delete", "--force", *names], env=env, capture_output=True)
     if watchers_of(home):
         print(f"warning: cloudlet watchers still running for {home}; left it in place")
         return

@@ -130,5 +130,5 @@ def test_default_network_reaches_out_but_not_the_host_loopback(world: Netns) -> 
     page = wait_for(lambda: ns.sh("python3", "-c", PROBE, "18090", check=False).stdout, 60)
     assert "hello" in page
     again = json.loads(next((ns.home / "run").glob("*/runtime.json")).read_text())
-    ns.run("delete", "vm1", **OPEN)
+    ns.run("delete", "--force", "vm1", **OPEN)
     assert not processes.is_alive(again["net_helper_pid"], again["net_helper_start"])

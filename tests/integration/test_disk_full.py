@@ -139,7 +139,7 @@ def test_backup_store_full(cloudlet_home: Path, short_tmp: Path) -> None:
         assert not list((store / "tmp").iterdir())
         cli.run(home, "volume", "create", "v1", "--size", "64M", "--pool", "small")
         cli.run(home, "volume", "delete", "v1")
-        cli.run(home, "delete", "web1")
+        cli.run(home, "delete", "--force", "web1")
 
 
 def wait_state(home: Path, vm: str, state: str, timeout: float = 180) -> dict[str, object]:

@@ -95,7 +95,7 @@ def vm(shared_state: Path) -> Iterator[Vm]:
         created = cli.run_json(home, "create", "hostile", "--memory", "512M")
         yield Vm(home, "hostile", created["id"], work, canary)
     finally:
-        cli.run(home, "delete", "hostile", check=False)
+        cli.run(home, "delete", "--force", "hostile", check=False)
         wait_until(lambda: _pumps(home) == [], 30, "the serial pump to exit after delete")
         _kill_leftovers(home)
         shutil.rmtree(home, ignore_errors=True)

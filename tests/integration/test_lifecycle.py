@@ -112,7 +112,18 @@ def test_delete_leaves_nothing(cloudlet_home: Path) -> None:
     info = runtime(home, vm)
     instance_dir = home / "instances" / vm["id"]
     assert (instance_dir / "disk.qcow2").exists() and info.qmp_socket.exists()
-    cli.run(home, "delete", "gone")
+    # running: refused in one line without --force (stdin is no terminal), nothing touched
+    refused = cli.run(home, "delete", "gone", check=False)
+    assert refused.returncode == 4 and refused.stdout == ""
+    assert refused.stderr == (
+        "error: gone is running: 'cloudlet stop gone' first, or 'cloudlet delete --force gone'\n"
+    )
+    assert processes.is_alive(info.pid) and runtime(home, vm).pid == info.pid
+    (listed,) = cli.run_json(home, "list")
+    assert listed["state"] == "running" and listed["addresses"] == {"nat": "10.0.2.15"}
+    assert "10.0.2.15 (nat)" in cli.run(home, "list").stdout
+    assert (instance_dir / "disk.qcow2").exists() and info.qmp_socket.exists()
+    cli.run(home, "delete", "--force", "gone")
     assert not processes.is_alive(info.pid)
     assert not instance_dir.exists()
     assert not (home / "run" / vm["id"]).exists()

@@ -109,7 +109,7 @@ def test_lvm_pool_volume_larger_than_either_device(cloudlet_home: Path, loops: l
         cli.run(home, "volume", "detach", "big1")
         _eventually(lambda: _guest(home, "web1", sectors).strip(), "absent")
     finally:
-        cli.run(home, "delete", "web1", check=False)
+        cli.run(home, "delete", "--force", "web1", check=False)
 
     held = cli.run(home, "pool", "delete", POOL, check=False)
     assert held.returncode == 4 and "still holds volumes" in held.stderr

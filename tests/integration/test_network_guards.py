@@ -146,7 +146,7 @@ def test_isolated_vm_reaches_no_forward_and_guests_send_no_ipv6_or_dhcp(netns: N
     assert seen["clb-lab"] == {"ipv6": 0, "dhcp_server": 0}, seen  # and went no further
 
     for vm in ("srv", "cli"):
-        ns.run("delete", vm)
+        ns.run("delete", "--force", vm)
     for net in ("lab", "backend"):
         ns.run("network", "delete", net)
     wait_for(lambda: not [x for x in ns.links() if x.startswith(("clb-", "clt-"))], 30, "links")

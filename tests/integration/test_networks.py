@@ -99,7 +99,7 @@ def test_subnet_dns_firewall_forward_hotplug_and_cleanup(netns: Netns) -> None:
     assert len(pids) == 2 and all(processes.is_alive(p) for p in pids)
     ns.run("nic", "remove", "web1", "lab")
     for vm in ("web1", "db1"):
-        ns.run("delete", vm)
+        ns.run("delete", "--force", vm)
     ns.run("network", "delete", "lab")
     ns.run("network", "delete", "backend")
     assert leftovers(ns) == []
@@ -154,7 +154,7 @@ def test_isolation_routing_restart_and_gc(netns: Netns) -> None:
     assert tcp_says_hello(ns, "cli", "10.80.1.10", 80)  # what is recorded still works
 
     for vm in ("srv", "cli"):
-        ns.run("delete", vm)
+        ns.run("delete", "--force", vm)
     for net in ("dmz", "lab", "backend"):
         ns.run("network", "delete", net)
     assert leftovers(ns) == []

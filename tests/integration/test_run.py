@@ -254,7 +254,7 @@ def test_keep_leaves_a_stopped_vm(cloudlet_home: Path) -> None:
     cli.run(cloudlet_home, "start", "kept")
     out = cli.run(cloudlet_home, "exec", "kept", "--", "cat", "/root/mark").stdout
     assert out == "x\n"
-    cli.run(cloudlet_home, "delete", "kept")
+    cli.run(cloudlet_home, "delete", "--force", "kept")
 
 
 def test_tty_gives_the_program_a_terminal(cloudlet_home: Path) -> None:

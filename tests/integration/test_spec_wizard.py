@@ -174,7 +174,7 @@ def test_apply_reshape_refusal_and_round_trip(cloudlet_home: Path, tmp_path: Pat
     # round trip: spec, delete, create --from gives an equal spec
     exported = tmp_path / "lab1.yaml"
     exported.write_text(cli.run(home, "spec", "lab1").stdout)
-    cli.run(home, "delete", "lab1")
+    cli.run(home, "delete", "--force", "lab1")
     cli.run(home, "create", "--from", str(exported))  # state: stopped, so no boot
     assert cli.run(home, "spec", "lab1").stdout == exported.read_text()
     # the new shape is what the guest gets

@@ -40,7 +40,7 @@ def two_vms(shared_state: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
         yield home
     finally:
         for vm in ("ua", "ub"):
-            cli.run(home, "delete", vm, check=False)
+            cli.run(home, "delete", "--force", vm, check=False)
         shutil.rmtree(base, ignore_errors=True)
 
 
@@ -172,4 +172,4 @@ def test_a_host_that_opts_out_keeps_qemu_root_and_says_so(two_vms: Path) -> None
         assert "QEMU runs as root: CLOUDLET_QEMU_USER=root is set" in created.stderr
         assert _uid(int(str(_vm(two_vms, "uc")["pid"]))) == 0
     finally:
-        cli.run(two_vms, "delete", "uc", check=False)
+        cli.run(two_vms, "delete", "--force", "uc", check=False)
