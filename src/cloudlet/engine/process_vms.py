@@ -265,7 +265,7 @@ class ProcessVMs:
         assert row.owner_pid is not None
         spawn(
             [
-                sys.executable, "-m", "cloudlet.process.watcher",
+                sys.executable, "-m", "cloudlet.engine.run_watcher",
                 str(self.engine.paths.home), str(row.owner_pid), str(row.owner_start or 0),
                 row.id,
             ],
