@@ -23,10 +23,10 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-from cloudlet.driver.base import HOTPLUG_SLOTS
 from cloudlet.errors import CloudletError
 from cloudlet.spec import names
 from cloudlet.spec.names import validate_name
+from cloudlet.spec.storage import HOTPLUG_SLOTS
 
 KEY_BYTES = 32
 HEX64 = re.compile(r"[0-9a-f]{64}")

@@ -8,8 +8,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
-# Data volumes a VM can have: modern machines get one spare PCIe root port for each.
-HOTPLUG_SLOTS = 4
+from cloudlet.spec.storage import HOTPLUG_SLOTS as HOTPLUG_SLOTS
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ from cloudlet.spec.network import (
     PortForward,
     bridge_name,
     first_host,
+    mac_address,
     parse_port_key,
     tap_name,
     validate_network_name,
@@ -186,8 +187,6 @@ def _tap_nic(row: NicRow) -> TapNic:
 
 def _add_nic_row(engine: Engine, instance_id: str, network: str, slot: int | None) -> NicRow:
     """The next free address of the network and the next NIC index of the VM."""
-    from cloudlet.driver.qemu.argv import mac_address
-
     with engine.db.session() as s:
         net_row = s.get(NetworkRow, network)
         if net_row is None:
