@@ -1030,29 +1030,19 @@ class Engine:
     def copy_to(
         self, name: str, src: Path, dest: str, *, progress: Callable[[int, int], None] | None
     ) -> int:
-        """Copy a host file into the guest through its agent (no network needed)."""
-        from cloudlet.guest import files
-
+        """Copy a host file into the guest through the driver (no network needed)."""
         row = self._reconcile(self._row(name))
         self._require_state(row, {VMState.RUNNING}, "copy to")
-        runtime = self.driver.runtime(row.id)
-        assert runtime is not None
         if not src.is_file():
             raise NotFound(f"no file {src} on this host", hint="check the path")
-        return files.copy_in(runtime.agent_socket, src, dest, progress=progress)
+        return self.driver.copy_in(row.id, src, dest, progress=progress)
 
     def copy_from(
         self, name: str, src: str, dest: Path, *, progress: Callable[[int, int], None] | None
     ) -> int:
-        from cloudlet.guest import files
-
         row = self._reconcile(self._row(name))
         self._require_state(row, {VMState.RUNNING}, "copy from")
-        runtime = self.driver.runtime(row.id)
-        assert runtime is not None
-        return files.copy_out(
-            runtime.agent_socket, src, dest, progress=progress, limits=self.copy_limits
-        )
+        return self.driver.copy_out(row.id, src, dest, progress=progress, limits=self.copy_limits)
 
     @property
     def copy_limits(self) -> CopyLimits:

@@ -1,8 +1,9 @@
 """FakeDriver: behaves like the QEMU driver without any process, for engine unit tests.
 
 Its guest understands a handful of commands (nproc, echo, true, false,
-``sh -c 'exit N'``, ``cat /proc/meminfo``) so the shared contract tests can run
-the same assertions against it and against real QEMU.
+``sh -c 'exit N'``, ``cat /proc/meminfo``, ``cat FILE``) so the shared contract tests
+can run the same assertions against it and against real QEMU. Its guest's files live in
+an in-memory tree (guest_fs.FakeGuestFS) that copies go in and out of.
 """
 
 from __future__ import annotations
@@ -28,7 +29,10 @@ from cloudlet.driver.base import (
     RuntimeInfo,
     TapNic,
 )
+from cloudlet.driver.fake.guest_fs import FakeGuestFS
 from cloudlet.errors import CloudletError, Conflict, GuestError
+from cloudlet.guest.copy_rules import CopyProgress
+from cloudlet.guest.landing import CopyLimits
 
 
 @dataclass
@@ -68,6 +72,8 @@ class FakeDriver(Driver):
 
     def __init__(self) -> None:
         self.vms: dict[str, FakeVM] = {}
+        # Each guest's files, by instance id: like a disk, they outlive a restart.
+        self.guest_files: dict[str, FakeGuestFS] = {}
         self.fail_next_start: str | None = None
         self._next_pid = 10_000
 
@@ -167,22 +173,59 @@ class FakeDriver(Driver):
     def wait_agent(self, instance_id: str, timeout: float) -> None:
         self._live(instance_id)
 
-    def exec(
-        self, instance_id: str, argv: list[str], *, stdin: bytes | None = None, timeout: float
-    ) -> ExecResult:
+    def _agent(self, instance_id: str, command: str) -> FakeVM:
+        """A VM whose agent answers: running, not frozen."""
         vm = self._live(instance_id)
         if vm.state != PowerState.RUNNING:
             raise GuestError("the guest agent did not answer (the VM is not running)")
         if vm.frozen:
-            raise GuestError("guest agent refused guest-exec: the agent is in frozen state")
+            raise GuestError(f"guest agent refused {command}: the agent is in frozen state")
+        return vm
+
+    def guest_fs(self, instance_id: str) -> FakeGuestFS:
+        """The guest's files (also a test hook: put files a guest program would make)."""
+        return self.guest_files.setdefault(instance_id, FakeGuestFS())
+
+    def exec(
+        self, instance_id: str, argv: list[str], *, stdin: bytes | None = None, timeout: float
+    ) -> ExecResult:
+        vm = self._agent(instance_id, "guest-exec")
         vm.commands.append(argv)
         if argv[:1] == ["cat"] and len(argv) == 2 and argv[1].startswith("/sys/block/vd"):
             return _fake_block_size(vm, argv[1])
+        if argv[:1] == ["cat"] and len(argv) == 2 and argv[1].startswith("/"):
+            data = self.guest_fs(instance_id).read(argv[1])
+            if data is not None:
+                return ExecResult(0, data)
         return _fake_guest(vm.config, argv, stdin)
 
     def guest_info(self, instance_id: str) -> GuestInfo:
         vm = self._live(instance_id)
         return GuestInfo(agent_version="fake", os_name="fake OS", hostname=vm.config.name)
+
+    def copy_in(
+        self,
+        instance_id: str,
+        src: Path,
+        dest: str,
+        *,
+        progress: CopyProgress | None = None,
+        mode: int | None = None,
+    ) -> int:
+        self._agent(instance_id, "guest-file-open")
+        return self.guest_fs(instance_id).copy_in(src, dest, progress, mode)
+
+    def copy_out(
+        self,
+        instance_id: str,
+        src: str,
+        dest: Path,
+        *,
+        progress: CopyProgress | None = None,
+        limits: CopyLimits | None = None,
+    ) -> int:
+        self._agent(instance_id, "guest-file-open")
+        return self.guest_fs(instance_id).copy_out(src, dest, progress, limits)
 
     # storage ----------------------------------------------------------------
     def attach_disk(self, instance_id: str, disk: ExtraDisk) -> None:

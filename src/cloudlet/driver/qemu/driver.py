@@ -25,7 +25,7 @@ from cloudlet.driver.base import (
     RuntimeInfo,
     TapNic,
 )
-from cloudlet.driver.qemu import agent, qmp, serial_pump
+from cloudlet.driver.qemu import agent, guest_files, qmp, serial_pump
 from cloudlet.driver.qemu.argv import (
     build_argv,
     disk_device,
@@ -46,6 +46,8 @@ from cloudlet.errors import (
     Timeout,
     out_of_space,
 )
+from cloudlet.guest.copy_rules import CopyProgress
+from cloudlet.guest.landing import CopyLimits
 from cloudlet.host import passt, processes
 from cloudlet.host.ownership import share_dir
 from cloudlet.host.qemu_binaries import qemu_binary, qemu_version
@@ -342,6 +344,30 @@ class QemuDriver(Driver):
             os_name=agent.clean_text(osinfo.get("pretty-name", "")),
             hostname=agent.clean_text(hostname),
         )
+
+    def copy_in(
+        self,
+        instance_id: str,
+        src: Path,
+        dest: str,
+        *,
+        progress: CopyProgress | None = None,
+        mode: int | None = None,
+    ) -> int:
+        info = self._require(instance_id)
+        return guest_files.copy_in(info.agent_socket, src, dest, progress=progress, mode=mode)
+
+    def copy_out(
+        self,
+        instance_id: str,
+        src: str,
+        dest: Path,
+        *,
+        progress: CopyProgress | None = None,
+        limits: CopyLimits | None = None,
+    ) -> int:
+        info = self._require(instance_id)
+        return guest_files.copy_out(info.agent_socket, src, dest, progress=progress, limits=limits)
 
     # ---------------------------------------------------------------- storage (live)
     def _blocks(self, info: RuntimeInfo) -> list[dict[str, Any]]:
