@@ -13,6 +13,7 @@ next one. Secrets are kept out by the callers, through ``cloudlet.redact``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -144,7 +145,7 @@ def to_file(home: Path, *, max_bytes: int = MAX_BYTES, backups: int = BACKUPS) -
             if Path(current.baseFilename) == path.absolute():
                 return path
             logging.getLogger(ROOT).removeHandler(current)
-            current.close()
+            _close(current)
         try:
             path.parent.mkdir(mode=0o700, exist_ok=True)
             if path.parent.is_symlink() or not path.parent.is_dir():
@@ -173,8 +174,13 @@ def stop() -> None:
             handler = _named(name)
             if handler is not None:
                 root.removeHandler(handler)
-                handler.close()
+                _close(handler)
         root.setLevel(logging.NOTSET)
+
+
+def _close(handler: logging.Handler) -> None:
+    with contextlib.suppress(OSError, ValueError):  # its file may be gone or closed
+        handler.close()
 
 
 def _outcome(exc: BaseException) -> str:

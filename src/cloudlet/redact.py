@@ -118,7 +118,7 @@ def command_line(argv: Sequence[str]) -> str:
 
 def _payload_size(value: object) -> str:
     if isinstance(value, str):
-        return f"<{len(value) * 3 // 4} bytes>"  # base64
+        return f"<{len(value) * 3 // 4 - value[-2:].count('=')} bytes>"  # base64
     return "<payload>"
 
 
