@@ -153,16 +153,18 @@ def test_a_vm_started_under_the_previous_record_format_is_adopted_and_stopped(
     # a record of a newer format is refused in one line, and the VM is left untouched
     newer = {**json.loads(previous), "version": 3}
     (run_dir / RECORD_NAME).write_text(json.dumps(newer))
-    for command in (("show", "oldrec"), ("list",), ("stop", "oldrec")):
-        refused = cli.run(home, *command, check=False)
-        assert refused.returncode == 4, (command, refused.stderr)
-        assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
-        assert "runtime record of format 3" in refused.stderr and "upgrade" in refused.stderr
-    assert processes.is_alive(info.pid, info.pid_start)
-    assert json.loads((run_dir / RECORD_NAME).read_text()) == newer
+    try:
+        for command in (("show", "oldrec"), ("list",), ("stop", "oldrec")):
+            refused = cli.run(home, *command, check=False)
+            assert refused.returncode == 4, (command, refused.stderr)
+            assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+            assert "runtime record of format 3" in refused.stderr and "upgrade" in refused.stderr
+        assert processes.is_alive(info.pid, info.pid_start)
+        assert json.loads((run_dir / RECORD_NAME).read_text()) == newer
+    finally:  # the leftover-VM sweep after each test reads the record: leave it readable
+        (run_dir / RECORD_NAME).write_text(previous)
 
     # back to the previous format: stopped cleanly, its QEMU process gone
-    (run_dir / RECORD_NAME).write_text(previous)
     cli.run(home, "stop", "oldrec")
     assert cli.run_json(home, "show", "oldrec")["state"] == "stopped"
     assert not processes.is_alive(info.pid, info.pid_start)
