@@ -145,3 +145,10 @@ class LimitExceeded(InvalidInput):
     limit: the file is refused as hostile (or too large for the limits set)."""
 
     code = "limit_exceeded"
+
+
+class RuntimeRecordUnknown(Conflict):
+    """A VM's runtime record is of a newer format than this version reads: the VM is
+    left alone (never stopped, killed or cleared) rather than guessed at."""
+
+    code = "runtime_record_unknown"

@@ -45,6 +45,19 @@ storage_commands.register(app)  # pool, volume, snapshot, clone
 network_commands.register(app)  # network, nic, port, firewall
 backup_commands.register(app)  # backup, restore, export, import
 
+
+@app.callback()
+def _global_options(
+    debug: Annotated[
+        bool, typer.Option("--debug", help="also print cloudlet's log (what it does) to stderr")
+    ] = False,
+) -> None:
+    if debug:
+        from cloudlet import logs  # only when asked: nothing heavy before parsing
+
+        logs.to_stderr()
+
+
 OutputOpt = Annotated[Output, typer.Option("--output", "-o", help="table or json")]
 NameArg = Annotated[str, typer.Argument(help="VM name")]
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from sqlalchemy import select
 
+from cloudlet import logs
 from cloudlet.config import Settings
 from cloudlet.driver.base import ExecResult, GuestInfo, LaunchConfig, PowerState
 from cloudlet.engine import access as access_mod
@@ -149,7 +150,8 @@ class Engine:
             s.flush()
             op_id = op.id
         try:
-            yield op_id
+            with logs.operation(op_id, kind, row.name):
+                yield op_id
         except BaseException as exc:
             self._finish_op(op_id, "failed", str(exc))
             raise

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
+from cloudlet import logs
 from cloudlet.config import Settings
 from cloudlet.driver.qemu.confine import Confinement
 from cloudlet.driver.qemu.driver import QemuDriver
@@ -55,6 +56,7 @@ def open_engine(settings: Settings | None = None, *, recover: bool = True) -> En
     os.umask(0o077)
     settings.paths.ensure()
     tighten(settings)
+    logs.to_file(settings.paths.home)  # what this engine does, in the private state directory
     images = ImageStore(settings.paths.images, settings.paths.cache / "debs")
     deps = EngineDeps(
         driver=QemuDriver(settings.paths.run, Confinement(settings.paths.home, settings.paths.run)),

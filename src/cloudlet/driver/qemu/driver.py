@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import logging
 import os
 import shutil
 import time
@@ -12,6 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from cloudlet import redact
 from cloudlet.driver.base import (
     DirtyBitmap,
     DiskCopy,
@@ -53,6 +55,7 @@ from cloudlet.host.ownership import share_dir
 from cloudlet.host.qemu_binaries import qemu_binary, qemu_version
 from cloudlet.host.run import Credentials, spawn
 
+_log = logging.getLogger(__name__)
 START_TIMEOUT = 60.0
 _FAILED_STATES = {"internal-error", "guest-panicked", "io-error"}
 # A saved or awaited memory state (migration) leaves the vCPUs stopped, like a pause.
@@ -127,6 +130,9 @@ class QemuDriver(Driver):
 
     def start(self, config: LaunchConfig) -> RuntimeInfo:
         run_dir = config.runtime_dir
+        # A record this version cannot read belongs to a VM another cloudlet may still
+        # run: refused (RuntimeRecordUnknown), never cleared away.
+        read_record(run_dir)
         if run_dir.exists():
             shutil.rmtree(run_dir)
         run_dir.mkdir(mode=0o700, parents=True)
@@ -153,6 +159,12 @@ class QemuDriver(Driver):
                 qemu_binary(config.arch),
                 dataclasses.replace(launch.config, serial_log_fd=log_fd),
                 net_fd=net_fd,
+            )
+            _log.info(
+                "VM %s (%s): QEMU command line: %s",
+                config.name,
+                config.instance_id,
+                redact.command_line(argv),
             )
             pid = self._launch(argv, run_dir, Path(sockets["qmp"]), launch)
             if helper is not None and not processes.is_alive(helper.pid, helper.start):
@@ -189,6 +201,13 @@ class QemuDriver(Driver):
             net_helper_start=helper.start if helper is not None else None,
         )
         write_record(run_dir, info)
+        _log.info(
+            "VM %s (%s): QEMU runs as pid %d (%s)",
+            config.name,
+            config.instance_id,
+            pid,
+            config.accel,
+        )
         return info
 
     def _launch(self, argv: list[str], run_dir: Path, qmp_socket: Path, launch: Launch) -> int:
