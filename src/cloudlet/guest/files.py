@@ -28,8 +28,8 @@ from cloudlet.driver.qemu.agent import (
     decode_b64,
     run_command,
 )
-from cloudlet.errors import CloudletError, GuestError, InvalidInput, NotFound
-from cloudlet.guest.landing import CopyLimits, Landing, Refused
+from cloudlet.errors import CloudletError, EntryRefused, GuestError, InvalidInput, NotFound
+from cloudlet.guest.landing import CopyLimits, Landing
 
 Progress = Callable[[int, int], None]
 
@@ -151,7 +151,7 @@ def copy_out(
         try:
             _report(progress, 0, total)
             landing.file((target.name,), guest_mode, reader.reading(conn, handle))
-        except Refused as exc:
+        except EntryRefused as exc:
             raise InvalidInput(
                 f"cannot write {target}: {exc.message}", hint="choose another local path"
             ) from None

@@ -21,17 +21,9 @@ from qemu.qmp import (
     Runstate,
 )
 
-from cloudlet.errors import CloudletError, Timeout
+from cloudlet.errors import MonitorError, Timeout
 
 T = TypeVar("T")
-
-
-class MonitorError(CloudletError):
-    """QEMU's monitor refused a command or could not be reached."""
-
-    http_status = 502
-    exit_code = 9
-    code = "monitor_error"
 
 
 async def _execute(path: Path, command: str, args: dict[str, Any] | None, timeout: float) -> Any:
