@@ -29,7 +29,7 @@ from cloudlet.engine.factory import open_engine
 from cloudlet.errors import CloudletError, InvalidInput
 from cloudlet.spec import document
 from cloudlet.spec.document import VMDocument
-from cloudlet.spec.instance import LOCAL_ZONE
+from cloudlet.spec.instance import BACKUP_PRESETS, LOCAL_ZONE
 from cloudlet.spec.machine_types import CUSTOM, DEFAULT_TYPE, resolve_shape
 from cloudlet.spec.names import login_user, vm_name
 from cloudlet.spec.units import format_size, parse_size
@@ -367,9 +367,9 @@ class Wizard:
             "none",
             choices=["none", "daily", "hourly", "custom"],
         )
-        presets = {"none": ("none", 0), "daily": ("daily", 7), "hourly": ("hourly", 24)}
-        if choice in presets:
-            self.a.backup_schedule, self.a.backup_keep = presets[choice]
+        preset = BACKUP_PRESETS.get(choice)
+        if preset is not None:
+            self.a.backup_schedule, self.a.backup_keep = preset.schedule, preset.keep
             return
         self.a.backup_schedule = self.ask(
             "Schedule", "daily", choices=["hourly", "daily", "weekly"]
