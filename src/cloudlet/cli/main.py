@@ -21,7 +21,7 @@ from cloudlet.cli import (
 from cloudlet.cli import console as console_mod
 from cloudlet.cli.progress import byte_progress as _byte_progress
 from cloudlet.cli.render import Output, err, out
-from cloudlet.engine.access import read_serial_log
+from cloudlet.engine import type_listing
 from cloudlet.engine.engine import CreateRequest, Engine
 from cloudlet.engine.factory import open_engine
 from cloudlet.errors import CloudletError, InvalidInput
@@ -362,24 +362,20 @@ def logs(
     tail: Annotated[int | None, typer.Option("--tail", "-n", help="last N lines")] = None,
 ) -> None:
     """Print the serial console log."""
-    data = read_serial_log(_engine().serial_log(name))
-    if data is None:
+    log = _engine().serial_log_tail(name, tail)
+    if log.data is None:
         err.print(f"{name} has no serial log yet (it has not been started)")
         return
-    if tail is not None:
-        data = b"\n".join(data.splitlines()[-tail:]) + b"\n"
-    sys.stdout.buffer.write(data)
+    sys.stdout.buffer.write(log.data)
 
 
 @app.command()
 def types(output: OutputOpt = Output.table) -> None:
     """The machine types: general-purpose, memory- and compute-optimized."""
-    items = render.all_types()
     if output == Output.json:
-        render.print_json(render.types_json(items))
+        render.print_json([t.to_dict() for t in type_listing.offers()])
         return
-    host = _engine().host(probe=False)
-    render.types_table(items, host.host_cpus, host.host_memory)
+    render.types_table(_engine().machine_types())
 
 
 @app.command()
@@ -389,10 +385,8 @@ def host(
 ) -> None:
     """The accelerator in use (and why), QEMU version, capacity used and free."""
     engine = _engine()
-    if reprobe:
-        (engine.paths.home / "host" / "accel.json").unlink(missing_ok=True)
     with err.status("checking the host ..."):
-        view = engine.host(probe=True)
+        view = engine.reprobe_host() if reprobe else engine.host(probe=True)
     if output == Output.json:
         render.print_json(view.to_dict())
     else:

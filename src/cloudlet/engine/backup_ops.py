@@ -29,7 +29,6 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select
 
 from cloudlet.backup.chunking import build_chunks
-from cloudlet.backup.manifest_check import ManifestRefused
 from cloudlet.backup.retention import keep_set
 from cloudlet.backup.store import (
     CHUNK_SIZE,
@@ -37,7 +36,6 @@ from cloudlet.backup.store import (
     BackupStore,
     DiskManifest,
     Manifest,
-    StoreCorrupt,
 )
 from cloudlet.driver.base import DirtyBitmap, DiskCopy
 from cloudlet.engine import backup_export, locks
@@ -63,7 +61,14 @@ from cloudlet.engine.storage_ops import (
     state_file,
 )
 from cloudlet.engine.vm_record import check_record
-from cloudlet.errors import CloudletError, Conflict, NotFound, OutOfSpace
+from cloudlet.errors import (
+    CloudletError,
+    Conflict,
+    ManifestRefused,
+    NotFound,
+    OutOfSpace,
+    StoreCorrupt,
+)
 from cloudlet.spec import names
 from cloudlet.spec.instance import BackupPolicy, InstanceSpec
 from cloudlet.spec.names import validate_name

@@ -23,12 +23,16 @@ from sqlalchemy import select
 from cloudlet import logs
 from cloudlet.config import Settings
 from cloudlet.driver.base import ExecResult, GuestInfo, LaunchConfig, PowerState
+from cloudlet.engine import accel_cache, licensing, locks, network_ops, serial_tail, storage_ops
 from cloudlet.engine import access as access_mod
 from cloudlet.engine import capacity as capacity_mod
-from cloudlet.engine import licensing, locks, network_ops, storage_ops
+from cloudlet.engine import image_menu as image_menu_mod
 from cloudlet.engine.deps import EngineDeps
 from cloudlet.engine.image_cap import check_disk_size, image_size_cap
+from cloudlet.engine.image_menu import ImageChoice
+from cloudlet.engine.serial_tail import SerialLog
 from cloudlet.engine.sweep import sweep_staging
+from cloudlet.engine.type_listing import MachineTypeOffer, offers
 from cloudlet.engine.views import HostView, InstanceView
 from cloudlet.errors import CloudletError, Conflict, InvalidInput, NotFound
 from cloudlet.guest.landing import CopyLimits
@@ -1078,6 +1082,24 @@ class Engine:
         row = self._reconcile(self._row(name))
         self._require_state(row, {VMState.RUNNING}, "ask the guest agent of")
         return self.driver.guest_info(row.id)
+
+    # ------------------------------------------- what every frontend shows (not the CLI's)
+    def serial_log_tail(self, name: str, lines: int | None = None) -> SerialLog:
+        """The VM's serial log, or its last ``lines`` lines; no data before a first start."""
+        return serial_tail.tail(name, self.serial_log(name), lines)
+
+    def reprobe_host(self) -> HostView:
+        """Forget the cached KVM verdict and probe again (after KVM was fixed)."""
+        accel_cache.forget(self.paths.home)
+        return self.host(probe=True)
+
+    def machine_types(self) -> list[MachineTypeOffer]:
+        """The machine types with the share of this host each would take."""
+        return offers(self.deps.host_cpus, self.deps.host_memory)
+
+    def image_menu(self) -> list[ImageChoice]:
+        """The images a new VM can be made from: local, catalog, built on first use."""
+        return image_menu_mod.menu(self.images(), self.catalog())
 
 
 def _state_hint(state: str) -> str:

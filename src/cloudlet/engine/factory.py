@@ -9,6 +9,7 @@ from cloudlet import logs
 from cloudlet.config import Settings
 from cloudlet.driver.qemu.confine import Confinement
 from cloudlet.driver.qemu.driver import QemuDriver
+from cloudlet.engine import accel_cache
 from cloudlet.engine.deps import EngineDeps
 from cloudlet.engine.engine import Engine
 from cloudlet.host import kvm, qemu_users
@@ -22,7 +23,7 @@ from cloudlet.store.database import Database
 
 def accel_for(settings: Settings, images: ImageStore) -> Callable[[Image], AccelVerdict]:
     """Probe KVM once per host boot (cached), always with the tiny image's kernel."""
-    cache_file = settings.paths.home / "host" / "accel.json"
+    cache_file = accel_cache.cache_file(settings.paths.home)
 
     def decide(image: Image) -> AccelVerdict:
         probe = image if image.name == "tiny" else images.get("tiny")

@@ -13,10 +13,10 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cloudlet.errors import GuestError
+from cloudlet.errors import EntryRefused, GuestError
 from cloudlet.guest import copy_rules as rules
 from cloudlet.guest.copy_rules import CopyProgress
-from cloudlet.guest.landing import CopyLimits, Landing, Refused
+from cloudlet.guest.landing import CopyLimits, Landing
 
 CHUNK = 256 * 1024
 
@@ -99,7 +99,7 @@ class FakeGuestFS:
             rules.report(progress, 0, len(found.data))
             try:
                 landing.file((target.name,), guest_mode, reader.read)
-            except Refused as exc:
+            except EntryRefused as exc:
                 raise rules.cannot_write(target, exc.message) from None
         return reader.done
 

@@ -44,6 +44,7 @@ from cloudlet.errors import (
     CloudletError,
     Conflict,
     HostCommandError,
+    MonitorError,
     OutOfSpace,
     Timeout,
     out_of_space,
@@ -654,7 +655,7 @@ class QemuDriver(Driver):
         answer = qmp.execute(info.qmp_socket, "human-monitor-command", {"command-line": command})
         text = str(answer or "").strip()
         if text and not (ok and text.endswith(ok)):
-            raise qmp.MonitorError(f"QEMU refused {command.split()[0]}: {str(answer).strip()}")
+            raise MonitorError(f"QEMU refused {command.split()[0]}: {str(answer).strip()}")
 
     def live_host_forwards(self, instance_id: str) -> bool:
         info = self._require(instance_id)

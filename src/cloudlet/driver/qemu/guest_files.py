@@ -28,10 +28,10 @@ from cloudlet.driver.qemu.agent import (
     decode_b64,
     run_command,
 )
-from cloudlet.errors import CloudletError, GuestError
+from cloudlet.errors import CloudletError, EntryRefused, GuestError
 from cloudlet.guest import copy_rules as rules
 from cloudlet.guest.copy_rules import GUEST_PART_SUFFIX as GUEST_PART_SUFFIX
-from cloudlet.guest.landing import CopyLimits, Landing, Refused
+from cloudlet.guest.landing import CopyLimits, Landing
 
 Progress = rules.CopyProgress
 
@@ -136,7 +136,7 @@ def copy_out(
         try:
             _report(progress, 0, total)
             landing.file((target.name,), guest_mode, reader.reading(conn, handle))
-        except Refused as exc:
+        except EntryRefused as exc:
             raise rules.cannot_write(target, exc.message) from None
         finally:
             _close_quietly(conn, handle)

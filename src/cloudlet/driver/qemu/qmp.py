@@ -24,18 +24,10 @@ from qemu.qmp import (
 )
 
 from cloudlet import redact
-from cloudlet.errors import CloudletError, Timeout
+from cloudlet.errors import MonitorError, Timeout
 
 T = TypeVar("T")
 _log = logging.getLogger(__name__)
-
-
-class MonitorError(CloudletError):
-    """QEMU's monitor refused a command or could not be reached."""
-
-    http_status = 502
-    exit_code = 9
-    code = "monitor_error"
 
 
 def _note(
