@@ -33,6 +33,7 @@ from cloudlet.errors import CloudletError, Conflict, InvalidInput, NotFound
 from cloudlet.guest.landing import CopyLimits
 from cloudlet.host.kvm import AccelVerdict
 from cloudlet.images.store import HOST_ARCH, Image, Progress
+from cloudlet.notices import CallNotices
 from cloudlet.spec import names
 from cloudlet.spec.instance import (
     LOCAL_ZONE,
@@ -105,9 +106,18 @@ class Engine:
         self.deps = deps
         self.driver = deps.driver
         self.db = db
-        # Things a user should hear about, collected for the frontend to show.
-        self.notices: list[str] = []
+        # Things a user should hear about, kept per thread or per collect_notices() block.
+        self._notices = CallNotices("engine-notices")
         self.agent_timeout = float(os.environ.get("CLOUDLET_AGENT_TIMEOUT", DEFAULT_AGENT_TIMEOUT))
+
+    @property
+    def notices(self) -> list[str]:
+        """What the calls of this thread (or of the open collect block) want said."""
+        return self._notices.current
+
+    def collect_notices(self) -> AbstractContextManager[list[str]]:
+        """Scope notices to the calls inside the block (one request of a server)."""
+        return self._notices.collect()
 
     # ------------------------------------------------------------------ helpers
     def _lock(self, name: str, wait: float = locks.DEFAULT_WAIT) -> AbstractContextManager[None]:
