@@ -24,7 +24,7 @@ from cloudlet.config import Settings
 from cloudlet.driver.base import ExecResult, GuestInfo, LaunchConfig, PowerState
 from cloudlet.engine import access as access_mod
 from cloudlet.engine import capacity as capacity_mod
-from cloudlet.engine import licensing, locks, network_ops, storage_ops
+from cloudlet.engine import licensing, locks, network_ops, ports, storage_ops
 from cloudlet.engine.deps import EngineDeps
 from cloudlet.engine.image_cap import check_disk_size, image_size_cap
 from cloudlet.engine.sweep import sweep_staging
@@ -53,7 +53,7 @@ if TYPE_CHECKING:
     from cloudlet.spec.process import ProcessSpec
 
 _T = TypeVar("_T")
-HOST_LOCK = ".host"
+HOST_LOCK = locks.HOST_KEY
 NO_BACKUP = BackupPolicy()
 DEFAULT_AGENT_TIMEOUT = 300.0
 
@@ -260,9 +260,13 @@ class Engine:
         """Make the recorded state match reality, unless another command holds the VM."""
         if row.state not in LIVE_STATES:
             return row
-        if not locks.is_free(self.paths.locks, row.name):
-            return row  # another command is working on it right now
-        return self._reconcile_locked(row)
+        with locks.try_hold(self.paths.locks, row.name) as held:
+            if not held:
+                return row  # another command is working on it right now
+            # Read again under the lock: another thread may have acted since ``row``.
+            with self.db.session() as s:
+                fresh = s.get(InstanceRow, row.id)
+            return row if fresh is None else self._reconcile_locked(fresh)
 
     def _reconcile_locked(self, row: InstanceRow) -> InstanceRow:
         """Record what the driver sees: a dead QEMU is crashed, a powered-off guest stopped.
@@ -528,9 +532,9 @@ class Engine:
             backup=req.backup,
             api_access=req.api_access,
         )
-        from cloudlet.host.resources import free_loopback_port
-
-        ssh_port = free_loopback_port() if network.mode == "nat" and network.ssh_forward else None
+        ssh_port = (
+            ports.ssh_port(self.db) if network.mode == "nat" and network.ssh_forward else None
+        )
         with self._lock(req.name):
             self._ensure_name_free(req.name)
             row = InstanceRow(

@@ -226,6 +226,14 @@ def _extra_disk(vol: VolumeRow) -> ExtraDisk:
     )
 
 
+def _allocated(path: Path) -> int:
+    """Bytes a layer takes on the host; 0 once it is gone (a delete may run meanwhile)."""
+    try:
+        return path.stat().st_blocks * 512
+    except FileNotFoundError:
+        return 0
+
+
 def _snapshot_rows(engine: Engine, instance_id: str) -> list[SnapshotRow]:
     """A VM's snapshots, oldest (lowest in the chain) first."""
     with engine.db.session() as s:
@@ -815,7 +823,8 @@ class StorageOps:
                 elif live and not frozen:
                     how = "crash-consistent"
                 self._remember(vm, "snapshot", f"snapshot {name} taken ({how})", op_id)
-        return next(v for v in self.snapshots(vm) if v.name == name)
+            # Read under the lock: a delete from another thread may follow at once.
+            return next(v for v in self.snapshots(vm) if v.name == name)
 
     def _save_memory(
         self, vm: str, name: str, instance_id: str, snap_id: str, layer: Path, new_top: Path
@@ -888,7 +897,7 @@ class StorageOps:
                     vm=vm,
                     parent=snaps[i - 1].name if i > 0 else None,
                     created_at=snap.created_at,
-                    size=path.stat().st_blocks * 512 if path.exists() else 0,
+                    size=_allocated(path),
                     live=snap.live,
                     frozen=snap.frozen,
                     linked_clones=sorted(c for c, sid in clones.items() if sid == snap.id),
@@ -1021,7 +1030,7 @@ class StorageOps:
                 f"cannot clone {source}: it is {src.state}",
                 hint="stop it first, or clone a snapshot with --snapshot NAME",
             )
-        from cloudlet.host.resources import free_loopback_port
+        from cloudlet.engine.ports import ssh_port
 
         spec = InstanceSpec.model_validate_json(src.spec_json)
         # a clone gets NICs on the same networks (new addresses), not the source's forwards
@@ -1043,7 +1052,7 @@ class StorageOps:
                 disk_size=src.disk_size,
                 arch=src.arch,
                 location=src.location,
-                ssh_port=free_loopback_port() if src.ssh_port is not None else None,
+                ssh_port=ssh_port(self.e.db) if src.ssh_port is not None else None,
             )
             with self.e.db.session() as s:
                 s.add(row)
