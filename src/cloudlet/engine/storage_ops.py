@@ -14,6 +14,7 @@ snapshot's file and discards what lay above it.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -1037,8 +1038,20 @@ class StorageOps:
         network = spec.network.model_copy(update={"ports": ()})
         spec = spec.model_copy(update={"name": name, "network": network})
         new_id = str(uuid.uuid4())
-        with self.e._lock(name), self.e._lock(source):
+        with contextlib.ExitStack() as held:
+            # One order everywhere (clones A->B and B->A at once never deadlock), and a
+            # name once (a lock taken twice by one thread would wait for itself).
+            for key in sorted({name, source}):
+                held.enter_context(self.e._lock(key))
             self.e._ensure_name_free(name)
+            # Read the source again under its lock: another call may have deleted it (or
+            # replaced it), or the snapshot, since the checks above.
+            if self._vm_row(source).id != src.id:
+                raise NotFound(f"VM {source} was deleted meanwhile", hint="try again")
+            src = self._vm_row(source)
+            if snap is not None:
+                index, snaps = self._snapshot(src, snap.name)
+                snap = snaps[index]
             row = InstanceRow(
                 id=new_id,
                 name=name,
