@@ -15,9 +15,12 @@ from sqlalchemy import select
 
 from cloudlet.errors import Busy
 from cloudlet.host.resources import free_loopback_port
+from cloudlet.spec.instance import InstanceSpec
 from cloudlet.store.database import Database
 from cloudlet.store.models import InstanceRow
 
+# Held by port_add from the check that a host port is free to the spec that takes it.
+PORTS_KEY = ".ports"
 # Long enough for a create to write its row; short enough not to leak ports forever.
 RESERVATION_SECONDS = 600.0
 _ATTEMPTS = 64
@@ -26,11 +29,14 @@ _handed_out: dict[int, float] = {}
 
 
 def ssh_port(db: Database) -> int:
-    """A free loopback port no VM records and no call in this process was just given."""
+    """A free loopback port no VM records (as its SSH forward or a TCP port forward)
+    and no call in this process was just given."""
     with db.session() as s:
-        recorded = set(
-            s.scalars(select(InstanceRow.ssh_port).where(InstanceRow.ssh_port.is_not(None)))
-        )
+        rows = s.execute(select(InstanceRow.ssh_port, InstanceRow.spec_json)).all()
+    recorded = {r.ssh_port for r in rows if r.ssh_port is not None}
+    for row in rows:
+        forwards = InstanceSpec.model_validate_json(row.spec_json).network.ports
+        recorded.update(f.host_port for f in forwards if f.proto == "tcp")
     with _lock:
         now = time.monotonic()
         for port, at in list(_handed_out.items()):
