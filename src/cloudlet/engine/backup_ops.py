@@ -727,7 +727,7 @@ class BackupOps:
         the volumes it returns are made and attached. A failure removes all of it.
         ``spec_data`` and ``row_data`` come from a file (``source``): vm_record.py."""
         from cloudlet.engine import access as access_mod
-        from cloudlet.host.resources import free_loopback_port
+        from cloudlet.engine.ports import ssh_port
 
         e = self.e
         record = check_record(e, name, spec_data, row_data, source)
@@ -749,7 +749,7 @@ class BackupOps:
                 disk_size=record.image.min_disk_bytes,  # the disk's own size, once filled
                 arch=spec.arch,
                 location=spec.location,
-                ssh_port=free_loopback_port() if record.ssh else None,
+                ssh_port=ssh_port(e.db) if record.ssh else None,
             )
             with e.db.session() as s:
                 s.add(row)

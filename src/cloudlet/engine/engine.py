@@ -23,7 +23,15 @@ from sqlalchemy import select
 from cloudlet import logs
 from cloudlet.config import Settings
 from cloudlet.driver.base import ExecResult, GuestInfo, LaunchConfig, PowerState
-from cloudlet.engine import accel_cache, licensing, locks, network_ops, serial_tail, storage_ops
+from cloudlet.engine import (
+    accel_cache,
+    licensing,
+    locks,
+    network_ops,
+    ports,
+    serial_tail,
+    storage_ops,
+)
 from cloudlet.engine import access as access_mod
 from cloudlet.engine import capacity as capacity_mod
 from cloudlet.engine import image_menu as image_menu_mod
@@ -38,6 +46,7 @@ from cloudlet.errors import CloudletError, Conflict, InvalidInput, NotFound
 from cloudlet.guest.landing import CopyLimits
 from cloudlet.host.kvm import AccelVerdict
 from cloudlet.images.store import HOST_ARCH, Image, Progress
+from cloudlet.notices import CallNotices
 from cloudlet.spec import names
 from cloudlet.spec.instance import (
     LOCAL_ZONE,
@@ -57,7 +66,7 @@ if TYPE_CHECKING:
     from cloudlet.spec.process import ProcessSpec
 
 _T = TypeVar("_T")
-HOST_LOCK = ".host"
+HOST_LOCK = locks.HOST_KEY
 NO_BACKUP = BackupPolicy()
 DEFAULT_AGENT_TIMEOUT = 300.0
 
@@ -110,9 +119,18 @@ class Engine:
         self.deps = deps
         self.driver = deps.driver
         self.db = db
-        # Things a user should hear about, collected for the frontend to show.
-        self.notices: list[str] = []
+        # Things a user should hear about, kept per thread or per collect_notices() block.
+        self._notices = CallNotices("engine-notices")
         self.agent_timeout = float(os.environ.get("CLOUDLET_AGENT_TIMEOUT", DEFAULT_AGENT_TIMEOUT))
+
+    @property
+    def notices(self) -> list[str]:
+        """What the calls of this thread (or of the open collect block) want said."""
+        return self._notices.current
+
+    def collect_notices(self) -> AbstractContextManager[list[str]]:
+        """Scope notices to the calls inside the block (one request of a server)."""
+        return self._notices.collect()
 
     # ------------------------------------------------------------------ helpers
     def _lock(self, name: str, wait: float = locks.DEFAULT_WAIT) -> AbstractContextManager[None]:
@@ -256,9 +274,13 @@ class Engine:
         """Make the recorded state match reality, unless another command holds the VM."""
         if row.state not in LIVE_STATES:
             return row
-        if not locks.is_free(self.paths.locks, row.name):
-            return row  # another command is working on it right now
-        return self._reconcile_locked(row)
+        with locks.try_hold(self.paths.locks, row.name) as held:
+            if not held:
+                return row  # another command is working on it right now
+            # Read again under the lock: another thread may have acted since ``row``.
+            with self.db.session() as s:
+                fresh = s.get(InstanceRow, row.id)
+            return row if fresh is None else self._reconcile_locked(fresh)
 
     def _reconcile_locked(self, row: InstanceRow) -> InstanceRow:
         """Record what the driver sees: a dead QEMU is crashed, a powered-off guest stopped.
@@ -524,9 +546,9 @@ class Engine:
             backup=req.backup,
             api_access=req.api_access,
         )
-        from cloudlet.host.resources import free_loopback_port
-
-        ssh_port = free_loopback_port() if network.mode == "nat" and network.ssh_forward else None
+        ssh_port = (
+            ports.ssh_port(self.db) if network.mode == "nat" and network.ssh_forward else None
+        )
         with self._lock(req.name):
             self._ensure_name_free(req.name)
             row = InstanceRow(

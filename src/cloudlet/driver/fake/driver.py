@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -76,6 +77,8 @@ class FakeDriver(Driver):
         self.guest_files: dict[str, FakeGuestFS] = {}
         self.fail_next_start: str | None = None
         self._next_pid = 10_000
+        # One engine serves many threads: pids come out unique, a start is all or nothing.
+        self._starting = threading.Lock()
 
     # test hooks -----------------------------------------------------------
     def crash(self, instance_id: str) -> None:
@@ -90,17 +93,18 @@ class FakeDriver(Driver):
         if self.fail_next_start:
             message, self.fail_next_start = self.fail_next_start, None
             raise CloudletError(message)
-        existing = self.vms.get(config.instance_id)
-        if existing is not None and existing.alive:
-            raise Conflict("a fake QEMU already runs for this VM")
-        self._next_pid += 1
-        vm = FakeVM(config=config, pid=self._next_pid, chain=_chain(config.disk))
-        if config.incoming:
-            vm.state, vm.awaiting_state = PowerState.PAUSED, True
-        vm.disks = {d.node: (d, _file_size(d.path)) for d in config.extra_disks}
-        vm.nics = {n.node: n for n in config.tap_nics}
-        vm.forwards = {(f.proto, f.host_port) for f in config.host_forwards}
-        self.vms[config.instance_id] = vm
+        with self._starting:
+            existing = self.vms.get(config.instance_id)
+            if existing is not None and existing.alive:
+                raise Conflict("a fake QEMU already runs for this VM")
+            self._next_pid += 1
+            vm = FakeVM(config=config, pid=self._next_pid, chain=_chain(config.disk))
+            if config.incoming:
+                vm.state, vm.awaiting_state = PowerState.PAUSED, True
+            vm.disks = {d.node: (d, _file_size(d.path)) for d in config.extra_disks}
+            vm.nics = {n.node: n for n in config.tap_nics}
+            vm.forwards = {(f.proto, f.host_port) for f in config.host_forwards}
+            self.vms[config.instance_id] = vm
         info = self.runtime(config.instance_id)
         assert info is not None
         return info

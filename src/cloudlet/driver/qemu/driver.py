@@ -55,6 +55,7 @@ from cloudlet.host import passt, processes
 from cloudlet.host.ownership import share_dir
 from cloudlet.host.qemu_binaries import qemu_binary, qemu_version
 from cloudlet.host.run import Credentials, spawn
+from cloudlet.notices import CallNotices
 
 _log = logging.getLogger(__name__)
 START_TIMEOUT = 60.0
@@ -106,7 +107,9 @@ class QemuDriver(Driver):
         self.run_root = run_root
         # Per-VM QEMU users; None: QEMU runs as whoever runs cloudlet.
         self.confinement = confinement
-        self.notices: list[str] = []
+        # Per thread, like the engine's: a start in one thread never hands its notices
+        # to another.
+        self._notices = CallNotices("qemu-driver-notices")
 
     def process_user(self) -> str:
         if self.confinement is None:
@@ -114,8 +117,7 @@ class QemuDriver(Driver):
         return self.confinement.mode.describe()
 
     def take_notices(self) -> list[str]:
-        taken, self.notices = self.notices, []
-        return taken
+        return self._notices.take()
 
     def _dir(self, instance_id: str) -> Path:
         return self.run_root / instance_id
@@ -144,7 +146,7 @@ class QemuDriver(Driver):
             if self.confinement is not None:
                 launch, why_root = self.confinement.prepare(config)
                 if why_root and os.geteuid() == 0:
-                    self.notices.append(f"QEMU runs as root: {why_root}")
+                    self._notices.add(f"QEMU runs as root: {why_root}")
             net_fd = None
             if uses_passt(config):
                 helper = passt.start(_passt_forwards(config), run_dir / "passt.log")
