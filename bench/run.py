@@ -267,7 +267,7 @@ def watchers_of(home: Path) -> list[int]:
             argv = (proc / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"cloudlet.process.watcher" in argv and str(home).encode() in argv:
+        if b"cloudlet.engine.run_watcher" in argv and str(home).encode() in argv:
             found.append(int(proc.name))
     return found
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from cloudlet import logs
 from cloudlet.host import run as host_run
 
 
@@ -40,6 +41,13 @@ def _subprocess_guard(
         yield
     finally:
         host_run.set_guard(None)
+
+
+@pytest.fixture(autouse=True)
+def _log_handlers_detached() -> Iterator[None]:
+    """An engine a test opens logs to its own state directory: never into the next test."""
+    yield
+    logs.stop()
 
 
 @pytest.fixture

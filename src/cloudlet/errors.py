@@ -1,7 +1,9 @@
-"""The one exception tree: each class knows its HTTP status and CLI exit code.
+"""The one exception tree: each class knows its stable code, HTTP status and exit code.
 
 Frontends turn any ``CloudletError`` into a one-line message (plus a hint on what to
-do next) without knowing which layer raised it.
+do next) without knowing which layer raised it. Every class lives here, so the tree can
+be read (and tested: unique codes, no two unrelated classes on one exit code) in one
+place. A subclass that only narrows its parent keeps the parent's exit code.
 """
 
 from __future__ import annotations
@@ -146,8 +148,73 @@ class MissingDependency(CloudletError):
     code = "missing_dependency"
 
 
+class MonitorError(CloudletError):
+    """QEMU's monitor refused a command or could not be reached."""
+
+    http_status = 502
+    exit_code = 11
+    code = "monitor_error"
+
+
+class NeedsRoot(CloudletError):
+    """Bridges, TAPs and nftables need root."""
+
+    http_status = 403
+    exit_code = 12
+    code = "needs_root"
+
+
+class StoreCorrupt(CloudletError):
+    """A chunk or manifest in the backup store does not match its checksum."""
+
+    http_status = 500
+    exit_code = 13
+    code = "backup_corrupt"
+
+
+class BackupsCorrupt(StoreCorrupt):
+    """A verify run found backups whose chunks or manifests are damaged."""
+
+    code = "backup_verify_failed"
+
+
+class DownloadFailed(CloudletError):
+    """The server answered, but not with the file (an HTTP error or a bad reply)."""
+
+    http_status = 502
+    exit_code = 14
+    code = "download_failed"
+
+
+class DownloadInterrupted(Timeout):
+    """The transfer stopped half way (dropped connection, timeout); the .part file is kept."""
+
+    code = "download_interrupted"
+
+
+class ManifestRefused(InvalidInput):
+    """A backup manifest that is malformed or not authenticated by this host's key."""
+
+    http_status = 422
+    code = "backup_manifest_refused"
+
+
+class EntryRefused(InvalidInput):
+    """One entry a guest handed back cannot be written safely (a bad name, a link in
+    the way, too deep): refused like any hostile input; a copy skips it and notes why."""
+
+    code = "guest_entry_refused"
+
+
 class LimitExceeded(InvalidInput):
     """A command on a file we did not make ran past its time, CPU, memory or file-size
     limit: the file is refused as hostile (or too large for the limits set)."""
 
     code = "limit_exceeded"
+
+
+class RuntimeRecordUnknown(Conflict):
+    """A VM's runtime record is of a newer format than this version reads: the VM is
+    left alone (never stopped, killed or cleared) rather than guessed at."""
+
+    code = "runtime_record_unknown"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -19,7 +21,8 @@ from cloudlet.driver.base import (
     PowerState,
     TapNic,
 )
-from cloudlet.errors import CloudletError
+from cloudlet.errors import CapacityExceeded, CloudletError, Conflict, InvalidInput, NotFound
+from cloudlet.guest.landing import CopyLimits
 
 
 @dataclass
@@ -315,3 +318,108 @@ def test_memory_state_save_and_restore(target: Target, short_tmp: Path) -> None:
     d.resume(iid)
     assert d.power_state(iid) == PowerState.RUNNING
     assert d.exec(iid, ["echo", "back"], timeout=60).stdout == b"back\n"
+
+
+# ---------------------------------------------------------------- guest files
+
+
+def _local_mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_guest_file_copy_in_and_out(target: Target, short_tmp: Path) -> None:
+    d, cfg = target.driver, target.config
+    iid = cfg.instance_id
+    d.start(cfg)
+    d.wait_agent(iid, 180)
+    data = bytes(range(256)) * 80 + b"end\n"
+    src = short_tmp / "in.bin"
+    src.write_bytes(data)
+    src.chmod(0o750)
+    reports: list[tuple[int, int]] = []
+    # a destination ending in "/" gets the source's name; the mode comes along
+    assert d.copy_in(iid, src, "/root/", progress=lambda *r: reports.append(r)) == len(data)
+    assert reports[0] == (0, len(data)) and reports[-1] == (len(data), len(data))
+    assert d.exec(iid, ["cat", "/root/in.bin"], timeout=60).stdout == data
+    # an existing guest directory as the destination gets the name too
+    assert d.copy_in(iid, src, "/tmp", mode=0o600) == len(data)
+    assert d.exec(iid, ["cat", "/tmp/in.bin"], timeout=60).stdout == data
+
+    out_dir = short_tmp / "out"
+    out_dir.mkdir()
+    reports.clear()
+    assert d.copy_out(iid, "/root/in.bin", out_dir, progress=lambda *r: reports.append(r)) == len(
+        data
+    )
+    assert (out_dir / "in.bin").read_bytes() == data
+    assert reports[-1] == (len(data), len(data))
+    umask = os.umask(0)
+    os.umask(umask)
+    assert _local_mode(out_dir / "in.bin") == 0o750 & ~umask
+    # a named local file is replaced; what the guest kept as 0600 stays 0600
+    (out_dir / "named").write_text("old")
+    assert d.copy_out(iid, "/tmp/in.bin", out_dir / "named") == len(data)
+    assert (out_dir / "named").read_bytes() == data
+    assert _local_mode(out_dir / "named") == 0o600 & ~umask
+    assert sorted(p.name for p in out_dir.iterdir()) == ["in.bin", "named"]  # no part files
+
+    # the guest keeps setuid and world-write; the host copy gets neither
+    d.copy_in(iid, src, "/root/suid", mode=0o4777)
+    d.copy_out(iid, "/root/suid", out_dir / "suid")
+    assert _local_mode(out_dir / "suid") & 0o7002 == 0
+    empty = short_tmp / "empty"
+    empty.touch()
+    assert d.copy_in(iid, empty, "/tmp/empty") == 0
+    assert d.copy_out(iid, "/tmp/empty", out_dir / "empty") == 0
+    assert (out_dir / "empty").read_bytes() == b""
+
+
+def test_guest_file_copy_refusals_and_limits(target: Target, short_tmp: Path) -> None:
+    d, cfg = target.driver, target.config
+    iid = cfg.instance_id
+    d.start(cfg)
+    d.wait_agent(iid, 180)
+    src = short_tmp / "f.bin"
+    src.write_bytes(b"x" * 20_000)
+    d.copy_in(iid, src, "/root/f.bin")
+    out = short_tmp / "out"
+    out.mkdir()
+
+    # missing files, on either side
+    with pytest.raises(NotFound, match="does not exist in the guest"):
+        d.copy_out(iid, "/root/absent", out / "absent")
+    with pytest.raises(NotFound, match="/nodir does not exist in the guest"):
+        d.copy_in(iid, src, "/nodir/f.bin")
+    with pytest.raises(NotFound):
+        d.copy_in(iid, short_tmp / "absent", "/root/")
+    # only single regular files, only absolute guest paths
+    with pytest.raises(InvalidInput, match="is a directory"):
+        d.copy_in(iid, out, "/root/")
+    with pytest.raises(InvalidInput, match="is a directory in the guest"):
+        d.copy_out(iid, "/root", out / "root")
+    with pytest.raises(InvalidInput, match="not absolute"):
+        d.copy_in(iid, src, "root/f.bin")
+    with pytest.raises(InvalidInput, match="not absolute"):
+        d.copy_out(iid, "root/f.bin", out / "x")
+    # a symlink at the destination is refused, never followed nor replaced
+    victim = short_tmp / "victim"
+    victim.write_text("keep")
+    (out / "link").symlink_to(victim)
+    with pytest.raises(InvalidInput, match="symlink"):
+        d.copy_out(iid, "/root/f.bin", out / "link")
+    assert victim.read_text() == "keep" and (out / "link").is_symlink()
+    # the byte limit stops the copy and keeps nothing of it
+    with pytest.raises(CapacityExceeded, match="byte limit"):
+        d.copy_out(iid, "/root/f.bin", out / "big", limits=CopyLimits(max_bytes=10_000))
+    assert sorted(p.name for p in out.iterdir()) == ["link"]
+    assert d.copy_out(iid, "/root/f.bin", out / "fits", limits=CopyLimits(max_bytes=20_000))
+
+    # a VM that is not running: refused before anything moves, with or without a record
+    d.force_stop(iid)
+    for _ in range(2):
+        with pytest.raises(Conflict):
+            d.copy_in(iid, src, "/root/again")
+        with pytest.raises(Conflict):
+            d.copy_out(iid, "/root/f.bin", out / "again")
+        d.cleanup(iid)
+    assert not (out / "again").exists()

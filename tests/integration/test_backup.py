@@ -54,6 +54,17 @@ def same_disk(a: Path, b: Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+def _allocated(directory: Path) -> int:
+    """Bytes the files under ``directory`` take (files may vanish while we look)."""
+    total = 0
+    for path in directory.rglob("*"):
+        try:
+            total += path.stat().st_blocks * 512 if path.is_file() else 0
+        except FileNotFoundError:
+            continue
+    return total
+
+
 def test_incremental_backups_restore_as_new_vms_and_export_import(
     cloudlet_home: Path, short_tmp: Path
 ) -> None:
@@ -122,7 +133,11 @@ def test_qemu_killed_during_a_backup(cloudlet_home: Path) -> None:
     while not (tmp.exists() and any(tmp.iterdir())):
         assert proc.poll() is None and time.monotonic() < deadline, "the backup never started"
         time.sleep(0.1)
-    time.sleep(0.5)
+    # the kill lands while data is being copied: the work files grow
+    copied = _allocated(tmp)
+    while _allocated(tmp) <= copied:
+        assert proc.poll() is None and time.monotonic() < deadline, "the copy never ran"
+        time.sleep(0.05)
     vm = cli.run_json(home, "show", "web1")
     info = read_record(home / "run" / vm["id"])
     assert info is not None

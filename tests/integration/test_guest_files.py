@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from cloudlet.driver.base import LaunchConfig
+from cloudlet.driver.qemu import guest_files as files
 from cloudlet.driver.qemu.driver import QemuDriver
 from cloudlet.errors import NotFound
-from cloudlet.guest import files
 
 pytestmark = pytest.mark.integration
 

@@ -19,10 +19,10 @@ from pathlib import Path
 import pycdlib
 import pytest
 
-from cloudlet.errors import Conflict, InvalidInput
+from cloudlet.errors import Conflict, DownloadInterrupted, InvalidInput
 from cloudlet.host.run import run
 from cloudlet.images.catalog import CatalogEntry
-from cloudlet.images.download import DownloadInterrupted, part_path
+from cloudlet.images.download import part_path
 from cloudlet.images.importer import check_safe, import_image, pull
 from cloudlet.images.store import Image
 

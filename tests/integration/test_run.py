@@ -44,6 +44,11 @@ def assert_nothing_left(home: Path) -> None:
     assert [m for m in mounts if str(home) in m] == []
 
 
+def _states(home: Path) -> dict[str, str]:
+    listed = json.loads(cli.run(home, "list", "--all", "-o", "json").stdout)
+    return {vm["name"]: vm["state"] for vm in listed}
+
+
 def wait_until(condition: object, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -223,10 +228,10 @@ def test_interrupt_and_kill_leave_nothing(cloudlet_home: Path) -> None:
             stderr=subprocess.PIPE,
             preexec_fn=cli.default_sigint,
         )
+        # interrupted while its program runs: the guest connected, the VM recorded running
         wait_until(
-            lambda: cli.our_processes(str(cloudlet_home), QEMU_AND_VIRTIOFSD), 60, "QEMU to start"
+            lambda: _states(cloudlet_home) == {"victim": "running"}, 120, "the program to run"
         )
-        time.sleep(1.0)
         proc.send_signal(sig)
         proc.wait(timeout=60)
         if sig == signal.SIGINT:

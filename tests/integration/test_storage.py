@@ -84,13 +84,19 @@ def test_volume_hotplug_grow_detach_boot_attach_and_kill9(cloudlet_home: Path) -
     assert vdb_sectors(home, "web1") == str(96 * MIB // 512)
 
     # QEMU killed -9 in the middle of writes to the volume and the root disk
+    volume_file = Path(cli.run_json(home, "volume", "list")[0]["path"])
+    blocks_before = volume_file.stat().st_blocks
     guest(
         home,
         "web1",
         "(dd if=/dev/urandom of=/dev/vdb bs=64k count=1200 conv=fsync;"
         " dd if=/dev/urandom of=/root/big bs=64k count=800 conv=fsync) >/dev/null 2>&1 &",
     )
-    time.sleep(2.0)
+    # the kill lands once the guest's writes reach the volume on the host, not after a guess
+    deadline = time.monotonic() + 120
+    while volume_file.stat().st_blocks < blocks_before + MIB // 512:
+        assert time.monotonic() < deadline, "the guest's writes never reached the volume"
+        time.sleep(0.05)
     vm = cli.run_json(home, "show", "web1")
     info = read_record(home / "run" / vm["id"])
     assert info is not None

@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 
 from cloudlet.driver.base import Channel, ExtraDisk, HostForward, LaunchConfig, Share, TapNic
-from cloudlet.driver.qemu.argv import build_argv, escape, mac_address
+from cloudlet.driver.qemu.argv import build_argv, escape
 from cloudlet.errors import InvalidInput
 from cloudlet.host.kvm import ProbeGuest, probe_argv
 from cloudlet.host.qemu_binaries import ARCH_BINARIES
+from cloudlet.spec.network import mac_address
 
 DATA = Path(__file__).parent / "data" / "argv"
 ID = "0b0e7a9e-5a6f-4f7e-9a33-1f1e2d3c4b5a"
@@ -152,6 +153,17 @@ def test_mac_is_stable_and_local() -> None:
     assert mac_address(ID) == mac_address(ID)
     assert mac_address(ID) != mac_address(ID, 1)
     assert mac_address(ID).startswith("52:54:00:")
+
+
+def test_macs_of_existing_vms_do_not_change() -> None:
+    """Stored NIC rows and running guests hold these: values from before the move to spec/."""
+    vm = "0b6c2f9e-3c1a-4d7e-9f3a-2b8e5d1c7a40"
+    assert mac_address(vm) == "52:54:00:4f:ab:6e"
+    assert mac_address(vm, 1) == "52:54:00:f1:e5:e4"
+    assert mac_address(vm, 3) == "52:54:00:9e:75:80"
+    assert mac_address("ffffffff-0000-4000-8000-000000000001") == "52:54:00:69:f7:16"
+    argv = build_argv("qemu", _config())
+    assert f"mac={mac_address(ID)}" in " ".join(argv)
 
 
 def test_kvm_probe_boots_the_kernel_to_poweroff() -> None:

@@ -16,13 +16,13 @@ import pytest
 
 from cloudlet.backup.chunking import build_chunks
 from cloudlet.backup.retention import keep_set
-from cloudlet.backup.store import CHUNK_SIZE, BackupStore, DiskManifest, Manifest, StoreCorrupt
+from cloudlet.backup.store import CHUNK_SIZE, BackupStore, DiskManifest, Manifest
 from cloudlet.driver.base import DiskCopy
 from cloudlet.driver.fake.driver import FakeDriver
 from cloudlet.engine.backup_ops import BackupOps
 from cloudlet.engine.engine import CreateRequest, Engine
 from cloudlet.engine.storage_ops import StorageOps, active_disk
-from cloudlet.errors import CapacityExceeded, Conflict, InvalidInput, OutOfSpace
+from cloudlet.errors import CapacityExceeded, Conflict, InvalidInput, OutOfSpace, StoreCorrupt
 from cloudlet.spec.instance import BackupPolicy, Retention
 from cloudlet.spec.units import parse_duration
 from cloudlet.store.models import BackupRow

@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from cloudlet.backup.store import CHUNK_SIZE, ROOT, Manifest, StoreCorrupt
+from cloudlet.backup.store import CHUNK_SIZE, ROOT, Manifest
 from cloudlet.driver.base import DirtyBitmap
 from cloudlet.engine.backup_disks import VmDisk, usable_bitmap
 from cloudlet.engine.backup_ops import BackupOps
 from cloudlet.engine.backup_restore import pool_dir
 from cloudlet.engine.engine import CreateRequest, Engine
 from cloudlet.engine.storage_ops import StorageOps, active_disk
-from cloudlet.errors import Conflict, InvalidInput, NotFound
+from cloudlet.errors import Conflict, InvalidInput, NotFound, StoreCorrupt
 from cloudlet.store.models import PoolRow
 from tests.fakes import FakeDisks, make_vm_with_volume
 

@@ -15,8 +15,8 @@ from typing import Any, BinaryIO
 import pytest
 
 from cloudlet.driver.base import ExecResult
+from cloudlet.driver.qemu import guest_files as files
 from cloudlet.errors import CapacityExceeded, GuestError, InvalidInput, NotFound
-from cloudlet.guest import files
 from cloudlet.guest.landing import CopyLimits
 
 CHUNK = 4096

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from cloudlet.errors import CapacityExceeded, CloudletError, GuestError
-from cloudlet.guest.landing import CopyLimits, Landing, Refused, check_name
+from cloudlet.errors import CapacityExceeded, CloudletError, EntryRefused, GuestError
+from cloudlet.guest.landing import CopyLimits, Landing, check_name
 from cloudlet.process import copies
 from cloudlet.spec.process import CopySpec
 
@@ -71,10 +71,10 @@ def test_a_symlink_already_in_the_destination_is_never_followed(
     (dest / "file").symlink_to(canary / "secret")  # a file name that leads out
     with _landing(dest) as landing:
         for parts in [("sub",), ("sub", "x")]:
-            with pytest.raises(Refused, match="symlink"):
+            with pytest.raises(EntryRefused, match="symlink"):
                 landing.directory(parts, 0o777)
         for parts in [("sub", "new"), ("file",), ("sub", "deeper", "f")]:
-            with pytest.raises(Refused, match="symlink"):
+            with pytest.raises(EntryRefused, match="symlink"):
                 landing.file(parts, 0o777, _reader(b"pwned").read)
     assert _tree_hash(canary) == before
     assert (dest / "sub").is_symlink() and (dest / "file").is_symlink()
@@ -88,7 +88,7 @@ def test_a_dangling_symlink_and_a_directory_are_not_replaced_by_a_file(tmp_path:
     (dest / "dir").mkdir()
     with _landing(dest) as landing:
         for name in ("dangling", "dir"):
-            with pytest.raises(Refused):
+            with pytest.raises(EntryRefused):
                 landing.file((name,), 0o644, _reader(b"x").read)
     assert not (tmp_path / "would-be-made").exists()
     assert (dest / "dangling").is_symlink() and (dest / "dir").is_dir()
@@ -98,12 +98,12 @@ def test_a_dangling_symlink_and_a_directory_are_not_replaced_by_a_file(tmp_path:
 @pytest.mark.parametrize("name", ["..", ".", "", "a/b", "/etc", "nul\0x"])
 def test_names_that_climb_or_hide_are_refused(tmp_path: Path, canary: Path, name: str) -> None:
     before = _tree_hash(canary)
-    with pytest.raises(Refused):
+    with pytest.raises(EntryRefused):
         check_name(name)
     with _landing(tmp_path / "dest") as landing:
-        with pytest.raises(Refused):
+        with pytest.raises(EntryRefused):
             landing.file((name,), 0o644, _reader(b"x").read)
-        with pytest.raises(Refused):
+        with pytest.raises(EntryRefused):
             landing.directory((name, "f"), 0o755)
     assert _tree_hash(canary) == before
     assert list((tmp_path / "dest").iterdir()) == []
@@ -314,11 +314,11 @@ def test_directories_made_for_a_deep_name_count_as_entries(tmp_path: Path) -> No
 
 
 def test_a_tree_deeper_than_the_bound_is_skipped(tmp_path: Path) -> None:
-    with _landing(tmp_path / "dest") as landing, pytest.raises(Refused, match="deep"):
+    with _landing(tmp_path / "dest") as landing, pytest.raises(EntryRefused, match="deep"):
         landing.file(("d",) * 1000 + ("f",), 0o644, _reader(b"x").read)
     assert list((tmp_path / "dest").iterdir()) == []
 
 
 def test_a_name_longer_than_the_file_system_allows_is_skipped(tmp_path: Path) -> None:
-    with _landing(tmp_path / "dest") as landing, pytest.raises(Refused, match="longer than"):
+    with _landing(tmp_path / "dest") as landing, pytest.raises(EntryRefused, match="longer than"):
         landing.file(("x" * 256,), 0o644, _reader(b"x").read)

@@ -14,12 +14,12 @@ from typing import Any
 
 import pytest
 
-from cloudlet.backup.manifest_check import ManifestRefused, canonical
-from cloudlet.backup.store import Manifest, StoreCorrupt
+from cloudlet.backup.manifest_check import canonical
+from cloudlet.backup.store import Manifest
 from cloudlet.engine.backup_ops import MANIFEST_KEY, BackupOps
 from cloudlet.engine.engine import Engine
 from cloudlet.engine.storage_ops import StorageOps
-from cloudlet.errors import CloudletError, NotFound
+from cloudlet.errors import CloudletError, ManifestRefused, NotFound, StoreCorrupt
 from tests.fakes import FakeDisks, make_vm_with_volume
 
 MIB = 1 << 20

@@ -14,11 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from cloudlet.errors import Busy, InvalidInput, NotFound
+from cloudlet.errors import Busy, DownloadFailed, DownloadInterrupted, InvalidInput, NotFound
 from cloudlet.images import download as dl
 from cloudlet.images.download import (
-    DownloadFailed,
-    DownloadInterrupted,
     download,
     fetch_text,
     part_path,

@@ -12,8 +12,8 @@ from cloudlet.driver.fake.driver import FakeDriver
 from cloudlet.engine.engine import CreateRequest, Engine
 from cloudlet.engine.network_ops import NetworkOps, split_networks
 from cloudlet.engine.storage_ops import StorageOps
-from cloudlet.errors import Conflict, InvalidInput, MissingDependency, NotFound
-from cloudlet.network import NeedsRoot, bridge, dnsmasq, links, nft, tap
+from cloudlet.errors import Conflict, InvalidInput, MissingDependency, NeedsRoot, NotFound
+from cloudlet.network import bridge, dnsmasq, links, nft, tap
 from cloudlet.spec.network import (
     FirewallRule,
     NetworkDef,

@@ -256,7 +256,7 @@ def test_watcher_of_a_run_that_cleaned_up_does_not_open_the_engine(
     recreate a state directory being deleted meanwhile (a test's, or a user's)."""
     from cloudlet.config import Settings
     from cloudlet.engine import factory
-    from cloudlet.process import watcher
+    from cloudlet.engine import run_watcher as watcher
 
     opened: list[object] = []
     monkeypatch.setattr(factory, "open_engine", lambda *a, **k: opened.append(a))

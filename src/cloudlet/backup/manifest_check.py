@@ -23,10 +23,10 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-from cloudlet.driver.base import HOTPLUG_SLOTS
-from cloudlet.errors import CloudletError
+from cloudlet.errors import CloudletError, ManifestRefused
 from cloudlet.spec import names
 from cloudlet.spec.names import validate_name
+from cloudlet.spec.storage import HOTPLUG_SLOTS
 
 KEY_BYTES = 32
 HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -46,14 +46,6 @@ DISK_KEYS = {"name", "virtual_size", "chunks", "format", "pool", "volume_id", "b
              "read_bytes", "new_bytes"}  # fmt: skip
 ROW_KEYS = {"image", "image_path", "type_name", "cpus", "memory", "disk_size", "arch",
             "location", "ssh", "seed"}  # fmt: skip
-
-
-class ManifestRefused(CloudletError):
-    """A backup manifest that is malformed or not authenticated by this host's key."""
-
-    http_status = 422
-    exit_code = 2
-    code = "backup_manifest_refused"
 
 
 def canonical(body: dict[str, Any]) -> bytes:

@@ -28,21 +28,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cloudlet.backup.manifest_check import MAX_MANIFEST_BYTES, HostKey, ManifestRefused, check_body
-from cloudlet.errors import CapacityExceeded, CloudletError, NotFound
+from cloudlet.backup.manifest_check import MAX_MANIFEST_BYTES, HostKey, check_body
+from cloudlet.errors import (
+    CapacityExceeded,
+    CloudletError,
+    ManifestRefused,
+    NotFound,
+    StoreCorrupt,
+)
 from cloudlet.spec.names import name_path
 
 CHUNK_SIZE = 4 << 20
 FORMAT = 1
 ROOT = "root"  # the name of a VM's root disk in a manifest (volumes go by their names)
-
-
-class StoreCorrupt(CloudletError):
-    """A chunk or manifest in the backup store does not match its checksum."""
-
-    http_status = 500
-    exit_code = 1
-    code = "backup_corrupt"
 
 
 @dataclass

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from cloudlet.cli.options import Output
 from cloudlet.errors import CloudletError, InvalidInput
-from cloudlet.spec.units import format_duration, format_size, parse_duration
+from cloudlet.spec.units import format_duration, format_size
 
 # Rich and the engine are imported on first use (cli/lazy.py): start-up stays cheap.
 if TYPE_CHECKING:
@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
     from cloudlet.cli import render
     from cloudlet.cli.render import err, out
+    from cloudlet.engine import backup_requests
     from cloudlet.engine.backup_ops import BackupOps, BackupView
     from cloudlet.engine.factory import open_engine
     from cloudlet.spec.instance import BackupPolicy
@@ -28,6 +29,7 @@ else:
     err = lazy("cloudlet.cli.render", "err")
     out = lazy("cloudlet.cli.render", "out")
     BackupOps = lazy("cloudlet.engine.backup_ops", "BackupOps")
+    backup_requests = lazy("cloudlet.engine.backup_requests")
     open_engine = lazy("cloudlet.engine.factory", "open_engine")
 
 backup_app = typer.Typer(
@@ -37,11 +39,6 @@ backup_app = typer.Typer(
 
 OutputOpt = Annotated[Output, typer.Option("--output", "-o", help="table or json")]
 VmArg = Annotated[str, typer.Argument(help="VM name")]
-
-
-class BackupsCorrupt(CloudletError):
-    exit_code = 1
-    code = "backup_corrupt"
 
 
 def _ops() -> BackupOps:
@@ -128,11 +125,7 @@ def backup_verify(
         render.print_json(report.to_dict())
     for problem in report.problems:
         err.print(f"[red]{problem}[/]")
-    if report.problems:
-        raise BackupsCorrupt(
-            f"{len(report.problems)} problem(s) in the backups of {vm}",
-            hint="restore another backup; the next backup stores the data again",
-        )
+    backup_requests.check_verified(report)
     if output != Output.json:
         err.print(f"{len(report.backups)} backup(s) of {vm} verified: {report.chunks} chunks OK")
 
@@ -164,27 +157,10 @@ def backup_policy(
     output: OutputOpt = Output.table,
 ) -> None:
     """Show or set when a VM is backed up and which backups are kept (stored in its spec)."""
-    ops = _ops()
-    changes: dict[str, Any] = {
-        k: v
-        for k, v in {
-            "keep_last": keep_last,
-            "keep_hourly": keep_hourly,
-            "keep_daily": keep_daily,
-            "keep_weekly": keep_weekly,
-            "keep_monthly": keep_monthly,
-        }.items()
-        if v is not None
-    }
-    if every is not None:
-        if every.lower() in ("off", "none", "0"):
-            changes.update(every=None, schedule="none")
-        else:
-            seconds = parse_duration(every, what="backup interval")
-            if seconds < 60:
-                raise InvalidInput("backups can run at most once a minute", hint="use 1m or more")
-            changes["every"] = seconds
-    policy = ops.set_policy(vm, changes) if changes else ops.policy(vm)
+    update = backup_requests.PolicyUpdate(
+        every, keep_last, keep_hourly, keep_daily, keep_weekly, keep_monthly
+    )
+    policy = backup_requests.update_policy(_ops(), vm, update)
     if output == Output.json:
         render.print_json(policy.model_dump())
     else:
@@ -230,8 +206,10 @@ def restore(
     ] = False,
 ) -> None:
     """Restore a VM's disk from a backup, in place (VM stopped) or as a new VM (--as)."""
-    if latest == (backup is not None):
-        raise InvalidInput("say which backup", hint="give --latest or --backup ID")
+    try:
+        backup = backup_requests.chosen_backup(latest=latest, backup_id=backup)
+    except InvalidInput as exc:
+        raise InvalidInput(exc.message, hint="give --latest or --backup ID") from None
     ops = _ops()
     try:
         message = ops.restore(vm, backup_id=backup, as_name=as_name, force=force)

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from cloudlet.cli import render
     from cloudlet.cli.progress import byte_progress as _byte_progress
     from cloudlet.cli.render import err, out
-    from cloudlet.engine.access import read_serial_log
+    from cloudlet.engine import type_listing
     from cloudlet.engine.engine import CreateRequest, Engine
     from cloudlet.engine.factory import open_engine
     from cloudlet.spec.instance import parse_backup
@@ -44,7 +44,7 @@ else:
     _byte_progress = lazy("cloudlet.cli.progress", "byte_progress")
     err = lazy("cloudlet.cli.render", "err")
     out = lazy("cloudlet.cli.render", "out")
-    read_serial_log = lazy("cloudlet.engine.access", "read_serial_log")
+    type_listing = lazy("cloudlet.engine.type_listing")
     CreateRequest = lazy("cloudlet.engine.engine", "CreateRequest")
     open_engine = lazy("cloudlet.engine.factory", "open_engine")
     parse_backup = lazy("cloudlet.spec.instance", "parse_backup")
@@ -65,6 +65,7 @@ app.add_typer(license_app, name="license")
 storage_commands.register(app)  # pool, volume, snapshot, clone
 network_commands.register(app)  # network, nic, port, firewall
 backup_commands.register(app)  # backup, restore, export, import
+
 
 OutputOpt = Annotated[Output, typer.Option("--output", "-o", help="table or json")]
 NameArg = Annotated[str, typer.Argument(help="VM name")]
@@ -90,8 +91,15 @@ def _root(
             help="Print cloudlet's version and exit.",
         ),
     ] = False,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="also print cloudlet's log (what it does) to stderr")
+    ] = False,
 ) -> None:
     """Self-hosted cloud engine for virtual machines on QEMU."""
+    if debug:
+        from cloudlet import logs  # only when asked: nothing heavy before parsing
+
+        logs.to_stderr()
 
 
 def _engine() -> Engine:
@@ -410,24 +418,20 @@ def logs(
     tail: Annotated[int | None, typer.Option("--tail", "-n", help="last N lines")] = None,
 ) -> None:
     """Print the serial console log."""
-    data = read_serial_log(_engine().serial_log(name))
-    if data is None:
+    log = _engine().serial_log_tail(name, tail)
+    if log.data is None:
         err.print(f"{name} has no serial log yet (it has not been started)")
         return
-    if tail is not None:
-        data = b"\n".join(data.splitlines()[-tail:]) + b"\n"
-    sys.stdout.buffer.write(data)
+    sys.stdout.buffer.write(log.data)
 
 
 @app.command()
 def types(output: OutputOpt = Output.table) -> None:
     """The machine types: general-purpose, memory- and compute-optimized."""
-    items = render.all_types()
     if output == Output.json:
-        render.print_json(render.types_json(items))
+        render.print_json([t.to_dict() for t in type_listing.offers()])
         return
-    host = _engine().host(probe=False)
-    render.types_table(items, host.host_cpus, host.host_memory)
+    render.types_table(_engine().machine_types())
 
 
 @app.command()
@@ -437,10 +441,8 @@ def host(
 ) -> None:
     """The accelerator in use (and why), QEMU version, capacity used and free."""
     engine = _engine()
-    if reprobe:
-        (engine.paths.home / "host" / "accel.json").unlink(missing_ok=True)
     with err.status("checking the host ..."):
-        view = engine.host(probe=True)
+        view = engine.reprobe_host() if reprobe else engine.host(probe=True)
     if output == Output.json:
         render.print_json(view.to_dict())
     else:

@@ -10,8 +10,8 @@ from rich.console import Console
 from rich.table import Table
 
 from cloudlet.cli.options import Output as Output
+from cloudlet.engine.type_listing import MachineTypeOffer
 from cloudlet.engine.views import HostView, InstanceView
-from cloudlet.spec.machine_types import CATALOG, MachineType
 from cloudlet.spec.units import format_size
 
 out = Console(highlight=False, soft_wrap=True)
@@ -87,22 +87,15 @@ def instance_detail(vm: InstanceView) -> None:
         out.print(f"[bold]{key:<{width}}[/]  {value}")
 
 
-def types_table(types: list[MachineType], host_cpus: int, host_memory: int) -> None:
+def types_table(types: list[MachineTypeOffer]) -> None:
     table = Table(box=None, pad_edge=False)
     for column in ("TYPE", "FAMILY", "VCPUS", "MEMORY", "SHARE OF HOST"):
         table.add_column(column)
     for t in types:
-        share = max(t.cpus / host_cpus, t.memory / host_memory)
-        table.add_row(t.name, t.family_title, str(t.cpus), format_size(t.memory), f"{share:.0%}")
+        share = "-" if t.share is None else f"{t.share:.0%}"
+        table.add_row(t.name, t.family, str(t.cpus), format_size(t.memory), share)
     out.print(table)
     err.print("custom shapes: --cpus N --memory SIZE (with or without --type)")
-
-
-def types_json(types: list[MachineType]) -> list[dict[str, Any]]:
-    return [
-        {"name": t.name, "family": t.family_title, "cpus": t.cpus, "memory": t.memory}
-        for t in types
-    ]
 
 
 def host_detail(host: HostView) -> None:
@@ -123,10 +116,6 @@ def host_detail(host: HostView) -> None:
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         out.print(f"[bold]{key:<{width}}[/]  {value}")
-
-
-def all_types() -> list[MachineType]:
-    return list(CATALOG.values())
 
 
 def images_table(items: list[dict[str, Any]]) -> None:

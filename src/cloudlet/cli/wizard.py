@@ -23,13 +23,14 @@ from rich.table import Table
 from cloudlet.cli import render
 from cloudlet.cli.render import Output, err
 from cloudlet.cli.spec_commands import command_line, create_entry
+from cloudlet.engine import image_menu
 from cloudlet.engine.engine import Engine
 from cloudlet.engine.factory import open_engine
 from cloudlet.errors import CloudletError, InvalidInput
 from cloudlet.spec import document
 from cloudlet.spec.document import VMDocument
-from cloudlet.spec.instance import LOCAL_ZONE
-from cloudlet.spec.machine_types import CATALOG, CUSTOM, DEFAULT_TYPE, resolve_shape
+from cloudlet.spec.instance import BACKUP_PRESETS, LOCAL_ZONE
+from cloudlet.spec.machine_types import CUSTOM, DEFAULT_TYPE, resolve_shape
 from cloudlet.spec.names import login_user, vm_name
 from cloudlet.spec.units import format_size, parse_size
 
@@ -223,9 +224,9 @@ class Wizard:
             "general-purpose (balanced), memory-optimized (8 GiB a vCPU), "
             "compute-optimized (more vCPUs), or custom",
         )
-        host = self.engine.host(probe=False)
-        render.types_table(render.all_types(), host.host_cpus, host.host_memory)
-        names = [*CATALOG, CUSTOM]
+        offers = self.engine.machine_types()
+        render.types_table(offers)
+        names = [*(t.name for t in offers), CUSTOM]
 
         def check(answer: str) -> None:
             if answer not in names:
@@ -282,58 +283,41 @@ class Wizard:
         )
         self.a.containers = self.confirm("Will you run containers in this VM?", False)
 
-    def _image_rows(self) -> dict[str, dict[str, Any]]:
-        rows: dict[str, dict[str, Any]] = {}
-        for info in self.engine.images():
-            rows[str(info["name"])] = {**info, "here": True}
-        for entry in self.engine.catalog():
-            rows.setdefault(str(entry["name"]), {**entry, "os": entry["title"], "here": False})
-        for builtin in ("tiny", "debian-12"):  # built from Debian packages on first use
-            built = {"os": "built on first use", "here": True, "cloud_init": builtin != "tiny"}
-            rows.setdefault(builtin, {"name": builtin, "licence": "free", **built})
-        return rows
-
     def image(self) -> None:
         self.step(7, "OS image", "local images and the official catalog (pulled when chosen)")
-        rows = self._image_rows()
+        choices = self.engine.image_menu()
         table = Table(box=None, pad_edge=False)
         for column in ("IMAGE", "OS", "LICENCE", "CLOUD-INIT", "WHERE"):
             table.add_column(column, no_wrap=True, overflow="ellipsis", max_width=40)
-        for row in rows.values():
+        for c in choices:
             table.add_row(
-                str(row["name"]),
-                str(row.get("os") or ""),
-                str(row.get("licence") or "free"),
-                "yes" if row.get("cloud_init", True) else "no",
-                "here" if row["here"] else "catalog (pull)",
+                c.name,
+                c.os,
+                c.licence,
+                "yes" if c.cloud_init else "no",
+                "here" if c.here else "catalog (pull)",
             )
         self.console.print(table)
 
         def check(answer: str) -> None:
-            if answer not in rows:
-                raise InvalidInput(f"unknown image {answer!r}", hint="pick one above")
-            if self.a.containers and not rows[answer].get("cloud_init", True):
-                raise InvalidInput(
-                    f"image {answer} has no cloud-init, so a container runtime cannot be installed",
-                    hint="pick an image with cloud-init",
-                )
+            image_menu.choose(choices, answer, containers=self.a.containers)
 
         while True:
-            choice = self.ask("Image", DEFAULT_IMAGE, check=check)
-            row = rows[choice]
-            self.console.print(f"licence: {row.get('licence') or 'free'}")
-            if row["here"]:
+            name = self.ask("Image", DEFAULT_IMAGE, check=check)
+            choice = image_menu.choose(choices, name, containers=self.a.containers)
+            self.console.print(f"licence: {choice.licence}")
+            if choice.here:
                 break
-            if self.confirm(f"{choice} is not here yet. Pull it now?", True):
+            if self.confirm(f"{name} is not here yet. Pull it now?", True):
                 from cloudlet.cli.progress import byte_progress
 
                 with byte_progress() as progress:
-                    self.engine.image_pull(choice, progress=progress)
+                    self.engine.image_pull(name, progress=progress)
                 break
-        self.a.image = choice
-        self.a.arch = str(row["arch"]) if row.get("arch") else None
-        self.a.cloud_init = bool(row.get("cloud_init", True))
-        self._default_user = row.get("default_user")
+        self.a.image = choice.name
+        self.a.arch = choice.arch
+        self.a.cloud_init = choice.cloud_init
+        self._default_user = choice.default_user
 
     def access(self) -> None:
         self.step(
@@ -383,9 +367,9 @@ class Wizard:
             "none",
             choices=["none", "daily", "hourly", "custom"],
         )
-        presets = {"none": ("none", 0), "daily": ("daily", 7), "hourly": ("hourly", 24)}
-        if choice in presets:
-            self.a.backup_schedule, self.a.backup_keep = presets[choice]
+        preset = BACKUP_PRESETS.get(choice)
+        if preset is not None:
+            self.a.backup_schedule, self.a.backup_keep = preset.schedule, preset.keep
             return
         self.a.backup_schedule = self.ask(
             "Schedule", "daily", choices=["hourly", "daily", "weekly"]

@@ -8,8 +8,9 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
-# Data volumes a VM can have: modern machines get one spare PCIe root port for each.
-HOTPLUG_SLOTS = 4
+from cloudlet.guest.copy_rules import CopyProgress
+from cloudlet.guest.landing import CopyLimits
+from cloudlet.spec.storage import HOTPLUG_SLOTS as HOTPLUG_SLOTS
 
 
 @dataclass(frozen=True)
@@ -288,6 +289,50 @@ class Driver(abc.ABC):
 
     @abc.abstractmethod
     def guest_info(self, instance_id: str) -> GuestInfo: ...
+
+    # ---------------------------------------------------------------- guest files
+    @abc.abstractmethod
+    def copy_in(
+        self,
+        instance_id: str,
+        src: Path,
+        dest: str,
+        *,
+        progress: CopyProgress | None = None,
+        mode: int | None = None,
+    ) -> int:
+        """Copy the host file ``src`` to the absolute path ``dest`` in the running guest
+        (no network: through its agent); return the bytes copied.
+
+        ``dest`` ending in "/" or naming a directory in the guest gets the source's name
+        appended; the file keeps the source's mode unless ``mode`` is given. The bytes
+        land under a temporary name that is renamed at the end: a copy that fails half
+        way removes it and leaves nothing under the final name. Fails with Conflict when
+        the VM has no running process, NotFound when ``src`` or the guest directory is
+        missing, InvalidInput when ``src`` is not one regular file or ``dest`` is not
+        absolute, GuestError when the guest refuses (a full disk)."""
+
+    @abc.abstractmethod
+    def copy_out(
+        self,
+        instance_id: str,
+        src: str,
+        dest: Path,
+        *,
+        progress: CopyProgress | None = None,
+        limits: CopyLimits | None = None,
+    ) -> int:
+        """Copy the guest file ``src`` (absolute; links followed in the guest) to the host
+        path ``dest``; return the bytes copied. The guest is not trusted.
+
+        ``dest`` naming an existing local directory gets the source's name appended. The
+        file is written through guest.landing.Landing: a symlink or a non-file at the
+        target is refused (InvalidInput), never followed or replaced; setuid, setgid,
+        sticky and world-write bits are dropped; more than ``limits`` bytes fails with
+        CapacityExceeded, whatever size the guest claimed. A copy that fails leaves
+        nothing at the target. Fails with Conflict when the VM has no running process,
+        NotFound when ``src`` is missing in the guest, InvalidInput when it is a
+        directory or not a regular file or not absolute."""
 
     # ---------------------------------------------------------------- storage (live)
     @abc.abstractmethod

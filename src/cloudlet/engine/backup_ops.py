@@ -29,7 +29,6 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select
 
 from cloudlet.backup.chunking import build_chunks
-from cloudlet.backup.manifest_check import ManifestRefused
 from cloudlet.backup.retention import keep_set
 from cloudlet.backup.store import (
     CHUNK_SIZE,
@@ -37,7 +36,6 @@ from cloudlet.backup.store import (
     BackupStore,
     DiskManifest,
     Manifest,
-    StoreCorrupt,
 )
 from cloudlet.driver.base import DirtyBitmap, DiskCopy
 from cloudlet.engine import backup_export, locks
@@ -63,7 +61,14 @@ from cloudlet.engine.storage_ops import (
     state_file,
 )
 from cloudlet.engine.vm_record import check_record
-from cloudlet.errors import CloudletError, Conflict, NotFound, OutOfSpace
+from cloudlet.errors import (
+    CloudletError,
+    Conflict,
+    ManifestRefused,
+    NotFound,
+    OutOfSpace,
+    StoreCorrupt,
+)
 from cloudlet.spec import names
 from cloudlet.spec.instance import BackupPolicy, InstanceSpec
 from cloudlet.spec.names import validate_name
@@ -722,7 +727,7 @@ class BackupOps:
         the volumes it returns are made and attached. A failure removes all of it.
         ``spec_data`` and ``row_data`` come from a file (``source``): vm_record.py."""
         from cloudlet.engine import access as access_mod
-        from cloudlet.host.resources import free_loopback_port
+        from cloudlet.engine.ports import ssh_port
 
         e = self.e
         record = check_record(e, name, spec_data, row_data, source)
@@ -744,7 +749,7 @@ class BackupOps:
                 disk_size=record.image.min_disk_bytes,  # the disk's own size, once filled
                 arch=spec.arch,
                 location=spec.location,
-                ssh_port=free_loopback_port() if record.ssh else None,
+                ssh_port=ssh_port(e.db) if record.ssh else None,
             )
             with e.db.session() as s:
                 s.add(row)

@@ -23,12 +23,18 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 
-from cloudlet.backup.manifest_check import ManifestRefused
-from cloudlet.backup.store import DiskManifest, Manifest, StoreCorrupt
+from cloudlet.backup.store import DiskManifest, Manifest
 from cloudlet.driver.base import HOTPLUG_SLOTS
 from cloudlet.engine import network_ops
 from cloudlet.engine.storage_ops import StorageOps
-from cloudlet.errors import CloudletError, Conflict, InvalidInput, NotFound
+from cloudlet.errors import (
+    CloudletError,
+    Conflict,
+    InvalidInput,
+    ManifestRefused,
+    NotFound,
+    StoreCorrupt,
+)
 from cloudlet.spec.names import validate_name
 from cloudlet.store.models import BackupRow, InstanceRow, PoolRow, VolumeRow
 

@@ -20,19 +20,34 @@ from typing import TYPE_CHECKING, TypeVar
 
 from sqlalchemy import select
 
+from cloudlet import logs
 from cloudlet.config import Settings
 from cloudlet.driver.base import ExecResult, GuestInfo, LaunchConfig, PowerState
+from cloudlet.engine import (
+    accel_cache,
+    addresses,
+    licensing,
+    locks,
+    network_ops,
+    ports,
+    serial_tail,
+    storage_ops,
+)
 from cloudlet.engine import access as access_mod
-from cloudlet.engine import addresses, licensing, locks, network_ops, storage_ops
 from cloudlet.engine import capacity as capacity_mod
+from cloudlet.engine import image_menu as image_menu_mod
 from cloudlet.engine.deps import EngineDeps
 from cloudlet.engine.image_cap import check_disk_size, image_size_cap
+from cloudlet.engine.image_menu import ImageChoice
+from cloudlet.engine.serial_tail import SerialLog
 from cloudlet.engine.sweep import sweep_staging
+from cloudlet.engine.type_listing import MachineTypeOffer, offers
 from cloudlet.engine.views import HostView, InstanceView
 from cloudlet.errors import CloudletError, Conflict, InvalidInput, NotFound, StillRunning
 from cloudlet.guest.landing import CopyLimits
 from cloudlet.host.kvm import AccelVerdict
 from cloudlet.images.store import HOST_ARCH, Image, Progress
+from cloudlet.notices import CallNotices
 from cloudlet.spec import names
 from cloudlet.spec.instance import (
     LOCAL_ZONE,
@@ -52,7 +67,7 @@ if TYPE_CHECKING:
     from cloudlet.spec.process import ProcessSpec
 
 _T = TypeVar("_T")
-HOST_LOCK = ".host"
+HOST_LOCK = locks.HOST_KEY
 NO_BACKUP = BackupPolicy()
 DEFAULT_AGENT_TIMEOUT = 300.0
 
@@ -105,9 +120,18 @@ class Engine:
         self.deps = deps
         self.driver = deps.driver
         self.db = db
-        # Things a user should hear about, collected for the frontend to show.
-        self.notices: list[str] = []
+        # Things a user should hear about, kept per thread or per collect_notices() block.
+        self._notices = CallNotices("engine-notices")
         self.agent_timeout = float(os.environ.get("CLOUDLET_AGENT_TIMEOUT", DEFAULT_AGENT_TIMEOUT))
+
+    @property
+    def notices(self) -> list[str]:
+        """What the calls of this thread (or of the open collect block) want said."""
+        return self._notices.current
+
+    def collect_notices(self) -> AbstractContextManager[list[str]]:
+        """Scope notices to the calls inside the block (one request of a server)."""
+        return self._notices.collect()
 
     # ------------------------------------------------------------------ helpers
     def _lock(self, name: str, wait: float = locks.DEFAULT_WAIT) -> AbstractContextManager[None]:
@@ -149,7 +173,8 @@ class Engine:
             s.flush()
             op_id = op.id
         try:
-            yield op_id
+            with logs.operation(op_id, kind, row.name):
+                yield op_id
         except BaseException as exc:
             self._finish_op(op_id, "failed", str(exc))
             raise
@@ -251,9 +276,13 @@ class Engine:
         """Make the recorded state match reality, unless another command holds the VM."""
         if row.state not in LIVE_STATES:
             return row
-        if not locks.is_free(self.paths.locks, row.name):
-            return row  # another command is working on it right now
-        return self._reconcile_locked(row)
+        with locks.try_hold(self.paths.locks, row.name) as held:
+            if not held:
+                return row  # another command is working on it right now
+            # Read again under the lock: another thread may have acted since ``row``.
+            with self.db.session() as s:
+                fresh = s.get(InstanceRow, row.id)
+            return row if fresh is None else self._reconcile_locked(fresh)
 
     def _reconcile_locked(self, row: InstanceRow) -> InstanceRow:
         """Record what the driver sees: a dead QEMU is crashed, a powered-off guest stopped.
@@ -519,9 +548,9 @@ class Engine:
             backup=req.backup,
             api_access=req.api_access,
         )
-        from cloudlet.host.resources import free_loopback_port
-
-        ssh_port = free_loopback_port() if network.mode == "nat" and network.ssh_forward else None
+        ssh_port = (
+            ports.ssh_port(self.db) if network.mode == "nat" and network.ssh_forward else None
+        )
         with self._lock(req.name):
             self._ensure_name_free(req.name)
             row = InstanceRow(
@@ -1037,29 +1066,19 @@ class Engine:
     def copy_to(
         self, name: str, src: Path, dest: str, *, progress: Callable[[int, int], None] | None
     ) -> int:
-        """Copy a host file into the guest through its agent (no network needed)."""
-        from cloudlet.guest import files
-
+        """Copy a host file into the guest through the driver (no network needed)."""
         row = self._reconcile(self._row(name))
         self._require_state(row, {VMState.RUNNING}, "copy to")
-        runtime = self.driver.runtime(row.id)
-        assert runtime is not None
         if not src.is_file():
             raise NotFound(f"no file {src} on this host", hint="check the path")
-        return files.copy_in(runtime.agent_socket, src, dest, progress=progress)
+        return self.driver.copy_in(row.id, src, dest, progress=progress)
 
     def copy_from(
         self, name: str, src: str, dest: Path, *, progress: Callable[[int, int], None] | None
     ) -> int:
-        from cloudlet.guest import files
-
         row = self._reconcile(self._row(name))
         self._require_state(row, {VMState.RUNNING}, "copy from")
-        runtime = self.driver.runtime(row.id)
-        assert runtime is not None
-        return files.copy_out(
-            runtime.agent_socket, src, dest, progress=progress, limits=self.copy_limits
-        )
+        return self.driver.copy_out(row.id, src, dest, progress=progress, limits=self.copy_limits)
 
     @property
     def copy_limits(self) -> CopyLimits:
@@ -1093,6 +1112,24 @@ class Engine:
         row = self._reconcile(self._row(name))
         self._require_state(row, {VMState.RUNNING}, "ask the guest agent of")
         return self.driver.guest_info(row.id)
+
+    # ------------------------------------------- what every frontend shows (not the CLI's)
+    def serial_log_tail(self, name: str, lines: int | None = None) -> SerialLog:
+        """The VM's serial log, or its last ``lines`` lines; no data before a first start."""
+        return serial_tail.tail(name, self.serial_log(name), lines)
+
+    def reprobe_host(self) -> HostView:
+        """Forget the cached KVM verdict and probe again (after KVM was fixed)."""
+        accel_cache.forget(self.paths.home)
+        return self.host(probe=True)
+
+    def machine_types(self) -> list[MachineTypeOffer]:
+        """The machine types with the share of this host each would take."""
+        return offers(self.deps.host_cpus, self.deps.host_memory)
+
+    def image_menu(self) -> list[ImageChoice]:
+        """The images a new VM can be made from: local, catalog, built on first use."""
+        return image_menu_mod.menu(self.images(), self.catalog())
 
 
 def _state_hint(state: str) -> str:

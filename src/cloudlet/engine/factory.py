@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
+from cloudlet import logs
 from cloudlet.config import Settings
 from cloudlet.driver.qemu.confine import Confinement
 from cloudlet.driver.qemu.driver import QemuDriver
+from cloudlet.engine import accel_cache
 from cloudlet.engine.deps import EngineDeps
 from cloudlet.engine.engine import Engine
 from cloudlet.host import kvm, qemu_users
@@ -21,7 +23,7 @@ from cloudlet.store.database import Database
 
 def accel_for(settings: Settings, images: ImageStore) -> Callable[[Image], AccelVerdict]:
     """Probe KVM once per host boot (cached), always with the tiny image's kernel."""
-    cache_file = settings.paths.home / "host" / "accel.json"
+    cache_file = accel_cache.cache_file(settings.paths.home)
 
     def decide(image: Image) -> AccelVerdict:
         probe = image if image.name == "tiny" else images.get("tiny")
@@ -55,6 +57,7 @@ def open_engine(settings: Settings | None = None, *, recover: bool = True) -> En
     os.umask(0o077)
     settings.paths.ensure()
     tighten(settings)
+    logs.to_file(settings.paths.home)  # what this engine does, in the private state directory
     images = ImageStore(settings.paths.images, settings.paths.cache / "debs")
     deps = EngineDeps(
         driver=QemuDriver(settings.paths.run, Confinement(settings.paths.home, settings.paths.run)),

@@ -17,6 +17,8 @@ from cloudlet.errors import Busy
 from cloudlet.spec.names import name_path
 
 DEFAULT_WAIT = 300.0
+# Held while capacity and licence seats are checked and claimed in one step.
+HOST_KEY = ".host"
 
 
 @contextmanager
@@ -38,6 +40,26 @@ def hold(lock_dir: Path, key: str, *, wait: float = DEFAULT_WAIT, what: str = ""
                     ) from None
                 time.sleep(0.05)
         yield
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def try_hold(lock_dir: Path, key: str) -> Iterator[bool]:
+    """Hold the lock if nobody does right now (yields True), else yield False at once.
+
+    Checking ``is_free`` and then acting is a race: another thread or process may take
+    the lock in between. This holds it for the whole of the work instead.
+    """
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(name_path(lock_dir, key, ".lock"), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
     finally:
         os.close(fd)
 

@@ -26,6 +26,7 @@ from sqlalchemy import select
 
 from cloudlet.driver.base import HOTPLUG_SLOTS, HostForward, TapNic
 from cloudlet.engine import locks
+from cloudlet.engine.ports import PORTS_KEY
 from cloudlet.errors import Conflict, InvalidInput, NotFound
 from cloudlet.spec.instance import FirewallSpec, InstanceSpec, NetworkSpec
 from cloudlet.spec.names import group_name, name_path, vm_name
@@ -38,6 +39,7 @@ from cloudlet.spec.network import (
     PortForward,
     bridge_name,
     first_host,
+    mac_address,
     parse_port_key,
     tap_name,
     validate_network_name,
@@ -186,8 +188,6 @@ def _tap_nic(row: NicRow) -> TapNic:
 
 def _add_nic_row(engine: Engine, instance_id: str, network: str, slot: int | None) -> NicRow:
     """The next free address of the network and the next NIC index of the VM."""
-    from cloudlet.driver.qemu.argv import mac_address
-
     with engine.db.session() as s:
         net_row = s.get(NetworkRow, network)
         if net_row is None:
@@ -688,7 +688,9 @@ class NetworkOps:
 
         if network is not None and network not in USER_MODE:
             validate_network_name(network)
-        with self.e._lock(vm):
+        # The host ports lock spans the check that a port is free and the spec that takes
+        # it: two VMs cannot both be given one host port.
+        with self.e._lock(vm), locks.hold(self.e.paths.locks, PORTS_KEY, what="host ports"):
             row = self._vm(vm)
             spec = InstanceSpec.model_validate_json(row.spec_json)
             target = network or (

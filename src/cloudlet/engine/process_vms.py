@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from cloudlet.driver.base import Channel, LaunchConfig, Share
+from cloudlet.engine import locks
 from cloudlet.errors import Conflict, InvalidInput
 from cloudlet.guest.landing import CopyLimits
 from cloudlet.host import processes
@@ -140,6 +141,7 @@ class ProcessVMs:
             booted = False
             try:
                 with engine._operation(row, "run") as op_id:
+                    self._claim_capacity(row)
                     running = self._boot(spec, row, image)
                     booted = True
                     engine._event(name, "started", f"process VM for {spec.argv[0]!r}", op_id)
@@ -150,6 +152,14 @@ class ProcessVMs:
                     self._keep(row)
                 else:
                     self.destroy(row)
+
+    def _claim_capacity(self, row: InstanceRow) -> None:
+        """Check and count the VM's share in one step under the host lock: two runs that
+        each fit alone cannot both boot when together they do not."""
+        engine = self.engine
+        with locks.hold(engine.paths.locks, locks.HOST_KEY, what="host capacity"):
+            engine._capacity(exclude=row.id).check(row.cpus, row.memory, name=row.name)
+            engine._set_state(row.id, VMState.STARTING)
 
     def _record(self, spec: ProcessSpec, name: str, image: Image) -> InstanceRow:
         instance_spec = InstanceSpec(
@@ -265,7 +275,7 @@ class ProcessVMs:
         assert row.owner_pid is not None
         spawn(
             [
-                sys.executable, "-m", "cloudlet.process.watcher",
+                sys.executable, "-m", "cloudlet.engine.run_watcher",
                 str(self.engine.paths.home), str(row.owner_pid), str(row.owner_start or 0),
                 row.id,
             ],

@@ -14,6 +14,7 @@ snapshot's file and discards what lay above it.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -224,6 +225,14 @@ def _extra_disk(vol: VolumeRow) -> ExtraDisk:
         slot=vol.slot,
         protocol="host_device" if block else "file",
     )
+
+
+def _allocated(path: Path) -> int:
+    """Bytes a layer takes on the host; 0 once it is gone (a delete may run meanwhile)."""
+    try:
+        return path.stat().st_blocks * 512
+    except FileNotFoundError:
+        return 0
 
 
 def _snapshot_rows(engine: Engine, instance_id: str) -> list[SnapshotRow]:
@@ -815,7 +824,8 @@ class StorageOps:
                 elif live and not frozen:
                     how = "crash-consistent"
                 self._remember(vm, "snapshot", f"snapshot {name} taken ({how})", op_id)
-        return next(v for v in self.snapshots(vm) if v.name == name)
+            # Read under the lock: a delete from another thread may follow at once.
+            return next(v for v in self.snapshots(vm) if v.name == name)
 
     def _save_memory(
         self, vm: str, name: str, instance_id: str, snap_id: str, layer: Path, new_top: Path
@@ -888,7 +898,7 @@ class StorageOps:
                     vm=vm,
                     parent=snaps[i - 1].name if i > 0 else None,
                     created_at=snap.created_at,
-                    size=path.stat().st_blocks * 512 if path.exists() else 0,
+                    size=_allocated(path),
                     live=snap.live,
                     frozen=snap.frozen,
                     linked_clones=sorted(c for c, sid in clones.items() if sid == snap.id),
@@ -1021,15 +1031,27 @@ class StorageOps:
                 f"cannot clone {source}: it is {src.state}",
                 hint="stop it first, or clone a snapshot with --snapshot NAME",
             )
-        from cloudlet.host.resources import free_loopback_port
+        from cloudlet.engine.ports import ssh_port
 
         spec = InstanceSpec.model_validate_json(src.spec_json)
         # a clone gets NICs on the same networks (new addresses), not the source's forwards
         network = spec.network.model_copy(update={"ports": ()})
         spec = spec.model_copy(update={"name": name, "network": network})
         new_id = str(uuid.uuid4())
-        with self.e._lock(name), self.e._lock(source):
+        with contextlib.ExitStack() as held:
+            # One order everywhere (clones A->B and B->A at once never deadlock), and a
+            # name once (a lock taken twice by one thread would wait for itself).
+            for key in sorted({name, source}):
+                held.enter_context(self.e._lock(key))
             self.e._ensure_name_free(name)
+            # Read the source again under its lock: another call may have deleted it (or
+            # replaced it), or the snapshot, since the checks above.
+            if self._vm_row(source).id != src.id:
+                raise NotFound(f"VM {source} was deleted meanwhile", hint="try again")
+            src = self._vm_row(source)
+            if snap is not None:
+                index, snaps = self._snapshot(src, snap.name)
+                snap = snaps[index]
             row = InstanceRow(
                 id=new_id,
                 name=name,
@@ -1043,7 +1065,7 @@ class StorageOps:
                 disk_size=src.disk_size,
                 arch=src.arch,
                 location=src.location,
-                ssh_port=free_loopback_port() if src.ssh_port is not None else None,
+                ssh_port=ssh_port(self.e.db) if src.ssh_port is not None else None,
             )
             with self.e.db.session() as s:
                 s.add(row)

@@ -1,5 +1,2 @@
-"""Working with a running guest through its agent: file copy in and out (no network)."""
-
-from cloudlet.guest.files import copy_in, copy_out
-
-__all__ = ["copy_in", "copy_out"]
+"""Working with what a guest hands back: copy rules every driver shares, and the landing
+that writes guest files on the host safely. The bytes move through the Driver."""

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn
 
-from cloudlet.errors import CapacityExceeded, CloudletError, InvalidInput, NotFound
+from cloudlet.errors import CapacityExceeded, CloudletError, EntryRefused, InvalidInput, NotFound
 from cloudlet.spec.units import GIB, format_size
 
 # No setuid, setgid, sticky or world-write on anything a guest hands back.
@@ -46,16 +46,12 @@ class CopyLimits:
     max_entries: int = 100_000
 
 
-class Refused(CloudletError):
-    """One entry cannot be written safely; the copy skips it and notes why."""
-
-
 def check_name(name: str) -> None:
     """One path component from a guest: no separator, no climbing, no NUL, not too long."""
     if name in ("", ".", "..") or "/" in name or "\0" in name:
-        raise Refused(f"the name {name!r} is not a plain file name")
+        raise EntryRefused(f"the name {name!r} is not a plain file name")
     if len(os.fsencode(name)) > NAME_MAX:
-        raise Refused(f"the name {name[:40]!r}... is longer than {NAME_MAX} bytes")
+        raise EntryRefused(f"the name {name[:40]!r}... is longer than {NAME_MAX} bytes")
 
 
 @dataclass
@@ -143,7 +139,7 @@ class Landing:
     def file(self, parts: tuple[str, ...], mode: int, read: Read) -> int:
         """Write a regular file from ``read`` (called until it returns b""); return its size."""
         if not parts:
-            raise Refused("a file needs a name")
+            raise EntryRefused("a file needs a name")
         with self._open_dir(parts[:-1]) as parent:
             name = parts[-1]
             check_name(name)
@@ -192,7 +188,7 @@ class Landing:
     def _open_dir(self, parts: tuple[str, ...], *, create: bool = True) -> Iterator[int]:
         """An fd for root/parts, making missing directories; never through a symlink."""
         if len(parts) >= MAX_DEPTH:
-            raise Refused(f"the path is more than {MAX_DEPTH} directories deep")
+            raise EntryRefused(f"the path is more than {MAX_DEPTH} directories deep")
         fd = os.dup(self._root_fd)
         try:
             for depth, name in enumerate(parts, start=1):
@@ -218,16 +214,16 @@ class Landing:
         try:
             return os.open(name, DIR_FLAGS, dir_fd=parent)
         except OSError:
-            raise Refused(f"{'/'.join(parts)} is a symlink or not a directory here") from None
+            raise EntryRefused(f"{'/'.join(parts)} is a symlink or not a directory here") from None
 
     def _existing_file(self, parent: int, parts: tuple[str, ...]) -> bool:
-        """True if a regular file is there; Refused for anything else but nothing."""
+        """True if a regular file is there; EntryRefused for anything else but nothing."""
         try:
             st = os.stat(parts[-1], dir_fd=parent, follow_symlinks=False)
         except FileNotFoundError:
             return False
         if not stat.S_ISREG(st.st_mode):
-            raise Refused(f"{'/'.join(parts)} is a symlink or not a regular file here")
+            raise EntryRefused(f"{'/'.join(parts)} is a symlink or not a regular file here")
         return True
 
     def summary(self) -> str | None:

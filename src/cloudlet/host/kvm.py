@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -93,9 +94,12 @@ def decide(cache_file: Path, guest: ProbeGuest, *, refresh: bool = False) -> Acc
             return cached
     verdict = _probe_now(key, guest)
     cache_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache_file.with_suffix(".tmp")
-    tmp.write_text(json.dumps(asdict(verdict)))
-    tmp.replace(cache_file)
+    # A temporary name of its own: two threads (or processes) probing at once must not
+    # write into one file and rename each other's half-written copy.
+    fd, tmp = tempfile.mkstemp(dir=cache_file.parent, prefix=f".{cache_file.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as out:
+        out.write(json.dumps(asdict(verdict)))
+    os.replace(tmp, cache_file)
     return verdict
 
 

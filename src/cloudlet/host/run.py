@@ -8,20 +8,33 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import logging
 import os
 import pwd
 import resource
 import shutil
 import signal
 import subprocess
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cloudlet import redact
 from cloudlet.errors import HostCommandError, LimitExceeded, MissingDependency
 
 Guard = Callable[[Sequence[str]], None]
+_log = logging.getLogger(__name__)
+
+
+def _log_ran(args: Sequence[str], outcome: str, started: float, stdin: bytes | None) -> None:
+    """One log line per command: outcome, duration, how much it was fed, the redacted argv
+    (stdin is counted, never written: it may carry a secret)."""
+    if _log.isEnabledFor(logging.INFO):
+        took = time.monotonic() - started
+        fed = f", stdin {len(stdin)} bytes" if stdin else ""
+        _log.info("%s in %.3f s%s: %s", outcome, took, fed, redact.command_line(args))
 
 
 @dataclass(frozen=True)
@@ -103,6 +116,7 @@ def run(
     args = [os.fspath(a) for a in argv]
     _check_guard(args)
     full_env = None if env is None else {**os.environ, **env}
+    started = time.monotonic()
     try:
         proc = subprocess.run(
             args,
@@ -114,7 +128,12 @@ def run(
             check=False,
         )
     except FileNotFoundError as exc:
+        _log_ran(args, "not found", started, input)
         raise MissingDependency(f"{args[0]} is not installed", hint=hint) from exc
+    except subprocess.TimeoutExpired:
+        _log_ran(args, "timed out", started, input)
+        raise
+    _log_ran(args, f"exit {proc.returncode}", started, input)
     if check and proc.returncode != 0:
         raise HostCommandError(
             args,
@@ -153,7 +172,7 @@ def spawn(
     _check_guard(args)
     full_env = None if env is None else {**os.environ, **env}
     try:
-        return subprocess.Popen(
+        proc = subprocess.Popen(
             args,
             stdin=stdin,
             stdout=stdout,
@@ -165,13 +184,17 @@ def spawn(
             **(credentials.popen_args() if credentials is not None else {}),
         )
     except FileNotFoundError as exc:
+        _log.info("not found: %s", redact.command_line(args))
         raise MissingDependency(f"{args[0]} is not installed") from exc
+    _log.info("started pid %d: %s", proc.pid, redact.command_line(args))
+    return proc
 
 
 def exec_replace(argv: Sequence[str]) -> None:
     """Replace this process with ``argv`` (interactive programs such as ssh)."""
     args = [os.fspath(a) for a in argv]
     _check_guard(args)
+    _log.info("exec: %s", redact.command_line(args))
     try:
         os.execvp(args[0], args)
     except FileNotFoundError as exc:
@@ -269,6 +292,7 @@ def run_confined(
     args = [os.fspath(a) for a in argv]
     _check_guard(args)
     ids = unprivileged_ids() if unprivileged else None
+    started = time.monotonic()
     try:
         proc = subprocess.Popen(
             args,
@@ -282,17 +306,20 @@ def run_confined(
             close_fds=True,
         )
     except FileNotFoundError as exc:
+        _log_ran(args, "not found", started, None)
         raise MissingDependency(f"{args[0]} is not installed") from exc
     try:
         stdout, stderr = proc.communicate(timeout=limits.wall)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.communicate()
+        _log_ran(args, "killed at its time limit", started, None)
         raise LimitExceeded(
             f"{os.path.basename(args[0])} on {what} ran past its time limit ({limits.wall:g} s)",
             hint="the file may be crafted to stall the host; use another file",
         ) from None
     err = stderr.decode(errors="replace")
+    _log_ran(args, f"exit {proc.returncode} (confined)", started, None)
     if proc.returncode != 0:
         hit = _limit_hit(proc.returncode, err, limits)
         if hit is not None:

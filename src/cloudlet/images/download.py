@@ -22,7 +22,14 @@ from pathlib import Path
 from typing import BinaryIO, Protocol
 
 from cloudlet import __version__
-from cloudlet.errors import Busy, CloudletError, InvalidInput, NotFound, Timeout
+from cloudlet.errors import (
+    Busy,
+    CloudletError,
+    DownloadFailed,
+    DownloadInterrupted,
+    InvalidInput,
+    NotFound,
+)
 from cloudlet.images.catalog import hex_length
 
 ByteProgress = Callable[[int, int | None], None]
@@ -31,19 +38,6 @@ ByteProgress = Callable[[int, int | None], None]
 CHUNK = 1 << 20
 TEXT_LIMIT = 4 << 20
 USER_AGENT = f"cloudlet/{__version__} (+urllib)"
-
-
-class DownloadFailed(CloudletError):
-    """The server answered, but not with the file (an HTTP error or a bad reply)."""
-
-    http_status = 502
-    code = "download_failed"
-
-
-class DownloadInterrupted(Timeout):
-    """The transfer stopped half way (dropped connection, timeout); the .part file is kept."""
-
-    code = "download_interrupted"
 
 
 class _Response(Protocol):

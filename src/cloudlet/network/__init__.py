@@ -9,19 +9,11 @@ from __future__ import annotations
 
 import os
 
-from cloudlet.errors import CloudletError
+from cloudlet.errors import NeedsRoot
 
 # Names cloudlet gives the links it makes; `network gc` removes leftovers by them.
 BRIDGE_PREFIX = "clb-"
 TAP_PREFIX = "clt-"
-
-
-class NeedsRoot(CloudletError):
-    """Bridges, TAPs and nftables need root."""
-
-    http_status = 403
-    exit_code = 4
-    code = "needs_root"
 
 
 def require_root(what: str = "virtual networks") -> None:

@@ -15,8 +15,8 @@ import tarfile
 from collections.abc import Callable
 from pathlib import PurePosixPath
 
-from cloudlet.errors import CloudletError, GuestError
-from cloudlet.guest.landing import CopyLimits, Landing, Refused
+from cloudlet.errors import CloudletError, EntryRefused, GuestError
+from cloudlet.guest.landing import CopyLimits, Landing
 from cloudlet.spec.process import CopySpec
 
 CopyWork = Callable[[], None]
@@ -162,7 +162,7 @@ def _land(
             landing.file(parts, member.mode, source.read)
         else:
             landing.skip(member.name, _KINDS.get(member.type, "not a plain file"))
-    except Refused as exc:
+    except EntryRefused as exc:
         landing.skip(member.name, exc.message)
 
 

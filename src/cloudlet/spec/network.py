@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import re
 from typing import Literal
@@ -15,6 +16,16 @@ from cloudlet.spec.names import group_name, model_check, network_name
 NetworkMode = Literal["nat", "isolated", "routed"]
 Proto = Literal["tcp", "udp"]
 validate_network_name = network_name
+
+
+def mac_address(instance_id: str, index: int = 0) -> str:
+    """A stable locally administered MAC (QEMU's 52:54:00 prefix) derived from the VM id.
+
+    NIC ``index`` 0 is the user-mode NIC, 1 and up the NICs on virtual networks. Stored
+    NIC rows and running guests hold these values: the derivation must never change.
+    """
+    digest = hashlib.sha256(f"{instance_id}/{index}".encode()).digest()
+    return "52:54:00:" + ":".join(f"{b:02x}" for b in digest[:3])
 
 
 class NetworkDef(BaseModel):

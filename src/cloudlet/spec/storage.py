@@ -10,6 +10,9 @@ from cloudlet.errors import InvalidInput
 from cloudlet.spec.names import validate_name
 
 PoolKind = Literal["dir", "lvm"]
+# Data volumes (and hot-plugged NICs) a VM can have: modern machines get one spare PCIe
+# root port for each.
+HOTPLUG_SLOTS = 4
 
 
 def _name(value: str, what: str) -> str:

@@ -25,7 +25,7 @@ from typing import Any
 from cloudlet.errors import Conflict, HostCommandError, InvalidInput, MissingDependency
 from cloudlet.host import run as host_run
 from cloudlet.spec.names import name_path
-from cloudlet.storage.pools import FsUsage, VolumeFiles
+from cloudlet.storage.pool_types import FsUsage, VolumeFiles
 
 VG_PREFIX = "cloudlet-"
 THIN_POOL = "thinpool"

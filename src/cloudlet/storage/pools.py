@@ -7,7 +7,6 @@ A pool backend is small on purpose (``PoolBackend``): a directory of qcow2 files
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -19,22 +18,8 @@ from cloudlet.errors import (
 )
 from cloudlet.spec.names import name_path
 from cloudlet.spec.units import format_size
-
-
-@dataclass(frozen=True)
-class FsUsage:
-    """The file system (or volume group) under a pool."""
-
-    total: int
-    free: int
-
-
-class VolumeFiles(Protocol):
-    """What a pool needs to make and grow its volume files (qemu-img or a fake)."""
-
-    def create_blank(self, dest: Path, size: int) -> None: ...
-
-    def resize(self, path: Path, size: int) -> None: ...
+from cloudlet.storage.pool_types import FsUsage as FsUsage
+from cloudlet.storage.pool_types import VolumeFiles as VolumeFiles
 
 
 class PoolBackend(Protocol):

@@ -1,14 +1,16 @@
 """FakeDriver: behaves like the QEMU driver without any process, for engine unit tests.
 
 Its guest understands a handful of commands (nproc, echo, true, false,
-``sh -c 'exit N'``, ``cat /proc/meminfo``) so the shared contract tests can run
-the same assertions against it and against real QEMU.
+``sh -c 'exit N'``, ``cat /proc/meminfo``, ``cat FILE``) so the shared contract tests
+can run the same assertions against it and against real QEMU. Its guest's files live in
+an in-memory tree (guest_fs.FakeGuestFS) that copies go in and out of.
 """
 
 from __future__ import annotations
 
 import json
 import shlex
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -28,7 +30,10 @@ from cloudlet.driver.base import (
     RuntimeInfo,
     TapNic,
 )
+from cloudlet.driver.fake.guest_fs import FakeGuestFS
 from cloudlet.errors import CloudletError, Conflict, GuestError
+from cloudlet.guest.copy_rules import CopyProgress
+from cloudlet.guest.landing import CopyLimits
 
 
 @dataclass
@@ -68,8 +73,12 @@ class FakeDriver(Driver):
 
     def __init__(self) -> None:
         self.vms: dict[str, FakeVM] = {}
+        # Each guest's files, by instance id: like a disk, they outlive a restart.
+        self.guest_files: dict[str, FakeGuestFS] = {}
         self.fail_next_start: str | None = None
         self._next_pid = 10_000
+        # One engine serves many threads: pids come out unique, a start is all or nothing.
+        self._starting = threading.Lock()
 
     # test hooks -----------------------------------------------------------
     def crash(self, instance_id: str) -> None:
@@ -84,17 +93,18 @@ class FakeDriver(Driver):
         if self.fail_next_start:
             message, self.fail_next_start = self.fail_next_start, None
             raise CloudletError(message)
-        existing = self.vms.get(config.instance_id)
-        if existing is not None and existing.alive:
-            raise Conflict("a fake QEMU already runs for this VM")
-        self._next_pid += 1
-        vm = FakeVM(config=config, pid=self._next_pid, chain=_chain(config.disk))
-        if config.incoming:
-            vm.state, vm.awaiting_state = PowerState.PAUSED, True
-        vm.disks = {d.node: (d, _file_size(d.path)) for d in config.extra_disks}
-        vm.nics = {n.node: n for n in config.tap_nics}
-        vm.forwards = {(f.proto, f.host_port) for f in config.host_forwards}
-        self.vms[config.instance_id] = vm
+        with self._starting:
+            existing = self.vms.get(config.instance_id)
+            if existing is not None and existing.alive:
+                raise Conflict("a fake QEMU already runs for this VM")
+            self._next_pid += 1
+            vm = FakeVM(config=config, pid=self._next_pid, chain=_chain(config.disk))
+            if config.incoming:
+                vm.state, vm.awaiting_state = PowerState.PAUSED, True
+            vm.disks = {d.node: (d, _file_size(d.path)) for d in config.extra_disks}
+            vm.nics = {n.node: n for n in config.tap_nics}
+            vm.forwards = {(f.proto, f.host_port) for f in config.host_forwards}
+            self.vms[config.instance_id] = vm
         info = self.runtime(config.instance_id)
         assert info is not None
         return info
@@ -167,22 +177,59 @@ class FakeDriver(Driver):
     def wait_agent(self, instance_id: str, timeout: float) -> None:
         self._live(instance_id)
 
-    def exec(
-        self, instance_id: str, argv: list[str], *, stdin: bytes | None = None, timeout: float
-    ) -> ExecResult:
+    def _agent(self, instance_id: str, command: str) -> FakeVM:
+        """A VM whose agent answers: running, not frozen."""
         vm = self._live(instance_id)
         if vm.state != PowerState.RUNNING:
             raise GuestError("the guest agent did not answer (the VM is not running)")
         if vm.frozen:
-            raise GuestError("guest agent refused guest-exec: the agent is in frozen state")
+            raise GuestError(f"guest agent refused {command}: the agent is in frozen state")
+        return vm
+
+    def guest_fs(self, instance_id: str) -> FakeGuestFS:
+        """The guest's files (also a test hook: put files a guest program would make)."""
+        return self.guest_files.setdefault(instance_id, FakeGuestFS())
+
+    def exec(
+        self, instance_id: str, argv: list[str], *, stdin: bytes | None = None, timeout: float
+    ) -> ExecResult:
+        vm = self._agent(instance_id, "guest-exec")
         vm.commands.append(argv)
         if argv[:1] == ["cat"] and len(argv) == 2 and argv[1].startswith("/sys/block/vd"):
             return _fake_block_size(vm, argv[1])
+        if argv[:1] == ["cat"] and len(argv) == 2 and argv[1].startswith("/"):
+            data = self.guest_fs(instance_id).read(argv[1])
+            if data is not None:
+                return ExecResult(0, data)
         return _fake_guest(vm.config, argv, stdin)
 
     def guest_info(self, instance_id: str) -> GuestInfo:
         vm = self._live(instance_id)
         return GuestInfo(agent_version="fake", os_name="fake OS", hostname=vm.config.name)
+
+    def copy_in(
+        self,
+        instance_id: str,
+        src: Path,
+        dest: str,
+        *,
+        progress: CopyProgress | None = None,
+        mode: int | None = None,
+    ) -> int:
+        self._agent(instance_id, "guest-file-open")
+        return self.guest_fs(instance_id).copy_in(src, dest, progress, mode)
+
+    def copy_out(
+        self,
+        instance_id: str,
+        src: str,
+        dest: Path,
+        *,
+        progress: CopyProgress | None = None,
+        limits: CopyLimits | None = None,
+    ) -> int:
+        self._agent(instance_id, "guest-file-open")
+        return self.guest_fs(instance_id).copy_out(src, dest, progress, limits)
 
     # storage ----------------------------------------------------------------
     def attach_disk(self, instance_id: str, disk: ExtraDisk) -> None:

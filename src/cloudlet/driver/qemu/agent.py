@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import random
 import socket
 import time
 from pathlib import Path
 from typing import Any
 
+from cloudlet import redact
 from cloudlet.driver.base import ExecResult
 from cloudlet.errors import GuestError, Timeout
+
+_log = logging.getLogger(__name__)
 
 POLL_INTERVAL = 0.05
 # The longest reply line read from a guest (which may send anything, forever).
@@ -32,6 +36,7 @@ class AgentConnection:
 
     def __init__(self, path: Path, timeout: float, max_reply: int = MAX_REPLY) -> None:
         self.max_reply = max_reply
+        self.vm = path.parent.name  # the runtime directory: the VM's id, for the log
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.settimeout(timeout)
         try:
@@ -121,6 +126,14 @@ class AgentConnection:
         if arguments:
             message["arguments"] = arguments
         self._send(message)
+        self._note(command, arguments, "sent, no reply expected")
+
+    def _note(self, command: str, arguments: dict[str, Any] | None, outcome: str) -> None:
+        """One log line per command, arguments and reply in short, payloads only counted
+        (guest-exec's stdin, file contents and program output may carry secrets)."""
+        if _log.isEnabledFor(logging.DEBUG):
+            shown = f"{redact.summary(arguments)} " if arguments else ""
+            _log.debug("VM %s: agent %s %s-> %s", self.vm, command, shown, outcome)
 
     def call(
         self, command: str, arguments: dict[str, Any] | None = None, *, max_reply: int = 0
@@ -147,8 +160,12 @@ class AgentConnection:
         if "error" in reply:
             error = reply["error"]
             desc = error.get("desc") if isinstance(error, dict) else error
+            self._note(command, arguments, f"error: {clean_text(desc, 200)}")
             raise GuestError(f"guest agent refused {command}: {clean_text(desc, 500)}")
-        return reply.get("return")
+        result = reply.get("return")
+        if not (command in _POLLS and isinstance(result, dict) and not result.get("exited")):
+            self._note(command, arguments, redact.summary(result))
+        return result
 
     def call_dict(
         self, command: str, arguments: dict[str, Any] | None = None, *, max_reply: int = 0
@@ -159,6 +176,9 @@ class AgentConnection:
             raise _odd(command, "a reply of the wrong shape")
         return result
 
+
+# Polled until done: only the answer that ends the poll is logged.
+_POLLS = frozenset({"guest-exec-status"})
 
 # The guest writes every reply: their shapes and values are checked, never assumed.
 

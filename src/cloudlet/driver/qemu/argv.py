@@ -11,12 +11,13 @@ with the same virtio devices on its PCIe bus and its PL011 UART as the serial po
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
-from cloudlet.driver.base import HOTPLUG_SLOTS, ExtraDisk, HostForward, LaunchConfig, TapNic
+from cloudlet.driver.base import ExtraDisk, HostForward, LaunchConfig, TapNic
 from cloudlet.errors import InvalidInput
+from cloudlet.spec.network import mac_address
+from cloudlet.spec.storage import HOTPLUG_SLOTS
 
 AGENT_PORT_NAME = "org.qemu.guest_agent.0"
 SANDBOX = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
@@ -25,12 +26,6 @@ SANDBOX = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=de
 def escape(value: str) -> str:
     """Escape a value for QEMU's key=value option syntax."""
     return value.replace(",", ",,")
-
-
-def mac_address(instance_id: str, index: int = 0) -> str:
-    """A stable locally administered MAC (QEMU's 52:54:00 prefix) derived from the VM id."""
-    digest = hashlib.sha256(f"{instance_id}/{index}".encode()).digest()
-    return "52:54:00:" + ":".join(f"{b:02x}" for b in digest[:3])
 
 
 def socket_paths(config: LaunchConfig) -> dict[str, str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import logging
 import os
 import shutil
 import time
@@ -12,6 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from cloudlet import redact
 from cloudlet.driver.base import (
     DirtyBitmap,
     DiskCopy,
@@ -25,7 +27,7 @@ from cloudlet.driver.base import (
     RuntimeInfo,
     TapNic,
 )
-from cloudlet.driver.qemu import agent, qmp, serial_pump
+from cloudlet.driver.qemu import agent, guest_files, qmp, serial_pump
 from cloudlet.driver.qemu.argv import (
     build_argv,
     disk_device,
@@ -42,15 +44,20 @@ from cloudlet.errors import (
     CloudletError,
     Conflict,
     HostCommandError,
+    MonitorError,
     OutOfSpace,
     Timeout,
     out_of_space,
 )
+from cloudlet.guest.copy_rules import CopyProgress
+from cloudlet.guest.landing import CopyLimits
 from cloudlet.host import passt, processes
 from cloudlet.host.ownership import share_dir
 from cloudlet.host.qemu_binaries import qemu_binary, qemu_version
 from cloudlet.host.run import Credentials, spawn
+from cloudlet.notices import CallNotices
 
+_log = logging.getLogger(__name__)
 START_TIMEOUT = 60.0
 _FAILED_STATES = {"internal-error", "guest-panicked", "io-error"}
 # A saved or awaited memory state (migration) leaves the vCPUs stopped, like a pause.
@@ -100,7 +107,9 @@ class QemuDriver(Driver):
         self.run_root = run_root
         # Per-VM QEMU users; None: QEMU runs as whoever runs cloudlet.
         self.confinement = confinement
-        self.notices: list[str] = []
+        # Per thread, like the engine's: a start in one thread never hands its notices
+        # to another.
+        self._notices = CallNotices("qemu-driver-notices")
 
     def process_user(self) -> str:
         if self.confinement is None:
@@ -108,8 +117,7 @@ class QemuDriver(Driver):
         return self.confinement.mode.describe()
 
     def take_notices(self) -> list[str]:
-        taken, self.notices = self.notices, []
-        return taken
+        return self._notices.take()
 
     def _dir(self, instance_id: str) -> Path:
         return self.run_root / instance_id
@@ -125,6 +133,9 @@ class QemuDriver(Driver):
 
     def start(self, config: LaunchConfig) -> RuntimeInfo:
         run_dir = config.runtime_dir
+        # A record this version cannot read belongs to a VM another cloudlet may still
+        # run: refused (RuntimeRecordUnknown), never cleared away.
+        read_record(run_dir)
         if run_dir.exists():
             shutil.rmtree(run_dir)
         run_dir.mkdir(mode=0o700, parents=True)
@@ -135,7 +146,7 @@ class QemuDriver(Driver):
             if self.confinement is not None:
                 launch, why_root = self.confinement.prepare(config)
                 if why_root and os.geteuid() == 0:
-                    self.notices.append(f"QEMU runs as root: {why_root}")
+                    self._notices.add(f"QEMU runs as root: {why_root}")
             net_fd = None
             if uses_passt(config):
                 helper = passt.start(_passt_forwards(config), run_dir / "passt.log")
@@ -151,6 +162,12 @@ class QemuDriver(Driver):
                 qemu_binary(config.arch),
                 dataclasses.replace(launch.config, serial_log_fd=log_fd),
                 net_fd=net_fd,
+            )
+            _log.info(
+                "VM %s (%s): QEMU command line: %s",
+                config.name,
+                config.instance_id,
+                redact.command_line(argv),
             )
             pid = self._launch(argv, run_dir, Path(sockets["qmp"]), launch)
             if helper is not None and not processes.is_alive(helper.pid, helper.start):
@@ -187,6 +204,13 @@ class QemuDriver(Driver):
             net_helper_start=helper.start if helper is not None else None,
         )
         write_record(run_dir, info)
+        _log.info(
+            "VM %s (%s): QEMU runs as pid %d (%s)",
+            config.name,
+            config.instance_id,
+            pid,
+            config.accel,
+        )
         return info
 
     def _launch(self, argv: list[str], run_dir: Path, qmp_socket: Path, launch: Launch) -> int:
@@ -342,6 +366,30 @@ class QemuDriver(Driver):
             os_name=agent.clean_text(osinfo.get("pretty-name", "")),
             hostname=agent.clean_text(hostname),
         )
+
+    def copy_in(
+        self,
+        instance_id: str,
+        src: Path,
+        dest: str,
+        *,
+        progress: CopyProgress | None = None,
+        mode: int | None = None,
+    ) -> int:
+        info = self._require(instance_id)
+        return guest_files.copy_in(info.agent_socket, src, dest, progress=progress, mode=mode)
+
+    def copy_out(
+        self,
+        instance_id: str,
+        src: str,
+        dest: Path,
+        *,
+        progress: CopyProgress | None = None,
+        limits: CopyLimits | None = None,
+    ) -> int:
+        info = self._require(instance_id)
+        return guest_files.copy_out(info.agent_socket, src, dest, progress=progress, limits=limits)
 
     # ---------------------------------------------------------------- storage (live)
     def _blocks(self, info: RuntimeInfo) -> list[dict[str, Any]]:
@@ -609,7 +657,7 @@ class QemuDriver(Driver):
         answer = qmp.execute(info.qmp_socket, "human-monitor-command", {"command-line": command})
         text = str(answer or "").strip()
         if text and not (ok and text.endswith(ok)):
-            raise qmp.MonitorError(f"QEMU refused {command.split()[0]}: {str(answer).strip()}")
+            raise MonitorError(f"QEMU refused {command.split()[0]}: {str(answer).strip()}")
 
     def live_host_forwards(self, instance_id: str) -> bool:
         info = self._require(instance_id)

@@ -8,6 +8,8 @@ the monitor.
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
@@ -21,24 +23,53 @@ from qemu.qmp import (
     Runstate,
 )
 
-from cloudlet.errors import CloudletError, Timeout
+from cloudlet import redact
+from cloudlet.errors import MonitorError, Timeout
 
 T = TypeVar("T")
+_log = logging.getLogger(__name__)
 
 
-class MonitorError(CloudletError):
-    """QEMU's monitor refused a command or could not be reached."""
+def _note(
+    path: Path, command: str, args: dict[str, Any] | None, outcome: str, started: float
+) -> None:
+    """One log line per command: the VM (its runtime directory's name), the command and
+    its arguments, and the reply, both in short and without secrets."""
+    if _log.isEnabledFor(logging.DEBUG):
+        took = time.monotonic() - started
+        shown = redact.summary(args) if args else ""
+        _log.debug(
+            "VM %s: %s %s-> %s (%.3f s)",
+            path.parent.name,
+            command,
+            shown and f"{shown} ",
+            outcome,
+            took,
+        )
 
-    http_status = 502
-    exit_code = 9
-    code = "monitor_error"
+
+async def _call(
+    client: QMPClient, path: Path, command: str, args: dict[str, Any] | None, timeout: float | None
+) -> Any:
+    """``client.execute`` under ``timeout`` (None: none), logged."""
+    started = time.monotonic()
+    try:
+        result = await asyncio.wait_for(client.execute(command, args), timeout)
+    except ExecuteError as exc:
+        _note(path, command, args, f"error: {exc.error.error.desc}", started)
+        raise
+    except BaseException as exc:
+        _note(path, command, args, f"no answer ({type(exc).__name__})", started)
+        raise
+    _note(path, command, args, redact.summary(result), started)
+    return result
 
 
 async def _execute(path: Path, command: str, args: dict[str, Any] | None, timeout: float) -> Any:
     client = QMPClient("cloudlet")
     try:
         await asyncio.wait_for(client.connect(str(path)), timeout)
-        return await asyncio.wait_for(client.execute(command, args), timeout)
+        return await _call(client, path, command, args, timeout)
     finally:
         await client.disconnect()
 
@@ -85,7 +116,7 @@ async def _wait_chardev_open(
         client.register_listener(listener)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        if _is_open(await client.execute("query-chardev"), label):
+        if _is_open(await _call(client, path, "query-chardev", None, None), label):
             return True
         while loop.time() < deadline and alive():
             try:
@@ -95,7 +126,7 @@ async def _wait_chardev_open(
             data: dict[str, Any] = dict(event.get("data") or {})  # type: ignore[call-overload]
             if data.get("open") and data.get("id") == port_name:
                 return True
-            if _is_open(await client.execute("query-chardev"), label):
+            if _is_open(await _call(client, path, "query-chardev", None, None), label):
                 return True
         return False
     finally:
@@ -131,7 +162,7 @@ async def _execute_and_wait(
     try:
         await asyncio.wait_for(client.connect(str(path)), 5.0)
         client.register_listener(listener)
-        await asyncio.wait_for(client.execute(command, args), 10.0)
+        await _call(client, path, command, args, 10.0)
         if accepted is not None:
             accepted()
         loop = asyncio.get_running_loop()
@@ -148,6 +179,7 @@ async def _execute_and_wait(
                     raise EOFError("QEMU closed its monitor") from None
                 continue
             data: dict[str, Any] = dict(event.get("data") or {})  # type: ignore[call-overload]
+            _log.debug("VM %s: event %s %s", path.parent.name, event["event"], redact.summary(data))
             if done(str(event["event"]), data):
                 return data
     finally:
@@ -182,11 +214,12 @@ async def _migrate_fd(
     try:
         await asyncio.wait_for(client.connect(str(path)), 5.0)
         for name, args in setup:
-            await asyncio.wait_for(client.execute(name, args), 10.0)
+            await _call(client, path, name, args, 10.0)
         # The fd belongs to this monitor connection: hand it over, name it, use it.
         client.send_fd_scm(fd)
-        await asyncio.wait_for(client.execute("getfd", {"fdname": "cloudlet-state"}), 10.0)
-        await asyncio.wait_for(client.execute(command, {"uri": "fd:cloudlet-state"}), 10.0)
+        await _call(client, path, "getfd", {"fdname": "cloudlet-state"}, 10.0)
+        await _call(client, path, command, {"uri": "fd:cloudlet-state"}, 10.0)
+        started = time.monotonic()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
@@ -194,6 +227,7 @@ async def _migrate_fd(
                 await asyncio.wait_for(client.execute("query-migrate"), 10.0)  # type: ignore[call-overload]
             )
             if info.get("status") in ("completed", "failed", "cancelled"):
+                _note(path, "query-migrate", None, redact.summary(info), started)  # the last poll
                 return info
             if loop.time() > deadline:
                 raise TimeoutError
@@ -230,9 +264,9 @@ async def _with_fd(
     try:
         await asyncio.wait_for(client.connect(str(path)), timeout)
         client.send_fd_scm(fd)
-        handed = await asyncio.wait_for(client.execute(*hand_over), timeout)
+        handed = await _call(client, path, *hand_over, timeout)
         command, args = then(handed)
-        return await asyncio.wait_for(client.execute(command, args), timeout)
+        return await _call(client, path, command, args, timeout)
     finally:
         await client.disconnect()
 

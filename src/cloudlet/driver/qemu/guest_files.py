@@ -1,4 +1,4 @@
-"""Copy files into and out of a guest through the QEMU guest agent.
+"""Copy files into and out of a guest through the QEMU guest agent (QemuDriver.copy_*).
 
 No network is needed: bytes travel as base64 in guest-file-write/read over the
 agent's virtio-serial port. Files are streamed chunk by chunk (nothing is held
@@ -28,10 +28,12 @@ from cloudlet.driver.qemu.agent import (
     decode_b64,
     run_command,
 )
-from cloudlet.errors import CloudletError, GuestError, InvalidInput, NotFound
-from cloudlet.guest.landing import CopyLimits, Landing, Refused
+from cloudlet.errors import CloudletError, EntryRefused, GuestError
+from cloudlet.guest import copy_rules as rules
+from cloudlet.guest.copy_rules import GUEST_PART_SUFFIX as GUEST_PART_SUFFIX
+from cloudlet.guest.landing import CopyLimits, Landing
 
-Progress = Callable[[int, int], None]
+Progress = rules.CopyProgress
 
 # Bytes per guest-file-write. qemu-ga 7.2 refuses a request whose JSON exceeds
 # 64 MiB (json-streamer MAX_TOKEN_SIZE), so base64 caps a chunk below 48 MiB.
@@ -47,7 +49,6 @@ READ_CHUNK = 1024 * 1024
 AGENT_TIMEOUT = 120.0
 # Seconds for each small helper command run with guest-exec.
 EXEC_TIMEOUT = 60.0
-GUEST_PART_SUFFIX = ".cloudlet-part"
 
 
 def copy_in(
@@ -63,21 +64,11 @@ def copy_in(
     ``dest`` ending in "/" or naming a directory in the guest gets the source's
     name appended. The file keeps the source's mode unless ``mode`` is given.
     """
-    try:
-        st = src.stat()
-    except FileNotFoundError:
-        raise NotFound(f"{src} does not exist", hint="check the local path") from None
-    if stat.S_ISDIR(st.st_mode):
-        raise InvalidInput(
-            f"{src} is a directory; only single files can be copied",
-            hint=f"pack it first (tar -czf {src.name}.tgz {src}) and copy the archive",
-        )
-    if not stat.S_ISREG(st.st_mode):
-        raise InvalidInput(f"{src} is not a regular file", hint="copy a regular file")
-    _check_guest_path(dest)
-    target = dest
-    if dest.endswith("/") or _guest_is_dir(agent_socket, dest):
-        target = posixpath.join(dest, src.name)
+    st = rules.host_source(src)
+    rules.check_guest_path(dest)
+    target = rules.guest_target(
+        dest, src.name, not dest.endswith("/") and _guest_is_dir(agent_socket, dest)
+    )
     part = target + GUEST_PART_SUFFIX
     file_mode = stat.S_IMODE(st.st_mode) if mode is None else mode
     total = st.st_size
@@ -131,16 +122,10 @@ def copy_out(
     and world-write (the guest is not trusted), filtered by the umask; it is written
     through landing.Landing, so a symlink at ``dest`` is refused, never followed.
     """
-    _check_guest_path(src)
+    rules.check_guest_path(src)
     guest_mode, total = _guest_stat(agent_socket, src)
-    if stat.S_ISDIR(guest_mode):
-        raise InvalidInput(
-            f"{src} is a directory in the guest; only single files can be copied",
-            hint="pack it in the guest first (tar -czf /tmp/dir.tgz DIR) and copy the archive",
-        )
-    if not stat.S_ISREG(guest_mode):
-        raise InvalidInput(f"{src} is not a regular file in the guest", hint="copy a regular file")
-    target = dest / posixpath.basename(src.rstrip("/")) if dest.is_dir() else dest
+    rules.guest_source_kind(src, guest_mode)
+    target = rules.host_target(src, dest)
     bounds = limits or CopyLimits()
     if total > bounds.max_bytes:
         # The guest's stat may lie: the landing counts the bytes that really arrive too.
@@ -151,10 +136,8 @@ def copy_out(
         try:
             _report(progress, 0, total)
             landing.file((target.name,), guest_mode, reader.reading(conn, handle))
-        except Refused as exc:
-            raise InvalidInput(
-                f"cannot write {target}: {exc.message}", hint="choose another local path"
-            ) from None
+        except EntryRefused as exc:
+            raise rules.cannot_write(target, exc.message) from None
         finally:
             _close_quietly(conn, handle)
     return reader.done
@@ -186,17 +169,7 @@ class _GuestReader:
         return read
 
 
-def _check_guest_path(path: str) -> None:
-    """Guest paths must be absolute: the agent's working directory means nothing to a user."""
-    if not path.startswith("/") or "\0" in path:
-        raise InvalidInput(
-            f"guest path {path!r} is not absolute", hint="give the full path, such as /root/file"
-        )
-
-
-def _report(progress: Progress | None, done: int, total: int) -> None:
-    if progress is not None:
-        progress(done, total)
+_report = rules.report
 
 
 def _open(conn: AgentConnection, path: str, mode: str) -> int:
@@ -206,10 +179,7 @@ def _open(conn: AgentConnection, path: str, mode: str) -> int:
     except GuestError as exc:
         if "No such file or directory" in exc.message:
             where = path if mode.startswith("r") else posixpath.dirname(path)
-            raise NotFound(
-                f"{where} does not exist in the guest",
-                hint="check the path with 'ls' in the guest",
-            ) from None
+            raise rules.guest_missing(where) from None
         raise
 
 
@@ -248,10 +218,7 @@ def _guest_stat(agent_socket: Path, path: str) -> tuple[int, int]:
         detail = result.stderr.decode(errors="replace").strip()
         if result.exit_code == 127:
             raise GuestError("the guest has no stat command", hint="install coreutils or busybox")
-        raise NotFound(
-            f"{path} does not exist in the guest" + (f" ({detail})" if detail else ""),
-            hint="check the path with 'ls' in the guest",
-        )
+        raise rules.guest_missing(path, detail)
     try:
         mode, size = int(fields[0], 16), int(fields[1])
     except ValueError:

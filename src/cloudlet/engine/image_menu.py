@@ -1,0 +1,92 @@
+"""The images a new VM can be made from, as the create wizard (and the API) offers them.
+
+Local images first, then the official catalog (pulled when chosen), then the built-in
+images that are built from Debian packages on first use. Each choice carries its licence
+and what it can run: an image without cloud-init takes no login user, SSH key or
+container runtime.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from cloudlet.errors import InvalidInput
+
+BUILT_IN = ("tiny", "debian-12")  # built from Debian packages on first use
+FREE = "free"
+
+
+@dataclass(frozen=True)
+class ImageChoice:
+    """One image on offer; ``here`` False: in the catalog, pulled when chosen."""
+
+    name: str
+    os: str
+    licence: str
+    cloud_init: bool
+    here: bool
+    arch: str | None = None
+    default_user: str | None = None
+
+    @property
+    def runs_containers(self) -> bool:
+        """A container runtime is installed by cloud-init at first boot."""
+        return self.cloud_init
+
+
+def _text(value: object) -> str | None:
+    return str(value) if value else None
+
+
+def menu(
+    local: Sequence[Mapping[str, object]], catalog: Sequence[Mapping[str, object]]
+) -> list[ImageChoice]:
+    """The choices from the local images' and the catalog's descriptions, one per name."""
+    choices: dict[str, ImageChoice] = {}
+    for info in local:
+        name = str(info["name"])
+        choices[name] = ImageChoice(
+            name=name,
+            os=str(info.get("os") or ""),
+            licence=str(info.get("licence") or FREE),
+            cloud_init=bool(info.get("cloud_init", True)),
+            here=True,
+            arch=_text(info.get("arch")),
+            default_user=_text(info.get("default_user")),
+        )
+    for entry in catalog:
+        name = str(entry["name"])
+        choices.setdefault(
+            name,
+            ImageChoice(
+                name=name,
+                os=str(entry.get("title") or ""),
+                licence=str(entry.get("licence") or FREE),
+                cloud_init=bool(entry.get("cloud_init", True)),
+                here=False,
+                arch=_text(entry.get("arch")),
+                default_user=_text(entry.get("default_user")),
+            ),
+        )
+    for name in BUILT_IN:
+        choices.setdefault(
+            name, ImageChoice(name, "built on first use", FREE, name != "tiny", here=True)
+        )
+    return list(choices.values())
+
+
+def choose(choices: Sequence[ImageChoice], name: str, *, containers: bool) -> ImageChoice:
+    """The choice named ``name``, refused when it is not on offer or cannot run what the
+    VM is for (containers need cloud-init)."""
+    for choice in choices:
+        if choice.name == name:
+            break
+    else:
+        raise InvalidInput(f"unknown image {name!r}", hint="pick one above")
+    if containers and not choice.runs_containers:
+        raise InvalidInput(
+            f"image {name} has no cloud-init, so a container runtime cannot be installed",
+            hint="pick an image with cloud-init",
+        )
+    return choice
