@@ -85,6 +85,8 @@ def test_known_codes_are_stable() -> None:
         "EntryRefused": ("guest_entry_refused", 2),
         "NotFound": ("not_found", 3),
         "Conflict": ("conflict", 4),
+        "StillRunning": ("still_running", 4),
+        "RuntimeRecordUnknown": ("runtime_record_unknown", 4),
         "CapacityExceeded": ("capacity_exceeded", 5),
         "OutOfSpace": ("out_of_space", 5),
         "Busy": ("busy", 6),

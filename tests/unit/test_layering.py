@@ -37,7 +37,7 @@ SERVICES = ("storage", "network", "images", "cloudinit", "guest", "process", "ba
 ONLY = {
     "spec": ("cloudlet.errors",),
     "store": ("cloudlet.errors",),
-    "host": ("cloudlet.errors",),
+    "host": ("cloudlet.errors", "cloudlet.redact"),  # host commands are logged redacted
     "errors": (),
 }
 # Cycles issue 13's engine split is removing (engine.py and the *_ops modules, the three
