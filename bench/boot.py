@@ -18,7 +18,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from common import bench_home, cloudlet
+from common import bench_home, boot_image, cloudlet
 
 AGENT_PORT = "org.qemu.guest_agent.0"
 
@@ -115,17 +115,7 @@ def main() -> None:
     args = parser.parse_args()
     with bench_home("bench") as home:
         cloudlet(home, "create", "bench", "--type", "gp.small", "--no-start")
-        vm = json.loads(cloudlet(home, "show", "bench", "-o", "json").stdout)
-        meta_dir = Path(vm["paths"]["image"])
-        meta = json.loads((meta_dir / "image.json").read_text())
-        image = {
-            "disk": str(meta_dir / meta["disk"]),
-            "kernel": str(meta_dir / meta["kernel"]),
-            "initrd": str(meta_dir / meta["initrd"]),
-            "cmdline": meta["cmdline"] + " cloudlet.hostname=bench",
-        }
-        host = json.loads(cloudlet(home, "host", "-o", "json").stdout)
-        accel = host["accel"]
+        image, accel = boot_image(home)
         bare_times: list[float] = []
         cloudlet_times: list[float] = []
         engine_times: list[float] = []

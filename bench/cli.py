@@ -17,7 +17,6 @@ run at most 1.25x bare QEMU, start at most 1.15x.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -25,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from boot import bare_boot, cloudlet_boot
-from common import bench_home, cloudlet
+from common import bench_home, boot_image, cloudlet
 from run import Unavailable, cloudlet_cli, floor, timed, tiny_boot_files
 
 VMS = tuple(f"vm{i}" for i in range(10))
@@ -43,20 +42,6 @@ def command(home: Path, *args: str) -> Callable[[], float]:
         return elapsed
 
     return measure
-
-
-def boot_image(home: Path) -> tuple[dict[str, str], str]:
-    """The `bench` VM's image files and the accelerator, as bench/boot.py uses them."""
-    vm = json.loads(cloudlet(home, "show", "bench", "-o", "json").stdout)
-    meta_dir = Path(vm["paths"]["image"])
-    meta = json.loads((meta_dir / "image.json").read_text())
-    image = {
-        "disk": str(meta_dir / meta["disk"]),
-        "kernel": str(meta_dir / meta["kernel"]),
-        "initrd": str(meta_dir / meta["initrd"]),
-        "cmdline": meta["cmdline"] + " cloudlet.hostname=bench",
-    }
-    return image, json.loads(cloudlet(home, "host", "-o", "json").stdout)["accel"]
 
 
 def main() -> None:

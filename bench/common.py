@@ -4,6 +4,7 @@ reuses the test suite's image cache (so no benchmark builds or downloads an imag
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import subprocess
@@ -47,3 +48,17 @@ def bench_home(*vms: str) -> Iterator[Path]:
                 with contextlib.suppress(subprocess.CalledProcessError):  # not running, or gone
                     cloudlet(home, *args)
         shutil.rmtree(home, ignore_errors=True)
+
+
+def boot_image(home: Path) -> tuple[dict[str, str], str]:
+    """The `bench` VM's image files and the accelerator, as the boot benches use them."""
+    vm = json.loads(cloudlet(home, "show", "bench", "-o", "json").stdout)
+    meta_dir = Path(vm["paths"]["image"])
+    meta = json.loads((meta_dir / "image.json").read_text())
+    image = {
+        "disk": str(meta_dir / meta["disk"]),
+        "kernel": str(meta_dir / meta["kernel"]),
+        "initrd": str(meta_dir / meta["initrd"]),
+        "cmdline": meta["cmdline"] + " cloudlet.hostname=bench",
+    }
+    return image, json.loads(cloudlet(home, "host", "-o", "json").stdout)["accel"]
