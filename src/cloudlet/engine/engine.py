@@ -9,18 +9,16 @@ engine to open finishes it or rolls it back (``recover``).
 from __future__ import annotations
 
 import dataclasses
-import os
 import shutil
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from sqlalchemy import select
 
-from cloudlet import logs
 from cloudlet.config import Settings
 from cloudlet.driver.base import ExecResult, GuestInfo, LaunchConfig, PowerState
 from cloudlet.engine import (
@@ -36,6 +34,7 @@ from cloudlet.engine import (
 from cloudlet.engine import access as access_mod
 from cloudlet.engine import capacity as capacity_mod
 from cloudlet.engine import image_menu as image_menu_mod
+from cloudlet.engine.context import EngineContext
 from cloudlet.engine.deps import EngineDeps
 from cloudlet.engine.image_cap import check_disk_size, image_size_cap
 from cloudlet.engine.image_menu import ImageChoice
@@ -47,7 +46,6 @@ from cloudlet.errors import CloudletError, Conflict, InvalidInput, NotFound, Sti
 from cloudlet.guest.landing import CopyLimits
 from cloudlet.host.kvm import AccelVerdict
 from cloudlet.images.store import HOST_ARCH, Image, Progress
-from cloudlet.notices import CallNotices
 from cloudlet.spec import names
 from cloudlet.spec.instance import (
     LOCAL_ZONE,
@@ -60,7 +58,7 @@ from cloudlet.spec.machine_types import resolve_shape
 from cloudlet.spec.states import CAPACITY_STATES, LIVE_STATES, STARTABLE_STATES, VMState
 from cloudlet.spec.units import MIB, format_size
 from cloudlet.store.database import Database
-from cloudlet.store.models import EventRow, InstanceRow, LicenceRow, OperationRow, utcnow
+from cloudlet.store.models import EventRow, InstanceRow, LicenceRow, OperationRow
 
 if TYPE_CHECKING:
     from cloudlet.engine.process_vms import RunningProcessVM
@@ -69,7 +67,6 @@ if TYPE_CHECKING:
 _T = TypeVar("_T")
 HOST_LOCK = locks.HOST_KEY
 NO_BACKUP = BackupPolicy()
-DEFAULT_AGENT_TIMEOUT = 300.0
 
 
 @dataclass(frozen=True)
@@ -115,78 +112,42 @@ class Engine:
     """The use cases. Frontends call these and nothing below."""
 
     def __init__(self, settings: Settings, deps: EngineDeps, db: Database) -> None:
+        self.ctx = EngineContext(settings, deps, db)
         self.settings = settings
         self.paths = settings.paths
         self.deps = deps
         self.driver = deps.driver
         self.db = db
-        # Things a user should hear about, kept per thread or per collect_notices() block.
-        self._notices = CallNotices("engine-notices")
-        self.agent_timeout = float(os.environ.get("CLOUDLET_AGENT_TIMEOUT", DEFAULT_AGENT_TIMEOUT))
+        self.agent_timeout = self.ctx.agent_timeout
 
     @property
     def notices(self) -> list[str]:
         """What the calls of this thread (or of the open collect block) want said."""
-        return self._notices.current
+        return self.ctx.notices
 
     def collect_notices(self) -> AbstractContextManager[list[str]]:
         """Scope notices to the calls inside the block (one request of a server)."""
-        return self._notices.collect()
+        return self.ctx.notices_store.collect()
 
     # ------------------------------------------------------------------ helpers
+    # Thin delegates to the shared context while the services move onto it.
     def _lock(self, name: str, wait: float = locks.DEFAULT_WAIT) -> AbstractContextManager[None]:
-        names.vm_name(name)  # every VM-name call locks or looks up first: the boundary
-        return locks.hold(self.paths.locks, name, wait=wait, what=f"VM {name}")
+        return self.ctx.lock(name, wait)
 
     def _row(self, name: str) -> InstanceRow:
-        names.vm_name(name)
-        with self.db.session() as s:
-            row = s.scalar(select(InstanceRow).where(InstanceRow.name == name))
-        if row is None:
-            raise NotFound(f"no VM named {name!r}", hint="run 'cloudlet list' to see your VMs")
-        return row
+        return self.ctx.row(name)
 
     def _set_state(self, instance_id: str, state: VMState, error: str | None = None) -> None:
-        with self.db.session() as s:
-            row = s.get(InstanceRow, instance_id)
-            if row is not None:
-                row.state = state.value
-                row.last_error = error
-                row.updated_at = utcnow()
+        self.ctx.set_state(instance_id, state, error)
 
     def _event(self, name: str, kind: str, message: str, op_id: int | None = None) -> None:
-        with self.db.session() as s:
-            s.add(EventRow(instance_name=name, kind=kind, message=message, operation_id=op_id))
+        self.ctx.event(name, kind, message, op_id)
 
-    @contextmanager
-    def _operation(self, row: InstanceRow, kind: str) -> Iterator[int]:
-        """Record the operation before acting; mark it done or failed afterwards."""
-        with self.db.session() as s:
-            op = OperationRow(
-                instance_id=row.id,
-                instance_name=row.name,
-                kind=kind,
-                status="running",
-                pid=os.getpid(),
-            )
-            s.add(op)
-            s.flush()
-            op_id = op.id
-        try:
-            with logs.operation(op_id, kind, row.name):
-                yield op_id
-        except BaseException as exc:
-            self._finish_op(op_id, "failed", str(exc))
-            raise
-        self._finish_op(op_id, "done")
+    def _operation(self, row: InstanceRow, kind: str) -> AbstractContextManager[int]:
+        return self.ctx.operation(row, kind)
 
     def _finish_op(self, op_id: int, status: str, error: str | None = None) -> None:
-        with self.db.session() as s:
-            op = s.get(OperationRow, op_id)
-            if op is not None:
-                op.status = status
-                op.error = error
-                op.finished_at = utcnow()
+        self.ctx.finish_operation(op_id, status, error)
 
     def _view(self, row: InstanceRow) -> InstanceView:
         runtime = self.driver.runtime(row.id) if row.state in LIVE_STATES else None
@@ -756,11 +717,7 @@ class Engine:
 
     # ------------------------------------------------------------------ power
     def _require_state(self, row: InstanceRow, allowed: set[VMState], action: str) -> None:
-        if row.state not in allowed:
-            raise Conflict(
-                f"cannot {action} {row.name}: it is {row.state}",
-                hint=_state_hint(row.state),
-            )
+        self.ctx.require_state(row, allowed, action)
 
     def start(self, name: str, *, wait: bool = True) -> ActionResult:
         with self._lock(name):
@@ -1130,16 +1087,3 @@ class Engine:
     def image_menu(self) -> list[ImageChoice]:
         """The images a new VM can be made from: local, catalog, built on first use."""
         return image_menu_mod.menu(self.images(), self.catalog())
-
-
-def _state_hint(state: str) -> str:
-    return {
-        VMState.STOPPED: "start it with 'cloudlet start'",
-        VMState.PAUSED: "resume it with 'cloudlet resume'",
-        VMState.RUNNING: "stop it first with 'cloudlet stop'",
-        VMState.CRASHED: "start it again with 'cloudlet start', see 'cloudlet logs'",
-        VMState.ERROR: "see 'cloudlet show' for the error, then 'cloudlet start' or 'delete'",
-        VMState.CREATING: "wait for the create to finish",
-        VMState.STARTING: "wait for the start to finish",
-        VMState.STOPPING: "wait for the stop to finish",
-    }.get(VMState(state), "try again later")
