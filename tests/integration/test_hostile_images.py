@@ -30,12 +30,19 @@ def qimg(*args: str) -> None:
 
 
 def state_hash(home: Path) -> str:
-    """Every path, type, mode and content under ``home`` (the database included)."""
+    """Every path, type, mode and content under ``home`` (the database included).
+
+    The operation log under ``logs/`` is left out: it records the refusal, which
+    is what it is for, and holds no state a refused input could corrupt.
+    """
     digest = hashlib.sha256()
+    logs = home / "logs"
     for root, dirs, files in sorted(os.walk(home)):
         dirs.sort()
         for name in sorted(dirs + files):
             path = Path(root) / name
+            if path == logs or logs in path.parents:
+                continue
             st = path.lstat()
             digest.update(f"{path.relative_to(home)} {st.st_mode:o}\n".encode())
             if path.is_file() and not path.is_symlink():
