@@ -12,7 +12,6 @@ import pytest
 from cloudlet.driver.fake.driver import FakeDriver
 from cloudlet.engine import locks, ports
 from cloudlet.engine.engine import CreateRequest
-from cloudlet.engine.network_ops import NetworkOps
 from cloudlet.errors import Conflict
 from cloudlet.spec.units import GIB
 from tests.concurrency import check_consistent, for_seconds, run_threads
@@ -104,7 +103,7 @@ def test_one_host_port_goes_to_one_vm(short_tmp: Path) -> None:
     engine = make_fake_engine(short_tmp / "home")
     for name in ("web1", "db1"):
         engine.create(CreateRequest(name=name))
-    ops = NetworkOps(engine)
+    ops = engine.networks
     won: dict[int, list[str]] = {}
     go = threading.Barrier(2)
 

@@ -31,7 +31,6 @@ from cloudlet.engine import factory
 from cloudlet.engine.backup_ops import BackupOps
 from cloudlet.engine.deps import EngineDeps
 from cloudlet.engine.engine import CreateRequest, Engine
-from cloudlet.engine.network_ops import NetworkOps
 from cloudlet.engine.storage_ops import StorageOps
 from cloudlet.errors import InvalidInput, NotFound
 from cloudlet.host.kvm import AccelVerdict
@@ -219,7 +218,7 @@ def world() -> Iterator[tuple[Path, Path, Path]]:
     storage = StorageOps(engine)
     storage.volume_create("data1", GIB)
     storage.snapshot_create("web1", "s1")
-    NetworkOps(engine).group_create("g1", [FirewallRule(port=22)])
+    engine.networks.group_create("g1", [FirewallRule(port=22)])
     engine.license_add("acme-os", 2)
     BackupOps(engine).create("web1")
     with pytest.MonkeyPatch.context() as mp:

@@ -45,6 +45,9 @@ ONLY = {
 KNOWN_ENGINE_CYCLES = {
     "cloudlet.engine.engine",
     "cloudlet.engine.image_cap",
+    "cloudlet.engine.launch",
+    "cloudlet.engine.teardown",
+    "cloudlet.engine.vm_state",
     "cloudlet.engine.network_ops",
     "cloudlet.engine.process_vms",
     "cloudlet.engine.storage_ops",

@@ -10,7 +10,7 @@ import pytest
 
 from cloudlet.driver.fake.driver import FakeDriver
 from cloudlet.engine.engine import CreateRequest, Engine
-from cloudlet.engine.network_ops import NetworkOps, split_networks
+from cloudlet.engine.network_ops import split_networks
 from cloudlet.engine.storage_ops import StorageOps
 from cloudlet.errors import Conflict, InvalidInput, MissingDependency, NeedsRoot, NotFound
 from cloudlet.network import bridge, dnsmasq, links, nft, tap
@@ -288,7 +288,7 @@ def fake(engine: Engine) -> FakeDriver:
 
 
 def test_create_vms_on_networks_and_delete_everything(engine: Engine, host: FakeHost) -> None:
-    ops = NetworkOps(engine)
+    ops = engine.networks
     ops.network_create("backend", "10.80.1.0/24")
     ops.network_create("dmz", "10.80.3.0/24", mode="routed", route_to=("backend",))
     with pytest.raises(Conflict):
@@ -320,7 +320,7 @@ def test_create_vms_on_networks_and_delete_everything(engine: Engine, host: Fake
 
 
 def test_stopped_vm_comes_back_with_its_network(engine: Engine, host: FakeHost) -> None:
-    ops = NetworkOps(engine)
+    ops = engine.networks
     ops.network_create("backend", "10.80.1.0/24")
     engine.create(CreateRequest(name="web1", networks=("backend",)))
     engine.stop("web1", force=True)
@@ -334,7 +334,7 @@ def test_stopped_vm_comes_back_with_its_network(engine: Engine, host: FakeHost) 
 
 
 def test_hot_plug_nic_shares_slots_with_volumes(engine: Engine, host: FakeHost) -> None:
-    ops = NetworkOps(engine)
+    ops = engine.networks
     storage = StorageOps(engine)
     ops.network_create("lab", "10.80.2.0/24", mode="isolated")
     engine.create(CreateRequest(name="web1"))
@@ -358,7 +358,7 @@ def test_hot_plug_nic_shares_slots_with_volumes(engine: Engine, host: FakeHost) 
 
 
 def test_port_forwards_nat_live_and_bridged(engine: Engine, host: FakeHost) -> None:
-    ops = NetworkOps(engine)
+    ops = engine.networks
     ops.network_create("backend", "10.80.1.0/24")
     engine.create(CreateRequest(name="web1", networks=("nat", "backend")))
     iid = engine.show("web1").id
@@ -382,7 +382,7 @@ def test_port_forwards_nat_live_and_bridged(engine: Engine, host: FakeHost) -> N
 
 
 def test_firewall_rules_groups_and_list(engine: Engine, host: FakeHost) -> None:
-    ops = NetworkOps(engine)
+    ops = engine.networks
     ops.network_create("backend", "10.80.1.0/24")
     engine.create(CreateRequest(name="web1", networks=("backend",), inbound_ports=(22,)))
     ops.firewall_allow("web1", parse_rule("5432/tcp", "10.80.3.0/24"))
@@ -408,7 +408,7 @@ def test_firewall_rules_groups_and_list(engine: Engine, host: FakeHost) -> None:
 
 
 def test_views_carry_the_addresses_nic_list_shows(engine: Engine, host: FakeHost) -> None:
-    ops = NetworkOps(engine)
+    ops = engine.networks
     ops.network_create("backend", "10.80.1.0/24")
     ops.network_create("dmz", "10.80.3.0/24")
     engine.create(CreateRequest(name="web1", networks=("backend", "dmz")), start=False)
@@ -428,7 +428,7 @@ def test_views_carry_the_addresses_nic_list_shows(engine: Engine, host: FakeHost
 
 
 def test_gc_removes_leftovers(engine: Engine, host: FakeHost) -> None:
-    ops = NetworkOps(engine)
+    ops = engine.networks
     ops.network_create("backend", "10.80.1.0/24")
     host.links |= {"clb-old", "clt-deadbeef1", "eth0"}
     removed = ops.gc()
@@ -451,7 +451,7 @@ def test_gc_removes_leftovers(engine: Engine, host: FakeHost) -> None:
 def test_bridged_networks_need_root(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("os.geteuid", lambda: 1000)
     with pytest.raises(NeedsRoot, match="need root") as info:
-        NetworkOps(engine).network_create("backend", "10.80.1.0/24")
+        engine.networks.network_create("backend", "10.80.1.0/24")
     assert "\n" not in info.value.one_line()
     engine.create(CreateRequest(name="plain"))  # user-mode NAT needs no root
 
@@ -462,7 +462,7 @@ def test_spec_files_carry_networks_and_apply_enforces_firewall(
     from cloudlet.engine import apply as apply_mod
     from cloudlet.spec.document import document_for, parse_documents
 
-    NetworkOps(engine).network_create("backend", "10.80.1.0/24")
+    engine.networks.network_create("backend", "10.80.1.0/24")
     text = (
         "apiVersion: cloudlet/v1\nkind: VM\nmetadata:\n  name: web1\nspec:\n"
         "  network: none\n  networks: [backend]\n"
@@ -478,7 +478,7 @@ def test_spec_files_carry_networks_and_apply_enforces_firewall(
 
 
 def test_a_clone_gets_its_own_addresses_not_the_forwards(engine: Engine, host: FakeHost) -> None:
-    ops = NetworkOps(engine)
+    ops = engine.networks
     ops.network_create("backend", "10.80.1.0/24")
     engine.create(CreateRequest(name="web1", networks=("backend",)))
     ops.port_add("web1", "8080:80")

@@ -10,7 +10,6 @@ import pytest
 from cloudlet.driver.base import HostForward, LaunchConfig
 from cloudlet.driver.qemu.argv import build_argv, uses_passt
 from cloudlet.engine.engine import CreateRequest, Engine
-from cloudlet.engine.network_ops import NetworkOps
 from cloudlet.errors import MissingDependency
 from cloudlet.host import passt
 from cloudlet.spec.units import GIB
@@ -80,7 +79,7 @@ def test_forwards_of_a_running_passt_vm_wait_for_its_next_start(
 ) -> None:
     engine.create(CreateRequest(name="web1"))
     monkeypatch.setattr(type(engine.driver), "live_host_forwards", lambda self, iid: False)
-    ops = NetworkOps(engine)
+    ops = engine.networks
     said = ops.port_add("web1", "8080:80/tcp")
     assert "at its next start" in said
     removed = ops.port_remove("web1", "8080/tcp")

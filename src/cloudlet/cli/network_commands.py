@@ -26,7 +26,6 @@ else:
     err = lazy("cloudlet.cli.render", "err")
     out = lazy("cloudlet.cli.render", "out")
     open_engine = lazy("cloudlet.engine.factory", "open_engine")
-    NetworkOps = lazy("cloudlet.engine.network_ops", "NetworkOps")
     parse_rule = lazy("cloudlet.spec.network", "parse_rule")
 
 network_app = typer.Typer(
@@ -51,7 +50,7 @@ def register(app: typer.Typer) -> None:
 
 
 def _ops() -> NetworkOps:
-    return NetworkOps(open_engine())
+    return open_engine().networks
 
 
 def _table(columns: list[str], rows: list[list[str]]) -> None:

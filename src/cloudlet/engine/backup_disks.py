@@ -18,7 +18,7 @@ from cloudlet.engine.storage_ops import _node, active_disk, attached_volumes
 from cloudlet.store.models import InstanceRow
 
 if TYPE_CHECKING:
-    from cloudlet.engine.engine import Engine
+    from cloudlet.engine.context import EngineContext
 
 WHOLE = "read the whole disk, stored only the chunks that changed"
 
@@ -56,13 +56,13 @@ class VmDisk:
         )
 
 
-def vm_disks(engine: Engine, row: InstanceRow) -> list[VmDisk]:
+def vm_disks(ctx: EngineContext, row: InstanceRow) -> list[VmDisk]:
     """The root disk (its active layer; call with the VM's lock held), then each volume."""
-    layer = active_disk(engine, row.id, heal=True)
-    disks = [VmDisk(ROOT, layer, engine.deps.disks.virtual_size(layer))]
-    for vol in attached_volumes(engine, row.id):
+    layer = active_disk(ctx, row.id, heal=True)
+    disks = [VmDisk(ROOT, layer, ctx.deps.disks.virtual_size(layer))]
+    for vol in attached_volumes(ctx, row.id):
         path = Path(vol.path)
-        size = engine.deps.disks.virtual_size(path) if vol.format == "qcow2" else vol.size
+        size = ctx.deps.disks.virtual_size(path) if vol.format == "qcow2" else vol.size
         disks.append(VmDisk(vol.name, path, size, vol.format, _node(vol.id), vol.pool, vol.id))
     return disks
 

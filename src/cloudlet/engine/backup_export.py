@@ -89,9 +89,9 @@ def export(ops: BackupOps, vm: str, dest: Path) -> str:
         work.mkdir()
         try:
             (work / "volumes").mkdir()
-            e.deps.disks.flatten(active_disk(e, row.id, heal=True), work / "disk.qcow2")
+            e.deps.disks.flatten(active_disk(e.ctx, row.id, heal=True), work / "disk.qcow2")
             volumes = []
-            for vol in attached_volumes(e, row.id):
+            for vol in attached_volumes(e.ctx, row.id):
                 file = f"volumes/{vol.name}.qcow2"
                 e.deps.disks.flatten(Path(vol.path), work / file, vol.format)
                 volumes.append({"name": vol.name, "file": file, "size": vol.size})

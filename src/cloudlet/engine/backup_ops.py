@@ -274,7 +274,7 @@ class BackupOps:
         started = utcnow()
         backup_id = new_backup_id(started)
         parent = self._parent(row)
-        disks = vm_disks(e, row)
+        disks = vm_disks(e.ctx, row)
         live = row.state in _ONLINE
         work = [self.store.tmp / f"{backup_id}-{i}.qcow2" for i in range(len(disks))]
         new_bitmap = BITMAP_PREFIX + backup_id
@@ -572,8 +572,8 @@ class BackupOps:
             row = self.e._reconcile_locked(self.e._row(vm))
             if row.state not in _OFFLINE:
                 raise Conflict(f"cannot restore {vm} in place: it is {row.state}")
-            snaps = _snapshot_rows(self.e, row.id)
-            clones = _clones_of(self.e, [s.id for s in snaps])
+            snaps = _snapshot_rows(self.e.ctx, row.id)
+            clones = _clones_of(self.e.ctx, [s.id for s in snaps])
             if clones:
                 raise Conflict(
                     f"restoring {vm} would drop snapshots that linked clones "
@@ -581,7 +581,7 @@ class BackupOps:
                     hint=f"delete those clones first, or restore beside it: --as {vm}-restored",
                 )
             instance_dir = self.e.paths.instance_dir(row.id)
-            self._clean_killed_restore(instance_dir, active_disk(self.e, row.id))
+            self._clean_killed_restore(instance_dir, active_disk(self.e.ctx, row.id))
             with self.e._operation(row, "restore") as op_id, self._store_lock():
                 plans: dict[str, list[Any]] = {}
 
@@ -595,7 +595,7 @@ class BackupOps:
                 )
                 said = self._swap_in(row, snaps, plans[manifest.id], files)
                 kept = sorted(
-                    set(attached_volume_names(self.e, row.id))
+                    set(attached_volume_names(self.e.ctx, row.id))
                     - {p.name for p in plans[manifest.id]}
                 )
                 message = f"{vm} restored from backup {backup.id}"
@@ -629,8 +629,8 @@ class BackupOps:
             free = restorer.free_slots(row.id, plans)
             instance_dir = self.e.paths.instance_dir(row.id)
             old = [Path(s.file) for s in snaps] + [
-                active_disk(self.e, row.id),
-                default_disk(self.e, row.id),
+                active_disk(self.e.ctx, row.id),
+                default_disk(self.e.ctx, row.id),
             ]
             target = instance_dir / f"disk-{tag}.qcow2"
             os.replace(files[ROOT], target)
@@ -710,7 +710,7 @@ class BackupOps:
             lambda: f"restored from backup {holder['backup'].id} of {vm}",
             f"backup {first.id}",
         )
-        volumes = attached_volume_names(self.e, view.id)
+        volumes = attached_volume_names(self.e.ctx, view.id)
         extra = f" with volume(s) {', '.join(volumes)}" if volumes else ""
         return f"{name} created from backup {holder['backup'].id} of {vm}{extra} (stopped)"
 

@@ -275,7 +275,7 @@ class Restorer:
                 v.slot
                 for v in s.scalars(select(VolumeRow).where(VolumeRow.instance_id == instance_id))
             }
-        used |= network_ops.used_slots(self.e, instance_id)
+        used |= network_ops.used_slots(self.e.ctx, instance_id)
         free = [slot for slot in range(HOTPLUG_SLOTS) if slot not in used]
         wanted = sum(1 for p in plans if p.existing is None or p.existing.instance_id is None)
         if wanted > len(free):

@@ -8,8 +8,6 @@ engine to open finishes it or rolls it back (``recover``).
 
 from __future__ import annotations
 
-import dataclasses
-import shutil
 import uuid
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -20,16 +18,19 @@ from typing import TYPE_CHECKING, TypeVar
 from sqlalchemy import select
 
 from cloudlet.config import Settings
-from cloudlet.driver.base import ExecResult, GuestInfo, LaunchConfig, PowerState
+from cloudlet.driver.base import ExecResult, GuestInfo, PowerState
 from cloudlet.engine import (
     accel_cache,
     addresses,
+    launch,
     licensing,
     locks,
     network_ops,
     ports,
     serial_tail,
     storage_ops,
+    teardown,
+    vm_state,
 )
 from cloudlet.engine import access as access_mod
 from cloudlet.engine import capacity as capacity_mod
@@ -42,7 +43,7 @@ from cloudlet.engine.serial_tail import SerialLog
 from cloudlet.engine.sweep import sweep_staging
 from cloudlet.engine.type_listing import MachineTypeOffer, offers
 from cloudlet.engine.views import HostView, InstanceView
-from cloudlet.errors import CloudletError, Conflict, InvalidInput, NotFound, StillRunning
+from cloudlet.errors import Conflict, InvalidInput, NotFound, StillRunning
 from cloudlet.guest.landing import CopyLimits
 from cloudlet.host.kvm import AccelVerdict
 from cloudlet.images.store import HOST_ARCH, Image, Progress
@@ -55,8 +56,8 @@ from cloudlet.spec.instance import (
     NetworkSpec,
 )
 from cloudlet.spec.machine_types import resolve_shape
-from cloudlet.spec.states import CAPACITY_STATES, LIVE_STATES, STARTABLE_STATES, VMState
-from cloudlet.spec.units import MIB, format_size
+from cloudlet.spec.states import LIVE_STATES, STARTABLE_STATES, VMState
+from cloudlet.spec.units import format_size
 from cloudlet.store.database import Database
 from cloudlet.store.models import EventRow, InstanceRow, LicenceRow, OperationRow
 
@@ -113,6 +114,7 @@ class Engine:
 
     def __init__(self, settings: Settings, deps: EngineDeps, db: Database) -> None:
         self.ctx = EngineContext(settings, deps, db)
+        self.networks = network_ops.NetworkOps(self.ctx)
         self.settings = settings
         self.paths = settings.paths
         self.deps = deps
@@ -176,7 +178,7 @@ class Engine:
                 "restrict": spec.network.restrict or self.settings.force_restrict_network,
             },
             paths={
-                "disk": str(storage_ops.active_disk(self, row.id)),
+                "disk": str(storage_ops.active_disk(self.ctx, row.id)),
                 "serial_log": str(instance_dir / "serial.log"),
                 "image": row.image_path,
                 "runtime": str(self.paths.runtime_dir(row.id)),
@@ -184,113 +186,14 @@ class Engine:
         )
 
     def _capacity(self, exclude: str | None = None) -> capacity_mod.Capacity:
-        with self.db.session() as s:
-            rows = s.scalars(
-                select(InstanceRow).where(
-                    InstanceRow.state.in_([st.value for st in CAPACITY_STATES])
-                )
-            ).all()
-        used = [(r.cpus, r.memory) for r in rows if r.id != exclude]
-        return capacity_mod.compute(
-            host_cpus=self.deps.host_cpus,
-            host_memory=self.deps.host_memory,
-            cpu_overcommit=self.settings.cpu_overcommit,
-            memory_reserve=self.settings.memory_reserve,
-            used=used,
-        )
-
-    def _launch_config(self, row: InstanceRow, image: Image, accel: str) -> LaunchConfig:
-        spec = InstanceSpec.model_validate_json(row.spec_json)
-        instance_dir = self.paths.instance_dir(row.id)
-        cmdline = f"{image.cmdline} cloudlet.hostname={row.name}".strip() if image.kernel else ""
-        seed = instance_dir / "seed.iso"
-        return LaunchConfig(
-            instance_id=row.id,
-            name=row.name,
-            arch=row.arch,
-            accel=accel,
-            cpus=row.cpus,
-            memory_mib=row.memory // MIB,
-            disk=storage_ops.active_disk(self, row.id, heal=True),
-            disk_format="qcow2",
-            extra_disks=storage_ops.boot_disks(self, row.id),
-            runtime_dir=self.paths.runtime_dir(row.id),
-            serial_log=instance_dir / "serial.log",
-            serial_log_max=self.settings.serial_log_max,
-            kernel=image.kernel,
-            initrd=image.initrd,
-            cmdline=cmdline,
-            network_mode=spec.network.mode,
-            tap_nics=network_ops.boot_nics(self, row.id),
-            host_forwards=network_ops.host_forwards(spec),
-            network_restrict=spec.network.restrict or self.settings.force_restrict_network,
-            ssh_port=row.ssh_port,
-            uuid=row.id,
-            profile=spec.profile,
-            seed_iso=seed if seed.exists() else None,
-            install_iso=image.install_iso,
-            linked_base=storage_ops.linked_base(self, row.id),
-        )
+        return launch.capacity(self.ctx, exclude)
 
     # ------------------------------------------------------------------ reconcile
     def _reconcile(self, row: InstanceRow) -> InstanceRow:
-        """Make the recorded state match reality, unless another command holds the VM."""
-        if row.state not in LIVE_STATES:
-            return row
-        with locks.try_hold(self.paths.locks, row.name) as held:
-            if not held:
-                return row  # another command is working on it right now
-            # Read again under the lock: another thread may have acted since ``row``.
-            with self.db.session() as s:
-                fresh = s.get(InstanceRow, row.id)
-            return row if fresh is None else self._reconcile_locked(fresh)
+        return vm_state.reconcile(self.ctx, row)
 
     def _reconcile_locked(self, row: InstanceRow) -> InstanceRow:
-        """Record what the driver sees: a dead QEMU is crashed, a powered-off guest stopped.
-
-        The caller holds the VM's lock (or found it free).
-        """
-        if row.state not in LIVE_STATES:
-            return row
-        power = self.driver.power_state(row.id)
-        new_state: VMState | None = None
-        error: str | None = None
-        if power == PowerState.RUNNING and row.state != VMState.RUNNING:
-            new_state = VMState.RUNNING
-        elif power == PowerState.PAUSED and row.state != VMState.PAUSED:
-            new_state = VMState.PAUSED
-        elif power == PowerState.NO_SPACE:
-            # Not a crash: nothing is lost, the write waits in QEMU for space.
-            error = (
-                "QEMU paused the guest: a disk write found no space left on the host; "
-                f"free space there, then 'cloudlet resume {row.name}' retries it"
-            )
-            if row.state != VMState.PAUSED or row.last_error != error:
-                new_state = VMState.PAUSED
-                self._event(row.name, "paused", error)
-        elif power == PowerState.SHUTDOWN:
-            # The guest powered itself off; QEMU waits (-no-shutdown) to be reaped.
-            self.driver.force_stop(row.id)
-            self.driver.cleanup(row.id)
-            new_state = VMState.STOPPED
-            self._event(row.name, "stopped", "the guest powered off")
-        elif power in (PowerState.GONE, PowerState.ABSENT, PowerState.FAILED):
-            self.driver.force_stop(row.id)
-            self.driver.cleanup(row.id)
-            new_state = VMState.CRASHED
-            error = {
-                PowerState.GONE: "the QEMU process died unexpectedly",
-                PowerState.ABSENT: "the VM's runtime record is missing",
-                PowerState.FAILED: "the guest hit an internal error or panicked",
-            }[power]
-            self._event(row.name, "crashed", error)
-        if new_state is None:
-            return row
-        self._set_state(row.id, new_state, error)
-        with self.db.session() as s:
-            fresh = s.get(InstanceRow, row.id)
-        assert fresh is not None
-        return fresh
+        return vm_state.reconcile_locked(self.ctx, row)
 
     def recover(self) -> list[str]:
         """Finish or roll back operations whose process died (lock free, still 'running')."""
@@ -327,7 +230,7 @@ class Engine:
                 self._finish_op(op.id, status, "the process running it died")
                 self._event(op.instance_name, "recovered", notes[-1] if notes else status, op.id)
         notes += self._reap_process_vms()
-        notes += sweep_staging(self)
+        notes += sweep_staging(self.ctx)
         return notes
 
     def _reap_process_vms(self) -> list[str]:
@@ -346,29 +249,10 @@ class Engine:
         return notes
 
     def _settle_interrupted(self, row: InstanceRow) -> None:
-        power = self.driver.power_state(row.id)
-        if power == PowerState.RUNNING:
-            self._set_state(row.id, VMState.RUNNING)
-        elif power in (PowerState.PAUSED, PowerState.NO_SPACE):
-            self._set_state(row.id, VMState.PAUSED)
-        else:
-            self.driver.force_stop(row.id)
-            self.driver.cleanup(row.id)
-            self._set_state(row.id, VMState.STOPPED)
+        vm_state.settle_interrupted(self.ctx, row)
 
     def _remove_everything(self, row: InstanceRow) -> None:
-        from cloudlet.engine.process_vms import release
-
-        self.driver.force_stop(row.id)
-        self.driver.cleanup(row.id)
-        release(self, row.id)
-        shutil.rmtree(self.paths.instance_dir(row.id), ignore_errors=True)
-        storage_ops.forget(self, row.id)
-        network_ops.forget(self, row.id)
-        with self.db.session() as s:
-            existing = s.get(InstanceRow, row.id)
-            if existing is not None:
-                s.delete(existing)
+        teardown.remove_everything(self.ctx, row)
 
     # ------------------------------------------------------------------ reads
     def instances(self, *, include_process: bool = False) -> list[InstanceView]:
@@ -487,7 +371,7 @@ class Engine:
             licensing.check_host_allowed(image, apple_hardware=licensing.host_is_apple_hardware())
             self._check_seats(image)
             self._capacity().check(shape.cpus, shape.memory, name=req.name)
-        network_ops.check_networks(self, nics)
+        network_ops.check_networks(self.ctx, nics)
         network = NetworkSpec(mode=mode, restrict=req.restrict_network, nics=nics)  # type: ignore[arg-type]
         spec = InstanceSpec(
             name=req.name,
@@ -538,7 +422,7 @@ class Engine:
                 with self._operation(row, "create") as op_id:
                     instance_dir = self.paths.instance_dir(row.id)
                     instance_dir.mkdir(parents=True)
-                    network_ops.allocate(self, row.id, nics)
+                    network_ops.allocate(self.ctx, row.id, nics)
                     disk = instance_dir / "disk.qcow2"
                     if image.install_iso is not None:
                         assert req.disk_size is not None
@@ -594,22 +478,10 @@ class Engine:
             self.notices.append(f"recorded in {spec.name}'s spec only: {', '.join(pending)}")
 
     def _accel_for(self, image: Image) -> AccelVerdict:
-        if image.arch != HOST_ARCH:
-            return AccelVerdict("tcg", f"{image.arch} guests are emulated on this {HOST_ARCH} host")
-        return self.deps.accel(image)
+        return launch.accel_for(self.ctx, image)
 
     def _check_arch(self, arch: str, profile: str) -> None:
-        runnable = self.deps.arches()
-        if arch not in runnable:
-            raise InvalidInput(
-                f"this host cannot run {arch} guests (no QEMU for it)",
-                hint="install qemu-system-arm for aarch64, or pick another --arch",
-            )
-        if profile == "legacy" and arch != "x86_64":
-            raise InvalidInput(
-                "the legacy profile is an x86 PC (i440fx, IDE, e1000, BIOS)",
-                hint="use --profile legacy only with x86_64 guests",
-            )
+        launch.check_arch(self.ctx, arch, profile)
 
     def _installer_image(self, iso: Path, progress: Progress | None) -> Image:
         """An installer ISO becomes an image once (after its safety checks), then is reused."""
@@ -656,13 +528,7 @@ class Engine:
         )
 
     def _ensure_name_free(self, name: str) -> None:
-        with self.db.session() as s:
-            exists = s.scalar(select(InstanceRow.id).where(InstanceRow.name == name))
-        if exists is not None:
-            raise Conflict(
-                f"a VM named {name!r} already exists",
-                hint="pick another name or delete the old VM first",
-            )
+        vm_state.ensure_name_free(self.ctx, name)
 
     # ------------------------------------------------------------------ spec changes
     def spec(self, name: str) -> InstanceSpec:
@@ -712,7 +578,7 @@ class Engine:
             new = InstanceSpec.model_validate({**spec.model_dump(), **changes})
             row.spec_json = new.model_dump_json()
         if "firewall" in changes and new.network.nics:
-            network_ops.NetworkOps(self).sync_locked()  # enforce the new rules now
+            self.networks.sync_locked()  # enforce the new rules now
         return ActionResult(self.show(name), new != spec, f"{name}: {', '.join(sorted(changes))}")
 
     # ------------------------------------------------------------------ power
@@ -730,49 +596,7 @@ class Engine:
             return ActionResult(self.show(name), True, f"{name} is running")
 
     def _boot(self, row: InstanceRow, *, wait: bool, op_id: int, state: Path | None = None) -> None:
-        """Check capacity, launch QEMU, wait for the agent; the caller holds the VM's lock.
-
-        ``state``: a saved RAM and device state (a memory snapshot) to resume from
-        instead of booting; the guest then runs on where it was saved.
-        """
-        image = Image.load(Path(row.image_path))
-        verdict = self._accel_for(image)
-        if verdict.accel == "tcg":
-            notice = f"{row.name} runs under TCG software emulation (slower): {verdict.reason}"
-            if notice not in self.notices:
-                self.notices.append(notice)
-        licensing.check_host_allowed(image, apple_hardware=licensing.host_is_apple_hardware())
-        with locks.hold(self.paths.locks, HOST_LOCK, what="host capacity"):
-            self._check_seats(image, exclude=row.id)
-            self._capacity(exclude=row.id).check(row.cpus, row.memory, name=row.name)
-            self._set_state(row.id, VMState.STARTING)
-        try:
-            self.driver.force_stop(row.id)  # a crashed VM may leave a stuck process
-            self.driver.cleanup(row.id)
-            network_ops.ensure_for_boot(self, row.id)
-            config = self._launch_config(row, image, verdict.accel)
-            with self.db.session() as s:
-                fresh = s.get(InstanceRow, row.id)
-                assert fresh is not None
-                fresh.accel = verdict.accel
-            if state is not None:
-                config = dataclasses.replace(config, incoming=True)
-            self.driver.start(config)
-            self.notices.extend(n for n in self.driver.take_notices() if n not in self.notices)
-            if state is not None:
-                self.driver.restore_state(row.id, state)
-                self.driver.resume(row.id)
-            self._set_state(row.id, VMState.RUNNING)
-            if wait and image.guest_agent and state is None:
-                self.driver.wait_agent(row.id, self.agent_timeout)
-        except BaseException as exc:
-            self.driver.force_stop(row.id)
-            self.driver.cleanup(row.id)
-            message = exc.one_line() if isinstance(exc, CloudletError) else repr(exc)
-            self._set_state(row.id, VMState.ERROR, message)
-            raise
-        how = " from its memory state" if state is not None else ""
-        self._event(row.name, "started", f"started with {verdict.accel}{how}", op_id)
+        launch.boot(self.ctx, row, wait=wait, op_id=op_id, state=state)
 
     def stop(self, name: str, *, force: bool = False, timeout: float | None = None) -> ActionResult:
         """ACPI power button, wait, then quit/kill; ``force`` skips the wait."""
@@ -841,8 +665,8 @@ class Engine:
                     f"{name} is {row.state}",
                     hint="stop it first, or delete it with force (it is stopped at once)",
                 )
-            storage_ops.check_deletable(self, row)
-            kept = storage_ops.attached_volume_names(self, row.id)
+            storage_ops.check_deletable(self.ctx, row)
+            kept = storage_ops.attached_volume_names(self.ctx, row.id)
             with self._operation(row, "delete") as op_id:
                 self._set_state(row.id, VMState.DELETING)
                 self._remove_everything(row)
@@ -852,31 +676,8 @@ class Engine:
         )
 
     # ------------------------------------------------------------------ licences
-    def _seats_in_use(self, licence: str, exclude: str | None = None) -> int:
-        with self.db.session() as s:
-            rows = s.scalars(
-                select(InstanceRow).where(
-                    InstanceRow.state.in_([st.value for st in CAPACITY_STATES])
-                )
-            ).all()
-        count = 0
-        for r in rows:
-            if r.id == exclude:
-                continue
-            try:
-                if Image.load(Path(r.image_path)).licence == licence:
-                    count += 1
-            except OSError:
-                continue
-        return count
-
     def _check_seats(self, image: Image, exclude: str | None = None) -> None:
-        if not image.needs_seats:
-            return
-        with self.db.session() as s:
-            row = s.get(LicenceRow, image.licence)
-            seats = row.seats if row is not None else None
-        licensing.check_seats(image, seats=seats, in_use=self._seats_in_use(image.licence, exclude))
+        launch.check_seats(self.ctx, image, exclude)
 
     def license_add(self, name: str, seats: int) -> dict[str, object]:
         """Register (or change) the seats of a proprietary licence."""
@@ -888,13 +689,14 @@ class Engine:
                 s.add(LicenceRow(name=name, seats=seats))
             else:
                 row.seats = seats
-        return {"name": name, "seats": seats, "in_use": self._seats_in_use(name)}
+        return {"name": name, "seats": seats, "in_use": launch.seats_in_use(self.ctx, name)}
 
     def licences(self) -> list[dict[str, object]]:
         with self.db.session() as s:
             rows = s.scalars(select(LicenceRow).order_by(LicenceRow.name)).all()
         return [
-            {"name": r.name, "seats": r.seats, "in_use": self._seats_in_use(r.name)} for r in rows
+            {"name": r.name, "seats": r.seats, "in_use": launch.seats_in_use(self.ctx, r.name)}
+            for r in rows
         ]
 
     # ------------------------------------------------------------------ images

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select
 
 from cloudlet.driver.base import HOTPLUG_SLOTS, HostForward, TapNic
-from cloudlet.engine import locks
+from cloudlet.engine import locks, vm_state
 from cloudlet.engine.ports import PORTS_KEY
 from cloudlet.errors import Conflict, InvalidInput, NotFound
 from cloudlet.spec.instance import FirewallSpec, InstanceSpec, NetworkSpec
@@ -48,7 +48,7 @@ from cloudlet.spec.states import VMState
 from cloudlet.store.models import FirewallGroupRow, InstanceRow, NetworkRow, NicRow
 
 if TYPE_CHECKING:
-    from cloudlet.engine.engine import Engine
+    from cloudlet.engine.context import EngineContext
 
 NETWORK_LOCK = ".network"
 DETACH_TIMEOUT = 60.0
@@ -93,13 +93,13 @@ def split_networks(names: tuple[str, ...]) -> tuple[str, tuple[NicSpec, ...]]:
     return mode, tuple(NicSpec(network=n) for n in virtual)
 
 
-def check_networks(engine: Engine, nics: tuple[NicSpec, ...]) -> None:
+def check_networks(ctx: EngineContext, nics: tuple[NicSpec, ...]) -> None:
     """Before a create: the networks exist and this process may use them."""
     if not nics:
         return
     from cloudlet.network import require_root
 
-    with engine.db.session() as s:
+    with ctx.db.session() as s:
         for nic in nics:
             if s.get(NetworkRow, nic.network) is None:
                 raise NotFound(
@@ -108,18 +108,18 @@ def check_networks(engine: Engine, nics: tuple[NicSpec, ...]) -> None:
     require_root()
 
 
-def allocate(engine: Engine, instance_id: str, nics: tuple[NicSpec, ...]) -> None:
+def allocate(ctx: EngineContext, instance_id: str, nics: tuple[NicSpec, ...]) -> None:
     """Record a NIC row (fixed MAC, address, TAP name) per virtual network of a new VM."""
     if not nics:
         return
-    with locks.hold(engine.paths.locks, NETWORK_LOCK, what="networks"):
+    with locks.hold(ctx.paths.locks, NETWORK_LOCK, what="networks"):
         for nic in nics:
-            _add_nic_row(engine, instance_id, nic.network, slot=None)
-    NetworkOps(engine).refresh_dns({n.network for n in nics})
+            _add_nic_row(ctx, instance_id, nic.network, slot=None)
+    NetworkOps(ctx).refresh_dns({n.network for n in nics})
 
 
-def boot_nics(engine: Engine, instance_id: str) -> tuple[TapNic, ...]:
-    return tuple(_tap_nic(r) for r in _nic_rows(engine, instance_id))
+def boot_nics(ctx: EngineContext, instance_id: str) -> tuple[TapNic, ...]:
+    return tuple(_tap_nic(r) for r in _nic_rows(ctx, instance_id))
 
 
 def host_forwards(spec: InstanceSpec) -> tuple[HostForward, ...]:
@@ -130,20 +130,20 @@ def host_forwards(spec: InstanceSpec) -> tuple[HostForward, ...]:
     )
 
 
-def used_slots(engine: Engine, instance_id: str) -> set[int]:
+def used_slots(ctx: EngineContext, instance_id: str) -> set[int]:
     """Hot-plug ports NICs of this VM sit on (volumes take the others)."""
-    return {r.slot for r in _nic_rows(engine, instance_id) if r.slot is not None}
+    return {r.slot for r in _nic_rows(ctx, instance_id) if r.slot is not None}
 
 
-def ensure_for_boot(engine: Engine, instance_id: str) -> None:
+def ensure_for_boot(ctx: EngineContext, instance_id: str) -> None:
     """Before QEMU starts: its networks are up (after a host reboot too) and TAPs exist."""
-    rows = _nic_rows(engine, instance_id)
+    rows = _nic_rows(ctx, instance_id)
     if not rows:
         return
     from cloudlet.network import require_root, tap
 
     require_root()
-    ops = NetworkOps(engine)
+    ops = NetworkOps(ctx)
     with ops._network_lock():
         for name in sorted({r.network for r in rows}):
             ops._bring_up(ops._network(name))
@@ -152,18 +152,18 @@ def ensure_for_boot(engine: Engine, instance_id: str) -> None:
         ops.sync()
 
 
-def forget(engine: Engine, instance_id: str) -> None:
+def forget(ctx: EngineContext, instance_id: str) -> None:
     """The VM is gone: its TAPs, NIC rows, leases and rules go too."""
-    rows = _nic_rows(engine, instance_id)
+    rows = _nic_rows(ctx, instance_id)
     if not rows:
         return
     from cloudlet.network import tap
 
-    ops = NetworkOps(engine)
+    ops = NetworkOps(ctx)
     with ops._network_lock():
         for row in rows:
             tap.delete(row.tap)
-        with engine.db.session() as s:
+        with ctx.db.session() as s:
             for row in rows:
                 existing = s.get(NicRow, row.id)
                 if existing is not None:
@@ -173,8 +173,8 @@ def forget(engine: Engine, instance_id: str) -> None:
 
 
 # ---------------------------------------------------------------- helpers
-def _nic_rows(engine: Engine, instance_id: str) -> list[NicRow]:
-    with engine.db.session() as s:
+def _nic_rows(ctx: EngineContext, instance_id: str) -> list[NicRow]:
+    with ctx.db.session() as s:
         return list(
             s.scalars(
                 select(NicRow).where(NicRow.instance_id == instance_id).order_by(NicRow.index)
@@ -186,9 +186,9 @@ def _tap_nic(row: NicRow) -> TapNic:
     return TapNic(node=f"tn{row.index}", tap=row.tap, mac=row.mac, slot=row.slot)
 
 
-def _add_nic_row(engine: Engine, instance_id: str, network: str, slot: int | None) -> NicRow:
+def _add_nic_row(ctx: EngineContext, instance_id: str, network: str, slot: int | None) -> NicRow:
     """The next free address of the network and the next NIC index of the VM."""
-    with engine.db.session() as s:
+    with ctx.db.session() as s:
         net_row = s.get(NetworkRow, network)
         if net_row is None:
             raise NotFound(f"no network named {network!r}", hint="run 'cloudlet network list'")
@@ -219,36 +219,36 @@ def _add_nic_row(engine: Engine, instance_id: str, network: str, slot: int | Non
 
 
 class NetworkOps:
-    """Networks, NICs, port forwards and firewalls, on top of one Engine."""
+    """Networks, NICs, port forwards and firewalls, on the engine's shared context."""
 
-    def __init__(self, engine: Engine) -> None:
-        self.e = engine
+    def __init__(self, ctx: EngineContext) -> None:
+        self.ctx = ctx
 
     @contextmanager
     def _network_lock(self) -> Iterator[None]:
-        with locks.hold(self.e.paths.locks, NETWORK_LOCK, what="networks"):
+        with locks.hold(self.ctx.paths.locks, NETWORK_LOCK, what="networks"):
             yield
 
     def _dir(self, name: str) -> Path:
-        return name_path(self.e.paths.home / "networks", name)
+        return name_path(self.ctx.paths.home / "networks", name)
 
     def _network(self, name: str) -> NetworkDef:
         validate_network_name(name)
-        with self.e.db.session() as s:
+        with self.ctx.db.session() as s:
             row = s.get(NetworkRow, name)
         if row is None:
             raise NotFound(f"no network named {name!r}", hint="run 'cloudlet network list'")
         return NetworkDef.model_validate_json(row.spec_json)
 
     def _networks(self) -> list[NetworkRow]:
-        with self.e.db.session() as s:
+        with self.ctx.db.session() as s:
             return list(s.scalars(select(NetworkRow).order_by(NetworkRow.name)).all())
 
     def _vm(self, name: str) -> InstanceRow:
-        return self.e._reconcile_locked(self.e._row(name))
+        return vm_state.reconcile_locked(self.ctx, self.ctx.row(name))
 
     def _save_spec(self, instance_id: str, spec: InstanceSpec) -> None:
-        with self.e.db.session() as s:
+        with self.ctx.db.session() as s:
             row = s.get(InstanceRow, instance_id)
             assert row is not None
             row.spec_json = spec.model_dump_json()
@@ -257,7 +257,7 @@ class NetworkOps:
     def _leases(self, network: str) -> list[Any]:
         from cloudlet.network.dnsmasq import Lease
 
-        with self.e.db.session() as s:
+        with self.ctx.db.session() as s:
             rows = s.execute(
                 select(NicRow.mac, NicRow.ip, InstanceRow.name)
                 .join(InstanceRow, InstanceRow.id == NicRow.instance_id)
@@ -271,7 +271,7 @@ class NetworkOps:
         from cloudlet.network import dnsmasq
 
         for name in sorted(networks):
-            with self.e.db.session() as s:
+            with self.ctx.db.session() as s:
                 row = s.get(NetworkRow, name)
             if row is None:
                 continue
@@ -287,13 +287,13 @@ class NetworkOps:
         bridge.ensure(net.bridge, gateway)
         directory = self._dir(net.name)
         dnsmasq.write_files(net, directory, self._leases(net.name))
-        with self.e.db.session() as s:
+        with self.ctx.db.session() as s:
             row = s.get(NetworkRow, net.name)
             assert row is not None
             if dnsmasq.is_running(row.dnsmasq_pid, row.dnsmasq_start):
                 return
         pid, started = dnsmasq.start(directory)
-        with self.e.db.session() as s:
+        with self.ctx.db.session() as s:
             row = s.get(NetworkRow, net.name)
             assert row is not None
             row.dnsmasq_pid, row.dnsmasq_start = pid, started
@@ -315,7 +315,7 @@ class NetworkOps:
             nets.append(nft.NetPlan(net.name, net.bridge, net.subnet, net.mode, net.route_to))
         groups = self._groups()
         nics = []
-        with self.e.db.session() as s:
+        with self.ctx.db.session() as s:
             pairs = s.execute(
                 select(NicRow, InstanceRow).join(InstanceRow, InstanceRow.id == NicRow.instance_id)
             ).all()
@@ -341,10 +341,10 @@ class NetworkOps:
         from cloudlet.network import nft
 
         if not self._networks():
-            if self.e.paths.home.joinpath("networks").exists():
+            if self.ctx.paths.home.joinpath("networks").exists():
                 nft.remove()
             return
-        nft.apply(self.plan(), self.e.paths.home / "networks" / "cloudlet.nft")
+        nft.apply(self.plan(), self.ctx.paths.home / "networks" / "cloudlet.nft")
 
     def sync_locked(self) -> None:
         with self._network_lock():
@@ -383,17 +383,17 @@ class NetworkOps:
                     raise NotFound(
                         f"no network named {target!r} to route to", hint="create it first"
                     )
-            with self.e.db.session() as s:
+            with self.ctx.db.session() as s:
                 s.add(NetworkRow(name=name, spec_json=net.model_dump_json(), bridge=net.bridge))
             try:
                 self._bring_up(net)
                 self.sync()
             except BaseException:
-                with self.e.db.session() as s:
+                with self.ctx.db.session() as s:
                     made = s.get(NetworkRow, name)
                 if made is not None:
                     self._tear_down(made)
-                    with self.e.db.session() as s:
+                    with self.ctx.db.session() as s:
                         fresh = s.get(NetworkRow, name)
                         if fresh is not None:
                             s.delete(fresh)
@@ -405,7 +405,7 @@ class NetworkOps:
         from cloudlet.network import dnsmasq
 
         net = NetworkDef.model_validate_json(row.spec_json)
-        with self.e.db.session() as s:
+        with self.ctx.db.session() as s:
             vms = s.execute(
                 select(InstanceRow.name, NicRow.ip, NicRow.mac, NicRow.tap)
                 .join(InstanceRow, InstanceRow.id == NicRow.instance_id)
@@ -445,7 +445,7 @@ class NetworkOps:
 
     def network(self, name: str) -> NetworkView:
         self._network(name)
-        with self.e.db.session() as s:
+        with self.ctx.db.session() as s:
             row = s.get(NetworkRow, name)
         assert row is not None
         return self._view(row)
@@ -456,7 +456,7 @@ class NetworkOps:
         self._network(name)
         require_root()
         with self._network_lock():
-            with self.e.db.session() as s:
+            with self.ctx.db.session() as s:
                 users = s.execute(
                     select(InstanceRow.name)
                     .join(NicRow, NicRow.instance_id == InstanceRow.id)
@@ -477,7 +477,7 @@ class NetworkOps:
                 )
             assert row is not None
             self._tear_down(row)
-            with self.e.db.session() as s:
+            with self.ctx.db.session() as s:
                 fresh = s.get(NetworkRow, name)
                 if fresh is not None:
                     s.delete(fresh)
@@ -493,14 +493,14 @@ class NetworkOps:
         require_root()
         removed: list[str] = []
         with self._network_lock():
-            with self.e.db.session() as s:
+            with self.ctx.db.session() as s:
                 vm_ids = set(s.scalars(select(InstanceRow.id)).all())
                 for nic in s.scalars(select(NicRow)).all():
                     if nic.instance_id not in vm_ids:
                         s.delete(nic)
                         removed.append(f"record of NIC {nic.tap} (its VM is gone)")
             removed += self._settle_nics()
-            with self.e.db.session() as s:
+            with self.ctx.db.session() as s:
                 taps = set(s.scalars(select(NicRow.tap)).all())
             rows = self._networks()
             bridges = {r.bridge for r in rows}
@@ -511,7 +511,7 @@ class NetworkOps:
                     removed.append(f"{'bridge' if stray_bridge else 'TAP'} {link}")
             # dnsmasq of networks that are no longer recorded, found by their pid files
             known = {r.name for r in rows}
-            base = self.e.paths.home / "networks"
+            base = self.ctx.paths.home / "networks"
             for pid_file in sorted(base.glob("*/dnsmasq.pid")) if base.exists() else []:
                 name = pid_file.parent.name
                 if name in known:
@@ -531,7 +531,7 @@ class NetworkOps:
                 shutil.rmtree(pid_file.parent, ignore_errors=True)
             for row in rows:  # recorded networks whose dnsmasq died: restart it
                 if not dnsmasq.is_running(row.dnsmasq_pid, row.dnsmasq_start):
-                    with self.e.db.session() as s:
+                    with self.ctx.db.session() as s:
                         used = s.scalar(select(NicRow.id).where(NicRow.network == row.name))
                     if used is not None:
                         self._bring_up(NetworkDef.model_validate_json(row.spec_json))
@@ -546,16 +546,16 @@ class NetworkOps:
     def _settle_nics(self) -> list[str]:
         """A nic add/remove killed half way: make the NIC records match the VM's spec."""
         settled: list[str] = []
-        with self.e.db.session() as s:
+        with self.ctx.db.session() as s:
             vms = s.scalars(select(InstanceRow)).all()
         for vm in vms:
             wanted = {
                 n.network for n in InstanceSpec.model_validate_json(vm.spec_json).network.nics
             }
-            rows = _nic_rows(self.e, vm.id)
+            rows = _nic_rows(self.ctx, vm.id)
             for row in rows:
                 if row.network not in wanted:
-                    with self.e.db.session() as s:
+                    with self.ctx.db.session() as s:
                         existing = s.get(NicRow, row.id)
                         if existing is not None:
                             s.delete(existing)
@@ -564,10 +564,10 @@ class NetworkOps:
                     )
             missing = wanted - {r.network for r in rows}
             for network in sorted(missing):
-                with self.e.db.session() as s:
+                with self.ctx.db.session() as s:
                     known = s.get(NetworkRow, network) is not None
                 if known:
-                    row = _add_nic_row(self.e, vm.id, network, slot=None)
+                    row = _add_nic_row(self.ctx, vm.id, network, slot=None)
                     settled.append(f"missing record of {vm.name}'s NIC on {network}: made {row.ip}")
         return settled
 
@@ -579,9 +579,9 @@ class NetworkOps:
         vm_name(vm)
         self._network(network)
         require_root()
-        with self.e._lock(vm):
+        with self.ctx.lock(vm):
             row = self._vm(vm)
-            self.e._require_state(row, _ONLINE | _OFFLINE, f"add a NIC to {vm}")
+            self.ctx.require_state(row, _ONLINE | _OFFLINE, f"add a NIC to {vm}")
             if row.state == VMState.PAUSED:
                 raise Conflict(f"cannot hot-plug into {vm}: it is paused", hint="resume it first")
             spec = InstanceSpec.model_validate_json(row.spec_json)
@@ -590,8 +590,8 @@ class NetworkOps:
             live = row.state == VMState.RUNNING
             slot = None
             if live:
-                used = {d.slot for d in storage_ops.boot_disks(self.e, row.id)}
-                used |= used_slots(self.e, row.id)
+                used = {d.slot for d in storage_ops.boot_disks(self.ctx, row.id)}
+                used |= used_slots(self.ctx, row.id)
                 free = [s for s in range(HOTPLUG_SLOTS) if s not in used]
                 if not free:
                     raise Conflict(
@@ -599,8 +599,8 @@ class NetworkOps:
                         hint="add the NIC while the VM is stopped, or detach a volume",
                     )
                 slot = free[0]
-            with self.e._operation(row, "nic-add") as op_id, self._network_lock():
-                nic = _add_nic_row(self.e, row.id, network, slot)
+            with self.ctx.operation(row, "nic-add") as op_id, self._network_lock():
+                nic = _add_nic_row(self.ctx, row.id, network, slot)
                 try:
                     new = spec.network.model_copy(
                         update={"nics": (*spec.network.nics, NicSpec(network=network))}
@@ -611,13 +611,13 @@ class NetworkOps:
                         self._bring_up(self._network(network))
                         tap.ensure(nic.tap, bridge_name(network))
                         self.sync()
-                        self.e.driver.attach_nic(row.id, _tap_nic(nic))
+                        self.ctx.driver.attach_nic(row.id, _tap_nic(nic))
                     else:
                         self.sync()
                 except BaseException:
                     self._drop_nic(row.id, nic, spec)
                     raise
-                self.e._event(vm, "nic-added", f"NIC on {network} ({nic.ip})", op_id)
+                self.ctx.event(vm, "nic-added", f"NIC on {network} ({nic.ip})", op_id)
         when = "hot-plugged now" if live else "at its next start"
         return f"{vm}: NIC on {network} with {nic.ip} ({nic.mac}, {when})"
 
@@ -625,7 +625,7 @@ class NetworkOps:
         from cloudlet.network import tap
 
         tap.delete(nic.tap)
-        with self.e.db.session() as s:
+        with self.ctx.db.session() as s:
             existing = s.get(NicRow, nic.id)
             if existing is not None:
                 s.delete(existing)
@@ -639,18 +639,18 @@ class NetworkOps:
         vm_name(vm)
         validate_network_name(network)
         require_root()
-        with self.e._lock(vm):
+        with self.ctx.lock(vm):
             row = self._vm(vm)
-            self.e._require_state(row, _ONLINE | _OFFLINE, f"remove a NIC from {vm}")
+            self.ctx.require_state(row, _ONLINE | _OFFLINE, f"remove a NIC from {vm}")
             if row.state == VMState.PAUSED:
                 raise Conflict(f"cannot unplug from {vm}: it is paused", hint="resume it first")
-            nic = next((n for n in _nic_rows(self.e, row.id) if n.network == network), None)
+            nic = next((n for n in _nic_rows(self.ctx, row.id) if n.network == network), None)
             if nic is None:
                 raise NotFound(f"{vm} has no NIC on {network}", hint=f"see 'cloudlet show {vm}'")
             spec = InstanceSpec.model_validate_json(row.spec_json)
-            with self.e._operation(row, "nic-remove") as op_id, self._network_lock():
+            with self.ctx.operation(row, "nic-remove") as op_id, self._network_lock():
                 if row.state == VMState.RUNNING:
-                    self.e.driver.detach_nic(row.id, _tap_nic(nic), DETACH_TIMEOUT)
+                    self.ctx.driver.detach_nic(row.id, _tap_nic(nic), DETACH_TIMEOUT)
                 new = spec.network.model_copy(
                     update={
                         "nics": tuple(n for n in spec.network.nics if n.network != network),
@@ -658,18 +658,18 @@ class NetworkOps:
                     }
                 )
                 self._drop_nic(row.id, nic, spec.model_copy(update={"network": new}))
-                self.e._event(vm, "nic-removed", f"NIC on {network} removed", op_id)
+                self.ctx.event(vm, "nic-removed", f"NIC on {network} removed", op_id)
         return f"{vm}: NIC on {network} removed"
 
     def nics(self, vm: str) -> list[dict[str, Any]]:
-        row = self.e._row(vm)
+        row = self.ctx.row(vm)
         spec = InstanceSpec.model_validate_json(row.spec_json)
         result: list[dict[str, Any]] = []
         if spec.network.mode == "nat":
             result.append(
                 {"network": "nat", "ip": "10.0.2.15", "mac": "", "tap": "", "kind": "user-mode NAT"}
             )
-        for nic in _nic_rows(self.e, row.id):
+        for nic in _nic_rows(self.ctx, row.id):
             result.append(
                 {
                     "network": nic.network,
@@ -690,7 +690,7 @@ class NetworkOps:
             validate_network_name(network)
         # The host ports lock spans the check that a port is free and the spec that takes
         # it: two VMs cannot both be given one host port.
-        with self.e._lock(vm), locks.hold(self.e.paths.locks, PORTS_KEY, what="host ports"):
+        with self.ctx.lock(vm), locks.hold(self.ctx.paths.locks, PORTS_KEY, what="host ports"):
             row = self._vm(vm)
             spec = InstanceSpec.model_validate_json(row.spec_json)
             target = network or (
@@ -712,13 +712,13 @@ class NetworkOps:
             changed = spec.model_copy(update={"network": new})
             live = row.state in _ONLINE
             # passt (the default user-mode NAT) binds forwards only when the VM starts
-            live = live and (target != "nat" or self.e.driver.live_host_forwards(row.id))
-            with self.e._operation(row, "port-add") as op_id:
+            live = live and (target != "nat" or self.ctx.driver.live_host_forwards(row.id))
+            with self.ctx.operation(row, "port-add") as op_id:
                 self._save_spec(row.id, changed)
                 try:
                     if target == "nat":
                         if live:
-                            self.e.driver.add_host_forward(
+                            self.ctx.driver.add_host_forward(
                                 row.id,
                                 HostForward(forward.proto, forward.host_port, forward.guest_port),
                             )
@@ -728,7 +728,7 @@ class NetworkOps:
                 except BaseException:
                     self._save_spec(row.id, spec)
                     raise
-                self.e._event(vm, "port-added", forward.describe(), op_id)
+                self.ctx.event(vm, "port-added", forward.describe(), op_id)
         if target == "nat":
             how = "now" if live else "at its next start"
             where = f"127.0.0.1:{forward.host_port} (user-mode NAT, {how})"
@@ -737,7 +737,7 @@ class NetworkOps:
         return f"{vm}: {forward.proto} {where} -> guest port {forward.guest_port}"
 
     def _check_host_port_free(self, forward: PortForward, own_ssh: int | None) -> None:
-        with self.e.db.session() as s:
+        with self.ctx.db.session() as s:
             rows = s.scalars(select(InstanceRow)).all()
         for other in rows:
             ports = InstanceSpec.model_validate_json(other.spec_json).network.ports
@@ -749,12 +749,12 @@ class NetworkOps:
                 )
 
     def ports(self, vm: str) -> list[dict[str, Any]]:
-        spec = InstanceSpec.model_validate_json(self.e._row(vm).spec_json)
+        spec = InstanceSpec.model_validate_json(self.ctx.row(vm).spec_json)
         return [p.model_dump() for p in spec.network.ports]
 
     def port_remove(self, vm: str, key: str) -> str:
         port, proto = parse_port_key(key)
-        with self.e._lock(vm):
+        with self.ctx.lock(vm):
             row = self._vm(vm)
             spec = InstanceSpec.model_validate_json(row.spec_json)
             match = [p for p in spec.network.ports if (p.host_port, p.proto) == (port, proto)]
@@ -768,26 +768,26 @@ class NetworkOps:
                 update={"ports": tuple(p for p in spec.network.ports if p != forward)}
             )
             kept = ""
-            with self.e._operation(row, "port-remove") as op_id:
+            with self.ctx.operation(row, "port-remove") as op_id:
                 self._save_spec(row.id, spec.model_copy(update={"network": new}))
                 if forward.network == "nat":
                     online = row.state in _ONLINE
-                    if online and not self.e.driver.live_host_forwards(row.id):
+                    if online and not self.ctx.driver.live_host_forwards(row.id):
                         kept = " (the running VM keeps it until its next start)"
                     elif online:
-                        self.e.driver.remove_host_forward(
+                        self.ctx.driver.remove_host_forward(
                             row.id,
                             HostForward(forward.proto, forward.host_port, forward.guest_port),
                         )
                 else:
                     with self._network_lock():
                         self.sync()
-                self.e._event(vm, "port-removed", forward.describe(), op_id)
+                self.ctx.event(vm, "port-removed", forward.describe(), op_id)
         return f"{vm}: port forward {port}/{proto} removed{kept}"
 
     # ------------------------------------------------------------ firewall
     def _groups(self) -> dict[str, FirewallGroup]:
-        with self.e.db.session() as s:
+        with self.ctx.db.session() as s:
             rows = s.scalars(select(FirewallGroupRow)).all()
         return {
             r.name: FirewallGroup(
@@ -816,15 +816,15 @@ class NetworkOps:
         return unique
 
     def _change_firewall(self, vm: str, kind: str, change: Any) -> InstanceSpec:
-        with self.e._lock(vm):
+        with self.ctx.lock(vm):
             row = self._vm(vm)
             spec = InstanceSpec.model_validate_json(row.spec_json)
             new = spec.model_copy(update={"firewall": change(spec.firewall)})
             if new == spec:
                 return spec
-            with self.e._operation(row, kind):
+            with self.ctx.operation(row, kind):
                 self._save_spec(row.id, new)
-                if _nic_rows(self.e, row.id):
+                if _nic_rows(self.ctx, row.id):
                     with self._network_lock():
                         self.sync()
         return new
@@ -839,7 +839,7 @@ class NetworkOps:
         return f"{vm}: allowed {rule.describe()}"
 
     def firewall_remove(self, vm: str, rule: FirewallRule) -> str:
-        spec = InstanceSpec.model_validate_json(self.e._row(vm).spec_json)
+        spec = InstanceSpec.model_validate_json(self.ctx.row(vm).spec_json)
         if rule not in spec.firewall.own_rules():
             raise NotFound(
                 f"{vm} has no rule {rule.describe()}", hint=f"see 'cloudlet firewall list {vm}'"
@@ -856,7 +856,7 @@ class NetworkOps:
     def group_create(self, name: str, rules: list[FirewallRule]) -> str:
         group_name(name)  # a one-line error, not the model's ValidationError
         group = FirewallGroup(name=name, rules=tuple(rules))
-        with self._network_lock(), self.e.db.session() as s:
+        with self._network_lock(), self.ctx.db.session() as s:
             if s.get(FirewallGroupRow, name) is not None:
                 raise Conflict(
                     f"a firewall group named {name!r} already exists",
@@ -871,7 +871,7 @@ class NetworkOps:
 
     def groups(self) -> list[dict[str, Any]]:
         users: dict[str, list[str]] = {}
-        with self.e.db.session() as s:
+        with self.ctx.db.session() as s:
             rows = s.scalars(select(InstanceRow)).all()
         for row in rows:
             for g in InstanceSpec.model_validate_json(row.spec_json).firewall.groups:
@@ -897,7 +897,7 @@ class NetworkOps:
                 f"firewall group {name} is applied to {', '.join(users)}",
                 hint="unapply it first ('cloudlet firewall unapply VM GROUP')",
             )
-        with self._network_lock(), self.e.db.session() as s:
+        with self._network_lock(), self.ctx.db.session() as s:
             row = s.get(FirewallGroupRow, name)
             if row is not None:
                 s.delete(row)
@@ -920,7 +920,7 @@ class NetworkOps:
         return f"{vm}: firewall group {group} {'applied' if apply else 'removed'}"
 
     def firewall_list(self, vm: str) -> dict[str, Any]:
-        row = self.e._row(vm)
+        row = self.ctx.row(vm)
         spec = InstanceSpec.model_validate_json(row.spec_json)
         rules = self.effective_rules(spec.firewall, self._groups())
         return {

@@ -38,6 +38,7 @@ from cloudlet.spec.units import MIB
 from cloudlet.store.models import InstanceRow
 
 if TYPE_CHECKING:
+    from cloudlet.engine.context import EngineContext
     from cloudlet.engine.engine import Engine
 
 T = TypeVar("T")
@@ -60,9 +61,9 @@ class RunningProcessVM:
     copy_limits: CopyLimits = field(default_factory=CopyLimits)
 
 
-def io_dir(engine: Engine, instance_id: str) -> Path:
+def io_dir(ctx: EngineContext, instance_id: str) -> Path:
     """Sockets and share records of a process VM; apart from the driver's runtime dir."""
-    return engine.paths.run / f"{instance_id}.io"
+    return ctx.paths.run / f"{instance_id}.io"
 
 
 def _channel_names(spec: ProcessSpec) -> list[str]:
@@ -218,7 +219,7 @@ class ProcessVMs:
         notices: list[str] = []
         if spec.sandbox and verdict.accel != "kvm":
             notices.append(TCG_WARNING)
-        directory = io_dir(engine, row.id)
+        directory = io_dir(engine.ctx, row.id)
         directory.mkdir(mode=0o700)
         share_sockets = virtiofs.start(directory, [(s.host, s.read_only) for s in spec.shares])
         channels = Channels(directory, _channel_names(spec))
@@ -293,7 +294,7 @@ class ProcessVMs:
         if not engine.driver.wait_shutdown(row.id, 10.0):
             engine.driver.force_stop(row.id)
         engine.driver.cleanup(row.id)
-        release(engine, row.id)
+        release(engine.ctx, row.id)
         (engine.paths.instance_dir(row.id) / "run-initrd.img").unlink(missing_ok=True)
         with engine.db.session() as s:
             fresh = s.get(InstanceRow, row.id)
@@ -306,9 +307,9 @@ class ProcessVMs:
         engine._event(row.name, "kept", "kept after its program ended (--keep)")
 
 
-def release(engine: Engine, instance_id: str) -> None:
+def release(ctx: EngineContext, instance_id: str) -> None:
     """Share daemons, mounts and sockets of a process VM. Idempotent."""
-    directory = io_dir(engine, instance_id)
+    directory = io_dir(ctx, instance_id)
     if directory.exists():
         virtiofs.stop(directory)
         shutil.rmtree(directory, ignore_errors=True)

@@ -53,6 +53,7 @@ from cloudlet.store.models import (
 )
 
 if TYPE_CHECKING:
+    from cloudlet.engine.context import EngineContext
     from cloudlet.engine.engine import Engine
     from cloudlet.engine.views import InstanceView
 
@@ -115,31 +116,31 @@ class SnapshotView:
 
 
 # ---------------------------------------------------------------- hooks the Engine calls
-def default_disk(engine: Engine, instance_id: str) -> Path:
-    return engine.paths.instance_dir(instance_id) / "disk.qcow2"
+def default_disk(ctx: EngineContext, instance_id: str) -> Path:
+    return ctx.paths.instance_dir(instance_id) / "disk.qcow2"
 
 
-def active_disk(engine: Engine, instance_id: str, *, heal: bool = False) -> Path:
+def active_disk(ctx: EngineContext, instance_id: str, *, heal: bool = False) -> Path:
     """The layer the guest writes to: disk.qcow2 until a snapshot moves it.
 
     ``heal`` (only for callers holding the VM's lock): a snapshot is recorded before
     its layer is made; if the layer never came to be (the process died in between),
     roll that record back.
     """
-    with engine.db.session() as s:
+    with ctx.db.session() as s:
         row = s.get(InstanceDiskRow, instance_id)
     if row is None:
-        return default_disk(engine, instance_id)
+        return default_disk(ctx, instance_id)
     path = Path(row.active_path)
     if heal and not path.exists():
-        snaps = _snapshot_rows(engine, instance_id)
+        snaps = _snapshot_rows(ctx, instance_id)
         if snaps and Path(snaps[-1].file).exists():
             below = Path(snaps[-1].file)
-            _undo_snapshot(engine, instance_id, snaps[-1].id, below)
-            with engine.db.session() as s:
+            _undo_snapshot(ctx, instance_id, snaps[-1].id, below)
+            with ctx.db.session() as s:
                 vm = s.get(InstanceRow, instance_id)
             message = f"dropped snapshot {snaps[-1].name}: its layer was never made"
-            engine._event(vm.name if vm is not None else instance_id, "recovered", message)
+            ctx.event(vm.name if vm is not None else instance_id, "recovered", message)
             return below
     return path
 
@@ -149,26 +150,26 @@ def state_file(layer: Path | str) -> Path:
     return Path(f"{layer}.vmstate")
 
 
-def linked_base(engine: Engine, instance_id: str) -> Path | None:
+def linked_base(ctx: EngineContext, instance_id: str) -> Path | None:
     """The snapshot layer (of another VM) a linked clone's disk grows from, or None."""
-    with engine.db.session() as s:
+    with ctx.db.session() as s:
         row = s.get(InstanceDiskRow, instance_id)
         origin = row.origin_snapshot_id if row is not None else None
         snap = s.get(SnapshotRow, origin) if origin is not None else None
         return Path(snap.file) if snap is not None else None
 
 
-def _undo_snapshot(engine: Engine, instance_id: str, snap_id: str, old_top: Path) -> None:
-    with engine.db.session() as s:
+def _undo_snapshot(ctx: EngineContext, instance_id: str, snap_id: str, old_top: Path) -> None:
+    with ctx.db.session() as s:
         snap = s.get(SnapshotRow, snap_id)
         if snap is not None:
             s.delete(snap)
         _set_active(s, instance_id, old_top)
 
 
-def attached_volumes(engine: Engine, instance_id: str) -> list[VolumeRow]:
+def attached_volumes(ctx: EngineContext, instance_id: str) -> list[VolumeRow]:
     """The volumes attached to a VM, in slot order."""
-    with engine.db.session() as s:
+    with ctx.db.session() as s:
         return list(
             s.scalars(
                 select(VolumeRow)
@@ -178,18 +179,18 @@ def attached_volumes(engine: Engine, instance_id: str) -> list[VolumeRow]:
         )
 
 
-def boot_disks(engine: Engine, instance_id: str) -> tuple[ExtraDisk, ...]:
+def boot_disks(ctx: EngineContext, instance_id: str) -> tuple[ExtraDisk, ...]:
     """The volumes attached to a VM, for its launch config (in slot order)."""
-    return tuple(_extra_disk(v) for v in attached_volumes(engine, instance_id))
+    return tuple(_extra_disk(v) for v in attached_volumes(ctx, instance_id))
 
 
-def attached_volume_names(engine: Engine, instance_id: str) -> list[str]:
-    return sorted(v.name for v in attached_volumes(engine, instance_id))
+def attached_volume_names(ctx: EngineContext, instance_id: str) -> list[str]:
+    return sorted(v.name for v in attached_volumes(ctx, instance_id))
 
 
-def check_deletable(engine: Engine, row: InstanceRow) -> None:
+def check_deletable(ctx: EngineContext, row: InstanceRow) -> None:
     """A VM whose snapshots carry linked clones cannot go: their disks grow from it."""
-    clones = _clones_of(engine, [s.id for s in _snapshot_rows(engine, row.id)])
+    clones = _clones_of(ctx, [s.id for s in _snapshot_rows(ctx, row.id)])
     if clones:
         raise Conflict(
             f"{row.name} has linked clones ({', '.join(sorted(clones))}) built on its snapshots",
@@ -197,9 +198,9 @@ def check_deletable(engine: Engine, row: InstanceRow) -> None:
         )
 
 
-def forget(engine: Engine, instance_id: str) -> None:
+def forget(ctx: EngineContext, instance_id: str) -> None:
     """The VM is gone: its volumes stay (detached), its snapshot records go."""
-    with engine.db.session() as s:
+    with ctx.db.session() as s:
         for vol in s.scalars(select(VolumeRow).where(VolumeRow.instance_id == instance_id)):
             vol.instance_id = None
             vol.slot = None
@@ -235,9 +236,9 @@ def _allocated(path: Path) -> int:
         return 0
 
 
-def _snapshot_rows(engine: Engine, instance_id: str) -> list[SnapshotRow]:
+def _snapshot_rows(ctx: EngineContext, instance_id: str) -> list[SnapshotRow]:
     """A VM's snapshots, oldest (lowest in the chain) first."""
-    with engine.db.session() as s:
+    with ctx.db.session() as s:
         return list(
             s.scalars(
                 select(SnapshotRow)
@@ -247,11 +248,11 @@ def _snapshot_rows(engine: Engine, instance_id: str) -> list[SnapshotRow]:
         )
 
 
-def _clones_of(engine: Engine, snapshot_ids: list[str]) -> dict[str, str]:
+def _clones_of(ctx: EngineContext, snapshot_ids: list[str]) -> dict[str, str]:
     """Linked clones (name -> snapshot id) whose disks grow from these snapshots."""
     if not snapshot_ids:
         return {}
-    with engine.db.session() as s:
+    with ctx.db.session() as s:
         rows = s.execute(
             select(InstanceRow.name, InstanceDiskRow.origin_snapshot_id)
             .join(InstanceDiskRow, InstanceDiskRow.instance_id == InstanceRow.id)
@@ -595,8 +596,8 @@ class StorageOps:
             self._require(row, _ONLINE | _OFFLINE, f"attach a volume to {vm}")
             if row.state == VMState.PAUSED:
                 raise Conflict(f"cannot hot-plug into {vm}: it is paused", hint="resume it first")
-            used = {d.slot for d in boot_disks(self.e, row.id)}
-            used |= network_ops.used_slots(self.e, row.id)  # hot-plugged NICs share them
+            used = {d.slot for d in boot_disks(self.e.ctx, row.id)}
+            used |= network_ops.used_slots(self.e.ctx, row.id)  # hot-plugged NICs share them
             free = [slot for slot in range(HOTPLUG_SLOTS) if slot not in used]
             if not free:
                 raise Conflict(
@@ -733,7 +734,7 @@ class StorageOps:
     def _snapshot(self, row: InstanceRow, name: str) -> tuple[int, list[SnapshotRow]]:
         """The index of snapshot ``name`` in the VM's chain, and the chain."""
         names.snapshot_name(name)
-        snaps = _snapshot_rows(self.e, row.id)
+        snaps = _snapshot_rows(self.e.ctx, row.id)
         for i, snap in enumerate(snaps):
             if snap.name == name:
                 return i, snaps
@@ -767,9 +768,9 @@ class StorageOps:
                     f"cannot keep the memory of {vm}: it is {row.state}",
                     hint="start it first, or snapshot its disk only (without --memory)",
                 )
-            if any(s.name == name for s in _snapshot_rows(self.e, row.id)):
+            if any(s.name == name for s in _snapshot_rows(self.e.ctx, row.id)):
                 raise Conflict(f"{vm} already has a snapshot {name!r}", hint="pick another name")
-            old_top = active_disk(self.e, row.id, heal=True)
+            old_top = active_disk(self.e.ctx, row.id, heal=True)
             new_top = self._layers_dir(row.id) / f"{uuid.uuid4()}.qcow2"
             live = row.state in _ONLINE
             # A memory state left by an older snapshot on this file (killed mid-way) is stale.
@@ -804,7 +805,7 @@ class StorageOps:
                     except BaseException:
                         if not live or new_top not in self._chain_or_empty(row.id):
                             new_top.unlink(missing_ok=True)
-                            _undo_snapshot(self.e, row.id, snap_id, old_top)
+                            _undo_snapshot(self.e.ctx, row.id, snap_id, old_top)
                         raise
                     if memory:
                         self._save_memory(vm, name, row.id, snap_id, old_top, new_top)
@@ -847,7 +848,7 @@ class StorageOps:
                     hint=f"delete it ('cloudlet snapshot delete {vm} {name}') and try again",
                 ) from None
             new_top.unlink(missing_ok=True)
-            _undo_snapshot(self.e, instance_id, snap_id, layer)
+            _undo_snapshot(self.e.ctx, instance_id, snap_id, layer)
             if isinstance(exc, OutOfSpace):
                 free = shutil.disk_usage(layer.parent).free >> 20
                 raise CapacityExceeded(
@@ -887,8 +888,8 @@ class StorageOps:
 
     def snapshots(self, vm: str) -> list[SnapshotView]:
         row = self.e._row(vm)
-        snaps = _snapshot_rows(self.e, row.id)
-        clones = _clones_of(self.e, [s.id for s in snaps])
+        snaps = _snapshot_rows(self.e.ctx, row.id)
+        clones = _clones_of(self.e.ctx, [s.id for s in snaps])
         views = []
         for i, snap in enumerate(snaps):
             path = Path(snap.file)
@@ -920,10 +921,10 @@ class StorageOps:
         with self.e._lock(vm):
             row = self._vm_row(vm)
             self._require(row, _OFFLINE, "revert")
-            active_disk(self.e, row.id, heal=True)
+            active_disk(self.e.ctx, row.id, heal=True)
             index, snaps = self._snapshot(row, name)
             later = snaps[index + 1 :]
-            clones = _clones_of(self.e, [s.id for s in later])
+            clones = _clones_of(self.e.ctx, [s.id for s in later])
             if clones:
                 raise Conflict(
                     f"reverting {vm} to {name} would discard snapshots that linked clones "
@@ -931,7 +932,7 @@ class StorageOps:
                     hint="delete those clones first",
                 )
             target = Path(snaps[index].file)
-            old_files = [Path(s.file) for s in later] + [active_disk(self.e, row.id)]
+            old_files = [Path(s.file) for s in later] + [active_disk(self.e.ctx, row.id)]
             new_top = self._layers_dir(row.id) / f"{uuid.uuid4()}.qcow2"
             with self.e._operation(row, "snapshot-revert") as op_id:
                 self.e.deps.disks.create_layer(target, "qcow2", new_top)
@@ -963,10 +964,10 @@ class StorageOps:
     def snapshot_delete(self, vm: str, name: str) -> str:
         with self.e._lock(vm):
             row = self._vm_row(vm)
-            active_disk(self.e, row.id, heal=True)
+            active_disk(self.e.ctx, row.id, heal=True)
             index, snaps = self._snapshot(row, name)
             snap = snaps[index]
-            clones = _clones_of(self.e, [snap.id])
+            clones = _clones_of(self.e.ctx, [snap.id])
             if clones:
                 raise Conflict(
                     f"snapshot {name} is the base of linked clone(s) {', '.join(sorted(clones))}",
@@ -977,7 +978,7 @@ class StorageOps:
             above = (
                 Path(snaps[index + 1].file)
                 if index + 1 < len(snaps)
-                else active_disk(self.e, row.id)
+                else active_disk(self.e.ctx, row.id)
             )
             with self.e._operation(row, "snapshot-delete") as op_id:
                 if row.state in _ONLINE:
@@ -1018,7 +1019,7 @@ class StorageOps:
             index, snaps = self._snapshot(src, snapshot)
             snap = snaps[index]
         elif linked:
-            snaps = _snapshot_rows(self.e, src.id)
+            snaps = _snapshot_rows(self.e.ctx, src.id)
             if not snaps:
                 raise InvalidInput(
                     f"a linked clone grows from a snapshot, and {source} has none",
@@ -1073,7 +1074,7 @@ class StorageOps:
                 with self.e._operation(row, "create") as op_id:
                     instance_dir = self.e.paths.instance_dir(new_id)
                     instance_dir.mkdir(parents=True)
-                    network_ops.allocate(self.e, new_id, spec.network.nics)
+                    network_ops.allocate(self.e.ctx, new_id, spec.network.nics)
                     disk = instance_dir / "disk.qcow2"
                     if linked:
                         assert snap is not None
@@ -1086,7 +1087,7 @@ class StorageOps:
                                 hint="stop it first",
                             )
                         origin = Path(snap.file) if snap is not None else None
-                        self.e.deps.disks.flatten(origin or active_disk(self.e, src.id), disk)
+                        self.e.deps.disks.flatten(origin or active_disk(self.e.ctx, src.id), disk)
                     if (self.e.paths.instance_dir(src.id) / "seed.iso").exists():
                         from cloudlet.engine import access as access_mod
 

@@ -15,15 +15,15 @@ from cloudlet.storage.staging import LEGACY_IMAGE_STAGING, LEGACY_VOLUME_STAGING
 from cloudlet.store.models import PoolRow
 
 if TYPE_CHECKING:
-    from cloudlet.engine.engine import Engine
+    from cloudlet.engine.context import EngineContext
 
 
-def sweep_staging(engine: Engine) -> list[str]:
+def sweep_staging(ctx: EngineContext) -> list[str]:
     """Remove stale staging under the image store and every directory pool; notes."""
-    with engine.db.session() as s:
+    with ctx.db.session() as s:
         pools = s.scalars(select(PoolRow.path).where(PoolRow.kind == "dir")).all()
     notes = []
-    places = [(engine.paths.images, LEGACY_IMAGE_STAGING)]
+    places = [(ctx.paths.images, LEGACY_IMAGE_STAGING)]
     places += [(Path(p), LEGACY_VOLUME_STAGING) for p in pools]
     for parent, legacy in places:
         removed = sweep(parent, legacy)
