@@ -131,10 +131,12 @@ def forget(ctx: EngineContext, instance_id: str) -> None:
 
 # ---------------------------------------------------------------- shared by the services
 def volume_node(volume_id: str) -> str:
+    """A volume's QEMU block node name: from its id, so it stays across renames and boots."""
     return "v" + volume_id.replace("-", "")[:12]
 
 
 def extra_disk(vol: VolumeRow) -> ExtraDisk:
+    """How the driver attaches a volume (a raw LV is a host block device)."""
     block = vol.format == "raw" and vol.path.startswith("/dev/")
     return ExtraDisk(
         node=volume_node(vol.id),
