@@ -20,7 +20,6 @@ from sqlalchemy import select
 
 from cloudlet.driver.base import PowerState
 from cloudlet.engine.engine import CreateRequest, Engine
-from cloudlet.engine.storage_ops import StorageOps
 from cloudlet.errors import Busy, CapacityExceeded, CloudletError, Conflict, NotFound
 from cloudlet.spec.states import CAPACITY_STATES, VMState
 from cloudlet.store.models import InstanceRow, OperationRow, SnapshotRow
@@ -80,11 +79,11 @@ def _one_call(
     elif op == "stop":
         engine.stop(name, force=rng.random() < 0.5)
     elif op == "snapshot":
-        StorageOps(engine).snapshot_create(name, f"s{rng.randrange(1_000_000)}")
+        engine.storage.snapshot_create(name, f"s{rng.randrange(1_000_000)}")
     elif op == "delete":
         engine.delete(name, force=True)
     elif op == "clone":  # from the newest snapshot or the stopped disk, to any name
-        ops = StorageOps(engine)
+        ops = engine.storage
         snaps = ops.snapshots(name) if rng.random() < 0.5 else []
         snapshot = snaps[-1].name if snaps else None
         vm = ops.clone(name, rng.choice(names), snapshot=snapshot)

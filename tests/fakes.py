@@ -183,10 +183,9 @@ def make_fake_engine(home: Path, *, cpus: int = 4, memory: int = 8 * GIB) -> Eng
 def make_vm_with_volume(home: Path) -> Engine:
     """A fake engine with VM web1 (running) and volume data1 (64 MiB) attached to it."""
     from cloudlet.engine.engine import CreateRequest
-    from cloudlet.engine.storage_ops import StorageOps
 
     e = make_fake_engine(home)
     e.create(CreateRequest(name="web1"))
-    StorageOps(e).volume_create("data1", 64 * MIB)
-    StorageOps(e).volume_attach("data1", "web1")
+    e.storage.volume_create("data1", 64 * MIB)
+    e.storage.volume_attach("data1", "web1")
     return e

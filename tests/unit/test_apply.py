@@ -202,10 +202,9 @@ def test_round_trip_keeps_a_user_key_and_its_private_half(
 
 
 def test_create_makes_and_attaches_the_volumes_it_asks_for(engine: Engine) -> None:
-    from cloudlet.engine.storage_ops import StorageOps
 
     engine.create(CreateRequest(name="db1", volumes=(GIB, 2 * GIB)))
-    vols = {v.name: v for v in StorageOps(engine).volumes()}
+    vols = {v.name: v for v in engine.storage.volumes()}
     assert sorted(vols) == ["db1-vol0", "db1-vol1"]
     assert all(v.to_dict()["attached_to"] == "db1" for v in vols.values())
     with pytest.raises(InvalidInput, match="4 at most"):
@@ -216,7 +215,6 @@ def test_create_makes_and_attaches_the_volumes_it_asks_for(engine: Engine) -> No
 def test_a_failed_create_takes_its_new_volumes_along(
     engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from cloudlet.engine.storage_ops import StorageOps
 
     def broken_boot(*args: object, **kwargs: object) -> None:
         raise RuntimeError("boot failed")
@@ -224,5 +222,5 @@ def test_a_failed_create_takes_its_new_volumes_along(
     monkeypatch.setattr(engine, "_boot", broken_boot)
     with pytest.raises(RuntimeError):
         engine.create(CreateRequest(name="db3", volumes=(GIB,)))
-    assert StorageOps(engine).volumes() == []
+    assert engine.storage.volumes() == []
     assert engine.instances() == []

@@ -21,7 +21,7 @@ from cloudlet.driver.base import DiskCopy
 from cloudlet.driver.fake.driver import FakeDriver
 from cloudlet.engine.backup_ops import BackupOps
 from cloudlet.engine.engine import CreateRequest, Engine
-from cloudlet.engine.storage_ops import StorageOps, active_disk
+from cloudlet.engine.storage_rows import active_disk
 from cloudlet.errors import CapacityExceeded, Conflict, InvalidInput, OutOfSpace, StoreCorrupt
 from cloudlet.spec.instance import BackupPolicy, Retention
 from cloudlet.spec.units import parse_duration
@@ -147,7 +147,7 @@ def test_lost_or_inconsistent_bitmaps_read_everything_and_say_why(
 ) -> None:
     write(engine, 0, "a")
     ops.create("web1")
-    StorageOps(engine).snapshot_create("web1", "s1")  # a new active layer: no bitmap
+    engine.storage.snapshot_create("web1", "s1")  # a new active layer: no bitmap
     write(engine, CHUNK_SIZE, "b")
     after_snapshot = ops.create("web1")
     assert after_snapshot.kind == "full" and "snapshot" in after_snapshot.note
@@ -345,7 +345,7 @@ def test_run_due_backs_up_due_vms_then_prunes(engine: Engine, ops: BackupOps) ->
 # ---------------------------------------------------------------- restore in place
 def test_restore_in_place_drops_memory_snapshot_states(engine: Engine, ops: BackupOps) -> None:
     backup = ops.create("web1")
-    StorageOps(engine).snapshot_create("web1", "s1", memory=True)
+    engine.storage.snapshot_create("web1", "s1", memory=True)
     instance_dir = engine.paths.instance_dir(vm_id(engine))
     assert len(list(instance_dir.rglob("*.vmstate"))) == 1
     ops.restore("web1", backup_id=backup.id, force=True)
@@ -355,7 +355,7 @@ def test_restore_in_place_drops_memory_snapshot_states(engine: Engine, ops: Back
 def test_restore_in_place_needs_a_stopped_vm_or_force(engine: Engine, ops: BackupOps) -> None:
     write(engine, 0, "good")
     backup = ops.create("web1")
-    StorageOps(engine).snapshot_create("web1", "s1")
+    engine.storage.snapshot_create("web1", "s1")
     write(engine, 0, "bad")
     with pytest.raises(Conflict, match="it is running"):
         ops.restore("web1", backup_id=backup.id)
@@ -367,11 +367,11 @@ def test_restore_in_place_needs_a_stopped_vm_or_force(engine: Engine, ops: Backu
     disk = active_disk(engine, vm_id(engine))
     assert disk.name.startswith("disk-") and FakeDisks().backing(disk) is None
     assert sorted(p.name for p in disk.parent.glob("*.qcow2")) == [disk.name]
-    assert StorageOps(engine).snapshots("web1") == []
+    assert engine.storage.snapshots("web1") == []
     assert not list((engine.paths.instance_dir(vm_id(engine)) / "layers").iterdir())
     # a snapshot on the restored disk, then a restore killed before its switch: the next
     # restore removes the orphan, never the restored disk the chain grows from
-    StorageOps(engine).snapshot_create("web1", "s2")
+    engine.storage.snapshot_create("web1", "s2")
     (disk.parent / ".restore-dead.raw").write_text("x")
     (disk.parent / "disk-orphan.qcow2").write_text("{}")
     ops.restore("web1", backup_id=backup.id, force=True)

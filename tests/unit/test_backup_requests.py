@@ -17,7 +17,7 @@ from cloudlet.engine.backup_requests import (
     update_policy,
 )
 from cloudlet.engine.engine import CreateRequest
-from cloudlet.engine.storage_ops import active_disk
+from cloudlet.engine.storage_rows import active_disk
 from cloudlet.errors import BackupsCorrupt, InvalidInput, StoreCorrupt
 from tests.fakes import FakeDisks, make_fake_engine
 

@@ -17,7 +17,7 @@ from cloudlet.engine.backup_disks import VmDisk, usable_bitmap
 from cloudlet.engine.backup_ops import BackupOps
 from cloudlet.engine.backup_restore import pool_dir
 from cloudlet.engine.engine import CreateRequest, Engine
-from cloudlet.engine.storage_ops import StorageOps, active_disk
+from cloudlet.engine.storage_rows import active_disk
 from cloudlet.errors import Conflict, InvalidInput, NotFound, StoreCorrupt
 from cloudlet.store.models import PoolRow
 from tests.fakes import FakeDisks, make_vm_with_volume
@@ -40,7 +40,7 @@ def root_of(engine: Engine, vm: str) -> Path:
 
 
 def vol(engine: Engine, name: str) -> Path:
-    return Path(StorageOps(engine).volume(name).path)
+    return Path(engine.storage.volume(name).path)
 
 
 def put(path: Path, offset: int, text: str) -> None:
@@ -65,13 +65,13 @@ def test_one_backup_holds_every_disk_and_each_reads_incrementally(
     assert [(d.name, d.read) for d in inc.disks] == [(ROOT, 0), ("data1", 2)]
     # each disk keeps only the newest bitmap
     iid = engine.show("web1").id
-    for node in (None, StorageOps(engine)._volume("data1").id):
+    for node in (None, engine.storage.volume_row("data1").id):
         node_name = None if node is None else "v" + node.replace("-", "")[:12]
         names = [b.name for b in engine.driver.disk_bitmaps(iid, node_name)]
         assert names == ["cloudlet-" + inc.id]
     # a volume attached since: read whole, said which and why; the others incremental
-    StorageOps(engine).volume_create("data2", 8 * MIB)
-    StorageOps(engine).volume_attach("data2", "web1")
+    engine.storage.volume_create("data2", 8 * MIB)
+    engine.storage.volume_attach("data2", "web1")
     put(vol(engine, "data2"), 0, "new volume")
     third = ops.create("web1")
     assert third.kind == "incremental" and [d.name for d in third.disks][-1] == "data2"
@@ -106,7 +106,7 @@ def test_bitmap_decisions_per_disk() -> None:
 def test_an_old_single_disk_manifest_still_reads_and_an_incremental_builds_on_it(
     engine: Engine, ops: BackupOps
 ) -> None:
-    StorageOps(engine).volume_detach("data1")
+    engine.storage.volume_detach("data1")
     put(root_of(engine, "web1"), 0, "old")
     first = ops.create("web1")
     path = ops.store.manifest_path(engine.show("web1").id, first.id)
@@ -138,15 +138,15 @@ def test_restore_as_makes_new_volumes_and_refuses_a_taken_name_first(
     message = ops.restore("web1", backup_id=backup.id, as_name="copy")
     assert "with volume(s) copy-data1" in message
     assert FakeDisks.content(vol(engine, "copy-data1")) == {"7": "volume data"}
-    assert StorageOps(engine).volume("copy-data1").attached_to == "copy"
+    assert engine.storage.volume("copy-data1").attached_to == "copy"
     # a name taken: refused in one line, nothing made
-    StorageOps(engine).volume_create("again-data1", MIB)
-    before = sorted(v.name for v in StorageOps(engine).volumes())
+    engine.storage.volume_create("again-data1", MIB)
+    before = sorted(v.name for v in engine.storage.volumes())
     with pytest.raises(Conflict, match="'again-data1' already exists") as info:
         ops.restore("web1", backup_id=backup.id, as_name="again")
     assert "\n" not in info.value.one_line()
     assert "again" not in [v.name for v in engine.instances()]
-    assert sorted(v.name for v in StorageOps(engine).volumes()) == before
+    assert sorted(v.name for v in engine.storage.volumes()) == before
 
 
 def test_restore_in_place_is_all_or_nothing_and_recreates_deleted_volumes(
@@ -173,17 +173,17 @@ def test_restore_in_place_is_all_or_nothing_and_recreates_deleted_volumes(
     ops.store.chunk_path(chunk).write_bytes(good)
     # the volume deleted since, another attached now: the first comes back, the other stays
     engine.stop("web1")
-    StorageOps(engine).volume_detach("data1")
-    StorageOps(engine).volume_delete("data1")
-    StorageOps(engine).volume_create("scratch", MIB)
-    StorageOps(engine).volume_attach("scratch", "web1")
+    engine.storage.volume_detach("data1")
+    engine.storage.volume_delete("data1")
+    engine.storage.volume_create("scratch", MIB)
+    engine.storage.volume_attach("scratch", "web1")
     message = ops.restore("web1", backup_id=backup.id)
     assert "volume data1 recreated in pool default" in message
     assert "scratch were not in the backup and stay as they are" in message
     assert FakeDisks.content(root_of(engine, "web1")) == {"0": "root v1"}
     assert FakeDisks.content(vol(engine, "data1")) == {"0": "data v1"}
-    assert StorageOps(engine).volume("data1").attached_to == "web1"
-    assert StorageOps(engine).volume("scratch").attached_to == "web1"
+    assert engine.storage.volume("data1").attached_to == "web1"
+    assert engine.storage.volume("scratch").attached_to == "web1"
 
 
 def test_restore_swaps_every_disk_in_one_commit_and_sweeps_what_a_killed_one_left(
@@ -232,7 +232,7 @@ def test_restore_swaps_every_disk_in_one_commit_and_sweeps_what_a_killed_one_lef
 def test_restore_refuses_clearly_when_a_volume_cannot_go_back(
     engine: Engine, ops: BackupOps, short_tmp: Path
 ) -> None:
-    storage = StorageOps(engine)
+    storage = engine.storage
     storage.pool_create("fast", short_tmp / "fast")
     storage.volume_create("quick", MIB, "fast")
     storage.volume_attach("quick", "web1")
@@ -277,7 +277,7 @@ def test_export_import_carries_the_volumes_and_old_exports_still_import(
     view = ops.import_(short_tmp / "web1.cloudlet", "web2")
     assert view.state == "stopped"
     assert FakeDisks.content(vol(engine, "web2-data1")) == {"3": "in the volume"}
-    assert StorageOps(engine).volume("web2-data1").attached_to == "web2"
+    assert engine.storage.volume("web2-data1").attached_to == "web2"
 
     # a volume with a backing file is refused, and nothing is left behind
     x = short_tmp / "x"
@@ -291,11 +291,11 @@ def test_export_import_carries_the_volumes_and_old_exports_still_import(
     with tarfile.open(short_tmp / "bad.cloudlet", "w") as tar:
         for name in names:
             tar.add(x / name, arcname=name)
-    vols_before = sorted(v.name for v in StorageOps(engine).volumes())
+    vols_before = sorted(v.name for v in engine.storage.volumes())
     with pytest.raises(InvalidInput, match="backing"):
         ops.import_(short_tmp / "bad.cloudlet", "evil")
     assert "evil" not in [v.name for v in engine.instances()]
-    assert sorted(v.name for v in StorageOps(engine).volumes()) == vols_before
+    assert sorted(v.name for v in engine.storage.volumes()) == vols_before
     assert not list(vol(engine, "data1").parent.glob(".import-*"))
 
     # a format 1 export (root disk only, as cloudlet wrote before) still imports

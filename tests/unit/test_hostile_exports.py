@@ -18,7 +18,6 @@ import pytest
 
 from cloudlet.engine.backup_ops import BackupOps
 from cloudlet.engine.engine import CreateRequest, Engine
-from cloudlet.engine.storage_ops import StorageOps
 from cloudlet.errors import CloudletError
 from tests.fakes import FakeDisks, make_fake_engine
 from tests.unit.test_hostile_manifests import snapshot as vms_and_volumes
@@ -52,9 +51,9 @@ def exported(short_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[BackupOp
     (ssh / "id_me").write_text("private\n")
     e = make_fake_engine(short_tmp / "home")
     e.create(CreateRequest(name="web1", image="cloudy", ssh_keys=(ssh / "id_me.pub",)))
-    StorageOps(e).volume_create("data1", 64 * MIB)
-    StorageOps(e).volume_attach("data1", "web1")
-    FakeDisks.write(Path(StorageOps(e).volume("data1").path), "0", "data")
+    e.storage.volume_create("data1", 64 * MIB)
+    e.storage.volume_attach("data1", "web1")
+    FakeDisks.write(Path(e.storage.volume("data1").path), "0", "data")
     e.stop("web1")
     ops = BackupOps(e)
     ops.export("web1", short_tmp / "web1.cloudlet")

@@ -18,7 +18,6 @@ from cloudlet.backup.manifest_check import canonical
 from cloudlet.backup.store import Manifest
 from cloudlet.engine.backup_ops import MANIFEST_KEY, BackupOps
 from cloudlet.engine.engine import Engine
-from cloudlet.engine.storage_ops import StorageOps
 from cloudlet.errors import CloudletError, ManifestRefused, NotFound, StoreCorrupt
 from tests.fakes import FakeDisks, make_vm_with_volume
 
@@ -41,7 +40,7 @@ def snapshot(engine: Engine) -> dict[str, str]:
             if path.is_file():
                 found[str(path)] = hashlib.sha256(path.read_bytes()).hexdigest()
     found["vms"] = ",".join(sorted(v.name for v in engine.instances()))
-    found["volumes"] = ",".join(sorted(v.name for v in StorageOps(engine).volumes()))
+    found["volumes"] = ",".join(sorted(v.name for v in engine.storage.volumes()))
     return found
 
 
@@ -140,7 +139,7 @@ def test_a_crafted_manifest_is_refused_by_every_reader(
     ops: BackupOps, case: str, edit: Callable[[Body], Body], says: str
 ) -> None:
     engine = ops.e
-    FakeDisks.write(Path(StorageOps(engine).volume("data1").path), "0", "data")
+    FakeDisks.write(Path(engine.storage.volume("data1").path), "0", "data")
     backup = ops.create("web1")
     engine.stop("web1")
     path = ops.store.manifest_path(engine.show("web1").id, backup.id)
@@ -248,7 +247,7 @@ def test_latest_skips_a_forged_newest_manifest_and_restores_the_one_before(
     ops: BackupOps,
 ) -> None:
     engine = ops.e
-    FakeDisks.write(Path(StorageOps(engine).volume("data1").path), "0", "good")
+    FakeDisks.write(Path(engine.storage.volume("data1").path), "0", "good")
     good = ops.create("web1")
     forged = ops.create("web1")
     path = ops.store.manifest_path(engine.show("web1").id, forged.id)
@@ -259,7 +258,7 @@ def test_latest_skips_a_forged_newest_manifest_and_restores_the_one_before(
     message = ops.restore("web1", as_name="copy")  # --latest
     assert good.id in message and forged.id not in message
     assert any(forged.id in n and str(path) in n for n in engine.notices)
-    assert FakeDisks.content(Path(StorageOps(engine).volume("copy-data1").path)) == {"0": "good"}
+    assert FakeDisks.content(Path(engine.storage.volume("copy-data1").path)) == {"0": "good"}
     assert {b.id: b.verified for b in ops.backups("web1")}[forged.id] == "failed"
     engine.stop("web1")
     assert good.id in ops.restore("web1")  # in place, --latest: the same

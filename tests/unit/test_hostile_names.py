@@ -31,7 +31,6 @@ from cloudlet.engine import factory
 from cloudlet.engine.backup_ops import BackupOps
 from cloudlet.engine.deps import EngineDeps
 from cloudlet.engine.engine import CreateRequest, Engine
-from cloudlet.engine.storage_ops import StorageOps
 from cloudlet.errors import InvalidInput, NotFound
 from cloudlet.host.kvm import AccelVerdict
 from cloudlet.images.store import ImageStore
@@ -215,7 +214,7 @@ def world() -> Iterator[tuple[Path, Path, Path]]:
     )
     engine = Engine(settings, deps, Database(settings.paths.database))
     engine.create(CreateRequest(name="web1", image="seed"), start=False)
-    storage = StorageOps(engine)
+    storage = engine.storage
     storage.volume_create("data1", GIB)
     storage.snapshot_create("web1", "s1")
     engine.networks.group_create("g1", [FirewallRule(port=22)])

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from cloudlet.engine.engine import CreateRequest
-from cloudlet.engine.storage_ops import StorageOps
 from cloudlet.errors import InvalidInput, LimitExceeded
 from cloudlet.host import run as host_run
 from cloudlet.host.run import Limits, _limit_hit
@@ -56,7 +55,7 @@ def test_sweep_waits_for_a_live_stager(tmp_path: Path) -> None:
 
 def test_recovery_sweeps_the_image_store_and_pools(short_tmp: Path) -> None:
     engine = make_fake_engine(short_tmp / "home")
-    pool = Path(StorageOps(engine).pools()[0].path)  # the default pool
+    pool = Path(engine.storage.pools()[0].path)  # the default pool
     image_stale, _, image_unrelated = _plant(engine.paths.images)
     pool_stale = pool / f"{PREFIX}vm-import"
     pool_stale.mkdir()
@@ -109,7 +108,7 @@ def test_create_refuses_a_disk_over_the_cap(short_tmp: Path) -> None:
         engine.create(CreateRequest(name="big", disk_size=1 << 50))
     assert engine.instances() == []
     capped = dataclasses.replace(engine.settings, max_image_size=1 << 20)
-    engine.settings = capped
+    engine.settings = engine.ctx.settings = capped
     with pytest.raises(InvalidInput, match=r"256 MiB, over this host's cap of 1 MiB") as err:
         engine.create(CreateRequest(name="small"))  # the image itself is over 1 MiB
     assert "raise images.max_virtual_size in config.toml" in (err.value.hint or "")
@@ -166,7 +165,7 @@ def test_a_check_report_passes_only_when_clean(report: dict[str, int], refused: 
 
 def test_leftovers_of_earlier_versions_are_swept_by_their_exact_names(short_tmp: Path) -> None:
     engine = make_fake_engine(short_tmp / "home")
-    pool = Path(StorageOps(engine).pools()[0].path)
+    pool = Path(engine.storage.pools()[0].path)
     old_image = engine.paths.images / ".import-k2j_9x0a"
     old_image.mkdir()
     (old_image / "source.qcow2").write_bytes(b"old")

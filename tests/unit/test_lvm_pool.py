@@ -12,7 +12,8 @@ import pytest
 
 from cloudlet.driver.fake.driver import FakeDriver
 from cloudlet.engine.engine import Engine
-from cloudlet.engine.storage_ops import StorageOps, boot_disks
+from cloudlet.engine.storage import StorageService
+from cloudlet.engine.storage_rows import boot_disks
 from cloudlet.errors import (
     CapacityExceeded,
     Conflict,
@@ -166,15 +167,15 @@ def engine(short_tmp: Path) -> Engine:
 
 
 @pytest.fixture
-def ops(engine: Engine) -> StorageOps:
-    return StorageOps(engine)
+def ops(engine: Engine) -> StorageService:
+    return engine.storage
 
 
 DEVS = ("/dev/loop7", "/dev/loop8")
 
 
 def test_pool_over_two_devices_holds_a_thin_volume_larger_than_either(
-    ops: StorageOps, fake_lvm: FakeLvm
+    ops: StorageService, fake_lvm: FakeLvm
 ) -> None:
     pool = ops.pool_create("big", kind="lvm", devices=DEVS)
     assert fake_lvm.commands() == [
@@ -206,7 +207,7 @@ def test_pool_over_two_devices_holds_a_thin_volume_larger_than_either(
 
 
 def test_attach_resize_detach_delete_and_pool_delete(
-    engine: Engine, ops: StorageOps, fake_lvm: FakeLvm
+    engine: Engine, ops: StorageService, fake_lvm: FakeLvm
 ) -> None:
     ops.pool_create("big", kind="lvm", devices=DEVS)
     ops.volume_create("data1", 64 * MIB, pool="big")
@@ -250,7 +251,7 @@ def _request(name: str) -> Any:
 
 
 def test_without_thin_provisioning_volumes_are_plain_lvs_within_the_vg(
-    ops: StorageOps, fake_lvm: FakeLvm
+    ops: StorageService, fake_lvm: FakeLvm
 ) -> None:
     fake_lvm.thin_ok = False
     pool = ops.pool_create("big", kind="lvm", devices=DEVS)
@@ -258,7 +259,7 @@ def test_without_thin_provisioning_volumes_are_plain_lvs_within_the_vg(
         "pvcreate --yes /dev/loop7 /dev/loop8",
         "vgcreate --yes cloudlet-big /dev/loop7 /dev/loop8",
     ]
-    assert any("thin provisioning is not available" in n for n in ops.e.notices)
+    assert any("thin provisioning is not available" in n for n in ops.notices)
     assert pool.limit == pool.fs_total  # no overcommit for thick LVs
     fake_lvm.log.clear()
     ops.volume_create("data1", 1534 * MIB, pool="big")
@@ -294,7 +295,7 @@ def test_without_thin_provisioning_volumes_are_plain_lvs_within_the_vg(
     ],
 )
 def test_devices_in_use_are_refused_before_anything_changes(
-    ops: StorageOps,
+    ops: StorageService,
     fake_lvm: FakeLvm,
     devices: tuple[str, ...],
     setup: tuple[str, Any] | None,
@@ -316,7 +317,7 @@ def test_devices_in_use_are_refused_before_anything_changes(
 
 
 def test_refused_without_device_mapper_and_when_the_vg_exists(
-    ops: StorageOps, fake_lvm: FakeLvm, monkeypatch: pytest.MonkeyPatch
+    ops: StorageService, fake_lvm: FakeLvm, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fake_lvm.vgs["cloudlet-big"] = {}
     with pytest.raises(Conflict, match="volume group cloudlet-big already exists"):
@@ -327,7 +328,7 @@ def test_refused_without_device_mapper_and_when_the_vg_exists(
     assert fake_lvm.commands() == []
 
 
-def test_a_failed_step_undoes_the_earlier_ones(ops: StorageOps, fake_lvm: FakeLvm) -> None:
+def test_a_failed_step_undoes_the_earlier_ones(ops: StorageService, fake_lvm: FakeLvm) -> None:
     fake_lvm.fail = "lvcreate"
     with pytest.raises(Exception, match="lvcreate"):
         ops.pool_create("big", kind="lvm", devices=DEVS)

@@ -11,7 +11,6 @@ import pytest
 from cloudlet.driver.fake.driver import FakeDriver
 from cloudlet.engine.engine import CreateRequest, Engine
 from cloudlet.engine.network_ops import split_networks
-from cloudlet.engine.storage_ops import StorageOps
 from cloudlet.errors import Conflict, InvalidInput, MissingDependency, NeedsRoot, NotFound
 from cloudlet.network import bridge, dnsmasq, links, nft, tap
 from cloudlet.spec.network import (
@@ -335,7 +334,7 @@ def test_stopped_vm_comes_back_with_its_network(engine: Engine, host: FakeHost) 
 
 def test_hot_plug_nic_shares_slots_with_volumes(engine: Engine, host: FakeHost) -> None:
     ops = engine.networks
-    storage = StorageOps(engine)
+    storage = engine.storage
     ops.network_create("lab", "10.80.2.0/24", mode="isolated")
     engine.create(CreateRequest(name="web1"))
     iid = engine.show("web1").id
@@ -483,7 +482,7 @@ def test_a_clone_gets_its_own_addresses_not_the_forwards(engine: Engine, host: F
     engine.create(CreateRequest(name="web1", networks=("backend",)))
     ops.port_add("web1", "8080:80")
     engine.stop("web1", force=True)
-    StorageOps(engine).clone("web1", "web2")
+    engine.storage.clone("web1", "web2")
     assert {v["name"]: v["ip"] for v in ops.network("backend").vms} == {
         "web1": "10.80.1.10", "web2": "10.80.1.11"
     }  # fmt: skip

@@ -13,7 +13,8 @@ import pytest
 
 from cloudlet.driver.fake.driver import FakeDriver
 from cloudlet.engine.engine import CreateRequest, Engine
-from cloudlet.engine.storage_ops import StorageOps, _snapshot_rows, active_disk, boot_disks
+from cloudlet.engine.storage import StorageService
+from cloudlet.engine.storage_rows import active_disk, boot_disks, snapshot_rows
 from cloudlet.errors import (
     CapacityExceeded,
     CloudletError,
@@ -33,8 +34,8 @@ def engine(short_tmp: Path) -> Engine:
 
 
 @pytest.fixture
-def ops(engine: Engine) -> StorageOps:
-    return StorageOps(engine)
+def ops(engine: Engine) -> StorageService:
+    return engine.storage
 
 
 def fake(engine: Engine) -> FakeDriver:
@@ -56,14 +57,14 @@ def content(engine: Engine, vm: str) -> dict[str, str]:
 
 
 # ---------------------------------------------------------------- pools
-def test_default_pool_lives_in_the_state_directory(engine: Engine, ops: StorageOps) -> None:
+def test_default_pool_lives_in_the_state_directory(engine: Engine, ops: StorageService) -> None:
     (pool,) = ops.pools()
     assert pool.name == "default" and Path(pool.path) == engine.paths.home / "pools" / "default"
     assert pool.fs_total > 0 and pool.limit == int(pool.fs_total * 2.0)
     assert (pool.volumes, pool.committed) == (0, 0)
 
 
-def test_pool_create_list_and_delete(ops: StorageOps, short_tmp: Path) -> None:
+def test_pool_create_list_and_delete(ops: StorageService, short_tmp: Path) -> None:
     ops.pool_create("fast", short_tmp / "fast")
     assert (short_tmp / "fast").is_dir()
     assert [p.name for p in ops.pools()] == ["default", "fast"]
@@ -86,7 +87,7 @@ def test_pool_create_list_and_delete(ops: StorageOps, short_tmp: Path) -> None:
 
 
 # ---------------------------------------------------------------- volumes
-def test_volume_create_is_thin_and_counted(ops: StorageOps) -> None:
+def test_volume_create_is_thin_and_counted(ops: StorageService) -> None:
     vol = ops.volume_create("data1", 50 * GIB)
     assert Path(vol.path).exists() and vol.pool == "default" and vol.size == 50 * GIB
     assert json.loads(Path(vol.path).read_text())["size"] == 50 * GIB
@@ -96,7 +97,7 @@ def test_volume_create_is_thin_and_counted(ops: StorageOps) -> None:
 
 
 def test_volume_beyond_the_thin_limit_is_refused_and_leaves_nothing(
-    engine: Engine, ops: StorageOps
+    engine: Engine, ops: StorageService
 ) -> None:
     ops.volume_create("a", GIB)
     with pytest.raises(CapacityExceeded, match=r"pool default cannot take 100 TiB more: .* left"):
@@ -110,7 +111,7 @@ def test_volume_beyond_the_thin_limit_is_refused_and_leaves_nothing(
 
 
 def test_a_full_pool_file_system_is_named_and_leaves_nothing(
-    engine: Engine, ops: StorageOps, monkeypatch: pytest.MonkeyPatch
+    engine: Engine, ops: StorageService, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def no_space(path: Path, size: int) -> None:
         path.write_bytes(b"half")  # qemu-img may leave a piece behind
@@ -135,12 +136,12 @@ def test_overcommit_ratio_is_a_setting(short_tmp: Path) -> None:
     from dataclasses import replace
 
     engine = make_fake_engine(short_tmp / "home")
-    engine.settings = replace(engine.settings, storage_overcommit=0.0001)
+    engine.ctx.settings = replace(engine.ctx.settings, storage_overcommit=0.0001)
     with pytest.raises(CapacityExceeded):
-        StorageOps(engine).volume_create("a", GIB)
+        engine.storage.volume_create("a", GIB)
 
 
-def test_volume_errors(engine: Engine, ops: StorageOps) -> None:
+def test_volume_errors(engine: Engine, ops: StorageService) -> None:
     ops.volume_create("data1", GIB)
     with pytest.raises(Conflict, match="already exists"):
         ops.volume_create("data1", GIB)
@@ -160,7 +161,9 @@ def test_volume_errors(engine: Engine, ops: StorageOps) -> None:
         ops.volume_attach("nope", "web1")
 
 
-def test_hotplug_into_a_running_vm_and_back_at_next_boot(engine: Engine, ops: StorageOps) -> None:
+def test_hotplug_into_a_running_vm_and_back_at_next_boot(
+    engine: Engine, ops: StorageService
+) -> None:
     engine.create(CreateRequest(name="web1"))
     ops.volume_create("data1", 2 * GIB)
     message = ops.volume_attach("data1", "web1")
@@ -189,7 +192,7 @@ def test_hotplug_into_a_running_vm_and_back_at_next_boot(engine: Engine, ops: St
     assert ops.volumes() == []
 
 
-def test_attach_to_a_stopped_vm_takes_effect_at_start(engine: Engine, ops: StorageOps) -> None:
+def test_attach_to_a_stopped_vm_takes_effect_at_start(engine: Engine, ops: StorageService) -> None:
     engine.create(CreateRequest(name="web1"), start=False)
     ops.volume_create("data1", GIB)
     assert "next start" in ops.volume_attach("data1", "web1")
@@ -200,7 +203,7 @@ def test_attach_to_a_stopped_vm_takes_effect_at_start(engine: Engine, ops: Stora
     assert engine.exec("web1", ["cat", "/sys/block/vdb/size"]).stdout == b"%d\n" % (2 * GIB // 512)
 
 
-def test_slots_run_out_and_a_volume_has_one_vm(engine: Engine, ops: StorageOps) -> None:
+def test_slots_run_out_and_a_volume_has_one_vm(engine: Engine, ops: StorageService) -> None:
     engine.create(CreateRequest(name="web1"))
     engine.create(CreateRequest(name="web2", type="gp.micro"))
     for i in range(5):
@@ -217,7 +220,7 @@ def test_slots_run_out_and_a_volume_has_one_vm(engine: Engine, ops: StorageOps) 
     assert slots == {"v0": 0, "v1": 1, "v4": 2, "v3": 3}
 
 
-def test_deleting_a_vm_keeps_its_volumes(engine: Engine, ops: StorageOps) -> None:
+def test_deleting_a_vm_keeps_its_volumes(engine: Engine, ops: StorageService) -> None:
     engine.create(CreateRequest(name="web1"))
     ops.volume_create("data1", GIB)
     ops.volume_attach("data1", "web1")
@@ -228,7 +231,7 @@ def test_deleting_a_vm_keeps_its_volumes(engine: Engine, ops: StorageOps) -> Non
 
 # ---------------------------------------------------------------- snapshots
 def test_live_snapshot_freezes_the_guest_and_moves_the_active_layer(
-    engine: Engine, ops: StorageOps
+    engine: Engine, ops: StorageService
 ) -> None:
     engine.create(CreateRequest(name="web1"))
     iid = vm_id(engine, "web1")
@@ -247,7 +250,7 @@ def test_live_snapshot_freezes_the_guest_and_moves_the_active_layer(
 
 
 def test_snapshot_without_a_working_agent_is_crash_consistent(
-    engine: Engine, ops: StorageOps, monkeypatch: pytest.MonkeyPatch
+    engine: Engine, ops: StorageService, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     engine.create(CreateRequest(name="web1"))
 
@@ -261,7 +264,7 @@ def test_snapshot_without_a_working_agent_is_crash_consistent(
 
 
 def test_revert_brings_back_deleted_data_and_discards_later_snapshots(
-    engine: Engine, ops: StorageOps
+    engine: Engine, ops: StorageService
 ) -> None:
     engine.create(CreateRequest(name="web1"))
     write(engine, "web1", "/root/keep", "v1")
@@ -285,7 +288,7 @@ def test_revert_brings_back_deleted_data_and_discards_later_snapshots(
 
 
 def test_revert_to_unknown_or_foreign_snapshots_is_a_clear_error(
-    engine: Engine, ops: StorageOps
+    engine: Engine, ops: StorageService
 ) -> None:
     engine.create(CreateRequest(name="web1"), start=False)
     engine.create(CreateRequest(name="web2"), start=False)
@@ -298,7 +301,7 @@ def test_revert_to_unknown_or_foreign_snapshots_is_a_clear_error(
 
 @pytest.mark.parametrize("running", [True, False])
 def test_snapshot_delete_merges_so_no_data_is_lost(
-    engine: Engine, ops: StorageOps, running: bool
+    engine: Engine, ops: StorageService, running: bool
 ) -> None:
     engine.create(CreateRequest(name="web1"))
     write(engine, "web1", "a", "1")
@@ -310,7 +313,7 @@ def test_snapshot_delete_merges_so_no_data_is_lost(
         engine.stop("web1")
     expected = {"a": "1", "b": "2", "c": "3"}
     assert content(engine, "web1") == expected
-    files = {s.name: Path(s.file) for s in _snapshot_rows(engine, vm_id(engine, "web1"))}
+    files = {s.name: Path(s.file) for s in snapshot_rows(engine, vm_id(engine, "web1"))}
     ops.snapshot_delete("web1", "s1")  # the oldest: its layer is disk.qcow2
     assert content(engine, "web1") == expected
     assert not files["s1"].exists()
@@ -322,7 +325,7 @@ def test_snapshot_delete_merges_so_no_data_is_lost(
         assert fake(engine).disk_chain(iid) == [active_disk(engine, iid)]
 
 
-def test_snapshot_list_is_a_chain(engine: Engine, ops: StorageOps) -> None:
+def test_snapshot_list_is_a_chain(engine: Engine, ops: StorageService) -> None:
     engine.create(CreateRequest(name="web1"), start=False)
     ops.snapshot_create("web1", "s1")
     ops.snapshot_create("web1", "s2")
@@ -331,7 +334,7 @@ def test_snapshot_list_is_a_chain(engine: Engine, ops: StorageOps) -> None:
 
 
 # ---------------------------------------------------------------- clones
-def test_full_clone_copies_the_data_into_a_new_vm(engine: Engine, ops: StorageOps) -> None:
+def test_full_clone_copies_the_data_into_a_new_vm(engine: Engine, ops: StorageService) -> None:
     engine.create(CreateRequest(name="web1"))
     write(engine, "web1", "f", "1")
     with pytest.raises(Conflict, match="cannot clone web1: it is running") as refused:
@@ -353,7 +356,7 @@ def test_full_clone_copies_the_data_into_a_new_vm(engine: Engine, ops: StorageOp
         ops.clone("web1", "web1-test")
 
 
-def test_linked_clone_pins_its_snapshot(engine: Engine, ops: StorageOps) -> None:
+def test_linked_clone_pins_its_snapshot(engine: Engine, ops: StorageService) -> None:
     engine.create(CreateRequest(name="web1"), start=False)
     with pytest.raises(InvalidInput, match="has none"):
         ops.clone("web1", "lc", linked=True)
@@ -378,7 +381,7 @@ def test_linked_clone_pins_its_snapshot(engine: Engine, ops: StorageOps) -> None
 
 
 def test_failed_clone_leaves_nothing(
-    engine: Engine, ops: StorageOps, monkeypatch: pytest.MonkeyPatch
+    engine: Engine, ops: StorageService, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     engine.create(CreateRequest(name="web1"), start=False)
 
@@ -394,7 +397,7 @@ def test_failed_clone_leaves_nothing(
 
 
 def test_failed_snapshot_leaves_no_record_and_no_file(
-    engine: Engine, ops: StorageOps, monkeypatch: pytest.MonkeyPatch
+    engine: Engine, ops: StorageService, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     engine.create(CreateRequest(name="web1"), start=False)
     iid = vm_id(engine, "web1")
@@ -412,7 +415,7 @@ def test_failed_snapshot_leaves_no_record_and_no_file(
 
 
 def test_snapshot_recorded_but_never_made_is_rolled_back_at_next_start(
-    engine: Engine, ops: StorageOps
+    engine: Engine, ops: StorageService
 ) -> None:
     """The record comes first; a process killed before the layer exists leaves a record
     whose layer is missing: the next command under the VM's lock drops it."""
@@ -430,7 +433,7 @@ def test_snapshot_recorded_but_never_made_is_rolled_back_at_next_start(
 
 # ---------------------------------------------------------------- memory snapshots
 def test_memory_snapshot_revert_resumes_the_guest_where_it_was(
-    engine: Engine, ops: StorageOps
+    engine: Engine, ops: StorageService
 ) -> None:
     engine.create(CreateRequest(name="web1"))
     iid = vm_id(engine, "web1")
@@ -464,14 +467,16 @@ def test_memory_snapshot_revert_resumes_the_guest_where_it_was(
     assert not list(engine.paths.instance_dir(iid).rglob("*.vmstate"))
 
 
-def test_memory_snapshot_of_a_stopped_vm_is_refused(engine: Engine, ops: StorageOps) -> None:
+def test_memory_snapshot_of_a_stopped_vm_is_refused(engine: Engine, ops: StorageService) -> None:
     engine.create(CreateRequest(name="web1"), start=False)
     with pytest.raises(Conflict, match="cannot keep the memory of web1: it is stopped"):
         ops.snapshot_create("web1", "s1", memory=True)
     assert ops.snapshots("web1") == []
 
 
-def test_memory_snapshot_of_a_paused_vm_leaves_it_paused(engine: Engine, ops: StorageOps) -> None:
+def test_memory_snapshot_of_a_paused_vm_leaves_it_paused(
+    engine: Engine, ops: StorageService
+) -> None:
     engine.create(CreateRequest(name="web1"))
     engine.pause("web1")
     assert ops.snapshot_create("web1", "s1", memory=True).memory
@@ -480,7 +485,7 @@ def test_memory_snapshot_of_a_paused_vm_leaves_it_paused(engine: Engine, ops: St
 
 
 def test_memory_state_that_cannot_be_saved_or_loaded_is_a_clear_error(
-    engine: Engine, ops: StorageOps, monkeypatch: pytest.MonkeyPatch
+    engine: Engine, ops: StorageService, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     engine.create(CreateRequest(name="web1"))
     iid = vm_id(engine, "web1")
@@ -508,7 +513,7 @@ def test_memory_state_that_cannot_be_saved_or_loaded_is_a_clear_error(
 
 
 def test_a_stale_memory_state_never_makes_a_disk_snapshot_look_like_one(
-    engine: Engine, ops: StorageOps
+    engine: Engine, ops: StorageService
 ) -> None:
     engine.create(CreateRequest(name="web1"))
     layer = active_disk(engine, vm_id(engine, "web1"))
@@ -518,7 +523,7 @@ def test_a_stale_memory_state_never_makes_a_disk_snapshot_look_like_one(
 
 
 def test_a_memory_snapshot_with_no_room_for_its_state_is_not_taken_at_all(
-    engine: Engine, ops: StorageOps, monkeypatch: pytest.MonkeyPatch
+    engine: Engine, ops: StorageService, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     engine.create(CreateRequest(name="web1"))
     iid = vm_id(engine, "web1")

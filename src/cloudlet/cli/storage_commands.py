@@ -18,7 +18,8 @@ if TYPE_CHECKING:
     from cloudlet.cli import render
     from cloudlet.cli.render import err, out
     from cloudlet.engine.factory import open_engine
-    from cloudlet.engine.storage_ops import PoolView, SnapshotView, StorageOps, VolumeView
+    from cloudlet.engine.storage import StorageService
+    from cloudlet.engine.storage_views import PoolView, SnapshotView, VolumeView
 else:
     from cloudlet.cli.lazy import lazy
 
@@ -27,7 +28,6 @@ else:
     err = lazy("cloudlet.cli.render", "err")
     out = lazy("cloudlet.cli.render", "out")
     open_engine = lazy("cloudlet.engine.factory", "open_engine")
-    StorageOps = lazy("cloudlet.engine.storage_ops", "StorageOps")
 
 pool_app = typer.Typer(
     help="Storage pools (directories or LVM) that hold volumes.", no_args_is_help=True
@@ -41,12 +41,12 @@ VmArg = Annotated[str, typer.Argument(help="VM name")]
 SnapArg = Annotated[str, typer.Argument(help="snapshot name")]
 
 
-def _ops() -> StorageOps:
-    return StorageOps(open_engine())
+def _ops() -> StorageService:
+    return open_engine().storage
 
 
-def _notices(ops: StorageOps) -> None:
-    for notice in ops.e.notices:
+def _notices(ops: StorageService) -> None:
+    for notice in ops.notices:
         err.print(f"[yellow]note:[/] {notice}")
 
 

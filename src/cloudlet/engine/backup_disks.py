@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from cloudlet.backup.store import ROOT, DiskManifest, Manifest
 from cloudlet.driver.base import DirtyBitmap
-from cloudlet.engine.storage_ops import _node, active_disk, attached_volumes
+from cloudlet.engine.storage_rows import active_disk, attached_volumes, volume_node
 from cloudlet.store.models import InstanceRow
 
 if TYPE_CHECKING:
@@ -63,7 +63,9 @@ def vm_disks(ctx: EngineContext, row: InstanceRow) -> list[VmDisk]:
     for vol in attached_volumes(ctx, row.id):
         path = Path(vol.path)
         size = ctx.deps.disks.virtual_size(path) if vol.format == "qcow2" else vol.size
-        disks.append(VmDisk(vol.name, path, size, vol.format, _node(vol.id), vol.pool, vol.id))
+        disks.append(
+            VmDisk(vol.name, path, size, vol.format, volume_node(vol.id), vol.pool, vol.id)
+        )
     return disks
 
 

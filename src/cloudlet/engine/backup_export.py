@@ -34,7 +34,7 @@ from cloudlet.engine.backup_restore import (
     pool_dir,
 )
 from cloudlet.engine.image_cap import image_size_cap
-from cloudlet.engine.storage_ops import _OFFLINE, DEFAULT_POOL, active_disk, attached_volumes
+from cloudlet.engine.storage_rows import DEFAULT_POOL, OFFLINE, active_disk, attached_volumes
 from cloudlet.engine.vm_record import check_record
 from cloudlet.errors import CloudletError, Conflict, InvalidInput
 from cloudlet.spec.instance import InstanceSpec
@@ -79,7 +79,7 @@ def export(ops: BackupOps, vm: str, dest: Path) -> str:
         raise Conflict(f"{dest} already exists", hint="pick another file name")
     with e._lock(vm):
         row = e._reconcile_locked(e._row(vm))
-        if row.state not in _OFFLINE:
+        if row.state not in OFFLINE:
             raise Conflict(
                 f"cannot export {vm}: it is {row.state}",
                 hint=f"stop it first ('cloudlet stop {vm}'), or restore a backup "

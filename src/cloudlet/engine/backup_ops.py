@@ -48,16 +48,15 @@ from cloudlet.engine.backup_restore import (
     new_volume_name,
     pool_dir,
 )
-from cloudlet.engine.storage_ops import (
-    _OFFLINE,
-    _ONLINE,
-    StorageOps,
-    _clones_of,
-    _set_active_dropping,
-    _snapshot_rows,
+from cloudlet.engine.storage_rows import (
+    OFFLINE,
+    ONLINE,
     active_disk,
     attached_volume_names,
+    clones_of,
     default_disk,
+    set_active_dropping,
+    snapshot_rows,
     state_file,
 )
 from cloudlet.engine.vm_record import check_record
@@ -187,7 +186,7 @@ class BackupOps:
     def create(self, vm: str) -> BackupView:
         with self.e._lock(vm):
             row = self.e._reconcile_locked(self.e._row(vm))
-            if row.state not in _ONLINE | _OFFLINE:
+            if row.state not in ONLINE | OFFLINE:
                 raise Conflict(f"cannot back up {vm}: it is {row.state}", hint="try again soon")
             with self._store_lock(), self.e._operation(row, "backup") as op_id:
                 leftovers = self.store.clean_tmp()
@@ -247,7 +246,7 @@ class BackupOps:
         """All disks copied at one instant, the guest's file systems frozen for that
         instant only; the consistency reached."""
         e = self.e
-        frozen = StorageOps(e)._freeze(row, "backup")
+        frozen = e.storage.freeze_guest(row, "backup")
         thawed: list[bool] = []
 
         def thaw() -> None:
@@ -275,7 +274,7 @@ class BackupOps:
         backup_id = new_backup_id(started)
         parent = self._parent(row)
         disks = vm_disks(e.ctx, row)
-        live = row.state in _ONLINE
+        live = row.state in ONLINE
         work = [self.store.tmp / f"{backup_id}-{i}.qcow2" for i in range(len(disks))]
         new_bitmap = BITMAP_PREFIX + backup_id
         bitmaps: list[list[DirtyBitmap]] = [[] for _ in disks]
@@ -560,7 +559,7 @@ class BackupOps:
         # unknown backups, and volumes that cannot go back, fail before anything stops
         first = self._first_readable(vm, backup_id)
         restorer.free_slots(row.id, restorer.plan_in_place(row.id, first))
-        if row.state in _ONLINE:
+        if row.state in ONLINE:
             if not force:
                 raise Conflict(
                     f"cannot restore {vm} in place: it is {row.state}",
@@ -570,10 +569,10 @@ class BackupOps:
             self.e.stop(vm, force=True)
         with self.e._lock(vm):
             row = self.e._reconcile_locked(self.e._row(vm))
-            if row.state not in _OFFLINE:
+            if row.state not in OFFLINE:
                 raise Conflict(f"cannot restore {vm} in place: it is {row.state}")
-            snaps = _snapshot_rows(self.e.ctx, row.id)
-            clones = _clones_of(self.e.ctx, [s.id for s in snaps])
+            snaps = snapshot_rows(self.e.ctx, row.id)
+            clones = clones_of(self.e.ctx, [s.id for s in snaps])
             if clones:
                 raise Conflict(
                     f"restoring {vm} would drop snapshots that linked clones "
@@ -639,7 +638,7 @@ class BackupOps:
             files.update({p.disk.name: taken[p.name] for p in plans})
             size = self.e.deps.disks.virtual_size(target)
             with self.e.db.session() as s:
-                _set_active_dropping(s, row.id, target, snaps)
+                set_active_dropping(s, row.id, target, snaps)
                 disk_row = s.get(InstanceDiskRow, row.id)
                 if disk_row is not None:
                     disk_row.origin_snapshot_id = None  # no longer grows from a snapshot
@@ -775,7 +774,7 @@ class BackupOps:
                         fresh.state = VMState.STOPPED.value
                     e._event(name, "created", story(), op_id)
             except BaseException:
-                StorageOps(e).undo_new_vm_volumes(new_id, made)
+                e.storage.undo_new_vm_volumes(new_id, made)
                 e._remove_everything(row)
                 raise
         return e.show(name)

@@ -26,7 +26,6 @@ from sqlalchemy import select
 from cloudlet.backup.store import DiskManifest, Manifest
 from cloudlet.driver.base import HOTPLUG_SLOTS
 from cloudlet.engine import network_ops
-from cloudlet.engine.storage_ops import StorageOps
 from cloudlet.errors import (
     CloudletError,
     Conflict,
@@ -61,7 +60,7 @@ class NewVolume:
 def pool_dir(engine: Engine, pool: str, volume: str, source: str) -> Path:
     """The directory of the pool a volume is restored into; refused (in one line, with
     what to do) when the pool is gone or keeps its volumes on block devices."""
-    StorageOps(engine)._ensure_default_pool()
+    engine.storage.ensure_default_pool()
     with engine.db.session() as s:
         row = s.get(PoolRow, pool)
     if row is None:
@@ -103,7 +102,7 @@ def install_new_volumes(engine: Engine, instance_id: str, volumes: list[NewVolum
 
     All or nothing: on a failure, the volumes made here are deleted again.
     """
-    storage = StorageOps(engine)
+    storage = engine.storage
     made: list[str] = []
     try:
         for slot, new in enumerate(volumes):
@@ -250,7 +249,7 @@ class Restorer:
                 same_name = s.scalar(select(VolumeRow).where(VolumeRow.name == disk.name))
             if vol is not None:
                 if vol.instance_id not in (None, instance_id):
-                    other = StorageOps(self.e)._owner_name(str(vol.instance_id))
+                    other = self.e.storage.owner_name(str(vol.instance_id))
                     raise Conflict(
                         f"volume {vol.name} of {source} is attached to {other} now",
                         hint=f"detach it ('cloudlet volume detach {vol.name}'), or restore "

@@ -21,14 +21,15 @@ from cloudlet.config import Settings
 from cloudlet.driver.base import ExecResult, GuestInfo, PowerState
 from cloudlet.engine import (
     accel_cache,
-    addresses,
+    instance_view,
     launch,
     licensing,
     locks,
     network_ops,
     ports,
+    power,
     serial_tail,
-    storage_ops,
+    storage_rows,
     teardown,
     vm_state,
 )
@@ -40,9 +41,10 @@ from cloudlet.engine.deps import EngineDeps
 from cloudlet.engine.image_cap import check_disk_size, image_size_cap
 from cloudlet.engine.image_menu import ImageChoice
 from cloudlet.engine.serial_tail import SerialLog
+from cloudlet.engine.storage import StorageService
 from cloudlet.engine.sweep import sweep_staging
 from cloudlet.engine.type_listing import MachineTypeOffer, offers
-from cloudlet.engine.views import HostView, InstanceView
+from cloudlet.engine.views import ActionResult, HostView, InstanceView
 from cloudlet.errors import Conflict, InvalidInput, NotFound, StillRunning
 from cloudlet.guest.landing import CopyLimits
 from cloudlet.host.kvm import AccelVerdict
@@ -100,21 +102,13 @@ class CreateRequest:
     api_access: bool = False
 
 
-@dataclass(frozen=True)
-class ActionResult:
-    """An instance after an action, and whether the action changed anything."""
-
-    instance: InstanceView
-    changed: bool
-    message: str
-
-
 class Engine:
     """The use cases. Frontends call these and nothing below."""
 
     def __init__(self, settings: Settings, deps: EngineDeps, db: Database) -> None:
         self.ctx = EngineContext(settings, deps, db)
         self.networks = network_ops.NetworkOps(self.ctx)
+        self.storage = StorageService(self.ctx)
         self.settings = settings
         self.paths = settings.paths
         self.deps = deps
@@ -152,38 +146,7 @@ class Engine:
         self.ctx.finish_operation(op_id, status, error)
 
     def _view(self, row: InstanceRow) -> InstanceView:
-        runtime = self.driver.runtime(row.id) if row.state in LIVE_STATES else None
-        spec = InstanceSpec.model_validate_json(row.spec_json)
-        instance_dir = self.paths.instance_dir(row.id)
-        return InstanceView(
-            id=row.id,
-            name=row.name,
-            state=row.state,
-            type=row.type_name,
-            cpus=row.cpus,
-            memory=row.memory,
-            disk_size=row.disk_size,
-            image=row.image,
-            arch=row.arch,
-            location=row.location,
-            accel=row.accel,
-            ssh_port=row.ssh_port,
-            pid=runtime.pid if runtime else None,
-            created_at=row.created_at,
-            last_error=row.last_error,
-            kind=row.kind,
-            addresses=addresses.of(self.db, row.id, user_mode=spec.network.mode == "nat"),
-            network={
-                **spec.network.model_dump(),
-                "restrict": spec.network.restrict or self.settings.force_restrict_network,
-            },
-            paths={
-                "disk": str(storage_ops.active_disk(self.ctx, row.id)),
-                "serial_log": str(instance_dir / "serial.log"),
-                "image": row.image_path,
-                "runtime": str(self.paths.runtime_dir(row.id)),
-            },
-        )
+        return instance_view.view(self.ctx, row)
 
     def _capacity(self, exclude: str | None = None) -> capacity_mod.Capacity:
         return launch.capacity(self.ctx, exclude)
@@ -265,7 +228,7 @@ class Engine:
         return [self._view(self._reconcile(r)) for r in rows]
 
     def show(self, name: str) -> InstanceView:
-        return self._view(self._reconcile(self._row(name)))
+        return instance_view.show(self.ctx, name)
 
     def host(self, *, probe: bool = True) -> HostView:
         cap = self._capacity()
@@ -364,7 +327,7 @@ class Engine:
             ssh_key_lines=req.ssh_key_lines,
             user_data_text=req.user_data_text,
         )
-        volumes = storage_ops.StorageOps(self)
+        volumes = self.storage
         if req.volumes:
             volumes.check_new_vm_volumes(req.name, req.volumes)
         if start:
@@ -600,34 +563,7 @@ class Engine:
 
     def stop(self, name: str, *, force: bool = False, timeout: float | None = None) -> ActionResult:
         """ACPI power button, wait, then quit/kill; ``force`` skips the wait."""
-        timeout = self.settings.stop_timeout if timeout is None else timeout
-        with self._lock(name):
-            row = self._reconcile_locked(self._row(name))
-            if row.state in (VMState.STOPPED, VMState.CRASHED, VMState.ERROR):
-                return ActionResult(self._view(row), False, f"{name} is already {row.state}")
-            self._require_state(row, {VMState.RUNNING, VMState.PAUSED}, "stop")
-            self._set_state(row.id, VMState.STOPPING)
-            how = "forced"
-            with self._operation(row, "stop") as op_id:
-                if not force:
-                    if row.state == VMState.PAUSED:
-                        self.driver.resume(row.id)  # a paused guest cannot see the button
-                    # Direct-boot ARM guests have no ACPI power button: ask their agent.
-                    image = Image.load(Path(row.image_path))
-                    via_agent = row.arch != "x86_64" and image.guest_agent
-                    self.driver.request_shutdown(row.id, via_agent=via_agent)
-                    if self.driver.wait_shutdown(row.id, timeout):
-                        how = "graceful"
-                self.driver.force_stop(row.id)
-                self.driver.cleanup(row.id)
-                self._set_state(row.id, VMState.STOPPED)
-                self._event(name, "stopped", f"{how} stop", op_id)
-            message = f"{name} stopped" + (
-                ""
-                if how == "graceful" or force
-                else f" (forced: the guest ignored the power button for {timeout:.0f} s)"
-            )
-            return ActionResult(self.show(name), True, message)
+        return power.stop(self.ctx, name, force=force, timeout=timeout)
 
     def restart(self, name: str, *, force: bool = False, wait: bool = True) -> ActionResult:
         self.stop(name, force=force)
@@ -665,8 +601,8 @@ class Engine:
                     f"{name} is {row.state}",
                     hint="stop it first, or delete it with force (it is stopped at once)",
                 )
-            storage_ops.check_deletable(self.ctx, row)
-            kept = storage_ops.attached_volume_names(self.ctx, row.id)
+            storage_rows.check_deletable(self.ctx, row)
+            kept = storage_rows.attached_volume_names(self.ctx, row.id)
             with self._operation(row, "delete") as op_id:
                 self._set_state(row.id, VMState.DELETING)
                 self._remove_everything(row)

@@ -8,23 +8,28 @@ overcommit.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
+from cloudlet.engine.context import EngineContext
+from cloudlet.engine.pools import Pools
 from cloudlet.images.importer import check_size
 
-if TYPE_CHECKING:
-    from cloudlet.engine.engine import Engine
+
+class HasContext(Protocol):
+    """Anything holding the shared context (the Engine facade, a service)."""
+
+    @property
+    def ctx(self) -> EngineContext: ...
 
 
-def image_size_cap(engine: Engine) -> int:
+def image_size_cap(where: EngineContext | HasContext) -> int:
     """The largest virtual size this host accepts for an image or a VM's disk."""
-    if engine.settings.max_image_size is not None:
-        return engine.settings.max_image_size
-    from cloudlet.engine.storage_ops import StorageOps
+    ctx = where if isinstance(where, EngineContext) else where.ctx
+    if ctx.settings.max_image_size is not None:
+        return ctx.settings.max_image_size
+    return max(pool.limit for pool in Pools(ctx).pools())
 
-    return max(pool.limit for pool in StorageOps(engine).pools())
 
-
-def check_disk_size(engine: Engine, vm: str, size: int) -> None:
+def check_disk_size(where: EngineContext | HasContext, vm: str, size: int) -> None:
     """Refuse a new VM whose disk would be larger than the cap, in one line."""
-    check_size(f"the disk of {vm}", size, image_size_cap(engine))
+    check_size(f"the disk of {vm}", size, image_size_cap(where))

@@ -14,7 +14,7 @@ from sqlalchemy import select
 
 from cloudlet.driver.base import LaunchConfig
 from cloudlet.engine import capacity as capacity_mod
-from cloudlet.engine import licensing, locks, network_ops, storage_ops
+from cloudlet.engine import licensing, locks, network_ops, storage_rows
 from cloudlet.errors import CloudletError, InvalidInput
 from cloudlet.host.kvm import AccelVerdict
 from cloudlet.images.store import HOST_ARCH, Image
@@ -100,9 +100,9 @@ def launch_config(ctx: EngineContext, row: InstanceRow, image: Image, accel: str
         accel=accel,
         cpus=row.cpus,
         memory_mib=row.memory // MIB,
-        disk=storage_ops.active_disk(ctx, row.id, heal=True),
+        disk=storage_rows.active_disk(ctx, row.id, heal=True),
         disk_format="qcow2",
-        extra_disks=storage_ops.boot_disks(ctx, row.id),
+        extra_disks=storage_rows.boot_disks(ctx, row.id),
         runtime_dir=ctx.paths.runtime_dir(row.id),
         serial_log=instance_dir / "serial.log",
         serial_log_max=ctx.settings.serial_log_max,
@@ -118,7 +118,7 @@ def launch_config(ctx: EngineContext, row: InstanceRow, image: Image, accel: str
         profile=spec.profile,
         seed_iso=seed if seed.exists() else None,
         install_iso=image.install_iso,
-        linked_base=storage_ops.linked_base(ctx, row.id),
+        linked_base=storage_rows.linked_base(ctx, row.id),
     )
 
 

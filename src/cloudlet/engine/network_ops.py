@@ -573,7 +573,7 @@ class NetworkOps:
 
     # ------------------------------------------------------------ NICs
     def nic_add(self, vm: str, network: str) -> str:
-        from cloudlet.engine import storage_ops
+        from cloudlet.engine import storage_rows
         from cloudlet.network import require_root, tap
 
         vm_name(vm)
@@ -590,7 +590,7 @@ class NetworkOps:
             live = row.state == VMState.RUNNING
             slot = None
             if live:
-                used = {d.slot for d in storage_ops.boot_disks(self.ctx, row.id)}
+                used = {d.slot for d in storage_rows.boot_disks(self.ctx, row.id)}
                 used |= used_slots(self.ctx, row.id)
                 free = [s for s in range(HOTPLUG_SLOTS) if s not in used]
                 if not free:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 from typing import TYPE_CHECKING
 
-from cloudlet.engine import network_ops, storage_ops
+from cloudlet.engine import network_ops, storage_rows
 from cloudlet.store.models import InstanceRow
 
 if TYPE_CHECKING:
@@ -19,7 +19,7 @@ def remove_everything(ctx: EngineContext, row: InstanceRow) -> None:
     ctx.driver.cleanup(row.id)
     release(ctx, row.id)
     shutil.rmtree(ctx.paths.instance_dir(row.id), ignore_errors=True)
-    storage_ops.forget(ctx, row.id)
+    storage_rows.forget(ctx, row.id)
     network_ops.forget(ctx, row.id)
     with ctx.db.session() as s:
         existing = s.get(InstanceRow, row.id)

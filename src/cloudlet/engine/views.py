@@ -56,3 +56,12 @@ class HostView:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class ActionResult:
+    """An instance after an action, and whether the action changed anything."""
+
+    instance: InstanceView
+    changed: bool
+    message: str
