@@ -265,3 +265,29 @@ def test_cancel_between_chunks_removes_the_part_file(
     # The lock on the .part is gone with it: the next download runs.
     monkeypatch.setattr(dl, "_open", FakeServer())
     assert download(URL, dest, expected=SHA).read_bytes() == DATA
+
+
+def test_cancelled_pull_leaves_no_part_file_and_no_image(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from cloudlet.images.catalog import CatalogEntry
+    from cloudlet.images.importer import pull
+
+    entry = CatalogEntry(
+        name="distro-1", title="Distro", os="distro", arch="x86_64", url=URL,
+        checksum_url="https://images.example/SHA256SUMS", checksum_algorithm="sha256",
+        checksum_filename="disk.img", format="qcow2", licence="free", licence_name="MIT",
+        default_user="distro",
+    )  # fmt: skip
+    sums = f"{SHA[1]}  disk.img\n".encode()
+
+    def serve(request: urllib.request.Request, timeout: float) -> FakeResponse:
+        if request.full_url == entry.checksum_url:
+            return FakeResponse(200, sums, _headers(Content_Length=len(sums)))
+        return EndlessResponse(200, b"", _headers())
+
+    monkeypatch.setattr(dl, "_open", serve)
+    images, cache = tmp_path / "images", tmp_path / "cache"
+    with cancelled_soon() as token:
+        pull(entry, images, cache, cancel=token)
+    assert not list(cache.iterdir()) and not (images / "distro-1").exists()

@@ -16,7 +16,6 @@ import re
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
 from email.message import Message
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -32,10 +31,11 @@ from cloudlet.errors import (
     NotFound,
 )
 from cloudlet.images.catalog import hex_length
-from cloudlet.progress import CancelToken, check
+from cloudlet.progress import ByteCallback, CancelToken, check
 
-ByteProgress = Callable[[int, int | None], None]
-"""Called with (bytes so far, total bytes or None when the server does not say)."""
+ByteProgress = ByteCallback
+"""Called with (bytes so far, total bytes or None when the server does not say);
+``progress.byte_callback`` turns a ProgressSink into one."""
 
 CHUNK = 1 << 20
 TEXT_LIMIT = 4 << 20
