@@ -7,17 +7,16 @@ promptly, hold no monitor or agent connection, and leave the VM as it was.
 
 from __future__ import annotations
 
-import json
 import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from cloudlet.driver.base import LaunchConfig, PowerState
+from cloudlet.driver.base import PowerState
 from cloudlet.driver.qemu.driver import QemuDriver
 from tests.cancelling import cancelled_soon
+from tests.integration.tiny_vm import tiny_config
 
 pytestmark = pytest.mark.integration
 
@@ -29,37 +28,14 @@ def _open_fds() -> int:
 @pytest.fixture
 def booted(shared_state: Path, short_tmp: Path) -> Iterator[tuple[QemuDriver, str]]:
     """The tiny image started under the QEMU driver (not yet waited for)."""
-    from cloudlet.config import Paths
-    from cloudlet.images.store import ImageStore
-    from cloudlet.storage.qcow2 import create_overlay
-
-    image = ImageStore(Paths(shared_state).images, shared_state / "cache" / "debs").get("tiny")
-    accel = json.loads((shared_state / "host" / "accel.json").read_text())["accel"]
-    iid = str(uuid.uuid4())
-    config = LaunchConfig(
-        instance_id=iid,
-        name="cancel",
-        arch="x86_64",
-        accel=accel,
-        cpus=1,
-        memory_mib=256,
-        disk=short_tmp / "disk.qcow2",
-        disk_format="qcow2",
-        runtime_dir=short_tmp / "run" / iid,
-        serial_log=short_tmp / "serial.log",
-        kernel=image.path / "vmlinuz",
-        initrd=image.path / "initrd.img",
-        cmdline=image.cmdline,
-        network_restrict=True,
-    )
-    create_overlay(image.disk, image.disk_format, config.disk)
+    config = tiny_config(shared_state, short_tmp, "cancel")
     driver = QemuDriver(short_tmp / "run")
     driver.start(config)
     try:
-        yield driver, iid
+        yield driver, config.instance_id
     finally:
-        driver.force_stop(iid)
-        driver.cleanup(iid)
+        driver.force_stop(config.instance_id)
+        driver.cleanup(config.instance_id)
 
 
 def test_cancelled_waits_on_a_paused_guest_end_promptly_and_leave_it_fine(
