@@ -121,16 +121,20 @@ def test_refusal_is_a_guest_error(agent_socket: tuple[Path, ScriptedAgent]) -> N
         conn.call("guest-fly")
 
 
-def test_silent_socket_times_out(short_tmp: Path) -> None:
+@pytest.fixture
+def silent_socket(short_tmp: Path) -> Iterator[Path]:
+    """A socket that accepts connections and never says a word."""
     path = short_tmp / "silent.sock"
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     server.bind(str(path))
-    server.listen(1)
-    try:
-        with pytest.raises(Timeout, match="did not answer"):
-            agent.wait_ready(path, timeout=1.5)
-    finally:
-        server.close()
+    server.listen(8)
+    yield path
+    server.close()
+
+
+def test_silent_socket_times_out(silent_socket: Path) -> None:
+    with pytest.raises(Timeout, match="did not answer"):
+        agent.wait_ready(silent_socket, timeout=1.5)
 
 
 def test_exec_poll_is_cancelled_and_its_connection_closed(short_tmp: Path) -> None:
@@ -146,16 +150,9 @@ def test_exec_poll_is_cancelled_and_its_connection_closed(short_tmp: Path) -> No
         scripted.close()
 
 
-def test_ready_wait_is_cancelled(short_tmp: Path) -> None:
-    path = short_tmp / "silent.sock"
-    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    server.bind(str(path))
-    server.listen(8)
-    try:
-        with cancelled_soon() as token:
-            agent.wait_ready(path, timeout=600, cancel=token)
-    finally:
-        server.close()
+def test_ready_wait_is_cancelled(silent_socket: Path) -> None:
+    with cancelled_soon() as token:
+        agent.wait_ready(silent_socket, timeout=600, cancel=token)
 
 
 def test_missing_socket_is_a_guest_error(short_tmp: Path) -> None:
