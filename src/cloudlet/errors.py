@@ -218,3 +218,12 @@ class RuntimeRecordUnknown(Conflict):
     left alone (never stopped, killed or cleared) rather than guessed at."""
 
     code = "runtime_record_unknown"
+
+
+class Cancelled(CloudletError):
+    """The caller cancelled the operation (its client went away, Ctrl-C): the wait that
+    noticed stopped and left nothing half-done at its own level."""
+
+    http_status = 499
+    exit_code = 130
+    code = "cancelled"

@@ -21,8 +21,17 @@ from cloudlet.driver.base import (
     PowerState,
     TapNic,
 )
-from cloudlet.errors import CapacityExceeded, CloudletError, Conflict, InvalidInput, NotFound
+from cloudlet.errors import (
+    Cancelled,
+    CapacityExceeded,
+    CloudletError,
+    Conflict,
+    InvalidInput,
+    NotFound,
+)
 from cloudlet.guest.landing import CopyLimits
+from cloudlet.progress import CancelToken
+from tests.cancelling import cancelled_soon
 
 
 @dataclass
@@ -109,6 +118,30 @@ def test_lifecycle(target: Target) -> None:
     assert d.power_state(iid) == PowerState.ABSENT
     d.force_stop(iid)  # idempotent
     d.cleanup(iid)
+
+
+def test_waits_stop_promptly_when_cancelled_from_another_thread(target: Target) -> None:
+    """A running guest nobody asked to stop, a program that sleeps: both waits would block
+    for minutes; a cancel ends them within seconds and the VM runs on, its agent fine."""
+    d, cfg = target.driver, target.config
+    iid = cfg.instance_id
+    d.start(cfg)
+    d.wait_agent(iid, 180)
+    hang = getattr(d, "hang", None)  # the fake has no clock: its guest must hang to block
+    if hang is not None:
+        hang(iid)
+    with cancelled_soon(0.5) as token:
+        d.wait_shutdown(iid, 300, cancel=token)
+    with cancelled_soon(0.5) as token:
+        d.exec(iid, ["sleep", "300"], timeout=300, cancel=token)
+    done = CancelToken()
+    done.cancel()
+    with pytest.raises(Cancelled):
+        d.wait_agent(iid, 180, cancel=done)
+    if hang is not None:
+        hang(iid, False)
+    assert d.power_state(iid) == PowerState.RUNNING
+    assert d.exec(iid, ["echo", "alive"], timeout=60).stdout == b"alive\n"
 
 
 def test_start_twice_is_refused_and_cleanup_needs_a_stopped_vm(target: Target) -> None:

@@ -3,22 +3,20 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import tempfile
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from cloudlet.driver.base import LaunchConfig
 from cloudlet.driver.qemu import guest_files as files
 from cloudlet.driver.qemu.driver import QemuDriver
 from cloudlet.errors import NotFound
+from tests.integration.tiny_vm import tiny_config
 
 pytestmark = pytest.mark.integration
 
@@ -35,33 +33,9 @@ class Guest:
 @pytest.fixture(scope="module")
 def guest(shared_state: Path) -> Iterator[Guest]:
     """The tiny image booted once for this module with 1 GiB of RAM."""
-    from cloudlet.config import Paths
-    from cloudlet.host.kvm import AccelVerdict
-    from cloudlet.images.store import ImageStore
-    from cloudlet.storage.qcow2 import create_overlay
-
     home = Path(tempfile.mkdtemp(prefix="cl-gf-", dir="/tmp"))  # short: unix socket paths
-    paths = Paths(shared_state)
-    image = ImageStore(paths.images, paths.cache / "debs").get("tiny")
-    verdict = AccelVerdict(**json.loads((shared_state / "host" / "accel.json").read_text()))
-    instance_id = str(uuid.uuid4())
-    config = LaunchConfig(
-        instance_id=instance_id,
-        name="files",
-        arch="x86_64",
-        accel=verdict.accel,
-        cpus=2,
-        memory_mib=1024,
-        disk=home / "disk.qcow2",
-        disk_format="qcow2",
-        runtime_dir=home / "run" / instance_id,
-        serial_log=home / "serial.log",
-        kernel=image.path / "vmlinuz",
-        initrd=image.path / "initrd.img",
-        cmdline=image.cmdline,
-        network_restrict=True,
-    )
-    create_overlay(image.disk, image.disk_format, config.disk)
+    config = tiny_config(shared_state, home, "files", cpus=2, memory_mib=1024)
+    instance_id = config.instance_id
     driver = QemuDriver(home / "run")
     try:
         info = driver.start(config)

@@ -13,6 +13,7 @@ import pytest
 
 from cloudlet.driver.qemu import agent
 from cloudlet.errors import GuestError, Timeout
+from tests.cancelling import cancelled_soon
 
 
 class ScriptedAgent:
@@ -120,16 +121,38 @@ def test_refusal_is_a_guest_error(agent_socket: tuple[Path, ScriptedAgent]) -> N
         conn.call("guest-fly")
 
 
-def test_silent_socket_times_out(short_tmp: Path) -> None:
+@pytest.fixture
+def silent_socket(short_tmp: Path) -> Iterator[Path]:
+    """A socket that accepts connections and never says a word."""
     path = short_tmp / "silent.sock"
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     server.bind(str(path))
-    server.listen(1)
+    server.listen(8)
+    yield path
+    server.close()
+
+
+def test_silent_socket_times_out(silent_socket: Path) -> None:
+    with pytest.raises(Timeout, match="did not answer"):
+        agent.wait_ready(silent_socket, timeout=1.5)
+
+
+def test_exec_poll_is_cancelled_and_its_connection_closed(short_tmp: Path) -> None:
+    path = short_tmp / "slow.sock"
+    scripted = ScriptedAgent(path, polls_before_exit=10**9)
     try:
-        with pytest.raises(Timeout, match="did not answer"):
-            agent.wait_ready(path, timeout=1.5)
+        with cancelled_soon() as token:
+            agent.run_command(path, ["sleep", "600"], stdin=None, timeout=600, cancel=token)
+        # The agent serves one connection at a time: a leaked one would block this.
+        scripted.polls_before_exit = 1
+        assert agent.run_command(path, ["tool"], stdin=None, timeout=10).exit_code == 5
     finally:
-        server.close()
+        scripted.close()
+
+
+def test_ready_wait_is_cancelled(silent_socket: Path) -> None:
+    with cancelled_soon() as token:
+        agent.wait_ready(silent_socket, timeout=600, cancel=token)
 
 
 def test_missing_socket_is_a_guest_error(short_tmp: Path) -> None:

@@ -9,7 +9,7 @@ from itertools import combinations
 from pathlib import Path
 
 from cloudlet import errors
-from cloudlet.errors import CloudletError
+from cloudlet.errors import Cancelled, CloudletError
 
 SRC = Path(errors.__file__).parent
 README = SRC.parents[1] / "README.md"
@@ -29,8 +29,10 @@ def test_every_class_has_its_own_code_and_a_status_and_exit_code() -> None:
         assert "code" in vars(cls), f"{cls.__name__} inherits its parent's code"
         assert re.fullmatch(r"[a-z][a-z_]+", cls.code), cls
         assert isinstance(cls.http_status, int) and 400 <= cls.http_status <= 599, cls
-        # Below 64: 124, 125 and 128+N belong to `cloudlet run` and `exec`.
-        assert isinstance(cls.exit_code, int) and 1 <= cls.exit_code < 64, cls
+        # Below 64: 124, 125 and 128+N belong to `cloudlet run` and `exec`; only a
+        # cancel exits as an interrupt would (128 + SIGINT).
+        assert isinstance(cls.exit_code, int), cls
+        assert 1 <= cls.exit_code < 64 or (cls is Cancelled and cls.exit_code == 130), cls
     codes = [cls.code for cls in tree]
     assert len(codes) == len(set(codes)), sorted(c for c in codes if codes.count(c) > 1)
 
@@ -100,4 +102,5 @@ def test_known_codes_are_stable() -> None:
         "StoreCorrupt": ("backup_corrupt", 13),
         "BackupsCorrupt": ("backup_verify_failed", 13),
         "DownloadFailed": ("download_failed", 14),
+        "Cancelled": ("cancelled", 130),
     }

@@ -7,6 +7,7 @@ cover each branch without sockets.
 from __future__ import annotations
 
 import hashlib
+import time
 import urllib.error
 import urllib.request
 from email.message import Message
@@ -21,6 +22,7 @@ from cloudlet.images.download import (
     fetch_text,
     part_path,
 )
+from tests.cancelling import cancelled_soon
 
 URL = "https://images.example/disk.img"
 DATA = bytes(range(256)) * 40  # 10 KiB
@@ -236,3 +238,56 @@ def test_fetch_text(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(dl, "_open", FakeServer(data=b"x" * 100))
     with pytest.raises(InvalidInput):
         fetch_text("https://x/SHA256SUMS", limit=10)
+
+
+class EndlessResponse(FakeResponse):
+    """A slow server: a small chunk every few milliseconds, for ever."""
+
+    def read(self, amt: int, /) -> bytes:
+        time.sleep(0.005)
+        return b"x" * min(amt, 1000)
+
+
+def test_cancel_between_chunks_removes_the_part_file(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    def endless(request: urllib.request.Request, timeout: float) -> FakeResponse:
+        return EndlessResponse(200, b"", _headers())
+
+    monkeypatch.setattr(dl, "_open", endless)
+    dest = tmp_path / "disk.img"
+    got: list[int] = []
+    with cancelled_soon() as token:
+        download(URL, dest, expected=SHA, progress=lambda done, _total: got.append(done),
+                 cancel=token)  # fmt: skip
+    assert got and got[-1] > 0  # it was under way
+    assert not dest.exists() and not part_path(dest).exists()
+    # The lock on the .part is gone with it: the next download runs.
+    monkeypatch.setattr(dl, "_open", FakeServer())
+    assert download(URL, dest, expected=SHA).read_bytes() == DATA
+
+
+def test_cancelled_pull_leaves_no_part_file_and_no_image(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from cloudlet.images.catalog import CatalogEntry
+    from cloudlet.images.importer import pull
+
+    entry = CatalogEntry(
+        name="distro-1", title="Distro", os="distro", arch="x86_64", url=URL,
+        checksum_url="https://images.example/SHA256SUMS", checksum_algorithm="sha256",
+        checksum_filename="disk.img", format="qcow2", licence="free", licence_name="MIT",
+        default_user="distro",
+    )  # fmt: skip
+    sums = f"{SHA[1]}  disk.img\n".encode()
+
+    def serve(request: urllib.request.Request, timeout: float) -> FakeResponse:
+        if request.full_url == entry.checksum_url:
+            return FakeResponse(200, sums, _headers(Content_Length=len(sums)))
+        return EndlessResponse(200, b"", _headers())
+
+    monkeypatch.setattr(dl, "_open", serve)
+    images, cache = tmp_path / "images", tmp_path / "cache"
+    with cancelled_soon() as token:
+        pull(entry, images, cache, cancel=token)
+    assert not list(cache.iterdir()) and not (images / "distro-1").exists()

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from cloudlet.backup.store import CHUNK_SIZE, BackupStore
 from cloudlet.errors import CloudletError
+from cloudlet.progress import CancelToken, check
 
 WORKERS = 2
 
@@ -42,12 +43,15 @@ def build_chunks(
     backup: str,
     chunk_size: int = CHUNK_SIZE,
     created: set[str] | None = None,
+    cancel: CancelToken | None = None,
 ) -> ChunkResult:
     """Store the chunks of a disk of ``size`` bytes.
 
     ``base`` None: the extents are all the disk holds (what they do not cover is zero).
     Otherwise they are what changed since the backup whose chunk list ``base`` is.
     ``created`` collects the chunks new to the store as they are written (to undo them).
+    ``cancel`` is checked before each extent: Cancelled comes once the chunks in flight
+    are written, and ``created`` then names every one of them, so the caller can undo.
     """
     count = chunk_count(size, chunk_size)
     if base is not None and len(base) != count:
@@ -82,6 +86,7 @@ def build_chunks(
     with ThreadPoolExecutor(WORKERS) as pool:
         try:
             for offset, data, length in extents:
+                check(cancel)
                 here = offset // chunk_size
                 if here >= count or (offset + length - 1) // chunk_size != here:
                     raise ValueError(f"extent {offset}+{length} is not inside one chunk")

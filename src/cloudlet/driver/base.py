@@ -10,6 +10,7 @@ from pathlib import Path
 
 from cloudlet.guest.copy_rules import CopyProgress
 from cloudlet.guest.landing import CopyLimits
+from cloudlet.progress import CancelToken
 from cloudlet.spec.storage import HOTPLUG_SLOTS as HOTPLUG_SLOTS
 
 
@@ -260,8 +261,12 @@ class Driver(abc.ABC):
         """Press the ACPI power button (or ask the guest agent); returns at once."""
 
     @abc.abstractmethod
-    def wait_shutdown(self, instance_id: str, timeout: float) -> bool:
-        """Wait for the guest to power off; True if it did within ``timeout``."""
+    def wait_shutdown(
+        self, instance_id: str, timeout: float, *, cancel: CancelToken | None = None
+    ) -> bool:
+        """Wait for the guest to power off; True if it did within ``timeout``.
+
+        A cancelled ``cancel`` raises Cancelled promptly; the VM is left as it is."""
 
     @abc.abstractmethod
     def force_stop(self, instance_id: str) -> None:
@@ -278,14 +283,27 @@ class Driver(abc.ABC):
     def resume(self, instance_id: str) -> None: ...
 
     @abc.abstractmethod
-    def wait_agent(self, instance_id: str, timeout: float) -> None:
-        """Block until the guest agent answers; raise Timeout otherwise."""
+    def wait_agent(
+        self, instance_id: str, timeout: float, *, cancel: CancelToken | None = None
+    ) -> None:
+        """Block until the guest agent answers; raise Timeout otherwise.
+
+        A cancelled ``cancel`` raises Cancelled promptly; the VM boots on."""
 
     @abc.abstractmethod
     def exec(
-        self, instance_id: str, argv: list[str], *, stdin: bytes | None = None, timeout: float
+        self,
+        instance_id: str,
+        argv: list[str],
+        *,
+        stdin: bytes | None = None,
+        timeout: float,
+        cancel: CancelToken | None = None,
     ) -> ExecResult:
-        """Run a program inside the guest through its agent."""
+        """Run a program inside the guest through its agent.
+
+        A cancelled ``cancel`` raises Cancelled promptly; the agent cannot stop a program
+        it started, so the program runs on in the guest (as after a Timeout)."""
 
     @abc.abstractmethod
     def guest_info(self, instance_id: str) -> GuestInfo: ...

@@ -16,6 +16,7 @@ from pathlib import Path
 from cloudlet.driver.base import Driver
 from cloudlet.errors import GuestError, InvalidInput, Timeout
 from cloudlet.images.store import Image
+from cloudlet.progress import CancelToken, check, pause
 from cloudlet.spec import names
 from cloudlet.spec.instance import AccessSpec, InstanceSpec
 
@@ -115,13 +116,29 @@ def seed_user_data(spec: InstanceSpec) -> str | None:
     return cloudinit.with_container_runtime(spec.user_data)
 
 
-def wait_cloud_init(driver: Driver, instance_id: str, timeout: float = CLOUD_INIT_TIMEOUT) -> None:
-    """Block until cloud-init finished in the guest; its log tail explains a failure."""
-    result = driver.exec(instance_id, ["cloud-init", "status", "--wait", "--long"], timeout=timeout)
+def wait_cloud_init(
+    driver: Driver,
+    instance_id: str,
+    timeout: float = CLOUD_INIT_TIMEOUT,
+    *,
+    cancel: CancelToken | None = None,
+) -> None:
+    """Block until cloud-init finished in the guest; its log tail explains a failure.
+
+    ``cancel`` stops the wait with Cancelled; cloud-init itself runs on in the guest."""
+    result = driver.exec(
+        instance_id,
+        ["cloud-init", "status", "--wait", "--long"],
+        timeout=timeout,
+        cancel=cancel,
+    )
     if result.exit_code == 0:
         return
     tail = driver.exec(
-        instance_id, ["tail", "-n", "15", "/var/log/cloud-init-output.log"], timeout=60
+        instance_id,
+        ["tail", "-n", "15", "/var/log/cloud-init-output.log"],
+        timeout=60,
+        cancel=cancel,
     )
     lines = (tail.stdout or result.stdout).decode(errors="replace").strip().splitlines()
     detail = " | ".join(line.strip() for line in lines[-5:] if line.strip())
@@ -174,10 +191,15 @@ def ssh_config(name: str, access: AccessSpec, port: int, known_hosts: Path) -> s
     return "\n".join(lines) + "\n"
 
 
-def wait_ssh_banner(port: int, timeout: float, alive: Callable[[], bool]) -> None:
-    """For guests without an agent: wait until sshd answers on the forwarded port."""
+def wait_ssh_banner(
+    port: int, timeout: float, alive: Callable[[], bool], *, cancel: CancelToken | None = None
+) -> None:
+    """For guests without an agent: wait until sshd answers on the forwarded port.
+
+    ``cancel`` stops the wait with Cancelled (within a try's 2 s connection timeout)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        check(cancel)
         if not alive():
             raise GuestError("the VM stopped while it booted", hint="see 'cloudlet logs'")
         try:
@@ -186,7 +208,7 @@ def wait_ssh_banner(port: int, timeout: float, alive: Callable[[], bool]) -> Non
                     return
         except OSError:
             pass
-        time.sleep(1)
+        pause(cancel, 1)
     raise Timeout(
         f"the guest's SSH server did not answer within {timeout:.0f} s",
         hint="see 'cloudlet logs'",

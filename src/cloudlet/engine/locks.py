@@ -14,16 +14,30 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from cloudlet.errors import Busy
+from cloudlet.progress import CancelToken, check, pause
 from cloudlet.spec.names import name_path
 
 DEFAULT_WAIT = 300.0
+POLL_INTERVAL = 0.05
 # Held while capacity and licence seats are checked and claimed in one step.
 HOST_KEY = ".host"
 
 
 @contextmanager
-def hold(lock_dir: Path, key: str, *, wait: float = DEFAULT_WAIT, what: str = "") -> Iterator[None]:
-    """Hold the lock named ``key``, waiting up to ``wait`` seconds for another holder."""
+def hold(
+    lock_dir: Path,
+    key: str,
+    *,
+    wait: float = DEFAULT_WAIT,
+    what: str = "",
+    cancel: CancelToken | None = None,
+) -> Iterator[None]:
+    """Hold the lock named ``key``, waiting up to ``wait`` seconds for another holder.
+
+    ``wait`` is per call (0: fail at once when held). A cancelled ``cancel`` ends the
+    wait with ``Cancelled``, the lock not taken.
+    """
+    check(cancel)
     lock_dir.mkdir(parents=True, exist_ok=True)
     fd = os.open(name_path(lock_dir, key, ".lock"), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     try:
@@ -38,7 +52,7 @@ def hold(lock_dir: Path, key: str, *, wait: float = DEFAULT_WAIT, what: str = ""
                         f"{what or key} is busy with another cloudlet command",
                         hint="wait for it to finish and try again",
                     ) from None
-                time.sleep(0.05)
+                pause(cancel, POLL_INTERVAL)
         yield
     finally:
         os.close(fd)

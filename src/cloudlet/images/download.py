@@ -16,7 +16,6 @@ import re
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
 from email.message import Message
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -24,6 +23,7 @@ from typing import BinaryIO, Protocol
 from cloudlet import __version__
 from cloudlet.errors import (
     Busy,
+    Cancelled,
     CloudletError,
     DownloadFailed,
     DownloadInterrupted,
@@ -31,9 +31,11 @@ from cloudlet.errors import (
     NotFound,
 )
 from cloudlet.images.catalog import hex_length
+from cloudlet.progress import ByteCallback, CancelToken, check
 
-ByteProgress = Callable[[int, int | None], None]
-"""Called with (bytes so far, total bytes or None when the server does not say)."""
+ByteProgress = ByteCallback
+"""Called with (bytes so far, total bytes or None when the server does not say);
+``progress.byte_callback`` turns a ProgressSink into one."""
 
 CHUNK = 1 << 20
 TEXT_LIMIT = 4 << 20
@@ -131,10 +133,16 @@ def _write(out: BinaryIO, chunk: bytes, part: Path) -> None:
 
 
 def _transfer(
-    url: str, out: BinaryIO, part: Path, progress: ByteProgress | None, timeout: float
+    url: str,
+    out: BinaryIO,
+    part: Path,
+    progress: ByteProgress | None,
+    timeout: float,
+    cancel: CancelToken | None,
 ) -> None:
     """Append the rest of ``url`` to ``out``; start over when the server ignores Range."""
     for _attempt in range(3):
+        check(cancel)
         offset = out.seek(0, os.SEEK_END)
         headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
         if offset:
@@ -172,7 +180,7 @@ def _transfer(
                     f"unexpected HTTP {response.status} for {url}", hint="try again later"
                 )
             length = _int_header(response, "Content-Length")
-            _stream(url, response, out, part, offset, length, total, progress)
+            _stream(url, response, out, part, (offset, length, total), progress, cancel)
             return
         finally:
             response.close()
@@ -187,15 +195,17 @@ def _stream(
     response: _Response,
     out: BinaryIO,
     part: Path,
-    offset: int,
-    length: int | None,
-    total: int | None,
+    span: tuple[int, int | None, int | None],
     progress: ByteProgress | None,
+    cancel: CancelToken | None,
 ) -> None:
+    """Append the response to ``out``; ``span`` is (offset, body length, total length)."""
+    offset, length, total = span
     done = offset
     if progress:
         progress(done, total)
     while True:
+        check(cancel)
         try:
             chunk = response.read(CHUNK)
         except (OSError, http.client.HTTPException) as exc:
@@ -219,13 +229,17 @@ def download(
     expected: tuple[str, str] | None = None,
     progress: ByteProgress | None = None,
     timeout: float = 30,
+    cancel: CancelToken | None = None,
 ) -> Path:
     """Fetch ``url`` into ``dest``, resuming ``dest``'s .part file, verifying ``expected``.
 
     ``expected`` is (algorithm, hex digest). When ``dest`` already holds a file with that
     digest nothing is fetched. A mismatch deletes the .part file (its bytes are wrong, so
-    resuming it would never succeed) and raises InvalidInput.
+    resuming it would never succeed) and raises InvalidInput. A cancel (checked between
+    chunks) deletes the .part file too, and raises Cancelled: a cancelled call leaves
+    nothing behind.
     """
+    check(cancel)
     _check_url(url)
     algorithm, want = "", ""
     if expected is not None:
@@ -246,7 +260,11 @@ def download(
                 f"another process is downloading {dest.name}",
                 hint="wait for it to finish, then run the command again",
             ) from None
-        _transfer(url, out, part, progress, timeout)
+        try:
+            _transfer(url, out, part, progress, timeout, cancel)
+        except Cancelled:
+            part.unlink(missing_ok=True)  # still under our lock: nobody else writes it
+            raise
         os.fsync(out.fileno())
         if expected is not None:
             got = file_digest(part, algorithm)

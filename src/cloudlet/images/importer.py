@@ -16,7 +16,6 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +23,11 @@ from cloudlet.errors import Conflict, HostCommandError, InvalidInput, NotFound
 from cloudlet.images import untrusted
 from cloudlet.images.catalog import CatalogEntry, parse_checksum_file
 from cloudlet.images.download import ByteProgress, download, fetch_text
-from cloudlet.images.store import BUILTIN
+from cloudlet.images.store import BUILTIN, Progress
+from cloudlet.progress import CancelToken, check
 from cloudlet.spec.names import image_name, name_path
 from cloudlet.spec.units import format_size
 from cloudlet.storage.staging import LEGACY_IMAGE_STAGING, staging, sweep
-
-Progress = Callable[[str], None]
 
 FORMATS = ("qcow2", "raw", "iso")
 """What users may declare: an ISO is a raw, read-only CD image."""
@@ -446,12 +444,15 @@ def pull(
     status: Progress | None = None,
     timeout: float = 30,
     max_size: int | None = None,
+    cancel: CancelToken | None = None,
 ) -> Path:
     """Download a catalog image (checked against its project's checksum file) and import it.
 
     The image is named after the entry ("ubuntu-24.04") unless ``name`` says otherwise.
     The verified download stays in ``cache_dir``, so a second pull of an unchanged image
-    downloads nothing; an interrupted pull resumes when run again.
+    downloads nothing; an interrupted pull resumes when run again. A ``cancel`` during
+    the download deletes its partial file (see ``download``); the import itself, once
+    begun, is not cancelled.
     """
     if name is None:
         name = entry.name
@@ -459,6 +460,7 @@ def pull(
     _refuse_existing(images_root, name)  # before, not after, a long download
     if status:
         status(f"fetching checksums from {entry.checksum_url}")
+    check(cancel)
     text = fetch_text(entry.checksum_url, timeout=timeout)
     digest = parse_checksum_file(text, entry.checksum_filename, entry.checksum_algorithm)
     if status:
@@ -469,7 +471,9 @@ def pull(
         expected=(entry.checksum_algorithm, digest),
         progress=progress,
         timeout=timeout,
+        cancel=cancel,
     )
+    check(cancel)
     return _import(
         dest,
         name,

@@ -16,11 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cloudlet.errors import InvalidInput, NotFound
+from cloudlet.progress import StageCallback
 from cloudlet.spec.names import image_name, name_path
 
 BUILTIN = ("tiny", "debian-12")
 HOST_ARCH = platform.machine()
-Progress = Callable[[str], None]
+# Stage messages only: the stage-only shape of ProgressEvent (progress.stage_callback
+# turns a ProgressSink into one). To be replaced by ProgressSink once callers move.
+Progress = StageCallback
 Builder = Callable[[Path, Callable[[str], None] | None], None]
 
 

@@ -31,9 +31,10 @@ from cloudlet.driver.base import (
     TapNic,
 )
 from cloudlet.driver.fake.guest_fs import FakeGuestFS
-from cloudlet.errors import CloudletError, Conflict, GuestError
+from cloudlet.errors import CloudletError, Conflict, GuestError, Timeout
 from cloudlet.guest.copy_rules import CopyProgress
 from cloudlet.guest.landing import CopyLimits
+from cloudlet.progress import CancelToken, check, pause
 
 
 @dataclass
@@ -42,6 +43,8 @@ class FakeVM:
     state: PowerState = PowerState.RUNNING
     alive: bool = True
     ignores_acpi: bool = False
+    # a hung guest: waits on it block until their timeout (or a cancel), as with QEMU
+    hangs: bool = False
     pid: int = 0
     started_at: float = field(default_factory=time.time)
     commands: list[list[str]] = field(default_factory=list)
@@ -87,6 +90,19 @@ class FakeDriver(Driver):
 
     def ignore_acpi(self, instance_id: str) -> None:
         self.vms[instance_id].ignores_acpi = True
+
+    def hang(self, instance_id: str, hangs: bool = True) -> None:
+        """The guest stops answering: wait_agent, wait_shutdown and exec block until their
+        timeout or a cancel. Otherwise the fake has no clock and its waits answer at once."""
+        self.vms[instance_id].hangs = hangs
+
+    @staticmethod
+    def _hung(vm: FakeVM, timeout: float, cancel: CancelToken | None) -> bool:
+        """Block while ``vm`` hangs, up to ``timeout``; True if it still hangs then."""
+        deadline = time.monotonic() + timeout
+        while vm.hangs and (left := deadline - time.monotonic()) > 0:
+            pause(cancel, min(left, 0.05))
+        return vm.hangs
 
     # Driver ---------------------------------------------------------------
     def start(self, config: LaunchConfig) -> RuntimeInfo:
@@ -147,7 +163,13 @@ class FakeDriver(Driver):
         if (via_agent or not vm.ignores_acpi) and vm.state == PowerState.RUNNING:
             vm.state = PowerState.SHUTDOWN
 
-    def wait_shutdown(self, instance_id: str, timeout: float) -> bool:
+    def wait_shutdown(
+        self, instance_id: str, timeout: float, *, cancel: CancelToken | None = None
+    ) -> bool:
+        check(cancel)
+        vm = self.vms.get(instance_id)
+        if vm is not None and vm.alive and vm.state != PowerState.SHUTDOWN:
+            self._hung(vm, timeout, cancel)
         return self.power_state(instance_id) in (
             PowerState.SHUTDOWN,
             PowerState.GONE,
@@ -174,8 +196,12 @@ class FakeDriver(Driver):
             raise Conflict("the VM waits for its memory state (restore_state)")
         vm.state = PowerState.RUNNING
 
-    def wait_agent(self, instance_id: str, timeout: float) -> None:
-        self._live(instance_id)
+    def wait_agent(
+        self, instance_id: str, timeout: float, *, cancel: CancelToken | None = None
+    ) -> None:
+        check(cancel)
+        if self._hung(self._live(instance_id), timeout, cancel):
+            raise Timeout(f"the guest agent did not answer within {timeout:.0f} s")
 
     def _agent(self, instance_id: str, command: str) -> FakeVM:
         """A VM whose agent answers: running, not frozen."""
@@ -191,10 +217,19 @@ class FakeDriver(Driver):
         return self.guest_files.setdefault(instance_id, FakeGuestFS())
 
     def exec(
-        self, instance_id: str, argv: list[str], *, stdin: bytes | None = None, timeout: float
+        self,
+        instance_id: str,
+        argv: list[str],
+        *,
+        stdin: bytes | None = None,
+        timeout: float,
+        cancel: CancelToken | None = None,
     ) -> ExecResult:
+        check(cancel)
         vm = self._agent(instance_id, "guest-exec")
         vm.commands.append(argv)
+        if self._hung(vm, timeout, cancel):
+            raise Timeout(f"{argv[0]} did not finish within {timeout:.0f} s in the guest")
         if argv[:1] == ["cat"] and len(argv) == 2 and argv[1].startswith("/sys/block/vd"):
             return _fake_block_size(vm, argv[1])
         if argv[:1] == ["cat"] and len(argv) == 2 and argv[1].startswith("/"):

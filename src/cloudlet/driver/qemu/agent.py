@@ -19,6 +19,7 @@ from typing import Any
 from cloudlet import redact
 from cloudlet.driver.base import ExecResult
 from cloudlet.errors import GuestError, Timeout
+from cloudlet.progress import CancelToken, check, pause
 
 _log = logging.getLogger(__name__)
 
@@ -231,26 +232,41 @@ def connect(path: Path, timeout: float = 5.0, max_reply: int = MAX_REPLY) -> Age
     return conn
 
 
-def wait_ready(path: Path, timeout: float) -> None:
-    """Poll until the guest agent answers guest-ping."""
+def wait_ready(path: Path, timeout: float, *, cancel: CancelToken | None = None) -> None:
+    """Poll until the guest agent answers guest-ping; ``cancel`` stops the wait
+    (within a second: one try's connection timeout) with Cancelled."""
     deadline = time.monotonic() + timeout
     last: Exception | None = None
     while time.monotonic() < deadline:
+        check(cancel)
         try:
             with connect(path, timeout=min(1.0, max(0.1, deadline - time.monotonic()))) as conn:
                 conn.call("guest-ping")
                 return
         except (GuestError, Timeout, OSError) as exc:
             last = exc
-            time.sleep(0.1)
+        pause(cancel, 0.1)
     raise Timeout(
         f"the guest agent did not answer within {timeout:.0f} s ({last})",
         hint="check the boot with 'cloudlet logs'",
     )
 
 
-def run_command(path: Path, argv: list[str], *, stdin: bytes | None, timeout: float) -> ExecResult:
-    """guest-exec with captured output, polled until the program exits."""
+def run_command(
+    path: Path,
+    argv: list[str],
+    *,
+    stdin: bytes | None,
+    timeout: float,
+    cancel: CancelToken | None = None,
+) -> ExecResult:
+    """guest-exec with captured output, polled until the program exits.
+
+    ``cancel`` stops the polling with Cancelled and closes the connection; the guest
+    agent has no way to stop a program it started, so the program runs on in the guest
+    (as it does after a Timeout).
+    """
+    check(cancel)
     deadline = time.monotonic() + timeout
     with connect(path) as conn:
         args: dict[str, Any] = {"path": argv[0], "arg": argv[1:], "capture-output": True}
@@ -270,7 +286,7 @@ def run_command(path: Path, argv: list[str], *, stdin: bytes | None, timeout: fl
                 break
             if time.monotonic() > deadline:
                 raise Timeout(f"{argv[0]} did not finish within {timeout:.0f} s in the guest")
-            time.sleep(POLL_INTERVAL)
+            pause(cancel, POLL_INTERVAL)
     what = "guest-exec-status"
     signal = status.get("signal")
     return ExecResult(

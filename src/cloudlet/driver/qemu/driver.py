@@ -56,6 +56,7 @@ from cloudlet.host.ownership import share_dir
 from cloudlet.host.qemu_binaries import qemu_binary, qemu_version
 from cloudlet.host.run import Credentials, spawn
 from cloudlet.notices import CallNotices
+from cloudlet.progress import CancelToken, check, pause
 
 _log = logging.getLogger(__name__)
 START_TIMEOUT = 60.0
@@ -285,15 +286,18 @@ class QemuDriver(Driver):
         with agent.connect(info.agent_socket) as conn:
             conn.send_only("guest-shutdown", {"mode": "powerdown"})
 
-    def wait_shutdown(self, instance_id: str, timeout: float) -> bool:
+    def wait_shutdown(
+        self, instance_id: str, timeout: float, *, cancel: CancelToken | None = None
+    ) -> bool:
         deadline = time.monotonic() + timeout
         while True:
+            check(cancel)
             state = self.power_state(instance_id)
             if state in (PowerState.SHUTDOWN, PowerState.GONE, PowerState.ABSENT):
                 return True
             if time.monotonic() >= deadline:
                 return False
-            time.sleep(0.2)
+            pause(cancel, 0.2)
 
     def force_stop(self, instance_id: str) -> None:
         info = self.runtime(instance_id)
@@ -323,30 +327,45 @@ class QemuDriver(Driver):
     def resume(self, instance_id: str) -> None:
         qmp.execute(self._require(instance_id).qmp_socket, "cont")
 
-    def wait_agent(self, instance_id: str, timeout: float) -> None:
+    def wait_agent(
+        self, instance_id: str, timeout: float, *, cancel: CancelToken | None = None
+    ) -> None:
         """Wait for the guest to open the agent's port (seen over QMP), then ping it.
 
         Polling the agent socket itself is slow: until qemu-ga opens its port,
         each try can only time out. QMP's query-chardev says the moment it does.
         """
+        check(cancel)
         info = self._require(instance_id)
         deadline = time.monotonic() + timeout
+        # The chardev wait asks ``alive`` about once a second: a cancel ends it there.
         qmp.wait_chardev_open(
             info.qmp_socket,
             AGENT_CHARDEV,
             AGENT_DEVICE,
             timeout=timeout,
-            alive=lambda: processes.is_alive(info.pid, info.pid_start),
+            alive=lambda: (
+                not (cancel and cancel.cancelled) and processes.is_alive(info.pid, info.pid_start)
+            ),
         )
+        check(cancel)
         if not processes.is_alive(info.pid, info.pid_start):
             raise CloudletError("QEMU exited while the guest booted", hint="see 'cloudlet logs'")
-        agent.wait_ready(info.agent_socket, max(1.0, deadline - time.monotonic()))
+        agent.wait_ready(info.agent_socket, max(1.0, deadline - time.monotonic()), cancel=cancel)
 
     def exec(
-        self, instance_id: str, argv: list[str], *, stdin: bytes | None = None, timeout: float
+        self,
+        instance_id: str,
+        argv: list[str],
+        *,
+        stdin: bytes | None = None,
+        timeout: float,
+        cancel: CancelToken | None = None,
     ) -> ExecResult:
         info = self._require(instance_id)
-        return agent.run_command(info.agent_socket, argv, stdin=stdin, timeout=timeout)
+        return agent.run_command(
+            info.agent_socket, argv, stdin=stdin, timeout=timeout, cancel=cancel
+        )
 
     def guest_info(self, instance_id: str) -> GuestInfo:
         info = self._require(instance_id)

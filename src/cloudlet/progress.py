@@ -1,0 +1,99 @@
+"""One progress type for every long operation, and a token that cancels its waits.
+
+Long work reports ``ProgressEvent(stage, done, total)`` to a ``ProgressSink``: a stage
+alone ("booting"), or a stage with a count ("downloading", 3 MiB of 200 MiB). Older
+layers still take a stage callback or a byte callback; the adapters here turn one sink
+into either shape, so a caller needs only one.
+
+A ``CancelToken`` is handed to waits that may block for long (agent, shutdown, exec,
+cloud-init, locks, downloads, backup copies). Another thread (a server whose client went
+away, a signal handler) calls ``cancel``; the wait notices within a poll interval, leaves
+nothing half-done at its own level, and raises ``Cancelled``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from cloudlet.errors import Cancelled
+
+DEFAULT_REASON = "the operation was cancelled"
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    """Where a long operation is: its stage and, when it counts, how far of how much."""
+
+    stage: str
+    done: int | None = None
+    total: int | None = None
+
+
+ProgressSink = Callable[[ProgressEvent], None]
+StageCallback = Callable[[str], None]
+ByteCallback = Callable[[int, int | None], None]
+
+
+def stage_callback(sink: ProgressSink | None) -> StageCallback | None:
+    """A ``Callable[[str], None]`` (images' stage messages) that feeds ``sink``."""
+    if sink is None:
+        return None
+    return lambda stage: sink(ProgressEvent(stage))
+
+
+def byte_callback(sink: ProgressSink | None, stage: str) -> ByteCallback | None:
+    """A ``(done, total)`` callback (downloads, copies) that feeds ``sink`` as ``stage``."""
+    if sink is None:
+        return None
+    return lambda done, total: sink(ProgressEvent(stage, done, total))
+
+
+class CancelToken:
+    """Thread-safe: one thread cancels, the threads waiting on it stop promptly."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self._lock = threading.Lock()
+        self._reason = ""
+
+    def cancel(self, reason: str = DEFAULT_REASON) -> None:
+        """Ask every wait holding this token to stop; the first reason given is kept."""
+        with self._lock:
+            if not self._event.is_set():
+                self._reason = reason or DEFAULT_REASON
+                self._event.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._event.is_set()
+
+    @property
+    def reason(self) -> str:
+        with self._lock:
+            return self._reason
+
+    def raise_if_cancelled(self) -> None:
+        if self._event.is_set():
+            raise Cancelled(self.reason, hint="run the command again when you want it done")
+
+    def wait(self, seconds: float) -> bool:
+        """Sleep up to ``seconds``; True (at once) when the token is or gets cancelled."""
+        return self._event.wait(max(0.0, seconds))
+
+
+def check(cancel: CancelToken | None) -> None:
+    """``raise_if_cancelled`` for an optional token."""
+    if cancel is not None:
+        cancel.raise_if_cancelled()
+
+
+def pause(cancel: CancelToken | None, seconds: float) -> None:
+    """``time.sleep`` that a token cuts short: raises ``Cancelled`` once cancelled."""
+    if cancel is None:
+        time.sleep(seconds)
+        return
+    cancel.wait(seconds)
+    cancel.raise_if_cancelled()
