@@ -159,7 +159,8 @@ def test_unknown_commands_get_the_closest_command(
 @pytest.mark.parametrize(
     ("args", "hint"),
     [
-        (["--type", "gp.smal"], "did you mean 'gp.small'"),
+        (["--type", "gp.smal"], ": did you mean 'gp.small'?\n"),
+        (["--image", "debain-12"], "did you mean 'debian-12-genericcloud'? (from the catalog"),
         (["--image", "tny"], "did you mean 'tiny'?"),
         (
             ["--image", "ubuntu"],
