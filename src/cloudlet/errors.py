@@ -55,6 +55,25 @@ class NotFound(CloudletError):
     code = "not_found"
 
 
+class ImageNotFound(NotFound):
+    """No local image of that name. ``pullable`` names the catalog images that would do
+    (the name itself, or the closest ones), so a frontend can say how to download one."""
+
+    code = "image_not_found"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        hint: str | None = None,
+        image: str = "",
+        pullable: Sequence[str] = (),
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.image = image
+        self.pullable = tuple(pullable)
+
+
 class Conflict(CloudletError):
     """The request clashes with the current state (duplicate name, wrong VM state)."""
 

@@ -86,6 +86,7 @@ def test_known_codes_are_stable() -> None:
         "ManifestRefused": ("backup_manifest_refused", 2),
         "EntryRefused": ("guest_entry_refused", 2),
         "NotFound": ("not_found", 3),
+        "ImageNotFound": ("image_not_found", 3),
         "Conflict": ("conflict", 4),
         "StillRunning": ("still_running", 4),
         "RuntimeRecordUnknown": ("runtime_record_unknown", 4),

@@ -61,6 +61,13 @@ TABLE: dict[tuple[str, str], list[str]] = {
     ("create", "network"): ["create", "--no-start", "--image=seed", f"--network={H}", "--", "ok1"],
     ("create", "user"): ["create", "--no-start", "--image=seed", f"--user={H}", "--", "ok1"],
     ("show", "name"): ["show", "--", H],
+    # the aliases run the same functions, through their own names
+    ("launch", "name"): ["launch", "--no-start", "--image=seed", "--", H],
+    ("launch", "image"): ["launch", "--no-start", f"--image={H}", "--", "ok1"],
+    ("launch", "network"): ["launch", "--no-start", "--image=seed", f"--network={H}", "--", "ok1"],
+    ("launch", "user"): ["launch", "--no-start", "--image=seed", f"--user={H}", "--", "ok1"],
+    ("info", "name"): ["info", "--", H],
+    ("rm", "names"): ["rm", "--", "web1", H],
     ("start", "name"): ["start", "--", H],
     ("stop", "name"): ["stop", "--", H],
     ("restart", "name"): ["restart", "--", H],
@@ -142,6 +149,7 @@ NOT_NAMES = {
     ("firewall remove", "source"): "a CIDR, parsed as an address",
     ("firewall group create", "source"): "a CIDR, parsed as an address",
     ("create", "backup"): "a policy word (none, daily, SCHEDULE:KEEP)",
+    ("launch", "backup"): "a policy word (none, daily, SCHEDULE:KEEP)",
 }
 NAME_LIKE = {"name", "names", "vm", "source", "network", "pool", "group", "image", "as_name",
              "backup", "snapshot", "licence", "user", "args"}  # fmt: skip

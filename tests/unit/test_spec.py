@@ -69,9 +69,12 @@ def test_catalog_families_keep_their_ratios() -> None:
         assert {"small", "medium", "large"} <= sizes
 
 
-def test_unknown_type_points_to_types_command() -> None:
+def test_unknown_type_names_the_closest_or_points_to_types_command() -> None:
     with pytest.raises(NotFound) as exc:
-        get_type("gp.huge")
+        get_type("gp.smal")
+    assert exc.value.hint == "did you mean 'gp.small'?"
+    with pytest.raises(NotFound) as exc:
+        get_type("zzz")
     assert "cloudlet types" in exc.value.one_line()
 
 

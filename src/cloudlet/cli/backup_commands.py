@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from cloudlet.cli.options import Output
+from cloudlet.cli import complete
+from cloudlet.cli.options import BackupOpt, Output, VmArg
 from cloudlet.errors import CloudletError, InvalidInput
 from cloudlet.spec.units import format_duration, format_size
 
@@ -38,7 +39,6 @@ backup_app = typer.Typer(
 )
 
 OutputOpt = Annotated[Output, typer.Option("--output", "-o", help="table or json")]
-VmArg = Annotated[str, typer.Argument(help="VM name")]
 
 
 def _ops() -> BackupOps:
@@ -100,7 +100,9 @@ def backup_create(vm: VmArg, output: OutputOpt = Output.table) -> None:
 
 @backup_app.command("list")
 def backup_list(
-    vm: Annotated[str | None, typer.Argument(help="VM name (default: all)")] = None,
+    vm: Annotated[
+        str | None, typer.Argument(help="VM name (default: all)", autocompletion=complete.vms)
+    ] = None,
     output: OutputOpt = Output.table,
 ) -> None:
     """Backups, newest first."""
@@ -115,7 +117,8 @@ def backup_list(
 def backup_verify(
     vm: VmArg,
     backup: Annotated[
-        str | None, typer.Option("--backup", help="one backup (default: all)")
+        str | None,
+        typer.Option("--backup", help="one backup (default: all)", autocompletion=complete.backups),
     ] = None,
     output: OutputOpt = Output.table,
 ) -> None:
@@ -197,7 +200,7 @@ def backup_prune(vm: VmArg) -> None:
 def restore(
     vm: VmArg,
     latest: Annotated[bool, typer.Option("--latest", help="the newest good backup")] = False,
-    backup: Annotated[str | None, typer.Option("--backup", help="backup id")] = None,
+    backup: BackupOpt = None,
     as_name: Annotated[
         str | None, typer.Option("--as", help="restore into a new VM of this name")
     ] = None,

@@ -11,18 +11,19 @@ import typer
 
 from cloudlet.cli import (
     backup_commands,
+    complete,
     network_commands,
     run_command,
     spec_commands,
     storage_commands,
 )
 from cloudlet.cli import console as console_mod
-from cloudlet.cli.options import Output
+from cloudlet.cli.options import Output, Shell, VmArg
 from cloudlet.cli.startup import lazy_root
-from cloudlet.errors import CloudletError, InvalidInput, StillRunning
+from cloudlet.errors import CloudletError, ImageNotFound, InvalidInput, StillRunning
 from cloudlet.host.run import exec_replace
 from cloudlet.spec.names import vm_name
-from cloudlet.spec.units import format_size, parse_size
+from cloudlet.spec.units import format_size, parse_size_with_unit
 
 # Rich, the engine and the database are imported when a command first uses them:
 # `cloudlet --help` and `--version` load this module and never run a command.
@@ -68,7 +69,8 @@ backup_commands.register(app)  # backup, restore, export, import
 
 
 OutputOpt = Annotated[Output, typer.Option("--output", "-o", help="table or json")]
-NameArg = Annotated[str, typer.Argument(help="VM name")]
+ImageArg = Annotated[str, typer.Argument(help="image name", autocompletion=complete.images)]
+NameArg = VmArg
 
 
 def _print_version(value: bool) -> None:
@@ -120,7 +122,9 @@ def create(
     name: Annotated[
         str | None, typer.Argument(help="VM name; none (in a terminal): the wizard")
     ] = None,
-    image: Annotated[str, typer.Option("--image", "-i", help="image name")] = "tiny",
+    image: Annotated[
+        str, typer.Option("--image", "-i", help="image name", autocompletion=complete.images)
+    ] = "tiny",
     type_: Annotated[
         str | None, typer.Option("--type", "-t", help="machine type (see 'cloudlet types')")
     ] = None,
@@ -129,7 +133,10 @@ def create(
     disk_size: Annotated[str | None, typer.Option(help="root disk size, e.g. 20G")] = None,
     network: Annotated[
         list[str] | None,
-        typer.Option(help="nat (user-mode, default), none, or a virtual network (repeatable)"),
+        typer.Option(
+            help="nat (user-mode, default), none, or a virtual network (repeatable)",
+            autocompletion=complete.vm_networks,
+        ),
     ] = None,
     restrict_network: Annotated[
         bool, typer.Option("--restrict-network", help="NAT without any way out (restrict=on)")
@@ -194,8 +201,10 @@ def create(
         image=image,
         type=type_,
         cpus=cpus,
-        memory=parse_size(memory, what="memory", default_unit="M") if memory else None,
-        disk_size=parse_size(disk_size, what="disk size", default_unit="G") if disk_size else None,
+        memory=parse_size_with_unit(memory, what="memory", example_unit="M") if memory else None,
+        disk_size=parse_size_with_unit(disk_size, what="disk size", example_unit="G")
+        if disk_size
+        else None,
         networks=tuple(network or ()),
         restrict_network=restrict_network,
         arch=arch,
@@ -207,7 +216,9 @@ def create(
         wait_cloud_init=wait,
         location=location,
         containers=containers,
-        volumes=tuple(parse_size(v, what="volume size", default_unit="G") for v in volume or ()),
+        volumes=tuple(
+            parse_size_with_unit(v, what="volume size", example_unit="G") for v in volume or ()
+        ),
         inbound_ports=tuple(open_port or ()),
         backup=parse_backup(backup),
         api_access=api_access,
@@ -221,6 +232,10 @@ def create(
     else:
         err.print(f"[green]{name}[/] is {vm.state}")
         render.instances_table([vm])
+
+
+# The verbs Multipass, Docker and Incus users type: launch is listed, the others hidden.
+app.command("launch", help="Same as create: create a VM from an image and start it.")(create)
 
 
 @app.command("list")
@@ -246,6 +261,10 @@ def show(name: NameArg, output: OutputOpt = Output.table) -> None:
         render.print_json(vm.to_dict())
     else:
         render.instance_detail(vm)
+
+
+app.command("ls", hidden=True, help="Same as list.")(list_)
+app.command("info", hidden=True, help="Same as show.")(show)
 
 
 @app.command()
@@ -305,7 +324,7 @@ def _can_ask() -> bool:
 
 @app.command()
 def delete(
-    names: Annotated[list[str], typer.Argument(help="VM names")],
+    names: Annotated[list[str], typer.Argument(help="VM names", autocompletion=complete.vms)],
     force: Annotated[
         bool, typer.Option("--force", "-f", help="also a running VM (stopped at once)")
     ] = False,
@@ -322,6 +341,9 @@ def delete(
                 hint = f"'cloudlet stop {name}' first, or 'cloudlet delete --force {name}'"
                 raise StillRunning(running.message, hint=hint) from None
             err.print(engine.delete(name, force=True))
+
+
+app.command("rm", hidden=True, help="Same as delete.")(delete)
 
 
 @app.command(
@@ -460,7 +482,7 @@ def image_list(output: OutputOpt = Output.table) -> None:
 
 
 @image_app.command("show")
-def image_show(name: Annotated[str, typer.Argument()], output: OutputOpt = Output.table) -> None:
+def image_show(name: ImageArg, output: OutputOpt = Output.table) -> None:
     """Everything about one image."""
     info = _engine().image_show(name)
     if output == Output.json:
@@ -509,7 +531,12 @@ def image_catalog(output: OutputOpt = Output.table) -> None:
 
 @image_app.command("pull")
 def image_pull(
-    name: Annotated[str, typer.Argument(help="catalog name, e.g. ubuntu-24.04")],
+    name: Annotated[
+        str,
+        typer.Argument(
+            help="catalog name, e.g. ubuntu-24.04", autocompletion=complete.catalog_images
+        ),
+    ],
 ) -> None:
     """Download an official cloud image (resumable, checksum verified)."""
     with _byte_progress() as progress:
@@ -518,7 +545,7 @@ def image_pull(
 
 
 @image_app.command("delete")
-def image_delete(name: Annotated[str, typer.Argument()]) -> None:
+def image_delete(name: ImageArg) -> None:
     """Delete an image; refused while a VM uses it."""
     err.print(_engine().image_delete(name))
 
@@ -544,11 +571,30 @@ def license_list(output: OutputOpt = Output.table) -> None:
         out.print(f"{item['name']}  {item['in_use']}/{item['seats']} seats in use")
 
 
+@app.command()
+def completion(shell: Annotated[Shell, typer.Argument(help="bash, zsh or fish")]) -> None:
+    """Print the shell completion script (see README, "Shell completion", to enable it)."""
+    sys.stdout.write(complete.script(shell.value) + "\n")
+
+
 app.command(context_settings={"allow_interspersed_args": False})(run_command.run)
 spec_commands.register(app)
 
 
+def _worded(error: CloudletError) -> CloudletError:
+    """The error with this CLI's own command in its hint where the engine leaves it out."""
+    if isinstance(error, ImageNotFound) and error.pullable:
+        if error.pullable == (error.image,):
+            hint = f"download it first: cloudlet image pull {error.image}"
+        else:
+            name = error.pullable[0] if len(error.pullable) == 1 else "NAME"
+            hint = f"{error.hint} (from the catalog: cloudlet image pull {name})"
+        return ImageNotFound(error.message, hint=hint, image=error.image, pullable=error.pullable)
+    return error
+
+
 def fail(error: CloudletError) -> NoReturn:
+    error = _worded(error)
     # escaped: messages carry paths and hints such as "[backup] path" that are not markup
     err.print(f"[red]error:[/] {escape(error.one_line())}")
     sys.exit(error.exit_code)
@@ -556,6 +602,10 @@ def fail(error: CloudletError) -> NoReturn:
 
 def main() -> None:
     """Entry point: every CloudletError becomes one line and its exit code."""
+    if complete.requested():  # the shell's Tab: answered without building any command
+        from cloudlet.cli import completer
+
+        sys.exit(completer.answer(app, lazy_root(app)))
     try:
         lazy_root(app)()  # builds only the command that runs (see cli/startup.py)
     except CloudletError as error:

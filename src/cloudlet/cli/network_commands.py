@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from cloudlet.cli.options import Output
+from cloudlet.cli.options import NetArg, Output, VmArg
 from cloudlet.errors import InvalidInput
 
 # Rich and the engine are imported on first use (cli/lazy.py): start-up stays cheap.
@@ -37,8 +37,6 @@ firewall_app = typer.Typer(help="Per-VM inbound firewall rules and groups.", no_
 group_app = typer.Typer(help="Firewall groups: named rule sets.", no_args_is_help=True)
 
 OutputOpt = Annotated[Output, typer.Option("--output", "-o", help="table or json")]
-NetArg = Annotated[str, typer.Argument(help="network name")]
-VmArg = Annotated[str, typer.Argument(help="VM name")]
 
 
 def register(app: typer.Typer) -> None:

@@ -17,7 +17,7 @@ import typer
 
 from cloudlet.errors import InvalidInput
 from cloudlet.spec import process as p
-from cloudlet.spec.units import parse_size
+from cloudlet.spec.units import parse_size_with_unit
 
 if TYPE_CHECKING:
     from cloudlet.cli.render import err
@@ -147,7 +147,7 @@ def run(
         image=image,
         argv=tuple(command),
         cpus=cpus,
-        memory=parse_size(memory, what="memory", default_unit="M"),
+        memory=parse_size_with_unit(memory, what="memory", example_unit="M"),
         name=name,
         arch=arch,
         shares=shares,

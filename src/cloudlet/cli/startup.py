@@ -10,10 +10,12 @@ commands from their declarations without converting them.
 from __future__ import annotations
 
 import copy
+import difflib
 import inspect
 from typing import TYPE_CHECKING
 
 import typer
+from typer import _click as click
 from typer.core import TyperCommand, TyperGroup
 from typer.main import (
     get_command_from_info,
@@ -70,6 +72,19 @@ class LazyGroup(TyperGroup):
             )
         self.commands[cmd_name] = command
         return command
+
+    def resolve_command(
+        self, ctx: _click.Context, args: list[str]
+    ) -> tuple[str | None, _click.Command | None, list[str]]:
+        """Click's lookup, with "did you mean" over every declared name (none is built)."""
+        try:
+            return self._click_resolve_command(ctx, args)
+        except click.exceptions.UsageError as error:
+            matches = difflib.get_close_matches(args[0], self.list_commands(ctx)) if args else []
+            if matches:
+                suggestions = " or ".join(f"'{m}'" for m in matches)
+                error.message = f"{error.message.rstrip('.')}. Did you mean {suggestions}?"
+            raise
 
     def format_commands(self, ctx: _click.Context, formatter: _click.HelpFormatter) -> None:
         """The command list from the declarations: names and first lines, nothing built."""

@@ -7,9 +7,10 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from cloudlet.cli.options import Output
+from cloudlet.cli import complete
+from cloudlet.cli.options import Output, SnapArg, VmArg, VolumeArg
 from cloudlet.errors import InvalidInput
-from cloudlet.spec.units import format_size, parse_size
+from cloudlet.spec.units import format_size, parse_size_with_unit
 
 # Rich and the engine are imported on first use (cli/lazy.py): start-up stays cheap.
 if TYPE_CHECKING:
@@ -36,9 +37,6 @@ volume_app = typer.Typer(help="Data volumes: create, attach, grow, detach.", no_
 snapshot_app = typer.Typer(help="Live snapshots of a VM's root disk.", no_args_is_help=True)
 
 OutputOpt = Annotated[Output, typer.Option("--output", "-o", help="table or json")]
-VolumeArg = Annotated[str, typer.Argument(help="volume name")]
-VmArg = Annotated[str, typer.Argument(help="VM name")]
-SnapArg = Annotated[str, typer.Argument(help="snapshot name")]
 
 
 def _ops() -> StorageService:
@@ -159,7 +157,8 @@ def volume_create(
     output: OutputOpt = Output.table,
 ) -> None:
     """Create an empty thin volume (qcow2 file, or thin LV in an LVM pool)."""
-    vol = _ops().volume_create(name, parse_size(size, what="volume size", default_unit="G"), pool)
+    size_bytes = parse_size_with_unit(size, what="volume size", example_unit="G")
+    vol = _ops().volume_create(name, size_bytes, pool)
     if output == Output.json:
         render.print_json(vol.to_dict())
     else:
@@ -183,7 +182,8 @@ def volume_resize(
     name: VolumeArg, size: Annotated[str, typer.Argument(help="new size, e.g. 80G")]
 ) -> None:
     """Grow a volume (online when its VM runs); shrinking is refused."""
-    err.print(_ops().volume_resize(name, parse_size(size, what="volume size", default_unit="G")))
+    size_bytes = parse_size_with_unit(size, what="volume size", example_unit="G")
+    err.print(_ops().volume_resize(name, size_bytes))
 
 
 @volume_app.command("delete")
@@ -275,14 +275,18 @@ def snapshot_delete(vm: VmArg, name: SnapArg) -> None:
 
 # ---------------------------------------------------------------- clone
 def clone(
-    source: Annotated[str, typer.Argument(help="VM to clone")],
+    source: Annotated[str, typer.Argument(help="VM to clone", autocompletion=complete.vms)],
     name: Annotated[str, typer.Argument(help="name of the new VM")],
     linked: Annotated[
         bool,
         typer.Option("--linked", help="a thin overlay on a snapshot (default: newest)"),
     ] = False,
     snapshot: Annotated[
-        str | None, typer.Option(help="clone this snapshot (works while the VM runs)")
+        str | None,
+        typer.Option(
+            help="clone this snapshot (works while the VM runs)",
+            autocompletion=complete.snapshots,
+        ),
     ] = None,
     output: OutputOpt = Output.table,
 ) -> None:

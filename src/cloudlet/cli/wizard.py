@@ -32,7 +32,7 @@ from cloudlet.spec.document import VMDocument
 from cloudlet.spec.instance import BACKUP_PRESETS, LOCAL_ZONE
 from cloudlet.spec.machine_types import CUSTOM, DEFAULT_TYPE, resolve_shape
 from cloudlet.spec.names import login_user, vm_name
-from cloudlet.spec.units import format_size, parse_size
+from cloudlet.spec.units import format_size, parse_size_with_unit
 
 DEFAULT_IMAGE = "tiny"  # what `cloudlet create NAME` uses
 CANCELLED = "cancelled: nothing was created"
@@ -237,9 +237,11 @@ class Wizard:
             return
         while True:
             cpus = IntPrompt.ask("vCPUs", console=self.console, default=2)
-            memory = self.ask("Memory", "2G", check=lambda t: parse_size(t, default_unit="M"))
+            memory = self.ask(
+                "Memory", "2G", check=lambda t: parse_size_with_unit(t, example_unit="M")
+            )
             try:
-                shape = resolve_shape(CUSTOM, cpus, parse_size(memory, default_unit="M"))
+                shape = resolve_shape(CUSTOM, cpus, parse_size_with_unit(memory, example_unit="M"))
             except CloudletError as exc:
                 self.console.print(f"[red]error:[/] {escape(exc.one_line())}")
                 continue
@@ -256,9 +258,11 @@ class Wizard:
         disk = self.ask(
             "Disk size",
             "image",
-            check=lambda t: t == "image" or parse_size(t, what="disk size", default_unit="G"),
+            check=lambda t: (
+                t == "image" or parse_size_with_unit(t, what="disk size", example_unit="G")
+            ),
         )
-        self.a.disk_size = None if disk == "image" else parse_size(disk, default_unit="G")
+        self.a.disk_size = None if disk == "image" else parse_size_with_unit(disk, example_unit="G")
         volumes = self.ask(
             "Extra volumes (sizes, comma separated)", "none", check=self._parse_volumes
         )
@@ -269,7 +273,7 @@ class Wizard:
         if text.strip() in ("", "none"):
             return []
         return [
-            parse_size(part, what="volume size", default_unit="G")
+            parse_size_with_unit(part, what="volume size", example_unit="G")
             for part in text.split(",")
             if part.strip()
         ]

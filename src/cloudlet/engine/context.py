@@ -25,6 +25,7 @@ from cloudlet.errors import Conflict, NotFound
 from cloudlet.notices import CallNotices
 from cloudlet.spec import names
 from cloudlet.spec.states import VMState
+from cloudlet.spec.suggest import did_you_mean
 from cloudlet.store.database import Database
 from cloudlet.store.models import EventRow, InstanceRow, OperationRow, utcnow
 
@@ -73,8 +74,15 @@ class EngineContext:
         with self.db.session() as s:
             row = s.scalar(select(InstanceRow).where(InstanceRow.name == name))
         if row is None:
-            raise NotFound(f"no VM named {name!r}", hint="run 'cloudlet list' to see your VMs")
+            raise self.no_vm(name)
         return row
+
+    def no_vm(self, name: str) -> NotFound:
+        """The error for a VM name nobody has, naming the closest VM that exists."""
+        with self.db.session() as s:
+            known = list(s.scalars(select(InstanceRow.name)).all())
+        hint = did_you_mean(name, known) or "run 'cloudlet list' to see your VMs"
+        return NotFound(f"no VM named {name!r}", hint=hint)
 
     def fresh_row(self, instance_id: str) -> InstanceRow | None:
         with self.db.session() as s:

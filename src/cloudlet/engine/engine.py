@@ -39,6 +39,7 @@ from cloudlet.engine import image_menu as image_menu_mod
 from cloudlet.engine.context import EngineContext
 from cloudlet.engine.deps import EngineDeps
 from cloudlet.engine.image_cap import check_disk_size, image_size_cap
+from cloudlet.engine.image_lookup import get_image, unknown_image
 from cloudlet.engine.image_menu import ImageChoice
 from cloudlet.engine.serial_tail import SerialLog
 from cloudlet.engine.storage import StorageService
@@ -303,7 +304,7 @@ class Engine:
                 )
             image = self._installer_image(req.iso, progress)
         else:
-            image = self.deps.images.get(req.image, progress=progress, arch=req.arch)
+            image = get_image(self.deps.images, req.image, progress=progress, arch=req.arch)
         self._check_arch(image.arch, req.profile)
         if req.containers and not image.cloud_init:
             raise InvalidInput(
@@ -535,7 +536,7 @@ class Engine:
         with self._lock(name), self.db.session() as s:
             row = s.scalar(select(InstanceRow).where(InstanceRow.name == name))
             if row is None:
-                raise NotFound(f"no VM named {name!r}", hint="run 'cloudlet list'")
+                raise self.ctx.no_vm(name)
             spec = InstanceSpec.model_validate_json(row.spec_json)
             # validate through the model: model_copy alone would skip the field checks
             new = InstanceSpec.model_validate({**spec.model_dump(), **changes})
@@ -649,10 +650,11 @@ class Engine:
 
     def image_show(self, name: str) -> dict[str, object]:
         names.image_name(name)
-        for info in self.images():
+        found = self.images()
+        for info in found:
             if info["name"] == name:
                 return info
-        raise NotFound(f"unknown image {name!r}", hint="run 'cloudlet image list'")
+        raise unknown_image(name, self.deps.images.names())
 
     def image_build(self, name: str, *, arch: str | None, progress: Progress | None) -> Image:
         names.image_name(name)

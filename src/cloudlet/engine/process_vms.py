@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from cloudlet.driver.base import Channel, LaunchConfig, Share
 from cloudlet.engine import locks
+from cloudlet.engine.image_lookup import get_image
 from cloudlet.errors import Conflict, InvalidInput
 from cloudlet.guest.landing import CopyLimits
 from cloudlet.host import processes
@@ -105,7 +106,7 @@ class ProcessVMs:
             )
         if spec.network not in ("none", "nat"):
             raise InvalidInput(f"unknown network {spec.network!r}", hint="use --net nat or none")
-        image = self.engine.deps.images.get(spec.image, arch=spec.arch)
+        image = get_image(self.engine.deps.images, spec.image, arch=spec.arch)
         if image.kernel is None or image.initrd is None or image.install_iso is not None:
             raise InvalidInput(
                 f"image {image.name} does not boot a kernel directly, which cloudlet run needs",

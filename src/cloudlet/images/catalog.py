@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 
 from cloudlet.errors import InvalidInput, NotFound
+from cloudlet.spec.suggest import did_you_mean
 
 
 @dataclass(frozen=True)
@@ -133,7 +134,8 @@ def get_entry(name: str) -> CatalogEntry:
             return entry
     raise NotFound(
         f"no image {name!r} in the catalog",
-        hint=f"choose one of: {', '.join(names())} (run 'cloudlet image catalog')",
+        hint=did_you_mean(name, names())
+        or f"choose one of: {', '.join(names())} (run 'cloudlet image catalog')",
     )
 
 

@@ -30,8 +30,9 @@ from pydantic import (
 
 from cloudlet.errors import CloudletError, InvalidInput
 from cloudlet.spec.instance import Arch, BackupPolicy, FirewallSpec, InstanceSpec, Profile
-from cloudlet.spec.machine_types import CUSTOM, resolve_shape
+from cloudlet.spec.machine_types import CATALOG, CUSTOM, resolve_shape
 from cloudlet.spec.names import image_name, model_check, vm_name
+from cloudlet.spec.suggest import did_you_mean
 from cloudlet.spec.units import GIB, KIB, MIB, parse_size
 
 API_VERSION: Literal["cloudlet/v1"] = "cloudlet/v1"
@@ -367,7 +368,8 @@ def check_entry(entry: VMEntry) -> None:
         if "unknown machine type" in exc.message:
             raise entry.error(
                 field_name, f"unknown machine type {spec.type!r} (see 'cloudlet types')",
-                hint="use a name from 'cloudlet types', or 'custom' with cpus and memory",
+                hint=did_you_mean(str(spec.type), CATALOG)
+                or "use a name from 'cloudlet types', or 'custom' with cpus and memory",
             ) from None  # fmt: skip
         raise entry.located(field_name, exc) from None
     if spec.user_data is not None and spec.user_data_file is not None:

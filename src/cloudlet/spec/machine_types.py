@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cloudlet.errors import InvalidInput, NotFound
+from cloudlet.spec.suggest import did_you_mean
 from cloudlet.spec.units import GIB, MIB, format_size
 
 MIN_MEMORY = 128 * MIB
@@ -72,9 +73,11 @@ def get_type(name: str) -> MachineType:
     try:
         return CATALOG[name]
     except KeyError:
+        guess = did_you_mean(name, CATALOG)
         raise NotFound(
             f"unknown machine type {name!r}",
-            hint="run 'cloudlet types' to list them, or use --cpus/--memory for a custom shape",
+            hint=guess
+            or "run 'cloudlet types' to list them, or use --cpus/--memory for a custom shape",
         ) from None
 
 

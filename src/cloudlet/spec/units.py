@@ -33,6 +33,19 @@ def parse_size(text: str, *, what: str = "size", default_unit: str = "") -> int:
     return int(value)
 
 
+def parse_size_with_unit(text: str, *, what: str = "size", example_unit: str = "M") -> int:
+    """Like :func:`parse_size`, but a bare number is refused: typed by a person, "512"
+    is more likely a slip than 512 bytes (spec files keep their documented bytes).
+    """
+    bare = str(text).strip()
+    if re.fullmatch(r"\d+(?:\.\d+)?", bare):
+        raise InvalidInput(
+            f"{what} {bare} has no unit",
+            hint=f"{bare} what? write {bare}{example_unit} or {bare}{example_unit}iB",
+        )
+    return parse_size(text, what=what)
+
+
 def format_size(n: int) -> str:
     """Bytes as the shortest exact-ish binary unit: 1073741824 -> "1 GiB"."""
     for unit, factor in (("TiB", TIB), ("GiB", GIB), ("MiB", MIB), ("KiB", KIB)):
