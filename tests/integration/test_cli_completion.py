@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from cloudlet.engine.engine import CreateRequest
-from cloudlet.engine.storage_ops import StorageOps
 from tests.fakes import make_fake_engine
 from tests.integration import cli
 from tests.integration.test_cli_startup import heavy
@@ -46,7 +45,7 @@ def test_completion_reads_the_state_without_engine_database_layer_or_pydantic(
     engine.create(CreateRequest(name="vm1"), start=False)
     engine.create(CreateRequest(name="vm2"), start=False)
     engine.create(CreateRequest(name="db1"), start=False)
-    StorageOps(engine).snapshot_create("vm2", "nightly")
+    engine.storage.snapshot_create("vm2", "nightly")
     proc = complete(home, "cloudlet start v", "-X", "importtime")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split() == ["vm1", "vm2"]
@@ -99,7 +98,7 @@ def test_bash_with_the_printed_script_completes_names(short_tmp: Path) -> None:
     home = short_tmp / "home"
     engine = make_fake_engine(home)
     engine.create(CreateRequest(name="vm1"), start=False)
-    StorageOps(engine).snapshot_create("vm1", "before-upgrade")
+    engine.storage.snapshot_create("vm1", "before-upgrade")
     bin_dir = short_tmp / "bin"
     bin_dir.mkdir()
     wrapper = bin_dir / "cloudlet"

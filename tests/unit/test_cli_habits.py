@@ -10,7 +10,6 @@ import pytest
 
 from cloudlet.cli import main
 from cloudlet.engine.engine import CreateRequest, Engine
-from cloudlet.engine.storage_ops import StorageOps
 from tests.fakes import make_vm_with_volume
 from tests.tree_hash import tree_hash
 
@@ -21,7 +20,7 @@ def engine(short_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> Engine:
     e = make_vm_with_volume(home)  # web1 (running) with volume data1
     e.create(CreateRequest(name="vm1"))
     e.create(CreateRequest(name="vm2"), start=False)
-    ops = StorageOps(e)
+    ops = e.storage
     ops.snapshot_create("vm1", "before-upgrade")
     ops.snapshot_create("web1", "base")
     monkeypatch.setattr(main, "open_engine", lambda: e)
