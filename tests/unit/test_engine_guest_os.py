@@ -8,6 +8,7 @@ from pathlib import Path
 import pycdlib
 import pytest
 
+from cloudlet.engine import launch
 from cloudlet.engine.engine import CreateRequest, Engine
 from cloudlet.errors import Conflict, InvalidInput
 from cloudlet.spec.instance import InstanceSpec
@@ -90,10 +91,10 @@ def test_cloud_init_options_on_an_image_without_it(engine: Engine, key: Path) ->
 
 def test_architecture_this_host_cannot_run(engine: Engine) -> None:
     with pytest.raises(InvalidInput, match="cannot run aarch64"):
-        engine._check_arch("aarch64", "modern")
+        launch.check_arch(engine.ctx, "aarch64", "modern")
     with pytest.raises(InvalidInput, match="legacy"):
         engine.deps.arches = lambda: {"x86_64": "q", "aarch64": "q"}
-        engine._check_arch("aarch64", "legacy")
+        launch.check_arch(engine.ctx, "aarch64", "legacy")
 
 
 def test_image_delete_refused_while_in_use(engine: Engine) -> None:
