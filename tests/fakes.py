@@ -10,6 +10,7 @@ from typing import ClassVar
 
 from cloudlet.config import Paths, Settings
 from cloudlet.driver.fake.driver import FakeDriver
+from cloudlet.engine.context import EngineContext
 from cloudlet.engine.deps import EngineDeps
 from cloudlet.engine.engine import Engine
 from cloudlet.errors import InvalidInput, NotFound
@@ -18,6 +19,7 @@ from cloudlet.images.importer import check_size
 from cloudlet.images.store import Image, Progress
 from cloudlet.spec.units import GIB, MIB
 from cloudlet.store.database import Database
+from cloudlet.store.models import InstanceRow, OperationRow
 
 
 class FakeImages:
@@ -164,7 +166,8 @@ class FakeDisks:
         path.write_text(json.dumps(data))
 
 
-def make_fake_engine(home: Path, *, cpus: int = 4, memory: int = 8 * GIB) -> Engine:
+def make_fake_context(home: Path, *, cpus: int = 4, memory: int = 8 * GIB) -> EngineContext:
+    """The shared engine context on the fake driver, images and disks (no facade)."""
     settings = Settings(paths=Paths(home), stop_timeout=0.2)
     settings.paths.ensure()
     deps = EngineDeps(
@@ -177,7 +180,12 @@ def make_fake_engine(home: Path, *, cpus: int = 4, memory: int = 8 * GIB) -> Eng
         hypervisor_version=lambda: "fake",
         arches=lambda: {"x86_64": "fake-qemu"},
     )
-    return Engine(settings, deps, Database(settings.paths.database))
+    return EngineContext(settings, deps, Database(settings.paths.database))
+
+
+def make_fake_engine(home: Path, *, cpus: int = 4, memory: int = 8 * GIB) -> Engine:
+    ctx = make_fake_context(home, cpus=cpus, memory=memory)
+    return Engine(ctx.settings, ctx.deps, ctx.db)
 
 
 def make_vm_with_volume(home: Path) -> Engine:
@@ -189,3 +197,21 @@ def make_vm_with_volume(home: Path) -> Engine:
     e.storage.volume_create("data1", 64 * MIB)
     e.storage.volume_attach("data1", "web1")
     return e
+
+
+def add_interrupted_create(db: Database, instance_id: str, name: str) -> None:
+    """A create that died half way: row and operation recorded, its process gone."""
+    with db.session() as s:
+        s.add(
+            InstanceRow(
+                id=instance_id, name=name, state="creating", spec_json="{}", image="tiny",
+                image_path="/x", type_name="gp.small", cpus=1, memory=GIB, disk_size=GIB,
+                arch="x86_64", location="local",
+            )
+        )  # fmt: skip
+        s.add(
+            OperationRow(
+                instance_id=instance_id, instance_name=name, kind="create", status="running",
+                pid=2**22 + 1,
+            )
+        )  # fmt: skip

@@ -215,11 +215,12 @@ def test_create_makes_and_attaches_the_volumes_it_asks_for(engine: Engine) -> No
 def test_a_failed_create_takes_its_new_volumes_along(
     engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from cloudlet.engine import launch
 
     def broken_boot(*args: object, **kwargs: object) -> None:
         raise RuntimeError("boot failed")
 
-    monkeypatch.setattr(engine, "_boot", broken_boot)
+    monkeypatch.setattr(launch, "boot", broken_boot)
     with pytest.raises(RuntimeError):
         engine.create(CreateRequest(name="db3", volumes=(GIB,)))
     assert engine.storage.volumes() == []

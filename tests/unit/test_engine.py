@@ -20,7 +20,7 @@ from cloudlet.errors import (
 )
 from cloudlet.spec.units import GIB, MIB
 from cloudlet.store.models import InstanceRow, OperationRow
-from tests.fakes import make_fake_engine
+from tests.fakes import add_interrupted_create, make_fake_engine
 from tests.tree_hash import tree_hash
 
 
@@ -223,20 +223,7 @@ def test_interrupted_create_is_rolled_back_by_the_next_engine(short_tmp: Path) -
     home = short_tmp / "home"
     first = make_fake_engine(home)
     # A create that died half way: row and operation recorded, disk made, process gone.
-    with first.db.session() as s:
-        s.add(
-            InstanceRow(
-                id="dead-1", name="half", state="creating", spec_json="{}", image="tiny",
-                image_path="/x", type_name="gp.small", cpus=1, memory=GIB, disk_size=GIB,
-                arch="x86_64", location="local",
-            )
-        )  # fmt: skip
-        s.add(
-            OperationRow(
-                instance_id="dead-1", instance_name="half", kind="create", status="running",
-                pid=2**22 + 1,
-            )
-        )  # fmt: skip
+    add_interrupted_create(first.db, "dead-1", "half")
     (first.paths.instance_dir("dead-1")).mkdir(parents=True)
     second = make_fake_engine(home)
     notes = second.recover()

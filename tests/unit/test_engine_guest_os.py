@@ -8,6 +8,7 @@ from pathlib import Path
 import pycdlib
 import pytest
 
+from cloudlet.engine import launch
 from cloudlet.engine.engine import CreateRequest, Engine
 from cloudlet.errors import Conflict, InvalidInput
 from cloudlet.spec.instance import InstanceSpec
@@ -48,7 +49,7 @@ def test_seed_carries_user_key_and_user_data(engine: Engine, key: Path, tmp_path
     finally:
         iso.close()
     assert KEY.split()[1] in text and "/tmp/ran" in text and "debian" in text
-    spec = InstanceSpec.model_validate_json(engine._row("db1").spec_json)
+    spec = InstanceSpec.model_validate_json(engine.ctx.row("db1").spec_json)
     assert spec.access.user == "debian" and spec.access.ssh_public_keys[0].startswith("ssh-ed25519")
 
 
@@ -90,10 +91,10 @@ def test_cloud_init_options_on_an_image_without_it(engine: Engine, key: Path) ->
 
 def test_architecture_this_host_cannot_run(engine: Engine) -> None:
     with pytest.raises(InvalidInput, match="cannot run aarch64"):
-        engine._check_arch("aarch64", "modern")
+        launch.check_arch(engine.ctx, "aarch64", "modern")
     with pytest.raises(InvalidInput, match="legacy"):
         engine.deps.arches = lambda: {"x86_64": "q", "aarch64": "q"}
-        engine._check_arch("aarch64", "legacy")
+        launch.check_arch(engine.ctx, "aarch64", "legacy")
 
 
 def test_image_delete_refused_while_in_use(engine: Engine) -> None:

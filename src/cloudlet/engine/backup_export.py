@@ -27,6 +27,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from cloudlet.backup.manifest_check import HEX64
 from cloudlet.driver.base import HOTPLUG_SLOTS
+from cloudlet.engine import vm_state
 from cloudlet.engine.backup_restore import (
     NewVolume,
     check_new_volumes,
@@ -77,8 +78,8 @@ def export(ops: BackupOps, vm: str, dest: Path) -> str:
     dest = dest.absolute()
     if dest.exists():
         raise Conflict(f"{dest} already exists", hint="pick another file name")
-    with e._lock(vm):
-        row = e._reconcile_locked(e._row(vm))
+    with e.ctx.lock(vm):
+        row = vm_state.reconcile_locked(e.ctx, e.ctx.row(vm))
         if row.state not in OFFLINE:
             raise Conflict(
                 f"cannot export {vm}: it is {row.state}",
@@ -256,7 +257,7 @@ def import_(ops: BackupOps, src: Path, name: str | None = None) -> InstanceView:
         validate_name(source_vm)
         new_names = [new_volume_name(name, source_vm, v) for v, _ in volumes]
         validate_name(name)
-        e._ensure_name_free(name)
+        vm_state.ensure_name_free(e.ctx, name)
         check_new_volumes(e, [(n, DEFAULT_POOL) for n in new_names], str(src))
         check_record(e, name, spec_data, vm_row, str(src))  # again in _new_vm, for restores
         for member in ("disk.qcow2", *(f for _, f in volumes)):  # read twice: refused early

@@ -38,7 +38,7 @@ from cloudlet.backup.store import (
     Manifest,
 )
 from cloudlet.driver.base import DirtyBitmap, DiskCopy
-from cloudlet.engine import backup_export, locks
+from cloudlet.engine import backup_export, locks, teardown, vm_state
 from cloudlet.engine.backup_disks import WHOLE, VmDisk, prior_disk, usable_bitmap, vm_disks
 from cloudlet.engine.backup_restore import (
     NewVolume,
@@ -184,11 +184,11 @@ class BackupOps:
 
     # ------------------------------------------------------------ create
     def create(self, vm: str) -> BackupView:
-        with self.e._lock(vm):
-            row = self.e._reconcile_locked(self.e._row(vm))
+        with self.e.ctx.lock(vm):
+            row = vm_state.reconcile_locked(self.e.ctx, self.e.ctx.row(vm))
             if row.state not in ONLINE | OFFLINE:
                 raise Conflict(f"cannot back up {vm}: it is {row.state}", hint="try again soon")
-            with self._store_lock(), self.e._operation(row, "backup") as op_id:
+            with self._store_lock(), self.e.ctx.operation(row, "backup") as op_id:
                 leftovers = self.store.clean_tmp()
                 if leftovers:
                     self.e.notices.append(
@@ -202,7 +202,7 @@ class BackupOps:
                 what = f"{backup.kind} backup {backup.id}" + (
                     f" ({backup.note})" if backup.note else ""
                 )
-                self.e._event(vm, "backup", what, op_id)
+                self.e.ctx.event(vm, "backup", what, op_id)
         return backup
 
     def _parent(self, row: InstanceRow) -> Manifest | None:
@@ -418,7 +418,7 @@ class BackupOps:
     # ------------------------------------------------------------ reads
     def backups(self, vm: str | None = None) -> list[BackupView]:
         if vm is not None and not self._rows(vm):
-            self.e._row(vm)  # an unknown VM with no backups: NotFound
+            self.e.ctx.row(vm)  # an unknown VM with no backups: NotFound
         views = []
         for row in self._rows(vm):
             try:
@@ -477,7 +477,7 @@ class BackupOps:
                 self.store.delete_manifest(row.instance_id, row.id)
             _, freed = self.store.garbage_collect() if gone else (0, 0)
         if gone:
-            self.e._event(vm, "backup-pruned", f"pruned {len(gone)} backup(s)")
+            self.e.ctx.event(vm, "backup-pruned", f"pruned {len(gone)} backup(s)")
         return [r.id for r in gone], freed
 
     def run_due(self, now: float | None = None) -> tuple[list[str], int]:
@@ -554,7 +554,7 @@ class BackupOps:
         if as_name is not None:
             names.vm_name(as_name)
             return self._restore_as(vm, backup_id, as_name)
-        row = self.e._reconcile(self.e._row(vm))
+        row = vm_state.reconcile(self.e.ctx, self.e.ctx.row(vm))
         restorer = Restorer(self)
         # unknown backups, and volumes that cannot go back, fail before anything stops
         first = self._first_readable(vm, backup_id)
@@ -567,8 +567,8 @@ class BackupOps:
                     "or restore beside it with --as NAME",
                 )
             self.e.stop(vm, force=True)
-        with self.e._lock(vm):
-            row = self.e._reconcile_locked(self.e._row(vm))
+        with self.e.ctx.lock(vm):
+            row = vm_state.reconcile_locked(self.e.ctx, self.e.ctx.row(vm))
             if row.state not in OFFLINE:
                 raise Conflict(f"cannot restore {vm} in place: it is {row.state}")
             snaps = snapshot_rows(self.e.ctx, row.id)
@@ -581,7 +581,7 @@ class BackupOps:
                 )
             instance_dir = self.e.paths.instance_dir(row.id)
             self._clean_killed_restore(instance_dir, active_disk(self.e.ctx, row.id))
-            with self.e._operation(row, "restore") as op_id, self._store_lock():
+            with self.e.ctx.operation(row, "restore") as op_id, self._store_lock():
                 plans: dict[str, list[Any]] = {}
 
                 def dirs_for(manifest: Manifest) -> dict[str, Path]:
@@ -609,7 +609,7 @@ class BackupOps:
                         f"; its snapshots ({', '.join(s.name for s in snaps)}) were dropped: "
                         "the disk is now a single file"
                     )
-                self.e._event(vm, "restored", message, op_id)
+                self.e.ctx.event(vm, "restored", message, op_id)
         return message
 
     def _swap_in(
@@ -679,7 +679,7 @@ class BackupOps:
 
         first = self._first_readable(vm, backup_id)
         validate_name(name)
-        self.e._ensure_name_free(name)
+        vm_state.ensure_name_free(self.e.ctx, name)
         check_new_volumes(self.e, plan(first), f"backup {first.id}")
 
         def fill(disk: Path) -> list[NewVolume]:
@@ -731,10 +731,10 @@ class BackupOps:
         e = self.e
         record = check_record(e, name, spec_data, row_data, source)
         spec = record.spec
-        e._ensure_name_free(name)
+        vm_state.ensure_name_free(e.ctx, name)
         new_id = str(uuid.uuid4())
-        with e._lock(name):
-            e._ensure_name_free(name)
+        with e.ctx.lock(name):
+            vm_state.ensure_name_free(e.ctx, name)
             row = InstanceRow(
                 id=new_id,
                 name=name,
@@ -754,7 +754,7 @@ class BackupOps:
                 s.add(row)
             made: list[str] = []
             try:
-                with e._operation(row, "create") as op_id:
+                with e.ctx.operation(row, "create") as op_id:
                     instance_dir = e.paths.instance_dir(new_id)
                     instance_dir.mkdir(parents=True)
                     disk = instance_dir / "disk.qcow2"
@@ -772,10 +772,10 @@ class BackupOps:
                         assert fresh is not None
                         fresh.disk_size = e.deps.disks.virtual_size(disk)
                         fresh.state = VMState.STOPPED.value
-                    e._event(name, "created", story(), op_id)
+                    e.ctx.event(name, "created", story(), op_id)
             except BaseException:
                 e.storage.undo_new_vm_volumes(new_id, made)
-                e._remove_everything(row)
+                teardown.remove_everything(e.ctx, row)
                 raise
         return e.show(name)
 

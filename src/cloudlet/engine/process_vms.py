@@ -11,18 +11,18 @@ from __future__ import annotations
 
 import os
 import secrets
-import shutil
 import socket
 import sys
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from cloudlet.driver.base import Channel, LaunchConfig, Share
-from cloudlet.engine import locks
+from cloudlet.engine import launch, locks, teardown, vm_state
+from cloudlet.engine.guest_access import copy_limits
 from cloudlet.engine.image_lookup import get_image
+from cloudlet.engine.process_io import io_dir, release
 from cloudlet.errors import Conflict, InvalidInput
 from cloudlet.guest.landing import CopyLimits
 from cloudlet.host import processes
@@ -40,7 +40,6 @@ from cloudlet.store.models import InstanceRow
 
 if TYPE_CHECKING:
     from cloudlet.engine.context import EngineContext
-    from cloudlet.engine.engine import Engine
 
 T = TypeVar("T")
 TCG_WARNING = (
@@ -62,11 +61,6 @@ class RunningProcessVM:
     copy_limits: CopyLimits = field(default_factory=CopyLimits)
 
 
-def io_dir(ctx: EngineContext, instance_id: str) -> Path:
-    """Sockets and share records of a process VM; apart from the driver's runtime dir."""
-    return ctx.paths.run / f"{instance_id}.io"
-
-
 def _channel_names(spec: ProcessSpec) -> list[str]:
     names = [g.PORT_STATUS]
     names += [g.PORT_TTY] if spec.tty else [g.PORT_STDIN, g.PORT_STDOUT, g.PORT_STDERR]
@@ -76,10 +70,10 @@ def _channel_names(spec: ProcessSpec) -> list[str]:
 
 
 class ProcessVMs:
-    """The run use case, on top of the engine's records, locks and driver."""
+    """The run use case, on the shared context's records, locks and driver."""
 
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
+    def __init__(self, ctx: EngineContext) -> None:
+        self.ctx = ctx
 
     # ------------------------------------------------------------------ checks
     def _validate(self, spec: ProcessSpec) -> Image:
@@ -106,7 +100,7 @@ class ProcessVMs:
             )
         if spec.network not in ("none", "nat"):
             raise InvalidInput(f"unknown network {spec.network!r}", hint="use --net nat or none")
-        image = get_image(self.engine.deps.images, spec.image, arch=spec.arch)
+        image = get_image(self.ctx.deps.images, spec.image, arch=spec.arch)
         if image.kernel is None or image.initrd is None or image.install_iso is not None:
             raise InvalidInput(
                 f"image {image.name} does not boot a kernel directly, which cloudlet run needs",
@@ -117,17 +111,17 @@ class ProcessVMs:
                 f"--boot needs a guest agent, and image {image.name} has none",
                 hint="drop --boot: the program then runs before any service starts",
             )
-        if image.arch not in self.engine.deps.arches():
+        if image.arch not in self.ctx.deps.arches():
             raise InvalidInput(
                 f"this host cannot run {image.arch} guests", hint="pick another --arch"
             )
-        self.engine._capacity().check(spec.cpus, spec.memory, name=spec.name or "the process VM")
+        launch.capacity(self.ctx).check(spec.cpus, spec.memory, name=spec.name or "the process VM")
         return image
 
     def _name(self, spec: ProcessSpec) -> str:
         if spec.name is not None:
             vm_name(spec.name)
-            self.engine._ensure_name_free(spec.name)
+            vm_state.ensure_name_free(self.ctx, spec.name)
             return spec.name
         return f"run-{secrets.token_hex(3)}"
 
@@ -136,17 +130,17 @@ class ProcessVMs:
         """Boot, hand the connected VM to ``attach`` (the I/O), then destroy or keep it."""
         image = self._validate(spec)
         name = self._name(spec)
-        engine = self.engine
-        with engine._lock(name):
-            engine._ensure_name_free(name)
+        ctx = self.ctx
+        with ctx.lock(name):
+            vm_state.ensure_name_free(ctx, name)
             row = self._record(spec, name, image)
             booted = False
             try:
-                with engine._operation(row, "run") as op_id:
+                with ctx.operation(row, "run") as op_id:
                     self._claim_capacity(row)
                     running = self._boot(spec, row, image)
                     booted = True
-                    engine._event(name, "started", f"process VM for {spec.argv[0]!r}", op_id)
+                    ctx.event(name, "started", f"process VM for {spec.argv[0]!r}", op_id)
                     return attach(running)
             finally:
                 # --keep keeps the VM whatever happened to the program (post-mortem).
@@ -158,10 +152,10 @@ class ProcessVMs:
     def _claim_capacity(self, row: InstanceRow) -> None:
         """Check and count the VM's share in one step under the host lock: two runs that
         each fit alone cannot both boot when together they do not."""
-        engine = self.engine
-        with locks.hold(engine.paths.locks, locks.HOST_KEY, what="host capacity"):
-            engine._capacity(exclude=row.id).check(row.cpus, row.memory, name=row.name)
-            engine._set_state(row.id, VMState.STARTING)
+        ctx = self.ctx
+        with locks.hold(ctx.paths.locks, locks.HOST_KEY, what="host capacity"):
+            launch.capacity(ctx, exclude=row.id).check(row.cpus, row.memory, name=row.name)
+            ctx.set_state(row.id, VMState.STARTING)
 
     def _record(self, spec: ProcessSpec, name: str, image: Image) -> InstanceRow:
         instance_spec = InstanceSpec(
@@ -191,17 +185,17 @@ class ProcessVMs:
             owner_pid=os.getpid(),
             owner_start=processes.start_time(os.getpid()),
         )
-        with self.engine.db.session() as s:
+        with self.ctx.db.session() as s:
             s.add(row)
         return row
 
     def _boot(self, spec: ProcessSpec, row: InstanceRow, image: Image) -> RunningProcessVM:
-        engine = self.engine
+        ctx = self.ctx
         assert image.kernel is not None and image.initrd is not None
-        instance_dir = engine.paths.instance_dir(row.id)
+        instance_dir = ctx.paths.instance_dir(row.id)
         instance_dir.mkdir(parents=True)
         disk = instance_dir / "disk.qcow2"
-        engine.deps.disks.create_overlay(image, disk, None)
+        ctx.deps.disks.create_overlay(image, disk, None)
         plan = g.GuestPlan(
             hostname=row.name,
             argv=spec.argv,
@@ -216,11 +210,11 @@ class ProcessVMs:
         )
         initrd = instance_dir / "run-initrd.img"
         initrd.write_bytes(g.run_initrd(image.initrd.read_bytes(), plan, boot=spec.boot))
-        verdict = engine._accel_for(image)
+        verdict = launch.accel_for(ctx, image)
         notices: list[str] = []
         if spec.sandbox and verdict.accel != "kvm":
             notices.append(TCG_WARNING)
-        directory = io_dir(engine.ctx, row.id)
+        directory = io_dir(ctx, row.id)
         directory.mkdir(mode=0o700)
         share_sockets = virtiofs.start(directory, [(s.host, s.read_only) for s in spec.shares])
         channels = Channels(directory, _channel_names(spec))
@@ -234,15 +228,15 @@ class ProcessVMs:
                 memory_mib=spec.memory // MIB,
                 disk=disk,
                 disk_format="qcow2",
-                runtime_dir=engine.paths.runtime_dir(row.id),
+                runtime_dir=ctx.paths.runtime_dir(row.id),
                 serial_log=instance_dir / "serial.log",
-                serial_log_max=engine.settings.serial_log_max,
+                serial_log_max=ctx.settings.serial_log_max,
                 kernel=image.kernel,
                 initrd=initrd,
                 # The root disk is the first virtio disk: no wait for a label lookup.
                 cmdline=f"{image.cmdline} root=/dev/vda cloudlet.hostname={row.name}".strip(),
                 network_mode="nat" if spec.network == "nat" else "none",
-                network_restrict=engine.settings.force_restrict_network,
+                network_restrict=ctx.settings.force_restrict_network,
                 uuid=row.id,
                 guest_agent=spec.boot or not spec.sandbox,
                 channels=tuple(
@@ -253,23 +247,23 @@ class ProcessVMs:
                 exit_on_poweroff=True,
                 hotplug=False,
             )
-            engine.driver.start(config)
-            notices += engine.driver.take_notices()
+            ctx.driver.start(config)
+            notices += ctx.driver.take_notices()
             conns = channels.accept_all()
         except BaseException:
             channels.close()
             raise
         if spec.boot:
             # The image's own init boots the system; then the agent starts the program.
-            engine.driver.wait_agent(row.id, engine.agent_timeout)
-            engine.driver.exec(row.id, g.BOOTED_START, timeout=60)
-        with engine.db.session() as s:
+            ctx.driver.wait_agent(row.id, ctx.agent_timeout)
+            ctx.driver.exec(row.id, g.BOOTED_START, timeout=60)
+        with ctx.db.session() as s:
             fresh = s.get(InstanceRow, row.id)
             if fresh is not None:
                 fresh.state, fresh.accel = VMState.RUNNING.value, verdict.accel
         self._spawn_watcher(row)
         return RunningProcessVM(
-            row.name, row.id, verdict.accel, conns, spec, notices, engine.copy_limits
+            row.name, row.id, verdict.accel, conns, spec, notices, copy_limits(ctx.settings)
         )
 
     def _spawn_watcher(self, row: InstanceRow) -> None:
@@ -278,7 +272,7 @@ class ProcessVMs:
         spawn(
             [
                 sys.executable, "-m", "cloudlet.engine.run_watcher",
-                str(self.engine.paths.home), str(row.owner_pid), str(row.owner_start or 0),
+                str(self.ctx.paths.home), str(row.owner_pid), str(row.owner_start or 0),
                 row.id,
             ],
             detach=True,
@@ -287,17 +281,17 @@ class ProcessVMs:
     # ------------------------------------------------------------------ end
     def destroy(self, row: InstanceRow) -> None:
         """Stop QEMU and the share daemons, remove the files and the row. Idempotent."""
-        self.engine._remove_everything(row)
+        teardown.remove_everything(self.ctx, row)
 
     def _keep(self, row: InstanceRow) -> None:
         """--keep: the VM stays as an ordinary stopped VM, its disk as the program left it."""
-        engine = self.engine
-        if not engine.driver.wait_shutdown(row.id, 10.0):
-            engine.driver.force_stop(row.id)
-        engine.driver.cleanup(row.id)
-        release(engine.ctx, row.id)
-        (engine.paths.instance_dir(row.id) / "run-initrd.img").unlink(missing_ok=True)
-        with engine.db.session() as s:
+        ctx = self.ctx
+        if not ctx.driver.wait_shutdown(row.id, 10.0):
+            ctx.driver.force_stop(row.id)
+        ctx.driver.cleanup(row.id)
+        release(ctx, row.id)
+        (ctx.paths.instance_dir(row.id) / "run-initrd.img").unlink(missing_ok=True)
+        with ctx.db.session() as s:
             fresh = s.get(InstanceRow, row.id)
             if fresh is None:
                 raise Conflict(f"process VM {row.name} vanished before it could be kept")
@@ -305,15 +299,7 @@ class ProcessVMs:
             fresh.owner_pid = None
             fresh.owner_start = None
             fresh.state = VMState.STOPPED.value
-        engine._event(row.name, "kept", "kept after its program ended (--keep)")
-
-
-def release(ctx: EngineContext, instance_id: str) -> None:
-    """Share daemons, mounts and sockets of a process VM. Idempotent."""
-    directory = io_dir(ctx, instance_id)
-    if directory.exists():
-        virtiofs.stop(directory)
-        shutil.rmtree(directory, ignore_errors=True)
+        ctx.event(row.name, "kept", "kept after its program ended (--keep)")
 
 
 def owner_alive(row: InstanceRow) -> bool:

@@ -6,6 +6,7 @@ import shutil
 from typing import TYPE_CHECKING
 
 from cloudlet.engine import network_ops, storage_rows
+from cloudlet.engine.process_io import release
 from cloudlet.store.models import InstanceRow
 
 if TYPE_CHECKING:
@@ -13,8 +14,6 @@ if TYPE_CHECKING:
 
 
 def remove_everything(ctx: EngineContext, row: InstanceRow) -> None:
-    from cloudlet.engine.process_vms import release
-
     ctx.driver.force_stop(row.id)
     ctx.driver.cleanup(row.id)
     release(ctx, row.id)

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from cloudlet.engine import access as access_mod
+from cloudlet.engine import launch
 from cloudlet.errors import InvalidInput
 from cloudlet.images.store import Image
 from cloudlet.spec.instance import LOCAL_ZONE, InstanceSpec
@@ -110,7 +111,7 @@ def check_record(
     user = spec.access.user  # a login name: the spec model checked it
     image_name = spec.install_iso or spec.image
     image = engine.deps.images.get(checked_image_name(image_name), arch=spec.arch)
-    engine._check_arch(image.arch, spec.profile)
+    launch.check_arch(engine.ctx, image.arch, spec.profile)
     if spec.containers and not image.cloud_init:
         raise _bad(source, f"image {image.name} has no cloud-init for its container runtime")
     plan = access_mod.plan_access(

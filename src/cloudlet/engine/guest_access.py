@@ -1,0 +1,135 @@
+"""Reaching into a running guest: SSH, file copy, exec, agent info, first-boot wait.
+
+The helpers that plan access and pin host keys live in ``access``; this service
+applies them to one VM's records on the shared context.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from cloudlet.config import Settings
+from cloudlet.driver.base import ExecResult, GuestInfo, PowerState
+from cloudlet.engine import access as access_mod
+from cloudlet.engine import vm_state
+from cloudlet.engine.context import EngineContext
+from cloudlet.errors import Conflict, InvalidInput, NotFound
+from cloudlet.guest.landing import CopyLimits
+from cloudlet.images.store import Image
+from cloudlet.spec.instance import InstanceSpec
+from cloudlet.spec.states import VMState
+from cloudlet.store.models import InstanceRow
+
+
+def copy_limits(settings: Settings) -> CopyLimits:
+    """How much a copy out of a guest may write (config.toml [guest])."""
+    return CopyLimits(settings.copy_max_bytes, settings.copy_max_entries)
+
+
+def finish_first_boot(ctx: EngineContext, row: InstanceRow) -> None:
+    """--wait: cloud-init done, then the guest's SSH host keys pinned.
+
+    With a guest agent both come over the agent; without one, sshd's banner says
+    the guest is up and cloud-init's console output gives the host keys.
+    """
+    image = Image.load(Path(row.image_path))
+    known_hosts = ctx.paths.instance_dir(row.id) / "known_hosts"
+    if image.guest_agent:
+        access_mod.wait_cloud_init(ctx.driver, row.id)
+        if row.ssh_port is not None:
+            access_mod.pin_host_keys(ctx.driver, row.id, row.ssh_port, known_hosts)
+        return
+    if row.ssh_port is None:
+        raise InvalidInput(
+            f"cannot wait for {row.name}: it has neither a guest agent nor SSH over NAT",
+            hint="drop --wait",
+        )
+    access_mod.wait_ssh_banner(
+        row.ssh_port,
+        access_mod.CLOUD_INIT_TIMEOUT,
+        alive=lambda: ctx.driver.power_state(row.id) == PowerState.RUNNING,
+    )
+    access_mod.pin_host_keys_from_serial(
+        ctx.paths.instance_dir(row.id) / "serial.log", row.ssh_port, known_hosts
+    )
+
+
+class GuestAccess:
+    """SSH, copy, exec and agent queries on running VMs."""
+
+    def __init__(self, ctx: EngineContext) -> None:
+        self.ctx = ctx
+
+    def _running(self, name: str, action: str) -> InstanceRow:
+        row = vm_state.reconcile(self.ctx, self.ctx.row(name))
+        self.ctx.require_state(row, {VMState.RUNNING}, action)
+        return row
+
+    def _access(self, name: str) -> tuple[InstanceRow, InstanceSpec, Path]:
+        row = self._running(name, "connect to")
+        spec = InstanceSpec.model_validate_json(row.spec_json)
+        if spec.access.user is None or row.ssh_port is None:
+            raise Conflict(
+                f"{name} has no SSH access (its image has no cloud-init or it has no NAT)",
+                hint="use 'cloudlet exec' or 'cloudlet console'",
+            )
+        instance_dir = self.ctx.paths.instance_dir(row.id)
+        known_hosts = instance_dir / "known_hosts"
+        if not known_hosts.exists():
+            if Image.load(Path(row.image_path)).guest_agent:
+                access_mod.pin_host_keys(self.ctx.driver, row.id, row.ssh_port, known_hosts)
+            else:
+                access_mod.pin_host_keys_from_serial(
+                    instance_dir / "serial.log", row.ssh_port, known_hosts
+                )
+        return row, spec, known_hosts
+
+    def ssh_argv(self, name: str, command: list[str]) -> list[str]:
+        """The OpenSSH client command line that reaches the VM, host key pinned."""
+        row, spec, known_hosts = self._access(name)
+        assert row.ssh_port is not None
+        options = access_mod.ssh_options(spec.access, row.ssh_port, known_hosts)
+        return ["ssh", *options, "--", "127.0.0.1", *command]
+
+    def ssh_config(self, name: str) -> str:
+        row, spec, known_hosts = self._access(name)
+        assert row.ssh_port is not None
+        return access_mod.ssh_config(name, spec.access, row.ssh_port, known_hosts)
+
+    def copy_to(
+        self, name: str, src: Path, dest: str, *, progress: Callable[[int, int], None] | None
+    ) -> int:
+        """Copy a host file into the guest through the driver (no network needed)."""
+        row = self._running(name, "copy to")
+        if not src.is_file():
+            raise NotFound(f"no file {src} on this host", hint="check the path")
+        return self.ctx.driver.copy_in(row.id, src, dest, progress=progress)
+
+    def copy_from(
+        self, name: str, src: str, dest: Path, *, progress: Callable[[int, int], None] | None
+    ) -> int:
+        row = self._running(name, "copy from")
+        return self.ctx.driver.copy_out(
+            row.id, src, dest, progress=progress, limits=self.copy_limits
+        )
+
+    @property
+    def copy_limits(self) -> CopyLimits:
+        return copy_limits(self.ctx.settings)
+
+    def wait_ready(self, name: str) -> None:
+        """--wait on an existing VM: cloud-init done and host keys pinned."""
+        finish_first_boot(self.ctx, self._running(name, "wait for"))
+
+    def exec(
+        self, name: str, argv: list[str], *, stdin: bytes | None = None, timeout: float = 600.0
+    ) -> ExecResult:
+        if not argv:
+            raise InvalidInput("no command given", hint="use: cloudlet exec NAME -- COMMAND [ARGS]")
+        row = self._running(name, "run a command in")
+        return self.ctx.driver.exec(row.id, argv, stdin=stdin, timeout=timeout)
+
+    def guest_info(self, name: str) -> GuestInfo:
+        row = self._running(name, "ask the guest agent of")
+        return self.ctx.driver.guest_info(row.id)
