@@ -883,8 +883,8 @@ class Engine:
         return self.host(probe=True)
 
     def machine_types(self) -> list[MachineTypeOffer]:
-        """The machine types with the share of this host each would take."""
-        return offers(self.deps.host_cpus, self.deps.host_memory)
+        """The machine types with the share of this host each would take, and their fit."""
+        return offers(self.deps.host_cpus, self.deps.host_memory, limits=self._capacity())
 
     def image_menu(self) -> list[ImageChoice]:
         """The images a new VM can be made from: local, catalog, built on first use."""
