@@ -55,8 +55,13 @@ def run(
 
 
 def lines_fit(text: str, width: int) -> None:
-    """No line is longer than the terminal, so the terminal breaks nothing."""
-    too_long = [line for line in text.splitlines() if len(line.rstrip()) > width]
+    """No line is longer than the terminal, so the terminal breaks nothing (but the
+    command to copy, which stays one line)."""
+    too_long = [
+        line
+        for line in text.splitlines()
+        if len(line.rstrip()) > width and not line.startswith("same as: cloudlet create ")
+    ]
     assert too_long == [], f"lines wider than {width}: {too_long}"
 
 

@@ -450,7 +450,8 @@ class Wizard:
             table.add_row(label, escape(value), "[yellow]\\[fixed][/]" if fixed else "")
         self.say(table)
         doc = a.document()
-        self.say(f"same as: [bold]{escape(command_line(doc))}[/]")
+        # one line the terminal soft-wraps, so it copies as one command
+        self.console.print(f"same as: [bold]{escape(command_line(doc))}[/]", soft_wrap=True)
         default_path = wizard_screens.free_path(Path(), a.name)
         while True:
             path = Path(self.ask("Save the spec file to", str(default_path))).expanduser()
