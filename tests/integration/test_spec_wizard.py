@@ -21,7 +21,7 @@ PROMPTS = {
     "Extra volumes": r"Extra volumes .*\(", "containers": r"run containers in this VM\?",
     "Image": r"Image \(", "API access": r"API access \(a token.*\? ",
     "Inbound ports": r"Inbound ports to open .*\(", "Network": r"Network \[",
-    "Backups": r"Backups \(daily.*\(",
+    "Backups": r"Backups \[none",
 }  # fmt: skip
 
 

@@ -121,7 +121,8 @@ def test_types_show_cpu_and_memory_shares_and_mark_what_does_not_fit(
     assert result is not None and result[1].spec.type == "gp.medium", text
     lines_fit(text, width)
     assert "CPU SHARE" in text and "MEM SHARE" in text
-    rows = {line.split()[0]: line.split() for line in text.splitlines() if line.strip()}
+    table = text.split("\nTYPE ", 1)[1].split("\nMachine type (", 1)[0]
+    rows = {line.split()[0]: line.split() for line in table.splitlines()[1:]}
     # 8 vCPUs of 2 cores, 64 GiB of 24 GiB: both shares shown, and it does not fit
     assert rows["mem.xlarge"][-4:] == ["400%", "267%", "too", "big"]
     assert rows["gp.medium"][-3:] == ["100%", "17%", "yes"]  # 2 of 2 cores, 4 of 24 GiB
@@ -185,15 +186,19 @@ def test_image_names_are_never_cut(
     assert _image_rows(text) == names  # each name whole, at the start of its row
 
 
-def test_a_terminal_too_narrow_for_the_table_lists_the_images_one_a_line(
+def test_a_terminal_too_narrow_for_the_tables_lists_names_one_a_line(
     engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     result, text = run(engine, monkeypatch, [], 50)
     assert result is not None
+    lines_fit(text, 50)
     lines = text.splitlines()
-    for choice in engine.image_menu():
-        assert choice.name in lines  # a line of its own, whole
-    assert "\nIMAGE " not in text
+    for name in [c.name for c in engine.image_menu()] + [t.name for t in engine.machine_types()]:
+        assert name in lines  # a line of its own, whole
+    assert "custom" in lines
+    assert "\nIMAGE " not in text and "\nTYPE " not in text
+    words = " ".join(text.split())
+    assert "mem.xlarge memory-optimized: 8 vCPUs, 64 GiB; 400% of the cores, 267% of the" in words
 
 
 # ---------------------------------------------------------------- help, access, summary

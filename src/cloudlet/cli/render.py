@@ -87,7 +87,8 @@ def instance_detail(vm: InstanceView) -> None:
         out.print(f"[bold]{key:<{width}}[/]  {value}")
 
 
-def _share(value: float | None) -> str:
+def share_text(value: float | None) -> str:
+    """A share of the host as a percentage, "-" when not known."""
     return "-" if value is None else f"{value:.0%}"
 
 
@@ -107,8 +108,8 @@ def types_grid(types: list[MachineTypeOffer]) -> Table:
             t.family,
             str(t.cpus),
             format_size(t.memory),
-            _share(t.cpu_share),
-            _share(t.memory_share),
+            share_text(t.cpu_share),
+            share_text(t.memory_share),
             fits,
         )
     return table

@@ -20,7 +20,7 @@ from rich.markup import escape
 from rich.prompt import Confirm, IntPrompt, Prompt
 from rich.table import Table
 
-from cloudlet.cli import render, wizard_screens
+from cloudlet.cli import wizard_screens
 from cloudlet.cli.render import Output, err
 from cloudlet.cli.spec_commands import command_line, create_entry
 from cloudlet.engine import capacity, image_menu
@@ -235,9 +235,7 @@ class Wizard:
             "the shares are of this host's cores and memory",
         )
         offers = {t.name: t for t in self.engine.machine_types()}
-        table = render.types_grid(list(offers.values()))
-        table.add_row(CUSTOM, "your vCPUs and memory", "", "", "", "", "")
-        self.say(table)
+        wizard_screens.machine_types(self.console, list(offers.values()))
 
         def check(answer: str) -> None:
             offer = offers.get(answer)
@@ -402,10 +400,11 @@ class Wizard:
 
     def protection(self) -> None:
         self.step(
-            10, "Protection", "backup policy, run by 'cloudlet backup run-due'"
+            10, "Protection", "backup policy, run by 'cloudlet backup run-due': daily keeps 7, "
+            "hourly keeps 24, custom asks the schedule and how many to keep"
         )  # fmt: skip
         choice = self.ask(
-            "Backups (daily keeps 7, hourly keeps 24)",
+            "Backups",
             "none",
             choices=["none", "daily", "hourly", "custom"],
         )

@@ -12,18 +12,23 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.markup import escape
+from rich.padding import Padding
 from rich.table import Table
 
+from cloudlet.cli.render import share_text, types_grid
 from cloudlet.engine.image_menu import ImageChoice
+from cloudlet.engine.type_listing import MachineTypeOffer
+from cloudlet.spec.machine_types import CUSTOM
+from cloudlet.spec.units import format_size
 
 PAD = 2  # Rich's padding between columns of a box-less table
 HEADERS = ("IMAGE", "OS", "LICENCE", "CLOUD-INIT", "WHERE")
 NARROWEST_OTHERS = 8  # the least width a wrapping column needs to stay readable
 
 
-def help_line(console: Console, text: str) -> None:
+def help_line(console: Console, text: str, *, indent: int = 0) -> None:
     """A dim line of help, wrapped at word boundaries to the console's width."""
-    console.print(f"[dim]{text}[/]", soft_wrap=False)
+    console.print(Padding(f"[dim]{text}[/]", (0, 0, 0, indent), expand=False), soft_wrap=False)
 
 
 def _where(choice: ImageChoice) -> str:
@@ -37,8 +42,9 @@ def images(console: Console, choices: list[ImageChoice]) -> None:
     if fixed + 2 * NARROWEST_OTHERS + PAD * (len(HEADERS) - 1) > console.width:
         for c in choices:
             console.print(escape(c.name), soft_wrap=False, overflow="ignore", crop=False)
-            line = f"{c.os}; licence {c.licence}; cloud-init {_yes(c.cloud_init)}; {_where(c)}"
-            help_line(console, f"  {escape(line)}")
+            parts = [c.os, f"licence {c.licence}", f"cloud-init {_yes(c.cloud_init)}", _where(c)]
+            line = "; ".join(part for part in parts if part)
+            help_line(console, escape(line), indent=2)
         return
     table = Table(box=None, pad_edge=False)
     table.add_column(HEADERS[0], no_wrap=True, min_width=name_width)
@@ -51,6 +57,30 @@ def images(console: Console, choices: list[ImageChoice]) -> None:
             escape(c.name), escape(c.os), escape(c.licence), _yes(c.cloud_init), _where(c)
         )
     console.print(table, soft_wrap=False)
+
+
+def machine_types(console: Console, offers: list[MachineTypeOffer]) -> None:
+    """The machine types and custom, as a table when the names fit whole beside the
+    numbers, else one line per type."""
+    name_width = max(len(t.name) for t in offers)
+    numbers = len("VCPUS") + len("512 MiB") + len("CPU SHARE") + len("MEM SHARE")
+    if name_width + NARROWEST_OTHERS + numbers + len("too big") + PAD * 6 <= console.width:
+        table = types_grid(offers)
+        table.add_row(CUSTOM, "your vCPUs and memory", "", "", "", "", "")
+        console.print(table, soft_wrap=False)
+        return
+    for t in offers:
+        fits = "fits" if t.fits else "[red]too big[/]"
+        console.print(t.name, soft_wrap=False, overflow="ignore", crop=False)
+        help_line(
+            console,
+            f"{t.family}: {t.cpus} vCPU{'s' if t.cpus != 1 else ''}, {format_size(t.memory)}; "
+            f"{share_text(t.cpu_share)} of the cores, {share_text(t.memory_share)} of the "
+            f"memory; {fits}",
+            indent=2,
+        )
+    console.print(CUSTOM, soft_wrap=False, overflow="ignore", crop=False)
+    help_line(console, "your vCPUs and memory", indent=2)
 
 
 def _yes(flag: bool) -> str:
