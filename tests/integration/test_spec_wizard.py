@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import re
 import shlex
 from pathlib import Path
 
@@ -19,23 +21,37 @@ PROMPTS = {
     "Extra volumes": r"Extra volumes .*\(", "containers": r"run containers in this VM\?",
     "Image": r"Image \(", "API access": r"API access \(a token.*\? ",
     "Inbound ports": r"Inbound ports to open .*\(", "Network": r"Network \[",
-    "Backups": r"Backups \(daily.*\(",
+    "Backups": r"Backups \[none",
 }  # fmt: skip
 
 
-def wizard(home: Path, cwd: Path) -> pexpect.spawn:
+ANSI = r"(?:\x1b\[[0-9;?]*[A-Za-z])*"  # styles a real terminal gets
+
+
+def wizard(home: Path, cwd: Path, columns: int | None = None) -> pexpect.spawn:
+    """The wizard in a pseudo-terminal. Without ``columns``: 200 wide and no styles; with
+    them: a terminal of that width as people have (TERM=xterm), and the wizard must find
+    the width itself (no COLUMNS to tell it)."""
     argv = cli.argv("create")
-    env = {**cli.env_for(home), "TERM": "dumb"}  # no colour codes in what we read
+    if columns is None:  # no styles in what we read; Rich takes COLUMNS with LINES
+        env = {**cli.env_for(home), "TERM": "dumb", "LINES": "50"}
+    else:
+        env = {**cli.env_for(home), "TERM": "xterm-256color", "NO_COLOR": "1"}
+        del env["COLUMNS"]
     return pexpect.spawn(
         argv[0], argv[1:], env=env, cwd=str(cwd), encoding="utf-8", timeout=120,
-        preexec_fn=cli.default_sigint,
+        preexec_fn=cli.default_sigint, dimensions=(50, columns or 200),
     )  # fmt: skip
 
 
-def answer(child: pexpect.spawn, answers: dict[str, str]) -> None:
+def answer(child: pexpect.spawn, answers: dict[str, str | list[str]]) -> None:
+    """Answer each prompt (Enter unless told); a list answers a prompt asked again."""
     for prompt, pattern in PROMPTS.items():
-        child.expect(pattern)
-        child.sendline(answers.get(prompt, ""))
+        given = answers.get(prompt, "")
+        styled = pattern.replace(r" \(", " " + ANSI + r"\(").replace(r" \[", " " + ANSI + r"\[")
+        for line in [given] if isinstance(given, str) else given:
+            child.expect(styled)
+            child.sendline(line)
 
 
 def spec_without_name(home: Path, name: str) -> str:
@@ -44,20 +60,55 @@ def spec_without_name(home: Path, name: str) -> str:
 
 def test_wizard_defaults_with_enter_give_a_working_vm(cloudlet_home: Path, tmp_path: Path) -> None:
     home = cloudlet_home
+    (tmp_path / "vm1.yaml").write_text("mine\n")  # a taken spec-file name: Enter still works
     child = wizard(home, tmp_path)
     answer(child, {})
-    child.expect("Save the spec file to")
+    child.expect(r"Save the spec file to \(vm1-2.yaml\)")
     child.sendline("")
     child.expect(r"Create vm1 now\?")
     child.sendline("")
     child.expect(pexpect.EOF, timeout=300)
     child.close()
     assert child.exitstatus == 0, child.before
+    assert "recorded in" not in child.before  # tiny has no SSH: no port 22 to only record
     assert cli.run_json(home, "show", "vm1")["state"] == "running"
     assert cli.run(home, "exec", "vm1", "--", "hostname").stdout.strip() == "vm1"
-    saved = (tmp_path / "vm1.yaml").read_text()
+    assert (tmp_path / "vm1.yaml").read_text() == "mine\n"
+    saved = (tmp_path / "vm1-2.yaml").read_text()
     assert "kind: VM" in saved and "type: gp.small" in saved
     assert cli.run(home, "spec", "vm1").stdout == saved  # the file is the VM's spec
+
+
+@pytest.mark.parametrize("columns", [80, 120])
+def test_wizard_screens_fit_the_terminal(cloudlet_home: Path, tmp_path: Path, columns: int) -> None:
+    child = wizard(cloudlet_home, tmp_path, columns)
+    child.logfile_read = io.StringIO()  # every screen, not only what follows the last match
+    answer(child, {"Machine type": ["mem.xlarge", ""]})  # refused, then asked again
+    child.expect("Save the spec file to")
+    child.sendline("")
+    child.expect(r"Create vm1 now\?")
+    child.sendline("n")
+    child.expect(pexpect.EOF)
+    child.close()
+    screen = re.sub(ANSI, "", child.logfile_read.getvalue())
+    assert child.exitstatus == 0, screen
+    assert "nothing was created" in screen and cli.run_json(cloudlet_home, "list") == []
+    lines = [line.rstrip() for line in screen.replace("\r\n", "\n").split("\n")]
+    assert max(len(line) for line in lines) > 100 or columns < 100  # the width was found
+    too_long = [line for line in lines if len(line) > columns]
+    assert all(line.startswith("same as: cloudlet create ") for line in too_long), too_long
+    # the image names to type are whole, each at the start of its row
+    table = screen.split("\nIMAGE ", 1)[1].split("Image (", 1)[0].replace("\r", "")
+    rows = [line.split()[0] for line in table.split("\n")[1:] if line and line[0] != " "]
+    assert {"tiny", "ubuntu-24.04", "debian-12-genericcloud", "alpine-3.21"} <= set(rows)
+    # shares of CPU and memory, and the type that does not fit this 2-core 24 GiB host
+    assert "CPU SHARE" in screen and "MEM SHARE" in screen
+    xlarge = next(line for line in lines if line.startswith("mem.xlarge"))
+    assert xlarge.split()[-2:] == ["too", "big"]
+    assert "error: mem.xlarge does not fit this host" in screen
+    help_words = " ".join(screen.split())
+    assert "compute-optimized (more vCPUs)" in help_words  # no word broken across lines
+    assert "Disk 256 MiB (the image's size)" in help_words
 
 
 def test_wizard_answers_make_the_same_vm_as_the_printed_flags(
@@ -100,7 +151,7 @@ def test_ctrl_c_halfway_creates_nothing(cloudlet_home: Path, tmp_path: Path) -> 
     child = wizard(home, tmp_path)
     for prompt, pattern in list(PROMPTS.items())[: list(PROMPTS).index("Image") + 1]:
         child.expect(pattern)
-        child.sendline("y" if prompt == "containers" else "")
+        child.sendline({"containers": "y", "Image": "tiny"}.get(prompt, ""))
     # containers on tiny (no cloud-init) is refused in one line, and the image asked again
     child.expect(r"error: image tiny has no cloud-init[^\r\n]*\r\n")
     child.expect(PROMPTS["Image"])

@@ -131,7 +131,7 @@ def test_image_menu_offers_local_then_catalog_then_built_in_images(engine: Engin
     assert not pulled.here and pulled.cloud_init and pulled.arch == "x86_64"
     assert "GPL" in pulled.licence and pulled.default_user
     assert by_name["debian-12"] == image_menu.ImageChoice(
-        "debian-12", "built on first use", "free", True, here=True
+        "debian-12", "built on first use", "free", True, here=True, disk_size=2 * GIB
     )
 
 

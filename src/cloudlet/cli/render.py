@@ -87,14 +87,36 @@ def instance_detail(vm: InstanceView) -> None:
         out.print(f"[bold]{key:<{width}}[/]  {value}")
 
 
-def types_table(types: list[MachineTypeOffer]) -> None:
+def share_text(value: float | None) -> str:
+    """A share of the host as a percentage, "-" when not known."""
+    return "-" if value is None else f"{value:.0%}"
+
+
+def types_grid(types: list[MachineTypeOffer]) -> Table:
+    """The machine types with their shares of this host's vCPUs and memory; a type that
+    exceeds the host's limits is marked (names never wrap: they are what users type)."""
     table = Table(box=None, pad_edge=False)
-    for column in ("TYPE", "FAMILY", "VCPUS", "MEMORY", "SHARE OF HOST"):
-        table.add_column(column)
+    table.add_column("TYPE", no_wrap=True)
+    table.add_column("FAMILY", overflow="fold")
+    for column in ("VCPUS", "MEMORY", "CPU SHARE", "MEM SHARE"):
+        table.add_column(column, justify="right", no_wrap=True)
+    table.add_column("FITS", no_wrap=True)
     for t in types:
-        share = "-" if t.share is None else f"{t.share:.0%}"
-        table.add_row(t.name, t.family, str(t.cpus), format_size(t.memory), share)
-    out.print(table)
+        fits = "-" if t.cpu_share is None else ("yes" if t.fits else "[red]too big[/]")
+        table.add_row(
+            t.name,
+            t.family,
+            str(t.cpus),
+            format_size(t.memory),
+            share_text(t.cpu_share),
+            share_text(t.memory_share),
+            fits,
+        )
+    return table
+
+
+def types_table(types: list[MachineTypeOffer]) -> None:
+    out.print(types_grid(types), soft_wrap=False)
     err.print("custom shapes: --cpus N --memory SIZE (with or without --type)")
 
 

@@ -20,10 +20,10 @@ from rich.markup import escape
 from rich.prompt import Confirm, IntPrompt, Prompt
 from rich.table import Table
 
-from cloudlet.cli import render
+from cloudlet.cli import wizard_screens
 from cloudlet.cli.render import Output, err
 from cloudlet.cli.spec_commands import command_line, create_entry
-from cloudlet.engine import image_menu
+from cloudlet.engine import capacity, image_menu
 from cloudlet.engine.engine import Engine
 from cloudlet.engine.factory import open_engine
 from cloudlet.errors import CloudletError, InvalidInput
@@ -57,6 +57,7 @@ class Answers:
     volumes: list[int] = field(default_factory=list)
     containers: bool = False
     image: str = DEFAULT_IMAGE
+    image_disk_size: int | None = None  # the image's own size, for the summary
     arch: str | None = None
     cloud_init: bool = False
     user: str | None = None
@@ -132,11 +133,12 @@ class Wizard:
         self.console = console
         self.a = Answers()
         self._default_user: object = None
+        self._has_ssh = False
 
     # ------------------------------------------------------------ helpers
     def step(self, number: int, title: str, help_text: str) -> None:
-        self.console.print(f"\n[bold]{number}. {title}[/]")
-        self.console.print(f"[dim]{help_text}[/]")
+        self.say(f"\n[bold]{number}. {title}[/]")
+        wizard_screens.help_line(self.console, help_text)
 
     def ask(
         self,
@@ -160,16 +162,23 @@ class Wizard:
             try:
                 check(answer)
             except CloudletError as exc:
-                self.console.print(f"[red]error:[/] {escape(exc.one_line())}")
+                self.error(exc)
                 continue
             return answer
+
+    def say(self, text: object) -> None:
+        """Print wrapped to the terminal at word boundaries (the CLI's consoles soft-wrap)."""
+        self.console.print(text, soft_wrap=False)
+
+    def error(self, exc: CloudletError) -> None:
+        self.say(f"[red]error:[/] {escape(exc.one_line())}")
 
     def confirm(self, question: str, default: bool) -> bool:
         return Confirm.ask(question, console=self.console, default=default)
 
     # ------------------------------------------------------------ the questions
     def run(self) -> tuple[Path, VMDocument] | None:
-        self.console.print("[bold]Create a VM[/]  (Enter accepts the default; Ctrl-C cancels)")
+        self.say("[bold]Create a VM[/]  (Enter accepts the default; Ctrl-C cancels)")
         self.name()
         if not self.kind():
             return None
@@ -204,7 +213,7 @@ class Wizard:
         )
         if self.ask("Kind", "system", choices=["system", "process"]) == "system":
             return True
-        self.console.print(
+        self.say(
             "process VMs are run, not created: use "
             f"[bold]cloudlet run {DEFAULT_IMAGE} -- CMD[/] (nothing was created)"
         )
@@ -222,28 +231,46 @@ class Wizard:
             4,
             "Machine type",
             "general-purpose (balanced), memory-optimized (8 GiB a vCPU), "
-            "compute-optimized (more vCPUs), or custom",
+            "compute-optimized (more vCPUs), or custom (your own vCPUs and memory); "
+            "the shares are of this host's cores and memory",
         )
-        offers = self.engine.machine_types()
-        render.types_table(offers)
-        names = [*(t.name for t in offers), CUSTOM]
+        offers = {t.name: t for t in self.engine.machine_types()}
+        wizard_screens.machine_types(self.console, list(offers.values()))
 
         def check(answer: str) -> None:
-            if answer not in names:
-                raise InvalidInput(f"unknown machine type {answer!r}", hint="pick one above")
+            offer = offers.get(answer)
+            if offer is None and answer != CUSTOM:
+                raise InvalidInput(
+                    f"unknown machine type {answer!r}", hint="type a name from the table"
+                )
+            if offer is not None and offer.too_big is not None:
+                raise InvalidInput(
+                    f"{answer} does not fit this host: {offer.too_big}",
+                    hint="pick a type marked as fitting, or custom",
+                )
 
-        self.a.type = self.ask("Machine type", DEFAULT_TYPE, choices=None, check=check)
+        self.a.type = self.ask("Machine type", DEFAULT_TYPE, check=check)
         if self.a.type != CUSTOM:
             return
+        host = self.engine.host(probe=False)  # its limits, for a custom shape
         while True:
-            cpus = IntPrompt.ask("vCPUs", console=self.console, default=2)
-            memory = self.ask(
-                "Memory", "2G", check=lambda t: parse_size_with_unit(t, example_unit="M")
-            )
+            cpus = self.ask("vCPUs", "2", check=_parse_cpus)
+            memory = self.ask("Memory", "2G", check=_parse_memory)
             try:
-                shape = resolve_shape(CUSTOM, cpus, parse_size_with_unit(memory, example_unit="M"))
+                shape = resolve_shape(CUSTOM, _parse_cpus(cpus), _parse_memory(memory))
+                too_big = capacity.too_big(
+                    shape.cpus,
+                    shape.memory,
+                    cpu_limit=host.cpu_limit,
+                    memory_limit=host.memory_limit,
+                )
+                if too_big is not None:
+                    raise InvalidInput(
+                        f"that shape does not fit this host: {too_big}",
+                        hint="give fewer vCPUs or less memory",
+                    )
             except CloudletError as exc:
-                self.console.print(f"[red]error:[/] {escape(exc.one_line())}")
+                self.error(exc)
                 continue
             self.a.cpus, self.a.memory = shape.cpus, shape.memory
             return
@@ -288,28 +315,23 @@ class Wizard:
         self.a.containers = self.confirm("Will you run containers in this VM?", False)
 
     def image(self) -> None:
-        self.step(7, "OS image", "local images and the official catalog (pulled when chosen)")
-        choices = self.engine.image_menu()
-        table = Table(box=None, pad_edge=False)
-        for column in ("IMAGE", "OS", "LICENCE", "CLOUD-INIT", "WHERE"):
-            table.add_column(column, no_wrap=True, overflow="ellipsis", max_width=40)
-        for c in choices:
-            table.add_row(
-                c.name,
-                c.os,
-                c.licence,
-                "yes" if c.cloud_init else "no",
-                "here" if c.here else "catalog (pull)",
-            )
-        self.console.print(table)
+        help_text = "local images and the official catalog (pulled when chosen)"
+        if self.a.containers:
+            help_text += "; only images with cloud-init, which can install podman"
+        self.step(7, "OS image", help_text)
+        choices = self.engine.image_menu()  # all: one that cannot serve is refused with why
+        default = image_menu.default_choice(choices, containers=self.a.containers)
+        wizard_screens.images(
+            self.console, image_menu.offered(choices, containers=self.a.containers)
+        )
 
         def check(answer: str) -> None:
             image_menu.choose(choices, answer, containers=self.a.containers)
 
         while True:
-            name = self.ask("Image", DEFAULT_IMAGE, check=check)
+            name = self.ask("Image", default.name if default else DEFAULT_IMAGE, check=check)
             choice = image_menu.choose(choices, name, containers=self.a.containers)
-            self.console.print(f"licence: {choice.licence}")
+            self.say(f"licence: {escape(choice.licence)}")
             if choice.here:
                 break
             if self.confirm(f"{name} is not here yet. Pull it now?", True):
@@ -321,7 +343,13 @@ class Wizard:
         self.a.image = choice.name
         self.a.arch = choice.arch
         self.a.cloud_init = choice.cloud_init
+        self.a.image_disk_size = choice.disk_size or self._pulled_size(choice.name)
         self._default_user = choice.default_user
+        self._has_ssh = choice.has_ssh
+
+    def _pulled_size(self, name: str) -> int | None:
+        size = self.engine.image_show(name).get("min_disk_bytes")
+        return size if isinstance(size, int) and size > 0 else None
 
     def access(self) -> None:
         self.step(
@@ -336,7 +364,13 @@ class Wizard:
             )
             keys = sorted(str(p) for p in (Path.home() / ".ssh").glob("*.pub"))
             for i, path in enumerate(keys, 1):
-                self.console.print(f"  {i}) {path}")
+                self.say(f"  {i}) {escape(path)}")
+            wizard_screens.help_line(
+                self.console,
+                "SSH public key: 'cloudlet' makes the VM its own key pair; "
+                + ("or give a number above or the path of a .pub file" if keys
+                   else "or give the path of a .pub file"),
+            )  # fmt: skip
 
             def chosen(text: str) -> str:
                 if text.isdigit() and 1 <= int(text) <= len(keys):
@@ -344,18 +378,22 @@ class Wizard:
                 return str(Path(text).expanduser())
 
             key = self.ask(
-                "SSH public key ('cloudlet': its own key pair; a number above, or a .pub file)",
+                "SSH public key",
                 "cloudlet",
                 check=lambda t: t == "cloudlet" or _readable(Path(chosen(t))),
             )
             self.a.ssh_keys = [] if key == "cloudlet" else [chosen(key)]
         else:
-            self.console.print(
+            self.say(
                 f"image {self.a.image} has no cloud-init: no login user or SSH key "
                 "(use 'cloudlet exec' and 'cloudlet console')"
             )
         self.a.api_access = self.confirm("API access (a token scoped to this VM)?", False)
-        ports = self.ask("Inbound ports to open (comma separated)", "22", check=_parse_ports)
+        ports = self.ask(
+            "Inbound ports to open (comma separated)",
+            "22" if self._has_ssh else "none",  # port 22 only where there is an SSH server
+            check=_parse_ports,
+        )
         self.a.inbound_ports = _parse_ports(ports)
 
     def connectivity(self) -> None:
@@ -364,10 +402,11 @@ class Wizard:
 
     def protection(self) -> None:
         self.step(
-            10, "Protection", "backup policy, run by 'cloudlet backup run-due'"
+            10, "Protection", "backup policy, run by 'cloudlet backup run-due': daily keeps 7, "
+            "hourly keeps 24, custom asks the schedule and how many to keep"
         )  # fmt: skip
         choice = self.ask(
-            "Backups (daily keeps 7, hourly keeps 24)",
+            "Backups",
             "none",
             choices=["none", "daily", "hourly", "custom"],
         )
@@ -393,7 +432,7 @@ class Wizard:
             ("Location", a.location, True),
             ("Architecture", a.arch or "the image's", True),
             ("Machine type", f"{shape.name}: {shape.describe()}", False),
-            ("Disk", format_size(a.disk_size) if a.disk_size else "the image's size", False),
+            ("Disk", _disk_text(a.disk_size, a.image_disk_size), False),
             ("Volumes", ", ".join(format_size(v) for v in a.volumes) or "none", False),
             ("Containers", "podman" if a.containers else "no", False),
             ("Image", a.image, True),
@@ -405,25 +444,48 @@ class Wizard:
             ("Backups", backup, False),
         ]  # fmt: skip
         table = Table(box=None, pad_edge=False, show_header=False)
+        table.add_column(no_wrap=True)
+        table.add_column(overflow="fold")
+        table.add_column(no_wrap=True)
         for label, value, fixed in rows:
-            table.add_row(label, value, "[yellow]\\[fixed][/]" if fixed else "")
-        self.console.print(table)
+            table.add_row(label, escape(value), "[yellow]\\[fixed][/]" if fixed else "")
+        self.say(table)
         doc = a.document()
-        self.console.print(f"same as: [bold]{command_line(doc)}[/]")
+        # one line the terminal soft-wraps, so it copies as one command
+        self.console.print(f"same as: [bold]{escape(command_line(doc))}[/]", soft_wrap=True)
+        default_path = wizard_screens.free_path(Path(), a.name)
         while True:
-            path = Path(self.ask("Save the spec file to", f"{a.name}.yaml")).expanduser()
+            path = Path(self.ask("Save the spec file to", str(default_path))).expanduser()
             if not path.exists() or self.confirm(f"{path} exists. Overwrite it?", False):
                 break
         if not self.confirm(f"Create {a.name} now?", True):
-            self.console.print("nothing was created")
+            self.say("nothing was created")
             return None
         return path, doc
+
+
+def _disk_text(chosen: int | None, image_size: int | None) -> str:
+    if chosen is not None:
+        return format_size(chosen)
+    if image_size is not None:
+        return f"{format_size(image_size)} (the image's size)"
+    return "the image's size"
 
 
 def _readable(path: Path) -> str:
     from cloudlet import cloudinit
 
     return cloudinit.load_public_key(path)
+
+
+def _parse_cpus(text: str) -> int:
+    if not text.isdigit():
+        raise InvalidInput(f"invalid vCPU count {text!r}", hint="give a whole number such as 2")
+    return int(text)
+
+
+def _parse_memory(text: str) -> int:
+    return parse_size_with_unit(text, what="memory size", example_unit="M")
 
 
 def _parse_ports(text: str) -> list[int]:

@@ -27,6 +27,10 @@ class Capacity:
     def memory_free(self) -> int:
         return max(0, self.memory_limit - self.memory_used)
 
+    def too_big(self, cpus: int, memory: int) -> str | None:
+        """Why a shape could never run here, even with every other VM stopped (None: it fits)."""
+        return too_big(cpus, memory, cpu_limit=self.cpu_limit, memory_limit=self.memory_limit)
+
     def check(self, cpus: int, memory: int, *, name: str) -> None:
         """Raise CapacityExceeded, naming how much is left, if the request does not fit."""
         if cpus > self.cpus_free:
@@ -41,6 +45,18 @@ class Capacity:
                 f"{format_size(self.memory_free)} of {format_size(self.memory_limit)} are free",
                 hint="stop another VM, pick a smaller type, or lower capacity.memory_reserve",
             )
+
+
+def too_big(cpus: int, memory: int, *, cpu_limit: int, memory_limit: int) -> str | None:
+    """Why ``cpus`` and ``memory`` exceed this host's limits, or None when they fit."""
+    if cpus > cpu_limit:
+        return f"it needs {cpus} vCPUs and this host allows at most {cpu_limit}"
+    if memory > memory_limit:
+        return (
+            f"it needs {format_size(memory)} of memory and this host allows at most "
+            f"{format_size(memory_limit)}"
+        )
+    return None
 
 
 def compute(

@@ -58,8 +58,10 @@ class HostInfo:
         return self.host(probe=True)
 
     def machine_types(self) -> list[MachineTypeOffer]:
-        """The machine types with the share of this host each would take."""
-        return offers(self.ctx.deps.host_cpus, self.ctx.deps.host_memory)
+        """The machine types with the share of this host each would take, and their fit."""
+        return offers(
+            self.ctx.deps.host_cpus, self.ctx.deps.host_memory, limits=launch.capacity(self.ctx)
+        )
 
     def serial_log(self, name: str) -> Path:
         row = self.ctx.row(name)

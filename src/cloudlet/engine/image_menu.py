@@ -3,7 +3,7 @@
 Local images first, then the official catalog (pulled when chosen), then the built-in
 images that are built from Debian packages on first use. Each choice carries its licence
 and what it can run: an image without cloud-init takes no login user, SSH key or
-container runtime.
+container runtime. A VM that will run containers is offered only the images that can.
 """
 
 from __future__ import annotations
@@ -12,8 +12,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from cloudlet.errors import InvalidInput
+from cloudlet.images.debian import recipe as debian_recipe
+from cloudlet.images.tiny import recipe as tiny_recipe
 
-BUILT_IN = ("tiny", "debian-12")  # built from Debian packages on first use
+# built from Debian packages on first use, with the disk size they are built with
+BUILT_IN = {"tiny": tiny_recipe.DISK_SIZE, "debian-12": debian_recipe.DISK_SIZE}
 FREE = "free"
 
 
@@ -28,15 +31,25 @@ class ImageChoice:
     here: bool
     arch: str | None = None
     default_user: str | None = None
+    disk_size: int | None = None  # bytes; None until a catalog image is pulled
 
     @property
     def runs_containers(self) -> bool:
         """A container runtime is installed by cloud-init at first boot."""
         return self.cloud_init
 
+    @property
+    def has_ssh(self) -> bool:
+        """A login user and SSH key are set up by cloud-init; without it there is no SSH."""
+        return self.cloud_init
+
 
 def _text(value: object) -> str | None:
     return str(value) if value else None
+
+
+def _size(value: object) -> int | None:
+    return value if isinstance(value, int) and value > 0 else None
 
 
 def menu(
@@ -54,6 +67,7 @@ def menu(
             here=True,
             arch=_text(info.get("arch")),
             default_user=_text(info.get("default_user")),
+            disk_size=_size(info.get("min_disk_bytes")),
         )
     for entry in catalog:
         name = str(entry["name"])
@@ -69,11 +83,35 @@ def menu(
                 default_user=_text(entry.get("default_user")),
             ),
         )
-    for name in BUILT_IN:
+    for name, size in BUILT_IN.items():
         choices.setdefault(
-            name, ImageChoice(name, "built on first use", FREE, name != "tiny", here=True)
+            name,
+            ImageChoice(
+                name, "built on first use", FREE, name != "tiny", here=True, disk_size=size
+            ),
         )
     return list(choices.values())
+
+
+def offered(choices: Sequence[ImageChoice], *, containers: bool) -> list[ImageChoice]:
+    """The choices a VM can be made from: with containers, only images that can run them."""
+    return [c for c in choices if c.runs_containers or not containers]
+
+
+def default_choice(
+    choices: Sequence[ImageChoice], *, containers: bool, preferred: str = "tiny"
+) -> ImageChoice | None:
+    """What Enter picks: ``preferred`` when it can serve the VM, else the first image that
+    is here (no download) and can, else the first that can; None when nothing can."""
+    usable = offered(choices, containers=containers)
+    for pick in (
+        [c for c in usable if c.name == preferred],
+        [c for c in usable if c.here],
+        usable,
+    ):
+        if pick:
+            return pick[0]
+    return None
 
 
 def choose(choices: Sequence[ImageChoice], name: str, *, containers: bool) -> ImageChoice:
