@@ -135,13 +135,14 @@ def test_types_show_cpu_and_memory_shares_and_mark_what_does_not_fit(
 def test_custom_cpu_and_memory_can_be_chosen_and_must_fit(
     engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    answers = ["", "", "", "custom", "two", "3", "40G", "3", "1536"]
+    answers = ["", "", "", "custom", "two", "3", "40G", "3", "1536", "1536M"]
     result, text = run(engine, monkeypatch, answers)
     assert result is not None, text
     spec = result[1].spec
     assert (spec.type, spec.cpus, spec.memory) == ("custom", 3, 1536 * MIB)
     assert "error: invalid vCPU count 'two'" in text
     assert "that shape does not fit this host: it needs 40 GiB" in " ".join(text.split())
+    assert "memory size 1536 has no unit" in text  # a bare number is a slip, asked again
     assert "custom: 3 vCPUs, 1.5 GiB" in text  # the summary
 
 
