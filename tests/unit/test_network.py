@@ -10,7 +10,7 @@ import pytest
 
 from cloudlet.driver.fake.driver import FakeDriver
 from cloudlet.engine.engine import CreateRequest, Engine
-from cloudlet.engine.network_ops import split_networks
+from cloudlet.engine.network_rows import split_networks
 from cloudlet.errors import Conflict, InvalidInput, MissingDependency, NeedsRoot, NotFound
 from cloudlet.network import bridge, dnsmasq, links, nft, tap
 from cloudlet.spec.network import (
@@ -435,9 +435,9 @@ def test_gc_removes_leftovers(engine: Engine, host: FakeHost) -> None:
     assert host.links == {"clb-backend", "eth0"}
     # a nic add killed half way: the record exists, the spec never got the NIC
     engine.create(CreateRequest(name="web1"))
-    from cloudlet.engine.network_ops import _add_nic_row
+    from cloudlet.engine.network_records import add_nic_row
 
-    stray = _add_nic_row(engine, engine.show("web1").id, "backend", slot=None)
+    stray = add_nic_row(engine.ctx, engine.show("web1").id, "backend", slot=None)
     host.links.add(stray.tap)
     removed = ops.gc()
     assert removed[0].startswith(f"record of NIC {stray.tap}") and f"TAP {stray.tap}" in removed

@@ -16,7 +16,8 @@ if TYPE_CHECKING:
     from cloudlet.cli import render
     from cloudlet.cli.render import err, out
     from cloudlet.engine.factory import open_engine
-    from cloudlet.engine.network_ops import NetworkOps, NetworkView
+    from cloudlet.engine.network import NetworkService
+    from cloudlet.engine.network_rows import NetworkView
     from cloudlet.spec.network import parse_rule
 else:
     from cloudlet.cli.lazy import lazy
@@ -47,7 +48,7 @@ def register(app: typer.Typer) -> None:
     firewall_app.add_typer(group_app, name="group")
 
 
-def _ops() -> NetworkOps:
+def _ops() -> NetworkService:
     return open_engine().networks
 
 

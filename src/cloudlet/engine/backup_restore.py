@@ -25,7 +25,7 @@ from sqlalchemy import select
 
 from cloudlet.backup.store import DiskManifest, Manifest
 from cloudlet.driver.base import HOTPLUG_SLOTS
-from cloudlet.engine import network_ops
+from cloudlet.engine import network_rows
 from cloudlet.errors import (
     CloudletError,
     Conflict,
@@ -274,7 +274,7 @@ class Restorer:
                 v.slot
                 for v in s.scalars(select(VolumeRow).where(VolumeRow.instance_id == instance_id))
             }
-        used |= network_ops.used_slots(self.e.ctx, instance_id)
+        used |= network_rows.used_slots(self.e.ctx, instance_id)
         free = [slot for slot in range(HOTPLUG_SLOTS) if slot not in used]
         wanted = sum(1 for p in plans if p.existing is None or p.existing.instance_id is None)
         if wanted > len(free):

@@ -8,7 +8,7 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cloudlet.engine import instance_view, network_ops, teardown, vm_state
+from cloudlet.engine import instance_view, network_rows, teardown, vm_state
 from cloudlet.engine.snapshots import Snapshots
 from cloudlet.engine.storage_rows import OFFLINE, active_disk, locked_vm_row, snapshot_rows
 from cloudlet.errors import Conflict, InvalidInput, NotFound
@@ -98,7 +98,7 @@ class Clones:
                 with self.ctx.operation(row, "create") as op_id:
                     instance_dir = self.ctx.paths.instance_dir(new_id)
                     instance_dir.mkdir(parents=True)
-                    network_ops.allocate(self.ctx, new_id, spec.network.nics)
+                    network_rows.allocate(self.ctx, new_id, spec.network.nics)
                     disk = instance_dir / "disk.qcow2"
                     if linked:
                         assert snap is not None

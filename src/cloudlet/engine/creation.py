@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Protocol
 
 from cloudlet.engine import access as access_mod
-from cloudlet.engine import launch, licensing, network_ops, ports, teardown, vm_state
+from cloudlet.engine import launch, licensing, network_rows, ports, teardown, vm_state
 from cloudlet.engine.context import EngineContext
 from cloudlet.engine.guest_access import finish_first_boot
 from cloudlet.engine.image_lookup import get_image
@@ -98,7 +98,7 @@ class Creation:
         if req.user is not None:
             names.login_user(req.user)
         shape = resolve_shape(req.type, req.cpus, req.memory)
-        mode, nics = network_ops.split_networks(req.networks or (req.network,))
+        mode, nics = network_rows.split_networks(req.networks or (req.network,))
         vm_state.ensure_name_free(ctx, req.name)
         _check_request(req)
         image = self._image(req, progress)
@@ -122,7 +122,7 @@ class Creation:
             licensing.check_host_allowed(image, apple_hardware=licensing.host_is_apple_hardware())
             launch.check_seats(ctx, image)
             launch.capacity(ctx).check(shape.cpus, shape.memory, name=req.name)
-        network_ops.check_networks(ctx, nics)
+        network_rows.check_networks(ctx, nics)
         network = NetworkSpec(mode=mode, restrict=req.restrict_network, nics=nics)  # type: ignore[arg-type]
         spec = InstanceSpec(
             name=req.name,
@@ -204,7 +204,7 @@ class Creation:
             with ctx.operation(row, "create") as op_id:
                 instance_dir = ctx.paths.instance_dir(row.id)
                 instance_dir.mkdir(parents=True)
-                network_ops.allocate(ctx, row.id, spec.network.nics)
+                network_rows.allocate(ctx, row.id, spec.network.nics)
                 disk = instance_dir / "disk.qcow2"
                 if image.install_iso is not None:
                     assert req.disk_size is not None

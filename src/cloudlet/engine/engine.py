@@ -19,7 +19,6 @@ from cloudlet.config import Paths, Settings
 from cloudlet.driver.base import Driver, ExecResult, GuestInfo
 from cloudlet.engine import (
     instance_view,
-    network_ops,
     power,
     recovery,
     vm_state,
@@ -34,6 +33,7 @@ from cloudlet.engine.image_menu import ImageChoice
 from cloudlet.engine.images import Images
 from cloudlet.engine.licences import Licences
 from cloudlet.engine.lifecycle import Lifecycle, Outcome
+from cloudlet.engine.network import NetworkService
 from cloudlet.engine.serial_tail import SerialLog
 from cloudlet.engine.storage import StorageService
 from cloudlet.engine.type_listing import MachineTypeOffer
@@ -58,7 +58,7 @@ class Engine:
 
     def __init__(self, settings: Settings, deps: EngineDeps, db: Database) -> None:
         self.ctx = ctx = EngineContext(settings, deps, db)
-        self.networks = network_ops.NetworkOps(ctx)
+        self.networks = NetworkService(ctx)
         size_cap = self._size_cap
         self.lifecycle = Lifecycle(ctx)
         self.storage = StorageService(ctx)

@@ -14,7 +14,7 @@ from sqlalchemy import select
 
 from cloudlet.driver.base import LaunchConfig
 from cloudlet.engine import capacity as capacity_mod
-from cloudlet.engine import licensing, locks, network_ops, storage_rows
+from cloudlet.engine import licensing, locks, network_rows, storage_rows
 from cloudlet.errors import CloudletError, InvalidInput
 from cloudlet.host.kvm import AccelVerdict
 from cloudlet.images.store import HOST_ARCH, Image
@@ -110,8 +110,8 @@ def launch_config(ctx: EngineContext, row: InstanceRow, image: Image, accel: str
         initrd=image.initrd,
         cmdline=cmdline,
         network_mode=spec.network.mode,
-        tap_nics=network_ops.boot_nics(ctx, row.id),
-        host_forwards=network_ops.host_forwards(spec),
+        tap_nics=network_rows.boot_nics(ctx, row.id),
+        host_forwards=network_rows.host_forwards(spec),
         network_restrict=spec.network.restrict or ctx.settings.force_restrict_network,
         ssh_port=row.ssh_port,
         uuid=row.id,
@@ -144,7 +144,7 @@ def boot(
     try:
         ctx.driver.force_stop(row.id)  # a crashed VM may leave a stuck process
         ctx.driver.cleanup(row.id)
-        network_ops.ensure_for_boot(ctx, row.id)
+        network_rows.ensure_for_boot(ctx, row.id)
         config = launch_config(ctx, row, image, verdict.accel)
         with ctx.db.session() as s:
             fresh = s.get(InstanceRow, row.id)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import select
 
-from cloudlet.engine import launch, network_ops, storage_rows, teardown, vm_state
+from cloudlet.engine import launch, network_host, storage_rows, teardown, vm_state
 from cloudlet.engine.context import EngineContext
 from cloudlet.errors import InvalidInput, StillRunning
 from cloudlet.spec import names
@@ -142,5 +142,5 @@ class Lifecycle:
             new = InstanceSpec.model_validate({**spec.model_dump(), **changes})
             row.spec_json = new.model_dump_json()
         if "firewall" in changes and new.network.nics:
-            network_ops.NetworkOps(ctx).sync_locked()  # enforce the new rules now
+            network_host.sync_locked(ctx)  # enforce the new rules now
         return Outcome(new != spec, f"{name}: {', '.join(sorted(changes))}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 from typing import TYPE_CHECKING
 
-from cloudlet.engine import network_ops, storage_rows
+from cloudlet.engine import network_rows, storage_rows
 from cloudlet.engine.process_io import release
 from cloudlet.store.models import InstanceRow
 
@@ -19,7 +19,7 @@ def remove_everything(ctx: EngineContext, row: InstanceRow) -> None:
     release(ctx, row.id)
     shutil.rmtree(ctx.paths.instance_dir(row.id), ignore_errors=True)
     storage_rows.forget(ctx, row.id)
-    network_ops.forget(ctx, row.id)
+    network_rows.forget(ctx, row.id)
     with ctx.db.session() as s:
         existing = s.get(InstanceRow, row.id)
         if existing is not None:

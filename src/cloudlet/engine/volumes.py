@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import select
 
 from cloudlet.driver.base import HOTPLUG_SLOTS
-from cloudlet.engine import locks, network_ops
+from cloudlet.engine import locks, network_rows
 from cloudlet.engine.pools import Pools
 from cloudlet.engine.storage_rows import (
     DEFAULT_POOL,
@@ -211,7 +211,7 @@ class Volumes:
             if row.state == VMState.PAUSED:
                 raise Conflict(f"cannot hot-plug into {vm}: it is paused", hint="resume it first")
             used = {d.slot for d in boot_disks(self.ctx, row.id)}
-            used |= network_ops.used_slots(self.ctx, row.id)  # hot-plugged NICs share them
+            used |= network_rows.used_slots(self.ctx, row.id)  # hot-plugged NICs share them
             free = [slot for slot in range(HOTPLUG_SLOTS) if slot not in used]
             if not free:
                 raise Conflict(

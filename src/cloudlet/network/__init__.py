@@ -2,7 +2,7 @@
 
 Each module runs its commands through cloudlet.host.run and keeps what it builds
 (dnsmasq configuration, the nftables ruleset) in pure functions unit tests check.
-Nothing here decides policy: the engine (engine/network_ops.py) does.
+Nothing here decides policy: the engine (engine/network.py and its services) does.
 """
 
 from __future__ import annotations
