@@ -14,6 +14,7 @@ import pytest
 
 from cloudlet.engine import network_host, network_rows
 from cloudlet.engine.firewall import Firewall
+from cloudlet.engine.lifecycle import Lifecycle
 from cloudlet.engine.network import NetworkService
 from cloudlet.engine.networks import Networks
 from cloudlet.engine.nics import Nics
@@ -86,6 +87,11 @@ def test_nics_on_the_context(
     assert [n["network"] for n in nics.nics("web1")] == ["nat"]
     assert network_rows.boot_nics(ctx, db) == ()
     with pytest.raises(NotFound, match="web1 has no NIC on lab"):
+        nics.nic_remove("web1", "lab")
+    Lifecycle(ctx).pause("web1")
+    with pytest.raises(Conflict, match="cannot hot-plug into web1: it is paused"):
+        nics.nic_add("web1", "lab")
+    with pytest.raises(Conflict, match="cannot unplug from web1: it is paused"):
         nics.nic_remove("web1", "lab")
 
 

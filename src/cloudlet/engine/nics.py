@@ -19,7 +19,7 @@ from cloudlet.spec.instance import InstanceSpec
 from cloudlet.spec.names import vm_name
 from cloudlet.spec.network import NicSpec, bridge_name, validate_network_name
 from cloudlet.spec.states import VMState
-from cloudlet.store.models import NicRow
+from cloudlet.store.models import InstanceRow, NicRow
 
 if TYPE_CHECKING:
     from cloudlet.engine.context import EngineContext
@@ -38,10 +38,7 @@ class Nics:
         records.network_def(self.ctx, network)
         require_root()
         with self.ctx.lock(vm):
-            row = records.vm_row(self.ctx, vm)
-            self.ctx.require_state(row, records.ONLINE | records.OFFLINE, f"add a NIC to {vm}")
-            if row.state == VMState.PAUSED:
-                raise Conflict(f"cannot hot-plug into {vm}: it is paused", hint="resume it first")
+            row = self._changeable(vm, f"add a NIC to {vm}", f"hot-plug into {vm}")
             spec = InstanceSpec.model_validate_json(row.spec_json)
             if any(n.network == network for n in spec.network.nics):
                 return f"{vm} already has a NIC on {network}"
@@ -68,6 +65,14 @@ class Nics:
                 self.ctx.event(vm, "nic-added", f"NIC on {network} ({nic.ip})", op_id)
         when = "hot-plugged now" if live else "at its next start"
         return f"{vm}: NIC on {network} with {nic.ip} ({nic.mac}, {when})"
+
+    def _changeable(self, vm: str, what: str, plug: str) -> InstanceRow:
+        """The VM's row if its NICs may change now: not paused (QEMU cannot plug then)."""
+        row = records.vm_row(self.ctx, vm)
+        self.ctx.require_state(row, records.ONLINE | records.OFFLINE, what)
+        if row.state == VMState.PAUSED:
+            raise Conflict(f"cannot {plug}: it is paused", hint="resume it first")
+        return row
 
     def _free_slot(self, vm: str, instance_id: str) -> int:
         """The first hot-plug port neither a volume nor a NIC of the VM sits on."""
@@ -100,10 +105,7 @@ class Nics:
         validate_network_name(network)
         require_root()
         with self.ctx.lock(vm):
-            row = records.vm_row(self.ctx, vm)
-            self.ctx.require_state(row, records.ONLINE | records.OFFLINE, f"remove a NIC from {vm}")
-            if row.state == VMState.PAUSED:
-                raise Conflict(f"cannot unplug from {vm}: it is paused", hint="resume it first")
+            row = self._changeable(vm, f"remove a NIC from {vm}", f"unplug from {vm}")
             nic = next(
                 (n for n in records.nic_rows(self.ctx, row.id) if n.network == network), None
             )
