@@ -137,39 +137,12 @@ def used_slots(ctx: EngineContext, instance_id: str) -> set[int]:
 
 def ensure_for_boot(ctx: EngineContext, instance_id: str) -> None:
     """Before QEMU starts: its networks are up (after a host reboot too) and TAPs exist."""
-    rows = _nic_rows(ctx, instance_id)
-    if not rows:
-        return
-    from cloudlet.network import require_root, tap
-
-    require_root()
-    ops = NetworkOps(ctx)
-    with ops._network_lock():
-        for name in sorted({r.network for r in rows}):
-            ops._bring_up(ops._network(name))
-        for row in rows:
-            tap.ensure(row.tap, bridge_name(row.network))
-        ops.sync()
+    NetworkOps(ctx).ensure_for_boot(instance_id)
 
 
 def forget(ctx: EngineContext, instance_id: str) -> None:
     """The VM is gone: its TAPs, NIC rows, leases and rules go too."""
-    rows = _nic_rows(ctx, instance_id)
-    if not rows:
-        return
-    from cloudlet.network import tap
-
-    ops = NetworkOps(ctx)
-    with ops._network_lock():
-        for row in rows:
-            tap.delete(row.tap)
-        with ctx.db.session() as s:
-            for row in rows:
-                existing = s.get(NicRow, row.id)
-                if existing is not None:
-                    s.delete(existing)
-        ops.refresh_dns({r.network for r in rows})
-        ops.sync()
+    NetworkOps(ctx).forget(instance_id)
 
 
 # ---------------------------------------------------------------- helpers
@@ -351,6 +324,39 @@ class NetworkOps:
             self.sync()
 
     # ------------------------------------------------------------ networks
+    def ensure_for_boot(self, instance_id: str) -> None:
+        """Before QEMU starts: its networks are up (after a host reboot too) and TAPs exist."""
+        rows = _nic_rows(self.ctx, instance_id)
+        if not rows:
+            return
+        from cloudlet.network import require_root, tap
+
+        require_root()
+        with self._network_lock():
+            for name in sorted({r.network for r in rows}):
+                self._bring_up(self._network(name))
+            for row in rows:
+                tap.ensure(row.tap, bridge_name(row.network))
+            self.sync()
+
+    def forget(self, instance_id: str) -> None:
+        """The VM is gone: its TAPs, NIC rows, leases and rules go too."""
+        rows = _nic_rows(self.ctx, instance_id)
+        if not rows:
+            return
+        from cloudlet.network import tap
+
+        with self._network_lock():
+            for row in rows:
+                tap.delete(row.tap)
+            with self.ctx.db.session() as s:
+                for row in rows:
+                    existing = s.get(NicRow, row.id)
+                    if existing is not None:
+                        s.delete(existing)
+            self.refresh_dns({r.network for r in rows})
+            self.sync()
+
     def network_create(
         self, name: str, subnet: str, *, mode: str = "nat", route_to: tuple[str, ...] = ()
     ) -> NetworkView:
