@@ -70,10 +70,9 @@ def resident_pair(home: Path) -> tuple[float, dict[str, Any], float, dict[str, A
         CLOUDLET_BACKUP_DIR=str(home / "backups-resident"),
         CLOUDLET_FORCE_RESTRICT_NETWORK="1",
     )
-    from cloudlet.engine.backup_ops import BackupOps
     from cloudlet.engine.factory import open_engine
 
-    ops = BackupOps(open_engine())
+    ops = open_engine().backups
     full_s, full = timed(lambda: ops.create("bench").to_dict())
     change_one_percent(home, 1280)
     inc_s, inc = timed(lambda: ops.create("bench").to_dict())

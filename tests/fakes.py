@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
+
+import pytest
 
 from cloudlet.config import Paths, Settings
 from cloudlet.driver.fake.driver import FakeDriver
@@ -186,6 +188,25 @@ def make_fake_context(home: Path, *, cpus: int = 4, memory: int = 8 * GIB) -> En
 def make_fake_engine(home: Path, *, cpus: int = 4, memory: int = 8 * GIB) -> Engine:
     ctx = make_fake_context(home, cpus=cpus, memory=memory)
     return Engine(ctx.settings, ctx.deps, ctx.db)
+
+
+def _facade_used(name: str) -> Callable[..., Any]:
+    def refuse(*args: object, **kwargs: object) -> Any:
+        raise AssertionError(f"a service used the Engine facade ({name})")
+
+    return refuse
+
+
+def switch_off_the_facade(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every method and property of the Engine class fails the test from now on: a
+    service built from an EngineContext that still reaches into the facade is caught."""
+    for attr, value in list(vars(Engine).items()):
+        if attr.startswith("__") and attr != "__init__":
+            continue
+        if isinstance(value, property):
+            monkeypatch.setattr(Engine, attr, property(_facade_used(attr)))
+        elif callable(value) or isinstance(value, staticmethod | classmethod):
+            monkeypatch.setattr(Engine, attr, _facade_used(attr))
 
 
 def make_vm_with_volume(home: Path) -> Engine:

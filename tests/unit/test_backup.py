@@ -19,7 +19,7 @@ from cloudlet.backup.retention import keep_set
 from cloudlet.backup.store import CHUNK_SIZE, BackupStore, DiskManifest, Manifest
 from cloudlet.driver.base import DiskCopy
 from cloudlet.driver.fake.driver import FakeDriver
-from cloudlet.engine.backup_ops import BackupOps
+from cloudlet.engine.backups import BackupService
 from cloudlet.engine.engine import CreateRequest, Engine
 from cloudlet.engine.storage_rows import active_disk
 from cloudlet.errors import CapacityExceeded, Conflict, InvalidInput, OutOfSpace, StoreCorrupt
@@ -39,8 +39,8 @@ def engine(short_tmp: Path) -> Engine:
 
 
 @pytest.fixture
-def ops(engine: Engine) -> BackupOps:
-    return BackupOps(engine)
+def ops(engine: Engine) -> BackupService:
+    return engine.backups
 
 
 def vm_id(engine: Engine, name: str = "web1") -> str:
@@ -60,7 +60,7 @@ def fake(engine: Engine) -> FakeDriver:
     return engine.driver
 
 
-def chunk_files(ops: BackupOps) -> list[Path]:
+def chunk_files(ops: BackupService) -> list[Path]:
     return sorted(ops.store.all_chunks())
 
 
@@ -112,7 +112,7 @@ def test_manifest_checks_its_own_sha256(short_tmp: Path) -> None:
 
 # ---------------------------------------------------------------- backups through the engine
 def test_full_then_incremental_stores_only_the_changed_chunks(
-    engine: Engine, ops: BackupOps
+    engine: Engine, ops: BackupService
 ) -> None:
     for i in range(8):
         write(engine, i * CHUNK_SIZE, f"block {i} " * 50)
@@ -143,7 +143,7 @@ def test_full_then_incremental_stores_only_the_changed_chunks(
 
 
 def test_lost_or_inconsistent_bitmaps_read_everything_and_say_why(
-    engine: Engine, ops: BackupOps
+    engine: Engine, ops: BackupService
 ) -> None:
     write(engine, 0, "a")
     ops.create("web1")
@@ -166,15 +166,15 @@ def test_lost_or_inconsistent_bitmaps_read_everything_and_say_why(
 
 
 def test_verify_names_the_backup_and_chunk_of_a_flipped_byte(
-    engine: Engine, ops: BackupOps
+    engine: Engine, ops: BackupService
 ) -> None:
     write(engine, 0, "same")
     older = ops.create("web1")
     write(engine, CHUNK_SIZE, "only in the newer one")
     newer = ops.create("web1")
     assert ops.verify("web1").problems == []
-    newest_chunk = set(ops._manifest(ops._find("web1", newer.id)).chunk_ids()) - set(
-        ops._manifest(ops._find("web1", older.id)).chunk_ids()
+    newest_chunk = set(ops.records.manifest(ops.records.find("web1", newer.id)).chunk_ids()) - set(
+        ops.records.manifest(ops.records.find("web1", older.id)).chunk_ids()
     )
     (digest,) = newest_chunk
     path = ops.store.chunk_path(digest)
@@ -193,11 +193,11 @@ def test_verify_names_the_backup_and_chunk_of_a_flipped_byte(
 
 
 def test_a_corrupt_parent_chunk_stops_the_incremental_and_the_next_reads_all(
-    engine: Engine, ops: BackupOps
+    engine: Engine, ops: BackupService
 ) -> None:
     write(engine, 0, "base")
     first = ops.create("web1")
-    (digest,) = ops._manifest(ops._find("web1", first.id)).chunk_ids()
+    (digest,) = ops.records.manifest(ops.records.find("web1", first.id)).chunk_ids()
     ops.store.chunk_path(digest).write_bytes(b"rot")
     write(engine, 100, "patch")  # the incremental must patch the rotten chunk
     with pytest.raises(StoreCorrupt, match=f"chunk {digest}") as info:
@@ -210,7 +210,7 @@ def test_a_corrupt_parent_chunk_stops_the_incremental_and_the_next_reads_all(
 
 
 def test_a_full_backup_store_fails_cleanly_and_keeps_earlier_backups(
-    engine: Engine, ops: BackupOps
+    engine: Engine, ops: BackupService
 ) -> None:
     write(engine, 0, "first")
     first = ops.create("web1")
@@ -238,7 +238,7 @@ def test_a_full_backup_store_fails_cleanly_and_keeps_earlier_backups(
 
 
 def test_qemu_finding_the_store_full_says_the_store_is_full(
-    engine: Engine, ops: BackupOps, monkeypatch: pytest.MonkeyPatch
+    engine: Engine, ops: BackupService, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     write(engine, 0, "first")
     first = ops.create("web1")
@@ -260,7 +260,7 @@ def test_qemu_finding_the_store_full_says_the_store_is_full(
 
 
 def test_a_full_disk_outside_the_store_is_not_blamed_on_it(
-    engine: Engine, ops: BackupOps, monkeypatch: pytest.MonkeyPatch, short_tmp: Path
+    engine: Engine, ops: BackupService, monkeypatch: pytest.MonkeyPatch, short_tmp: Path
 ) -> None:
     elsewhere = short_tmp / "elsewhere.qcow2"
 
@@ -273,7 +273,9 @@ def test_a_full_disk_outside_the_store_is_not_blamed_on_it(
     assert info.value.path == elsewhere and "backup store" not in info.value.message
 
 
-def test_stale_work_files_of_a_killed_backup_are_cleaned(engine: Engine, ops: BackupOps) -> None:
+def test_stale_work_files_of_a_killed_backup_are_cleaned(
+    engine: Engine, ops: BackupService
+) -> None:
     ops.store.ensure()
     (ops.store.tmp / "20260101T000000-dead.qcow2").write_text("half")
     ops.create("web1")
@@ -307,7 +309,7 @@ def test_policy_is_stored_in_the_spec_and_legacy_keep_means_keep_last() -> None:
         parse_duration("soon")
 
 
-def test_run_due_backs_up_due_vms_then_prunes(engine: Engine, ops: BackupOps) -> None:
+def test_run_due_backs_up_due_vms_then_prunes(engine: Engine, ops: BackupService) -> None:
     real_write = ops.store.write_file
 
     def broken_store(path: Path, data: bytes, *, sync: bool = True) -> None:
@@ -337,13 +339,13 @@ def test_run_due_backs_up_due_vms_then_prunes(engine: Engine, ops: BackupOps) ->
     with engine.db.session() as s:
         assert s.query(BackupRow).count() == 2
     # chunks only the pruned backups used are gone
-    kept = set().union(*(ops._manifest(ops._find("web1", b.id)).chunk_ids()
+    kept = set().union(*(ops.records.manifest(ops.records.find("web1", b.id)).chunk_ids()
                          for b in ops.backups("web1")))  # fmt: skip
     assert {p.name for p in chunk_files(ops)} == kept
 
 
 # ---------------------------------------------------------------- restore in place
-def test_restore_in_place_drops_memory_snapshot_states(engine: Engine, ops: BackupOps) -> None:
+def test_restore_in_place_drops_memory_snapshot_states(engine: Engine, ops: BackupService) -> None:
     backup = ops.create("web1")
     engine.storage.snapshot_create("web1", "s1", memory=True)
     instance_dir = engine.paths.instance_dir(vm_id(engine))
@@ -352,7 +354,7 @@ def test_restore_in_place_drops_memory_snapshot_states(engine: Engine, ops: Back
     assert not list(instance_dir.rglob("*.vmstate"))
 
 
-def test_restore_in_place_needs_a_stopped_vm_or_force(engine: Engine, ops: BackupOps) -> None:
+def test_restore_in_place_needs_a_stopped_vm_or_force(engine: Engine, ops: BackupService) -> None:
     write(engine, 0, "good")
     backup = ops.create("web1")
     engine.storage.snapshot_create("web1", "s1")
@@ -382,7 +384,7 @@ def test_restore_in_place_needs_a_stopped_vm_or_force(engine: Engine, ops: Backu
 
 # ---------------------------------------------------------------- export / import
 def test_export_import_round_trip_and_tampering(
-    engine: Engine, ops: BackupOps, short_tmp: Path
+    engine: Engine, ops: BackupService, short_tmp: Path
 ) -> None:
     write(engine, 4096, "exported")
     with pytest.raises(Conflict, match="it is running"):

@@ -9,40 +9,46 @@ import pytest
 from typer.testing import CliRunner
 
 from cloudlet.cli import backup_commands, main
-from cloudlet.engine.backup_ops import BackupOps
 from cloudlet.engine.backup_requests import (
     PolicyUpdate,
     check_verified,
     chosen_backup,
     update_policy,
 )
-from cloudlet.engine.engine import CreateRequest
+from cloudlet.engine.backups import BackupService
+from cloudlet.engine.engine import CreateRequest, Engine
 from cloudlet.engine.storage_rows import active_disk
 from cloudlet.errors import BackupsCorrupt, InvalidInput, StoreCorrupt
 from tests.fakes import FakeDisks, make_fake_engine
 
 
 @pytest.fixture
-def ops(short_tmp: Path) -> BackupOps:
+def engine(short_tmp: Path) -> Engine:
     engine = make_fake_engine(short_tmp / "home")
     engine.create(CreateRequest(name="web1"))
-    return BackupOps(engine)
+    return engine
+
+
+@pytest.fixture
+def ops(engine: Engine) -> BackupService:
+    return engine.backups
 
 
 def test_an_update_sets_only_what_it_names_and_reads_back_the_stored_policy(
-    ops: BackupOps,
+    engine: Engine,
+    ops: BackupService,
 ) -> None:
     assert PolicyUpdate().changes() == {}
     assert update_policy(ops, "web1") == ops.policy("web1")
     policy = update_policy(ops, "web1", PolicyUpdate(every="1h", keep_daily=7))
     assert (policy.every, policy.keep_daily, policy.keep_last) == (3600, 7, 0)
-    assert ops.e.spec("web1").backup == policy  # stored in the VM's spec
+    assert engine.spec("web1").backup == policy  # stored in the VM's spec
     policy = update_policy(ops, "web1", PolicyUpdate(keep_last=3))
     assert (policy.every, policy.keep_daily, policy.keep_last) == (3600, 7, 3)
 
 
 @pytest.mark.parametrize("off", ["off", "OFF", "none", "0", " off "])
-def test_off_stops_the_schedule_and_keeps_the_retention(ops: BackupOps, off: str) -> None:
+def test_off_stops_the_schedule_and_keeps_the_retention(ops: BackupService, off: str) -> None:
     update_policy(ops, "web1", PolicyUpdate(every="1d", keep_weekly=4))
     policy = update_policy(ops, "web1", PolicyUpdate(every=off))
     assert policy.every is None and policy.schedule == "none" and policy.interval() is None
@@ -61,7 +67,7 @@ def test_off_stops_the_schedule_and_keeps_the_retention(ops: BackupOps, off: str
     ],
 )
 def test_bad_updates_are_one_line_and_change_nothing(
-    ops: BackupOps, update: PolicyUpdate, words: str
+    ops: BackupService, update: PolicyUpdate, words: str
 ) -> None:
     before = ops.policy("web1")
     with pytest.raises(InvalidInput, match=words) as caught:
@@ -79,8 +85,8 @@ def test_a_restore_names_exactly_one_backup() -> None:
         assert "--" not in caught.value.one_line()  # the CLI adds its flag names
 
 
-def test_verify_problems_become_backups_corrupt(ops: BackupOps) -> None:
-    FakeDisks.write(active_disk(ops.e, ops.e.show("web1").id), "0", "data")
+def test_verify_problems_become_backups_corrupt(engine: Engine, ops: BackupService) -> None:
+    FakeDisks.write(active_disk(engine, engine.show("web1").id), "0", "data")
     ops.create("web1")
     clean = ops.verify("web1")
     assert check_verified(clean) is clean
@@ -93,10 +99,10 @@ def test_verify_problems_become_backups_corrupt(ops: BackupOps) -> None:
 
 
 def test_the_cli_prints_the_problems_then_exits_with_the_corrupt_code(
-    ops: BackupOps, monkeypatch: pytest.MonkeyPatch
+    engine: Engine, ops: BackupService, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(backup_commands, "open_engine", lambda: ops.e)
-    FakeDisks.write(active_disk(ops.e, ops.e.show("web1").id), "0", "data")
+    monkeypatch.setattr(backup_commands, "open_engine", lambda: engine)
+    FakeDisks.write(active_disk(engine, engine.show("web1").id), "0", "data")
     ops.create("web1")
     sorted(ops.store.all_chunks())[0].write_bytes(b"flipped")
     result = CliRunner().invoke(main.app, ["backup", "verify", "web1"])

@@ -14,8 +14,8 @@ import pytest
 from cloudlet.backup.store import CHUNK_SIZE, ROOT, Manifest
 from cloudlet.driver.base import DirtyBitmap
 from cloudlet.engine.backup_disks import VmDisk, usable_bitmap
-from cloudlet.engine.backup_ops import BackupOps
-from cloudlet.engine.backup_restore import pool_dir
+from cloudlet.engine.backup_volumes import pool_dir
+from cloudlet.engine.backups import BackupService
 from cloudlet.engine.engine import CreateRequest, Engine
 from cloudlet.engine.storage_rows import active_disk
 from cloudlet.errors import Conflict, InvalidInput, NotFound, StoreCorrupt
@@ -31,8 +31,8 @@ def engine(short_tmp: Path) -> Engine:
 
 
 @pytest.fixture
-def ops(engine: Engine) -> BackupOps:
-    return BackupOps(engine)
+def ops(engine: Engine) -> BackupService:
+    return engine.backups
 
 
 def root_of(engine: Engine, vm: str) -> Path:
@@ -48,14 +48,14 @@ def put(path: Path, offset: int, text: str) -> None:
 
 
 def test_one_backup_holds_every_disk_and_each_reads_incrementally(
-    engine: Engine, ops: BackupOps
+    engine: Engine, ops: BackupService
 ) -> None:
     put(root_of(engine, "web1"), 0, "root v1")
     put(vol(engine, "data1"), CHUNK_SIZE, "data v1")
     full = ops.create("web1")
     assert full.kind == "full" and [d.name for d in full.disks] == [ROOT, "data1"]
     assert [d.size for d in full.disks][1] == 64 * MIB and full.chunks == 2
-    manifest = ops._manifest(ops._find("web1", full.id))
+    manifest = ops.records.manifest(ops.records.find("web1", full.id))
     assert manifest.disks[1].volume_id and manifest.disks[1].pool == "default"
     assert all(d.bitmap is not None for d in manifest.disks)
     # only the volume changed: both disks read by bitmap, only the volume's bytes read
@@ -104,7 +104,7 @@ def test_bitmap_decisions_per_disk() -> None:
 
 
 def test_an_old_single_disk_manifest_still_reads_and_an_incremental_builds_on_it(
-    engine: Engine, ops: BackupOps
+    engine: Engine, ops: BackupService
 ) -> None:
     engine.storage.volume_detach("data1")
     put(root_of(engine, "web1"), 0, "old")
@@ -122,7 +122,7 @@ def test_an_old_single_disk_manifest_still_reads_and_an_incremental_builds_on_it
         row = s.get(BackupRow, first.id)
         assert row is not None
         row.manifest_sha256 = digest
-    old = ops._manifest(ops._find("web1", first.id))
+    old = ops.records.manifest(ops.records.find("web1", first.id))
     assert old.root.bitmap == body["bitmap"] and old.root.bitmap is not None
     put(root_of(engine, "web1"), 5, "x")
     assert ops.create("web1").kind == "incremental"
@@ -130,7 +130,7 @@ def test_an_old_single_disk_manifest_still_reads_and_an_incremental_builds_on_it
 
 
 def test_restore_as_makes_new_volumes_and_refuses_a_taken_name_first(
-    engine: Engine, ops: BackupOps
+    engine: Engine, ops: BackupService
 ) -> None:
     put(root_of(engine, "web1"), 0, "root")
     put(vol(engine, "data1"), 7, "volume data")
@@ -150,7 +150,7 @@ def test_restore_as_makes_new_volumes_and_refuses_a_taken_name_first(
 
 
 def test_restore_in_place_is_all_or_nothing_and_recreates_deleted_volumes(
-    engine: Engine, ops: BackupOps
+    engine: Engine, ops: BackupService
 ) -> None:
     put(root_of(engine, "web1"), 0, "root v1")
     put(vol(engine, "data1"), 0, "data v1")
@@ -158,7 +158,7 @@ def test_restore_in_place_is_all_or_nothing_and_recreates_deleted_volumes(
     put(root_of(engine, "web1"), 0, "root v2")
     put(vol(engine, "data1"), 0, "data v2")
     # a chunk of the volume rots: the restore fails and neither disk changes
-    manifest = ops._manifest(ops._find("web1", backup.id))
+    manifest = ops.records.manifest(ops.records.find("web1", backup.id))
     (chunk,) = [c for c in manifest.disks[1].chunks if c]
     good = ops.store.chunk_path(chunk).read_bytes()
     ops.store.chunk_path(chunk).write_bytes(b"rot")
@@ -187,7 +187,7 @@ def test_restore_in_place_is_all_or_nothing_and_recreates_deleted_volumes(
 
 
 def test_restore_swaps_every_disk_in_one_commit_and_sweeps_what_a_killed_one_left(
-    engine: Engine, ops: BackupOps, monkeypatch: pytest.MonkeyPatch
+    engine: Engine, ops: BackupService, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     put(root_of(engine, "web1"), 0, "root v1")
     put(vol(engine, "data1"), 0, "data v1")
@@ -204,7 +204,7 @@ def test_restore_swaps_every_disk_in_one_commit_and_sweeps_what_a_killed_one_lef
     def fail(*_args: object) -> None:
         raise OSError("killed")
 
-    monkeypatch.setattr("cloudlet.engine.backup_restore.Restorer.point_volumes", fail)
+    monkeypatch.setattr("cloudlet.engine.restore_disks.Restorer.point_volumes", fail)
     with pytest.raises(OSError, match="killed"):
         ops.restore("web1", backup_id=backup.id)
     monkeypatch.undo()
@@ -230,7 +230,7 @@ def test_restore_swaps_every_disk_in_one_commit_and_sweeps_what_a_killed_one_lef
 
 
 def test_restore_refuses_clearly_when_a_volume_cannot_go_back(
-    engine: Engine, ops: BackupOps, short_tmp: Path
+    engine: Engine, ops: BackupService, short_tmp: Path
 ) -> None:
     storage = engine.storage
     storage.pool_create("fast", short_tmp / "fast")
@@ -257,11 +257,11 @@ def test_restore_refuses_clearly_when_a_volume_cannot_go_back(
     with engine.db.session() as s:
         s.add(PoolRow(name="vg", kind="lvm", path="/dev/vg0"))
     with pytest.raises(InvalidInput, match="lvm pool vg"):
-        pool_dir(engine, "vg", "lv1", "backup b")
+        pool_dir(engine.storage, "vg", "lv1", "backup b")
 
 
 def test_export_import_carries_the_volumes_and_old_exports_still_import(
-    engine: Engine, ops: BackupOps, short_tmp: Path
+    engine: Engine, ops: BackupService, short_tmp: Path
 ) -> None:
     put(root_of(engine, "web1"), 0, "root")
     put(vol(engine, "data1"), 3, "in the volume")

@@ -23,8 +23,8 @@ from hypothesis import strategies as st
 from cloudlet.backup.manifest_check import HostKey
 from cloudlet.backup.store import CHUNK_SIZE, DiskManifest, Manifest
 from cloudlet.cloudinit.userdata import validate_user_data
-from cloudlet.engine.backup_ops import BackupOps
-from cloudlet.engine.engine import CreateRequest
+from cloudlet.engine.backups import BackupService
+from cloudlet.engine.engine import CreateRequest, Engine
 from cloudlet.errors import CloudletError
 from cloudlet.spec.document import check_entry, parse_documents
 from tests.fakes import make_fake_engine
@@ -138,12 +138,17 @@ def test_manifest_reader_on_a_mutated_manifest(
 
 # ---------------------------------------------------------------- exports
 @pytest.fixture(scope="module")
-def ops() -> Iterator[BackupOps]:
+def engine() -> Iterator[Engine]:
     with tempfile.TemporaryDirectory(prefix="cl-fuzz-") as tmp:
         e = make_fake_engine(Path(tmp) / "home")
         e.create(CreateRequest(name="web1"))
         e.stop("web1")
-        yield BackupOps(e)
+        yield e
+
+
+@pytest.fixture(scope="module")
+def ops(engine: Engine) -> BackupService:
+    return engine.backups
 
 
 def tar_of(members: list[tuple[str, int, bytes]]) -> bytes:
@@ -168,18 +173,18 @@ contents = st.binary(max_size=200) | json_values.map(lambda v: json.dumps(v).enc
 @settings(FUZZ, max_examples=max(1, EXAMPLES * 2 // 3), suppress_health_check=list(HealthCheck))
 @given(st.lists(st.tuples(names, member_kinds, contents), max_size=6) | st.binary(max_size=2000))
 def test_export_reader_on_any_archive(
-    ops: BackupOps, archive: list[tuple[str, int, bytes]] | bytes
+    engine: Engine, ops: BackupService, archive: list[tuple[str, int, bytes]] | bytes
 ) -> None:
     data = archive if isinstance(archive, bytes) else tar_of(archive)
     with tempfile.NamedTemporaryFile(suffix=".cloudlet") as f:
         f.write(data)
         f.flush()
         only_cloudlet_errors(ops.import_, Path(f.name), "fuzzed")
-    assert [v.name for v in ops.e.instances()] == ["web1"]
+    assert [v.name for v in engine.instances()] == ["web1"]
 
 
 @pytest.fixture(scope="module")
-def export_files(ops: BackupOps) -> dict[str, bytes]:
+def export_files(ops: BackupService) -> dict[str, bytes]:
     """The files of a genuine export of web1."""
     with tempfile.TemporaryDirectory() as tmp:
         ops.export("web1", Path(tmp) / "web1.cloudlet")
@@ -200,7 +205,10 @@ def export_files(ops: BackupOps) -> dict[str, bytes]:
     )
 )
 def test_export_reader_on_a_mutated_export(
-    ops: BackupOps, export_files: dict[str, bytes], edits: list[tuple[str, str, Any]]
+    engine: Engine,
+    ops: BackupService,
+    export_files: dict[str, bytes],
+    edits: list[tuple[str, str, Any]],
 ) -> None:
     """Field edits of a genuine export's spec and manifest, with every sum and size fixed
     up (as an attacker can): refused in one line, or imported as a valid VM."""
@@ -222,6 +230,6 @@ def test_export_reader_on_a_mutated_export(
         f.write(tar_of(members))
         f.flush()
         only_cloudlet_errors(ops.import_, Path(f.name), "mutated")
-    for view in ops.e.instances():
+    for view in engine.instances():
         if view.name != "web1":
-            ops.e.delete(view.name)
+            engine.delete(view.name)

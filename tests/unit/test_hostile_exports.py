@@ -16,7 +16,6 @@ from typing import Any
 
 import pytest
 
-from cloudlet.engine.backup_ops import BackupOps
 from cloudlet.engine.engine import CreateRequest, Engine
 from cloudlet.errors import CloudletError
 from tests.fakes import FakeDisks, make_fake_engine
@@ -40,7 +39,7 @@ Files = dict[str, bytes]
 
 
 @pytest.fixture
-def exported(short_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[BackupOps, Files]:
+def exported(short_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Engine, Files]:
     """VM web1 (a cloud-init image, a user's own key, volume data1) exported; the
     export's files by name."""
     monkeypatch.setenv("HOME", str(short_tmp))
@@ -55,11 +54,10 @@ def exported(short_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[BackupOp
     e.storage.volume_attach("data1", "web1")
     FakeDisks.write(Path(e.storage.volume("data1").path), "0", "data")
     e.stop("web1")
-    ops = BackupOps(e)
-    ops.export("web1", short_tmp / "web1.cloudlet")
+    e.backups.export("web1", short_tmp / "web1.cloudlet")
     with tarfile.open(short_tmp / "web1.cloudlet") as tar:
         files = {m.name: tar.extractfile(m).read() for m in tar if m.isfile()}  # type: ignore[union-attr]
-    return ops, files
+    return e, files
 
 
 def info(
@@ -136,26 +134,28 @@ TAR_CASES: list[tuple[str, Callable[[Files], list[Entry]], str]] = [
 
 
 def test_every_hostile_tar_member_is_refused_before_anything_is_made(
-    exported: tuple[BackupOps, Files], short_tmp: Path
+    exported: tuple[Engine, Files], short_tmp: Path
 ) -> None:
-    ops, files = exported
-    before = snapshot(ops.e)
+    engine, files = exported
+    ops = engine.backups
+    before = snapshot(engine)
     for case, craft, says in TAR_CASES:
         path = pack(short_tmp / f"{len(says)}-{case}.cloudlet", craft(files))
         with pytest.raises(CloudletError) as raised:
             ops.import_(path, "evil")
         assert says in raised.value.message, case
         assert raised.value.exit_code == 2 and "\n" not in raised.value.one_line(), case
-        assert snapshot(ops.e) == before, case
+        assert snapshot(engine) == before, case
     assert not (short_tmp / "evil").exists() and not Path("/tmp/evil").exists()
 
 
 def test_truncated_or_garbage_archives_are_refused_in_one_line(
-    exported: tuple[BackupOps, Files], short_tmp: Path
+    exported: tuple[Engine, Files], short_tmp: Path
 ) -> None:
-    ops, _ = exported
+    engine, _ = exported
+    ops = engine.backups
     genuine = (short_tmp / "web1.cloudlet").read_bytes()
-    before = snapshot(ops.e)
+    before = snapshot(engine)
     for i, data in enumerate((genuine[:700], genuine[: len(genuine) // 2], b"", b"\0" * 10,
                               b"x" * 5000, genuine[:512] + b"\xff" * 512)):  # fmt: skip
         path = short_tmp / f"cut{i}.cloudlet"
@@ -163,7 +163,7 @@ def test_truncated_or_garbage_archives_are_refused_in_one_line(
         with pytest.raises(CloudletError) as raised:
             ops.import_(path, "evil")
         assert raised.value.exit_code == 2 and str(path) in raised.value.message
-        assert snapshot(ops.e) == before
+        assert snapshot(engine) == before
 
 
 # ---------------------------------------------------------------- spec and row fields
@@ -270,31 +270,33 @@ FIELD_CASES: list[tuple[str, Callable[[Files], Files], str]] = [
 
 @pytest.mark.parametrize(("case", "edit", "says"), FIELD_CASES, ids=[c[0] for c in FIELD_CASES])
 def test_every_hostile_field_is_refused_before_anything_is_made(
-    exported: tuple[BackupOps, Files],
+    exported: tuple[Engine, Files],
     short_tmp: Path,
     case: str,
     edit: Callable[[Files], Files],
     says: str,
 ) -> None:
-    ops, files = exported
-    before = snapshot(ops.e)
+    engine, files = exported
+    ops = engine.backups
+    before = snapshot(engine)
     path = pack(short_tmp / "crafted.cloudlet", entries(edit(dict(files))))
     with pytest.raises(CloudletError) as raised:
         ops.import_(path, "evil")
     assert says in raised.value.message, raised.value.message
     assert "\n" not in raised.value.one_line()
     assert raised.value.exit_code in (2, 3), case  # bad input, or an image not found here
-    assert snapshot(ops.e) == before
+    assert snapshot(engine) == before
     assert not (short_tmp / "pwn").exists()
 
 
 def test_host_paths_in_the_file_are_never_used(
-    exported: tuple[BackupOps, Files], short_tmp: Path
+    exported: tuple[Engine, Files], short_tmp: Path
 ) -> None:
     """A crafted image directory (its image.json pointing QEMU's -kernel at a host file)
     named by the row, and a private key path in the spec: the import uses this host's
     image and keys instead."""
-    ops, files = exported
+    engine, files = exported
+    ops = engine.backups
     crafted = short_tmp / "crafted-image"
     crafted.mkdir()
     (crafted / "image.json").write_text(
@@ -304,10 +306,10 @@ def test_host_paths_in_the_file_are_never_used(
     edited = manifest(row__image_path=str(crafted), row__disk_size=-7, row__seed=False)(files)
     edited = spec(access__ssh_private_key="/etc/shadow")(edited)
     view = ops.import_(pack(short_tmp / "paths.cloudlet", entries(edited)), "copy")
-    host_image = ops.e.deps.images.get("cloudy")
+    host_image = engine.deps.images.get("cloudy")
     assert view.to_dict()["paths"]["image"] == str(host_image.path) != str(crafted)
     assert view.disk_size > 0
-    copied = ops.e.spec("copy")
+    copied = engine.spec("copy")
     assert copied.access.ssh_private_key == str(short_tmp / ".ssh" / "id_me")
-    assert (ops.e.paths.instance_dir(view.id) / "seed.iso").exists()  # the image has cloud-init
-    assert ops.e.spec("web1").access == copied.access
+    assert (engine.paths.instance_dir(view.id) / "seed.iso").exists()  # the image has cloud-init
+    assert engine.spec("web1").access == copied.access

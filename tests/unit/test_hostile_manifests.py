@@ -16,7 +16,8 @@ import pytest
 
 from cloudlet.backup.manifest_check import canonical
 from cloudlet.backup.store import Manifest
-from cloudlet.engine.backup_ops import MANIFEST_KEY, BackupOps
+from cloudlet.engine.backup_records import MANIFEST_KEY
+from cloudlet.engine.backups import BackupService
 from cloudlet.engine.engine import Engine
 from cloudlet.errors import CloudletError, ManifestRefused, NotFound, StoreCorrupt
 from tests.fakes import FakeDisks, make_vm_with_volume
@@ -26,9 +27,15 @@ Body = dict[str, Any]
 
 
 @pytest.fixture
-def ops(short_tmp: Path) -> BackupOps:
-    """Backups of VM web1, which has volume data1 (ops.e is its engine)."""
-    return BackupOps(make_vm_with_volume(short_tmp / "home"))
+def engine(short_tmp: Path) -> Engine:
+    """VM web1, which has volume data1."""
+    return make_vm_with_volume(short_tmp / "home")
+
+
+@pytest.fixture
+def ops(engine: Engine) -> BackupService:
+    """The backups of web1's engine."""
+    return engine.backups
 
 
 def snapshot(engine: Engine) -> dict[str, str]:
@@ -136,9 +143,8 @@ CASES: list[tuple[str, Callable[[Body], Body], str]] = [
 
 @pytest.mark.parametrize(("case", "edit", "says"), CASES, ids=[c[0] for c in CASES])
 def test_a_crafted_manifest_is_refused_by_every_reader(
-    ops: BackupOps, case: str, edit: Callable[[Body], Body], says: str
+    engine: Engine, ops: BackupService, case: str, edit: Callable[[Body], Body], says: str
 ) -> None:
-    engine = ops.e
     FakeDisks.write(Path(engine.storage.volume("data1").path), "0", "data")
     backup = ops.create("web1")
     engine.stop("web1")
@@ -163,8 +169,9 @@ def test_a_crafted_manifest_is_refused_by_every_reader(
     assert ops.backups("web1")[0].verified == "failed"
 
 
-def test_the_signed_manifest_of_another_backup_copied_over_is_refused(ops: BackupOps) -> None:
-    engine = ops.e
+def test_the_signed_manifest_of_another_backup_copied_over_is_refused(
+    engine: Engine, ops: BackupService
+) -> None:
     old = ops.create("web1")
     new = ops.create("web1")
     vm_id = engine.show("web1").id
@@ -175,8 +182,9 @@ def test_the_signed_manifest_of_another_backup_copied_over_is_refused(ops: Backu
     assert [v.name for v in engine.instances()] == ["web1"]
 
 
-def test_truncated_or_garbage_manifests_are_corrupt_not_internal_errors(ops: BackupOps) -> None:
-    engine = ops.e
+def test_truncated_or_garbage_manifests_are_corrupt_not_internal_errors(
+    engine: Engine, ops: BackupService
+) -> None:
     backup = ops.create("web1")
     path = ops.store.manifest_path(engine.show("web1").id, backup.id)
     text = path.read_text()
@@ -189,8 +197,9 @@ def test_truncated_or_garbage_manifests_are_corrupt_not_internal_errors(ops: Bac
         assert [v.name for v in engine.instances()] == ["web1"]
 
 
-def test_the_key_is_made_once_private_and_outside_the_store(ops: BackupOps) -> None:
-    engine = ops.e
+def test_the_key_is_made_once_private_and_outside_the_store(
+    engine: Engine, ops: BackupService
+) -> None:
     key = engine.paths.home / MANIFEST_KEY
     assert not key.exists()
     first = ops.create("web1")
@@ -198,20 +207,25 @@ def test_the_key_is_made_once_private_and_outside_the_store(ops: BackupOps) -> N
     assert not key.is_relative_to(ops.store.root)
     made = key.read_bytes()
     key.chmod(0o644)
-    second = BackupOps(engine)  # a new process reads the same key and trusts the backup
+    second = BackupService(
+        engine.ctx, engine.storage
+    )  # a new process reads the same key and trusts the backup
     assert second.create("web1").kind and second.verify("web1").problems == []
     assert key.read_bytes() == made and first.id in [b.id for b in second.backups("web1")]
     assert key.stat().st_mode & 0o777 == 0o600  # a key loosened by hand is tightened again
     # another host (another key) does not trust this host's manifests
     os.replace(key, key.with_name("elsewhere"))
     with pytest.raises(ManifestRefused, match="signature is not this host's"):
-        BackupOps(engine).restore("web1", backup_id=first.id, as_name="copy")
+        BackupService(engine.ctx, engine.storage).restore(
+            "web1", backup_id=first.id, as_name="copy"
+        )
 
 
-def test_restore_as_checks_the_record_even_in_a_signed_manifest(ops: BackupOps) -> None:
+def test_restore_as_checks_the_record_even_in_a_signed_manifest(
+    engine: Engine, ops: BackupService
+) -> None:
     """Defence in depth: a manifest signed with this host's key (as one written before
     these checks) still gets the record checks of a create, and no host path from it."""
-    engine = ops.e
     backup = ops.create("web1")
     path = ops.store.manifest_path(engine.show("web1").id, backup.id)
 
@@ -244,9 +258,9 @@ def test_restore_as_checks_the_record_even_in_a_signed_manifest(ops: BackupOps) 
 
 
 def test_latest_skips_a_forged_newest_manifest_and_restores_the_one_before(
-    ops: BackupOps,
+    engine: Engine,
+    ops: BackupService,
 ) -> None:
-    engine = ops.e
     FakeDisks.write(Path(engine.storage.volume("data1").path), "0", "good")
     good = ops.create("web1")
     forged = ops.create("web1")

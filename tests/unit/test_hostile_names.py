@@ -28,7 +28,6 @@ from cloudlet.cli import (
 from cloudlet.config import Paths, Settings
 from cloudlet.driver.fake.driver import FakeDriver
 from cloudlet.engine import factory
-from cloudlet.engine.backup_ops import BackupOps
 from cloudlet.engine.deps import EngineDeps
 from cloudlet.engine.engine import CreateRequest, Engine
 from cloudlet.errors import InvalidInput, NotFound
@@ -227,7 +226,7 @@ def world() -> Iterator[tuple[Path, Path, Path]]:
     storage.snapshot_create("web1", "s1")
     engine.networks.group_create("g1", [FirewallRule(port=22)])
     engine.license_add("acme-os", 2)
-    BackupOps(engine).create("web1")
+    engine.backups.create("web1")
     with pytest.MonkeyPatch.context() as mp:
         for module in (main, storage_commands, network_commands, backup_commands,
                        spec_commands, wizard, factory):  # fmt: skip

@@ -13,7 +13,7 @@ import pytest
 
 from cloudlet import logs, redact
 from cloudlet.driver.qemu import agent
-from cloudlet.engine.backup_ops import MANIFEST_KEY, BackupOps
+from cloudlet.engine.backup_records import MANIFEST_KEY
 from cloudlet.engine.engine import CreateRequest
 from cloudlet.errors import Conflict
 from tests.fakes import make_fake_engine
@@ -280,7 +280,7 @@ def test_a_failed_operation_is_logged_as_failed(home: Path) -> None:
 def test_the_backup_manifest_key_never_reaches_the_log(home: Path) -> None:
     engine = make_fake_engine(home)
     engine.create(CreateRequest(name="web1"))
-    ops = BackupOps(engine)
+    ops = engine.backups
     backup = ops.create("web1")
     ops.verify("web1", backup.id)
     key = (home / MANIFEST_KEY).read_bytes()

@@ -8,7 +8,6 @@ still reached into the facade (for a stop, a show, a lock or a boot) fails here.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ from cloudlet.driver.fake.driver import FakeDriver
 from cloudlet.engine import instance_view, power
 from cloudlet.engine.clones import Clones
 from cloudlet.engine.context import EngineContext
-from cloudlet.engine.engine import CreateRequest, Engine
+from cloudlet.engine.engine import CreateRequest
 from cloudlet.engine.pools import Pools
 from cloudlet.engine.snapshots import Snapshots
 from cloudlet.engine.storage import StorageService
@@ -26,24 +25,7 @@ from cloudlet.engine.storage_rows import active_disk, boot_disks, owner_name, sn
 from cloudlet.engine.volumes import Volumes
 from cloudlet.errors import Conflict, NotFound
 from cloudlet.spec.units import GIB, MIB
-from tests.fakes import FakeDisks, make_fake_engine
-
-
-def _facade_used(name: str) -> Callable[..., Any]:
-    def refuse(*args: object, **kwargs: object) -> Any:
-        raise AssertionError(f"a storage service used the Engine facade ({name})")
-
-    return refuse
-
-
-def _switch_off_the_facade(monkeypatch: pytest.MonkeyPatch) -> None:
-    for attr, value in list(vars(Engine).items()):
-        if attr.startswith("__") and attr != "__init__":
-            continue
-        if isinstance(value, property):
-            monkeypatch.setattr(Engine, attr, property(_facade_used(attr)))
-        elif callable(value) or isinstance(value, staticmethod | classmethod):
-            monkeypatch.setattr(Engine, attr, _facade_used(attr))
+from tests.fakes import FakeDisks, make_fake_engine, switch_off_the_facade
 
 
 def make_ctx(
@@ -60,7 +42,7 @@ def make_ctx(
     for name in stopped:
         engine.create(CreateRequest(name=name), start=False)
     ctx = EngineContext(engine.settings, engine.deps, engine.db)
-    _switch_off_the_facade(monkeypatch)
+    switch_off_the_facade(monkeypatch)
     return ctx
 
 

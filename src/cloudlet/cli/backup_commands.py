@@ -19,7 +19,8 @@ if TYPE_CHECKING:
     from cloudlet.cli import render
     from cloudlet.cli.render import err, out
     from cloudlet.engine import backup_requests
-    from cloudlet.engine.backup_ops import BackupOps, BackupView
+    from cloudlet.engine.backup_views import BackupView
+    from cloudlet.engine.backups import BackupService
     from cloudlet.engine.factory import open_engine
     from cloudlet.spec.instance import BackupPolicy
 else:
@@ -29,7 +30,6 @@ else:
     render = lazy("cloudlet.cli.render")
     err = lazy("cloudlet.cli.render", "err")
     out = lazy("cloudlet.cli.render", "out")
-    BackupOps = lazy("cloudlet.engine.backup_ops", "BackupOps")
     backup_requests = lazy("cloudlet.engine.backup_requests")
     open_engine = lazy("cloudlet.engine.factory", "open_engine")
 
@@ -41,12 +41,12 @@ backup_app = typer.Typer(
 OutputOpt = Annotated[Output, typer.Option("--output", "-o", help="table or json")]
 
 
-def _ops() -> BackupOps:
-    return BackupOps(open_engine())
+def _ops() -> BackupService:
+    return open_engine().backups
 
 
-def _notices(ops: BackupOps) -> None:
-    for notice in ops.e.notices:
+def _notices(ops: BackupService) -> None:
+    for notice in ops.notices:
         err.print(f"[yellow]note:[/] {notice}")
 
 

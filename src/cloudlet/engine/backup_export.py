@@ -23,36 +23,30 @@ import tarfile
 import uuid
 from contextlib import ExitStack
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 
 from cloudlet.backup.manifest_check import HEX64
 from cloudlet.driver.base import HOTPLUG_SLOTS
 from cloudlet.engine import vm_state
-from cloudlet.engine.backup_restore import (
-    NewVolume,
-    check_new_volumes,
-    new_volume_name,
-    pool_dir,
-)
+from cloudlet.engine.backup_new_vm import new_vm
+from cloudlet.engine.backup_records import vm_row_data
+from cloudlet.engine.backup_volumes import NewVolume, check_new_volumes, new_volume_name, pool_dir
+from cloudlet.engine.context import EngineContext
 from cloudlet.engine.image_cap import image_size_cap
+from cloudlet.engine.storage import StorageService
 from cloudlet.engine.storage_rows import DEFAULT_POOL, OFFLINE, active_disk, attached_volumes
+from cloudlet.engine.views import InstanceView
 from cloudlet.engine.vm_record import check_record
 from cloudlet.errors import CloudletError, Conflict, InvalidInput
 from cloudlet.spec.instance import InstanceSpec
 from cloudlet.spec.names import validate_name
 from cloudlet.storage.staging import staging
-from cloudlet.store.models import InstanceRow, utcnow
-
-if TYPE_CHECKING:
-    from cloudlet.engine.backup_ops import BackupOps
-    from cloudlet.engine.views import InstanceView
+from cloudlet.store.models import utcnow
 
 EXPORT_FORMAT = 3  # 3: the manifest says each file's size
 READABLE_FORMATS = (1, 2, 3)
 MAX_MEMBERS = 4 + HOTPLUG_SLOTS  # manifest, spec, disk, the volumes directory, volumes
 SMALL_FILE = 1 << 20  # manifest.json and spec.json
-ROW_FIELDS = ("image", "image_path", "type_name", "cpus", "memory", "disk_size", "arch",
-              "location")  # fmt: skip
 
 
 def sha256_of(path: Path) -> str:
@@ -63,23 +57,13 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def vm_row_data(ops: BackupOps, row: InstanceRow) -> dict[str, Any]:
-    """What a new VM made from a backup or an export needs of the old one's row."""
-    seed = (ops.e.paths.instance_dir(row.id) / "seed.iso").exists()
-    return {
-        **{f: getattr(row, f) for f in ROW_FIELDS},
-        "ssh": row.ssh_port is not None,
-        "seed": seed,
-    }
-
-
-def export(ops: BackupOps, vm: str, dest: Path) -> str:
-    e = ops.e
+def export(ctx: EngineContext, vm: str, dest: Path) -> str:
+    """One tar with the VM's spec, its root disk and its volumes."""
     dest = dest.absolute()
     if dest.exists():
         raise Conflict(f"{dest} already exists", hint="pick another file name")
-    with e.ctx.lock(vm):
-        row = vm_state.reconcile_locked(e.ctx, e.ctx.row(vm))
+    with ctx.lock(vm):
+        row = vm_state.reconcile_locked(ctx, ctx.row(vm))
         if row.state not in OFFLINE:
             raise Conflict(
                 f"cannot export {vm}: it is {row.state}",
@@ -90,11 +74,11 @@ def export(ops: BackupOps, vm: str, dest: Path) -> str:
         work.mkdir()
         try:
             (work / "volumes").mkdir()
-            e.deps.disks.flatten(active_disk(e.ctx, row.id, heal=True), work / "disk.qcow2")
+            ctx.deps.disks.flatten(active_disk(ctx, row.id, heal=True), work / "disk.qcow2")
             volumes = []
-            for vol in attached_volumes(e.ctx, row.id):
+            for vol in attached_volumes(ctx, row.id):
                 file = f"volumes/{vol.name}.qcow2"
-                e.deps.disks.flatten(Path(vol.path), work / file, vol.format)
+                ctx.deps.disks.flatten(Path(vol.path), work / file, vol.format)
                 volumes.append({"name": vol.name, "file": file, "size": vol.size})
             spec = InstanceSpec.model_validate_json(row.spec_json).model_dump(mode="json")
             (work / "spec.json").write_text(json.dumps(spec, indent=1, sort_keys=True))
@@ -103,7 +87,7 @@ def export(ops: BackupOps, vm: str, dest: Path) -> str:
                 "format": EXPORT_FORMAT,
                 "vm": vm,
                 "exported_at": utcnow().isoformat() + "Z",
-                "vm_row": vm_row_data(ops, row),
+                "vm_row": vm_row_data(ctx, row),
                 "volumes": volumes,
                 "files": {n: sha256_of(work / n) for n in names},
                 "bytes": {n: (work / n).stat().st_size for n in names},
@@ -207,10 +191,11 @@ def _check_manifest(manifest: object, src: Path) -> tuple[dict[str, Any], list[t
     return manifest, pairs
 
 
-def import_(ops: BackupOps, src: Path, name: str | None = None) -> InstanceView:
+def import_(
+    ctx: EngineContext, storage: StorageService, src: Path, name: str | None = None
+) -> InstanceView:
     """A new stopped VM from an export: every member, field and disk is checked before
     anything is made (an export is a file from anywhere: vm_record.py for its record)."""
-    e = ops.e
     src = src.absolute()
     try:
         tar = tarfile.open(src, "r:")  # noqa: SIM115 (closed by the with below)
@@ -257,9 +242,9 @@ def import_(ops: BackupOps, src: Path, name: str | None = None) -> InstanceView:
         validate_name(source_vm)
         new_names = [new_volume_name(name, source_vm, v) for v, _ in volumes]
         validate_name(name)
-        vm_state.ensure_name_free(e.ctx, name)
-        check_new_volumes(e, [(n, DEFAULT_POOL) for n in new_names], str(src))
-        check_record(e, name, spec_data, vm_row, str(src))  # again in _new_vm, for restores
+        vm_state.ensure_name_free(ctx, name)
+        check_new_volumes(storage, [(n, DEFAULT_POOL) for n in new_names], str(src))
+        check_record(ctx, name, spec_data, vm_row, str(src))  # again in _new_vm, for restores
         for member in ("disk.qcow2", *(f for _, f in volumes)):  # read twice: refused early
             f = tar.extractfile(members[member])
             assert f is not None
@@ -276,7 +261,9 @@ def import_(ops: BackupOps, src: Path, name: str | None = None) -> InstanceView:
             _copy_checked(f, dest, sums.get(member), f"{src}: {member}")
             try:
                 # no backing file, no data file, a clean check, not over the cap
-                return e.deps.disks.inspect_import(dest, image_size_cap(e), f"{src.name}: {member}")
+                return ctx.deps.disks.inspect_import(
+                    dest, image_size_cap(ctx), f"{src.name}: {member}"
+                )
             except BaseException:
                 dest.unlink(missing_ok=True)
                 raise
@@ -289,7 +276,9 @@ def import_(ops: BackupOps, src: Path, name: str | None = None) -> InstanceView:
             try:
                 for new, (_, file) in zip(new_names, volumes, strict=True):
                     # staged in the pool (so it moves in by a rename), swept if we die
-                    where = stage.enter_context(staging(pool_dir(e, DEFAULT_POOL, new, str(src))))
+                    where = stage.enter_context(
+                        staging(pool_dir(storage, DEFAULT_POOL, new, str(src)))
+                    )
                     dest = where / f"{new}.qcow2"
                     size = extract(file, dest)
                     made.append(NewVolume(new, DEFAULT_POOL, size, dest))
@@ -301,4 +290,4 @@ def import_(ops: BackupOps, src: Path, name: str | None = None) -> InstanceView:
 
         story = lambda: f"imported from {src.name}"  # noqa: E731
         with ExitStack() as stage:
-            return ops._new_vm(name, spec_data, vm_row, fill, story, str(src))
+            return new_vm(ctx, storage, name, spec_data, vm_row, fill, story, str(src))

@@ -15,7 +15,8 @@ from cloudlet.spec.instance import BackupPolicy
 from cloudlet.spec.units import parse_duration
 
 if TYPE_CHECKING:
-    from cloudlet.engine.backup_ops import BackupOps, VerifyReport
+    from cloudlet.engine.backup_views import VerifyReport
+    from cloudlet.engine.backups import BackupService
 
 MIN_INTERVAL = 60
 MAX_KEEP = 10_000
@@ -63,7 +64,7 @@ class PolicyUpdate:
         return changes
 
 
-def update_policy(ops: BackupOps, vm: str, update: PolicyUpdate | None = None) -> BackupPolicy:
+def update_policy(ops: BackupService, vm: str, update: PolicyUpdate | None = None) -> BackupPolicy:
     """Apply ``update`` to the VM's policy (nothing to change: just read it)."""
     changes = update.changes() if update is not None else {}
     return ops.set_policy(vm, changes) if changes else ops.policy(vm)

@@ -1,337 +1,222 @@
-"""Restore a backup with all its disks: in place over a VM, or as a new VM.
+"""Restore a backup with all its disks: in place over a VM, or beside it as a new VM.
 
-Each disk of the backup is written into a temporary file beside where it will live (the
-same file system, so taking it is a rename) and checked: every chunk's hash as it is
-read, then ``qemu-img check``. Only once every disk is materialized are they swapped
-in, and the swap is one database commit: each restored disk gets a file name of its
-own (``NAME@TAG.qcow2`` for a volume), and the commit points the VM and its volumes at
-them. A restore that fails or is killed at any point leaves every disk as it was; the
-files it left are named after the VM (``.restore-ID8-*``) or unreferenced (``*@*``),
-and the next restore, which holds the backup store's lock as every restore does,
-removes them.
+The disks are written and checked first (restore_disks.py); in place, they are swapped
+in with one database commit, so a restore killed at any point leaves the VM with all
+its old disks or all the restored ones.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
-from sqlalchemy import select
-
-from cloudlet.backup.store import DiskManifest, Manifest
-from cloudlet.driver.base import HOTPLUG_SLOTS
-from cloudlet.engine import network_rows
-from cloudlet.errors import (
-    CloudletError,
-    Conflict,
-    InvalidInput,
-    ManifestRefused,
-    NotFound,
-    StoreCorrupt,
+from cloudlet.backup.store import ROOT, Manifest
+from cloudlet.engine import power, vm_state
+from cloudlet.engine.backup_new_vm import new_vm
+from cloudlet.engine.backup_records import BackupRecords
+from cloudlet.engine.backup_volumes import NewVolume, check_new_volumes, new_volume_name, pool_dir
+from cloudlet.engine.context import EngineContext
+from cloudlet.engine.restore_disks import InPlace, Restorer
+from cloudlet.engine.storage import StorageService
+from cloudlet.engine.storage_rows import (
+    OFFLINE,
+    ONLINE,
+    active_disk,
+    attached_volume_names,
+    clones_of,
+    default_disk,
+    set_active_dropping,
+    snapshot_rows,
+    state_file,
 )
+from cloudlet.errors import Conflict
+from cloudlet.spec import names
 from cloudlet.spec.names import validate_name
-from cloudlet.store.models import BackupRow, InstanceRow, PoolRow, VolumeRow
-
-_TEMP = re.compile(r"\.restore-([0-9a-f]{8})-")
-
-if TYPE_CHECKING:
-    from sqlalchemy.orm import Session
-
-    from cloudlet.engine.backup_ops import BackupOps
-    from cloudlet.engine.engine import Engine
+from cloudlet.store.models import InstanceDiskRow, InstanceRow, SnapshotRow
 
 
-@dataclass(frozen=True)
-class NewVolume:
-    """A volume to create for a restore or an import, from a checked qcow2 ``file``
-    (a temporary file in the pool's directory, renamed into place)."""
+class BackupRestore:
+    """Restores backups (in place, or as a new VM), holding the store's lock while it reads."""
 
-    name: str
-    pool: str
-    size: int
-    file: Path
+    def __init__(self, ctx: EngineContext, records: BackupRecords, storage: StorageService) -> None:
+        self.ctx = ctx
+        self.records = records
+        self.storage = storage
+        self.restorer = Restorer(ctx, records, storage)
 
-
-def pool_dir(engine: Engine, pool: str, volume: str, source: str) -> Path:
-    """The directory of the pool a volume is restored into; refused (in one line, with
-    what to do) when the pool is gone or keeps its volumes on block devices."""
-    engine.storage.ensure_default_pool()
-    with engine.db.session() as s:
-        row = s.get(PoolRow, pool)
-    if row is None:
-        raise NotFound(
-            f"volume {volume} of {source} lived in pool {pool}, which is gone",
-            hint=f"create pool {pool} again ('cloudlet pool create {pool} --path DIR'), "
-            "then run the restore again",
-        )
-    if row.kind != "dir":
-        raise InvalidInput(
-            f"volume {volume} of {source} lives in {row.kind} pool {pool}: cloudlet cannot "
-            "restore volumes on block devices yet",
-            hint="restore it by hand with 'qemu-img convert' from an export of a restored copy",
-        )
-    return Path(row.path)
-
-
-def check_new_volumes(engine: Engine, volumes: list[tuple[str, str]], source: str) -> None:
-    """Before anything is made: each new volume's (name, pool) is a valid, free name, no
-    two alike, in a pool that can take it."""
-    if len(volumes) > HOTPLUG_SLOTS:
-        raise InvalidInput(f"{source} has {len(volumes)} volumes; a VM takes {HOTPLUG_SLOTS}")
-    names = [n for n, _ in volumes]
-    for name, pool in volumes:
-        validate_name(name, what="volume name")
-        if names.count(name) > 1:
-            raise Conflict(f"two volumes of {source} would both be named {name}")
-        with engine.db.session() as s:
-            if s.scalar(select(VolumeRow.id).where(VolumeRow.name == name)) is not None:
-                raise Conflict(
-                    f"a volume named {name!r} already exists: nothing was created",
-                    hint="pick another VM name, or delete that volume",
-                )
-        pool_dir(engine, pool, name, source)
-
-
-def install_new_volumes(engine: Engine, instance_id: str, volumes: list[NewVolume]) -> list[str]:
-    """Create each volume, take its checked file, attach it to the (stopped) VM.
-
-    All or nothing: on a failure, the volumes made here are deleted again.
-    """
-    storage = engine.storage
-    made: list[str] = []
-    try:
-        for slot, new in enumerate(volumes):
-            view = storage.volume_create(new.name, new.size, new.pool)
-            made.append(new.name)
-            os.replace(new.file, view.path)
-            with engine.db.session() as s:
-                vol = s.scalar(select(VolumeRow).where(VolumeRow.name == new.name))
-                assert vol is not None
-                vol.instance_id, vol.slot = instance_id, slot
-    except BaseException:
-        storage.undo_new_vm_volumes(instance_id, made)
-        for new in volumes:
-            new.file.unlink(missing_ok=True)
-        raise
-    return made
-
-
-def new_volume_name(vm: str, source_vm: str, volume: str) -> str:
-    """``NAME-data`` for volume ``data`` (or ``web1-data`` of VM web1) of a restored VM."""
-    return f"{vm}-{volume.removeprefix(source_vm + '-')}"
-
-
-@dataclass
-class _InPlace:
-    """A volume of the backup, restored in place: ``existing`` None means it was deleted
-    and is made again (named ``name``, in ``pool``)."""
-
-    disk: DiskManifest
-    existing: VolumeRow | None
-    name: str
-    pool: str
-    directory: Path
-
-
-class Restorer:
-    def __init__(self, ops: BackupOps) -> None:
-        self.ops = ops
-        self.e = ops.e
-        self.store = ops.store
-
-    # ------------------------------------------------------------ materialize
-    def sweep(self, owner: str, dirs: list[Path]) -> int:
-        """Remove what killed restores left in ``dirs`` (the store's lock is held): temp
-        files of VM ``owner`` or of VMs that no longer exist, and restored volume files
-        no volume points at. How many."""
-        with self.e.db.session() as s:
-            ids = [str(i) for i in s.scalars(select(InstanceRow.id))]
-            paths = {str(p) for p in s.scalars(select(VolumeRow.path))}
-        gone = 0
-        for directory in set(dirs):
-            for path in directory.glob(".restore-*"):
-                match = _TEMP.match(path.name)
-                if match and (owner.startswith(match[1]) or
-                              not any(i.startswith(match[1]) for i in ids)):  # fmt: skip
-                    path.unlink(missing_ok=True)
-                    gone += 1
-            for path in directory.glob("*@*.qcow2"):
-                if str(path) not in paths:
-                    path.unlink(missing_ok=True)
-                    gone += 1
-        return gone
-
-    def materialize(self, row: BackupRow, manifest: Manifest, disk: DiskManifest,
-                    dest_dir: Path, owner: str) -> Path:  # fmt: skip
-        """Write one disk of a backup into a checked qcow2 in ``dest_dir`` (a temp name
-        that says which VM ``owner`` it is for)."""
-        tag = f"{owner[:8]}-{uuid.uuid4().hex[:8]}"
-        raw = dest_dir / f".restore-{tag}.raw"
-        out = dest_dir / f".restore-{tag}.qcow2"
-        where = f"{row.id} (disk {disk.name})"
-        try:
-            with open(raw, "wb") as f:
-                f.truncate(disk.virtual_size)
-                for i, digest in enumerate(disk.chunks):
-                    if digest is not None:
-                        f.seek(i * manifest.chunk_size)
-                        f.write(self.store.get(digest, backup=where))
-                f.flush()
-                os.fsync(f.fileno())
-            self.e.deps.disks.from_raw(raw, out)
-            check = self.e.deps.disks.check(out)
-            if check.get("corruptions") or check.get("check-errors"):
-                raise CloudletError(
-                    f"disk {disk.name} restored from backup {row.id} fails qemu-img check: {check}",
-                    hint="nothing was replaced; try another backup",
-                )
-        except BaseException:
-            out.unlink(missing_ok=True)
-            raise
-        finally:
-            raw.unlink(missing_ok=True)
-        return out
-
-    def materialize_all(
-        self, row: BackupRow, manifest: Manifest, dirs: dict[str, Path], owner: str
-    ) -> dict[str, Path]:
-        """Every disk of the backup, each into its directory; none left on a failure."""
-        made: dict[str, Path] = {}
-        self.sweep(owner, list(dirs.values()))
-        try:
-            for disk in manifest.disks:
-                made[disk.name] = self.materialize(row, manifest, disk, dirs[disk.name], owner)
-        except BaseException:
-            for path in made.values():
-                path.unlink(missing_ok=True)
-            raise
-        return made
-
-    def materialize_first(
+    def restore(
         self,
         vm: str,
-        backup_id: str | None,
-        dirs_for: Callable[[Manifest], dict[str, Path]],
-        owner: str,
-    ) -> tuple[dict[str, Path], BackupRow, Manifest]:
-        """The newest backup whose disks all restore cleanly (or exactly ``backup_id``);
-        ``dirs_for`` says where each disk goes (and refuses a backup that cannot go).
-        ``owner`` is the VM the disks are for. Callers hold the backup store's lock."""
-        candidates = self.ops._pick(vm, backup_id)
-        for i, row in enumerate(candidates):
-            try:
-                manifest = self.ops._manifest(row)
-                dirs = dirs_for(manifest)
-                return self.materialize_all(row, manifest, dirs, owner), row, manifest
-            except (StoreCorrupt, ManifestRefused) as exc:
-                self.ops._mark_failed(row.id)
-                if backup_id is not None or i + 1 == len(candidates):
-                    raise
-                self.e.notices.append(
-                    f"skipped backup {row.id}: {exc.message}; trying the one before it"
+        *,
+        backup_id: str | None = None,
+        as_name: str | None = None,
+        force: bool = False,
+    ) -> str:
+        names.vm_name(vm)
+        if backup_id is not None:
+            names.backup_id(backup_id)
+        if as_name is not None:
+            names.vm_name(as_name)
+            return self._restore_as(vm, backup_id, as_name)
+        row = vm_state.reconcile(self.ctx, self.ctx.row(vm))
+        restorer = self.restorer
+        # unknown backups, and volumes that cannot go back, fail before anything stops
+        first = self.records.first_readable(vm, backup_id)
+        restorer.free_slots(row.id, restorer.plan_in_place(row.id, first))
+        if row.state in ONLINE:
+            if not force:
+                raise Conflict(
+                    f"cannot restore {vm} in place: it is {row.state}",
+                    hint="stop it first, add --force to stop it now, "
+                    "or restore beside it with --as NAME",
                 )
-        raise AssertionError("unreachable")
+            power.stop(self.ctx, vm, force=True)
+        with self.ctx.lock(vm):
+            row = vm_state.reconcile_locked(self.ctx, self.ctx.row(vm))
+            if row.state not in OFFLINE:
+                raise Conflict(f"cannot restore {vm} in place: it is {row.state}")
+            snaps = snapshot_rows(self.ctx, row.id)
+            clones = clones_of(self.ctx, [s.id for s in snaps])
+            if clones:
+                raise Conflict(
+                    f"restoring {vm} would drop snapshots that linked clones "
+                    f"({', '.join(sorted(clones))}) grow from",
+                    hint=f"delete those clones first, or restore beside it: --as {vm}-restored",
+                )
+            instance_dir = self.ctx.paths.instance_dir(row.id)
+            self._clean_killed_restore(instance_dir, active_disk(self.ctx, row.id))
+            with self.ctx.operation(row, "restore") as op_id, self.records.store_lock():
+                plans: dict[str, list[InPlace]] = {}
 
-    # ------------------------------------------------------------ in place
-    def plan_in_place(self, instance_id: str, manifest: Manifest) -> list[_InPlace]:
-        """Where each volume of the backup goes back to; refused before anything changes
-        when one cannot (attached elsewhere, its name taken, its pool gone)."""
-        plans: list[_InPlace] = []
-        source = f"backup {manifest.id}"
-        for disk in manifest.disks[1:]:
-            with self.e.db.session() as s:
-                vol = s.get(VolumeRow, disk.volume_id) if disk.volume_id else None
-                same_name = s.scalar(select(VolumeRow).where(VolumeRow.name == disk.name))
-            if vol is not None:
-                if vol.instance_id not in (None, instance_id):
-                    other = self.e.storage.owner_name(str(vol.instance_id))
-                    raise Conflict(
-                        f"volume {vol.name} of {source} is attached to {other} now",
-                        hint=f"detach it ('cloudlet volume detach {vol.name}'), or restore "
-                        "beside it with --as NAME",
+                def dirs_for(manifest: Manifest) -> dict[str, Path]:
+                    plans[manifest.id] = restorer.plan_in_place(row.id, manifest)
+                    return {ROOT: instance_dir, **{p.disk.name: p.directory
+                                                   for p in plans[manifest.id]}}  # fmt: skip
+
+                files, backup, manifest = restorer.materialize_first(
+                    vm, backup_id, dirs_for, row.id
+                )
+                said = self._swap_in(row, snaps, plans[manifest.id], files)
+                kept = sorted(
+                    set(attached_volume_names(self.ctx, row.id))
+                    - {p.name for p in plans[manifest.id]}
+                )
+                message = f"{vm} restored from backup {backup.id}"
+                if said:
+                    message += f" ({', '.join(said)})"
+                if kept:
+                    message += (
+                        f"; volume(s) {', '.join(kept)} were not in the backup and stay as they are"
                     )
-                name, pool = vol.name, vol.pool
-            else:
-                if same_name is not None:
-                    raise Conflict(
-                        f"volume {disk.name} of {source} was deleted and another volume "
-                        "has its name now",
-                        hint="delete that volume, or restore beside it with --as NAME",
+                if snaps:
+                    message += (
+                        f"; its snapshots ({', '.join(s.name for s in snaps)}) were dropped: "
+                        "the disk is now a single file"
                     )
-                name, pool = disk.name, disk.pool
-            plans.append(_InPlace(disk, vol, name, pool, pool_dir(self.e, pool, name, source)))
-        return plans
+                self.ctx.event(vm, "restored", message, op_id)
+        return message
 
-    def free_slots(self, instance_id: str, plans: list[_InPlace]) -> list[int]:
-        """Slots for the volumes of the backup that are not attached to the VM now."""
-        with self.e.db.session() as s:
-            used = {
-                v.slot
-                for v in s.scalars(select(VolumeRow).where(VolumeRow.instance_id == instance_id))
-            }
-        used |= network_rows.used_slots(self.e.ctx, instance_id)
-        free = [slot for slot in range(HOTPLUG_SLOTS) if slot not in used]
-        wanted = sum(1 for p in plans if p.existing is None or p.existing.instance_id is None)
-        if wanted > len(free):
-            raise Conflict(
-                f"the volumes of the backup need {wanted} free slots; the VM has {len(free)}",
-                hint="detach a volume first",
-            )
-        return free
-
-    def take_volume_files(
-        self, plans: list[_InPlace], files: dict[str, Path], tag: str
-    ) -> dict[str, Path]:
-        """Rename each materialized volume to the name it keeps (``NAME@TAG.qcow2``): no
-        volume points at it yet, so until the commit the VM's volumes are as they were."""
-        taken: dict[str, Path] = {}
-        for plan in plans:
-            target = plan.directory / f"{plan.name}@{tag}.qcow2"
-            if target.resolve().parent != plan.directory.resolve():  # names are checked too
-                raise InvalidInput(f"volume name {plan.name!r} leaves pool {plan.pool}")
-            os.replace(files[plan.disk.name], target)
-            taken[plan.name] = target
-        return taken
-
-    def point_volumes(
+    def _swap_in(
         self,
-        session: Session,
-        instance_id: str,
-        plans: list[_InPlace],
-        taken: dict[str, Path],
-        free: list[int],
-    ) -> tuple[list[str], list[Path]]:
-        """In the restore's one commit: each volume of the backup points at its restored
-        file (a deleted one is made again, attached). What to say, and the files replaced."""
-        said: list[str] = []
-        replaced: list[Path] = []
-        free = list(free)
-        for plan in plans:
-            target = taken[plan.name]
-            fresh = session.get(VolumeRow, plan.existing.id) if plan.existing else None
-            if fresh is None:
-                session.add(
-                    VolumeRow(
-                        id=str(uuid.uuid4()),
-                        name=plan.name,
-                        pool=plan.pool,
-                        path=str(target),
-                        format="qcow2",
-                        size=plan.disk.virtual_size,
-                        instance_id=instance_id,
-                        slot=free.pop(0),
-                    )
+        row: InstanceRow,
+        snaps: list[SnapshotRow],
+        plans: list[InPlace],
+        files: dict[str, Path],
+    ) -> list[str]:
+        """Make the restored disks the VM's in one database commit: the root disk (its old
+        chain and snapshots dropped) and every volume of the backup. Killed before the
+        commit, the VM keeps all its old disks; after it, all the restored ones."""
+        restorer = self.restorer
+        tag = uuid.uuid4().hex[:12]
+        try:
+            free = restorer.free_slots(row.id, plans)
+            instance_dir = self.ctx.paths.instance_dir(row.id)
+            old = [Path(s.file) for s in snaps] + [
+                active_disk(self.ctx, row.id),
+                default_disk(self.ctx, row.id),
+            ]
+            target = instance_dir / f"disk-{tag}.qcow2"
+            os.replace(files[ROOT], target)
+            files[ROOT] = target
+            taken = restorer.take_volume_files(plans, files, tag)
+            files.update({p.disk.name: taken[p.name] for p in plans})
+            size = self.ctx.deps.disks.virtual_size(target)
+            with self.ctx.db.session() as s:
+                set_active_dropping(s, row.id, target, snaps)
+                disk_row = s.get(InstanceDiskRow, row.id)
+                if disk_row is not None:
+                    disk_row.origin_snapshot_id = None  # no longer grows from a snapshot
+                fresh_vm = s.get(InstanceRow, row.id)
+                assert fresh_vm is not None
+                fresh_vm.disk_size = size
+                said, replaced = restorer.point_volumes(s, row.id, plans, taken, free)
+        except BaseException:
+            for path in files.values():
+                path.unlink(missing_ok=True)
+            raise
+        for path in old + replaced:
+            if path != target:
+                path.unlink(missing_ok=True)
+                state_file(path).unlink(missing_ok=True)  # memory snapshots
+        return said
+
+    def _clean_killed_restore(self, instance_dir: Path, active: Path) -> None:
+        """Remove what a killed restore left: temp files, a restored disk never switched to
+        (one not in the VM's chain)."""
+        chain: set[Path] = set()
+        layer: Path | None = active
+        while layer is not None and layer not in chain and layer.exists():
+            chain.add(layer)
+            below = self.ctx.deps.disks.backing(layer)
+            layer = below[0] if below is not None else None
+        for stale in [*instance_dir.glob(".restore-*"), *instance_dir.glob("disk-*.qcow2")]:
+            if stale not in chain:
+                stale.unlink()
+
+    def _restore_as(self, vm: str, backup_id: str | None, name: str) -> str:
+        restorer = self.restorer
+        holder: dict[str, Any] = {}
+
+        def plan(manifest: Manifest) -> list[tuple[str, str]]:
+            return [(new_volume_name(name, manifest.vm, d.name), d.pool)
+                    for d in manifest.disks[1:]]  # fmt: skip
+
+        first = self.records.first_readable(vm, backup_id)
+        validate_name(name)
+        vm_state.ensure_name_free(self.ctx, name)
+        check_new_volumes(self.storage, plan(first), f"backup {first.id}")
+
+        def fill(disk: Path) -> list[NewVolume]:
+            def dirs_for(manifest: Manifest) -> dict[str, Path]:
+                source = f"backup {manifest.id}"
+                return {ROOT: disk.parent, **{
+                    d.name: pool_dir(self.storage, pool, new, source)
+                    for d, (new, pool) in zip(manifest.disks[1:], plan(manifest), strict=True)
+                }}  # fmt: skip
+
+            with self.records.store_lock():  # the new VM's directory is named by its id
+                files, backup, manifest = restorer.materialize_first(
+                    vm, backup_id, dirs_for, disk.parent.name
                 )
-                said.append(f"volume {plan.name} recreated in pool {plan.pool}")
-                continue
-            replaced.append(Path(fresh.path))
-            fresh.path, fresh.size, fresh.format = str(target), plan.disk.virtual_size, "qcow2"
-            if fresh.instance_id is None:
-                fresh.instance_id, fresh.slot = instance_id, free.pop(0)
-            said.append(f"volume {plan.name} restored")
-        return said, replaced
+            holder["backup"] = backup
+            os.replace(files.pop(ROOT), disk)
+            return [
+                NewVolume(new, pool, d.virtual_size, files[d.name])
+                for d, (new, pool) in zip(manifest.disks[1:], plan(manifest), strict=True)
+            ]
+
+        view = new_vm(
+            self.ctx,
+            self.storage,
+            name,
+            first.spec,
+            first.vm_row,
+            fill,
+            lambda: f"restored from backup {holder['backup'].id} of {vm}",
+            f"backup {first.id}",
+        )
+        volumes = attached_volume_names(self.ctx, view.id)
+        extra = f" with volume(s) {', '.join(volumes)}" if volumes else ""
+        return f"{name} created from backup {holder['backup'].id} of {vm}{extra} (stopped)"

@@ -23,6 +23,7 @@ from cloudlet.engine import (
     recovery,
     vm_state,
 )
+from cloudlet.engine.backups import BackupService
 from cloudlet.engine.context import EngineContext
 from cloudlet.engine.creation import CreateRequest, Creation
 from cloudlet.engine.deps import EngineDeps
@@ -62,6 +63,7 @@ class Engine:
         size_cap = self._size_cap
         self.lifecycle = Lifecycle(ctx)
         self.storage = StorageService(ctx)
+        self.backups = BackupService(ctx, self.storage, self.lifecycle)
         self.creation = Creation(ctx, self.storage, size_cap)
         self.image_service = Images(ctx, size_cap)
         self.licence_service = Licences(ctx)

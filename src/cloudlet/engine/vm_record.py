@@ -16,21 +16,19 @@ not used (the image's path on this host, the disk's real size, the spec, the ima
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import ValidationError
 
 from cloudlet.engine import access as access_mod
 from cloudlet.engine import launch
+from cloudlet.engine.context import EngineContext
 from cloudlet.errors import InvalidInput
 from cloudlet.images.store import Image
 from cloudlet.spec.instance import LOCAL_ZONE, InstanceSpec
 from cloudlet.spec.machine_types import MachineType, resolve_shape
 from cloudlet.spec.names import image_name as checked_image_name
 from cloudlet.spec.names import validate_name
-
-if TYPE_CHECKING:
-    from cloudlet.engine.engine import Engine
 
 ROW_FIELDS = frozenset({"image", "image_path", "type_name", "cpus", "memory", "disk_size",
                         "arch", "location", "ssh", "seed"})  # fmt: skip
@@ -75,7 +73,7 @@ def _int(row: dict[str, Any], key: str, source: str) -> int:
 
 
 def check_record(
-    engine: Engine, name: str, spec_data: object, row_data: object, source: str
+    ctx: EngineContext, name: str, spec_data: object, row_data: object, source: str
 ) -> VmRecord:
     """``spec_data`` and ``row_data`` from ``source`` as a new VM ``name`` would get them;
     InvalidInput (or NotFound for an image this host lacks) in one line, before anything
@@ -110,8 +108,8 @@ def check_record(
             validate_name(network, what="network name")
     user = spec.access.user  # a login name: the spec model checked it
     image_name = spec.install_iso or spec.image
-    image = engine.deps.images.get(checked_image_name(image_name), arch=spec.arch)
-    launch.check_arch(engine.ctx, image.arch, spec.profile)
+    image = ctx.deps.images.get(checked_image_name(image_name), arch=spec.arch)
+    launch.check_arch(ctx, image.arch, spec.profile)
     if spec.containers and not image.cloud_init:
         raise _bad(source, f"image {image.name} has no cloud-init for its container runtime")
     plan = access_mod.plan_access(
@@ -119,7 +117,7 @@ def check_record(
         user=user if image.cloud_init else None,
         ssh_keys=(),
         user_data_file=None,
-        keys_dir=engine.paths.home / "keys",
+        keys_dir=ctx.paths.home / "keys",
         ssh_key_lines=spec.access.ssh_public_keys,
         user_data_text=spec.user_data,
     )
