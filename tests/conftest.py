@@ -44,6 +44,17 @@ def _subprocess_guard(
 
 
 @pytest.fixture(autouse=True)
+def _umask_restored() -> Iterator[None]:
+    """open_engine sets the process's umask to 077 (right for the CLI, which exits):
+    a test that opens an engine in-process must not leave it to later tests, whose
+    files (a namespace's resolv.conf, say) would become unreadable to other users."""
+    before = os.umask(0o022)
+    os.umask(before)
+    yield
+    os.umask(before)
+
+
+@pytest.fixture(autouse=True)
 def _log_handlers_detached() -> Iterator[None]:
     """An engine a test opens logs to its own state directory: never into the next test."""
     yield
