@@ -84,10 +84,6 @@ class EngineContext:
         hint = did_you_mean(name, known) or "run 'cloudlet list' to see your VMs"
         return NotFound(f"no VM named {name!r}", hint=hint)
 
-    def fresh_row(self, instance_id: str) -> InstanceRow | None:
-        with self.db.session() as s:
-            return s.get(InstanceRow, instance_id)
-
     def set_state(self, instance_id: str, state: VMState, error: str | None = None) -> None:
         with self.db.session() as s:
             row = s.get(InstanceRow, instance_id)

@@ -8,12 +8,11 @@ the public method names the CLI, the API and the tests call.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
-
-from sqlalchemy import select
 
 from cloudlet.config import Paths, Settings
 from cloudlet.driver.base import Driver, ExecResult, GuestInfo
@@ -21,7 +20,6 @@ from cloudlet.engine import (
     instance_view,
     power,
     recovery,
-    vm_state,
 )
 from cloudlet.engine.backups import BackupService
 from cloudlet.engine.context import EngineContext
@@ -43,7 +41,6 @@ from cloudlet.guest.landing import CopyLimits
 from cloudlet.images.store import Image, Progress
 from cloudlet.spec.instance import InstanceSpec
 from cloudlet.store.database import Database
-from cloudlet.store.models import InstanceRow
 
 if TYPE_CHECKING:
     from cloudlet.engine.process_vms import RunningProcessVM
@@ -60,7 +57,7 @@ class Engine:
     def __init__(self, settings: Settings, deps: EngineDeps, db: Database) -> None:
         self.ctx = ctx = EngineContext(settings, deps, db)
         self.networks = NetworkService(ctx)
-        size_cap = self._size_cap
+        size_cap = functools.partial(image_size_cap, ctx)
         self.lifecycle = Lifecycle(ctx)
         self.storage = StorageService(ctx)
         self.backups = BackupService(ctx, self.storage, self.lifecycle)
@@ -69,9 +66,6 @@ class Engine:
         self.licence_service = Licences(ctx)
         self.host_info = HostInfo(ctx)
         self.guest = GuestAccess(ctx)
-
-    def _size_cap(self) -> int:
-        return image_size_cap(self)
 
     # The shared parts live in the context, so a change here reaches every service.
     @property
@@ -116,12 +110,6 @@ class Engine:
         return self.ctx.notices_store.collect()
 
     # ------------------------------------------------------------------ helpers
-    def _reconcile(self, row: InstanceRow) -> InstanceRow:
-        return vm_state.reconcile(self.ctx, row)
-
-    def _view(self, row: InstanceRow) -> InstanceView:
-        return instance_view.view(self.ctx, row)
-
     def _result(self, name: str, outcome: Outcome) -> ActionResult:
         return ActionResult(self.show(name), outcome.changed, outcome.message)
 
@@ -133,12 +121,7 @@ class Engine:
     # ------------------------------------------------------------------ reads
     def instances(self, *, include_process: bool = False) -> list[InstanceView]:
         """System VMs; process VMs (cloudlet run) too when asked."""
-        query = select(InstanceRow).order_by(InstanceRow.name)
-        if not include_process:
-            query = query.where(InstanceRow.kind == "system")
-        with self.db.session() as s:
-            rows = s.scalars(query).all()
-        return [self._view(self._reconcile(r)) for r in rows]
+        return instance_view.instances(self.ctx, include_process=include_process)
 
     def show(self, name: str) -> InstanceView:
         return instance_view.show(self.ctx, name)

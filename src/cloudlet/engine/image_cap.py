@@ -8,28 +8,12 @@ overcommit.
 
 from __future__ import annotations
 
-from typing import Protocol
-
 from cloudlet.engine.context import EngineContext
 from cloudlet.engine.pools import Pools
-from cloudlet.images.importer import check_size
 
 
-class HasContext(Protocol):
-    """Anything holding the shared context (the Engine facade, a service)."""
-
-    @property
-    def ctx(self) -> EngineContext: ...
-
-
-def image_size_cap(where: EngineContext | HasContext) -> int:
+def image_size_cap(ctx: EngineContext) -> int:
     """The largest virtual size this host accepts for an image or a VM's disk."""
-    ctx = where if isinstance(where, EngineContext) else where.ctx
     if ctx.settings.max_image_size is not None:
         return ctx.settings.max_image_size
     return max(pool.limit for pool in Pools(ctx).pools())
-
-
-def check_disk_size(where: EngineContext | HasContext, vm: str, size: int) -> None:
-    """Refuse a new VM whose disk would be larger than the cap, in one line."""
-    check_size(f"the disk of {vm}", size, image_size_cap(where))

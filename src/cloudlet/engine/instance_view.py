@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from sqlalchemy import select
+
 from cloudlet.engine import addresses, vm_state
 from cloudlet.engine.storage_rows import active_disk
 from cloudlet.engine.views import InstanceView
@@ -54,3 +56,13 @@ def view(ctx: EngineContext, row: InstanceRow) -> InstanceView:
 def show(ctx: EngineContext, name: str) -> InstanceView:
     """The VM named ``name``, its state first made to match what the driver sees."""
     return view(ctx, vm_state.reconcile(ctx, ctx.row(name)))
+
+
+def instances(ctx: EngineContext, *, include_process: bool = False) -> list[InstanceView]:
+    """System VMs by name; process VMs (cloudlet run) too when asked."""
+    query = select(InstanceRow).order_by(InstanceRow.name)
+    if not include_process:
+        query = query.where(InstanceRow.kind == "system")
+    with ctx.db.session() as s:
+        rows = s.scalars(query).all()
+    return [view(ctx, vm_state.reconcile(ctx, r)) for r in rows]
