@@ -61,7 +61,8 @@ def _query(sql: str, *args: str) -> list[str]:
     if not path.is_file():
         return []
     try:
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=0.05)
+        # as_uri() escapes '?' and '#' in the state directory's path; ro: never a write
+        db = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True, timeout=0.05)
         try:
             return [str(row[0]) for row in db.execute(sql, args)]
         finally:
