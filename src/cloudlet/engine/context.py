@@ -65,7 +65,7 @@ class EngineContext:
         self.notices_store.current.append(text)
 
     # ------------------------------------------------------------------ locks and rows
-    def lock(self, name: str, wait: float = locks.DEFAULT_WAIT) -> AbstractContextManager[None]:
+    def lock(self, name: str, wait: float | None = None) -> AbstractContextManager[None]:
         """The VM's lock; every VM-name call locks or looks up first, so names are checked here."""
         names.vm_name(name)
         return locks.hold(self.paths.locks, name, wait=wait, what=f"VM {name}")
