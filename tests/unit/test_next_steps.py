@@ -33,7 +33,6 @@ KNOWN: dict[str, int] = {
     "engine/backup_export.py": 5,
     "engine/backup_records.py": 2,
     "engine/backup_volumes.py": 1,
-    "engine/clones.py": 1,
     "engine/creation.py": 1,
     "engine/firewall.py": 4,
     "engine/guest_access.py": 2,
@@ -42,13 +41,10 @@ KNOWN: dict[str, int] = {
     "engine/network_rows.py": 1,
     "engine/networks.py": 1,
     "engine/nics.py": 1,
-    "engine/pools.py": 1,
     "engine/port_forwards.py": 2,
     "engine/process_vms.py": 3,
     "engine/restore_disks.py": 1,
-    "engine/snapshots.py": 4,
     "engine/vm_state.py": 1,
-    "engine/volumes.py": 3,
     "images/catalog.py": 2,
     "images/download.py": 1,
     "images/store.py": 3,
@@ -57,7 +53,6 @@ KNOWN: dict[str, int] = {
     "spec/instance.py": 1,
     "spec/machine_types.py": 1,
     "spec/names.py": 1,
-    "storage/pools.py": 1,
 }
 
 
