@@ -129,5 +129,5 @@ def test_storage_hints_name_no_command_and_carry_next_steps(engine: Engine) -> N
         storage.snapshot_revert("web1", "w1")
     assert wording.error_line(running.value) == (
         "cannot revert web1: it is running: stop it first, or revert with force to stop it "
-        "now (cloudlet stop web1)"
+        "now (cloudlet stop web1 or cloudlet snapshot revert --force web1 w1)"
     )

@@ -13,19 +13,17 @@ from cloudlet.errors import InvalidInput
 if TYPE_CHECKING:
     from rich.table import Table
 
-    from cloudlet.cli import render, wording
+    from cloudlet.cli import render
     from cloudlet.cli.render import err, out
     from cloudlet.engine.factory import open_engine
     from cloudlet.engine.network import NetworkService
     from cloudlet.engine.network_rows import NetworkView
-    from cloudlet.engine.views import Done
     from cloudlet.spec.network import parse_rule
 else:
     from cloudlet.cli.lazy import lazy
 
     Table = lazy("rich.table", "Table")
     render = lazy("cloudlet.cli.render")
-    wording = lazy("cloudlet.cli.wording")
     err = lazy("cloudlet.cli.render", "err")
     out = lazy("cloudlet.cli.render", "out")
     open_engine = lazy("cloudlet.engine.factory", "open_engine")
@@ -52,11 +50,6 @@ def register(app: typer.Typer) -> None:
 
 def _ops() -> NetworkService:
     return open_engine().networks
-
-
-def _done(result: Done) -> None:
-    """A change's message, with the CLI's commands for its next steps."""
-    err.print(wording.with_commands(result.message, result.next_steps))
 
 
 def _table(columns: list[str], rows: list[list[str]]) -> None:
@@ -150,7 +143,7 @@ def network_show(name: NetArg, output: OutputOpt = Output.table) -> None:
 @network_app.command("delete")
 def network_delete(name: NetArg) -> None:
     """Delete a network (refused while VMs are attached)."""
-    _done(_ops().network_delete(name))
+    render.done(_ops().network_delete(name))
 
 
 @network_app.command("gc")
@@ -170,13 +163,13 @@ def network_gc(output: OutputOpt = Output.table) -> None:
 @nic_app.command("add")
 def nic_add(vm: VmArg, network: NetArg) -> None:
     """Add a NIC on a network: hot-plugged into a running VM, or at its next start."""
-    _done(_ops().nic_add(vm, network))
+    render.done(_ops().nic_add(vm, network))
 
 
 @nic_app.command("remove")
 def nic_remove(vm: VmArg, network: NetArg) -> None:
     """Remove a VM's NIC on a network (unplugged from a running VM)."""
-    _done(_ops().nic_remove(vm, network))
+    render.done(_ops().nic_remove(vm, network))
 
 
 @nic_app.command("list")
@@ -203,7 +196,7 @@ def port_add(
     ] = None,
 ) -> None:
     """Forward a host port to a guest port (DNAT on networks, hostfwd on user-mode NAT)."""
-    _done(_ops().port_add(vm, forward, network))
+    render.done(_ops().port_add(vm, forward, network))
 
 
 @port_app.command("list")
@@ -227,7 +220,7 @@ def port_remove(
     vm: VmArg, port: Annotated[str, typer.Argument(help="HOST_PORT[/PROTO], e.g. 8080/tcp")]
 ) -> None:
     """Remove a port forward."""
-    _done(_ops().port_remove(vm, port))
+    render.done(_ops().port_remove(vm, port))
 
 
 # ---------------------------------------------------------------- firewall
@@ -240,25 +233,25 @@ FromOpt = Annotated[
 @firewall_app.command("allow")
 def firewall_allow(vm: VmArg, port: PortOpt, source: FromOpt = None) -> None:
     """Allow inbound traffic to a port of the VM (from anywhere or one subnet)."""
-    _done(_ops().firewall_allow(vm, parse_rule(port, source)))
+    render.done(_ops().firewall_allow(vm, parse_rule(port, source)))
 
 
 @firewall_app.command("remove")
 def firewall_remove(vm: VmArg, port: PortOpt, source: FromOpt = None) -> None:
     """Remove one of the VM's own allow rules."""
-    _done(_ops().firewall_remove(vm, parse_rule(port, source)))
+    render.done(_ops().firewall_remove(vm, parse_rule(port, source)))
 
 
 @firewall_app.command("apply")
 def firewall_apply(vm: VmArg, group: Annotated[str, typer.Argument(help="group name")]) -> None:
     """Apply a firewall group to a VM."""
-    _done(_ops().firewall_apply(vm, group))
+    render.done(_ops().firewall_apply(vm, group))
 
 
 @firewall_app.command("unapply")
 def firewall_unapply(vm: VmArg, group: Annotated[str, typer.Argument(help="group name")]) -> None:
     """Take a firewall group off a VM."""
-    _done(_ops().firewall_apply(vm, group, apply=False))
+    render.done(_ops().firewall_apply(vm, group, apply=False))
 
 
 @firewall_app.command("list")
@@ -291,7 +284,7 @@ def group_create(
     source: FromOpt = None,
 ) -> None:
     """Create a firewall group."""
-    _done(_ops().group_create(name, [parse_rule(a, source) for a in allow or ()]))
+    render.done(_ops().group_create(name, [parse_rule(a, source) for a in allow or ()]))
 
 
 @group_app.command("list")
@@ -310,4 +303,4 @@ def group_list(output: OutputOpt = Output.table) -> None:
 @group_app.command("delete")
 def group_delete(name: Annotated[str, typer.Argument(help="group name")]) -> None:
     """Delete a firewall group no VM uses."""
-    _done(_ops().group_delete(name))
+    render.done(_ops().group_delete(name))

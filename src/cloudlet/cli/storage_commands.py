@@ -16,18 +16,16 @@ from cloudlet.spec.units import format_size, parse_size_with_unit
 if TYPE_CHECKING:
     from rich.table import Table
 
-    from cloudlet.cli import render, wording
+    from cloudlet.cli import render
     from cloudlet.cli.render import err, out
     from cloudlet.engine.factory import open_engine
     from cloudlet.engine.storage import StorageService
     from cloudlet.engine.storage_views import PoolView, SnapshotView, VolumeView
-    from cloudlet.engine.views import Done
 else:
     from cloudlet.cli.lazy import lazy
 
     Table = lazy("rich.table", "Table")
     render = lazy("cloudlet.cli.render")
-    wording = lazy("cloudlet.cli.wording")
     err = lazy("cloudlet.cli.render", "err")
     out = lazy("cloudlet.cli.render", "out")
     open_engine = lazy("cloudlet.engine.factory", "open_engine")
@@ -48,11 +46,6 @@ def _ops() -> StorageService:
 def _notices(ops: StorageService) -> None:
     for notice in ops.notices:
         err.print(f"[yellow]note:[/] {notice}")
-
-
-def _done(result: Done) -> None:
-    """A change's message, with the CLI's commands for its next steps."""
-    err.print(wording.with_commands(result.message, result.next_steps))
 
 
 def register(app: typer.Typer) -> None:
@@ -128,7 +121,7 @@ def pool_create(
 @pool_app.command("delete")
 def pool_delete(name: Annotated[str, typer.Argument(help="pool name")]) -> None:
     """Delete an empty pool (a directory stays; an LVM pool's VG and PV labels go)."""
-    _done(_ops().pool_delete(name))
+    render.done(_ops().pool_delete(name))
 
 
 # ---------------------------------------------------------------- volumes
@@ -175,13 +168,13 @@ def volume_create(
 @volume_app.command("attach")
 def volume_attach(name: VolumeArg, vm: VmArg) -> None:
     """Attach a volume: hot-plugged into a running VM, or at the next start."""
-    _done(_ops().volume_attach(name, vm))
+    render.done(_ops().volume_attach(name, vm))
 
 
 @volume_app.command("detach")
 def volume_detach(name: VolumeArg) -> None:
     """Detach a volume (the guest releases the device first)."""
-    _done(_ops().volume_detach(name))
+    render.done(_ops().volume_detach(name))
 
 
 @volume_app.command("resize")
@@ -190,13 +183,13 @@ def volume_resize(
 ) -> None:
     """Grow a volume (online when its VM runs); shrinking is refused."""
     size_bytes = parse_size_with_unit(size, what="volume size", example_unit="G")
-    _done(_ops().volume_resize(name, size_bytes))
+    render.done(_ops().volume_resize(name, size_bytes))
 
 
 @volume_app.command("delete")
 def volume_delete(name: VolumeArg) -> None:
     """Delete a detached volume and its data."""
-    _done(_ops().volume_delete(name))
+    render.done(_ops().volume_delete(name))
 
 
 # ---------------------------------------------------------------- snapshots
@@ -270,14 +263,14 @@ def snapshot_revert(
     A snapshot taken with --memory then resumes the VM where it was when it was taken.
     """
     with err.status(f"reverting {vm} ..."):
-        _done(_ops().snapshot_revert(vm, name, force=force))
+        render.done(_ops().snapshot_revert(vm, name, force=force))
 
 
 @snapshot_app.command("delete")
 def snapshot_delete(vm: VmArg, name: SnapArg) -> None:
     """Delete a snapshot; its data is merged into the layer above, so nothing is lost."""
     with err.status(f"merging snapshot {name} ..."):
-        _done(_ops().snapshot_delete(vm, name))
+        render.done(_ops().snapshot_delete(vm, name))
 
 
 # ---------------------------------------------------------------- clone

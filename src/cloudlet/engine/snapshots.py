@@ -240,7 +240,10 @@ class Snapshots:
                 raise Conflict(
                     f"cannot revert {vm}: it is {row.state}",
                     hint="stop it first, or revert with force to stop it now",
-                    next_steps=[step(Step.VM_STOP, vm=vm)],
+                    next_steps=[
+                        step(Step.VM_STOP, vm=vm),
+                        step(Step.SNAPSHOT_REVERT_FORCE, vm=vm, snapshot=name),
+                    ],
                 )
             power.stop(self.ctx, vm, force=True)
         with self.ctx.lock(vm):
