@@ -54,6 +54,10 @@ class Step(StrEnum):
     BACKUP_RUN_DUE = "backup.run_due"
     RESTORE_AS = "backup.restore_as"
     EXPORT = "vm.export"
+    BACKUP_PRUNE = "backup.prune"
+    BACKUP_VERIFY = "backup.verify"
+    RESTORE_FORCE = "backup.restore_force"
+    SNAPSHOT_REVERT_FORCE = "snapshot.revert_force"
 
 
 @dataclass(frozen=True)

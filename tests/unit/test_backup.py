@@ -319,9 +319,9 @@ def test_run_due_backs_up_due_vms_then_prunes(engine: Engine, ops: BackupService
     ops.set_policy("web1", {"every": 3600, "keep_last": 2})
     assert engine.spec("web1").backup.every == 3600  # stored with the VM's spec
     write(engine, 0, "v1")
-    lines, failed = ops.run_due()
-    assert [line.split(":")[0] for line in lines] == ["web1"] and failed == 0
-    assert ops.run_due() == ([], 0)  # not due yet
+    result = ops.run_due()
+    assert [run.vm for run in result.runs] == ["web1"] and result.failed == 0
+    assert ops.run_due().runs == ()  # not due yet
     later = datetime.now().timestamp() + 3600
     for i in range(3):
         write(engine, 0, f"v{i + 2}")
@@ -332,8 +332,9 @@ def test_run_due_backs_up_due_vms_then_prunes(engine: Engine, ops: BackupService
     ops.set_policy("web2", {"every": 3600})
     engine.delete("idle", force=True)
     ops.store.write_file = broken_store
-    lines, failed = ops.run_due(now=later + 10 * 3600)
-    assert failed == 2 and all("FAILED" in line and "is full" in line for line in lines)
+    result = ops.run_due(now=later + 10 * 3600)
+    assert result.failed == 2 and all("is full" in (run.error or "") for run in result.runs)
+    assert all(run.backup is None for run in result.runs)
     ops.store.write_file = real_write
     assert ops.verify("web1").problems == []
     with engine.db.session() as s:
@@ -362,7 +363,7 @@ def test_restore_in_place_needs_a_stopped_vm_or_force(engine: Engine, ops: Backu
     with pytest.raises(Conflict, match="it is running"):
         ops.restore("web1", backup_id=backup.id)
     assert engine.show("web1").state == "running"
-    message = ops.restore("web1", backup_id=backup.id, force=True)
+    message = ops.restore("web1", backup_id=backup.id, force=True).message
     assert "snapshots (s1) were dropped" in message
     assert engine.show("web1").state == "stopped"
     assert content(engine, "web1") == {"0": "good"}

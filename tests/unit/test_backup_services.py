@@ -80,11 +80,12 @@ def test_create_list_verify_prune_and_schedule(ctx: EngineContext, backups: Back
     # the policy lives in the VM's spec (through the lifecycle service, not the facade)
     policy = backups.set_policy("web1", {"keep_last": 1, "every": 3600})
     assert backups.policy("web1") == policy and policy.keep_last == 1
-    gone, _ = backups.prune("web1")
-    assert gone == [full.id] and [b.id for b in backups.backups("web1")] == [inc.id]
+    assert backups.prune("web1").pruned == (full.id,)
+    assert [b.id for b in backups.backups("web1")] == [inc.id]
     # the newest backup is older than an hour from "now": run_due backs up and prunes
-    lines, failed = backups.run_due(now=inc.created_at.replace(tzinfo=UTC).timestamp() + 10 * 3600)
-    assert failed == 0 and len(lines) == 1 and lines[0].startswith("web1: incremental backup")
+    result = backups.run_due(now=inc.created_at.replace(tzinfo=UTC).timestamp() + 10 * 3600)
+    (run,) = result.runs
+    assert result.failed == 0 and run.backup is not None and run.backup.kind == "incremental"
     assert len(backups.backups("web1")) == 1 and backups.backups("web1")[0].id != inc.id
 
 
@@ -99,7 +100,7 @@ def test_restore_in_place_stops_through_the_power_service(
     with pytest.raises(Conflict, match="cannot restore web1 in place: it is running"):
         backups.restore("web1")
     assert FakeDisks.content(root(ctx, "web1")) == {"0": "root v2"}  # nothing changed
-    message = backups.restore("web1", force=True)
+    message = backups.restore("web1", force=True).message
     assert message.startswith(f"web1 restored from backup {backup.id}")
     assert instance_view.show(ctx, "web1").state == VMState.STOPPED.value
     assert FakeDisks.content(root(ctx, "web1")) == {"0": "root v1"}
@@ -110,7 +111,7 @@ def test_restore_as_a_new_vm_with_its_volumes(ctx: EngineContext, backups: Backu
     FakeDisks.write(root(ctx, "web1"), "0", "root v1")
     FakeDisks.write(volume(ctx, "data1"), "7", "volume data")
     backup = backups.create("web1")
-    message = backups.restore("web1", as_name="copy")
+    message = backups.restore("web1", as_name="copy").message
     assert message == (
         f"copy created from backup {backup.id} of web1 with volume(s) copy-data1 (stopped)"
     )
@@ -131,7 +132,7 @@ def test_export_then_import_as_a_new_vm(
         backups.export("web1", dest)
     assert not dest.exists()
     power.stop(ctx, "web1", force=True)
-    assert backups.export("web1", dest).startswith(f"web1 exported to {dest}")
+    assert backups.export("web1", dest).message.startswith(f"web1 exported to {dest}")
     view = backups.import_(dest, "imported")
     assert view.name == "imported" and view.state == VMState.STOPPED.value
     assert FakeDisks.content(root(ctx, "imported")) == {"0": "root v1"}

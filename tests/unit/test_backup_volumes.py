@@ -19,6 +19,7 @@ from cloudlet.engine.backups import BackupService
 from cloudlet.engine.engine import CreateRequest, Engine
 from cloudlet.engine.storage_rows import active_disk
 from cloudlet.errors import Conflict, InvalidInput, NotFound, StoreCorrupt
+from cloudlet.next_steps import Step, step
 from cloudlet.store.models import PoolRow
 from tests.fakes import FakeDisks, make_vm_with_volume
 
@@ -135,7 +136,7 @@ def test_restore_as_makes_new_volumes_and_refuses_a_taken_name_first(
     put(root_of(engine, "web1"), 0, "root")
     put(vol(engine, "data1"), 7, "volume data")
     backup = ops.create("web1")
-    message = ops.restore("web1", backup_id=backup.id, as_name="copy")
+    message = ops.restore("web1", backup_id=backup.id, as_name="copy").message
     assert "with volume(s) copy-data1" in message
     assert FakeDisks.content(vol(engine, "copy-data1")) == {"7": "volume data"}
     assert engine.storage.volume("copy-data1").attached_to == "copy"
@@ -177,7 +178,7 @@ def test_restore_in_place_is_all_or_nothing_and_recreates_deleted_volumes(
     engine.storage.volume_delete("data1")
     engine.storage.volume_create("scratch", MIB)
     engine.storage.volume_attach("scratch", "web1")
-    message = ops.restore("web1", backup_id=backup.id)
+    message = ops.restore("web1", backup_id=backup.id).message
     assert "volume data1 recreated in pool default" in message
     assert "scratch were not in the backup and stay as they are" in message
     assert FakeDisks.content(root_of(engine, "web1")) == {"0": "root v1"}
@@ -220,7 +221,7 @@ def test_restore_swaps_every_disk_in_one_commit_and_sweeps_what_a_killed_one_lef
     theirs = pool / f".restore-{other[:8]}-0badc0de.qcow2"
     for path in [*strays, theirs]:
         path.write_bytes(b"left over")
-    message = ops.restore("web1", backup_id=backup.id)
+    message = ops.restore("web1", backup_id=backup.id).message
     assert "volume data1 restored" in message
     assert FakeDisks.content(root_of(engine, "web1")) == {"0": "root v1"}
     assert FakeDisks.content(vol(engine, "data1")) == {"0": "data v1"}
@@ -244,7 +245,8 @@ def test_restore_refuses_clearly_when_a_volume_cannot_go_back(
     storage.pool_delete("fast")
     with pytest.raises(NotFound, match="lived in pool fast, which is gone") as info:
         ops.restore("web1", backup_id=backup.id)
-    assert "cloudlet pool create fast" in (info.value.hint or "")
+    assert "create pool fast again" in (info.value.hint or "")
+    assert step(Step.POOL_CREATE, pool="fast") in info.value.next_steps
     # attached to another VM now: refused before anything stops
     engine.create(CreateRequest(name="other"))
     storage.volume_detach("data1")

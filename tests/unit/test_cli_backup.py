@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from cloudlet.cli import backup_commands, main
+from cloudlet.cli import backup_commands, main, wording
 from cloudlet.engine.engine import CreateRequest, Engine
 from cloudlet.errors import CloudletError
 from tests.fakes import make_fake_engine
@@ -28,7 +28,7 @@ def cli(*args: str) -> tuple[int, str, str]:
     result = CliRunner().invoke(main.app, list(args))
     error = result.exception
     if isinstance(error, CloudletError):
-        return error.exit_code, result.stdout, result.stderr + error.one_line()
+        return error.exit_code, result.stdout, result.stderr + wording.error_line(error)
     return result.exit_code, result.stdout, result.stderr
 
 

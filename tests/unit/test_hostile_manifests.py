@@ -269,10 +269,10 @@ def test_latest_skips_a_forged_newest_manifest_and_restores_the_one_before(
     body["note"] = "forged"
     path.write_text(json.dumps(rehash(body)))
     engine.notices.clear()
-    message = ops.restore("web1", as_name="copy")  # --latest
+    message = ops.restore("web1", as_name="copy").message  # --latest
     assert good.id in message and forged.id not in message
     assert any(forged.id in n and str(path) in n for n in engine.notices)
     assert FakeDisks.content(Path(engine.storage.volume("copy-data1").path)) == {"0": "good"}
     assert {b.id: b.verified for b in ops.backups("web1")}[forged.id] == "failed"
     engine.stop("web1")
-    assert good.id in ops.restore("web1")  # in place, --latest: the same
+    assert good.id in ops.restore("web1").message  # in place, --latest: the same

@@ -219,7 +219,7 @@ def test_attach_resize_detach_delete_and_pool_delete(
     assert disk.path == Path("/dev/cloudlet-big/vol-data1")
 
     fake_lvm.log.clear()
-    message = ops.volume_resize("data1", 1099 * MIB)  # rounded up to 1100 MiB
+    message = ops.volume_resize("data1", 1099 * MIB).message  # rounded up to 1100 MiB
     assert "online" in message
     assert fake_lvm.commands() == ["lvextend --yes --size 1153433600b cloudlet-big/vol-data1"]
     assert ops.volume("data1").size == 1100 * MIB

@@ -327,7 +327,7 @@ def test_stopped_vm_comes_back_with_its_network(engine: Engine, host: FakeHost) 
     host.dnsmasq.clear()
     host.ruleset = None
     engine.start("web1")
-    tap_name = ops.nics("web1")[0]["tap"]
+    tap_name = ops.nics("web1")[0].tap
     assert host.links == {"clb-backend", tap_name} and len(host.dnsmasq) == 1
     assert host.ruleset is not None
 
@@ -341,16 +341,16 @@ def test_hot_plug_nic_shares_slots_with_volumes(engine: Engine, host: FakeHost) 
     for i in range(3):
         storage.volume_create(f"d{i}", GIB)
         storage.volume_attach(f"d{i}", "web1")
-    assert "hot-plugged now" in ops.nic_add("web1", "lab")
+    assert "hot-plugged now" in ops.nic_add("web1", "lab").message
     assert fake(engine).attached_nics(iid) == ["tn1"]
     nic = fake(engine).vms[iid].nics["tn1"]
     assert nic.slot == 3
     storage.volume_create("d3", GIB)
     with pytest.raises(Conflict, match="no free volume slot"):
         storage.volume_attach("d3", "web1")
-    assert "already" in ops.nic_add("web1", "lab")
+    assert "already" in ops.nic_add("web1", "lab").message
     ops.nic_remove("web1", "lab")
-    assert fake(engine).attached_nics(iid) == [] and ops.nics("web1")[0]["network"] == "nat"
+    assert fake(engine).attached_nics(iid) == [] and ops.nics("web1")[0].network == "nat"
     assert nic.tap not in host.links
     with pytest.raises(NotFound):
         ops.nic_remove("web1", "lab")
@@ -361,7 +361,7 @@ def test_port_forwards_nat_live_and_bridged(engine: Engine, host: FakeHost) -> N
     ops.network_create("backend", "10.80.1.0/24")
     engine.create(CreateRequest(name="web1", networks=("nat", "backend")))
     iid = engine.show("web1").id
-    assert "127.0.0.1:8080" in ops.port_add("web1", "8080:80/tcp")
+    assert "127.0.0.1:8080" in ops.port_add("web1", "8080:80/tcp").message
     assert ("tcp", 8080) in fake(engine).vms[iid].forwards
     ops.port_add("web1", "9090:80", network="backend")
     assert host.ruleset is not None and "dport 9090 dnat ip to 10.80.1.10:80" in host.ruleset
@@ -370,7 +370,7 @@ def test_port_forwards_nat_live_and_bridged(engine: Engine, host: FakeHost) -> N
         ops.port_add("db1", "8080:80")
     with pytest.raises(NotFound):
         ops.port_add("db1", "7070:80", network="backend")
-    assert [p["host_port"] for p in ops.ports("web1")] == [8080, 9090]
+    assert [p.host_port for p in ops.ports("web1")] == [8080, 9090]
     ops.port_remove("web1", "8080/tcp")
     ops.port_remove("web1", "9090")
     assert fake(engine).vms[iid].forwards == set() and "9090" not in host.ruleset
@@ -390,7 +390,7 @@ def test_firewall_rules_groups_and_list(engine: Engine, host: FakeHost) -> None:
         ops.firewall_apply("web1", "nope")
     ops.firewall_apply("web1", "web")
     listed = ops.firewall_list("web1")
-    assert [(r["port"], r["source"], r["from"]) for r in listed["rules"]] == [
+    assert [(r.port, r.source, r.origin) for r in listed.rules] == [
         (22, "any", "own"), (5432, "10.80.3.0/24", "own"),
         (80, "any", "group web"), (443, "any", "group web"),
     ]  # fmt: skip
@@ -420,7 +420,7 @@ def test_views_carry_the_addresses_nic_list_shows(engine: Engine, host: FakeHost
         "off": {},
     }
     for name, addresses in views.items():
-        assert {n["network"]: n["ip"] for n in ops.nics(name)} == addresses
+        assert {n.network: n.ip for n in ops.nics(name)} == addresses
         assert engine.show(name).to_dict()["addresses"] == addresses
     ops.nic_add("db1", "dmz")
     assert engine.show("db1").addresses["dmz"] == "10.80.3.11"

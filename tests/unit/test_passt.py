@@ -80,7 +80,7 @@ def test_forwards_of_a_running_passt_vm_wait_for_its_next_start(
     engine.create(CreateRequest(name="web1"))
     monkeypatch.setattr(type(engine.driver), "live_host_forwards", lambda self, iid: False)
     ops = engine.networks
-    said = ops.port_add("web1", "8080:80/tcp")
+    said = ops.port_add("web1", "8080:80/tcp").message
     assert "at its next start" in said
-    removed = ops.port_remove("web1", "8080/tcp")
+    removed = ops.port_remove("web1", "8080/tcp").message
     assert "keeps it until its next start" in removed

@@ -24,6 +24,7 @@ from cloudlet.errors import (
     NotFound,
     OutOfSpace,
 )
+from cloudlet.next_steps import Step, step
 from cloudlet.spec.units import GIB, TIB
 from tests.fakes import FakeDisks, make_fake_engine
 
@@ -166,14 +167,14 @@ def test_hotplug_into_a_running_vm_and_back_at_next_boot(
 ) -> None:
     engine.create(CreateRequest(name="web1"))
     ops.volume_create("data1", 2 * GIB)
-    message = ops.volume_attach("data1", "web1")
+    message = ops.volume_attach("data1", "web1").message
     assert "now" in message
     iid = vm_id(engine, "web1")
     assert len(fake(engine).attached_disks(iid)) == 1
     assert engine.exec("web1", ["cat", "/sys/block/vdb/size"]).stdout == b"%d\n" % (2 * GIB // 512)
     assert ops.volume("data1").attached_to == "web1"
     # online growth reaches the guest
-    assert "online" in ops.volume_resize("data1", 3 * GIB)
+    assert "online" in ops.volume_resize("data1", 3 * GIB).message
     assert engine.exec("web1", ["cat", "/sys/block/vdb/size"]).stdout == b"%d\n" % (3 * GIB // 512)
     # a restart boots with the volume in its launch config
     engine.restart("web1")
@@ -185,7 +186,7 @@ def test_hotplug_into_a_running_vm_and_back_at_next_boot(
     with pytest.raises(Conflict, match="paused"):
         ops.volume_detach("data1")
     engine.resume("web1")
-    assert "detached" in ops.volume_detach("data1")
+    assert "detached" in ops.volume_detach("data1").message
     assert fake(engine).attached_disks(iid) == []
     ops.volume_delete("data1")
     assert not (engine.paths.pools / "default" / "data1.qcow2").exists()
@@ -195,8 +196,8 @@ def test_hotplug_into_a_running_vm_and_back_at_next_boot(
 def test_attach_to_a_stopped_vm_takes_effect_at_start(engine: Engine, ops: StorageService) -> None:
     engine.create(CreateRequest(name="web1"), start=False)
     ops.volume_create("data1", GIB)
-    assert "next start" in ops.volume_attach("data1", "web1")
-    assert "offline" in ops.volume_resize("data1", 2 * GIB)
+    assert "next start" in ops.volume_attach("data1", "web1").message
+    assert "offline" in ops.volume_resize("data1", 2 * GIB).message
     engine.start("web1")
     iid = vm_id(engine, "web1")
     assert [d.serial for d in fake(engine).vms[iid].config.extra_disks] == ["data1"]
@@ -274,7 +275,7 @@ def test_revert_brings_back_deleted_data_and_discards_later_snapshots(
     write(engine, "web1", "/root/new", "x")
     with pytest.raises(Conflict, match="cannot revert web1: it is running"):
         ops.snapshot_revert("web1", "pre-patch")
-    message = ops.snapshot_revert("web1", "pre-patch", force=True)
+    message = ops.snapshot_revert("web1", "pre-patch", force=True).message
     assert "discarded later snapshots: later" in message
     assert engine.show("web1").state == "stopped"
     assert content(engine, "web1") == {"/root/keep": "v1"}
@@ -339,7 +340,8 @@ def test_full_clone_copies_the_data_into_a_new_vm(engine: Engine, ops: StorageSe
     write(engine, "web1", "f", "1")
     with pytest.raises(Conflict, match="cannot clone web1: it is running") as refused:
         ops.clone("web1", "web1-test")
-    assert "--snapshot" in str(refused.value.hint)
+    assert "clone one of its snapshots" in str(refused.value.hint)
+    assert step(Step.SNAPSHOT_LIST, vm="web1") in refused.value.next_steps
     ops.snapshot_create("web1", "s1")
     write(engine, "web1", "f", "2")
     from_snap = ops.clone("web1", "from-snap", snapshot="s1")  # source still running
@@ -451,7 +453,7 @@ def test_memory_snapshot_revert_resumes_the_guest_where_it_was(
     ops.snapshot_create("web1", "later", memory=True)
     later_state = ops.snapshots("web1")[1]
     assert later_state.memory
-    message = ops.snapshot_revert("web1", "pre-patch", force=True)
+    message = ops.snapshot_revert("web1", "pre-patch", force=True).message
     assert "resumed from its memory state" in message
     assert engine.show("web1").state == "running"
     vm = fake(engine).vms[iid]
@@ -537,7 +539,7 @@ def test_a_memory_snapshot_with_no_room_for_its_state_is_not_taken_at_all(
     with pytest.raises(CapacityExceeded) as caught:
         ops.snapshot_create("web1", "m1", memory=True)
     assert "snapshot m1 of web1 was not taken: no space left" in caught.value.message
-    assert "without --memory" in (caught.value.hint or "")
+    assert "snapshot the disk only" in (caught.value.hint or "")
     # the disk snapshot went back too: no row, no layer, no state file, guest running
     assert ops.snapshots("web1") == []
     assert fake(engine).disk_chain(iid)[0] == top == active_disk(engine, iid)

@@ -85,7 +85,7 @@ def test_pools_on_the_context(short_tmp: Path, monkeypatch: pytest.MonkeyPatch) 
         pools.pool_create("fast", short_tmp / "elsewhere")
     row, backend = pools.lookup("fast")
     assert (row.name, backend.kind) == ("fast", "dir")
-    assert "deleted" in pools.pool_delete("fast")
+    assert "deleted" in pools.pool_delete("fast").message
     with pytest.raises(NotFound, match="no pool named 'fast'"):
         pools.pool("fast")
     with pytest.raises(Conflict, match="default pool cannot be deleted"):
@@ -101,7 +101,7 @@ def test_volumes_create_attach_detach_delete_on_the_context(
     assert (view.size, view.attached_to, view.pool) == (GIB, None, "default")
     assert Path(view.path).exists()
     # hot-plugged into the running VM now
-    assert "now" in volumes.volume_attach("data1", "web1")
+    assert "now" in volumes.volume_attach("data1", "web1").message
     iid = vm_id(ctx, "web1")
     assert len(fake(ctx).attached_disks(iid)) == 1
     assert [d.serial for d in boot_disks(ctx, iid)] == ["data1"]
@@ -110,14 +110,14 @@ def test_volumes_create_attach_detach_delete_on_the_context(
         volumes.volume_attach("data1", "db1")
     with pytest.raises(Conflict, match="attached to web1"):
         volumes.volume_delete("data1")
-    assert "detached from web1" in volumes.volume_detach("data1")
+    assert "detached from web1" in volumes.volume_detach("data1").message
     assert fake(ctx).attached_disks(iid) == []
     # a stopped VM takes it at its next start
-    assert "next start" in volumes.volume_attach("data1", "db1")
+    assert "next start" in volumes.volume_attach("data1", "db1").message
     assert volumes.volume("data1").attached_to == "db1"
-    assert "offline" in volumes.volume_resize("data1", 2 * GIB)
+    assert "offline" in volumes.volume_resize("data1", 2 * GIB).message
     volumes.volume_detach("data1")
-    assert volumes.volume_delete("data1") == "volume data1 deleted"
+    assert volumes.volume_delete("data1").message == "volume data1 deleted"
     assert not Path(view.path).exists()
     assert volumes.volumes() == []
     # each step left an operation and an event of the VM
@@ -161,13 +161,13 @@ def test_snapshots_create_revert_delete_on_the_context(
     with pytest.raises(Conflict, match="cannot revert web1: it is running"):
         snaps.snapshot_revert("web1", "s1")
     # --force stops the VM through the power module, not the facade
-    message = snaps.snapshot_revert("web1", "s1", force=True)
+    message = snaps.snapshot_revert("web1", "s1", force=True).message
     assert "discarded later snapshots: s2" in message
     assert ctx.row("web1").state == "stopped"
     assert content(ctx, "web1") == {"f": "1"}
     write(ctx, "web1", "h", "4")
     snaps.snapshot_create("web1", "s3")
-    assert "deleted" in snaps.snapshot_delete("web1", "s1")
+    assert "deleted" in snaps.snapshot_delete("web1", "s1").message
     assert content(ctx, "web1") == {"f": "1", "h": "4"}
     assert [s.name for s in snapshot_rows(ctx, vm_id(ctx, "web1"))] == ["s3"]
     with pytest.raises(NotFound, match="web1 has no snapshot 's1'"):
@@ -181,7 +181,7 @@ def test_a_memory_snapshot_revert_boots_through_launch_on_the_context(
     snaps = Snapshots(ctx)
     assert snaps.snapshot_create("web1", "m1", memory=True).memory
     power.stop(ctx, "web1", force=True)
-    message = snaps.snapshot_revert("web1", "m1")
+    message = snaps.snapshot_revert("web1", "m1").message
     assert "resumed from its memory state" in message
     assert instance_view.show(ctx, "web1").state == "running"
 

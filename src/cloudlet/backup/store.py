@@ -36,6 +36,7 @@ from cloudlet.errors import (
     NotFound,
     StoreCorrupt,
 )
+from cloudlet.next_steps import Step, step
 from cloudlet.spec.names import name_path
 
 CHUNK_SIZE = 4 << 20
@@ -306,8 +307,8 @@ class BackupStore:
         return CapacityExceeded(
             f"the backup store {self.root} is full ({st.free >> 20} MiB free now): "
             "this backup was not recorded, earlier backups are untouched",
-            hint="free space there, prune old backups ('cloudlet backup prune VM'), "
-            "or set [backup] path in config.toml",
+            hint="free space there, prune old backups, or set [backup] path in config.toml",
+            next_steps=[step(Step.BACKUP_PRUNE)],
         )
 
     def holds(self, path: Path) -> bool:
@@ -364,14 +365,15 @@ class BackupStore:
         except FileNotFoundError:
             raise StoreCorrupt(
                 f"backup {backup}: chunk {digest} is missing from {self.chunks}",
-                hint="run 'cloudlet backup verify' and restore another backup",
+                hint="verify the backups and restore another one",
+                next_steps=[step(Step.BACKUP_VERIFY), step(Step.BACKUP_LIST)],
             ) from None
         if hashlib.sha256(data).hexdigest() != digest:
             raise StoreCorrupt(
                 f"backup {backup}: chunk {digest} is corrupt (its content does not match "
                 "its SHA-256)",
-                hint="restore another backup ('cloudlet backup list'); the next backup "
-                "stores that data again",
+                hint="restore another backup; the next backup stores that data again",
+                next_steps=[step(Step.BACKUP_LIST)],
             )
         return data
 

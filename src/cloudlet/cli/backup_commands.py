@@ -16,7 +16,7 @@ from cloudlet.spec.units import format_duration, format_size
 if TYPE_CHECKING:
     from rich.table import Table
 
-    from cloudlet.cli import render
+    from cloudlet.cli import render, wording
     from cloudlet.cli.render import err, out
     from cloudlet.engine import backup_requests
     from cloudlet.engine.backup_views import BackupView
@@ -28,6 +28,7 @@ else:
 
     Table = lazy("rich.table", "Table")
     render = lazy("cloudlet.cli.render")
+    wording = lazy("cloudlet.cli.wording")
     err = lazy("cloudlet.cli.render", "err")
     out = lazy("cloudlet.cli.render", "out")
     backup_requests = lazy("cloudlet.engine.backup_requests")
@@ -174,15 +175,20 @@ def backup_policy(
 def backup_run_due() -> None:
     """Back up every VM whose policy is due, then prune it (run this from cron)."""
     ops = _ops()
-    lines, failed = ops.run_due()
+    result = ops.run_due()
     _notices(ops)
-    for line in lines:
-        err.print(line)
-    if not lines:
+    for run in result.runs:
+        if run.backup is None:
+            failure = wording.with_commands(run.error or "failed", run.next_steps)
+            err.print(f"{run.vm}: FAILED: {failure}")
+        else:
+            pruned = f", pruned {len(run.pruned)}" if run.pruned else ""
+            err.print(f"{run.vm}: {run.backup.kind} backup {run.backup.id}{pruned}")
+    if not result.runs:
         err.print("no backup is due")
-    if failed:
+    if result.failed:
         raise CloudletError(
-            f"{failed} scheduled backup(s) failed",
+            f"{result.failed} scheduled backup(s) failed",
             hint="see the lines above; fix and run 'cloudlet backup run-due' again",
         )
 
@@ -190,9 +196,11 @@ def backup_run_due() -> None:
 @backup_app.command("prune")
 def backup_prune(vm: VmArg) -> None:
     """Delete the backups the VM's retention policy no longer keeps, then unused chunks."""
-    gone, freed = _ops().prune(vm)
-    if gone:
-        err.print(f"pruned {len(gone)} backup(s) of {vm}, freed {format_size(freed)}")
+    result = _ops().prune(vm)
+    if result.pruned:
+        err.print(
+            f"pruned {len(result.pruned)} backup(s) of {vm}, freed {format_size(result.freed)}"
+        )
     else:
         err.print(f"nothing to prune: the policy keeps every backup of {vm}")
 
@@ -215,10 +223,10 @@ def restore(
         raise InvalidInput(exc.message, hint="give --latest or --backup ID") from None
     ops = _ops()
     try:
-        message = ops.restore(vm, backup_id=backup, as_name=as_name, force=force)
+        done = ops.restore(vm, backup_id=backup, as_name=as_name, force=force)
     finally:
         _notices(ops)
-    err.print(message)
+    render.done(done)
 
 
 def export(
@@ -226,7 +234,7 @@ def export(
     file: Annotated[Path, typer.Argument(help="the file to write (a tar)")],
 ) -> None:
     """Write a stopped VM (spec and flattened disk, with checksums) to one file."""
-    err.print(_ops().export(vm, file.expanduser()))
+    render.done(_ops().export(vm, file.expanduser()))
 
 
 def import_(

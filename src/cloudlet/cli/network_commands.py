@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -143,7 +143,7 @@ def network_show(name: NetArg, output: OutputOpt = Output.table) -> None:
 @network_app.command("delete")
 def network_delete(name: NetArg) -> None:
     """Delete a network (refused while VMs are attached)."""
-    err.print(_ops().network_delete(name))
+    render.done(_ops().network_delete(name))
 
 
 @network_app.command("gc")
@@ -163,13 +163,13 @@ def network_gc(output: OutputOpt = Output.table) -> None:
 @nic_app.command("add")
 def nic_add(vm: VmArg, network: NetArg) -> None:
     """Add a NIC on a network: hot-plugged into a running VM, or at its next start."""
-    err.print(_ops().nic_add(vm, network))
+    render.done(_ops().nic_add(vm, network))
 
 
 @nic_app.command("remove")
 def nic_remove(vm: VmArg, network: NetArg) -> None:
     """Remove a VM's NIC on a network (unplugged from a running VM)."""
-    err.print(_ops().nic_remove(vm, network))
+    render.done(_ops().nic_remove(vm, network))
 
 
 @nic_app.command("list")
@@ -177,14 +177,11 @@ def nic_list(vm: VmArg, output: OutputOpt = Output.table) -> None:
     """A VM's NICs with their fixed addresses."""
     items = _ops().nics(vm)
     if output == Output.json:
-        render.print_json(items)
+        render.print_json([n.to_dict() for n in items])
         return
     _table(
         ["NETWORK", "KIND", "ADDRESS", "DNS", "MAC", "TAP"],
-        [
-            [n["network"], n["kind"], n["ip"], n.get("dns", "-"), n["mac"] or "-", n["tap"] or "-"]
-            for n in items
-        ],
+        [[n.network, n.kind, n.ip, n.dns or "-", n.mac or "-", n.tap or "-"] for n in items],
     )
 
 
@@ -199,7 +196,7 @@ def port_add(
     ] = None,
 ) -> None:
     """Forward a host port to a guest port (DNAT on networks, hostfwd on user-mode NAT)."""
-    err.print(_ops().port_add(vm, forward, network))
+    render.done(_ops().port_add(vm, forward, network))
 
 
 @port_app.command("list")
@@ -207,14 +204,14 @@ def port_list(vm: VmArg, output: OutputOpt = Output.table) -> None:
     """A VM's port forwards."""
     items = _ops().ports(vm)
     if output == Output.json:
-        render.print_json(items)
+        render.print_json([p.to_dict() for p in items])
         return
     if not items:
         err.print(f"{vm} has no port forwards: 'cloudlet port add {vm} 8080:80/tcp'")
         return
     _table(
         ["HOST PORT", "GUEST PORT", "PROTO", "NETWORK"],
-        [[str(p["host_port"]), str(p["guest_port"]), p["proto"], p["network"]] for p in items],
+        [[str(p.host_port), str(p.guest_port), p.proto, p.network] for p in items],
     )
 
 
@@ -223,7 +220,7 @@ def port_remove(
     vm: VmArg, port: Annotated[str, typer.Argument(help="HOST_PORT[/PROTO], e.g. 8080/tcp")]
 ) -> None:
     """Remove a port forward."""
-    err.print(_ops().port_remove(vm, port))
+    render.done(_ops().port_remove(vm, port))
 
 
 # ---------------------------------------------------------------- firewall
@@ -236,45 +233,45 @@ FromOpt = Annotated[
 @firewall_app.command("allow")
 def firewall_allow(vm: VmArg, port: PortOpt, source: FromOpt = None) -> None:
     """Allow inbound traffic to a port of the VM (from anywhere or one subnet)."""
-    err.print(_ops().firewall_allow(vm, parse_rule(port, source)))
+    render.done(_ops().firewall_allow(vm, parse_rule(port, source)))
 
 
 @firewall_app.command("remove")
 def firewall_remove(vm: VmArg, port: PortOpt, source: FromOpt = None) -> None:
     """Remove one of the VM's own allow rules."""
-    err.print(_ops().firewall_remove(vm, parse_rule(port, source)))
+    render.done(_ops().firewall_remove(vm, parse_rule(port, source)))
 
 
 @firewall_app.command("apply")
 def firewall_apply(vm: VmArg, group: Annotated[str, typer.Argument(help="group name")]) -> None:
     """Apply a firewall group to a VM."""
-    err.print(_ops().firewall_apply(vm, group))
+    render.done(_ops().firewall_apply(vm, group))
 
 
 @firewall_app.command("unapply")
 def firewall_unapply(vm: VmArg, group: Annotated[str, typer.Argument(help="group name")]) -> None:
     """Take a firewall group off a VM."""
-    err.print(_ops().firewall_apply(vm, group, apply=False))
+    render.done(_ops().firewall_apply(vm, group, apply=False))
 
 
 @firewall_app.command("list")
 def firewall_list(vm: VmArg, output: OutputOpt = Output.table) -> None:
     """A VM's effective inbound rules (its own and its groups') and the default policy."""
-    data: dict[str, Any] = _ops().firewall_list(vm)
+    view = _ops().firewall_list(vm)
     if output == Output.json:
-        render.print_json(data)
+        render.print_json(view.to_dict())
         return
-    err.print(f"default: {data['default']}")
-    if not data["enforced_on"]:
+    err.print(f"default: {view.default}")
+    if not view.enforced_on:
         err.print(f"[yellow]note:[/] {vm} has no NIC on a virtual network: rules are recorded only")
-    if data["rules"]:
+    if view.rules:
         _table(
             ["PORT", "PROTO", "FROM", "RULE"],
-            [[str(r["port"]), r["proto"], r["source"], r["from"]] for r in data["rules"]],
+            [[str(r.port), r.proto, r.source, r.origin] for r in view.rules],
         )
     else:
         err.print("no allow rules")
-    for forward in data["forwards"]:
+    for forward in view.forwards:
         err.print(f"port forward {forward} (allowed in)")
 
 
@@ -287,7 +284,7 @@ def group_create(
     source: FromOpt = None,
 ) -> None:
     """Create a firewall group."""
-    err.print(_ops().group_create(name, [parse_rule(a, source) for a in allow or ()]))
+    render.done(_ops().group_create(name, [parse_rule(a, source) for a in allow or ()]))
 
 
 @group_app.command("list")
@@ -295,15 +292,15 @@ def group_list(output: OutputOpt = Output.table) -> None:
     """Firewall groups, their rules and the VMs they apply to."""
     items = _ops().groups()
     if output == Output.json:
-        render.print_json(items)
+        render.print_json([g.to_dict() for g in items])
         return
     _table(
         ["NAME", "RULES", "USED BY"],
-        [[g["name"], ", ".join(g["rules"]), ", ".join(g["used_by"]) or "-"] for g in items],
+        [[g.name, ", ".join(g.rules), ", ".join(g.used_by) or "-"] for g in items],
     )
 
 
 @group_app.command("delete")
 def group_delete(name: Annotated[str, typer.Argument(help="group name")]) -> None:
     """Delete a firewall group no VM uses."""
-    err.print(_ops().group_delete(name))
+    render.done(_ops().group_delete(name))

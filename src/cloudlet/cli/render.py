@@ -10,8 +10,9 @@ from rich.console import Console
 from rich.table import Table
 
 from cloudlet.cli.options import Output as Output
+from cloudlet.cli.wording import with_commands
 from cloudlet.engine.type_listing import MachineTypeOffer
-from cloudlet.engine.views import HostView, InstanceView
+from cloudlet.engine.views import Done, HostView, InstanceView
 from cloudlet.spec.units import format_size
 
 out = Console(highlight=False, soft_wrap=True)
@@ -28,6 +29,11 @@ STATE_STYLE = {
 
 def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def done(result: Done) -> None:
+    """What a change did, in its words, then the CLI's commands for its next steps."""
+    err.print(with_commands(result.message, result.next_steps))
 
 
 def _cpus(n: int) -> str:

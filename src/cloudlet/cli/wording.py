@@ -49,8 +49,12 @@ COMMANDS: dict[Step, str] = {
     Step.BACKUP_CREATE: "cloudlet backup create {vm}",
     Step.BACKUP_LIST: "cloudlet backup list {vm}",
     Step.BACKUP_RUN_DUE: "cloudlet backup run-due",
-    Step.RESTORE_AS: "cloudlet restore {vm} --as {new}",
+    Step.RESTORE_AS: "cloudlet restore {vm} --latest --as {new}",
     Step.EXPORT: "cloudlet export {vm} {file}",
+    Step.BACKUP_PRUNE: "cloudlet backup prune {vm}",
+    Step.BACKUP_VERIFY: "cloudlet backup verify {vm}",
+    Step.RESTORE_FORCE: "cloudlet restore {vm} --latest --force",
+    Step.SNAPSHOT_REVERT_FORCE: "cloudlet snapshot revert --force {vm} {snapshot}",
 }
 
 

@@ -12,10 +12,18 @@ from cloudlet.backup.retention import keep_set
 from cloudlet.backup.store import Manifest
 from cloudlet.engine.backup_create import BackupCreator
 from cloudlet.engine.backup_records import BackupRecords
-from cloudlet.engine.backup_views import BackupView, VerifyReport, backup_view
+from cloudlet.engine.backup_views import (
+    BackupView,
+    DueBackup,
+    PruneResult,
+    RunDueResult,
+    VerifyReport,
+    backup_view,
+)
 from cloudlet.engine.context import EngineContext
 from cloudlet.engine.lifecycle import Lifecycle
 from cloudlet.errors import CloudletError, NotFound
+from cloudlet.next_steps import Step, step
 from cloudlet.spec.instance import BackupPolicy, InstanceSpec
 from cloudlet.store.models import BackupRow, InstanceRow, utcnow
 
@@ -53,7 +61,11 @@ class BackupCatalog:
         records = self.records
         rows = [records.find(vm, backup_id)] if backup_id else records.rows(vm)
         if not rows:
-            raise NotFound(f"{vm} has no backups", hint=f"take one: 'cloudlet backup create {vm}'")
+            raise NotFound(
+                f"{vm} has no backups",
+                hint="take one first",
+                next_steps=[step(Step.BACKUP_CREATE, vm=vm)],
+            )
         problems: list[str] = []
         chunks: set[str] = set()
         with records.store_lock():
@@ -84,8 +96,8 @@ class BackupCatalog:
         self.lifecycle.update_spec(vm, {"backup": policy})
         return self.policy(vm)
 
-    def prune(self, vm: str, *, policy: BackupPolicy | None = None) -> tuple[list[str], int]:
-        """Apply the VM's retention: (ids of the backups deleted, bytes of chunks freed)."""
+    def prune(self, vm: str, *, policy: BackupPolicy | None = None) -> PruneResult:
+        """Apply the VM's retention: the backups deleted and the bytes of chunks freed."""
         rules = (policy or self.policy(vm)).retention()
         store = self.records.store
         with self.records.store_lock():
@@ -101,14 +113,13 @@ class BackupCatalog:
             _, freed = store.garbage_collect() if gone else (0, 0)
         if gone:
             self.ctx.event(vm, "backup-pruned", f"pruned {len(gone)} backup(s)")
-        return [r.id for r in gone], freed
+        return PruneResult(vm, tuple(r.id for r in gone), freed)
 
-    def run_due(self, now: float | None = None) -> tuple[list[str], int]:
-        """Back up every VM whose policy says it is time, then prune it: one line each,
-        and how many failed (one VM's failure does not stop the others)."""
+    def run_due(self, now: float | None = None) -> RunDueResult:
+        """Back up every VM whose policy says it is time, then prune it; one VM's failure
+        does not stop the others."""
         now = time.time() if now is None else now
-        lines: list[str] = []
-        failed = 0
+        runs: list[DueBackup] = []
         with self.ctx.db.session() as s:
             vms = s.scalars(
                 select(InstanceRow).where(InstanceRow.kind == "system").order_by(InstanceRow.name)
@@ -124,12 +135,10 @@ class BackupCatalog:
                 continue
             try:
                 backup = self.creator.create(vm.name)
-                pruned, _ = self.prune(vm.name, policy=policy)
-                lines.append(
-                    f"{vm.name}: {backup.kind} backup {backup.id}"
-                    + (f", pruned {len(pruned)}" if pruned else "")
-                )
+                pruned = self.prune(vm.name, policy=policy).pruned
+                runs.append(DueBackup(vm.name, backup, pruned))
             except CloudletError as exc:
-                failed += 1
-                lines.append(f"{vm.name}: FAILED: {exc.one_line()}")
-        return lines, failed
+                runs.append(
+                    DueBackup(vm.name, None, error=exc.one_line(), next_steps=exc.next_steps)
+                )
+        return RunDueResult(tuple(runs))

@@ -35,9 +35,10 @@ from cloudlet.engine.context import EngineContext
 from cloudlet.engine.image_cap import image_size_cap
 from cloudlet.engine.storage import StorageService
 from cloudlet.engine.storage_rows import DEFAULT_POOL, OFFLINE, active_disk, attached_volumes
-from cloudlet.engine.views import InstanceView
+from cloudlet.engine.views import Done, InstanceView
 from cloudlet.engine.vm_record import check_record
 from cloudlet.errors import CloudletError, Conflict, InvalidInput
+from cloudlet.next_steps import Step, step
 from cloudlet.spec.instance import InstanceSpec
 from cloudlet.spec.names import validate_name
 from cloudlet.storage.staging import staging
@@ -49,6 +50,10 @@ MAX_MEMBERS = 4 + HOTPLUG_SLOTS  # manifest, spec, disk, the volumes directory, 
 SMALL_FILE = 1 << 20  # manifest.json and spec.json
 
 
+# What to do with a file that is no export: make one (in words, and as a step).
+EXPORT_HINT = ("make one by exporting a stopped VM", (step(Step.EXPORT),))
+
+
 def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -57,7 +62,7 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def export(ctx: EngineContext, vm: str, dest: Path) -> str:
+def export(ctx: EngineContext, vm: str, dest: Path) -> Done:
     """One tar with the VM's spec, its root disk and its volumes."""
     dest = dest.absolute()
     if dest.exists():
@@ -67,8 +72,8 @@ def export(ctx: EngineContext, vm: str, dest: Path) -> str:
         if row.state not in OFFLINE:
             raise Conflict(
                 f"cannot export {vm}: it is {row.state}",
-                hint=f"stop it first ('cloudlet stop {vm}'), or restore a backup "
-                "as a stopped copy with 'cloudlet restore --as' and export that",
+                hint="stop it first, or restore a backup as a stopped copy and export that",
+                next_steps=[step(Step.VM_STOP, vm=vm), step(Step.RESTORE_AS, vm=vm)],
             )
         work = dest.parent / f".{dest.name}.{uuid.uuid4().hex[:8]}"
         work.mkdir()
@@ -107,7 +112,7 @@ def export(ctx: EngineContext, vm: str, dest: Path) -> str:
         finally:
             shutil.rmtree(work, ignore_errors=True)
     size = dest.stat().st_size
-    return f"{vm} exported to {dest} ({size >> 20} MiB)"
+    return Done("vm", vm, "exported", f"{vm} exported to {dest} ({size >> 20} MiB)")
 
 
 def _copy_checked(f: IO[bytes], dest: Path, expected: object, what: str) -> None:
@@ -129,25 +134,30 @@ def _members(tar: tarfile.TarFile, src: Path) -> dict[str, tarfile.TarInfo]:
     """The archive's members, refused (before anything is made) unless each is a plain
     file (or the ``volumes`` directory) named once, and there are few enough of them."""
     found: dict[str, tarfile.TarInfo] = {}
-    hint = "make one with 'cloudlet export VM FILE'"
+    hint, steps = EXPORT_HINT
     while True:
         try:
             member = tar.next()
         except (tarfile.TarError, OSError, EOFError, UnicodeError, ValueError) as exc:
-            raise InvalidInput(f"{src} is not a cloudlet export: {exc}", hint=hint) from None
+            raise InvalidInput(
+                f"{src} is not a cloudlet export: {exc}", hint=hint, next_steps=steps
+            ) from None
         if member is None:
             return found
         shown = repr(member.name[:80])
         if len(found) >= MAX_MEMBERS:
-            raise InvalidInput(f"{src} holds more than {MAX_MEMBERS} members", hint=hint)
+            raise InvalidInput(
+                f"{src} holds more than {MAX_MEMBERS} members", hint=hint, next_steps=steps
+            )
         if member.name in found:
-            raise InvalidInput(f"{src} holds {shown} twice", hint=hint)
+            raise InvalidInput(f"{src} holds {shown} twice", hint=hint, next_steps=steps)
         plain = member.type in (tarfile.REGTYPE, tarfile.AREGTYPE)
         if not plain and not (member.name == "volumes" and member.isdir()):
             raise InvalidInput(
                 f"{src}: member {shown} is not a plain file (links, devices and fifos are "
                 "never part of an export)",
                 hint=hint,
+                next_steps=steps,
             )
         found[member.name] = member
 
@@ -200,13 +210,18 @@ def import_(
     try:
         tar = tarfile.open(src, "r:")  # noqa: SIM115 (closed by the with below)
     except (OSError, tarfile.TarError, EOFError, ValueError) as exc:
-        raise InvalidInput(f"{src} is not a cloudlet export: {exc}") from None
+        raise InvalidInput(
+            f"{src} is not a cloudlet export: {exc}",
+            hint=EXPORT_HINT[0],
+            next_steps=EXPORT_HINT[1],
+        ) from None
     with tar:
         members = _members(tar, src)
         if "manifest.json" not in members:
             raise InvalidInput(
                 f"{src} is not a cloudlet export: it holds {sorted(members)[:8]}",
-                hint="make one with 'cloudlet export VM FILE'",
+                hint=EXPORT_HINT[0],
+                next_steps=EXPORT_HINT[1],
             )
         try:
             raw_manifest = json.loads(_read_small(tar, members["manifest.json"], src))
@@ -220,7 +235,8 @@ def import_(
             odd = sorted(files ^ expected)[:4]
             raise InvalidInput(
                 f"{src} is not a cloudlet export: unexpected or missing members {odd}",
-                hint="make one with 'cloudlet export VM FILE'",
+                hint=EXPORT_HINT[0],
+                next_steps=EXPORT_HINT[1],
             )
         sizes = manifest.get("bytes")
         for member in sorted(expected - {"manifest.json"}):

@@ -19,6 +19,7 @@ from cloudlet.backup.store import BackupStore, Manifest
 from cloudlet.engine import locks
 from cloudlet.engine.context import EngineContext
 from cloudlet.errors import ManifestRefused, NotFound, StoreCorrupt
+from cloudlet.next_steps import Step, step
 from cloudlet.spec import names
 from cloudlet.store.models import BackupRow, InstanceRow, utcnow
 
@@ -78,7 +79,11 @@ class BackupRecords:
         for row in self.rows(vm):
             if row.id == backup_id:
                 return row
-        raise NotFound(f"{vm} has no backup {backup_id!r}", hint=f"see 'cloudlet backup list {vm}'")
+        raise NotFound(
+            f"{vm} has no backup {backup_id!r}",
+            hint="list its backups",
+            next_steps=[step(Step.BACKUP_LIST, vm=vm)],
+        )
 
     def manifest(self, row: BackupRow) -> Manifest:
         return self.store.read_manifest(row.instance_id, row.id, row.manifest_sha256)
@@ -97,7 +102,8 @@ class BackupRecords:
         if not rows:
             raise NotFound(
                 f"{vm} has no usable backup",
-                hint=f"see 'cloudlet backup list {vm}'",
+                hint="list its backups",
+                next_steps=[step(Step.BACKUP_LIST, vm=vm)],
             )
         return rows
 

@@ -31,7 +31,9 @@ from cloudlet.engine.storage_rows import (
     snapshot_rows,
     state_file,
 )
+from cloudlet.engine.views import Done
 from cloudlet.errors import Conflict
+from cloudlet.next_steps import Step, step
 from cloudlet.spec import names
 from cloudlet.spec.names import validate_name
 from cloudlet.store.models import InstanceDiskRow, InstanceRow, SnapshotRow
@@ -53,7 +55,9 @@ class BackupRestore:
         backup_id: str | None = None,
         as_name: str | None = None,
         force: bool = False,
-    ) -> str:
+    ) -> Done:
+        """Restore in place (a Done of kind "vm", action "restored"), or as a new VM
+        (``as_name``: action "created")."""
         names.vm_name(vm)
         if backup_id is not None:
             names.backup_id(backup_id)
@@ -69,8 +73,13 @@ class BackupRestore:
             if not force:
                 raise Conflict(
                     f"cannot restore {vm} in place: it is {row.state}",
-                    hint="stop it first, add --force to stop it now, "
-                    "or restore beside it with --as NAME",
+                    hint="stop it first, let the restore stop it (force), "
+                    "or restore beside it as a new VM",
+                    next_steps=[
+                        step(Step.VM_STOP, vm=vm),
+                        step(Step.RESTORE_FORCE, vm=vm),
+                        step(Step.RESTORE_AS, vm=vm, new=f"{vm}-restored"),
+                    ],
                 )
             power.stop(self.ctx, vm, force=True)
         with self.ctx.lock(vm):
@@ -83,7 +92,8 @@ class BackupRestore:
                 raise Conflict(
                     f"restoring {vm} would drop snapshots that linked clones "
                     f"({', '.join(sorted(clones))}) grow from",
-                    hint=f"delete those clones first, or restore beside it: --as {vm}-restored",
+                    hint="delete those clones first, or restore beside it as a new VM",
+                    next_steps=[step(Step.RESTORE_AS, vm=vm, new=f"{vm}-restored")],
                 )
             instance_dir = self.ctx.paths.instance_dir(row.id)
             self._clean_killed_restore(instance_dir, active_disk(self.ctx, row.id))
@@ -116,7 +126,7 @@ class BackupRestore:
                         "the disk is now a single file"
                     )
                 self.ctx.event(vm, "restored", message, op_id)
-        return message
+        return Done("vm", vm, "restored", message)
 
     def _swap_in(
         self,
@@ -175,7 +185,7 @@ class BackupRestore:
             if stale not in chain:
                 stale.unlink()
 
-    def _restore_as(self, vm: str, backup_id: str | None, name: str) -> str:
+    def _restore_as(self, vm: str, backup_id: str | None, name: str) -> Done:
         restorer = self.restorer
         holder: dict[str, Any] = {}
 
@@ -219,4 +229,5 @@ class BackupRestore:
         )
         volumes = attached_volume_names(self.ctx, view.id)
         extra = f" with volume(s) {', '.join(volumes)}" if volumes else ""
-        return f"{name} created from backup {holder['backup'].id} of {vm}{extra} (stopped)"
+        message = f"{name} created from backup {holder['backup'].id} of {vm}{extra} (stopped)"
+        return Done("vm", name, "created", message, next_steps=(step(Step.VM_START, vm=name),))

@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from cloudlet.backup.store import Manifest
+from cloudlet.next_steps import NextStep
 from cloudlet.store.models import BackupRow
 
 
@@ -72,3 +73,50 @@ def backup_view(row: BackupRow, manifest: Manifest | None) -> BackupView:
         verified=verified,
         disks=disks,
     )
+
+
+@dataclass(frozen=True)
+class PruneResult:
+    """What applying a VM's retention removed: the backups, and the bytes of chunks freed."""
+
+    vm: str
+    pruned: tuple[str, ...]  # ids of the backups deleted
+    freed: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"vm": self.vm, "pruned": list(self.pruned), "freed": self.freed}
+
+
+@dataclass(frozen=True)
+class DueBackup:
+    """One VM a scheduled run took up: its new backup and what pruning took, or why it
+    failed (``error``, one line)."""
+
+    vm: str
+    backup: BackupView | None
+    pruned: tuple[str, ...] = ()
+    error: str | None = None
+    next_steps: tuple[NextStep, ...] = ()  # what to do about the error
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "vm": self.vm,
+            "backup": self.backup.to_dict() if self.backup is not None else None,
+            "pruned": list(self.pruned),
+            "error": self.error,
+            "next_steps": [s.to_dict() for s in self.next_steps],
+        }
+
+
+@dataclass(frozen=True)
+class RunDueResult:
+    """A scheduled run: each VM that was due, in name order (none due: empty)."""
+
+    runs: tuple[DueBackup, ...]
+
+    @property
+    def failed(self) -> int:
+        return sum(1 for r in self.runs if r.error is not None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"runs": [r.to_dict() for r in self.runs], "failed": self.failed}

@@ -16,6 +16,7 @@ from sqlalchemy import select
 from cloudlet.driver.base import HOTPLUG_SLOTS
 from cloudlet.engine.storage import StorageService
 from cloudlet.errors import Conflict, InvalidInput, NotFound
+from cloudlet.next_steps import Step, step
 from cloudlet.spec.names import validate_name
 from cloudlet.store.models import PoolRow, VolumeRow
 
@@ -40,8 +41,8 @@ def pool_dir(storage: StorageService, pool: str, volume: str, source: str) -> Pa
     if row is None:
         raise NotFound(
             f"volume {volume} of {source} lived in pool {pool}, which is gone",
-            hint=f"create pool {pool} again ('cloudlet pool create {pool} --path DIR'), "
-            "then run the restore again",
+            hint=f"create pool {pool} again, then run the restore again",
+            next_steps=[step(Step.POOL_CREATE, pool=pool)],
         )
     if row.kind != "dir":
         raise InvalidInput(

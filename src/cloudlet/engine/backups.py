@@ -16,11 +16,11 @@ from cloudlet.engine.backup_catalog import BackupCatalog
 from cloudlet.engine.backup_create import BackupCreator
 from cloudlet.engine.backup_records import BackupRecords
 from cloudlet.engine.backup_restore import BackupRestore
-from cloudlet.engine.backup_views import BackupView, VerifyReport
+from cloudlet.engine.backup_views import BackupView, PruneResult, RunDueResult, VerifyReport
 from cloudlet.engine.context import EngineContext
 from cloudlet.engine.lifecycle import Lifecycle
 from cloudlet.engine.storage import StorageService
-from cloudlet.engine.views import InstanceView
+from cloudlet.engine.views import Done, InstanceView
 from cloudlet.spec import names
 from cloudlet.spec.instance import BackupPolicy
 
@@ -67,10 +67,10 @@ class BackupService:
     def set_policy(self, vm: str, changes: dict[str, Any]) -> BackupPolicy:
         return self.catalog.set_policy(vm, changes)
 
-    def prune(self, vm: str, *, policy: BackupPolicy | None = None) -> tuple[list[str], int]:
+    def prune(self, vm: str, *, policy: BackupPolicy | None = None) -> PruneResult:
         return self.catalog.prune(vm, policy=policy)
 
-    def run_due(self, now: float | None = None) -> tuple[list[str], int]:
+    def run_due(self, now: float | None = None) -> RunDueResult:
         return self.catalog.run_due(now)
 
     # ------------------------------------------------------------ restore
@@ -81,11 +81,11 @@ class BackupService:
         backup_id: str | None = None,
         as_name: str | None = None,
         force: bool = False,
-    ) -> str:
+    ) -> Done:
         return self.restorer.restore(vm, backup_id=backup_id, as_name=as_name, force=force)
 
     # ------------------------------------------------------------ export / import
-    def export(self, vm: str, dest: Path) -> str:
+    def export(self, vm: str, dest: Path) -> Done:
         """One tar with the VM's spec, its root disk and its volumes (backup_export.py)."""
         names.vm_name(vm)
         return backup_export.export(self.ctx, vm, dest)

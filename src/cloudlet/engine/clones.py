@@ -12,6 +12,7 @@ from cloudlet.engine import instance_view, network_rows, teardown, vm_state
 from cloudlet.engine.snapshots import Snapshots
 from cloudlet.engine.storage_rows import OFFLINE, active_disk, locked_vm_row, snapshot_rows
 from cloudlet.errors import Conflict, InvalidInput, NotFound
+from cloudlet.next_steps import Step, step
 from cloudlet.spec import names
 from cloudlet.spec.instance import InstanceSpec
 from cloudlet.spec.states import VMState
@@ -47,14 +48,15 @@ class Clones:
             if not snaps:
                 raise InvalidInput(
                     f"a linked clone grows from a snapshot, and {source} has none",
-                    hint=f"take one: 'cloudlet snapshot create {source} NAME', "
-                    "or clone without --linked",
+                    hint="take a snapshot first, or make a full clone",
+                    next_steps=[step(Step.SNAPSHOT_CREATE, vm=source)],
                 )
             snap = snaps[-1]
         elif src.state not in OFFLINE:
             raise Conflict(
                 f"cannot clone {source}: it is {src.state}",
-                hint="stop it first, or clone a snapshot with --snapshot NAME",
+                hint="stop it first, or clone one of its snapshots",
+                next_steps=[step(Step.VM_STOP, vm=source), step(Step.SNAPSHOT_LIST, vm=source)],
             )
         from cloudlet.engine.ports import ssh_port
 

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 
 from cloudlet.engine import network_host as host
 from cloudlet.engine import network_records as records
+from cloudlet.engine.network_views import FirewallGroupView, FirewallRuleView, FirewallView
+from cloudlet.engine.views import Done
 from cloudlet.errors import Conflict, NotFound
+from cloudlet.next_steps import Step, step
 from cloudlet.spec.instance import FirewallSpec, InstanceSpec
 from cloudlet.spec.names import group_name, vm_name
 from cloudlet.spec.network import FirewallGroup, FirewallRule
@@ -35,34 +38,38 @@ class Firewall:
 
     def _change_firewall(
         self, vm: str, kind: str, change: Callable[[FirewallSpec], FirewallSpec]
-    ) -> InstanceSpec:
+    ) -> bool:
+        """Apply ``change`` to the VM's firewall; whether it changed anything."""
         with self.ctx.lock(vm):
             row = records.vm_row(self.ctx, vm)
             spec = InstanceSpec.model_validate_json(row.spec_json)
             new = spec.model_copy(update={"firewall": change(spec.firewall)})
             if new == spec:
-                return spec
+                return False
             with self.ctx.operation(row, kind):
                 records.save_spec(self.ctx, row.id, new)
                 if records.nic_rows(self.ctx, row.id):
                     with records.network_lock(self.ctx):
                         host.sync(self.ctx)
-        return new
+        return True
 
-    def firewall_allow(self, vm: str, rule: FirewallRule) -> str:
+    def firewall_allow(self, vm: str, rule: FirewallRule) -> Done:
         def change(fw: FirewallSpec) -> FirewallSpec:
             if rule in fw.own_rules():
                 return fw
             return fw.model_copy(update={"rules": (*fw.rules, rule)})
 
-        self._change_firewall(vm, "firewall", change)
-        return f"{vm}: allowed {rule.describe()}"
+        changed = self._change_firewall(vm, "firewall", change)
+        message = f"{vm}: allowed {rule.describe()}"
+        return Done("firewall-rule", rule.describe(), "allowed", message, changed=changed)
 
-    def firewall_remove(self, vm: str, rule: FirewallRule) -> str:
+    def firewall_remove(self, vm: str, rule: FirewallRule) -> Done:
         spec = InstanceSpec.model_validate_json(self.ctx.row(vm).spec_json)
         if rule not in spec.firewall.own_rules():
             raise NotFound(
-                f"{vm} has no rule {rule.describe()}", hint=f"see 'cloudlet firewall list {vm}'"
+                f"{vm} has no rule {rule.describe()}",
+                hint="list its rules",
+                next_steps=[step(Step.FIREWALL_LIST, vm=vm)],
             )
 
         def change(fw: FirewallSpec) -> FirewallSpec:
@@ -70,10 +77,11 @@ class Firewall:
             rules = tuple(r for r in fw.rules if r != rule)
             return fw.model_copy(update={"inbound_ports": ports, "rules": rules})
 
-        self._change_firewall(vm, "firewall", change)
-        return f"{vm}: removed {rule.describe()}"
+        changed = self._change_firewall(vm, "firewall", change)
+        message = f"{vm}: removed {rule.describe()}"
+        return Done("firewall-rule", rule.describe(), "removed", message, changed=changed)
 
-    def group_create(self, name: str, rules: list[FirewallRule]) -> str:
+    def group_create(self, name: str, rules: list[FirewallRule]) -> Done:
         group_name(name)  # a one-line error, not the model's ValidationError
         group = FirewallGroup(name=name, rules=tuple(rules))
         with records.network_lock(self.ctx), self.ctx.db.session() as s:
@@ -87,9 +95,10 @@ class Firewall:
                     name=name, rules_json=json.dumps([r.model_dump() for r in group.rules])
                 )
             )
-        return f"firewall group {name}: " + (", ".join(r.describe() for r in rules) or "no rules")
+        described = ", ".join(r.describe() for r in rules) or "no rules"
+        return Done("firewall-group", name, "created", f"firewall group {name}: {described}")
 
-    def groups(self) -> list[dict[str, Any]]:
+    def groups(self) -> list[FirewallGroupView]:
         users: dict[str, list[str]] = {}
         with self.ctx.db.session() as s:
             rows = s.scalars(select(InstanceRow)).all()
@@ -97,60 +106,65 @@ class Firewall:
             for g in InstanceSpec.model_validate_json(row.spec_json).firewall.groups:
                 users.setdefault(g, []).append(row.name)
         return [
-            {
-                "name": g.name,
-                "rules": [r.describe() for r in g.rules],
-                "used_by": sorted(users.get(g.name, [])),
-            }
+            FirewallGroupView(
+                g.name,
+                tuple(r.describe() for r in g.rules),
+                tuple(sorted(users.get(g.name, []))),
+            )
             for g in sorted(records.firewall_groups(self.ctx).values(), key=lambda g: g.name)
         ]
 
-    def group_delete(self, name: str) -> str:
+    def group_delete(self, name: str) -> Done:
         group_name(name)
-        users = next((g["used_by"] for g in self.groups() if g["name"] == name), None)
+        users = next((g.used_by for g in self.groups() if g.name == name), None)
         if users is None:
             raise NotFound(
-                f"no firewall group named {name!r}", hint="run 'cloudlet firewall group list'"
+                f"no firewall group named {name!r}",
+                hint="list the firewall groups",
+                next_steps=[step(Step.FIREWALL_GROUP_LIST)],
             )
         if users:
             raise Conflict(
                 f"firewall group {name} is applied to {', '.join(users)}",
-                hint="unapply it first ('cloudlet firewall unapply VM GROUP')",
+                hint="take it off those VMs first",
+                next_steps=[step(Step.FIREWALL_UNAPPLY, vm=vm, group=name) for vm in users],
             )
         with records.network_lock(self.ctx), self.ctx.db.session() as s:
             row = s.get(FirewallGroupRow, name)
             if row is not None:
                 s.delete(row)
-        return f"firewall group {name} deleted"
+        return Done("firewall-group", name, "deleted", f"firewall group {name} deleted")
 
-    def firewall_apply(self, vm: str, group: str, *, apply: bool = True) -> str:
+    def firewall_apply(self, vm: str, group: str, *, apply: bool = True) -> Done:
         vm_name(vm)
         group_name(group)
         if apply and group not in records.firewall_groups(self.ctx):
             raise NotFound(
                 f"no firewall group named {group!r}",
-                hint="create it with 'cloudlet firewall group create'",
+                hint="create it first",
+                next_steps=[step(Step.FIREWALL_GROUP_CREATE, group=group)],
             )
 
         def change(fw: FirewallSpec) -> FirewallSpec:
             groups = tuple(g for g in fw.groups if g != group)
             return fw.model_copy(update={"groups": (*groups, group) if apply else groups})
 
-        self._change_firewall(vm, "firewall", change)
-        return f"{vm}: firewall group {group} {'applied' if apply else 'removed'}"
+        changed = self._change_firewall(vm, "firewall", change)
+        action = "applied" if apply else "removed"
+        message = f"{vm}: firewall group {group} {action}"
+        return Done("firewall-group", group, action, message, changed=changed)
 
-    def firewall_list(self, vm: str) -> dict[str, Any]:
+    def firewall_list(self, vm: str) -> FirewallView:
         row = self.ctx.row(vm)
         spec = InstanceSpec.model_validate_json(row.spec_json)
         rules = records.effective_rules(spec.firewall, records.firewall_groups(self.ctx))
-        return {
-            "vm": vm,
-            "default": DEFAULT_POLICY,
-            "enforced_on": [n.network for n in spec.network.nics],
-            "groups": list(spec.firewall.groups),
-            "rules": [
-                {"port": r.port, "proto": r.proto, "source": r.source or "any", "from": origin}
-                for r, origin in rules
-            ],
-            "forwards": [p.describe() for p in spec.network.ports],
-        }
+        return FirewallView(
+            vm=vm,
+            default=DEFAULT_POLICY,
+            enforced_on=tuple(n.network for n in spec.network.nics),
+            groups=tuple(spec.firewall.groups),
+            rules=tuple(
+                FirewallRuleView(r.port, r.proto, r.source or "any", origin) for r, origin in rules
+            ),
+            forwards=tuple(p.describe() for p in spec.network.ports),
+        )

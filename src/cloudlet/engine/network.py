@@ -8,15 +8,23 @@ networking through ``engine.networks``.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from cloudlet.engine import network_host as host
 from cloudlet.engine import network_records as records
 from cloudlet.engine.firewall import Firewall
 from cloudlet.engine.network_rows import NetworkView
+from cloudlet.engine.network_views import (
+    FirewallGroupView,
+    FirewallView,
+    NetworkPlan,
+    NicView,
+    PortView,
+)
 from cloudlet.engine.networks import Networks
 from cloudlet.engine.nics import Nics
 from cloudlet.engine.port_forwards import PortForwards
+from cloudlet.engine.views import Done
 from cloudlet.spec.instance import FirewallSpec
 from cloudlet.spec.network import FirewallGroup, FirewallRule
 
@@ -38,7 +46,7 @@ class NetworkService:
     def refresh_dns(self, networks: set[str]) -> None:
         host.refresh_dns(self.ctx, networks)
 
-    def plan(self) -> str:
+    def plan(self) -> NetworkPlan:
         return host.plan(self.ctx)
 
     def sync(self) -> None:
@@ -59,30 +67,30 @@ class NetworkService:
     def network(self, name: str) -> NetworkView:
         return self.net_ops.network(name)
 
-    def network_delete(self, name: str) -> str:
+    def network_delete(self, name: str) -> Done:
         return self.net_ops.network_delete(name)
 
     def gc(self) -> list[str]:
         return self.net_ops.gc()
 
     # ------------------------------------------------------------ NICs
-    def nic_add(self, vm: str, network: str) -> str:
+    def nic_add(self, vm: str, network: str) -> Done:
         return self.nic_ops.nic_add(vm, network)
 
-    def nic_remove(self, vm: str, network: str) -> str:
+    def nic_remove(self, vm: str, network: str) -> Done:
         return self.nic_ops.nic_remove(vm, network)
 
-    def nics(self, vm: str) -> list[dict[str, Any]]:
+    def nics(self, vm: str) -> list[NicView]:
         return self.nic_ops.nics(vm)
 
     # ------------------------------------------------------------ port forwards
-    def port_add(self, vm: str, text: str, network: str | None = None) -> str:
+    def port_add(self, vm: str, text: str, network: str | None = None) -> Done:
         return self.port_ops.port_add(vm, text, network)
 
-    def ports(self, vm: str) -> list[dict[str, Any]]:
+    def ports(self, vm: str) -> list[PortView]:
         return self.port_ops.ports(vm)
 
-    def port_remove(self, vm: str, key: str) -> str:
+    def port_remove(self, vm: str, key: str) -> Done:
         return self.port_ops.port_remove(vm, key)
 
     # ------------------------------------------------------------ firewall
@@ -92,23 +100,23 @@ class NetworkService:
     ) -> list[tuple[FirewallRule, str]]:
         return records.effective_rules(fw, groups)
 
-    def firewall_allow(self, vm: str, rule: FirewallRule) -> str:
+    def firewall_allow(self, vm: str, rule: FirewallRule) -> Done:
         return self.firewall_ops.firewall_allow(vm, rule)
 
-    def firewall_remove(self, vm: str, rule: FirewallRule) -> str:
+    def firewall_remove(self, vm: str, rule: FirewallRule) -> Done:
         return self.firewall_ops.firewall_remove(vm, rule)
 
-    def group_create(self, name: str, rules: list[FirewallRule]) -> str:
+    def group_create(self, name: str, rules: list[FirewallRule]) -> Done:
         return self.firewall_ops.group_create(name, rules)
 
-    def groups(self) -> list[dict[str, Any]]:
+    def groups(self) -> list[FirewallGroupView]:
         return self.firewall_ops.groups()
 
-    def group_delete(self, name: str) -> str:
+    def group_delete(self, name: str) -> Done:
         return self.firewall_ops.group_delete(name)
 
-    def firewall_apply(self, vm: str, group: str, *, apply: bool = True) -> str:
+    def firewall_apply(self, vm: str, group: str, *, apply: bool = True) -> Done:
         return self.firewall_ops.firewall_apply(vm, group, apply=apply)
 
-    def firewall_list(self, vm: str) -> dict[str, Any]:
+    def firewall_list(self, vm: str) -> FirewallView:
         return self.firewall_ops.firewall_list(vm)

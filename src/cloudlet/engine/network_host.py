@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select
 
 from cloudlet.engine import network_records as records
+from cloudlet.engine.network_views import NetworkPlan
 from cloudlet.spec.instance import InstanceSpec
 from cloudlet.spec.network import NetworkDef
 from cloudlet.store.models import InstanceRow, NetworkRow, NicRow
@@ -78,8 +79,8 @@ def tear_down(ctx: EngineContext, row: NetworkRow) -> None:
     shutil.rmtree(records.network_dir(ctx, row.name), ignore_errors=True)
 
 
-def plan(ctx: EngineContext) -> str:
-    """The nftables ruleset the records ask for."""
+def plan(ctx: EngineContext) -> NetworkPlan:
+    """The packet filter the records ask for, with its nftables ruleset."""
     from cloudlet.network import nft
 
     nets = []
@@ -107,7 +108,7 @@ def plan(ctx: EngineContext) -> str:
                 forwards,
             )
         )
-    return nft.ruleset(nets, nics)
+    return NetworkPlan(tuple(nets), tuple(nics), nft.ruleset(nets, nics))
 
 
 def sync(ctx: EngineContext) -> None:
@@ -118,7 +119,7 @@ def sync(ctx: EngineContext) -> None:
         if ctx.paths.home.joinpath("networks").exists():
             nft.remove()
         return
-    nft.apply(plan(ctx), ctx.paths.home / "networks" / "cloudlet.nft")
+    nft.apply(plan(ctx).ruleset, ctx.paths.home / "networks" / "cloudlet.nft")
 
 
 def sync_locked(ctx: EngineContext) -> None:

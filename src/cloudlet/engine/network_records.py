@@ -19,6 +19,7 @@ from sqlalchemy import select
 from cloudlet.driver.base import TapNic
 from cloudlet.engine import locks, vm_state
 from cloudlet.errors import Conflict, NotFound
+from cloudlet.next_steps import Step, step
 from cloudlet.spec.instance import FirewallSpec, InstanceSpec
 from cloudlet.spec.names import name_path
 from cloudlet.spec.network import (
@@ -52,13 +53,22 @@ def network_dir(ctx: EngineContext, name: str) -> Path:
     return name_path(ctx.paths.home / "networks", name)
 
 
+def no_network(name: str) -> NotFound:
+    """The error for a network name nobody has."""
+    return NotFound(
+        f"no network named {name!r}",
+        hint="list the networks",
+        next_steps=[step(Step.NETWORK_LIST)],
+    )
+
+
 def network_def(ctx: EngineContext, name: str) -> NetworkDef:
     """The recorded network ``name``, or a one-line NotFound."""
     validate_network_name(name)
     with ctx.db.session() as s:
         row = s.get(NetworkRow, name)
     if row is None:
-        raise NotFound(f"no network named {name!r}", hint="run 'cloudlet network list'")
+        raise no_network(name)
     return NetworkDef.model_validate_json(row.spec_json)
 
 
@@ -97,7 +107,7 @@ def add_nic_row(ctx: EngineContext, instance_id: str, network: str, slot: int | 
     with ctx.db.session() as s:
         net_row = s.get(NetworkRow, network)
         if net_row is None:
-            raise NotFound(f"no network named {network!r}", hint="run 'cloudlet network list'")
+            raise no_network(network)
         net = NetworkDef.model_validate_json(net_row.spec_json)
         taken = set(s.scalars(select(NicRow.ip).where(NicRow.network == network)).all())
         indexes = set(s.scalars(select(NicRow.index).where(NicRow.instance_id == instance_id)))

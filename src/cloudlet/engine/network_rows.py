@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from cloudlet.driver.base import HostForward, TapNic
 from cloudlet.engine import network_host as host
 from cloudlet.engine import network_records as records
-from cloudlet.errors import InvalidInput, NotFound
+from cloudlet.errors import InvalidInput
 from cloudlet.spec.instance import InstanceSpec, NetworkSpec
 from cloudlet.spec.network import USER_MODE, NicSpec, bridge_name, validate_network_name
 from cloudlet.store.models import NetworkRow, NicRow
@@ -67,9 +67,7 @@ def check_networks(ctx: EngineContext, nics: tuple[NicSpec, ...]) -> None:
     with ctx.db.session() as s:
         for nic in nics:
             if s.get(NetworkRow, nic.network) is None:
-                raise NotFound(
-                    f"no network named {nic.network!r}", hint="run 'cloudlet network list'"
-                )
+                raise records.no_network(nic.network)
     require_root()
 
 

@@ -15,7 +15,9 @@ from sqlalchemy import select
 from cloudlet.engine import network_host as host
 from cloudlet.engine import network_records as records
 from cloudlet.engine.network_rows import NetworkView
+from cloudlet.engine.views import Done
 from cloudlet.errors import Conflict, InvalidInput, NotFound
+from cloudlet.next_steps import Step, step
 from cloudlet.spec.instance import InstanceSpec
 from cloudlet.spec.network import NetworkDef, validate_network_name
 from cloudlet.store.models import InstanceRow, NetworkRow, NicRow
@@ -42,7 +44,8 @@ class Networks:
             message = str(exc).splitlines()[-1].strip() if str(exc) else "invalid"
             raise InvalidInput(
                 f"invalid network {name}: {message}",
-                hint="give --subnet such as 10.80.1.0/24 and one of --nat, --isolated, --route-to",
+                hint="give an IPv4 subnet such as 10.80.1.0/24 and one mode: nat, isolated "
+                "or routed to other networks",
             ) from None
         require_root()
         with records.network_lock(self.ctx):
@@ -132,7 +135,7 @@ class Networks:
         assert row is not None
         return self._view(row)
 
-    def network_delete(self, name: str) -> str:
+    def network_delete(self, name: str) -> Done:
         from cloudlet.network import require_root
 
         records.network_def(self.ctx, name)
@@ -149,7 +152,8 @@ class Networks:
                 vms = ", ".join(sorted(str(u[0]) for u in users))
                 raise Conflict(
                     f"network {name} has VMs attached: {vms}",
-                    hint=f"remove their NICs ('cloudlet nic remove VM {name}') or delete them",
+                    hint="remove their NICs on it, or delete them",
+                    next_steps=[step(Step.NIC_REMOVE, network=name)],
                 )
             routed = self._routed_from(name)
             if routed:
@@ -161,7 +165,8 @@ class Networks:
             host.tear_down(self.ctx, row)
             self._delete_row(name)
             host.sync(self.ctx)
-        return f"network {name} deleted (bridge, dnsmasq and rules removed)"
+        message = f"network {name} deleted (bridge, dnsmasq and rules removed)"
+        return Done("network", name, "deleted", message)
 
     def gc(self) -> list[str]:
         """Remove what a crash left: links with cloudlet's prefixes nobody records, stray

@@ -7,14 +7,17 @@ whatever fails half way is undone (``gc`` settles a process killed in between).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from cloudlet.driver.base import HOTPLUG_SLOTS
 from cloudlet.engine import network_host as host
 from cloudlet.engine import network_records as records
 from cloudlet.engine import storage_rows
 from cloudlet.engine.network_rows import used_slots
+from cloudlet.engine.network_views import NicView
+from cloudlet.engine.views import Done
 from cloudlet.errors import Conflict, NotFound
+from cloudlet.next_steps import Step, step
 from cloudlet.spec.instance import InstanceSpec
 from cloudlet.spec.names import vm_name
 from cloudlet.spec.network import NicSpec, bridge_name, validate_network_name
@@ -31,7 +34,7 @@ class Nics:
     def __init__(self, ctx: EngineContext) -> None:
         self.ctx = ctx
 
-    def nic_add(self, vm: str, network: str) -> str:
+    def nic_add(self, vm: str, network: str) -> Done:
         from cloudlet.network import require_root, tap
 
         vm_name(vm)
@@ -41,7 +44,8 @@ class Nics:
             row = self._changeable(vm, f"add a NIC to {vm}", f"hot-plug into {vm}")
             spec = InstanceSpec.model_validate_json(row.spec_json)
             if any(n.network == network for n in spec.network.nics):
-                return f"{vm} already has a NIC on {network}"
+                message = f"{vm} already has a NIC on {network}"
+                return Done("nic", network, "added", message, changed=False)
             live = row.state == VMState.RUNNING
             slot = self._free_slot(vm, row.id) if live else None
             with self.ctx.operation(row, "nic-add") as op_id, records.network_lock(self.ctx):
@@ -64,14 +68,19 @@ class Nics:
                     raise
                 self.ctx.event(vm, "nic-added", f"NIC on {network} ({nic.ip})", op_id)
         when = "hot-plugged now" if live else "at its next start"
-        return f"{vm}: NIC on {network} with {nic.ip} ({nic.mac}, {when})"
+        message = f"{vm}: NIC on {network} with {nic.ip} ({nic.mac}, {when})"
+        return Done("nic", network, "added", message)
 
     def _changeable(self, vm: str, what: str, plug: str) -> InstanceRow:
         """The VM's row if its NICs may change now: not paused (QEMU cannot plug then)."""
         row = records.vm_row(self.ctx, vm)
         self.ctx.require_state(row, records.ONLINE | records.OFFLINE, what)
         if row.state == VMState.PAUSED:
-            raise Conflict(f"cannot {plug}: it is paused", hint="resume it first")
+            raise Conflict(
+                f"cannot {plug}: it is paused",
+                hint="resume it first",
+                next_steps=[step(Step.VM_RESUME, vm=vm)],
+            )
         return row
 
     def _free_slot(self, vm: str, instance_id: str) -> int:
@@ -98,7 +107,7 @@ class Nics:
         host.refresh_dns(self.ctx, {nic.network})
         host.sync(self.ctx)
 
-    def nic_remove(self, vm: str, network: str) -> str:
+    def nic_remove(self, vm: str, network: str) -> Done:
         from cloudlet.network import require_root
 
         vm_name(vm)
@@ -110,7 +119,11 @@ class Nics:
                 (n for n in records.nic_rows(self.ctx, row.id) if n.network == network), None
             )
             if nic is None:
-                raise NotFound(f"{vm} has no NIC on {network}", hint=f"see 'cloudlet show {vm}'")
+                raise NotFound(
+                    f"{vm} has no NIC on {network}",
+                    hint="list its NICs",
+                    next_steps=[step(Step.NIC_LIST, vm=vm)],
+                )
             spec = InstanceSpec.model_validate_json(row.spec_json)
             with self.ctx.operation(row, "nic-remove") as op_id, records.network_lock(self.ctx):
                 if row.state == VMState.RUNNING:
@@ -123,25 +136,16 @@ class Nics:
                 )
                 self._drop_nic(row.id, nic, spec.model_copy(update={"network": new}))
                 self.ctx.event(vm, "nic-removed", f"NIC on {network} removed", op_id)
-        return f"{vm}: NIC on {network} removed"
+        return Done("nic", network, "removed", f"{vm}: NIC on {network} removed")
 
-    def nics(self, vm: str) -> list[dict[str, Any]]:
+    def nics(self, vm: str) -> list[NicView]:
         row = self.ctx.row(vm)
         spec = InstanceSpec.model_validate_json(row.spec_json)
-        result: list[dict[str, Any]] = []
+        result: list[NicView] = []
         if spec.network.mode == "nat":
-            result.append(
-                {"network": "nat", "ip": "10.0.2.15", "mac": "", "tap": "", "kind": "user-mode NAT"}
-            )
+            result.append(NicView("nat", "10.0.2.15", "", "", "user-mode NAT"))
         for nic in records.nic_rows(self.ctx, row.id):
             result.append(
-                {
-                    "network": nic.network,
-                    "ip": nic.ip,
-                    "mac": nic.mac,
-                    "tap": nic.tap,
-                    "kind": "bridge",
-                    "dns": f"{vm}.{nic.network}",
-                }
+                NicView(nic.network, nic.ip, nic.mac, nic.tap, "bridge", f"{vm}.{nic.network}")
             )
         return result

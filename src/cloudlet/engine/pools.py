@@ -16,7 +16,9 @@ from sqlalchemy import select
 from cloudlet.engine import locks
 from cloudlet.engine.storage_rows import DEFAULT_POOL, STORAGE_LOCK
 from cloudlet.engine.storage_views import PoolView
+from cloudlet.engine.views import Done
 from cloudlet.errors import Conflict, InvalidInput, NotFound
+from cloudlet.next_steps import Step, step
 from cloudlet.spec import names
 from cloudlet.spec.storage import PoolSpec
 from cloudlet.storage.pools import PoolBackend, open_pool
@@ -56,7 +58,9 @@ class Pools:
         with self.ctx.db.session() as s:
             row = s.get(PoolRow, name)
         if row is None:
-            raise NotFound(f"no pool named {name!r}", hint="run 'cloudlet pool list'")
+            raise NotFound(
+                f"no pool named {name!r}", hint="list the pools", next_steps=[step(Step.POOL_LIST)]
+            )
         return row, open_pool(row.kind, row.name, Path(row.path))
 
     def overcommit(self, backend: PoolBackend) -> float:
@@ -106,7 +110,7 @@ class Pools:
         if kind == "lvm":
             return self._lvm_pool_create(name, devices)
         if path is None:
-            raise InvalidInput("a directory pool needs a path", hint="add --path DIR")
+            raise InvalidInput("a directory pool needs a path", hint="give its directory")
         spec = PoolSpec(name=name, kind="dir", path=str(path)) if kind == "dir" else None
         backend = open_pool(kind, name, path)  # refuses unknown kinds
         assert spec is not None
@@ -137,7 +141,7 @@ class Pools:
             if not lvm.device_mapper_available():
                 raise InvalidInput(
                     "this kernel has no device-mapper: LVM volumes cannot be activated here",
-                    hint="load the dm-mod module, or use a directory pool (--path)",
+                    hint="load the dm-mod module, or use a directory pool",
                 )
             if vg in lvm.existing_vgs():
                 raise Conflict(f"volume group {vg} already exists", hint="pick another pool name")
@@ -160,7 +164,7 @@ class Pools:
         row, _ = self.lookup(name)
         return self.view(row)
 
-    def pool_delete(self, name: str) -> str:
+    def pool_delete(self, name: str) -> Done:
         names.pool_name(name)
         if name == DEFAULT_POOL:
             raise Conflict("the default pool cannot be deleted", hint="delete its volumes instead")
@@ -179,5 +183,7 @@ class Pools:
                 if row is not None:
                     s.delete(row)
         if pool_row.kind == "lvm":
-            return f"pool {name} deleted (its volume group and PV labels removed)"
-        return f"pool {name} deleted (its directory is left as it is)"
+            message = f"pool {name} deleted (its volume group and PV labels removed)"
+        else:
+            message = f"pool {name} deleted (its directory is left as it is)"
+        return Done("pool", name, "deleted", message)

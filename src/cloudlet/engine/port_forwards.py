@@ -8,7 +8,7 @@ that takes it: two VMs cannot both be given one host port.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 
@@ -16,8 +16,11 @@ from cloudlet.driver.base import HostForward
 from cloudlet.engine import locks
 from cloudlet.engine import network_host as host
 from cloudlet.engine import network_records as records
+from cloudlet.engine.network_views import PortView
 from cloudlet.engine.ports import PORTS_KEY
+from cloudlet.engine.views import Done
 from cloudlet.errors import Conflict, NotFound
+from cloudlet.next_steps import Step, step
 from cloudlet.spec.instance import InstanceSpec
 from cloudlet.spec.network import USER_MODE, PortForward, parse_port_key, validate_network_name
 from cloudlet.store.models import InstanceRow
@@ -32,7 +35,7 @@ class PortForwards:
     def __init__(self, ctx: EngineContext) -> None:
         self.ctx = ctx
 
-    def port_add(self, vm: str, text: str, network: str | None = None) -> str:
+    def port_add(self, vm: str, text: str, network: str | None = None) -> Done:
         from cloudlet.spec.network import parse_port_forward
 
         if network is not None and network not in USER_MODE:
@@ -50,10 +53,15 @@ class PortForwards:
                 if spec.network.mode != "nat":
                     raise Conflict(
                         f"{vm} has no user-mode NAT NIC",
-                        hint="give --network NAME of one of its networks",
+                        hint="forward to the NIC of one of its networks",
+                        next_steps=[step(Step.NIC_LIST, vm=vm)],
                     )
             elif not any(n.network == target for n in spec.network.nics):
-                raise NotFound(f"{vm} has no NIC on {target}", hint=f"see 'cloudlet nic list {vm}'")
+                raise NotFound(
+                    f"{vm} has no NIC on {target}",
+                    hint="list its NICs",
+                    next_steps=[step(Step.NIC_LIST, vm=vm)],
+                )
             self._check_host_port_free(forward)
             new = spec.network.model_copy(update={"ports": (*spec.network.ports, forward)})
             changed = spec.model_copy(update={"network": new})
@@ -81,7 +89,8 @@ class PortForwards:
             where = f"127.0.0.1:{forward.host_port} (user-mode NAT, {how})"
         else:
             where = f"port {forward.host_port} of this host's addresses (DNAT to {target})"
-        return f"{vm}: {forward.proto} {where} -> guest port {forward.guest_port}"
+        message = f"{vm}: {forward.proto} {where} -> guest port {forward.guest_port}"
+        return Done("port", forward.key, "added", message)
 
     def _check_host_port_free(self, forward: PortForward) -> None:
         with self.ctx.db.session() as s:
@@ -95,11 +104,11 @@ class PortForwards:
                     hint="pick another host port",
                 )
 
-    def ports(self, vm: str) -> list[dict[str, Any]]:
+    def ports(self, vm: str) -> list[PortView]:
         spec = InstanceSpec.model_validate_json(self.ctx.row(vm).spec_json)
-        return [p.model_dump() for p in spec.network.ports]
+        return [PortView(p.host_port, p.guest_port, p.proto, p.network) for p in spec.network.ports]
 
-    def port_remove(self, vm: str, key: str) -> str:
+    def port_remove(self, vm: str, key: str) -> Done:
         port, proto = parse_port_key(key)
         with self.ctx.lock(vm):
             row = records.vm_row(self.ctx, vm)
@@ -108,7 +117,8 @@ class PortForwards:
             if not match:
                 raise NotFound(
                     f"{vm} has no port forward {port}/{proto}",
-                    hint=f"see 'cloudlet port list {vm}'",
+                    hint="list its port forwards",
+                    next_steps=[step(Step.PORT_LIST, vm=vm)],
                 )
             forward = match[0]
             new = spec.network.model_copy(
@@ -130,4 +140,5 @@ class PortForwards:
                     with records.network_lock(self.ctx):
                         host.sync(self.ctx)
                 self.ctx.event(vm, "port-removed", forward.describe(), op_id)
-        return f"{vm}: port forward {port}/{proto} removed{kept}"
+        message = f"{vm}: port forward {port}/{proto} removed{kept}"
+        return Done("port", forward.key, "removed", message)

@@ -31,6 +31,7 @@ from cloudlet.engine.backup_volumes import pool_dir
 from cloudlet.engine.context import EngineContext
 from cloudlet.engine.storage import StorageService
 from cloudlet.errors import CloudletError, Conflict, InvalidInput, ManifestRefused, StoreCorrupt
+from cloudlet.next_steps import Step, step
 from cloudlet.store.models import BackupRow, InstanceRow, VolumeRow
 
 if TYPE_CHECKING:
@@ -165,8 +166,11 @@ class Restorer:
                     other = self.storage.owner_name(str(vol.instance_id))
                     raise Conflict(
                         f"volume {vol.name} of {source} is attached to {other} now",
-                        hint=f"detach it ('cloudlet volume detach {vol.name}'), or restore "
-                        "beside it with --as NAME",
+                        hint="detach it, or restore beside it as a new VM",
+                        next_steps=[
+                            step(Step.VOLUME_DETACH, volume=vol.name),
+                            step(Step.RESTORE_AS, vm=manifest.vm),
+                        ],
                     )
                 name, pool = vol.name, vol.pool
             else:
@@ -174,7 +178,8 @@ class Restorer:
                     raise Conflict(
                         f"volume {disk.name} of {source} was deleted and another volume "
                         "has its name now",
-                        hint="delete that volume, or restore beside it with --as NAME",
+                        hint="delete that volume, or restore beside it as a new VM",
+                        next_steps=[step(Step.RESTORE_AS, vm=manifest.vm)],
                     )
                 name, pool = disk.name, disk.pool
             plans.append(InPlace(disk, vol, name, pool, pool_dir(self.storage, pool, name, source)))

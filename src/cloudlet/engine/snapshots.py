@@ -29,8 +29,10 @@ from cloudlet.engine.storage_rows import (
     undo_snapshot,
 )
 from cloudlet.engine.storage_views import SnapshotView
+from cloudlet.engine.views import Done
 from cloudlet.errors import CapacityExceeded, CloudletError, Conflict, NotFound, OutOfSpace
 from cloudlet.images.store import Image
+from cloudlet.next_steps import Step, step
 from cloudlet.spec import names
 from cloudlet.spec.states import VMState
 from cloudlet.store.models import InstanceRow, SnapshotRow, utcnow
@@ -66,12 +68,13 @@ class Snapshots:
         if elsewhere is not None:
             raise NotFound(
                 f"snapshot {name!r} belongs to VM {elsewhere[0]}, not {row.name}",
-                hint=f"a VM can only go back to its own snapshots; "
-                f"clone it: 'cloudlet clone {elsewhere[0]} NEW --snapshot {name}'",
+                hint="a VM can only go back to its own snapshots; clone that one instead",
+                next_steps=[step(Step.CLONE, vm=elsewhere[0], snapshot=name)],
             )
         raise NotFound(
             f"{row.name} has no snapshot {name!r}",
-            hint=f"see 'cloudlet snapshot list {row.name}'",
+            hint="list its snapshots",
+            next_steps=[step(Step.SNAPSHOT_LIST, vm=row.name)],
         )
 
     def snapshot_create(self, vm: str, name: str, *, memory: bool = False) -> SnapshotView:
@@ -85,7 +88,8 @@ class Snapshots:
             if memory and row.state not in ONLINE:
                 raise Conflict(
                     f"cannot keep the memory of {vm}: it is {row.state}",
-                    hint="start it first, or snapshot its disk only (without --memory)",
+                    hint="start it first, or snapshot its disk only",
+                    next_steps=[step(Step.VM_START, vm=vm)],
                 )
             if any(s.name == name for s in snapshot_rows(self.ctx, row.id)):
                 raise Conflict(f"{vm} already has a snapshot {name!r}", hint="pick another name")
@@ -164,7 +168,8 @@ class Snapshots:
             except CloudletError:
                 raise CloudletError(
                     f"snapshot {name} of {vm} kept its disk but not its memory: {exc.message}",
-                    hint=f"delete it ('cloudlet snapshot delete {vm} {name}') and try again",
+                    hint="delete it and try again",
+                    next_steps=[step(Step.SNAPSHOT_DELETE, vm=vm, snapshot=name)],
                 ) from None
             new_top.unlink(missing_ok=True)
             undo_snapshot(self.ctx, instance_id, snap_id, layer)
@@ -173,7 +178,7 @@ class Snapshots:
                 raise CapacityExceeded(
                     f"snapshot {name} of {vm} was not taken: no space left in {layer.parent} "
                     f"for its memory state ({free} MiB free now)",
-                    hint="free space there, or snapshot the disk only (without --memory)",
+                    hint="free space there, or snapshot the disk only",
                 ) from None
             raise CloudletError(
                 f"snapshot {name} of {vm} was not taken: {exc.message}", hint="try again"
@@ -227,14 +232,18 @@ class Snapshots:
             )
         return views
 
-    def snapshot_revert(self, vm: str, name: str, *, force: bool = False) -> str:
+    def snapshot_revert(self, vm: str, name: str, *, force: bool = False) -> Done:
         row = vm_state.reconcile(self.ctx, self.ctx.row(vm))
         self.find(row, name)  # unknown names fail before anything stops
         if row.state in ONLINE:
             if not force:
                 raise Conflict(
                     f"cannot revert {vm}: it is {row.state}",
-                    hint="stop it first, or add --force to stop it now",
+                    hint="stop it first, or revert with force to stop it now",
+                    next_steps=[
+                        step(Step.VM_STOP, vm=vm),
+                        step(Step.SNAPSHOT_REVERT_FORCE, vm=vm, snapshot=name),
+                    ],
                 )
             power.stop(self.ctx, vm, force=True)
         with self.ctx.lock(vm):
@@ -281,12 +290,13 @@ class Snapshots:
                     except CloudletError as exc:
                         raise CloudletError(
                             f"{message}, but its memory state could not be loaded: {exc.message}",
-                            hint=f"'cloudlet start {vm}' boots it from the reverted disk",
+                            hint="start it to boot it from the reverted disk",
+                            next_steps=[step(Step.VM_START, vm=vm)],
                         ) from None
                     message += " and resumed from its memory state"
-        return message
+        return Done("vm", vm, "reverted", message)
 
-    def snapshot_delete(self, vm: str, name: str) -> str:
+    def snapshot_delete(self, vm: str, name: str) -> Done:
         with self.ctx.lock(vm):
             row = locked_vm_row(self.ctx, vm)
             active_disk(self.ctx, row.id, heal=True)
@@ -327,4 +337,5 @@ class Snapshots:
                 layer.unlink(missing_ok=True)
                 state_file(layer).unlink(missing_ok=True)
                 self._remember(vm, "snapshot-deleted", f"snapshot {name} merged and deleted", op_id)
-        return f"snapshot {name} of {vm} deleted (its data merged into the layer above)"
+        message = f"snapshot {name} of {vm} deleted (its data merged into the layer above)"
+        return Done("snapshot", name, "deleted", message)

@@ -15,6 +15,7 @@ from cloudlet.engine.pools import Pools
 from cloudlet.engine.snapshots import Snapshots
 from cloudlet.engine.storage_rows import owner_name
 from cloudlet.engine.storage_views import PoolView, SnapshotView, VolumeView
+from cloudlet.engine.views import Done
 from cloudlet.engine.volumes import Volumes
 from cloudlet.store.models import InstanceRow, VolumeRow
 
@@ -50,7 +51,7 @@ class StorageService:
     ) -> PoolView:
         return self.pool_ops.pool_create(name, path, kind, devices)
 
-    def pool_delete(self, name: str) -> str:
+    def pool_delete(self, name: str) -> Done:
         return self.pool_ops.pool_delete(name)
 
     def ensure_default_pool(self) -> None:
@@ -69,16 +70,16 @@ class StorageService:
     def volume_create(self, name: str, size: int, pool: str | None = None) -> VolumeView:
         return self.volume_ops.volume_create(name, size, pool)
 
-    def volume_attach(self, volume: str, vm: str) -> str:
+    def volume_attach(self, volume: str, vm: str) -> Done:
         return self.volume_ops.volume_attach(volume, vm)
 
-    def volume_detach(self, volume: str) -> str:
+    def volume_detach(self, volume: str) -> Done:
         return self.volume_ops.volume_detach(volume)
 
-    def volume_resize(self, volume: str, size: int) -> str:
+    def volume_resize(self, volume: str, size: int) -> Done:
         return self.volume_ops.volume_resize(volume, size)
 
-    def volume_delete(self, volume: str) -> str:
+    def volume_delete(self, volume: str) -> Done:
         return self.volume_ops.volume_delete(volume)
 
     def owner_name(self, instance_id: str) -> str:
@@ -105,10 +106,10 @@ class StorageService:
     def snapshot_create(self, vm: str, name: str, *, memory: bool = False) -> SnapshotView:
         return self.snapshot_ops.snapshot_create(vm, name, memory=memory)
 
-    def snapshot_revert(self, vm: str, name: str, *, force: bool = False) -> str:
+    def snapshot_revert(self, vm: str, name: str, *, force: bool = False) -> Done:
         return self.snapshot_ops.snapshot_revert(vm, name, force=force)
 
-    def snapshot_delete(self, vm: str, name: str) -> str:
+    def snapshot_delete(self, vm: str, name: str) -> Done:
         return self.snapshot_ops.snapshot_delete(vm, name)
 
     def freeze_guest(self, row: InstanceRow, what: str = "snapshot") -> bool:

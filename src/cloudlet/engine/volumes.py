@@ -29,7 +29,9 @@ from cloudlet.engine.storage_rows import (
     volume_node,
 )
 from cloudlet.engine.storage_views import VolumeView
+from cloudlet.engine.views import Done
 from cloudlet.errors import Conflict, InvalidInput, NotFound
+from cloudlet.next_steps import Step, step
 from cloudlet.spec import names
 from cloudlet.spec.states import VMState
 from cloudlet.spec.storage import VolumeSpec
@@ -54,7 +56,11 @@ class Volumes:
         with self.ctx.db.session() as s:
             row = s.scalar(select(VolumeRow).where(VolumeRow.name == name))
         if row is None:
-            raise NotFound(f"no volume named {name!r}", hint="run 'cloudlet volume list'")
+            raise NotFound(
+                f"no volume named {name!r}",
+                hint="list the volumes",
+                next_steps=[step(Step.VOLUME_LIST)],
+            )
         return row
 
     def view(self, row: VolumeRow) -> VolumeView:
@@ -193,7 +199,7 @@ class Volumes:
         for name in made:
             self.volume_delete(name)
 
-    def volume_attach(self, volume: str, vm: str) -> str:
+    def volume_attach(self, volume: str, vm: str) -> Done:
         names.vm_name(vm)
         self.lookup(volume)  # an unknown volume fails before the VM is looked at
         with self.ctx.lock(vm), locks.hold(self.ctx.paths.locks, f".vol-{volume}", what=volume):
@@ -202,10 +208,17 @@ class Volumes:
             if vol.instance_id is not None:
                 other = owner_name(self.ctx, vol.instance_id)
                 if vol.instance_id == row.id:
-                    return f"volume {volume} is already attached to {vm}"
+                    return Done(
+                        "volume",
+                        volume,
+                        "attached",
+                        f"volume {volume} is already attached to {vm}",
+                        changed=False,
+                    )
                 raise Conflict(
                     f"volume {volume} is attached to {other}",
-                    hint=f"detach it first with 'cloudlet volume detach {volume}'",
+                    hint="detach it first",
+                    next_steps=[step(Step.VOLUME_DETACH, volume=volume)],
                 )
             self.ctx.require_state(row, ONLINE | OFFLINE, f"attach a volume to {vm}")
             if row.state == VMState.PAUSED:
@@ -235,18 +248,22 @@ class Volumes:
                     raise
                 self.ctx.event(vm, "volume-attached", f"volume {volume} attached", op_id)
         when = "now" if live else "at its next start"
-        return f"volume {volume} attached to {vm} ({when}; serial {vol.name[:20]})"
+        message = f"volume {volume} attached to {vm} ({when}; serial {vol.name[:20]})"
+        return Done("volume", volume, "attached", message)
 
-    def volume_detach(self, volume: str) -> str:
+    def volume_detach(self, volume: str) -> Done:
         vol = self.lookup(volume)
         if vol.instance_id is None:
-            return f"volume {volume} is not attached"
+            return Done(
+                "volume", volume, "detached", f"volume {volume} is not attached", changed=False
+            )
         vm = owner_name(self.ctx, vol.instance_id)
         with self.ctx.lock(vm), locks.hold(self.ctx.paths.locks, f".vol-{volume}", what=volume):
             row = locked_vm_row(self.ctx, vm)
             vol = self.lookup(volume)
             if vol.instance_id != row.id:
-                return f"volume {volume} is not attached to {vm} any more"
+                message = f"volume {volume} is not attached to {vm} any more"
+                return Done("volume", volume, "detached", message, changed=False)
             self.ctx.require_state(row, ONLINE | OFFLINE, f"detach a volume from {vm}")
             if row.state == VMState.PAUSED:  # a paused guest cannot release the device
                 raise Conflict(f"cannot unplug from {vm}: it is paused", hint="resume it first")
@@ -258,9 +275,9 @@ class Volumes:
                     assert fresh is not None
                     fresh.instance_id = fresh.slot = None
                 self.ctx.event(vm, "volume-detached", f"volume {volume} detached", op_id)
-        return f"volume {volume} detached from {vm}"
+        return Done("volume", volume, "detached", f"volume {volume} detached from {vm}")
 
-    def volume_resize(self, volume: str, size: int) -> str:
+    def volume_resize(self, volume: str, size: int) -> Done:
         vol = self.lookup(volume)
         vm = owner_name(self.ctx, vol.instance_id) if vol.instance_id else None
         with self._maybe_vm_lock(vm), locks.hold(
@@ -274,7 +291,8 @@ class Volumes:
                     hint="give a larger size; volumes only grow",
                 )
             if size == vol.size:
-                return f"volume {volume} is already {format_size(size)}"
+                message = f"volume {volume} is already {format_size(size)}"
+                return Done("volume", volume, "resized", message, changed=False)
             pool_row, backend = self.pools.lookup(vol.pool)
             size = backend.round_size(size)
             with self.pools.storage_lock():
@@ -304,7 +322,8 @@ class Volumes:
                     fresh = s.get(VolumeRow, vol.id)
                     assert fresh is not None
                     fresh.size = size
-        return f"volume {volume} grown to {format_size(size)} ({how})"
+        message = f"volume {volume} grown to {format_size(size)} ({how})"
+        return Done("volume", volume, "resized", message)
 
     @contextmanager
     def _maybe_vm_lock(self, vm: str | None) -> Iterator[None]:
@@ -314,14 +333,15 @@ class Volumes:
         with self.ctx.lock(vm):
             yield
 
-    def volume_delete(self, volume: str) -> str:
+    def volume_delete(self, volume: str) -> Done:
         names.volume_name(volume)
         with locks.hold(self.ctx.paths.locks, f".vol-{volume}", what=volume):
             vol = self.lookup(volume)
             if vol.instance_id is not None:
                 raise Conflict(
                     f"volume {volume} is attached to {owner_name(self.ctx, vol.instance_id)}",
-                    hint=f"detach it first with 'cloudlet volume detach {volume}'",
+                    hint="detach it first",
+                    next_steps=[step(Step.VOLUME_DETACH, volume=volume)],
                 )
             _, backend = self.pools.lookup(vol.pool)
             backend.delete_volume(Path(vol.path))
@@ -329,4 +349,4 @@ class Volumes:
                 row = s.get(VolumeRow, vol.id)
                 if row is not None:
                     s.delete(row)
-        return f"volume {volume} deleted"
+        return Done("volume", volume, "deleted", f"volume {volume} deleted")

@@ -20,5 +20,5 @@ def require_root(what: str = "virtual networks") -> None:
     if os.geteuid() != 0:
         raise NeedsRoot(
             f"{what} need root (bridges, TAP devices and nftables)",
-            hint="run cloudlet as root, or use the default user-mode NAT (--network nat)",
+            hint="run cloudlet as root, or use the default user-mode NAT",
         )

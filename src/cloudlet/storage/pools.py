@@ -16,6 +16,7 @@ from cloudlet.errors import (
     InvalidInput,
     OutOfSpace,
 )
+from cloudlet.next_steps import Step, step
 from cloudlet.spec.names import name_path
 from cloudlet.spec.units import format_size
 from cloudlet.storage.pool_types import FsUsage as FsUsage
@@ -119,8 +120,8 @@ class DirPool:
             f"pool {self.name} is full: its file system at {self.path} has "
             f"{self.usage().free >> 20} MiB free",
             path=self.path,
-            hint="free space there, delete volumes you no longer need ('cloudlet volume "
-            "list'), or use another pool (--pool)",
+            hint="free space there, delete volumes you no longer need, or use another pool",
+            next_steps=[step(Step.VOLUME_LIST), step(Step.POOL_LIST)],
         )
 
     def delete_volume(self, path: Path) -> None:
@@ -162,6 +163,6 @@ def check_thin_limit(
             f"pool {pool} cannot take {format_size(wanted)} more: {format_size(left)} left of "
             f"its {format_size(limit)} limit ({overcommit:g} x {format_size(usage.total)} "
             f"{under})",
-            hint="use a smaller size, another pool (--pool), "
-            "or raise storage.overcommit in config.toml",
+            hint="use a smaller size, another pool, or raise storage.overcommit in config.toml",
+            next_steps=[step(Step.POOL_LIST)],
         )
