@@ -17,6 +17,13 @@ from enum import StrEnum
 class Step(StrEnum):
     """The actions a hint may point at, named frontend-neutrally (``noun.verb``)."""
 
+    VM_RUN = "vm.run"
+    VM_CREATE_FROM_IMAGE = "vm.create_from_image"
+    SPEC_APPLY = "spec.apply"
+    SPEC_SCHEMA = "spec.schema"
+    TYPE_LIST = "type.list"
+    IMAGE_IMPORT = "image.import"
+    IMAGE_BUILD = "image.build"
     VM_LIST = "vm.list"
     VM_SHOW = "vm.show"
     VM_CREATE = "vm.create"

@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from cloudlet.cli import wording
 from cloudlet.engine import apply as apply_mod
 from cloudlet.engine.engine import CreateRequest, Engine
 from cloudlet.errors import Conflict, InvalidInput, NotFound
+from cloudlet.next_steps import Step, step
 from cloudlet.spec.document import dump_yaml, parse_documents
 from cloudlet.spec.units import GIB
 from tests.fakes import make_fake_engine
@@ -129,7 +131,8 @@ def test_bad_files_create_nothing_and_name_line_and_field(engine: Engine) -> Non
     pull = vm("b", image="ubuntu-24.04")
     with pytest.raises(NotFound) as exc:
         apply_mod.apply(engine, entries(pull))
-    assert "cloudlet image pull ubuntu-24.04" in exc.value.one_line()
+    assert exc.value.next_steps == (step(Step.IMAGE_PULL, image="ubuntu-24.04"),)
+    assert "cloudlet image pull ubuntu-24.04" in wording.error_line(exc.value)
     bad_key = vm("c", image="cloudy", access="{ssh_keys: ['ssh-ed25519 !!notbase64']}")
     with pytest.raises(
         InvalidInput, match=r"^lab.yaml:7: spec.access.ssh_keys.0: the key has a damaged"

@@ -10,6 +10,7 @@ import pytest
 from cloudlet.driver.base import PowerState
 from cloudlet.driver.fake.driver import FakeDriver
 from cloudlet.engine.engine import CreateRequest, Engine
+from cloudlet.engine.views import Done
 from cloudlet.errors import (
     CapacityExceeded,
     CloudletError,
@@ -216,8 +217,8 @@ def test_delete_of_a_stopped_or_crashed_vm_needs_no_force(engine: Engine) -> Non
     engine.create(CreateRequest(name="off"), start=False)
     crashed = engine.create(CreateRequest(name="dead"))
     fake(engine).crash(crashed.id)  # the record still says running until looked at
-    assert engine.delete("off") == "off deleted"
-    assert engine.delete("dead") == "dead deleted"
+    assert engine.delete("off").message == "off deleted"
+    assert engine.delete("dead") == Done("vm", "dead", "deleted", "dead deleted")
     assert nothing_left(engine)
 
 
@@ -266,7 +267,7 @@ def test_a_guest_paused_for_want_of_disk_space_is_paused_not_crashed(engine: Eng
     fake(engine).vms[vm.id].state = PowerState.NO_SPACE
     view = engine.show("vm")
     assert view.state == "paused" and "no space left" in (view.last_error or "")
-    assert "'cloudlet resume vm'" in (view.last_error or "")
+    assert "then resume it" in (view.last_error or "")
     assert fake(engine).vms[vm.id].alive  # QEMU keeps the write waiting: never killed
     engine.resume("vm")
     view = engine.show("vm")

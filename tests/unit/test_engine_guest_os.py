@@ -102,10 +102,18 @@ def test_image_delete_refused_while_in_use(engine: Engine) -> None:
     with pytest.raises(Conflict, match="used by t1"):
         engine.image_delete("acme")
     engine.delete("t1")
-    assert engine.image_delete("acme") == "image acme deleted"
+    assert engine.image_delete("acme").message == "image acme deleted"
 
 
 def test_catalog_lists_official_images_with_their_users(engine: Engine) -> None:
-    entries = {c["name"]: c for c in engine.catalog()}
-    assert entries["ubuntu-24.04"]["default_user"] == "ubuntu"
-    assert all(str(c["url"]).startswith("https://") for c in entries.values())
+    entries = {c.name: c for c in engine.catalog()}
+    assert entries["ubuntu-24.04"].default_user == "ubuntu"
+    assert all(c.url.startswith("https://") for c in entries.values())
+    assert list(entries["ubuntu-24.04"].to_dict()) == [
+        "name",
+        "title",
+        "arch",
+        "licence",
+        "default_user",
+        "url",
+    ]

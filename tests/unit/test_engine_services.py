@@ -18,10 +18,13 @@ from cloudlet.engine.context import EngineContext
 from cloudlet.engine.creation import CreateRequest, Creation
 from cloudlet.engine.guest_access import GuestAccess
 from cloudlet.engine.host_info import HostInfo
+from cloudlet.engine.image_views import LicenceView
 from cloudlet.engine.images import Images
 from cloudlet.engine.licences import Licences
 from cloudlet.engine.lifecycle import Lifecycle
+from cloudlet.engine.views import Done
 from cloudlet.errors import Conflict, InvalidInput, NotFound, StillRunning
+from cloudlet.next_steps import Step, step
 from cloudlet.spec.states import VMState
 from cloudlet.spec.units import GIB
 from cloudlet.store.models import InstanceRow, OperationRow
@@ -140,7 +143,7 @@ def test_start_pause_resume_and_delete(ctx: EngineContext) -> None:
     with pytest.raises(StillRunning):
         life.delete("web1")
     instance_id = ctx.row("web1").id
-    assert life.delete("web1", force=True) == "web1 deleted"
+    assert life.delete("web1", force=True) == Done("vm", "web1", "deleted", "web1 deleted")
     assert fake(ctx).power_state(instance_id) in (PowerState.ABSENT, PowerState.GONE)
     with pytest.raises(NotFound):
         ctx.row("web1")
@@ -149,7 +152,7 @@ def test_start_pause_resume_and_delete(ctx: EngineContext) -> None:
 
 def test_delete_without_force_of_a_stopped_vm(ctx: EngineContext) -> None:
     creation(ctx).create(CreateRequest(name="off"), start=False)
-    assert Lifecycle(ctx).delete("off") == "off deleted"
+    assert Lifecycle(ctx).delete("off").message == "off deleted"
     with pytest.raises(NotFound):
         ctx.row("off")
 
@@ -186,9 +189,10 @@ def test_recover_rolls_back_an_interrupted_create(ctx: EngineContext) -> None:
 
 def test_licences_count_seats_of_running_vms(ctx: EngineContext) -> None:
     licences = Licences(ctx)
-    assert licences.license_add("acme-os", 1) == {"name": "acme-os", "seats": 1, "in_use": 0}
+    assert licences.license_add("acme-os", 1) == LicenceView("acme-os", 1, 0)
     creation(ctx).create(CreateRequest(name="a1", image="acme"))
-    assert licences.licences() == [{"name": "acme-os", "seats": 1, "in_use": 1}]
+    assert licences.licences() == [LicenceView("acme-os", 1, 1)]
+    assert licences.licences()[0].to_dict() == {"name": "acme-os", "seats": 1, "in_use": 1}
     with pytest.raises(Conflict, match="1 seats and 1 are in use"):
         creation(ctx).create(CreateRequest(name="a2", image="acme"))
     with pytest.raises(InvalidInput):
@@ -198,12 +202,19 @@ def test_licences_count_seats_of_running_vms(ctx: EngineContext) -> None:
 def test_images_list_the_vms_using_them(ctx: EngineContext) -> None:
     creation(ctx).create(CreateRequest(name="web1"), start=False)
     images = Images(ctx, size_cap=lambda: GIB)
-    listed = {str(i["name"]): i["used_by"] for i in images.images()}
-    assert listed["tiny"] == ["web1"] and listed["acme"] == []
-    assert images.image_show("tiny")["used_by"] == ["web1"]
-    with pytest.raises(Conflict, match="used by web1"):
+    listed = {i.name: i.used_by for i in images.images()}
+    assert listed["tiny"] == ("web1",) and listed["acme"] == ()
+    shown = images.image_show("tiny")
+    assert shown.used_by == ("web1",) and shown.boot == "kernel"
+    assert list(shown.to_dict()) == [
+        "name", "arch", "format", "os", "os_family", "licence", "min_disk_bytes",
+        "default_user", "cloud_init", "guest_agent", "boot", "path", "used_by",
+    ]  # fmt: skip
+    assert shown.to_dict()["used_by"] == ["web1"]
+    with pytest.raises(Conflict, match="used by web1") as refused:
         images.image_delete("tiny")
-    assert images.image_delete("acme") == "image acme deleted"
+    assert refused.value.next_steps == (step(Step.VM_DELETE, vm="web1"),)
+    assert images.image_delete("acme") == Done("image", "acme", "deleted", "image acme deleted")
     with pytest.raises(NotFound):
         images.image_show("acme")
 

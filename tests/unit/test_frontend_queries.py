@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from cloudlet.cli import main
 from cloudlet.engine import accel_cache, image_menu, type_listing
 from cloudlet.engine.engine import CreateRequest, Engine
+from cloudlet.engine.image_views import CatalogEntryView, ImageView
 from cloudlet.errors import InvalidInput, NotFound
 from cloudlet.host.kvm import AccelVerdict
 from cloudlet.images.store import Image
@@ -146,13 +147,23 @@ def test_image_choice_refuses_what_the_vm_cannot_run(engine: Engine) -> None:
             image_menu.choose(choices, bad, containers=False)
 
 
-def test_image_menu_takes_odd_descriptions_without_failing() -> None:
-    """Image descriptions come from image.json files: missing or odd fields still make
-    a usable choice, never a traceback."""
-    choices = image_menu.menu(
-        [{"name": "x", "os": None, "licence": "", "arch": 0, "cloud_init": 1}],
-        [{"name": "x", "title": "shadowed"}, {"name": "y"}],
-    )
+def _image(name: str, **fields: object) -> ImageView:
+    base: dict[str, object] = dict(
+        name=name, arch="", format="qcow2", os="", os_family="linux", licence="",
+        min_disk_bytes=0, default_user=None, cloud_init=True, guest_agent=False,
+        boot="firmware", path="/x",
+    )  # fmt: skip
+    return ImageView(**{**base, **fields})  # type: ignore[arg-type]
+
+
+def test_image_menu_takes_empty_descriptions_without_failing() -> None:
+    """Image descriptions come from image.json files: empty fields still make a usable
+    choice (free licence, no arch, no size), never a traceback."""
+    catalog = [
+        CatalogEntryView("x", "shadowed", "x86_64", "free", "u", "https://x"),
+        CatalogEntryView("y", "", "", "", "", "https://y"),
+    ]
+    choices = image_menu.menu([_image("x")], catalog)
     by_name = {c.name: c for c in choices}
     assert by_name["x"] == image_menu.ImageChoice("x", "", "free", True, here=True)
     assert by_name["y"] == image_menu.ImageChoice("y", "", "free", True, here=False)

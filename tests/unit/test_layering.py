@@ -35,7 +35,8 @@ LOWER = (
 SERVICES = ("storage", "network", "images", "cloudinit", "guest", "process", "backup")
 # What pure or bottom layers may import of cloudlet, besides their own package.
 ONLY = {
-    "spec": ("cloudlet.errors",),
+    # spec's errors may carry next steps: pure data too, importing nothing of cloudlet
+    "spec": ("cloudlet.errors", "cloudlet.next_steps"),
     "store": ("cloudlet.errors",),
     "host": ("cloudlet.errors", "cloudlet.redact"),  # host commands are logged redacted
     "errors": ("cloudlet.next_steps",),  # an error may carry the steps that fix it

@@ -6,9 +6,12 @@ from pathlib import Path
 
 import pytest
 
+from cloudlet.cli import wording
 from cloudlet.engine import licensing
 from cloudlet.engine.engine import CreateRequest, Engine
+from cloudlet.engine.image_views import LicenceView
 from cloudlet.errors import Conflict, InvalidInput
+from cloudlet.next_steps import Step, step
 from tests.fakes import make_fake_engine
 
 
@@ -20,7 +23,9 @@ def engine(short_tmp: Path) -> Engine:
 def test_proprietary_image_needs_registered_seats(engine: Engine) -> None:
     with pytest.raises(Conflict) as exc:
         engine.create(CreateRequest(name="a1", image="acme"))
-    assert "cloudlet license add acme-os" in exc.value.one_line()
+    assert "cloudlet" not in exc.value.one_line()
+    assert exc.value.next_steps == (step(Step.LICENCE_ADD, licence="acme-os"),)
+    assert "(cloudlet license add acme-os --seats SEATS)" in wording.error_line(exc.value)
     assert engine.instances() == []
 
 
@@ -35,7 +40,7 @@ def test_seats_are_counted_by_running_vms(engine: Engine) -> None:
         engine.start("a2")
     engine.stop("a1")
     assert engine.start("a2").instance.state == "running"
-    assert engine.licences() == [{"name": "acme-os", "seats": 1, "in_use": 1}]
+    assert engine.licences() == [LicenceView("acme-os", 1, 1)]
     engine.license_add("acme-os", 2)
     assert engine.start("a1").instance.state == "running"
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from cloudlet.errors import InvalidInput, NotFound
+from cloudlet.next_steps import Step, step
 from cloudlet.spec.instance import InstanceSpec
 from cloudlet.spec.machine_types import CATALOG, CUSTOM, get_type, resolve_shape
 from cloudlet.spec.names import validate_name
@@ -75,7 +76,7 @@ def test_unknown_type_names_the_closest_or_points_to_types_command() -> None:
     assert exc.value.hint == "did you mean 'gp.small'?"
     with pytest.raises(NotFound) as exc:
         get_type("zzz")
-    assert "cloudlet types" in exc.value.one_line()
+    assert exc.value.next_steps == (step(Step.TYPE_LIST),)
 
 
 def test_custom_shape_overrides_type() -> None:

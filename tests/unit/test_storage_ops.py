@@ -225,7 +225,7 @@ def test_deleting_a_vm_keeps_its_volumes(engine: Engine, ops: StorageService) ->
     engine.create(CreateRequest(name="web1"))
     ops.volume_create("data1", GIB)
     ops.volume_attach("data1", "web1")
-    assert "volumes kept, now detached: data1" in engine.delete("web1", force=True)
+    assert "volumes kept, now detached: data1" in engine.delete("web1", force=True).message
     vol = ops.volume("data1")
     assert vol.attached_to is None and Path(vol.path).exists()
 

@@ -278,7 +278,7 @@ def start(
     with err.status(f"starting {name} ..."):
         result = engine.start(name, wait=not no_wait)
     _notices(engine)
-    err.print(result.message)
+    render.said(result)
 
 
 @app.command()
@@ -292,7 +292,7 @@ def stop(
     """Stop a VM: ACPI power button, then forced after the timeout."""
     with err.status(f"stopping {name} ..."):
         result = _engine().stop(name, force=force, timeout=timeout)
-    err.print(result.message)
+    render.said(result)
 
 
 @app.command()
@@ -303,19 +303,19 @@ def restart(
     """Stop and start a VM."""
     with err.status(f"restarting {name} ..."):
         result = _engine().restart(name, force=force)
-    err.print(result.message)
+    render.said(result)
 
 
 @app.command()
 def pause(name: NameArg) -> None:
     """Freeze a VM's vCPUs (memory stays allocated)."""
-    err.print(_engine().pause(name).message)
+    render.said(_engine().pause(name))
 
 
 @app.command()
 def resume(name: NameArg) -> None:
     """Unfreeze a paused VM."""
-    err.print(_engine().resume(name).message)
+    render.said(_engine().resume(name))
 
 
 def _can_ask() -> bool:
@@ -336,12 +336,12 @@ def delete(
     engine = _engine()
     for name in names:
         try:
-            err.print(engine.delete(name, force=force))
+            render.said(engine.delete(name, force=force))
         except StillRunning as running:
             if not (_can_ask() and typer.confirm(f"{running.message}: stop and delete it?")):
                 hint = f"'cloudlet stop {name}' first, or 'cloudlet delete --force {name}'"
                 raise StillRunning(running.message, hint=hint) from None
-            err.print(engine.delete(name, force=True))
+            render.said(engine.delete(name, force=True))
 
 
 app.command("rm", hidden=True, help="Same as delete.")(delete)
@@ -477,7 +477,7 @@ def image_list(output: OutputOpt = Output.table) -> None:
     """Local images (built-in ones appear once built)."""
     items = _engine().images()
     if output == Output.json:
-        render.print_json(items)
+        render.print_json([i.to_dict() for i in items])
     else:
         render.images_table(items)
 
@@ -485,7 +485,7 @@ def image_list(output: OutputOpt = Output.table) -> None:
 @image_app.command("show")
 def image_show(name: ImageArg, output: OutputOpt = Output.table) -> None:
     """Everything about one image."""
-    info = _engine().image_show(name)
+    info = _engine().image_show(name).to_dict()
     if output == Output.json:
         render.print_json(info)
     else:
@@ -516,7 +516,7 @@ def image_import(
         info = _engine().image_import(
             path, name, format_, licence=licence, os_family=os_family, default_user=user
         )
-    err.print(f"image {info['name']} imported")
+    err.print(f"image {info.name} imported")
 
 
 @image_app.command("catalog")
@@ -524,10 +524,10 @@ def image_catalog(output: OutputOpt = Output.table) -> None:
     """Official cloud images that 'cloudlet image pull' can fetch."""
     items = _engine().catalog()
     if output == Output.json:
-        render.print_json(items)
+        render.print_json([i.to_dict() for i in items])
         return
     for item in items:
-        out.print(f"{item['name']:<26} {item['title']}  (user {item['default_user']})")
+        out.print(f"{item.name:<26} {item.title}  (user {item.default_user})")
 
 
 @image_app.command("pull")
@@ -542,13 +542,13 @@ def image_pull(
     """Download an official cloud image (resumable, checksum verified)."""
     with _byte_progress() as progress:
         info = _engine().image_pull(name, progress=progress)
-    err.print(f"image {info['name']} ready")
+    err.print(f"image {info.name} ready")
 
 
 @image_app.command("delete")
 def image_delete(name: ImageArg) -> None:
     """Delete an image; refused while a VM uses it."""
-    err.print(_engine().image_delete(name))
+    render.said(_engine().image_delete(name))
 
 
 @license_app.command("add")
@@ -558,7 +558,7 @@ def license_add(
 ) -> None:
     """Register (or change) the seats of a proprietary licence."""
     info = _engine().license_add(name, seats)
-    err.print(f"licence {name}: {info['seats']} seats, {info['in_use']} in use")
+    err.print(f"licence {info.name}: {info.seats} seats, {info.in_use} in use")
 
 
 @license_app.command("list")
@@ -566,10 +566,10 @@ def license_list(output: OutputOpt = Output.table) -> None:
     """Licences with their seats and how many are in use."""
     items = _engine().licences()
     if output == Output.json:
-        render.print_json(items)
+        render.print_json([i.to_dict() for i in items])
         return
     for item in items:
-        out.print(f"{item['name']}  {item['in_use']}/{item['seats']} seats in use")
+        out.print(f"{item.name}  {item.in_use}/{item.seats} seats in use")
 
 
 @app.command()

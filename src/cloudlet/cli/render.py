@@ -9,10 +9,12 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from cloudlet.cli import wording
 from cloudlet.cli.options import Output as Output
 from cloudlet.cli.wording import with_commands
+from cloudlet.engine.image_views import ImageView
 from cloudlet.engine.type_listing import MachineTypeOffer
-from cloudlet.engine.views import Done, HostView, InstanceView
+from cloudlet.engine.views import ActionResult, Done, HostView, InstanceView
 from cloudlet.spec.units import format_size
 
 out = Console(highlight=False, soft_wrap=True)
@@ -146,7 +148,7 @@ def host_detail(host: HostView) -> None:
         out.print(f"[bold]{key:<{width}}[/]  {value}")
 
 
-def images_table(items: list[dict[str, Any]]) -> None:
+def images_table(items: list[ImageView]) -> None:
     if not items:
         err.print("no images yet: 'cloudlet image build tiny' or 'cloudlet image pull NAME'")
         return
@@ -155,13 +157,13 @@ def images_table(items: list[dict[str, Any]]) -> None:
         table.add_column(column)
     for i in items:
         table.add_row(
-            str(i["name"]),
-            str(i["arch"]),
-            str(i["os"]),
-            format_size(int(i["min_disk_bytes"])),
-            str(i["licence"]),
-            str(i["boot"]),
-            ", ".join(i.get("used_by", [])) or "-",
+            i.name,
+            i.arch,
+            i.os,
+            format_size(i.min_disk_bytes),
+            i.licence,
+            i.boot,
+            ", ".join(i.used_by) or "-",
         )
     out.print(table)
 
@@ -170,3 +172,8 @@ def key_values(data: dict[str, Any]) -> None:
     width = max(len(k) for k in data)
     for key, value in data.items():
         out.print(f"[bold]{key:<{width}}[/]  {value}")
+
+
+def said(result: ActionResult | Done) -> None:
+    """What a change did, in one line, with this CLI's commands for its next steps."""
+    err.print(wording.with_commands(result.message, result.next_steps))

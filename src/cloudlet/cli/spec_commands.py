@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from cloudlet.cli import wording
 from cloudlet.cli.options import Output
 from cloudlet.errors import Conflict, InvalidInput
 
@@ -149,7 +150,8 @@ def print_plan(the_plan: apply_mod.Plan, output: Output, *, done: bool) -> None:
     colours = {"refuse": "red", "none": "dim", "create": "green"}
     for d in the_plan.decisions:
         colour = colours.get(d.action, "yellow")
-        out.print(f"[{colour}]{d.action:<8}[/] {d.name}  {d.detail}  [dim]({d.where})[/]")
+        detail = wording.with_commands(d.detail, d.next_steps)
+        out.print(f"[{colour}]{d.action:<8}[/] {d.name}  {detail}  [dim]({d.where})[/]")
     n = len(the_plan.changes)
     if the_plan.refusals:
         err.print(f"{len(the_plan.refusals)} refused: apply would change nothing")

@@ -348,8 +348,8 @@ class Wizard:
         self._has_ssh = choice.has_ssh
 
     def _pulled_size(self, name: str) -> int | None:
-        size = self.engine.image_show(name).get("min_disk_bytes")
-        return size if isinstance(size, int) and size > 0 else None
+        size = self.engine.image_show(name).min_disk_bytes
+        return size if size > 0 else None
 
     def access(self) -> None:
         self.step(

@@ -16,12 +16,17 @@ from pathlib import Path
 from cloudlet.driver.base import Driver
 from cloudlet.errors import GuestError, InvalidInput, Timeout
 from cloudlet.images.store import Image
+from cloudlet.next_steps import Step, step
 from cloudlet.progress import CancelToken, check, pause
 from cloudlet.spec import names
 from cloudlet.spec.instance import AccessSpec, InstanceSpec
 
 DEFAULT_USER = "cloudlet"
 CLOUD_INIT_TIMEOUT = 900.0
+CLOUD_INIT_LOG = "/var/log/cloud-init-output.log"
+# The VM's serial log shows its boot; these helpers know its id, not its name.
+SERIAL_LOG_HINT = "read the VM's serial log"
+LOG_STEPS = (step(Step.VM_LOGS),)
 
 
 @dataclass(frozen=True)
@@ -144,7 +149,8 @@ def wait_cloud_init(
     detail = " | ".join(line.strip() for line in lines[-5:] if line.strip())
     raise GuestError(
         f"cloud-init failed in the guest (exit {result.exit_code}): {detail}",
-        hint="see 'cloudlet exec NAME -- cat /var/log/cloud-init-output.log'",
+        hint=f"read {CLOUD_INIT_LOG} in the guest",
+        next_steps=[step(Step.VM_EXEC, command=f"cat {CLOUD_INIT_LOG}")],
     )
 
 
@@ -201,7 +207,9 @@ def wait_ssh_banner(
     while time.monotonic() < deadline:
         check(cancel)
         if not alive():
-            raise GuestError("the VM stopped while it booted", hint="see 'cloudlet logs'")
+            raise GuestError(
+                "the VM stopped while it booted", hint=SERIAL_LOG_HINT, next_steps=LOG_STEPS
+            )
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
                 if sock.recv(64).startswith(b"SSH-"):
@@ -211,7 +219,8 @@ def wait_ssh_banner(
         pause(cancel, 1)
     raise Timeout(
         f"the guest's SSH server did not answer within {timeout:.0f} s",
-        hint="see 'cloudlet logs'",
+        hint=SERIAL_LOG_HINT,
+        next_steps=LOG_STEPS,
     )
 
 
@@ -238,6 +247,7 @@ def pin_host_keys_from_serial(serial_log: Path, port: int, known_hosts: Path) ->
     if not keys:
         raise GuestError(
             "the guest printed no SSH host keys on its console",
-            hint="its image's cloud-init may not print them; see 'cloudlet logs'",
+            hint=f"its image's cloud-init may not print them; {SERIAL_LOG_HINT}",
+            next_steps=LOG_STEPS,
         )
     known_hosts.write_text("".join(f"[127.0.0.1]:{port} {key}\n" for key in keys))

@@ -22,10 +22,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from cloudlet.engine.engine import CreateRequest, Engine
+from cloudlet.engine.engine import CreateRequest, Engine, SpecChanges
 from cloudlet.engine.views import InstanceView
 from cloudlet.errors import CloudletError, Conflict, InvalidInput, NotFound
 from cloudlet.images.store import Progress
+from cloudlet.next_steps import NextStep, Step, step
 from cloudlet.spec.document import VMDocument, VMEntry, document_for
 from cloudlet.spec.instance import LOCAL_ZONE, FirewallSpec, InstanceSpec
 from cloudlet.spec.machine_types import resolve_shape
@@ -45,9 +46,13 @@ class Decision:
     detail: str
     where: str  # file:line of the VM (or of the field concerned)
     changes: dict[str, Any] = field(default_factory=dict)
+    # what a user can do about a refusal; the detail says it in words
+    next_steps: tuple[NextStep, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        data["next_steps"] = [s.to_dict() for s in self.next_steps]
+        return data
 
     def line(self) -> str:
         return f"{self.name}: {self.action}: {self.detail}"
@@ -127,12 +132,14 @@ def check_host(engine: Engine, entry: VMEntry) -> None:
     if spec.iso is None and spec.image not in engine.deps.images.names():
         from cloudlet.images import catalog
 
-        hint = (
-            f"pull it first: cloudlet image pull {spec.image}"
-            if spec.image in catalog.names()
-            else "see 'cloudlet image list' and 'cloudlet image catalog'"
+        if spec.image in catalog.names():
+            hint, steps = "download it first", [step(Step.IMAGE_PULL, image=spec.image)]
+        else:
+            hint = "use one of the local images or of the catalog"
+            steps = [step(Step.IMAGE_LIST), step(Step.IMAGE_CATALOG)]
+        raise entry.error(
+            "spec.image", f"unknown image {spec.image!r}", hint=hint, cls=NotFound, next_steps=steps
         )
-        raise entry.error("spec.image", f"unknown image {spec.image!r}", hint=hint, cls=NotFound)
     from cloudlet import cloudinit
 
     for i, key in enumerate(spec.access.ssh_keys):
@@ -256,9 +263,13 @@ def _plan_one(engine: Engine, entry: VMEntry) -> list[Decision]:
                 name,
                 "refuse",
                 f"{field_name} is {current}, the file says {wanted}: {field_name} is fixed once "
-                f"created; to get there, delete and re-create the VM "
-                f"(cloudlet delete {name}, then apply again)",
+                f"created; to get there, delete and re-create the VM (delete it, then apply "
+                f"the file again)",
                 f"{entry.source}:{entry.line(path)}",
+                next_steps=(
+                    step(Step.VM_DELETE, vm=name),
+                    step(Step.SPEC_APPLY, file=entry.source),
+                ),
             )
         )
     shape = resolve_shape(want.type, want.cpus, want.memory)
@@ -275,9 +286,13 @@ def _plan_one(engine: Engine, entry: VMEntry) -> list[Decision]:
                     name,
                     "refuse",
                     f"machine type {change} needs a stop, and {name} is running: declare "
-                    f"'state: stopped' (apply stops it, then changes it), or run "
-                    f"'cloudlet stop {name}' and apply again",
+                    f"'state: stopped' (apply stops it, then changes it), or stop it and "
+                    f"apply the file again",
                     f"{entry.source}:{entry.line(path)}",
+                    next_steps=(
+                        step(Step.VM_STOP, vm=name),
+                        step(Step.SPEC_APPLY, file=entry.source),
+                    ),
                 )
             )
         else:
@@ -350,9 +365,12 @@ def apply(engine: Engine, entries: list[VMEntry], *, progress: Progress | None =
     if the_plan.refusals:
         first = the_plan.refusals[0]
         more = len(the_plan.refusals) - 1
-        also = f" ({more} more refused, see 'cloudlet plan')" if more else ""
+        source = the_plan.entries[first.name].source
+        also = f" ({more} more refused: plan the file to see them all)" if more else ""
         raise Conflict(
-            f"{first.where}: {first.name}: {first.detail}", hint=f"nothing was changed{also}"
+            f"{first.where}: {first.name}: {first.detail}",
+            hint=f"nothing was changed{also}",
+            next_steps=[*first.next_steps, *([step(Step.SPEC_PLAN, file=source)] if more else [])],
         )
     for decision in the_plan.decisions:
         entry = the_plan.entries[decision.name]
@@ -366,7 +384,7 @@ def apply(engine: Engine, entries: list[VMEntry], *, progress: Progress | None =
             c = decision.changes
             engine.reshape(decision.name, c["type"], c["cpus"], c["memory"])
         elif decision.action == "update":
-            engine.update_spec(decision.name, decision.changes)
+            engine.update_spec(decision.name, SpecChanges(**decision.changes))
         elif decision.action == "start":
             if engine.show(decision.name).state == VMState.PAUSED:
                 engine.resume(decision.name)

@@ -246,7 +246,7 @@ class Creation:
                     spec.firewall.inbound_ports and not spec.network.nics,
                 ),
                 (
-                    "backup policy (run by 'cloudlet backup run-due' from cron until the "
+                    "backup policy (made when due backups are run, from cron until the "
                     "server's scheduler lands)",
                     spec.backup != NO_BACKUP,
                 ),

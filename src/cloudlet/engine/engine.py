@@ -29,16 +29,17 @@ from cloudlet.engine.guest_access import GuestAccess
 from cloudlet.engine.host_info import HostInfo
 from cloudlet.engine.image_cap import image_size_cap
 from cloudlet.engine.image_menu import ImageChoice
+from cloudlet.engine.image_views import CatalogEntryView, ImageView, LicenceView
 from cloudlet.engine.images import Images
 from cloudlet.engine.licences import Licences
-from cloudlet.engine.lifecycle import Lifecycle, Outcome
+from cloudlet.engine.lifecycle import Lifecycle, Outcome, SpecChanges
 from cloudlet.engine.network import NetworkService
 from cloudlet.engine.serial_tail import SerialLog
 from cloudlet.engine.storage import StorageService
 from cloudlet.engine.type_listing import MachineTypeOffer
-from cloudlet.engine.views import ActionResult, HostView, InstanceView
+from cloudlet.engine.views import ActionResult, Done, HostView, InstanceView
 from cloudlet.guest.landing import CopyLimits
-from cloudlet.images.store import Image, Progress
+from cloudlet.images.store import Progress
 from cloudlet.spec.instance import InstanceSpec
 from cloudlet.store.database import Database
 
@@ -46,7 +47,7 @@ if TYPE_CHECKING:
     from cloudlet.engine.process_vms import RunningProcessVM
     from cloudlet.spec.process import ProcessSpec
 
-__all__ = ["ActionResult", "CreateRequest", "Engine"]
+__all__ = ["ActionResult", "CreateRequest", "Engine", "SpecChanges"]
 
 _T = TypeVar("_T")
 
@@ -111,7 +112,7 @@ class Engine:
 
     # ------------------------------------------------------------------ helpers
     def _result(self, name: str, outcome: Outcome) -> ActionResult:
-        return ActionResult(self.show(name), outcome.changed, outcome.message)
+        return ActionResult(self.show(name), outcome.changed, outcome.message, outcome.next_steps)
 
     # ------------------------------------------------------------------ recovery
     def recover(self) -> list[str]:
@@ -167,9 +168,9 @@ class Engine:
         """Change the machine type (vCPUs, memory) of a VM that is not running."""
         return self._result(name, self.lifecycle.reshape(name, type_name, cpus, memory))
 
-    def update_spec(self, name: str, changes: dict[str, object]) -> ActionResult:
+    def update_spec(self, name: str, changes: SpecChanges) -> ActionResult:
         """Record fields that need no action on the VM now (volumes, firewall, backup ...)."""
-        return self._result(name, self.lifecycle.update_spec(name, changes))
+        return self._result(name, self.lifecycle.update_spec(name, changes.as_dict()))
 
     # ------------------------------------------------------------------ power
     def start(self, name: str, *, wait: bool = True) -> ActionResult:
@@ -191,30 +192,30 @@ class Engine:
     def resume(self, name: str) -> ActionResult:
         return self._result(name, self.lifecycle.resume(name))
 
-    def delete(self, name: str, *, force: bool = False) -> str:
+    def delete(self, name: str, *, force: bool = False) -> Done:
         """Remove the VM and its records; a running VM only with ``force``."""
         return self.lifecycle.delete(name, force=force)
 
     # ------------------------------------------------------------------ licences
-    def license_add(self, name: str, seats: int) -> dict[str, object]:
+    def license_add(self, name: str, seats: int) -> LicenceView:
         """Register (or change) the seats of a proprietary licence."""
         return self.licence_service.license_add(name, seats)
 
-    def licences(self) -> list[dict[str, object]]:
+    def licences(self) -> list[LicenceView]:
         return self.licence_service.licences()
 
     # ------------------------------------------------------------------ images
-    def images(self) -> list[dict[str, object]]:
+    def images(self) -> list[ImageView]:
         """Local images with the VMs that use each."""
         return self.image_service.images()
 
-    def image_show(self, name: str) -> dict[str, object]:
+    def image_show(self, name: str) -> ImageView:
         return self.image_service.image_show(name)
 
-    def image_build(self, name: str, *, arch: str | None, progress: Progress | None) -> Image:
+    def image_build(self, name: str, *, arch: str | None, progress: Progress | None) -> ImageView:
         return self.image_service.image_build(name, arch=arch, progress=progress)
 
-    def image_delete(self, name: str) -> str:
+    def image_delete(self, name: str) -> Done:
         """Refused while any VM still uses the image (its disk is their backing file)."""
         return self.image_service.image_delete(name)
 
@@ -228,19 +229,19 @@ class Engine:
         os_family: str = "linux",
         default_user: str | None = None,
         progress: Progress | None = None,
-    ) -> dict[str, object]:
+    ) -> ImageView:
         return self.image_service.image_import(
             path, name, fmt, licence=licence, os_family=os_family,
             default_user=default_user, progress=progress,
         )  # fmt: skip
 
-    def catalog(self) -> list[dict[str, object]]:
-        """Official cloud images 'cloudlet image pull' can fetch."""
+    def catalog(self) -> list[CatalogEntryView]:
+        """Official cloud images that can be downloaded (pulled) by name."""
         return self.image_service.catalog()
 
     def image_pull(
         self, name: str, *, progress: Callable[[int, int | None], None] | None
-    ) -> dict[str, object]:
+    ) -> ImageView:
         return self.image_service.image_pull(name, progress=progress)
 
     def image_menu(self) -> list[ImageChoice]:

@@ -17,6 +17,7 @@ from cloudlet.engine.context import EngineContext
 from cloudlet.errors import Conflict, InvalidInput, NotFound
 from cloudlet.guest.landing import CopyLimits
 from cloudlet.images.store import Image
+from cloudlet.next_steps import Step, step
 from cloudlet.spec.instance import InstanceSpec
 from cloudlet.spec.states import VMState
 from cloudlet.store.models import InstanceRow
@@ -72,7 +73,8 @@ class GuestAccess:
         if spec.access.user is None or row.ssh_port is None:
             raise Conflict(
                 f"{name} has no SSH access (its image has no cloud-init or it has no NAT)",
-                hint="use 'cloudlet exec' or 'cloudlet console'",
+                hint="run commands through its guest agent or use its serial console",
+                next_steps=[step(Step.VM_EXEC, vm=name), step(Step.VM_CONSOLE, vm=name)],
             )
         instance_dir = self.ctx.paths.instance_dir(row.id)
         known_hosts = instance_dir / "known_hosts"
@@ -126,7 +128,11 @@ class GuestAccess:
         self, name: str, argv: list[str], *, stdin: bytes | None = None, timeout: float = 600.0
     ) -> ExecResult:
         if not argv:
-            raise InvalidInput("no command given", hint="use: cloudlet exec NAME -- COMMAND [ARGS]")
+            raise InvalidInput(
+                "no command given",
+                hint="name the program to run and its arguments",
+                next_steps=[step(Step.VM_EXEC, vm=name)],
+            )
         row = self._running(name, "run a command in")
         return self.ctx.driver.exec(row.id, argv, stdin=stdin, timeout=timeout)
 

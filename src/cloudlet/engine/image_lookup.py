@@ -13,6 +13,7 @@ from cloudlet.engine.deps import ImageProvider
 from cloudlet.errors import ImageNotFound
 from cloudlet.images import catalog
 from cloudlet.images.store import Image, Progress
+from cloudlet.next_steps import Step, step
 from cloudlet.spec.suggest import closest
 
 
@@ -26,6 +27,7 @@ def unknown_image(name: str, local: Iterable[str]) -> ImageNotFound:
             hint="download it first",
             image=name,
             pullable=(name,),
+            next_steps=[step(Step.IMAGE_PULL, image=name)],
         )
     found = closest(name, [*here, *pullable])
     if not found:
@@ -33,12 +35,14 @@ def unknown_image(name: str, local: Iterable[str]) -> ImageNotFound:
             f"unknown image {name!r}",
             hint=f"local images: {', '.join(here) or 'none'}; the catalog has more",
             image=name,
+            next_steps=[step(Step.IMAGE_CATALOG)],
         )
     return ImageNotFound(
         f"unknown image {name!r}",
         hint=f"did you mean {' or '.join(repr(n) for n in found)}?",
         image=name,
         pullable=[n for n in found if n in pullable],
+        next_steps=[step(Step.IMAGE_PULL, image=n) for n in found if n in pullable],
     )
 
 

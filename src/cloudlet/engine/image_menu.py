@@ -8,9 +8,10 @@ container runtime. A VM that will run containers is offered only the images that
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+from cloudlet.engine.image_views import CatalogEntryView, ImageView
 from cloudlet.errors import InvalidInput
 from cloudlet.images.debian import recipe as debian_recipe
 from cloudlet.images.tiny import recipe as tiny_recipe
@@ -44,43 +45,31 @@ class ImageChoice:
         return self.cloud_init
 
 
-def _text(value: object) -> str | None:
-    return str(value) if value else None
-
-
-def _size(value: object) -> int | None:
-    return value if isinstance(value, int) and value > 0 else None
-
-
-def menu(
-    local: Sequence[Mapping[str, object]], catalog: Sequence[Mapping[str, object]]
-) -> list[ImageChoice]:
-    """The choices from the local images' and the catalog's descriptions, one per name."""
+def menu(local: Sequence[ImageView], catalog: Sequence[CatalogEntryView]) -> list[ImageChoice]:
+    """The choices from the local images and the catalog, one per name."""
     choices: dict[str, ImageChoice] = {}
-    for info in local:
-        name = str(info["name"])
-        choices[name] = ImageChoice(
-            name=name,
-            os=str(info.get("os") or ""),
-            licence=str(info.get("licence") or FREE),
-            cloud_init=bool(info.get("cloud_init", True)),
+    for image in local:
+        choices[image.name] = ImageChoice(
+            name=image.name,
+            os=image.os,
+            licence=image.licence or FREE,
+            cloud_init=image.cloud_init,
             here=True,
-            arch=_text(info.get("arch")),
-            default_user=_text(info.get("default_user")),
-            disk_size=_size(info.get("min_disk_bytes")),
+            arch=image.arch or None,
+            default_user=image.default_user or None,
+            disk_size=image.min_disk_bytes if image.min_disk_bytes > 0 else None,
         )
     for entry in catalog:
-        name = str(entry["name"])
         choices.setdefault(
-            name,
+            entry.name,
             ImageChoice(
-                name=name,
-                os=str(entry.get("title") or ""),
-                licence=str(entry.get("licence") or FREE),
-                cloud_init=bool(entry.get("cloud_init", True)),
+                name=entry.name,
+                os=entry.title,
+                licence=entry.licence or FREE,
+                cloud_init=True,  # every official cloud image runs cloud-init
                 here=False,
-                arch=_text(entry.get("arch")),
-                default_user=_text(entry.get("default_user")),
+                arch=entry.arch or None,
+                default_user=entry.default_user or None,
             ),
         )
     for name, size in BUILT_IN.items():

@@ -16,8 +16,11 @@ from cloudlet.engine import locks
 from cloudlet.engine.context import EngineContext
 from cloudlet.engine.image_lookup import unknown_image
 from cloudlet.engine.image_menu import ImageChoice
+from cloudlet.engine.image_views import CatalogEntryView, ImageView
+from cloudlet.engine.views import Done
 from cloudlet.errors import Conflict, NotFound
 from cloudlet.images.store import Image, Progress
+from cloudlet.next_steps import Step, step
 from cloudlet.spec import names
 from cloudlet.store.models import InstanceRow
 
@@ -31,29 +34,31 @@ class Images:
         self.ctx = ctx
         self.size_cap = size_cap
 
-    def images(self) -> list[dict[str, object]]:
+    def images(self) -> list[ImageView]:
         """Local images with the VMs that use each."""
         with self.ctx.db.session() as s:
             rows = s.scalars(select(InstanceRow)).all()
-        result = []
-        for image in self.ctx.deps.images.images():
-            info = image.describe()
-            info["used_by"] = sorted(r.name for r in rows if r.image == image.name)
-            result.append(info)
-        return result
+        return [
+            ImageView.of(image, (r.name for r in rows if r.image == image.name))
+            for image in self.ctx.deps.images.images()
+        ]
 
-    def image_show(self, name: str) -> dict[str, object]:
+    def image_show(self, name: str) -> ImageView:
         names.image_name(name)
-        for info in self.images():
-            if info["name"] == name:
-                return info
+        for view in self.images():
+            if view.name == name:
+                return view
         raise unknown_image(name, self.ctx.deps.images.names())
 
-    def image_build(self, name: str, *, arch: str | None, progress: Progress | None) -> Image:
+    def image_build(self, name: str, *, arch: str | None, progress: Progress | None) -> ImageView:
+        """A built-in image, built from Debian packages unless it is built already."""
         names.image_name(name)
-        return self.ctx.deps.images.get(name, progress=progress, arch=arch)
+        image = self.ctx.deps.images.get(name, progress=progress, arch=arch)
+        with self.ctx.db.session() as s:
+            users = s.scalars(select(InstanceRow.name).where(InstanceRow.image == name)).all()
+        return ImageView.of(image, users)
 
-    def image_delete(self, name: str) -> str:
+    def image_delete(self, name: str) -> Done:
         """Refused while any VM still uses the image (its disk is their backing file)."""
         names.image_name(name)
         ctx = self.ctx
@@ -64,9 +69,10 @@ class Images:
                 raise Conflict(
                     f"image {name} is used by {', '.join(sorted(users))}",
                     hint="delete those VMs first",
+                    next_steps=[step(Step.VM_DELETE, vm=u) for u in sorted(users)],
                 )
             ctx.deps.images.delete(name)
-        return f"image {name} deleted"
+        return Done("image", name, "deleted", f"image {name} deleted")
 
     def image_import(
         self,
@@ -78,7 +84,7 @@ class Images:
         os_family: str = "linux",
         default_user: str | None = None,
         progress: Progress | None = None,
-    ) -> dict[str, object]:
+    ) -> ImageView:
         from cloudlet.images import importer
 
         names.image_name(name)
@@ -110,25 +116,15 @@ class Images:
         )
         return self.ctx.deps.images.get(name)
 
-    def catalog(self) -> list[dict[str, object]]:
-        """Official cloud images 'cloudlet image pull' can fetch."""
+    def catalog(self) -> list[CatalogEntryView]:
+        """Official cloud images that can be downloaded (pulled) by name."""
         from cloudlet.images import catalog
 
-        return [
-            {
-                "name": e.name,
-                "title": e.title,
-                "arch": e.arch,
-                "licence": e.licence_name or e.licence,
-                "default_user": e.default_user,
-                "url": e.url,
-            }
-            for e in (catalog.get_entry(n) for n in catalog.names())
-        ]
+        return [CatalogEntryView.of(catalog.get_entry(n)) for n in catalog.names()]
 
     def image_pull(
         self, name: str, *, progress: Callable[[int, int | None], None] | None
-    ) -> dict[str, object]:
+    ) -> ImageView:
         from cloudlet.images import catalog, importer
 
         names.image_name(name)

@@ -6,6 +6,7 @@ from sqlalchemy import select
 
 from cloudlet.engine import launch, licensing, locks
 from cloudlet.engine.context import EngineContext
+from cloudlet.engine.image_views import LicenceView
 from cloudlet.spec import names
 from cloudlet.store.models import LicenceRow
 
@@ -16,7 +17,7 @@ class Licences:
     def __init__(self, ctx: EngineContext) -> None:
         self.ctx = ctx
 
-    def license_add(self, name: str, seats: int) -> dict[str, object]:
+    def license_add(self, name: str, seats: int) -> LicenceView:
         """Register (or change) the seats of a proprietary licence."""
         names.licence_name(name)
         licensing.validate_seats(seats)
@@ -30,12 +31,9 @@ class Licences:
                 s.add(LicenceRow(name=name, seats=seats))
             else:
                 row.seats = seats
-        return {"name": name, "seats": seats, "in_use": launch.seats_in_use(ctx, name)}
+        return LicenceView(name, seats, launch.seats_in_use(ctx, name))
 
-    def licences(self) -> list[dict[str, object]]:
+    def licences(self) -> list[LicenceView]:
         with self.ctx.db.session() as s:
             rows = s.scalars(select(LicenceRow).order_by(LicenceRow.name)).all()
-        return [
-            {"name": r.name, "seats": r.seats, "in_use": launch.seats_in_use(self.ctx, r.name)}
-            for r in rows
-        ]
+        return [LicenceView(r.name, r.seats, launch.seats_in_use(self.ctx, r.name)) for r in rows]

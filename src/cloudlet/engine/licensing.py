@@ -6,6 +6,7 @@ from pathlib import Path
 
 from cloudlet.errors import Conflict, InvalidInput
 from cloudlet.images.store import Image
+from cloudlet.next_steps import Step, step
 
 DMI = Path("/sys/class/dmi/id")
 
@@ -38,12 +39,14 @@ def check_seats(image: Image, *, seats: int | None, in_use: int) -> None:
     if seats is None:
         raise Conflict(
             f"image {image.name} needs a seat of licence {image.licence!r}; none are registered",
-            hint=f"register seats with 'cloudlet license add {image.licence} --seats N'",
+            hint="register seats of that licence",
+            next_steps=[step(Step.LICENCE_ADD, licence=image.licence)],
         )
     if in_use + 1 > seats:
         raise Conflict(
             f"licence {image.licence!r} has {seats} seats and {in_use} are in use",
-            hint="stop a VM that uses it, or add seats with 'cloudlet license add'",
+            hint="stop a VM that uses it, or add seats",
+            next_steps=[step(Step.LICENCE_ADD, licence=image.licence, seats=str(seats + 1))],
         )
 
 

@@ -7,15 +7,17 @@ say); the facade turns it into the instance view frontends show.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from sqlalchemy import select
 
 from cloudlet.engine import launch, network_host, storage_rows, teardown, vm_state
 from cloudlet.engine.context import EngineContext
+from cloudlet.engine.views import Done
 from cloudlet.errors import InvalidInput, StillRunning
+from cloudlet.next_steps import NextStep, Step, step
 from cloudlet.spec import names
-from cloudlet.spec.instance import InstanceSpec
+from cloudlet.spec.instance import BackupPolicy, FirewallSpec, InstanceSpec
 from cloudlet.spec.machine_types import resolve_shape
 from cloudlet.spec.states import LIVE_STATES, STARTABLE_STATES, VMState
 from cloudlet.spec.units import format_size
@@ -25,11 +27,28 @@ SPEC_FIELDS_CHANGEABLE = frozenset({"volumes", "firewall", "backup", "api_access
 
 
 @dataclass(frozen=True)
+class SpecChanges:
+    """A request to change the spec fields that need no action on the VM now; a field
+    left None stays as it is. The fields are those of ``SPEC_FIELDS_CHANGEABLE``."""
+
+    volumes: tuple[int, ...] | None = None
+    firewall: FirewallSpec | None = None
+    backup: BackupPolicy | None = None
+    api_access: bool | None = None
+
+    def as_dict(self) -> dict[str, object]:
+        """The fields given, by name (what ``Lifecycle.update_spec`` takes)."""
+        given = ((f.name, getattr(self, f.name)) for f in fields(self))
+        return {name: value for name, value in given if value is not None}
+
+
+@dataclass(frozen=True)
 class Outcome:
     """What an action did to a VM: whether it changed anything, and the message."""
 
     changed: bool
     message: str
+    next_steps: tuple[NextStep, ...] = ()
 
 
 class Lifecycle:
@@ -71,7 +90,7 @@ class Lifecycle:
                 ctx.event(name, f"{kind}d", f"vCPUs {'stopped' if pause else 'running'}", op_id)
             return Outcome(True, f"{name} {kind}d")
 
-    def delete(self, name: str, *, force: bool = False) -> str:
+    def delete(self, name: str, *, force: bool = False) -> Done:
         """Remove the VM, its overlay, sockets and records; a running VM only with
         ``force`` (then it is stopped at once, no ACPI)."""
         ctx = self.ctx
@@ -81,6 +100,7 @@ class Lifecycle:
                 raise StillRunning(
                     f"{name} is {row.state}",
                     hint="stop it first, or delete it with force (it is stopped at once)",
+                    next_steps=[step(Step.VM_STOP, vm=name), step(Step.VM_FORCE_DELETE, vm=name)],
                 )
             storage_rows.check_deletable(ctx, row)
             kept = storage_rows.attached_volume_names(ctx, row.id)
@@ -88,9 +108,10 @@ class Lifecycle:
                 ctx.set_state(row.id, VMState.DELETING)
                 teardown.remove_everything(ctx, row)
                 ctx.event(name, "deleted", "VM and its disk removed", op_id)
-        return f"{name} deleted" + (
+        message = f"{name} deleted" + (
             f" (volumes kept, now detached: {', '.join(kept)})" if kept else ""
         )
+        return Done("vm", name, "deleted", message)
 
     # ------------------------------------------------------------------ spec changes
     def spec(self, name: str) -> InstanceSpec:
@@ -132,6 +153,7 @@ class Lifecycle:
                 f"cannot change {', '.join(sorted(changes.keys() - SPEC_FIELDS_CHANGEABLE))} "
                 f"of {name}",
                 hint="those are fixed once created: delete and re-create the VM",
+                next_steps=[step(Step.VM_DELETE, vm=name), step(Step.VM_CREATE, vm=name)],
             )
         with ctx.lock(name), ctx.db.session() as s:
             row = s.scalar(select(InstanceRow).where(InstanceRow.name == name))

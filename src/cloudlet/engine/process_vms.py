@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shlex
 import socket
 import sys
 import uuid
@@ -28,6 +29,7 @@ from cloudlet.guest.landing import CopyLimits
 from cloudlet.host import processes
 from cloudlet.host.run import spawn
 from cloudlet.images.store import Image
+from cloudlet.next_steps import Step, step
 from cloudlet.process import copies, virtiofs
 from cloudlet.process import guest_init as g
 from cloudlet.process.channels import Channels
@@ -82,7 +84,9 @@ class ProcessVMs:
             vm_name(spec.name)
         if not spec.argv:
             raise InvalidInput(
-                "no program to run", hint="put it after --, as in: cloudlet run tiny -- uname -a"
+                "no program to run",
+                hint="name the program and its arguments",
+                next_steps=[step(Step.VM_RUN, image=spec.image, command="uname -a")],
             )
         if spec.sandbox:
             if spec.network != "none":
@@ -103,8 +107,12 @@ class ProcessVMs:
         image = get_image(self.ctx.deps.images, spec.image, arch=spec.arch)
         if image.kernel is None or image.initrd is None or image.install_iso is not None:
             raise InvalidInput(
-                f"image {image.name} does not boot a kernel directly, which cloudlet run needs",
-                hint="use tiny or debian-12, or 'cloudlet create' for this image",
+                f"image {image.name} does not boot a kernel directly, which a process VM needs",
+                hint="use tiny or debian-12, or create a system VM from this image",
+                next_steps=[
+                    step(Step.VM_RUN, image="tiny", command=shlex.join(spec.argv)),
+                    step(Step.VM_CREATE_FROM_IMAGE, image=image.name),
+                ],
             )
         if spec.boot and not image.guest_agent:
             raise InvalidInput(

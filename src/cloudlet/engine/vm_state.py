@@ -51,7 +51,7 @@ def reconcile_locked(ctx: EngineContext, row: InstanceRow) -> InstanceRow:
         # Not a crash: nothing is lost, the write waits in QEMU for space.
         error = (
             "QEMU paused the guest: a disk write found no space left on the host; "
-            f"free space there, then 'cloudlet resume {row.name}' retries it"
+            "free space there, then resume it to retry the write"
         )
         if row.state != VMState.PAUSED or row.last_error != error:
             new_state = VMState.PAUSED

@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 
 from cloudlet.errors import InvalidInput, NotFound
+from cloudlet.next_steps import Step, step
 from cloudlet.spec.suggest import did_you_mean
 
 
@@ -134,8 +135,8 @@ def get_entry(name: str) -> CatalogEntry:
             return entry
     raise NotFound(
         f"no image {name!r} in the catalog",
-        hint=did_you_mean(name, names())
-        or f"choose one of: {', '.join(names())} (run 'cloudlet image catalog')",
+        hint=did_you_mean(name, names()) or f"choose one of: {', '.join(names())}",
+        next_steps=[step(Step.IMAGE_CATALOG)],
     )
 
 
@@ -197,8 +198,9 @@ def parse_checksum_file(text: str, filename: str, algorithm: str) -> str:
     if not found:
         raise NotFound(
             f"no {algorithm} checksum for {filename} in the checksum file",
-            hint="the catalog entry may be out of date; update cloudlet or import the image "
-            "by hand with 'cloudlet image import'",
+            hint="the catalog entry may be out of date; update cloudlet or download the image "
+            "by hand and import it",
+            next_steps=[step(Step.IMAGE_IMPORT)],
         )
     if len(found) > 1:
         raise InvalidInput(

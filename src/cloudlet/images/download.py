@@ -31,6 +31,7 @@ from cloudlet.errors import (
     NotFound,
 )
 from cloudlet.images.catalog import hex_length
+from cloudlet.next_steps import Step, step
 from cloudlet.progress import ByteCallback, CancelToken, check
 
 ByteProgress = ByteCallback
@@ -69,7 +70,8 @@ def _check_url(url: str) -> None:
     if scheme not in ("http", "https"):
         raise InvalidInput(
             f"cannot download {url!r}: only http and https URLs are supported",
-            hint="for a local file use 'cloudlet image import PATH'",
+            hint="import a local file instead",
+            next_steps=[step(Step.IMAGE_IMPORT)],
         )
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cloudlet.errors import InvalidInput, NotFound
+from cloudlet.next_steps import Step, step
 from cloudlet.progress import StageCallback
 from cloudlet.spec.names import image_name, name_path
 
@@ -53,22 +54,6 @@ class Image:
     def needs_seats(self) -> bool:
         """Proprietary images count running VMs against registered seats."""
         return not self.licence.lower().startswith("free")
-
-    def describe(self) -> dict[str, object]:
-        return {
-            "name": self.name,
-            "arch": self.arch,
-            "format": self.disk_format,
-            "os": self.os,
-            "os_family": self.os_family,
-            "licence": self.licence,
-            "min_disk_bytes": self.min_disk_bytes,
-            "default_user": self.default_user,
-            "cloud_init": self.cloud_init,
-            "guest_agent": self.guest_agent,
-            "boot": "kernel" if self.kernel else ("installer" if self.install_iso else "firmware"),
-            "path": str(self.path),
-        }
 
     @classmethod
     def load(cls, path: Path) -> Image:
@@ -123,7 +108,8 @@ class ImageStore:
         if not current.exists():
             raise NotFound(
                 f"unknown image {name!r}",
-                hint=f"available: {', '.join(self.names())} (run 'cloudlet image list')",
+                hint=f"available: {', '.join(self.names())}",
+                next_steps=[step(Step.IMAGE_LIST)],
             )
         image = Image.load(current.resolve())
         if arch is not None and arch != image.arch:
@@ -165,7 +151,9 @@ class ImageStore:
             return Image.load(version_dir)
         if not build:
             raise NotFound(
-                f"image {name!r} is not built yet", hint=f"run 'cloudlet image build {name}'"
+                f"image {name!r} is not built yet",
+                hint="build it first",
+                next_steps=[step(Step.IMAGE_BUILD, image=name)],
             )
         (self.root / name).mkdir(parents=True, exist_ok=True)
         # One builder at a time; a second process waits and then finds it built.
@@ -195,7 +183,11 @@ class ImageStore:
         """Remove every version of ``name``; the caller checks no VM uses it."""
         target = name_path(self.root, image_name(name), links=True)
         if not target.exists():
-            raise NotFound(f"unknown image {name!r}", hint="run 'cloudlet image list'")
+            raise NotFound(
+                f"unknown image {name!r}",
+                hint="list the images there are",
+                next_steps=[step(Step.IMAGE_LIST)],
+            )
         versions = [p for p in target.iterdir() if p.is_dir() and not p.is_symlink()]
         shutil.rmtree(target)
         return versions

@@ -56,7 +56,7 @@ RUN_SCRIPT = r"""#!/bin/sh
 mode=$1
 here=${0%/*}
 . "$here/plan"
-say() { echo "cloudlet run: $*" > /dev/console; }
+say() { echo "cloudlet process VM: $*" > /dev/console; }
 die() { say "$*"; [ -n "$status" ] && echo "fail $*" >&9; poweroff -f; }
 if [ "$mode" = booted ]; then
     R=

@@ -4,7 +4,7 @@ A file holds one VM, a ``kind: List`` of VMs, or several YAML documents. Every
 ``cloudlet create`` flag has a field here. Parsing keeps the line of every field, so
 an error names the file, the line and the field::
 
-    lab.yaml:7: spec.type: unknown machine type 'gp.hugee' (see 'cloudlet types')
+    lab.yaml:7: spec.type: unknown machine type 'gp.hugee': did you mean 'gp.large'?
 
 Pure data: the caller reads the file; nothing here touches the host.
 """
@@ -12,6 +12,7 @@ Pure data: the caller reads the file; nothing here touches the host.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import PurePath
 from typing import Annotated, Any, Literal
@@ -29,6 +30,7 @@ from pydantic import (
 )
 
 from cloudlet.errors import CloudletError, InvalidInput
+from cloudlet.next_steps import NextStep, Step, step
 from cloudlet.spec.instance import Arch, BackupPolicy, FirewallSpec, InstanceSpec, Profile
 from cloudlet.spec.machine_types import CATALOG, CUSTOM, resolve_shape
 from cloudlet.spec.names import image_name, model_check, vm_name
@@ -97,11 +99,11 @@ class AccessDoc(_Doc):
 
 
 class VMBody(_Doc):
-    """What the VM is: one field per `cloudlet create` flag, plus its power state."""
+    """What the VM is: one field per option of creating a VM, plus its power state."""
 
-    image: str = Field(default="tiny", description="image name ('cloudlet image list')")
+    image: str = Field(default="tiny", description="an image name (a local or catalog image)")
     type: str | None = Field(
-        default=None, description="machine type ('cloudlet types'), or 'custom' with cpus/memory"
+        default=None, description="a machine type (see the types), or 'custom' with cpus/memory"
     )
     cpus: int | None = Field(default=None, ge=1, le=255, description="vCPUs (custom shape)")
     memory: MemorySize | None = Field(default=None, description="memory (custom shape)")
@@ -111,9 +113,7 @@ class VMBody(_Doc):
     profile: Profile = "modern"
     network: Literal["nat", "none"] = "nat"
     restrict_network: bool = Field(default=False, description="NAT without any way out")
-    networks: list[str] = Field(
-        default=[], description="virtual networks, one NIC each ('cloudlet network list')"
-    )
+    networks: list[str] = Field(default=[], description="virtual networks by name, one NIC each")
     containers: bool = Field(
         default=False, description="install podman and enable its docker-compatible socket"
     )
@@ -127,7 +127,7 @@ class VMBody(_Doc):
         default=FirewallSpec(), description="inbound rules (enforced on virtual networks)"
     )
     backup: BackupPolicy = Field(
-        default=BackupPolicy(), description="backup policy (run by 'cloudlet backup run-due')"
+        default=BackupPolicy(), description="backup policy (made when due backups are run)"
     )
     user_data: str | None = Field(default=None, description="your own #cloud-config, inline")
     user_data_file: str | None = Field(default=None, description="your own #cloud-config file")
@@ -184,7 +184,7 @@ def json_schema() -> dict[str, Any]:
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$id": "https://cloudlet.invalid/schema/v1/spec.json",
-        "title": "cloudlet spec file (cloudlet/v1)",
+        "title": "VM spec file (cloudlet/v1)",
         "description": "One VM (kind: VM) or several (kind: List, or several YAML documents).",
         "oneOf": [{"$ref": "#/$defs/VMDocument"}, {"$ref": "#/$defs/ListDocument"}],
         "$defs": defs,
@@ -217,13 +217,18 @@ class VMEntry:
         *,
         hint: str | None = None,
         cls: type[CloudletError] = InvalidInput,
+        next_steps: Sequence[NextStep] = (),
     ) -> CloudletError:
         """An error naming this file, the field's line and the field."""
-        return cls(f"{self.source}:{self.line(path)}: {path}: {message}", hint=hint)
+        return cls(
+            f"{self.source}:{self.line(path)}: {path}: {message}", hint=hint, next_steps=next_steps
+        )
 
     def located(self, path: str, exc: CloudletError) -> CloudletError:
         """``exc`` again, with this file, line and field in front of its message."""
-        return self.error(path, exc.message, hint=exc.hint, cls=type(exc))
+        return self.error(
+            path, exc.message, hint=exc.hint, cls=type(exc), next_steps=exc.next_steps
+        )
 
     def relative(self, path: str) -> str:
         """A path written in the file, taken relative to the file's own directory."""
@@ -275,7 +280,8 @@ def _first_error(
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
     return InvalidInput(
         f"{source}:{_line_of(lines, base + loc)}: {_dotted(loc) or 'document'}: {message}{more}",
-        hint="see 'cloudlet spec --schema' for every field",
+        hint="the spec files' schema lists every field",
+        next_steps=[step(Step.SPEC_SCHEMA)],
     )
 
 
@@ -366,10 +372,11 @@ def check_entry(entry: VMEntry) -> None:
         elif exc.message.startswith("invalid memory") and spec.memory is not None:
             field_name = "spec.memory"
         if "unknown machine type" in exc.message:
+            guess = did_you_mean(str(spec.type), CATALOG)
             raise entry.error(
-                field_name, f"unknown machine type {spec.type!r} (see 'cloudlet types')",
-                hint=did_you_mean(str(spec.type), CATALOG)
-                or "use a name from 'cloudlet types', or 'custom' with cpus and memory",
+                field_name, f"unknown machine type {spec.type!r}",
+                hint=guess or "use the name of a machine type, or 'custom' with cpus and memory",
+                next_steps=[] if guess else [step(Step.TYPE_LIST)],
             ) from None  # fmt: skip
         raise entry.located(field_name, exc) from None
     if spec.user_data is not None and spec.user_data_file is not None:

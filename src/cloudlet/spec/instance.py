@@ -37,7 +37,7 @@ class AccessSpec(BaseModel):
 
     user: str | None = None
     ssh_public_keys: tuple[str, ...] = ()
-    ssh_private_key: str | None = Field(default=None, description="path used by cloudlet ssh")
+    ssh_private_key: str | None = Field(default=None, description="key file ssh uses")
 
     @field_validator("user")
     @classmethod

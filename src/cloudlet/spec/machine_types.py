@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cloudlet.errors import InvalidInput, NotFound
+from cloudlet.next_steps import Step, step
 from cloudlet.spec.suggest import did_you_mean
 from cloudlet.spec.units import GIB, MIB, format_size
 
@@ -76,8 +77,8 @@ def get_type(name: str) -> MachineType:
         guess = did_you_mean(name, CATALOG)
         raise NotFound(
             f"unknown machine type {name!r}",
-            hint=guess
-            or "run 'cloudlet types' to list them, or use --cpus/--memory for a custom shape",
+            hint=guess or "use one of the machine types, or a custom shape of vCPUs and memory",
+            next_steps=[] if guess else [step(Step.TYPE_LIST)],
         ) from None
 
 

@@ -85,7 +85,7 @@ BACKUP_ID = NameKind(
     "backup id",
     re.compile(r"[0-9]{8}T[0-9]{6}-[0-9a-f]{6}"),
     22,
-    "an id as 'cloudlet backup list VM' shows it, such as 20250101T120000-a1b2c3",
+    "an id as the VM's list of backups shows it, such as 20250101T120000-a1b2c3",
 )
 # A login user: POSIX-ish, and never something ssh could read as an option.
 LOGIN_USER = NameKind(

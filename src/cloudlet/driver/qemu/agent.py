@@ -19,6 +19,7 @@ from typing import Any
 from cloudlet import redact
 from cloudlet.driver.base import ExecResult
 from cloudlet.errors import GuestError, Timeout
+from cloudlet.next_steps import Step, step
 from cloudlet.progress import CancelToken, check, pause
 
 _log = logging.getLogger(__name__)
@@ -248,7 +249,8 @@ def wait_ready(path: Path, timeout: float, *, cancel: CancelToken | None = None)
         pause(cancel, 0.1)
     raise Timeout(
         f"the guest agent did not answer within {timeout:.0f} s ({last})",
-        hint="check the boot with 'cloudlet logs'",
+        hint="read the VM's serial log to see how its boot went",
+        next_steps=[step(Step.VM_LOGS)],
     )
 
 

@@ -55,8 +55,13 @@ from cloudlet.host import passt, processes
 from cloudlet.host.ownership import share_dir
 from cloudlet.host.qemu_binaries import qemu_binary, qemu_version
 from cloudlet.host.run import Credentials, spawn
+from cloudlet.next_steps import Step, step
 from cloudlet.notices import CallNotices
 from cloudlet.progress import CancelToken, check, pause
+
+# QEMU died during a boot: its serial log tells why (the driver knows no VM name).
+SERIAL_LOG_HINT = "read the VM's serial log to see why"
+LOG_STEPS = (step(Step.VM_LOGS),)
 
 _log = logging.getLogger(__name__)
 START_TIMEOUT = 60.0
@@ -188,7 +193,9 @@ class QemuDriver(Driver):
             if helper is not None:
                 passt.stop(helper.pid, helper.start)
             shutil.rmtree(run_dir, ignore_errors=True)
-            raise CloudletError("QEMU exited right after it started", hint="see 'cloudlet logs'")
+            raise CloudletError(
+                "QEMU exited right after it started", hint=SERIAL_LOG_HINT, next_steps=LOG_STEPS
+            )
         info = RuntimeInfo(
             instance_id=config.instance_id,
             pid=pid,
@@ -350,7 +357,9 @@ class QemuDriver(Driver):
         )
         check(cancel)
         if not processes.is_alive(info.pid, info.pid_start):
-            raise CloudletError("QEMU exited while the guest booted", hint="see 'cloudlet logs'")
+            raise CloudletError(
+                "QEMU exited while the guest booted", hint=SERIAL_LOG_HINT, next_steps=LOG_STEPS
+            )
         agent.wait_ready(info.agent_socket, max(1.0, deadline - time.monotonic()), cancel=cancel)
 
     def exec(
