@@ -68,7 +68,7 @@ network_commands.register(app)  # network, nic, port, firewall
 backup_commands.register(app)  # backup, restore, export, import
 
 
-OutputOpt = Annotated[Output, typer.Option("--output", "-o", help="table or json")]
+OutputOpt = Annotated[Output, typer.Option("--output", "-o", help="table, wide or json")]
 ImageArg = Annotated[str, typer.Argument(help="image name", autocompletion=complete.images)]
 NameArg = VmArg
 
@@ -245,12 +245,12 @@ def list_(
         bool, typer.Option("--all", "-a", help="also process VMs (cloudlet run)")
     ] = False,
 ) -> None:
-    """List VMs."""
+    """List VMs: name, state, type, image and addresses (-o wide: every column)."""
     items = _engine().instances(include_process=all_)
     if output == Output.json:
         render.print_json([vm.to_dict() for vm in items])
     else:
-        render.instances_table(items)
+        render.instances_table(items, wide=output == Output.wide)
 
 
 @app.command()

@@ -91,6 +91,11 @@ def plan_access(
     )
 
 
+def has_ssh(access: AccessSpec, ssh_port: int | None) -> bool:
+    """A login over SSH is possible: a login user (cloud-init made it) and a forward."""
+    return access.user is not None and ssh_port is not None
+
+
 def write_seed(
     dest: Path, *, instance_id: str, hostname: str, access: AccessSpec, user_data: str | None
 ) -> None:

@@ -29,6 +29,8 @@ class InstanceView:
     kind: str = "system"
     # network name -> the guest's address there ("nat": user-mode, then each NIC)
     addresses: dict[str, str] = field(default_factory=dict)
+    # an SSH server a user can log in to on ssh_port (a tiny VM has a forward but no SSH)
+    ssh_access: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
