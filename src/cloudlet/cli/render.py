@@ -183,6 +183,8 @@ def host_detail(host: HostView) -> None:
         ("VMs", f"{host.instances} ({host.running} running)"),
         ("State directory", host.home),
     ]  # fmt: skip
+    if host.accel_note:
+        rows.insert(1, ("Note", host.accel_note))
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         out.print(f"[bold]{key:<{width}}[/]  {value}")

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 from sqlalchemy import select
 
 from cloudlet.driver.base import LaunchConfig
+from cloudlet.engine import accel_note, licensing, locks, network_rows, storage_rows
 from cloudlet.engine import capacity as capacity_mod
-from cloudlet.engine import licensing, locks, network_rows, storage_rows
 from cloudlet.errors import CloudletError, InvalidInput
 from cloudlet.host.kvm import AccelVerdict
 from cloudlet.images.store import HOST_ARCH, Image
@@ -132,10 +132,6 @@ def boot(
     """
     image = Image.load(Path(row.image_path))
     verdict = accel_for(ctx, image)
-    if verdict.accel == "tcg":
-        notice = f"{row.name} runs under TCG software emulation (slower): {verdict.reason}"
-        if notice not in ctx.notices:
-            ctx.notices.append(notice)
     licensing.check_host_allowed(image, apple_hardware=licensing.host_is_apple_hardware())
     with locks.hold(ctx.paths.locks, locks.HOST_KEY, what="host capacity"):
         check_seats(ctx, image, exclude=row.id)
@@ -166,5 +162,7 @@ def boot(
         message = exc.one_line() if isinstance(exc, CloudletError) else repr(exc)
         ctx.set_state(row.id, VMState.ERROR, message)
         raise
+    if verdict.accel == "tcg" and accel_note.first_since_boot(ctx.paths.home, image.arch):
+        ctx.notice(accel_note.vm_note(row.name, verdict.reason))
     how = " from its memory state" if state is not None else ""
     ctx.event(row.name, "started", f"started with {verdict.accel}{how}", op_id)

@@ -55,6 +55,7 @@ class HostView:
     home: str
     arches: dict[str, str]
     qemu_user: str = ""
+    accel_note: str = ""  # said while VMs run under TCG (a create or start says it once a boot)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
