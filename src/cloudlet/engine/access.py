@@ -153,9 +153,14 @@ def wait_cloud_init(
     )
 
 
-def pin_host_keys(driver: Driver, instance_id: str, port: int, known_hosts: Path) -> None:
+def pin_host_keys(
+    driver: Driver, instance_id: str, port: int, known_hosts: Path, *,
+    cancel: CancelToken | None = None,
+) -> None:  # fmt: skip
     """Learn the guest's SSH host keys over the agent (a trusted channel) and pin them."""
-    result = driver.exec(instance_id, ["sh", "-c", "cat /etc/ssh/ssh_host_*_key.pub"], timeout=60)
+    result = driver.exec(
+        instance_id, ["sh", "-c", "cat /etc/ssh/ssh_host_*_key.pub"], timeout=60, cancel=cancel
+    )
     keys = [
         " ".join(line.split()[:2])
         for line in result.stdout.decode(errors="replace").splitlines()
