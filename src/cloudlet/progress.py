@@ -84,6 +84,13 @@ class CancelToken:
         return self._event.wait(max(0.0, seconds))
 
 
+def phase(sink: ProgressSink | None, cancel: CancelToken | None, stage: str) -> None:
+    """Enter ``stage`` of a long operation: stop here if cancelled, else tell the sink."""
+    check(cancel)
+    if sink is not None:
+        sink(ProgressEvent(stage))
+
+
 def check(cancel: CancelToken | None) -> None:
     """``raise_if_cancelled`` for an optional token."""
     if cancel is not None:

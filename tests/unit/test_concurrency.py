@@ -43,12 +43,17 @@ def test_sixteen_threads_leave_a_whole_state(short_tmp: Path) -> None:
 
 def test_notices_belong_to_the_call_that_made_them(short_tmp: Path) -> None:
     engine = make_fake_engine(short_tmp / "home")
+
+    # Every such create has a notice that names it (the TCG note is said once a boot).
+    def request(name: str) -> CreateRequest:
+        return CreateRequest(name=name, inbound_ports=(8080,))
+
     seen: dict[str, list[str]] = {}
     go = threading.Barrier(2)
 
     def create(name: str) -> None:
         go.wait()
-        engine.create(CreateRequest(name=name))
+        engine.create(request(name))
         seen[name] = list(engine.notices)
 
     threads = [threading.Thread(target=create, args=(n,)) for n in ("one", "two")]
@@ -59,10 +64,10 @@ def test_notices_belong_to_the_call_that_made_them(short_tmp: Path) -> None:
     for name in ("one", "two"):
         assert seen[name] and all(name in n for n in seen[name]), seen
     # A request scope starts empty and ends with the outer list untouched.
-    engine.create(CreateRequest(name="outer"))
+    engine.create(request("outer"))
     outer = list(engine.notices)
     with engine.collect_notices() as mine:
-        engine.create(CreateRequest(name="inner"))
+        engine.create(request("inner"))
         assert mine and all("inner" in n for n in mine)
     assert engine.notices == outer and all("outer" in n for n in outer)
 

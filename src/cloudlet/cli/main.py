@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
     from cloudlet.cli import render
     from cloudlet.cli.progress import byte_progress as _byte_progress
+    from cloudlet.cli.progress import phases as _phases
     from cloudlet.cli.render import err, out
     from cloudlet.engine import type_listing
     from cloudlet.engine.engine import CreateRequest, Engine
@@ -44,6 +45,7 @@ else:
     escape = lazy("rich.markup", "escape")
     render = lazy("cloudlet.cli.render")
     _byte_progress = lazy("cloudlet.cli.progress", "byte_progress")
+    _phases = lazy("cloudlet.cli.progress", "phases")
     err = lazy("cloudlet.cli.render", "err")
     out = lazy("cloudlet.cli.render", "out")
     type_listing = lazy("cloudlet.engine.type_listing")
@@ -69,7 +71,7 @@ network_commands.register(app)  # network, nic, port, firewall
 backup_commands.register(app)  # backup, restore, export, import
 
 
-OutputOpt = Annotated[Output, typer.Option("--output", "-o", help="table or json")]
+OutputOpt = Annotated[Output, typer.Option("--output", "-o", help="table, wide or json")]
 ImageArg = Annotated[str, typer.Argument(help="image name", autocompletion=complete.images)]
 NameArg = VmArg
 
@@ -112,10 +114,6 @@ def _engine() -> Engine:
 def _notices(engine: Engine) -> None:
     for notice in engine.notices:
         err.print(f"[yellow]note:[/] {notice}")
-
-
-def _progress(message: str) -> None:
-    err.print(f"[dim]{message}[/]")
 
 
 @app.command()
@@ -225,8 +223,8 @@ def create(
         api_access=api_access,
     )
     engine = _engine()
-    with err.status(f"creating {name} ..."):
-        vm = engine.create(request, start=not no_start, wait=not no_wait, progress=_progress)
+    with _phases(f"creating {name}") as progress:
+        vm = engine.create(request, start=not no_start, wait=not no_wait, progress=progress)
     _notices(engine)
     if output == Output.json:
         render.print_json(vm.to_dict())
@@ -246,12 +244,12 @@ def list_(
         bool, typer.Option("--all", "-a", help="also process VMs (cloudlet run)")
     ] = False,
 ) -> None:
-    """List VMs."""
+    """List VMs: name, state, type, image and addresses (-o wide: every column)."""
     items = _engine().instances(include_process=all_)
     if output == Output.json:
         render.print_json([vm.to_dict() for vm in items])
     else:
-        render.instances_table(items)
+        render.instances_table(items, wide=output == Output.wide)
 
 
 @app.command()
@@ -275,8 +273,8 @@ def start(
 ) -> None:
     """Start a stopped VM (waits until its guest agent answers)."""
     engine = _engine()
-    with err.status(f"starting {name} ..."):
-        result = engine.start(name, wait=not no_wait)
+    with _phases(f"starting {name}") as progress:
+        result = engine.start(name, wait=not no_wait, progress=progress)
     _notices(engine)
     render.said(result)
 
@@ -301,8 +299,8 @@ def restart(
     force: Annotated[bool, typer.Option("--force", "-f", help="forced stop")] = False,
 ) -> None:
     """Stop and start a VM."""
-    with err.status(f"restarting {name} ..."):
-        result = _engine().restart(name, force=force)
+    with _phases(f"restarting {name}") as progress:
+        result = _engine().restart(name, force=force, progress=progress)
     render.said(result)
 
 
@@ -498,7 +496,10 @@ def image_build(
     arch: Annotated[str | None, typer.Option(help="x86_64 or aarch64 (tiny)")] = None,
 ) -> None:
     """Build (or find cached) a built-in image from Debian packages."""
-    image = _engine().image_build(name, arch=arch, progress=_progress)
+    from cloudlet.progress import stage_callback
+
+    with _phases(f"building {name}") as progress:
+        image = _engine().image_build(name, arch=arch, progress=stage_callback(progress))
     err.print(f"{image.name} ({image.arch}): {image.os} at {image.path}")
 
 

@@ -16,7 +16,10 @@ from cloudlet.cli import complete
 
 
 class Output(StrEnum):
+    """How a read command prints: a table that fits the terminal, every column, or JSON."""
+
     table = "table"
+    wide = "wide"
     json = "json"
 
 

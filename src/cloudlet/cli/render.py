@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from rich.console import Console
+from rich.measure import Measurement
 from rich.table import Table
 
 from cloudlet.cli import wording
@@ -42,33 +44,73 @@ def _cpus(n: int) -> str:
     return f"{n} vCPU" + ("s" if n != 1 else "")
 
 
-def addresses_text(vm: InstanceView) -> str:
+def addresses_text(vm: InstanceView, sep: str = ", ") -> str:
     """``10.0.2.15 (nat), 10.80.1.10 (backend)``: each address with its network."""
-    return ", ".join(f"{ip} ({network})" for network, ip in vm.addresses.items()) or "-"
+    return sep.join(f"{ip} ({network})" for network, ip in vm.addresses.items()) or "-"
 
 
-def instances_table(items: list[InstanceView]) -> None:
+def ssh_text(vm: InstanceView) -> str:
+    """Where SSH answers on this host; "-" when the VM has no SSH (tiny, or no NAT)."""
+    return f"127.0.0.1:{vm.ssh_port}" if vm.ssh_access and vm.ssh_port else "-"
+
+
+def _state(vm: InstanceView) -> str:
+    style = STATE_STYLE.get(vm.state, "")
+    return f"[{style}]{vm.state}[/]" if style else vm.state
+
+
+# The default table keeps what tells VMs apart and how to reach them, and fits 80
+# columns; -o wide adds the shape, the SSH forward and the accelerator.
+_NARROW: tuple[tuple[str, Callable[[InstanceView], str]], ...] = (
+    ("NAME", lambda vm: vm.name),
+    ("STATE", _state),
+    ("TYPE", lambda vm: vm.type),
+    ("IMAGE", lambda vm: vm.image),
+    ("ADDRESSES", lambda vm: addresses_text(vm, "\n")),
+)
+_WIDE: tuple[tuple[str, Callable[[InstanceView], str]], ...] = (
+    ("NAME", lambda vm: vm.name),
+    ("STATE", _state),
+    ("TYPE", lambda vm: vm.type),
+    ("VCPUS", lambda vm: _cpus(vm.cpus)),
+    ("MEMORY", lambda vm: format_size(vm.memory)),
+    ("DISK", lambda vm: format_size(vm.disk_size)),
+    ("IMAGE", lambda vm: vm.image),
+    ("ARCH", lambda vm: vm.arch),
+    ("ADDRESSES", addresses_text),
+    ("SSH", ssh_text),
+    ("ACCEL", lambda vm: vm.accel or "-"),
+)
+
+
+def instances_table(items: list[InstanceView], *, wide: bool = False) -> None:
     if not items:
         err.print("no VMs yet: create one with 'cloudlet create NAME'")
         return
+    columns = _WIDE if wide else _NARROW
     table = Table(box=None, pad_edge=False)
-    columns = ("NAME", "STATE", "TYPE", "VCPUS", "MEMORY", "DISK", "IMAGE", "ADDRESSES", "ACCEL")
-    for column in columns:
-        table.add_column(column)
+    for header, _ in columns:
+        table.add_column(header, no_wrap=True)
     for vm in items:
-        style = STATE_STYLE.get(vm.state, "")
-        table.add_row(
-            vm.name,
-            f"[{style}]{vm.state}[/]" if style else vm.state,
-            vm.type,
-            _cpus(vm.cpus),
-            format_size(vm.memory),
-            format_size(vm.disk_size),
-            vm.image,
-            addresses_text(vm),
-            vm.accel or "-",
-        )
-    out.print(table)
+        table.add_row(*(cell(vm) for _, cell in columns))
+    print_uncut(table)
+
+
+def print_uncut(table: Table) -> None:
+    """Print ``table`` with no cell cut or wrapped: when it is wider than the terminal,
+    its lines run longer (the terminal folds them) rather than lose what users type."""
+    needed = Measurement.get(out, out.options.update_width(1 << 16), table).maximum
+    if needed <= out.width:
+        out.print(table)
+        return
+    wider = Console(
+        file=out.file,
+        width=needed,
+        highlight=False,
+        color_system=out.color_system,  # type: ignore[arg-type]
+        force_terminal=out.is_terminal,
+    )
+    wider.print(table)
 
 
 def instance_detail(vm: InstanceView) -> None:
@@ -84,7 +126,7 @@ def instance_detail(vm: InstanceView) -> None:
         ("Accelerator", vm.accel or "-"),
         ("Network", f"{vm.network['mode']}" + (" (restricted)" if vm.network["restrict"] else "")),
         ("Addresses", addresses_text(vm)),
-        ("SSH forward", f"127.0.0.1:{vm.ssh_port} -> 22" if vm.ssh_port else "-"),
+        ("SSH forward", _ssh_forward(vm)),
         ("QEMU pid", str(vm.pid) if vm.pid else "-"),
         ("Created", vm.created_at.strftime("%Y-%m-%d %H:%M:%S UTC")),
     ]
@@ -93,6 +135,12 @@ def instance_detail(vm: InstanceView) -> None:
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         out.print(f"[bold]{key:<{width}}[/]  {value}")
+
+
+def _ssh_forward(vm: InstanceView) -> str:
+    if vm.ssh_access and vm.ssh_port:
+        return f"127.0.0.1:{vm.ssh_port} -> 22"
+    return "none (image has no SSH)" if vm.ssh_port else "-"
 
 
 def share_text(value: float | None) -> str:
@@ -143,6 +191,8 @@ def host_detail(host: HostView) -> None:
         ("VMs", f"{host.instances} ({host.running} running)"),
         ("State directory", host.home),
     ]  # fmt: skip
+    if host.accel_note:
+        rows.insert(1, ("Note", host.accel_note))
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         out.print(f"[bold]{key:<{width}}[/]  {value}")

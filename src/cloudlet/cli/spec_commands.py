@@ -19,6 +19,7 @@ from cloudlet.errors import Conflict, InvalidInput
 
 if TYPE_CHECKING:
     from cloudlet.cli import render
+    from cloudlet.cli.progress import phases
     from cloudlet.cli.render import err, out
     from cloudlet.engine import apply as apply_mod
     from cloudlet.engine.engine import Engine
@@ -29,6 +30,7 @@ else:
     from cloudlet.cli.lazy import lazy
 
     render = lazy("cloudlet.cli.render")
+    phases = lazy("cloudlet.cli.progress", "phases")
     err = lazy("cloudlet.cli.render", "err")
     out = lazy("cloudlet.cli.render", "out")
     open_engine = lazy("cloudlet.engine.factory", "open_engine")
@@ -52,10 +54,6 @@ def read_entries(path: Path) -> list[VMEntry]:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not text"
         raise InvalidInput(f"cannot read {path}: {reason}", hint="check the path") from None
     return document.parse_documents(text, str(path))
-
-
-def _progress(message: str) -> None:
-    err.print(f"[dim]{message}[/]")
 
 
 def show_created(engine: Engine, vm: InstanceView, output: Output) -> None:
@@ -83,8 +81,8 @@ def create_entry(entry: VMEntry, output: Output) -> None:
     from cloudlet.engine import apply as apply_mod
 
     engine = open_engine()
-    with err.status(f"creating {entry.name} ..."):
-        vm = apply_mod.create_from(engine, entry, progress=_progress)
+    with phases(f"creating {entry.name}") as progress:
+        vm = apply_mod.create_from(engine, entry, progress=progress)
     show_created(engine, vm, output)
 
 
@@ -206,8 +204,8 @@ def register(app: typer.Typer) -> None:
 
         engine = open_engine()
         entries = read_entries(path)
-        with err.status(f"applying {path} ..."):
-            the_plan = apply_mod.apply(engine, entries, progress=_progress)
+        with phases(f"applying {path}") as progress:
+            the_plan = apply_mod.apply(engine, entries, progress=progress)
         for notice in engine.notices:
             err.print(f"[yellow]note:[/] {notice}")
         print_plan(the_plan, output, done=True)

@@ -96,6 +96,11 @@ def plan_access(
     )
 
 
+def has_ssh(access: AccessSpec, ssh_port: int | None) -> bool:
+    """A login over SSH is possible: a login user (cloud-init made it) and a forward."""
+    return access.user is not None and ssh_port is not None
+
+
 def write_seed(
     dest: Path, *, instance_id: str, hostname: str, access: AccessSpec, user_data: str | None
 ) -> None:
@@ -154,9 +159,14 @@ def wait_cloud_init(
     )
 
 
-def pin_host_keys(driver: Driver, instance_id: str, port: int, known_hosts: Path) -> None:
+def pin_host_keys(
+    driver: Driver, instance_id: str, port: int, known_hosts: Path, *,
+    cancel: CancelToken | None = None,
+) -> None:  # fmt: skip
     """Learn the guest's SSH host keys over the agent (a trusted channel) and pin them."""
-    result = driver.exec(instance_id, ["sh", "-c", "cat /etc/ssh/ssh_host_*_key.pub"], timeout=60)
+    result = driver.exec(
+        instance_id, ["sh", "-c", "cat /etc/ssh/ssh_host_*_key.pub"], timeout=60, cancel=cancel
+    )
     keys = [
         " ".join(line.split()[:2])
         for line in result.stdout.decode(errors="replace").splitlines()

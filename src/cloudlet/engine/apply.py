@@ -25,8 +25,8 @@ from typing import Any, Literal
 from cloudlet.engine.engine import CreateRequest, Engine, SpecChanges
 from cloudlet.engine.views import InstanceView
 from cloudlet.errors import CloudletError, Conflict, InvalidInput, NotFound
-from cloudlet.images.store import Progress
 from cloudlet.next_steps import NextStep, Step, step
+from cloudlet.progress import ProgressEvent, ProgressSink
 from cloudlet.spec.document import VMDocument, VMEntry, document_for
 from cloudlet.spec.instance import LOCAL_ZONE, FirewallSpec, InstanceSpec
 from cloudlet.spec.machine_types import resolve_shape
@@ -158,7 +158,7 @@ def check_host(engine: Engine, entry: VMEntry) -> None:
 
 
 def create_from(
-    engine: Engine, entry: VMEntry, *, progress: Progress | None = None
+    engine: Engine, entry: VMEntry, *, progress: ProgressSink | None = None
 ) -> InstanceView:
     """``cloudlet create --from FILE``: the file's VM, created like the flags would."""
     check_host(engine, entry)
@@ -359,7 +359,7 @@ def plan(engine: Engine, entries: list[VMEntry]) -> Plan:
 
 
 # ---------------------------------------------------------------------- apply
-def apply(engine: Engine, entries: list[VMEntry], *, progress: Progress | None = None) -> Plan:
+def apply(engine: Engine, entries: list[VMEntry], *, progress: ProgressSink | None = None) -> Plan:
     """Bring every VM of a file to the file's state; all or nothing when anything is refused."""
     the_plan = plan(engine, entries)
     if the_plan.refusals:
@@ -375,7 +375,7 @@ def apply(engine: Engine, entries: list[VMEntry], *, progress: Progress | None =
     for decision in the_plan.decisions:
         entry = the_plan.entries[decision.name]
         if progress is not None and decision.action != "none":
-            progress(decision.line())
+            progress(ProgressEvent(decision.line()))
         if decision.action == "create":
             create_from(engine, entry, progress=progress)
         elif decision.action == "stop":

@@ -24,6 +24,7 @@ from cloudlet.engine.deps import EngineDeps
 from cloudlet.errors import Conflict, NotFound
 from cloudlet.next_steps import NextStep, Step, step
 from cloudlet.notices import CallNotices
+from cloudlet.progress import CancelToken
 from cloudlet.spec import names
 from cloudlet.spec.states import VMState
 from cloudlet.spec.suggest import did_you_mean
@@ -65,10 +66,12 @@ class EngineContext:
         self.notices_store.current.append(text)
 
     # ------------------------------------------------------------------ locks and rows
-    def lock(self, name: str, wait: float | None = None) -> AbstractContextManager[None]:
+    def lock(
+        self, name: str, wait: float | None = None, *, cancel: CancelToken | None = None
+    ) -> AbstractContextManager[None]:
         """The VM's lock; every VM-name call locks or looks up first, so names are checked here."""
         names.vm_name(name)
-        return locks.hold(self.paths.locks, name, wait=wait, what=f"VM {name}")
+        return locks.hold(self.paths.locks, name, wait=wait, what=f"VM {name}", cancel=cancel)
 
     def row(self, name: str) -> InstanceRow:
         names.vm_name(name)

@@ -22,6 +22,7 @@ from cloudlet.engine.images import Images, SizeCap
 from cloudlet.errors import InvalidInput
 from cloudlet.images.importer import check_size
 from cloudlet.images.store import Image, Progress
+from cloudlet.progress import CancelToken, ProgressSink, phase, stage_callback
 from cloudlet.spec import names
 from cloudlet.spec.instance import (
     LOCAL_ZONE,
@@ -88,9 +89,13 @@ class Creation:
 
     def create(
         self, req: CreateRequest, *, start: bool = True, wait: bool = True,
-        progress: Progress | None = None,
+        progress: ProgressSink | None = None, cancel: CancelToken | None = None,
     ) -> None:  # fmt: skip
-        """Validate everything first, then record, make the disk, and boot."""
+        """Validate everything first, then record, make the disk, and boot.
+
+        ``progress`` hears the phases (the image's stages, disk, boot, agent,
+        cloud-init, host keys); a cancelled ``cancel`` removes the VM, as a failure does.
+        """
         ctx = self.ctx
         names.vm_name(req.name)
         if req.iso is None:
@@ -101,7 +106,7 @@ class Creation:
         mode, nics = network_rows.split_networks(req.networks or (req.network,))
         vm_state.ensure_name_free(ctx, req.name)
         _check_request(req)
-        image = self._image(req, progress)
+        image = self._image(req, stage_callback(progress))
         check_size(
             f"the disk of {req.name}",
             max(req.disk_size or 0, image.min_disk_bytes),
@@ -145,7 +150,7 @@ class Creation:
             api_access=req.api_access,
         )
         ssh_port = ports.ssh_port(ctx.db) if network.mode == "nat" and network.ssh_forward else None
-        with ctx.lock(req.name):
+        with ctx.lock(req.name, cancel=cancel):
             vm_state.ensure_name_free(ctx, req.name)
             row = InstanceRow(
                 id=str(uuid.uuid4()),
@@ -164,7 +169,8 @@ class Creation:
             )
             with ctx.db.session() as s:
                 s.add(row)
-            self._build(req, row, spec, image, start=start, wait=wait)
+            self._build(req, row, spec, image, start=start, wait=wait, progress=progress,
+                        cancel=cancel)  # fmt: skip
         self._note_recorded_only(spec)
 
     def _image(self, req: CreateRequest, progress: Progress | None) -> Image:
@@ -195,13 +201,14 @@ class Creation:
 
     def _build(
         self, req: CreateRequest, row: InstanceRow, spec: InstanceSpec, image: Image, *,
-        start: bool, wait: bool,
+        start: bool, wait: bool, progress: ProgressSink | None, cancel: CancelToken | None,
     ) -> None:  # fmt: skip
         """Everything from the recorded row to the first boot, undone whole on failure."""
         ctx = self.ctx
         made: list[str] = []
         try:
             with ctx.operation(row, "create") as op_id:
+                phase(progress, cancel, "disk")
                 instance_dir = ctx.paths.instance_dir(row.id)
                 instance_dir.mkdir(parents=True)
                 network_rows.allocate(ctx, row.id, spec.network.nics)
@@ -228,9 +235,10 @@ class Creation:
                 ctx.event(row.name, "created", f"created from image {req.image}", op_id)
                 made += self.volumes.create_for_new_vm(row.id, row.name, req.volumes)
                 if start:
-                    launch.boot(ctx, ctx.row(req.name), wait=wait, op_id=op_id)
+                    launch.boot(ctx, ctx.row(req.name), wait=wait, op_id=op_id,
+                                progress=progress, cancel=cancel)  # fmt: skip
                     if wait and req.wait_cloud_init and image.cloud_init:
-                        finish_first_boot(ctx, ctx.row(req.name))
+                        finish_first_boot(ctx, ctx.row(req.name), progress=progress, cancel=cancel)
         except BaseException:
             self.volumes.undo_new_vm_volumes(row.id, made)
             teardown.remove_everything(ctx, row)

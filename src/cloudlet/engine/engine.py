@@ -40,6 +40,7 @@ from cloudlet.engine.type_listing import MachineTypeOffer
 from cloudlet.engine.views import ActionResult, Done, HostView, InstanceView
 from cloudlet.guest.landing import CopyLimits
 from cloudlet.images.store import Progress
+from cloudlet.progress import CancelToken, ProgressSink, phase
 from cloudlet.spec.instance import InstanceSpec
 from cloudlet.store.database import Database
 
@@ -151,10 +152,12 @@ class Engine:
     # ------------------------------------------------------------------ create
     def create(
         self, req: CreateRequest, *, start: bool = True, wait: bool = True,
-        progress: Progress | None = None,
+        progress: ProgressSink | None = None, cancel: CancelToken | None = None,
     ) -> InstanceView:  # fmt: skip
-        """Validate everything first, then record, make the disk, and boot."""
-        self.creation.create(req, start=start, wait=wait, progress=progress)
+        """Validate everything first, then record, make the disk, and boot.
+
+        ``progress`` hears each phase; a cancelled ``cancel`` leaves no VM behind."""
+        self.creation.create(req, start=start, wait=wait, progress=progress, cancel=cancel)
         return self.show(req.name)
 
     # ------------------------------------------------------------------ spec changes
@@ -173,16 +176,25 @@ class Engine:
         return self._result(name, self.lifecycle.update_spec(name, changes.as_dict()))
 
     # ------------------------------------------------------------------ power
-    def start(self, name: str, *, wait: bool = True) -> ActionResult:
-        return self._result(name, self.lifecycle.start(name, wait=wait))
+    def start(
+        self, name: str, *, wait: bool = True, progress: ProgressSink | None = None,
+        cancel: CancelToken | None = None,
+    ) -> ActionResult:  # fmt: skip
+        """Boot a stopped VM; a cancelled ``cancel`` leaves it stopped."""
+        outcome = self.lifecycle.start(name, wait=wait, progress=progress, cancel=cancel)
+        return self._result(name, outcome)
 
     def stop(self, name: str, *, force: bool = False, timeout: float | None = None) -> ActionResult:
         """ACPI power button, wait, then quit/kill; ``force`` skips the wait."""
         return power.stop(self.ctx, name, force=force, timeout=timeout)
 
-    def restart(self, name: str, *, force: bool = False, wait: bool = True) -> ActionResult:
+    def restart(
+        self, name: str, *, force: bool = False, wait: bool = True,
+        progress: ProgressSink | None = None, cancel: CancelToken | None = None,
+    ) -> ActionResult:  # fmt: skip
+        phase(progress, cancel, "stop")
         self.stop(name, force=force)
-        self.start(name, wait=wait)
+        self.start(name, wait=wait, progress=progress, cancel=cancel)
         return ActionResult(self.show(name), True, f"{name} restarted")
 
     def pause(self, name: str) -> ActionResult:

@@ -18,6 +18,7 @@ from cloudlet.errors import Conflict, InvalidInput, NotFound
 from cloudlet.guest.landing import CopyLimits
 from cloudlet.images.store import Image
 from cloudlet.next_steps import Step, step
+from cloudlet.progress import CancelToken, ProgressSink, phase
 from cloudlet.spec.instance import InstanceSpec
 from cloudlet.spec.states import VMState
 from cloudlet.store.models import InstanceRow
@@ -28,7 +29,10 @@ def copy_limits(settings: Settings) -> CopyLimits:
     return CopyLimits(settings.copy_max_bytes, settings.copy_max_entries)
 
 
-def finish_first_boot(ctx: EngineContext, row: InstanceRow) -> None:
+def finish_first_boot(
+    ctx: EngineContext, row: InstanceRow, *, progress: ProgressSink | None = None,
+    cancel: CancelToken | None = None,
+) -> None:  # fmt: skip
     """--wait: cloud-init done, then the guest's SSH host keys pinned.
 
     With a guest agent both come over the agent; without one, sshd's banner says
@@ -37,19 +41,23 @@ def finish_first_boot(ctx: EngineContext, row: InstanceRow) -> None:
     image = Image.load(Path(row.image_path))
     known_hosts = ctx.paths.instance_dir(row.id) / "known_hosts"
     if image.guest_agent:
-        access_mod.wait_cloud_init(ctx.driver, row.id)
+        phase(progress, cancel, "cloud-init")
+        access_mod.wait_cloud_init(ctx.driver, row.id, cancel=cancel)
         if row.ssh_port is not None:
-            access_mod.pin_host_keys(ctx.driver, row.id, row.ssh_port, known_hosts)
+            phase(progress, cancel, "host keys")
+            access_mod.pin_host_keys(ctx.driver, row.id, row.ssh_port, known_hosts, cancel=cancel)
         return
     if row.ssh_port is None:
         raise InvalidInput(
             f"cannot wait for {row.name}: it has neither a guest agent nor SSH over NAT",
             hint="drop --wait",
         )
+    phase(progress, cancel, "ssh")
     access_mod.wait_ssh_banner(
         row.ssh_port,
         access_mod.CLOUD_INIT_TIMEOUT,
         alive=lambda: ctx.driver.power_state(row.id) == PowerState.RUNNING,
+        cancel=cancel,
     )
     access_mod.pin_host_keys_from_serial(
         ctx.paths.instance_dir(row.id) / "serial.log", row.ssh_port, known_hosts

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from cloudlet.engine import accel_cache, launch, serial_tail, vm_state
+from cloudlet.engine import accel_cache, accel_note, launch, serial_tail, vm_state
 from cloudlet.engine.context import EngineContext
 from cloudlet.engine.serial_tail import SerialLog
 from cloudlet.engine.type_listing import MachineTypeOffer, offers
@@ -50,6 +50,7 @@ class HostInfo:
                 for arch in sorted(ctx.deps.arches())
             },
             qemu_user=ctx.driver.process_user(),
+            accel_note=accel_note.host_note(reason) if accel == "tcg" else "",
         )
 
     def reprobe_host(self) -> HostView:

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import select
 
 from cloudlet.engine import addresses, vm_state
+from cloudlet.engine.access import has_ssh
 from cloudlet.engine.storage_rows import active_disk
 from cloudlet.engine.views import InstanceView
 from cloudlet.spec.instance import InstanceSpec
@@ -35,6 +36,7 @@ def view(ctx: EngineContext, row: InstanceRow) -> InstanceView:
         location=row.location,
         accel=row.accel,
         ssh_port=row.ssh_port,
+        ssh_access=has_ssh(spec.access, row.ssh_port),
         pid=runtime.pid if runtime else None,
         created_at=row.created_at,
         last_error=row.last_error,

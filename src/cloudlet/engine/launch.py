@@ -13,11 +13,12 @@ from typing import TYPE_CHECKING
 from sqlalchemy import select
 
 from cloudlet.driver.base import LaunchConfig
+from cloudlet.engine import accel_note, licensing, locks, network_rows, storage_rows
 from cloudlet.engine import capacity as capacity_mod
-from cloudlet.engine import licensing, locks, network_rows, storage_rows
-from cloudlet.errors import CloudletError, InvalidInput
+from cloudlet.errors import Cancelled, CloudletError, InvalidInput
 from cloudlet.host.kvm import AccelVerdict
 from cloudlet.images.store import HOST_ARCH, Image
+from cloudlet.progress import CancelToken, ProgressSink, phase
 from cloudlet.spec.instance import InstanceSpec
 from cloudlet.spec.states import CAPACITY_STATES, VMState
 from cloudlet.spec.units import MIB
@@ -123,25 +124,30 @@ def launch_config(ctx: EngineContext, row: InstanceRow, image: Image, accel: str
 
 
 def boot(
-    ctx: EngineContext, row: InstanceRow, *, wait: bool, op_id: int, state: Path | None = None
+    ctx: EngineContext,
+    row: InstanceRow,
+    *,
+    wait: bool,
+    op_id: int,
+    state: Path | None = None,
+    progress: ProgressSink | None = None,
+    cancel: CancelToken | None = None,
 ) -> None:
     """Check capacity, launch QEMU, wait for the agent; the caller holds the VM's lock.
 
     ``state``: a saved RAM and device state (a memory snapshot) to resume from
-    instead of booting; the guest then runs on where it was saved.
+    instead of booting; the guest then runs on where it was saved. ``progress`` hears
+    the phases (boot, agent); a cancelled ``cancel`` stops QEMU and leaves the VM stopped.
     """
     image = Image.load(Path(row.image_path))
     verdict = accel_for(ctx, image)
-    if verdict.accel == "tcg":
-        notice = f"{row.name} runs under TCG software emulation (slower): {verdict.reason}"
-        if notice not in ctx.notices:
-            ctx.notices.append(notice)
     licensing.check_host_allowed(image, apple_hardware=licensing.host_is_apple_hardware())
-    with locks.hold(ctx.paths.locks, locks.HOST_KEY, what="host capacity"):
+    with locks.hold(ctx.paths.locks, locks.HOST_KEY, what="host capacity", cancel=cancel):
         check_seats(ctx, image, exclude=row.id)
         capacity(ctx, exclude=row.id).check(row.cpus, row.memory, name=row.name)
         ctx.set_state(row.id, VMState.STARTING)
     try:
+        phase(progress, cancel, "boot")
         ctx.driver.force_stop(row.id)  # a crashed VM may leave a stuck process
         ctx.driver.cleanup(row.id)
         network_rows.ensure_for_boot(ctx, row.id)
@@ -159,12 +165,18 @@ def boot(
             ctx.driver.resume(row.id)
         ctx.set_state(row.id, VMState.RUNNING)
         if wait and image.guest_agent and state is None:
-            ctx.driver.wait_agent(row.id, ctx.agent_timeout)
+            phase(progress, cancel, "agent")
+            ctx.driver.wait_agent(row.id, ctx.agent_timeout, cancel=cancel)
     except BaseException as exc:
         ctx.driver.force_stop(row.id)
         ctx.driver.cleanup(row.id)
+        if isinstance(exc, Cancelled):  # asked for, not a fault of the VM
+            ctx.set_state(row.id, VMState.STOPPED)
+            raise
         message = exc.one_line() if isinstance(exc, CloudletError) else repr(exc)
         ctx.set_state(row.id, VMState.ERROR, message)
         raise
+    if verdict.accel == "tcg" and accel_note.first_since_boot(ctx.paths.home, image.arch):
+        ctx.notice(accel_note.vm_note(row.name, verdict.reason))
     how = " from its memory state" if state is not None else ""
     ctx.event(row.name, "started", f"started with {verdict.accel}{how}", op_id)

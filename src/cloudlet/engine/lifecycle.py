@@ -16,6 +16,7 @@ from cloudlet.engine.context import EngineContext
 from cloudlet.engine.views import Done
 from cloudlet.errors import InvalidInput, StillRunning
 from cloudlet.next_steps import NextStep, Step, step
+from cloudlet.progress import CancelToken, ProgressSink
 from cloudlet.spec import names
 from cloudlet.spec.instance import BackupPolicy, FirewallSpec, InstanceSpec
 from cloudlet.spec.machine_types import resolve_shape
@@ -57,15 +58,19 @@ class Lifecycle:
     def __init__(self, ctx: EngineContext) -> None:
         self.ctx = ctx
 
-    def start(self, name: str, *, wait: bool = True) -> Outcome:
+    def start(
+        self, name: str, *, wait: bool = True, progress: ProgressSink | None = None,
+        cancel: CancelToken | None = None,
+    ) -> Outcome:  # fmt: skip
+        """Boot a stopped VM; ``progress`` hears its phases, ``cancel`` leaves it stopped."""
         ctx = self.ctx
-        with ctx.lock(name):
+        with ctx.lock(name, cancel=cancel):
             row = vm_state.reconcile_locked(ctx, ctx.row(name))
             if row.state == VMState.RUNNING:
                 return Outcome(False, f"{name} is already running")
             ctx.require_state(row, set(STARTABLE_STATES), "start")
             with ctx.operation(row, "start") as op_id:
-                launch.boot(ctx, row, wait=wait, op_id=op_id)
+                launch.boot(ctx, row, wait=wait, op_id=op_id, progress=progress, cancel=cancel)
             return Outcome(True, f"{name} is running")
 
     def pause(self, name: str) -> Outcome:

@@ -31,6 +31,8 @@ class InstanceView:
     kind: str = "system"
     # network name -> the guest's address there ("nat": user-mode, then each NIC)
     addresses: dict[str, str] = field(default_factory=dict)
+    # an SSH server a user can log in to on ssh_port (a tiny VM has a forward but no SSH)
+    ssh_access: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -55,6 +57,7 @@ class HostView:
     home: str
     arches: dict[str, str]
     qemu_user: str = ""
+    accel_note: str = ""  # said while VMs run under TCG (a create or start says it once a boot)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -12,10 +12,11 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from cloudlet.host import resources
+from cloudlet.host.files import write_atomic
 from cloudlet.host.qemu_binaries import qemu_binary, qemu_version
 from cloudlet.host.run import run
 
@@ -75,11 +76,7 @@ def run_probe(
 
 
 def _cache_key() -> str:
-    try:
-        boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        boot_id = "unknown"
-    return f"{os.uname().release}|{boot_id}|qemu-{qemu_version()}"
+    return f"{os.uname().release}|{resources.boot_id()}|qemu-{qemu_version()}"
 
 
 def decide(cache_file: Path, guest: ProbeGuest, *, refresh: bool = False) -> AccelVerdict:
@@ -93,13 +90,7 @@ def decide(cache_file: Path, guest: ProbeGuest, *, refresh: bool = False) -> Acc
         if cached is not None and cached.key == key:
             return cached
     verdict = _probe_now(key, guest)
-    cache_file.parent.mkdir(parents=True, exist_ok=True)
-    # A temporary name of its own: two threads (or processes) probing at once must not
-    # write into one file and rename each other's half-written copy.
-    fd, tmp = tempfile.mkstemp(dir=cache_file.parent, prefix=f".{cache_file.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as out:
-        out.write(json.dumps(asdict(verdict)))
-    os.replace(tmp, cache_file)
+    write_atomic(cache_file, json.dumps(asdict(verdict)))  # two probes at once: both whole
     return verdict
 
 

@@ -1,4 +1,4 @@
-"""What this host has: cores, memory, and free loopback ports."""
+"""What this host has: cores, memory, free loopback ports, and which boot it is in."""
 
 from __future__ import annotations
 
@@ -17,6 +17,17 @@ def memory_total() -> int:
         if line.startswith("MemTotal:"):
             return int(line.split()[1]) * 1024
     raise RuntimeError("MemTotal missing from /proc/meminfo")
+
+
+BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+
+
+def boot_id() -> str:
+    """The kernel's id of this boot: what was true of the host may have changed since."""
+    try:
+        return BOOT_ID.read_text().strip()
+    except OSError:
+        return "unknown"
 
 
 def free_loopback_port() -> int:
