@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import stat
@@ -29,6 +30,7 @@ from cloudlet.errors import (
     InvalidInput,
     NotFound,
 )
+from cloudlet.guest.accounts import GuestOwner
 from cloudlet.guest.landing import CopyLimits
 from cloudlet.progress import CancelToken
 from tests.cancelling import cancelled_soon
@@ -446,6 +448,103 @@ def test_guest_file_copy_refusals_and_limits(target: Target, short_tmp: Path) ->
         d.copy_out(iid, "/root/f.bin", out / "big", limits=CopyLimits(max_bytes=10_000))
     assert sorted(p.name for p in out.iterdir()) == ["link"]
     assert d.copy_out(iid, "/root/f.bin", out / "fits", limits=CopyLimits(max_bytes=20_000))
+
+
+def _make_tree(root: Path) -> dict[str, bytes]:
+    """Nested directories, names with spaces, a link inside; the files' contents by path."""
+    files = {
+        "top.txt": b"top\n",
+        "a dir/with spaces.bin": bytes(range(256)) * 300,
+        "a dir/b/c/deep.txt": b"deep\n",
+        "empty.txt": b"",
+    }
+    for rel, data in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+    (root / "no files").mkdir()
+    (root / "a dir" / "link").symlink_to("b/c/deep.txt")
+    return files
+
+
+def test_guest_tree_copy_in_and_out(target: Target, short_tmp: Path) -> None:
+    d, cfg = target.driver, target.config
+    iid = cfg.instance_id
+    d.start(cfg)
+    d.wait_agent(iid, 180)
+    src = short_tmp / "proj"
+    files = _make_tree(src)
+    total = sum(map(len, files.values()))
+    reports: list[tuple[int, int]] = []
+    result = d.copy_tree_in(
+        iid, src, "/root/", owner=GuestOwner(1000, 1000), progress=lambda *r: reports.append(r)
+    )
+    assert (result.data_bytes, result.files, result.dirs) == (total, 4, 5)
+    assert reports[-1] == (total, total)
+    for rel, data in files.items():
+        assert d.exec(iid, ["cat", f"/root/proj/{rel}"], timeout=60).stdout == data
+    assert d.exec(iid, ["cat", "/root/proj/a dir/link"], timeout=60).stdout == b"deep\n"
+    # a target that exists is never merged into; a missing guest directory is NotFound
+    with pytest.raises(InvalidInput, match="already exists in the guest"):
+        d.copy_tree_in(iid, src, "/root/")
+    with pytest.raises(NotFound, match="/nodir does not exist in the guest"):
+        d.copy_tree_in(iid, src, "/nodir/proj")
+
+    out = short_tmp / "out"
+    out.mkdir()
+    reports.clear()
+    back = d.copy_tree_out(iid, "/root/proj", out, progress=lambda *r: reports.append(r))
+    assert (back.data_bytes, back.files, back.dirs) == (total, 4, 5)
+    assert back.skipped == ("./a dir/link (a symlink)",)
+    assert reports and reports[-1][0] == reports[-1][1] > total
+    for rel, data in files.items():
+        assert (
+            hashlib.sha256((out / "proj" / rel).read_bytes()).digest()
+            == hashlib.sha256(data).digest()
+        )
+    assert not os.path.lexists(out / "proj" / "a dir" / "link")
+    assert (out / "proj" / "no files").is_dir()
+    assert all(p.stat().st_uid == os.getuid() for p in (out / "proj").rglob("*"))
+    # named: the tree lands under the new name; it is never merged into an existing one
+    d.copy_tree_out(iid, "/root/proj/a dir", out / "renamed")
+    assert (out / "renamed" / "b" / "c" / "deep.txt").read_bytes() == b"deep\n"
+    with pytest.raises(InvalidInput, match="already exists"):
+        d.copy_tree_out(iid, "/root/proj", out)
+
+
+def test_guest_tree_copy_refusals_and_limits(target: Target, short_tmp: Path) -> None:
+    d, cfg = target.driver, target.config
+    iid = cfg.instance_id
+    d.start(cfg)
+    d.wait_agent(iid, 180)
+    src = short_tmp / "proj"
+    _make_tree(src)
+    (src / "a dir" / "out").symlink_to("../../elsewhere")
+    with pytest.raises(InvalidInput, match="points outside the tree"):
+        d.copy_tree_in(iid, src, "/root/proj")
+    (src / "a dir" / "out").unlink()
+    # nothing was left by the refused copy: the same target takes the tree now
+    d.copy_tree_in(iid, src, "/root/proj")
+    with pytest.raises(InvalidInput, match="not absolute"):
+        d.copy_tree_in(iid, src, "root/x")
+    out = short_tmp / "out"
+    out.mkdir()
+    with pytest.raises(CapacityExceeded, match="byte limit"):
+        d.copy_tree_out(iid, "/root/proj", out, limits=CopyLimits(max_bytes=50_000))
+    with pytest.raises(CapacityExceeded, match="entry limit"):
+        d.copy_tree_out(iid, "/root/proj", out, limits=CopyLimits(max_entries=5))
+    assert list(out.iterdir()) == []
+    with pytest.raises(NotFound, match="does not exist in the guest"):
+        d.copy_tree_out(iid, "/root/absent", out)
+    with pytest.raises(InvalidInput, match="not absolute"):
+        d.copy_tree_out(iid, "root/proj", out)
+    with pytest.raises(InvalidInput, match="whole file system"):
+        d.copy_tree_out(iid, "/", out)
+    d.force_stop(iid)
+    with pytest.raises(Conflict):
+        d.copy_tree_in(iid, src, "/root/again")
+    with pytest.raises(Conflict):
+        d.copy_tree_out(iid, "/root/proj", out)
+    assert list(out.iterdir()) == []
 
     # a VM that is not running: refused before anything moves, with or without a record
     d.force_stop(iid)

@@ -76,6 +76,17 @@ def test_debian_with_cloud_init_ssh_exec_and_cp(
     back = tmp_path / "back.bin"
     cli.run(home, "cp", "db1:/var/tmp/payload.bin", str(back), timeout=600)
     assert sha256(back) == sha256(payload)
+    # a tree into the login user's home with GNU tar, owned by that user, and back
+    tree = tmp_path / "tree"
+    (tree / "a dir" / "deeper").mkdir(parents=True)
+    (tree / "a dir" / "deeper" / "file with spaces.txt").write_text("spaces\n")
+    (tree / "top.bin").write_bytes(os.urandom(100_000))
+    cli.run(home, "cp", "-r", str(tree), "db1:~/", timeout=600)
+    owners = cli.run(home, "exec", "db1", "--", "find", "/home/debian/tree", "-printf", "%u:%g\n")
+    assert set(owners.stdout.split()) == {"debian:debian"}, owners.stdout
+    cli.run(home, "cp", "-r", "db1:tree", str(tmp_path / "tree-back"), timeout=600)
+    for path in ("a dir/deeper/file with spaces.txt", "top.bin"):
+        assert sha256(tmp_path / "tree-back" / path) == sha256(tree / path)
     # the image is in use: delete refused
     refused = cli.run(home, "image", "delete", "debian-12", check=False)
     assert refused.returncode == 4 and "used by db1" in refused.stderr

@@ -322,7 +322,7 @@ def test_failed_read_leaves_no_local_file(guest: FakeGuest, sock: Path, short_tm
 def test_directories_are_refused_with_a_hint(guest: FakeGuest, sock: Path, short_tmp: Path) -> None:
     with pytest.raises(InvalidInput, match="is a directory") as info:
         files.copy_in(sock, short_tmp, "/root/")
-    assert info.value.hint and "tar" in info.value.hint
+    assert info.value.hint and "recursively" in info.value.hint
     with pytest.raises(InvalidInput, match="is a directory in the guest"):
         files.copy_out(sock, "/root", short_tmp / "x")
 
@@ -397,7 +397,7 @@ def test_copy_out_stops_at_the_byte_limit_even_when_the_guest_lies(
     with pytest.raises(CapacityExceeded, match="byte limit"):
         files.copy_out(sock, "/root/big", short_tmp / "big", limits=limits)
     assert guest.reads == 0  # refused from the size the guest gave
-    monkeypatch.setattr(files, "_guest_stat", lambda _sock, _path: (0o100644, 1))
+    monkeypatch.setattr(files, "guest_stat", lambda _sock, _path: (0o100644, 1))
     with pytest.raises(CapacityExceeded, match="byte limit"):
         files.copy_out(sock, "/root/big", short_tmp / "big", limits=limits)
     assert guest.reads == 2  # stopped by the bytes that arrived
@@ -408,7 +408,9 @@ def test_copy_out_stops_at_the_byte_limit_even_when_the_guest_lies(
 def test_a_lying_stat_is_a_guest_error(
     sock: Path, short_tmp: Path, monkeypatch: pytest.MonkeyPatch, printed: bytes
 ) -> None:
-    monkeypatch.setattr(files, "_run", lambda _sock, _argv: ExecResult(exit_code=0, stdout=printed))
+    monkeypatch.setattr(
+        files, "run_short", lambda _sock, _argv, _t=0: ExecResult(exit_code=0, stdout=printed)
+    )
     with pytest.raises(GuestError, match="stat printed") as caught:
         files.copy_out(sock, "/root/f", short_tmp / "f")
     assert "\x1b" not in caught.value.message

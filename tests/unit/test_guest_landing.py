@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from cloudlet.errors import CapacityExceeded, CloudletError, EntryRefused, GuestError
+from cloudlet.guest import tree_out
 from cloudlet.guest.landing import CopyLimits, Landing, check_name
 from cloudlet.process import copies
 from cloudlet.spec.process import CopySpec
@@ -277,7 +278,7 @@ def test_limits_stop_a_tree_and_nothing_of_it_stays(tmp_path: Path) -> None:
 
 def test_a_huge_pax_header_is_refused_before_it_is_read(tmp_path: Path) -> None:
     header = _member("r/x", size=0)
-    header.pax_headers = {"comment": "c" * (copies.MAX_META + 10)}
+    header.pax_headers = {"comment": "c" * (tree_out.MAX_META + 10)}
     with pytest.raises(GuestError, match="tar header of"):
         _receive(_tar([(header, b"")]), CopySpec(tmp_path / "out", "/r"))
 

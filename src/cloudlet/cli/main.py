@@ -12,6 +12,7 @@ import typer
 from cloudlet.cli import (
     backup_commands,
     complete,
+    copy_command,
     network_commands,
     run_command,
     spec_commands,
@@ -24,7 +25,7 @@ from cloudlet.cli.startup import lazy_root
 from cloudlet.errors import CloudletError, ImageNotFound, InvalidInput, StillRunning
 from cloudlet.host.run import exec_replace
 from cloudlet.spec.names import vm_name
-from cloudlet.spec.units import format_size, parse_size_with_unit
+from cloudlet.spec.units import parse_size_with_unit
 
 # Rich, the engine and the database are imported when a command first uses them:
 # `cloudlet --help` and `--version` load this module and never run a command.
@@ -390,34 +391,7 @@ def ssh_config(name: NameArg) -> None:
     sys.stdout.write(_engine().ssh_config(name))
 
 
-@app.command()
-def cp(
-    source: Annotated[str, typer.Argument(help="FILE or VM:PATH")],
-    destination: Annotated[str, typer.Argument(help="FILE or VM:PATH")],
-) -> None:
-    """Copy a file into or out of a VM through its guest agent (binary-safe)."""
-    src_vm, src_path = _split_remote(source)
-    dst_vm, dst_path = _split_remote(destination)
-    if (src_vm is None) == (dst_vm is None):
-        raise InvalidInput(
-            "exactly one side of cp must be VM:PATH",
-            hint="use 'cloudlet cp FILE VM:PATH' or 'cloudlet cp VM:PATH FILE'",
-        )
-    engine = _engine()
-    with _byte_progress() as progress:
-        if dst_vm is not None:
-            copied = engine.copy_to(dst_vm, Path(src_path), dst_path, progress=progress)
-        else:
-            assert src_vm is not None
-            copied = engine.copy_from(src_vm, src_path, Path(dst_path), progress=progress)
-    err.print(f"copied {format_size(copied)}")
-
-
-def _split_remote(text: str) -> tuple[str | None, str]:
-    name, sep, path = text.partition(":")
-    if sep and name and "/" not in name:
-        return name, path
-    return None, text
+app.command()(copy_command.cp)
 
 
 @app.command()

@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
-from cloudlet.guest.copy_rules import CopyProgress
+from cloudlet.guest.accounts import GuestOwner
+from cloudlet.guest.copy_rules import CopyProgress, TreeCopy
 from cloudlet.guest.landing import CopyLimits
 from cloudlet.progress import CancelToken
 from cloudlet.spec.storage import HOTPLUG_SLOTS as HOTPLUG_SLOTS
@@ -318,12 +319,14 @@ class Driver(abc.ABC):
         *,
         progress: CopyProgress | None = None,
         mode: int | None = None,
+        owner: GuestOwner | None = None,
     ) -> int:
         """Copy the host file ``src`` to the absolute path ``dest`` in the running guest
         (no network: through its agent); return the bytes copied.
 
         ``dest`` ending in "/" or naming a directory in the guest gets the source's name
-        appended; the file keeps the source's mode unless ``mode`` is given. The bytes
+        appended; the file keeps the source's mode unless ``mode`` is given, and belongs
+        to ``owner`` (None: to whoever the guest agent runs as, root). The bytes
         land under a temporary name that is renamed at the end: a copy that fails half
         way removes it and leaves nothing under the final name. Fails with Conflict when
         the VM has no running process, NotFound when ``src`` or the guest directory is
@@ -351,6 +354,56 @@ class Driver(abc.ABC):
         nothing at the target. Fails with Conflict when the VM has no running process,
         NotFound when ``src`` is missing in the guest, InvalidInput when it is a
         directory or not a regular file or not absolute."""
+
+    @abc.abstractmethod
+    def copy_tree_in(
+        self,
+        instance_id: str,
+        src: Path,
+        dest: str,
+        *,
+        progress: CopyProgress | None = None,
+        owner: GuestOwner | None = None,
+    ) -> TreeCopy:
+        """Copy the host directory ``src`` and everything below it to the absolute path
+        ``dest`` in the running guest, as a tar stream through its agent.
+
+        ``dest`` ending in "/" or naming a directory in the guest gets the source's name
+        appended; the target must not exist yet (it is never merged into). Only
+        directories, regular files and symlinks that stay inside the tree are sent
+        (guest.tree_in), with their modes, owned by ``owner`` (None: root). The tree lands
+        under a temporary name beside the target that is renamed at the end: a copy that
+        fails half way removes it. ``progress`` counts file bytes against their sum. A
+        regular file ``src`` is copied as copy_in does (a tree of one file).
+        Fails with Conflict when the VM has no running process, NotFound when ``src`` or
+        the guest directory is missing, InvalidInput when ``src`` is a special file,
+        holds one or a link out of the tree, when ``dest`` is not absolute or
+        the target exists, GuestError when the guest cannot unpack it (a full disk)."""
+
+    @abc.abstractmethod
+    def copy_tree_out(
+        self,
+        instance_id: str,
+        src: str,
+        dest: Path,
+        *,
+        progress: CopyProgress | None = None,
+        limits: CopyLimits | None = None,
+    ) -> TreeCopy:
+        """Copy the guest directory ``src`` (absolute) and everything below it to the host
+        path ``dest``, as a tar stream the guest packs. The guest is not trusted.
+
+        ``dest`` naming an existing local directory gets the source's name appended; the
+        target must not exist yet. The stream is landed by guest.tree_out: plain files and
+        directories only (links, devices and fifos are skipped and named in the result,
+        never made or followed), no setuid, setgid, sticky or world-write, owned by the
+        local user, within ``limits`` (CapacityExceeded past them); a member outside the
+        tree or a broken stream is a GuestError. Everything lands in a temporary
+        directory beside the target renamed at the end: a failure leaves nothing. Any
+        temporary file in the guest is removed. ``progress`` counts the stream's bytes. A
+        regular file ``src`` is copied as copy_out does (a tree of one file).
+        Fails with Conflict when the VM has no running process, NotFound when ``src`` is
+        missing in the guest, InvalidInput when it is a special file or not absolute."""
 
     # ---------------------------------------------------------------- storage (live)
     @abc.abstractmethod

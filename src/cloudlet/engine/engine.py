@@ -38,6 +38,7 @@ from cloudlet.engine.serial_tail import SerialLog
 from cloudlet.engine.storage import StorageService
 from cloudlet.engine.type_listing import MachineTypeOffer
 from cloudlet.engine.views import ActionResult, Done, HostView, InstanceView
+from cloudlet.guest.copy_rules import TreeCopy
 from cloudlet.guest.landing import CopyLimits
 from cloudlet.images.store import Progress
 from cloudlet.progress import CancelToken, ProgressSink, phase
@@ -269,15 +270,41 @@ class Engine:
         return self.guest.ssh_config(name)
 
     def copy_to(
-        self, name: str, src: Path, dest: str, *, progress: Callable[[int, int], None] | None
+        self,
+        name: str,
+        src: Path,
+        dest: str,
+        *,
+        progress: Callable[[int, int], None] | None,
+        owner: str | None = None,
     ) -> int:
-        """Copy a host file into the guest through the driver (no network needed)."""
-        return self.guest.copy_to(name, src, dest, progress=progress)
+        """Copy a host file into the guest through the driver (no network needed); ``~``
+        and relative paths are below the login user's home, who owns the file unless
+        ``owner`` (USER[:GROUP]) says otherwise."""
+        return self.guest.copy_to(name, src, dest, progress=progress, owner=owner)
 
     def copy_from(
         self, name: str, src: str, dest: Path, *, progress: Callable[[int, int], None] | None
     ) -> int:
         return self.guest.copy_from(name, src, dest, progress=progress)
+
+    def copy_tree_to(
+        self,
+        name: str,
+        src: Path,
+        dest: str,
+        *,
+        progress: Callable[[int, int], None] | None,
+        owner: str | None = None,
+    ) -> TreeCopy:
+        """Copy a host directory tree into the guest, as copy_to does a file."""
+        return self.guest.copy_tree_to(name, src, dest, progress=progress, owner=owner)
+
+    def copy_tree_from(
+        self, name: str, src: str, dest: Path, *, progress: Callable[[int, int], None] | None
+    ) -> TreeCopy:
+        """Copy a guest directory tree to the host; what the guest sends is checked."""
+        return self.guest.copy_tree_from(name, src, dest, progress=progress)
 
     @property
     def copy_limits(self) -> CopyLimits:

@@ -14,7 +14,10 @@ from cloudlet.driver.base import ExecResult, GuestInfo, PowerState
 from cloudlet.engine import access as access_mod
 from cloudlet.engine import vm_state
 from cloudlet.engine.context import EngineContext
+from cloudlet.engine.guest_target import GuestTarget
 from cloudlet.errors import Conflict, InvalidInput, NotFound
+from cloudlet.guest.accounts import GuestOwner
+from cloudlet.guest.copy_rules import TreeCopy
 from cloudlet.guest.landing import CopyLimits
 from cloudlet.images.store import Image
 from cloudlet.next_steps import Step, step
@@ -107,21 +110,64 @@ class GuestAccess:
         assert row.ssh_port is not None
         return access_mod.ssh_config(name, spec.access, row.ssh_port, known_hosts)
 
-    def copy_to(
-        self, name: str, src: Path, dest: str, *, progress: Callable[[int, int], None] | None
-    ) -> int:
-        """Copy a host file into the guest through the driver (no network needed)."""
+    def _into(
+        self, name: str, src: Path, dest: str, owner: str | None
+    ) -> tuple[str, str, GuestOwner]:
+        """The VM's id, the absolute guest path and the owner of a copy into ``name``."""
         row = self._running(name, "copy to")
-        if not src.is_file():
-            raise NotFound(f"no file {src} on this host", hint="check the path")
-        return self.ctx.driver.copy_in(row.id, src, dest, progress=progress)
+        if not src.exists():
+            raise NotFound(f"{src} does not exist on this host", hint="check the path")
+        target = GuestTarget(self.ctx, row)
+        return row.id, target.path(dest), target.owner(owner)
+
+    def _from(self, name: str, src: str) -> tuple[str, str]:
+        """The VM's id and the absolute guest path of a copy out of ``name``."""
+        row = self._running(name, "copy from")
+        return row.id, GuestTarget(self.ctx, row).path(src)
+
+    def copy_to(
+        self,
+        name: str,
+        src: Path,
+        dest: str,
+        *,
+        progress: Callable[[int, int], None] | None,
+        owner: str | None = None,
+    ) -> int:
+        """Copy a host file into the guest through the driver (no network needed).
+
+        ``dest`` may start with ``~`` or be relative (the login user's home, as scp has
+        it); the file belongs to ``owner`` (USER[:GROUP]), else to the login user.
+        """
+        vm, path, who = self._into(name, src, dest, owner)
+        return self.ctx.driver.copy_in(vm, src, path, progress=progress, owner=who)
 
     def copy_from(
         self, name: str, src: str, dest: Path, *, progress: Callable[[int, int], None] | None
     ) -> int:
-        row = self._running(name, "copy from")
-        return self.ctx.driver.copy_out(
-            row.id, src, dest, progress=progress, limits=self.copy_limits
+        vm, path = self._from(name, src)
+        return self.ctx.driver.copy_out(vm, path, dest, progress=progress, limits=self.copy_limits)
+
+    def copy_tree_to(
+        self,
+        name: str,
+        src: Path,
+        dest: str,
+        *,
+        progress: Callable[[int, int], None] | None,
+        owner: str | None = None,
+    ) -> TreeCopy:
+        """Copy a host directory (or file) into the guest, as copy_to does a file."""
+        vm, path, who = self._into(name, src, dest, owner)
+        return self.ctx.driver.copy_tree_in(vm, src, path, progress=progress, owner=who)
+
+    def copy_tree_from(
+        self, name: str, src: str, dest: Path, *, progress: Callable[[int, int], None] | None
+    ) -> TreeCopy:
+        """Copy a guest directory (or file) to the host; the guest is not trusted."""
+        vm, path = self._from(name, src)
+        return self.ctx.driver.copy_tree_out(
+            vm, path, dest, progress=progress, limits=self.copy_limits
         )
 
     @property

@@ -11,6 +11,7 @@ import os
 import posixpath
 import stat
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from cloudlet.errors import InvalidInput, NotFound
@@ -19,6 +20,17 @@ from cloudlet.errors import InvalidInput, NotFound
 CopyProgress = Callable[[int, int], None]
 # A file copied into a guest is written under this suffix and renamed at the end.
 GUEST_PART_SUFFIX = ".cloudlet-part"
+
+
+@dataclass(frozen=True)
+class TreeCopy:
+    """What one recursive copy moved: file bytes, files and directories made, and the
+    entries it left out, each with why (links, devices ... of a guest's tree)."""
+
+    data_bytes: int
+    files: int
+    dirs: int
+    skipped: tuple[str, ...] = ()
 
 
 def report(progress: CopyProgress | None, done: int, total: int) -> None:
@@ -42,8 +54,7 @@ def host_source(src: Path) -> os.stat_result:
         raise NotFound(f"{src} does not exist", hint="check the local path") from None
     if stat.S_ISDIR(st.st_mode):
         raise InvalidInput(
-            f"{src} is a directory; only single files can be copied",
-            hint=f"pack it first (tar -czf {src.name}.tgz {src}) and copy the archive",
+            f"{src} is a directory", hint="copy it recursively, as a tree, or name a file"
         )
     if not stat.S_ISREG(st.st_mode):
         raise InvalidInput(f"{src} is not a regular file", hint="copy a regular file")
@@ -66,8 +77,8 @@ def guest_source_kind(src: str, mode: int) -> None:
     """The guest file to copy out must be one regular file (after links are followed)."""
     if stat.S_ISDIR(mode):
         raise InvalidInput(
-            f"{src} is a directory in the guest; only single files can be copied",
-            hint="pack it in the guest first (tar -czf /tmp/dir.tgz DIR) and copy the archive",
+            f"{src} is a directory in the guest",
+            hint="copy it recursively, as a tree, or name a file",
         )
     if not stat.S_ISREG(mode):
         raise InvalidInput(f"{src} is not a regular file in the guest", hint="copy a regular file")
@@ -81,3 +92,27 @@ def cannot_write(target: Path, why: str) -> InvalidInput:
 def host_target(src: str, dest: Path) -> Path:
     """``dest`` naming an existing local directory gets the guest file's name appended."""
     return dest / posixpath.basename(src.rstrip("/")) if dest.is_dir() else dest
+
+
+def guest_tree_source(src: str) -> str:
+    """The guest directory a tree copy reads, normalised; never the whole file system."""
+    check_guest_path(src)
+    path = posixpath.normpath(src)
+    if path == "/":
+        raise InvalidInput(
+            "the guest's whole file system cannot be copied", hint="name a directory in it"
+        )
+    return path
+
+
+def guest_tree_target(dest: str, src: Path, dest_is_dir: bool) -> str:
+    """Where a host tree lands in the guest (as guest_target), normalised."""
+    return posixpath.normpath(guest_target(dest, src.resolve().name or "root", dest_is_dir))
+
+
+def guest_exists(target: str) -> InvalidInput:
+    """A tree lands at a new name: it is never merged into what is there."""
+    return InvalidInput(
+        f"{target} already exists in the guest",
+        hint="remove it first or copy into another directory",
+    )

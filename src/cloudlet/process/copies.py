@@ -15,8 +15,9 @@ import tarfile
 from collections.abc import Callable
 from pathlib import PurePosixPath
 
-from cloudlet.errors import CloudletError, EntryRefused, GuestError
+from cloudlet.errors import CloudletError
 from cloudlet.guest.landing import CopyLimits, Landing
+from cloudlet.guest.tree_out import BoundedTarInfo, land_member, relative, shown
 from cloudlet.spec.process import CopySpec
 
 CopyWork = Callable[[], None]
@@ -58,43 +59,6 @@ def send_copy(spec: CopySpec, conn: socket.socket) -> CopyWork:
     return work
 
 
-# Members that only carry names or attributes for the next one: tarfile reads each
-# whole into memory, so a guest could make one as large as it likes.
-_META_TYPES = frozenset(
-    {
-        tarfile.XHDTYPE,
-        tarfile.XGLTYPE,
-        tarfile.SOLARIS_XHDTYPE,
-        tarfile.GNUTYPE_LONGNAME,
-        tarfile.GNUTYPE_LONGLINK,
-    }
-)
-MAX_META = 1024 * 1024
-
-
-class _BoundedTarInfo(tarfile.TarInfo):
-    """A header whose pax or long-name payload is refused past MAX_META bytes."""
-
-    def _proc_member(self, archive: tarfile.TarFile) -> tarfile.TarInfo:
-        if self.type in _META_TYPES and self.size > MAX_META:
-            raise GuestError(
-                f"the guest sent a tar header of {self.size} bytes (more than {MAX_META})",
-                hint="the guest is misbehaving; nothing more was read from it",
-            )
-        member: tarfile.TarInfo = super()._proc_member(archive)  # type: ignore[misc]
-        return member
-
-
-def _relative(name: str, base: str) -> tuple[str, ...] | None:
-    """The parts of a member's name below the guest path's last name; None if elsewhere."""
-    if name.startswith("/") or "\0" in name:
-        return None
-    parts = tuple(part for part in name.split("/") if part not in ("", "."))
-    if not parts or parts[0] != base or ".." in parts:
-        return None
-    return parts[1:]
-
-
 def receive_tree(conn: socket.socket, spec: CopySpec, limits: CopyLimits | None = None) -> CopyWork:
     """Unpack the guest's tar (rooted at the guest path's last name) into spec.host.
 
@@ -111,19 +75,19 @@ def receive_tree(conn: socket.socket, spec: CopySpec, limits: CopyLimits | None 
         try:
             with (
                 conn.makefile("rb", buffering=0) as stream,
-                tarfile.open(fileobj=stream, mode="r|", tarinfo=_BoundedTarInfo) as tar,
+                tarfile.open(fileobj=stream, mode="r|", tarinfo=BoundedTarInfo) as tar,
             ):
                 for member in tar:
                     if landing is None:
                         # A single file lands at spec.host itself, so in its parent.
-                        single = member.isfile() and _relative(member.name, base) == ()
+                        single = member.isfile() and relative(member.name, base) == ()
                         root = spec.host.parent if single else spec.host
                         made_root = not root.exists()
                         root.mkdir(parents=True, exist_ok=True)
                         landing = Landing(root, bounds)
                         prefix = (spec.host.name,) if single else ()
                     landing.count_entry()
-                    _land(landing, tar, member, _relative(member.name, base), prefix)
+                    _land(landing, tar, member, relative(member.name, base), prefix)
         except BaseException:
             if landing is not None:
                 landing.remove_partial()
@@ -150,26 +114,6 @@ def _land(
 ) -> None:
     """Write one member, or note why it was skipped."""
     if rel is None:
-        landing.skip(member.name, "outside the copied path")
+        landing.skip(shown(member.name), "outside the copied path")
         return
-    parts = prefix + rel
-    try:
-        if member.isdir():
-            landing.directory(parts, member.mode)
-        elif member.isfile():
-            source = tar.extractfile(member)
-            assert source is not None
-            landing.file(parts, member.mode, source.read)
-        else:
-            landing.skip(member.name, _KINDS.get(member.type, "not a plain file"))
-    except EntryRefused as exc:
-        landing.skip(member.name, exc.message)
-
-
-_KINDS = {
-    tarfile.SYMTYPE: "a symlink",
-    tarfile.LNKTYPE: "a hard link",
-    tarfile.CHRTYPE: "a character device",
-    tarfile.BLKTYPE: "a block device",
-    tarfile.FIFOTYPE: "a fifo",
-}
+    land_member(landing, tar, member, prefix + rel)

@@ -32,7 +32,8 @@ from cloudlet.driver.base import (
 )
 from cloudlet.driver.fake.guest_fs import FakeGuestFS
 from cloudlet.errors import CloudletError, Conflict, GuestError, Timeout
-from cloudlet.guest.copy_rules import CopyProgress
+from cloudlet.guest.accounts import GuestOwner
+from cloudlet.guest.copy_rules import CopyProgress, TreeCopy
 from cloudlet.guest.landing import CopyLimits
 from cloudlet.progress import CancelToken, check, pause
 
@@ -250,9 +251,10 @@ class FakeDriver(Driver):
         *,
         progress: CopyProgress | None = None,
         mode: int | None = None,
+        owner: GuestOwner | None = None,
     ) -> int:
         self._agent(instance_id, "guest-file-open")
-        return self.guest_fs(instance_id).copy_in(src, dest, progress, mode)
+        return self.guest_fs(instance_id).copy_in(src, dest, progress, mode, owner)
 
     def copy_out(
         self,
@@ -265,6 +267,30 @@ class FakeDriver(Driver):
     ) -> int:
         self._agent(instance_id, "guest-file-open")
         return self.guest_fs(instance_id).copy_out(src, dest, progress, limits)
+
+    def copy_tree_in(
+        self,
+        instance_id: str,
+        src: Path,
+        dest: str,
+        *,
+        progress: CopyProgress | None = None,
+        owner: GuestOwner | None = None,
+    ) -> TreeCopy:
+        self._agent(instance_id, "guest-file-open")
+        return self.guest_fs(instance_id).copy_tree_in(src, dest, progress, owner)
+
+    def copy_tree_out(
+        self,
+        instance_id: str,
+        src: str,
+        dest: Path,
+        *,
+        progress: CopyProgress | None = None,
+        limits: CopyLimits | None = None,
+    ) -> TreeCopy:
+        self._agent(instance_id, "guest-exec")
+        return self.guest_fs(instance_id).copy_tree_out(src, dest, progress, limits)
 
     # storage ----------------------------------------------------------------
     def attach_disk(self, instance_id: str, disk: ExtraDisk) -> None:

@@ -27,7 +27,7 @@ from cloudlet.driver.base import (
     RuntimeInfo,
     TapNic,
 )
-from cloudlet.driver.qemu import agent, guest_files, qmp, serial_pump
+from cloudlet.driver.qemu import agent, guest_files, guest_tree, qmp, serial_pump
 from cloudlet.driver.qemu.argv import (
     build_argv,
     disk_device,
@@ -49,7 +49,8 @@ from cloudlet.errors import (
     Timeout,
     out_of_space,
 )
-from cloudlet.guest.copy_rules import CopyProgress
+from cloudlet.guest.accounts import GuestOwner
+from cloudlet.guest.copy_rules import CopyProgress, TreeCopy
 from cloudlet.guest.landing import CopyLimits
 from cloudlet.host import passt, processes
 from cloudlet.host.ownership import share_dir
@@ -403,9 +404,12 @@ class QemuDriver(Driver):
         *,
         progress: CopyProgress | None = None,
         mode: int | None = None,
+        owner: GuestOwner | None = None,
     ) -> int:
         info = self._require(instance_id)
-        return guest_files.copy_in(info.agent_socket, src, dest, progress=progress, mode=mode)
+        return guest_files.copy_in(
+            info.agent_socket, src, dest, progress=progress, mode=mode, owner=owner
+        )
 
     def copy_out(
         self,
@@ -418,6 +422,32 @@ class QemuDriver(Driver):
     ) -> int:
         info = self._require(instance_id)
         return guest_files.copy_out(info.agent_socket, src, dest, progress=progress, limits=limits)
+
+    def copy_tree_in(
+        self,
+        instance_id: str,
+        src: Path,
+        dest: str,
+        *,
+        progress: CopyProgress | None = None,
+        owner: GuestOwner | None = None,
+    ) -> TreeCopy:
+        info = self._require(instance_id)
+        return guest_tree.copy_tree_in(info.agent_socket, src, dest, progress=progress, owner=owner)
+
+    def copy_tree_out(
+        self,
+        instance_id: str,
+        src: str,
+        dest: Path,
+        *,
+        progress: CopyProgress | None = None,
+        limits: CopyLimits | None = None,
+    ) -> TreeCopy:
+        info = self._require(instance_id)
+        return guest_tree.copy_tree_out(
+            info.agent_socket, src, dest, progress=progress, limits=limits
+        )
 
     # ---------------------------------------------------------------- storage (live)
     def _blocks(self, info: RuntimeInfo) -> list[dict[str, Any]]:

@@ -30,6 +30,7 @@ from cloudlet.driver.qemu.agent import (
 )
 from cloudlet.errors import CloudletError, EntryRefused, GuestError
 from cloudlet.guest import copy_rules as rules
+from cloudlet.guest.accounts import GuestOwner
 from cloudlet.guest.copy_rules import GUEST_PART_SUFFIX as GUEST_PART_SUFFIX
 from cloudlet.guest.landing import CopyLimits, Landing
 
@@ -58,16 +59,18 @@ def copy_in(
     *,
     progress: Progress | None = None,
     mode: int | None = None,
+    owner: GuestOwner | None = None,
 ) -> int:
     """Copy the host file ``src`` to ``dest`` in the guest; return the bytes copied.
 
     ``dest`` ending in "/" or naming a directory in the guest gets the source's
-    name appended. The file keeps the source's mode unless ``mode`` is given.
+    name appended. The file keeps the source's mode unless ``mode`` is given, and
+    belongs to ``owner`` (None: to the agent's user).
     """
     st = rules.host_source(src)
     rules.check_guest_path(dest)
     target = rules.guest_target(
-        dest, src.name, not dest.endswith("/") and _guest_is_dir(agent_socket, dest)
+        dest, src.name, not dest.endswith("/") and guest_is_dir(agent_socket, dest)
     )
     part = target + GUEST_PART_SUFFIX
     file_mode = stat.S_IMODE(st.st_mode) if mode is None else mode
@@ -76,31 +79,27 @@ def copy_in(
     handle: int | None = None
     try:
         with open(src, "rb") as source, connect(agent_socket, AGENT_TIMEOUT) as conn:
-            handle = _open(conn, part, "wb")
+            handle = open_file(conn, part, "wb")
             try:
                 _report(progress, 0, total)
+                writer = GuestWriter(conn, handle, part)
                 while data := source.read(WRITE_CHUNK):
-                    reply = conn.call_dict(
-                        "guest-file-write",
-                        {"handle": handle, "buf-b64": base64.b64encode(data).decode()},
-                    )
-                    written = as_int(reply.get("count", -1), "guest-file-write")
-                    if written != len(data):
-                        raise GuestError(
-                            f"the guest agent wrote {written} of {len(data)} bytes to {part}",
-                            hint="is the guest's disk full?",
-                        )
+                    writer.write(data)
                     done += len(data)
                     _report(progress, done, max(total, done))
+                writer.flush()
             except BaseException:
-                if _close_quietly(conn, handle):
+                if close_quietly(conn, handle):
                     handle = None
                 raise
             # Checked: buffered data reaches the guest's file only here (a full disk shows).
             conn.call("guest-file-close", {"handle": handle})
             handle = None
-        _exec_ok(agent_socket, ["chmod", f"{file_mode:o}", "--", part], f"set the mode of {part}")
-        _exec_ok(agent_socket, ["mv", "-f", "--", part, target], f"rename {part} to {target}")
+        if owner is not None:
+            exec_ok(agent_socket, ["chown", str(owner), "--", part], f"set the owner of {part}")
+        # After chown, which clears setuid and setgid.
+        exec_ok(agent_socket, ["chmod", f"{file_mode:o}", "--", part], f"set the mode of {part}")
+        exec_ok(agent_socket, ["mv", "-f", "--", part, target], f"rename {part} to {target}")
     except BaseException:
         _discard_guest_part(agent_socket, part, handle)
         raise
@@ -123,27 +122,58 @@ def copy_out(
     through landing.Landing, so a symlink at ``dest`` is refused, never followed.
     """
     rules.check_guest_path(src)
-    guest_mode, total = _guest_stat(agent_socket, src)
+    guest_mode, total = guest_stat(agent_socket, src)
     rules.guest_source_kind(src, guest_mode)
     target = rules.host_target(src, dest)
     bounds = limits or CopyLimits()
     if total > bounds.max_bytes:
         # The guest's stat may lie: the landing counts the bytes that really arrive too.
         Landing.too_large(bounds)
-    reader = _GuestReader(progress, total)
+    reader = GuestReader(progress, total)
     with Landing(target.parent, bounds) as landing, connect(agent_socket, AGENT_TIMEOUT) as conn:
-        handle = _open(conn, src, "rb")
+        handle = open_file(conn, src, "rb")
         try:
             _report(progress, 0, total)
             landing.file((target.name,), guest_mode, reader.reading(conn, handle))
         except EntryRefused as exc:
             raise rules.cannot_write(target, exc.message) from None
         finally:
-            _close_quietly(conn, handle)
+            close_quietly(conn, handle)
     return reader.done
 
 
-class _GuestReader:
+class GuestWriter:
+    """guest-file-write as a file's write(), sent in requests of WRITE_CHUNK bytes."""
+
+    def __init__(self, conn: AgentConnection, handle: int, path: str) -> None:
+        self.conn, self.handle, self.path = conn, handle, path
+        self.buffer = bytearray()
+
+    def write(self, data: bytes) -> int:
+        self.buffer += data
+        while len(self.buffer) >= WRITE_CHUNK:
+            self._send(bytes(self.buffer[:WRITE_CHUNK]))
+            del self.buffer[:WRITE_CHUNK]
+        return len(data)
+
+    def flush(self) -> None:
+        if self.buffer:
+            self._send(bytes(self.buffer))
+            self.buffer.clear()
+
+    def _send(self, data: bytes) -> None:
+        reply = self.conn.call_dict(
+            "guest-file-write", {"handle": self.handle, "buf-b64": base64.b64encode(data).decode()}
+        )
+        written = as_int(reply.get("count", -1), "guest-file-write")
+        if written != len(data):
+            raise GuestError(
+                f"the guest agent wrote {written} of {len(data)} bytes to {self.path}",
+                hint="is the guest's disk full?",
+            )
+
+
+class GuestReader:
     """guest-file-read as a read(n) callable, reporting progress as bytes land."""
 
     def __init__(self, progress: Progress | None, total: int) -> None:
@@ -172,7 +202,7 @@ class _GuestReader:
 _report = rules.report
 
 
-def _open(conn: AgentConnection, path: str, mode: str) -> int:
+def open_file(conn: AgentConnection, path: str, mode: str) -> int:
     """guest-file-open, with a missing file or directory reported as NotFound."""
     try:
         return as_int(conn.call("guest-file-open", {"path": path, "mode": mode}), "guest-file-open")
@@ -183,7 +213,7 @@ def _open(conn: AgentConnection, path: str, mode: str) -> int:
         raise
 
 
-def _close_quietly(conn: AgentConnection, handle: int) -> bool:
+def close_quietly(conn: AgentConnection, handle: int) -> bool:
     """guest-file-close that never masks the error being reported; True if it closed."""
     try:
         conn.call("guest-file-close", {"handle": handle})
@@ -192,27 +222,28 @@ def _close_quietly(conn: AgentConnection, handle: int) -> bool:
     return True
 
 
-def _run(agent_socket: Path, argv: list[str]) -> ExecResult:
-    return run_command(agent_socket, argv, stdin=None, timeout=EXEC_TIMEOUT)
+def run_short(agent_socket: Path, argv: list[str], timeout: float = 0.0) -> ExecResult:
+    """A helper command in the guest (EXEC_TIMEOUT unless ``timeout`` says otherwise)."""
+    return run_command(agent_socket, argv, stdin=None, timeout=timeout or EXEC_TIMEOUT)
 
 
-def _exec_ok(agent_socket: Path, argv: list[str], what: str) -> None:
-    result = _run(agent_socket, argv)
+def exec_ok(agent_socket: Path, argv: list[str], what: str, timeout: float = 0.0) -> None:
+    result = run_short(agent_socket, argv, timeout)
     if result.exit_code != 0 or result.signal is not None:
-        detail = (result.stderr or result.stdout).decode(errors="replace").strip()
+        detail = clean_text((result.stderr or result.stdout).decode(errors="replace").strip(), 300)
         raise GuestError(
             f"cannot {what} in the guest: {detail or f'exit code {result.shell_code}'}",
             hint="check the guest's permissions and free space",
         )
 
 
-def _guest_is_dir(agent_socket: Path, path: str) -> bool:
-    return _run(agent_socket, ["test", "-d", path]).exit_code == 0
+def guest_is_dir(agent_socket: Path, path: str) -> bool:
+    return run_short(agent_socket, ["test", "-d", path]).exit_code == 0
 
 
-def _guest_stat(agent_socket: Path, path: str) -> tuple[int, int]:
+def guest_stat(agent_socket: Path, path: str) -> tuple[int, int]:
     """(st_mode, size) of a guest file, following symlinks; NotFound if it is missing."""
-    result = _run(agent_socket, ["stat", "-L", "-c", "%f %s", "--", path])
+    result = run_short(agent_socket, ["stat", "-L", "-c", "%f %s", "--", path])
     fields = result.stdout.split()
     if result.exit_code != 0 or len(fields) != 2:
         detail = result.stderr.decode(errors="replace").strip()
@@ -238,4 +269,4 @@ def _discard_guest_part(agent_socket: Path, part: str, handle: int | None) -> No
         with contextlib.suppress(CloudletError, OSError), connect(agent_socket, 10.0) as conn:
             conn.call("guest-file-close", {"handle": handle})
     with contextlib.suppress(CloudletError, OSError):
-        _run(agent_socket, ["rm", "-f", "--", part])
+        run_short(agent_socket, ["rm", "-f", "--", part])
