@@ -108,7 +108,7 @@ def _kill_leftovers(home: Path) -> None:
     for run_dir in (home / "run").glob("*"):
         info = read_record(run_dir)
         if info is not None:
-            processes.kill_andwait_until(info.pid, info.pid_start)
+            processes.kill_and_wait(info.pid, info.pid_start)
 
 
 def _pumps(home: Path) -> list[int]:
