@@ -34,6 +34,7 @@ from cloudlet.guest.accounts import GuestOwner
 from cloudlet.guest.landing import CopyLimits
 from cloudlet.progress import CancelToken
 from tests.cancelling import cancelled_soon
+from tests.terminal_talk import talk
 
 
 @dataclass
@@ -555,3 +556,51 @@ def test_guest_tree_copy_refusals_and_limits(target: Target, short_tmp: Path) ->
             d.copy_out(iid, "/root/f.bin", out / "again")
         d.cleanup(iid)
     assert not (out / "again").exists()
+
+
+def _terminal_leftovers(d: Driver, iid: str) -> list[str]:
+    """What an ended terminal session could leave: ports, sockets, records, sessions."""
+    from cloudlet.driver.fake.driver import FakeDriver
+
+    if isinstance(d, FakeDriver):
+        return [str(t) for t in d.vms[iid].terminals]
+    from cloudlet.driver.qemu import qmp
+
+    info = d.runtime(iid)
+    assert info is not None
+    run_dir = info.qmp_socket.parent
+    devices = qmp.execute(info.qmp_socket, "qom-list", {"path": "/machine/peripheral"})
+    ports = [str(x["name"]) for x in devices if str(x["name"]).startswith("tm")]
+    files = [p.name for p in run_dir.glob("tm*.sock")] + [
+        p.name for p in run_dir.glob("terminals/*")
+    ]
+    return ports + files
+
+
+def test_terminal_sessions_run_on_a_pty_and_leave_nothing(target: Target) -> None:
+    from cloudlet.guest import run_as
+
+    d, cfg = target.driver, target.config
+    iid = cfg.instance_id
+    with pytest.raises(Conflict):
+        d.open_terminal(iid, ["true"], rows=24, cols=80)
+    d.start(cfg)
+    d.wait_agent(iid, 180)
+    root = run_as.GuestAccount("root", 0, 0, "/root", "/bin/sh")
+    shell = run_as.run_as_argv(root, [], term="xterm")
+    with d.open_terminal(iid, shell, rows=30, cols=100) as term:
+        out, code = talk(term, b"tty; echo $HOME; id -un; exit 4\r")
+    text = out.decode("utf-8", "replace")
+    assert "/dev/pts/" in text and "\n/root\r" in text and "\nroot\r" in text, text
+    assert code == 4
+    assert _terminal_leftovers(d, iid) == []
+    # a session closed while its program runs: the program ends, nothing stays plugged,
+    # and the next session opens as before
+    term = d.open_terminal(iid, shell, rows=24, cols=80)
+    assert term.exit_code() is None
+    term.close()
+    assert _terminal_leftovers(d, iid) == []
+    command = run_as.run_as_argv(root, ["sh", "-c", "exit 3"])
+    with d.open_terminal(iid, command, rows=24, cols=80) as term:
+        assert talk(term, b"")[1] == 3
+    assert _terminal_leftovers(d, iid) == []

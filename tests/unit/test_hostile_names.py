@@ -23,6 +23,7 @@ from cloudlet.cli import (
     network_commands,
     spec_commands,
     storage_commands,
+    terminal_commands,
     wizard,
 )
 from cloudlet.config import Paths, Settings
@@ -74,7 +75,10 @@ TABLE: dict[tuple[str, str], list[str]] = {
     ("resume", "name"): ["resume", "--", H],
     ("delete", "names"): ["delete", "--", "web1", H],  # web1 must survive too
     ("exec", "name"): ["exec", "--", H, "true"],
+    ("exec", "user"): ["exec", f"--user={H}", "--", "web1", "true"],
     ("ssh", "name"): ["ssh", "--", H],
+    ("shell", "name"): ["shell", "--", H],
+    ("shell", "user"): ["shell", f"--user={H}", "--", "web1"],
     ("ssh-config", "name"): ["ssh-config", "--", H],
     ("console", "name"): ["console", "--", H],
     ("logs", "name"): ["logs", "--", H],
@@ -229,7 +233,7 @@ def world() -> Iterator[tuple[Path, Path, Path]]:
     engine.backups.create("web1")
     with pytest.MonkeyPatch.context() as mp:
         for module in (main, storage_commands, network_commands, backup_commands,
-                       spec_commands, wizard, factory):  # fmt: skip
+                       spec_commands, terminal_commands, wizard, factory):  # fmt: skip
             mp.setattr(module, "open_engine", lambda *a, **k: engine)
         mp.chdir(cwd)  # relative names ("a/b") land here, and this is hashed too
         yield home, canary, cwd

@@ -22,7 +22,7 @@ def test_digest_is_stable_sha256() -> None:
 
 # Cached x86_64 images are keyed by this digest: change it only when the x86_64 image
 # content really changes, and then update this value on purpose.
-X86_64_DIGEST = "ee21739d43c5a6b2840dc29163d0bb351eba1fd3fd8a9c9507e0b5b103591bb2"
+X86_64_DIGEST = "dd2bb8515143a14f1aa7cff384236b6df094834b43ba8eb94821ba9a730feb9a"
 
 
 def test_x86_64_digest_is_pinned() -> None:
@@ -40,6 +40,7 @@ def test_each_arch_has_its_own_digest_and_console() -> None:
         "linux-image-cloud-arm64",
         "busybox-static",
         "qemu-guest-agent",
+        "bsdutils",
     ]
     assert r.recipe("x86_64")["initrd_ata_modules"] == ["ata_piix", "ata_generic", "sd_mod"]
     assert r.recipe("aarch64")["initrd_ata_modules"] == []
@@ -80,6 +81,7 @@ def test_digest_changes_when_a_rootfs_script_changes(monkeypatch: pytest.MonkeyP
         ("BUILDER_VERSION", "999"),
         ("ROOTFS_MODULES", ("virtio_console",)),
         ("AGENT_PACKAGE", "something-else"),
+        ("TOOLS", ("usr/bin/script", "usr/bin/logger")),
     ],
 )
 def test_digest_changes_with_recipe_data(

@@ -17,6 +17,7 @@ from cloudlet.cli import (
     run_command,
     spec_commands,
     storage_commands,
+    terminal_commands,
     wording,
 )
 from cloudlet.cli import console as console_mod
@@ -70,6 +71,7 @@ app.add_typer(license_app, name="license")
 storage_commands.register(app)  # pool, volume, snapshot, clone
 network_commands.register(app)  # network, nic, port, firewall
 backup_commands.register(app)  # backup, restore, export, import
+terminal_commands.register(app)  # shell
 
 
 OutputOpt = Annotated[Output, typer.Option("--output", "-o", help="table, wide or json")]
@@ -356,13 +358,25 @@ def exec_(
     interactive: Annotated[
         bool, typer.Option("--interactive", "-i", help="send this command's stdin to the program")
     ] = False,
+    tty: Annotated[
+        bool, typer.Option("--tty", "-t", help="run it on a terminal (interactive programs)")
+    ] = False,
+    user: terminal_commands.UserOpt = None,
     timeout: Annotated[float, typer.Option(help="seconds before giving up")] = 600.0,
 ) -> None:
-    """Run a command inside the guest through its agent; its output and exit code are returned."""
+    """Run a command inside the guest through its agent; its output and exit code are returned.
+
+    It runs as root (or --user) with that user's HOME, USER, LOGNAME, SHELL and PATH.
+    """
     if command and command[0] == "--":
         command = command[1:]
+    if tty:
+        if not command:
+            raise InvalidInput("no command given", hint="use: cloudlet exec -t NAME -- COMMAND")
+        code = terminal_commands.run_on_terminal(_engine(), name, command, user=user, greet=False)
+        raise typer.Exit(code)
     stdin = sys.stdin.buffer.read() if interactive else None
-    result = _engine().exec(name, command, stdin=stdin, timeout=timeout)
+    result = _engine().exec(name, command, stdin=stdin, timeout=timeout, user=user)
     sys.stdout.buffer.write(result.stdout)
     sys.stdout.flush()
     sys.stderr.buffer.write(result.stderr)

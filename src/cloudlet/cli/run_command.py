@@ -10,11 +10,11 @@ import termios
 import tty
 from collections.abc import Iterator
 from pathlib import Path
-from types import FrameType
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from cloudlet.cli.signals import SIGNALS, Terminated, raise_terminated
 from cloudlet.errors import InvalidInput
 from cloudlet.spec import process as p
 from cloudlet.spec.units import parse_size_with_unit
@@ -31,18 +31,6 @@ else:
 EXIT_TIMEOUT = 124
 EXIT_RUN_FAILED = 125
 DEFAULT_IMAGE = "tiny"
-
-
-class _Terminated(Exception):
-    """SIGTERM or SIGHUP: unwind so the VM is destroyed, then exit 128+N."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.signum = signum
-
-
-def _raise_terminated(signum: int, _frame: FrameType | None) -> None:
-    raise _Terminated(signum)
 
 
 def split_image_and_command(args: list[str], raw_argv: list[str]) -> tuple[str, list[str]]:
@@ -183,11 +171,12 @@ def run(
                 return relay.run(spec.timeout)
         return relay.run(spec.timeout)
 
-    for signum in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, _raise_terminated)
+    # SIGTERM and SIGHUP unwind, so the VM is destroyed before the CLI exits.
+    for signum in SIGNALS:
+        signal.signal(signum, raise_terminated)
     try:
         outcome = open_engine().run(spec, attach)
-    except _Terminated as stop:
+    except Terminated as stop:
         raise typer.Exit(128 + stop.signum) from None
     raise typer.Exit(_exit_code(outcome, spec, keep))
 

@@ -222,6 +222,41 @@ class ExecResult:
         return 128 + self.signal if self.signal is not None else self.exit_code
 
 
+class GuestTerminal(abc.ABC):
+    """A program running in the guest on a pseudo-terminal of its own.
+
+    ``fileno`` can be waited on (select) for output; ``read`` returns b"" once the
+    stream has ended. Bytes from the guest are the terminal's, to be shown as they
+    are: nothing here interprets them.
+    """
+
+    @abc.abstractmethod
+    def fileno(self) -> int: ...
+
+    @abc.abstractmethod
+    def read(self, size: int = 65536) -> bytes:
+        """What the program wrote to its terminal (b"" at the end)."""
+
+    @abc.abstractmethod
+    def write(self, data: bytes) -> None:
+        """Keystrokes for the program; dropped once it has gone."""
+
+    @abc.abstractmethod
+    def exit_code(self) -> int | None:
+        """None while the program runs, then its exit code (128+N for signal N)."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """End the session: a program still running is killed (with its terminal's
+        session), and everything plugged for it is removed. Idempotent."""
+
+    def __enter__(self) -> GuestTerminal:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+
 @dataclass
 class GuestInfo:
     """What the guest agent reports about the guest."""
@@ -305,6 +340,19 @@ class Driver(abc.ABC):
 
         A cancelled ``cancel`` raises Cancelled promptly; the agent cannot stop a program
         it started, so the program runs on in the guest (as after a Timeout)."""
+
+    @abc.abstractmethod
+    def open_terminal(
+        self, instance_id: str, argv: list[str], *, rows: int, cols: int
+    ) -> GuestTerminal:
+        """Start ``argv`` in the guest (as root, through its agent) on a new pty of
+        ``rows`` x ``cols``, and return the session once the program runs.
+
+        Fails with Conflict when the VM has no running process, GuestError when the
+        guest cannot give a terminal (no agent, no pty helper: its reason in one line),
+        Timeout when it does not start one in time. A failed open leaves nothing
+        plugged or running. Sessions whose caller died (killed, not closed) are ended
+        and removed by the next open, so they never pile up or block it."""
 
     @abc.abstractmethod
     def guest_info(self, instance_id: str) -> GuestInfo: ...

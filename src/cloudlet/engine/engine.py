@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from cloudlet.config import Paths, Settings
-from cloudlet.driver.base import Driver, ExecResult, GuestInfo
+from cloudlet.driver.base import Driver, ExecResult, GuestInfo, GuestTerminal
 from cloudlet.engine import (
     instance_view,
     power,
@@ -25,7 +25,7 @@ from cloudlet.engine.backups import BackupService
 from cloudlet.engine.context import EngineContext
 from cloudlet.engine.creation import CreateRequest, Creation
 from cloudlet.engine.deps import EngineDeps
-from cloudlet.engine.guest_access import GuestAccess
+from cloudlet.engine.guest_access import GuestAccess, ShellAccess
 from cloudlet.engine.host_info import HostInfo
 from cloudlet.engine.image_cap import image_size_cap
 from cloudlet.engine.image_menu import ImageChoice
@@ -316,9 +316,33 @@ class Engine:
         self.guest.wait_ready(name)
 
     def exec(
-        self, name: str, argv: list[str], *, stdin: bytes | None = None, timeout: float = 600.0
+        self,
+        name: str,
+        argv: list[str],
+        *,
+        stdin: bytes | None = None,
+        timeout: float = 600.0,
+        user: str | None = None,
     ) -> ExecResult:
-        return self.guest.exec(name, argv, stdin=stdin, timeout=timeout)
+        """Run a command in the guest as ``user`` (default root), with its environment."""
+        return self.guest.exec(name, argv, stdin=stdin, timeout=timeout, user=user)
+
+    def shell_access(self, name: str, user: str | None = None) -> ShellAccess:
+        """How to open a login shell on the VM: SSH when it has it, else the agent."""
+        return self.guest.shell_access(name, user)
+
+    def open_terminal(
+        self,
+        name: str,
+        argv: list[str],
+        *,
+        user: str | None = None,
+        rows: int,
+        cols: int,
+        term: str | None = None,
+    ) -> GuestTerminal:
+        """A program (empty argv: a login shell) on a terminal in the guest."""
+        return self.guest.open_terminal(name, argv, user=user, rows=rows, cols=cols, term=term)
 
     def guest_info(self, name: str) -> GuestInfo:
         return self.guest.guest_info(name)

@@ -7,24 +7,42 @@ applies them to one VM's records on the shared context.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from cloudlet.config import Settings
-from cloudlet.driver.base import ExecResult, GuestInfo, PowerState
+from cloudlet.driver.base import ExecResult, GuestInfo, GuestTerminal, PowerState
 from cloudlet.engine import access as access_mod
-from cloudlet.engine import vm_state
+from cloudlet.engine import guest_target, vm_state
 from cloudlet.engine.context import EngineContext
 from cloudlet.engine.guest_target import GuestTarget
 from cloudlet.errors import Conflict, InvalidInput, NotFound
+from cloudlet.guest import run_as
 from cloudlet.guest.accounts import GuestOwner
 from cloudlet.guest.copy_rules import TreeCopy
 from cloudlet.guest.landing import CopyLimits
 from cloudlet.images.store import Image
 from cloudlet.next_steps import Step, step
 from cloudlet.progress import CancelToken, ProgressSink, phase
+from cloudlet.spec import names
 from cloudlet.spec.instance import InstanceSpec
 from cloudlet.spec.states import VMState
 from cloudlet.store.models import InstanceRow
+
+# Programs run through the agent run as this user unless another is named.
+EXEC_USER = "root"
+# A terminal no screen has: refused rather than passed on.
+MAX_TERMINAL_SIDE = 10_000
+LOOKUP_TIMEOUT = 60.0
+
+
+@dataclass(frozen=True)
+class ShellAccess:
+    """How to give the user a login shell on a VM: the OpenSSH command line when the
+    VM has SSH (``ssh_argv``), else a terminal through the guest agent as ``user``."""
+
+    user: str
+    ssh_argv: list[str] | None = None
 
 
 def copy_limits(settings: Settings) -> CopyLimits:
@@ -98,12 +116,60 @@ class GuestAccess:
                 )
         return row, spec, known_hosts
 
-    def ssh_argv(self, name: str, command: list[str]) -> list[str]:
-        """The OpenSSH client command line that reaches the VM, host key pinned."""
+    def ssh_argv(self, name: str, command: list[str], *, tty: bool = False) -> list[str]:
+        """The OpenSSH client command line that reaches the VM, host key pinned
+        (``tty``: with a terminal even for a command)."""
         row, spec, known_hosts = self._access(name)
         assert row.ssh_port is not None
         options = access_mod.ssh_options(spec.access, row.ssh_port, known_hosts)
-        return ["ssh", *options, "--", "127.0.0.1", *command]
+        return ["ssh", *(["-t"] if tty else []), *options, "--", "127.0.0.1", *command]
+
+    def login_user(self, name: str) -> str:
+        """The VM's login user: its spec's, else its image's default, else root."""
+        return guest_target.login_user(self.ctx.row(name))
+
+    def shell_access(self, name: str, user: str | None = None) -> ShellAccess:
+        """A login shell: over SSH as the login user when the VM has SSH and no other
+        user is asked for, else through the guest agent's terminal."""
+        asked = names.login_user(user) if user is not None else None
+        row = self._running(name, "open a shell in")
+        spec = InstanceSpec.model_validate_json(row.spec_json)
+        wanted = asked or guest_target.login_user(row)
+        if wanted == spec.access.user and row.ssh_port is not None:
+            return ShellAccess(wanted, self.ssh_argv(name, [], tty=True))
+        return ShellAccess(wanted)
+
+    def _account(self, instance_id: str, user: str) -> run_as.GuestAccount:
+        """The guest's own record of ``user`` (NotFound when it has none)."""
+        result = self.ctx.driver.exec(instance_id, run_as.lookup_argv(user), timeout=LOOKUP_TIMEOUT)
+        return run_as.parse_account(user, result.exit_code, result.stdout)
+
+    def open_terminal(
+        self,
+        name: str,
+        argv: list[str],
+        *,
+        user: str | None = None,
+        rows: int,
+        cols: int,
+        term: str | None = None,
+    ) -> GuestTerminal:
+        """Run ``argv`` (empty: ``user``'s login shell) on a terminal in the guest,
+        as ``user`` (default: the login user for a shell, root for a command), with
+        that user's environment. The caller relays the bytes and closes it."""
+        for side, value in (("rows", rows), ("columns", cols)):
+            if not 1 <= value <= MAX_TERMINAL_SIDE:
+                raise InvalidInput(
+                    f"a terminal of {value} {side} cannot be given to the guest",
+                    hint="resize the terminal",
+                )
+        asked = names.login_user(user) if user is not None else None
+        row = self._running(name, "open a terminal in")
+        if asked is None:
+            asked = guest_target.login_user(row) if not argv else EXEC_USER
+        account = self._account(row.id, asked)
+        wrapped = run_as.run_as_argv(account, argv, term=run_as.clean_term(term))
+        return self.ctx.driver.open_terminal(row.id, wrapped, rows=rows, cols=cols)
 
     def ssh_config(self, name: str) -> str:
         row, spec, known_hosts = self._access(name)
@@ -179,16 +245,27 @@ class GuestAccess:
         finish_first_boot(self.ctx, self._running(name, "wait for"))
 
     def exec(
-        self, name: str, argv: list[str], *, stdin: bytes | None = None, timeout: float = 600.0
+        self,
+        name: str,
+        argv: list[str],
+        *,
+        stdin: bytes | None = None,
+        timeout: float = 600.0,
+        user: str | None = None,
     ) -> ExecResult:
+        """Run ``argv`` in the guest as ``user`` (default root) with that user's HOME,
+        USER, LOGNAME, SHELL and PATH; its output and exit code come back."""
         if not argv:
             raise InvalidInput(
                 "no command given",
                 hint="name the program to run and its arguments",
                 next_steps=[step(Step.VM_EXEC, vm=name)],
             )
+        who = names.login_user(user) if user is not None else EXEC_USER
         row = self._running(name, "run a command in")
-        return self.ctx.driver.exec(row.id, argv, stdin=stdin, timeout=timeout)
+        account = self._account(row.id, who)
+        wrapped = run_as.run_as_argv(account, argv)
+        return self.ctx.driver.exec(row.id, wrapped, stdin=stdin, timeout=timeout)
 
     def guest_info(self, name: str) -> GuestInfo:
         row = self._running(name, "ask the guest agent of")

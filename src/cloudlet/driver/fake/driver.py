@@ -24,6 +24,7 @@ from cloudlet.driver.base import (
     ExecResult,
     ExtraDisk,
     GuestInfo,
+    GuestTerminal,
     HostForward,
     LaunchConfig,
     PowerState,
@@ -31,7 +32,9 @@ from cloudlet.driver.base import (
     TapNic,
 )
 from cloudlet.driver.fake.guest_fs import FakeGuestFS
+from cloudlet.driver.fake.terminal import FakeTerminal
 from cloudlet.errors import CloudletError, Conflict, GuestError, Timeout
+from cloudlet.guest import run_as
 from cloudlet.guest.accounts import GuestOwner
 from cloudlet.guest.copy_rules import CopyProgress, TreeCopy
 from cloudlet.guest.landing import CopyLimits
@@ -60,6 +63,9 @@ class FakeVM:
     # for a saved state (started with ``incoming``)
     ram: dict[str, str] = field(default_factory=dict)
     awaiting_state: bool = False
+    # the guest's users (passwd lines by name) and its open terminal sessions
+    users: dict[str, str] = field(default_factory=lambda: {"root": "root:x:0:0:root:/root:/bin/sh"})
+    terminals: set[int] = field(default_factory=set)
 
 
 def _file_size(path: Path) -> int:
@@ -91,6 +97,10 @@ class FakeDriver(Driver):
 
     def ignore_acpi(self, instance_id: str) -> None:
         self.vms[instance_id].ignores_acpi = True
+
+    def add_user(self, instance_id: str, passwd_line: str) -> None:
+        """Give the guest a user (a passwd line: name:x:uid:gid:gecos:home:shell)."""
+        self.vms[instance_id].users[passwd_line.split(":", 1)[0]] = passwd_line
 
     def hang(self, instance_id: str, hangs: bool = True) -> None:
         """The guest stops answering: wait_agent, wait_shutdown and exec block until their
@@ -231,6 +241,15 @@ class FakeDriver(Driver):
         vm.commands.append(argv)
         if self._hung(vm, timeout, cancel):
             raise Timeout(f"{argv[0]} did not finish within {timeout:.0f} s in the guest")
+        if argv[:4] == ["sh", "-c", run_as.LOOKUP_SCRIPT, run_as.LOOKUP_NAME]:
+            entry = vm.users.get(argv[4]) if len(argv) == 5 else None
+            return ExecResult(0, f"{entry}\n".encode()) if entry else ExecResult(2)
+        wrapped = run_as.split_run_as(argv)
+        if wrapped is not None:
+            account, _term, program = wrapped
+            return _as_account(account, program) or self.exec(
+                instance_id, program or [account.shell], stdin=stdin, timeout=timeout
+            )
         if argv[:1] == ["cat"] and len(argv) == 2 and argv[1].startswith("/sys/block/vd"):
             return _fake_block_size(vm, argv[1])
         if argv[:1] == ["cat"] and len(argv) == 2 and argv[1].startswith("/"):
@@ -238,6 +257,22 @@ class FakeDriver(Driver):
             if data is not None:
                 return ExecResult(0, data)
         return _fake_guest(vm.config, argv, stdin)
+
+    def open_terminal(
+        self, instance_id: str, argv: list[str], *, rows: int, cols: int
+    ) -> GuestTerminal:
+        vm = self._agent(instance_id, "guest-exec")
+        vm.commands.append(argv)
+
+        def run(words: list[str]) -> ExecResult:
+            return self.exec(instance_id, words, timeout=60)
+
+        def closed() -> None:
+            vm.terminals.discard(id(term))
+
+        term = FakeTerminal(argv, run, closed)
+        vm.terminals.add(id(term))
+        return term
 
     def guest_info(self, instance_id: str) -> GuestInfo:
         vm = self._live(instance_id)
@@ -528,6 +563,18 @@ def _fake_block_size(vm: FakeVM, path: str) -> ExecResult:
             1, stderr=f"cat: can't open '{path}': No such file or directory\n".encode()
         )
     return ExecResult(0, f"{sizes[index] // 512}\n".encode())
+
+
+def _as_account(account: run_as.GuestAccount, argv: list[str]) -> ExecResult | None:
+    """What a fake guest program answers about the user it runs as (else None)."""
+    environment = {"HOME": account.home, "USER": account.name, "LOGNAME": account.name}
+    if argv == ["id", "-un"]:
+        return ExecResult(0, f"{account.name}\n".encode())
+    if argv == ["id", "-u"]:
+        return ExecResult(0, f"{account.uid}\n".encode())
+    if len(argv) == 2 and argv[0] == "printenv" and argv[1] in environment:
+        return ExecResult(0, f"{environment[argv[1]]}\n".encode())
+    return None
 
 
 def _fake_guest(config: LaunchConfig, argv: list[str], stdin: bytes | None) -> ExecResult:

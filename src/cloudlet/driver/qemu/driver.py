@@ -21,13 +21,14 @@ from cloudlet.driver.base import (
     ExecResult,
     ExtraDisk,
     GuestInfo,
+    GuestTerminal,
     HostForward,
     LaunchConfig,
     PowerState,
     RuntimeInfo,
     TapNic,
 )
-from cloudlet.driver.qemu import agent, guest_files, guest_tree, qmp, serial_pump
+from cloudlet.driver.qemu import agent, guest_files, guest_tree, qmp, serial_pump, terminal
 from cloudlet.driver.qemu.argv import (
     build_argv,
     disk_device,
@@ -43,6 +44,7 @@ from cloudlet.driver.qemu.runtime import read_record, write_record
 from cloudlet.errors import (
     CloudletError,
     Conflict,
+    GuestError,
     HostCommandError,
     MonitorError,
     OutOfSpace,
@@ -377,6 +379,14 @@ class QemuDriver(Driver):
             info.agent_socket, argv, stdin=stdin, timeout=timeout, cancel=cancel
         )
 
+    def open_terminal(
+        self, instance_id: str, argv: list[str], *, rows: int, cols: int
+    ) -> GuestTerminal:
+        info = self._require(instance_id)
+        if not info.agent_socket.exists():
+            raise GuestError("the VM has no guest agent to start a terminal with")
+        return terminal.open_terminal(info, argv, rows, cols)
+
     def guest_info(self, instance_id: str) -> GuestInfo:
         info = self._require(instance_id)
         with agent.connect(info.agent_socket) as conn:
@@ -508,15 +518,7 @@ class QemuDriver(Driver):
         self._take_back(instance_id, disk.path)
 
     def _unplug(self, info: RuntimeInfo, device_id: str, timeout: float) -> None:
-        """device_del, then wait until the guest has released the device."""
-        qmp.execute_and_wait(
-            info.qmp_socket,
-            "device_del",
-            {"id": device_id},
-            events=("DEVICE_DELETED",),
-            done=lambda _name, data: data.get("device") == device_id,
-            timeout=timeout,
-        )
+        qmp.unplug(info.qmp_socket, device_id, timeout)
 
     def _device_ids(self, info: RuntimeInfo) -> set[str]:
         return {_qdev_id(str(b.get("qdev", ""))) for b in self._blocks(info)}

@@ -207,6 +207,18 @@ def execute_and_wait(
     return _run(conversation, path, command, late)
 
 
+def unplug(path: Path, device_id: str, timeout: float) -> None:
+    """device_del, then wait until the guest has released the device."""
+    execute_and_wait(
+        path,
+        "device_del",
+        {"id": device_id},
+        events=("DEVICE_DELETED",),
+        done=lambda _name, data: data.get("device") == device_id,
+        timeout=timeout,
+    )
+
+
 async def _migrate_fd(
     path: Path, fd: int, command: str, setup: list[tuple[str, dict[str, Any]]], timeout: float
 ) -> dict[str, Any]:

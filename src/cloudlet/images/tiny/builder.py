@@ -75,7 +75,7 @@ def build_tiny(
         graph = apt.depends_graph([info.kernel_meta, r.AGENT_PACKAGE, r.BUSYBOX_PACKAGE])
         kernel_pkg = concrete_kernel(graph, info.kernel_meta)
         agent_pkgs = depends_closure(graph, [r.AGENT_PACKAGE])
-        names = list(dict.fromkeys([kernel_pkg, r.BUSYBOX_PACKAGE, *agent_pkgs]))
+        names = list(dict.fromkeys([kernel_pkg, r.BUSYBOX_PACKAGE, *agent_pkgs, r.TOOLS_PACKAGE]))
         debs = apt.resolve(names)
         say(f"fetching {len(debs)} packages into {cache}")
         files = apt.fetch(debs, cache)
@@ -124,6 +124,7 @@ def build_tiny(
             busybox=busybox,
             applets=applets,
             agent_roots=[unpacked[p] for p in agent_pkgs],
+            tools_root=unpacked[r.TOOLS_PACKAGE],
             multiarch=info.multiarch,
             tree=tree,
             modules=initrd_mods + ata_mods + rootfs_mods,
@@ -261,13 +262,15 @@ def _make_rootfs(
     busybox: Path,
     applets: Sequence[str],
     agent_roots: Sequence[Path],
+    tools_root: Path,
     multiarch: str,
     tree: ModuleTree,
     modules: Sequence[str],
     autoload: Sequence[str],
     values: dict[str, str],
 ) -> None:
-    """Lay out the root file system: merged /usr, busybox, qemu-ga and its libraries."""
+    """Lay out the root file system: merged /usr, busybox, qemu-ga, the extra tools and
+    their libraries."""
     staging.mkdir()
     for d in scripts.ROOTFS_DIRS:
         (staging / d).mkdir(parents=True, exist_ok=True)
@@ -300,8 +303,16 @@ def _make_rootfs(
     _install(qga, staging / "usr/sbin/qemu-ga", 0o755)
     libdir = staging / "usr/lib" / multiarch
     libdir.mkdir(parents=True, exist_ok=True)
-    for soname, path in library_closure(agent_roots, qga, multiarch).items():
-        _install(path, libdir / soname, 0o755)
+    binaries = [qga]
+    for rel in r.TOOLS:
+        tool = _find_file(tools_root, (rel,))
+        path = staging / merged_usr(rel)
+        path.unlink(missing_ok=True)  # a busybox applet of the same name gives way
+        _install(tool, path, 0o755)
+        binaries.append(tool)
+    for binary in binaries:
+        for soname, path in library_closure([*agent_roots, tools_root], binary, multiarch).items():
+            _install(path, libdir / soname, 0o755)
     interp = ElfFile.from_path(qga).interpreter()
     if interp:
         found = _find_file_in(agent_roots, interp.lstrip("/"))

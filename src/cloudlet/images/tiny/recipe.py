@@ -19,6 +19,11 @@ BUILDER_VERSION = "1"
 IMAGE_NAME = "tiny"
 BUSYBOX_PACKAGE = "busybox-static"
 AGENT_PACKAGE = "qemu-guest-agent"
+# util-linux's script: busybox has no applet that opens a pseudo-terminal, and
+# `cloudlet shell` / `exec -t` run the guest's program on one. Only the binary is
+# taken (it needs the C library qemu-ga already brings), not the package's other tools.
+TOOLS_PACKAGE = "bsdutils"
+TOOLS: tuple[str, ...] = ("usr/bin/script",)
 
 # Loaded by the initramfs to reach the root disk (built-ins are skipped).
 INITRD_MODULES: tuple[str, ...] = ("virtio_pci", "virtio_blk", "ext4")
@@ -107,7 +112,8 @@ def recipe(arch: str = "x86_64") -> dict[str, object]:
         "name": IMAGE_NAME,
         "arch": info.name,
         "deb_arch": info.deb_arch,
-        "packages": [info.kernel_meta, BUSYBOX_PACKAGE, AGENT_PACKAGE],
+        "packages": [info.kernel_meta, BUSYBOX_PACKAGE, AGENT_PACKAGE, TOOLS_PACKAGE],
+        "tools": list(TOOLS),
         "initrd_modules": list(INITRD_MODULES),
         "initrd_ata_modules": list(info.ata_modules),
         "rootfs_modules": list(ROOTFS_MODULES),

@@ -227,7 +227,8 @@ exit 0
 
 PROFILE = r"""# cloudlet tiny: login shell settings
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin
-export HOME=/root
+# A login shell cloudlet started for a user already has that user's HOME.
+[ -n "$HOME" ] && [ "$HOME" != / ] || export HOME=/root
 export PS1='\h:\w\$ '
 """
 
