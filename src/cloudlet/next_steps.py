@@ -19,7 +19,6 @@ class Step(StrEnum):
 
     VM_RUN = "vm.run"
     VM_CREATE_FROM_IMAGE = "vm.create_from_image"
-    SPEC_APPLY = "spec.apply"
     SPEC_SCHEMA = "spec.schema"
     TYPE_LIST = "type.list"
     IMAGE_IMPORT = "image.import"

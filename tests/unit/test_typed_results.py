@@ -133,18 +133,12 @@ def test_a_fixed_field_change_is_refused_with_steps_the_cli_words(engine: Engine
     entries = parse_documents(text, "lab.yaml")
     refusal = apply_mod.plan(engine, entries).refusals[0]
     assert "cloudlet" not in refusal.detail
-    assert refusal.next_steps == (
-        step(Step.VM_DELETE, vm="web1"),
-        step(Step.SPEC_APPLY, file="lab.yaml"),
-    )
-    assert refusal.to_dict()["next_steps"][1] == {
-        "step": "spec.apply",
-        "args": {"file": "lab.yaml"},
-    }
+    assert refusal.next_steps == (step(Step.VM_DELETE, vm="web1"),)
+    assert refusal.to_dict()["next_steps"] == [{"step": "vm.delete", "args": {"vm": "web1"}}]
     with pytest.raises(Conflict) as whole:
         apply_mod.apply(engine, entries)
     assert wording.error_line(whole.value).endswith(
-        "nothing was changed (cloudlet delete web1 or cloudlet apply lab.yaml)"
+        "apply the file again: nothing was changed (cloudlet delete web1)"
     )
 
 

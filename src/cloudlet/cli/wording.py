@@ -16,7 +16,6 @@ from cloudlet.next_steps import NextStep, Step
 COMMANDS: dict[Step, str] = {
     Step.VM_RUN: "cloudlet run {image} -- {command}",
     Step.VM_CREATE_FROM_IMAGE: "cloudlet create {vm} --image {image}",
-    Step.SPEC_APPLY: "cloudlet apply {file}",
     Step.SPEC_SCHEMA: "cloudlet spec --schema",
     Step.TYPE_LIST: "cloudlet types",
     Step.IMAGE_IMPORT: "cloudlet image import {path} --name {image}",

@@ -146,7 +146,7 @@ def wait_cloud_init(
         return
     tail = driver.exec(
         instance_id,
-        ["tail", "-n", "15", "/var/log/cloud-init-output.log"],
+        ["tail", "-n", "15", CLOUD_INIT_LOG],
         timeout=60,
         cancel=cancel,
     )

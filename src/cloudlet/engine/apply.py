@@ -263,13 +263,10 @@ def _plan_one(engine: Engine, entry: VMEntry) -> list[Decision]:
                 name,
                 "refuse",
                 f"{field_name} is {current}, the file says {wanted}: {field_name} is fixed once "
-                f"created; to get there, delete and re-create the VM (delete it, then apply "
-                f"the file again)",
+                f"created; to get there, delete and re-create the VM: delete it, then apply "
+                f"the file again",
                 f"{entry.source}:{entry.line(path)}",
-                next_steps=(
-                    step(Step.VM_DELETE, vm=name),
-                    step(Step.SPEC_APPLY, file=entry.source),
-                ),
+                next_steps=(step(Step.VM_DELETE, vm=name),),
             )
         )
     shape = resolve_shape(want.type, want.cpus, want.memory)
@@ -289,10 +286,7 @@ def _plan_one(engine: Engine, entry: VMEntry) -> list[Decision]:
                     f"'state: stopped' (apply stops it, then changes it), or stop it and "
                     f"apply the file again",
                     f"{entry.source}:{entry.line(path)}",
-                    next_steps=(
-                        step(Step.VM_STOP, vm=name),
-                        step(Step.SPEC_APPLY, file=entry.source),
-                    ),
+                    next_steps=(step(Step.VM_STOP, vm=name),),
                 )
             )
         else:
