@@ -116,9 +116,7 @@ def test_a_create_cancelled_during_boot_leaves_nothing(
     cloudlet_home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     home = cloudlet_home
-    for key, value in cli.env_for(home).items():
-        if key.startswith("CLOUDLET_"):
-            monkeypatch.setenv(key, value)  # restricted network, as every test guest
+    cli.in_process_env(home, monkeypatch)
     engine = open_engine(Settings.load())
     try:
         token = CancelToken()
