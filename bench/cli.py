@@ -17,6 +17,7 @@ run at most 1.25x bare QEMU, start at most 1.15x.
 from __future__ import annotations
 
 import argparse
+import compileall
 import os
 import statistics
 import sys
@@ -26,6 +27,8 @@ from pathlib import Path
 from boot import bare_boot, cloudlet_boot
 from common import bench_home, boot_image, cloudlet
 from run import Unavailable, cloudlet_cli, floor, timed, tiny_boot_files
+
+import cloudlet as cloudlet_package
 
 VMS = tuple(f"vm{i}" for i in range(10))
 
@@ -44,11 +47,22 @@ def command(home: Path, *args: str) -> Callable[[], float]:
     return measure
 
 
+def compile_package() -> None:
+    """Write cloudlet's bytecode caches, as a pip install does.
+
+    The development install is editable, and a machine that sets PYTHONDONTWRITEBYTECODE
+    (this build machine does) would make every timed command compile every module it
+    imports: a cost no installed cloudlet pays."""
+    package = Path(cloudlet_package.__file__).parent
+    compileall.compile_dir(package, quiet=1)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=5, help="runs per row (median)")
     parser.add_argument("--quick", action="store_true", help="start-up rows only (no QEMU)")
     args = parser.parse_args()
+    compile_package()
     with bench_home(*VMS, "bench") as home:
         for name in VMS:
             cloudlet(home, "create", name, "--no-start")

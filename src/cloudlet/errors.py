@@ -13,6 +13,8 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from cloudlet.next_steps import NextStep
+
 # How a full file system reads in QEMU's and qemu-img's messages (their strerror).
 _NO_SPACE = (os.strerror(errno.ENOSPC), os.strerror(errno.EDQUOT))
 
@@ -29,10 +31,14 @@ class CloudletError(Exception):
     exit_code = 1
     code = "internal"
 
-    def __init__(self, message: str, *, hint: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, hint: str | None = None, next_steps: Sequence[NextStep] = ()
+    ) -> None:
         super().__init__(message)
         self.message = message
+        # In words, naming no command of any frontend; ``next_steps`` carries the actions.
         self.hint = hint
+        self.next_steps = tuple(next_steps)
 
     def one_line(self) -> str:
         """The message and the hint, in one line for a terminal."""
@@ -68,8 +74,9 @@ class ImageNotFound(NotFound):
         hint: str | None = None,
         image: str = "",
         pullable: Sequence[str] = (),
+        next_steps: Sequence[NextStep] = (),
     ) -> None:
-        super().__init__(message, hint=hint)
+        super().__init__(message, hint=hint, next_steps=next_steps)
         self.image = image
         self.pullable = tuple(pullable)
 
@@ -102,8 +109,15 @@ class OutOfSpace(CapacityExceeded):
 
     code = "out_of_space"
 
-    def __init__(self, message: str, *, path: Path, hint: str | None = None) -> None:
-        super().__init__(message, hint=hint)
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: Path,
+        hint: str | None = None,
+        next_steps: Sequence[NextStep] = (),
+    ) -> None:
+        super().__init__(message, hint=hint, next_steps=next_steps)
         self.path = path
 
 

@@ -18,6 +18,7 @@ from cloudlet.errors import (
     NotFound,
     StillRunning,
 )
+from cloudlet.next_steps import Step, step
 from cloudlet.spec.units import GIB, MIB
 from cloudlet.store.models import InstanceRow, OperationRow
 from tests.fakes import add_interrupted_create, make_fake_engine
@@ -126,7 +127,8 @@ def test_state_machine_answers(engine: Engine) -> None:
     engine.stop("vm")
     with pytest.raises(Conflict, match="cannot pause vm: it is stopped") as exc:
         engine.pause("vm")
-    assert "cloudlet start" in exc.value.one_line()
+    assert exc.value.hint == "start it first"
+    assert exc.value.next_steps == (step(Step.VM_START, vm="vm"),)
     assert not engine.stop("vm").changed
 
 

@@ -16,6 +16,7 @@ from cloudlet.cli import (
     run_command,
     spec_commands,
     storage_commands,
+    wording,
 )
 from cloudlet.cli import console as console_mod
 from cloudlet.cli.options import Output, Shell, VmArg
@@ -597,7 +598,7 @@ def _worded(error: CloudletError) -> CloudletError:
 def fail(error: CloudletError) -> NoReturn:
     error = _worded(error)
     # escaped: messages carry paths and hints such as "[backup] path" that are not markup
-    err.print(f"[red]error:[/] {escape(error.one_line())}")
+    err.print(f"[red]error:[/] {escape(wording.error_line(error))}")
     sys.exit(error.exit_code)
 
 

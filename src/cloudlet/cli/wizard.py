@@ -20,7 +20,7 @@ from rich.markup import escape
 from rich.prompt import Confirm, IntPrompt, Prompt
 from rich.table import Table
 
-from cloudlet.cli import wizard_screens
+from cloudlet.cli import wizard_screens, wording
 from cloudlet.cli.render import Output, err
 from cloudlet.cli.spec_commands import command_line, create_entry
 from cloudlet.engine import capacity, image_menu
@@ -171,7 +171,7 @@ class Wizard:
         self.console.print(text, soft_wrap=False)
 
     def error(self, exc: CloudletError) -> None:
-        self.say(f"[red]error:[/] {escape(exc.one_line())}")
+        self.say(f"[red]error:[/] {escape(wording.error_line(exc))}")
 
     def confirm(self, question: str, default: bool) -> bool:
         return Confirm.ask(question, console=self.console, default=default)

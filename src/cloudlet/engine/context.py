@@ -22,6 +22,7 @@ from cloudlet.driver.base import Driver
 from cloudlet.engine import locks
 from cloudlet.engine.deps import EngineDeps
 from cloudlet.errors import Conflict, NotFound
+from cloudlet.next_steps import NextStep, Step, step
 from cloudlet.notices import CallNotices
 from cloudlet.progress import CancelToken
 from cloudlet.spec import names
@@ -66,7 +67,7 @@ class EngineContext:
 
     # ------------------------------------------------------------------ locks and rows
     def lock(
-        self, name: str, wait: float = locks.DEFAULT_WAIT, *, cancel: CancelToken | None = None
+        self, name: str, wait: float | None = None, *, cancel: CancelToken | None = None
     ) -> AbstractContextManager[None]:
         """The VM's lock; every VM-name call locks or looks up first, so names are checked here."""
         names.vm_name(name)
@@ -84,8 +85,12 @@ class EngineContext:
         """The error for a VM name nobody has, naming the closest VM that exists."""
         with self.db.session() as s:
             known = list(s.scalars(select(InstanceRow.name)).all())
-        hint = did_you_mean(name, known) or "run 'cloudlet list' to see your VMs"
-        return NotFound(f"no VM named {name!r}", hint=hint)
+        close = did_you_mean(name, known)
+        if close:
+            return NotFound(f"no VM named {name!r}", hint=close)
+        return NotFound(
+            f"no VM named {name!r}", hint="list your VMs", next_steps=[step(Step.VM_LIST)]
+        )
 
     def set_state(self, instance_id: str, state: VMState, error: str | None = None) -> None:
         with self.db.session() as s:
@@ -97,9 +102,9 @@ class EngineContext:
 
     def require_state(self, row: InstanceRow, allowed: set[VMState], action: str) -> None:
         if row.state not in allowed:
+            hint, steps = state_hint(row.state, row.name)
             raise Conflict(
-                f"cannot {action} {row.name}: it is {row.state}",
-                hint=state_hint(row.state),
+                f"cannot {action} {row.name}: it is {row.state}", hint=hint, next_steps=steps
             )
 
     # ------------------------------------------------------------------ history
@@ -138,15 +143,26 @@ class EngineContext:
                 op.finished_at = utcnow()
 
 
-def state_hint(state: str) -> str:
-    """What to do about a VM that is in the wrong state for an action."""
-    return {
-        VMState.STOPPED: "start it with 'cloudlet start'",
-        VMState.PAUSED: "resume it with 'cloudlet resume'",
-        VMState.RUNNING: "stop it first with 'cloudlet stop'",
-        VMState.CRASHED: "start it again with 'cloudlet start', see 'cloudlet logs'",
-        VMState.ERROR: "see 'cloudlet show' for the error, then 'cloudlet start' or 'delete'",
-        VMState.CREATING: "wait for the create to finish",
-        VMState.STARTING: "wait for the start to finish",
-        VMState.STOPPING: "wait for the stop to finish",
-    }.get(VMState(state), "try again later")
+def state_hint(state: str, vm: str) -> tuple[str, list[NextStep]]:
+    """What to do about VM ``vm`` in the wrong state for an action: in words, and as steps."""
+    match VMState(state):
+        case VMState.STOPPED:
+            return "start it first", [step(Step.VM_START, vm=vm)]
+        case VMState.PAUSED:
+            return "resume it first", [step(Step.VM_RESUME, vm=vm)]
+        case VMState.RUNNING:
+            return "stop it first", [step(Step.VM_STOP, vm=vm)]
+        case VMState.CRASHED:
+            return "read its log, then start it again", [
+                step(Step.VM_LOGS, vm=vm),
+                step(Step.VM_START, vm=vm),
+            ]
+        case VMState.ERROR:
+            return "read the error it shows, then start or delete it", [step(Step.VM_SHOW, vm=vm)]
+        case VMState.CREATING:
+            return "wait for the create to finish", []
+        case VMState.STARTING:
+            return "wait for the start to finish", []
+        case VMState.STOPPING:
+            return "wait for the stop to finish", []
+    return "try again later", []

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from cloudlet.engine import call_options
 from cloudlet.errors import Busy
 from cloudlet.progress import CancelToken, check, pause
 from cloudlet.spec.names import name_path
@@ -28,15 +29,20 @@ def hold(
     lock_dir: Path,
     key: str,
     *,
-    wait: float = DEFAULT_WAIT,
+    wait: float | None = None,
     what: str = "",
     cancel: CancelToken | None = None,
 ) -> Iterator[None]:
     """Hold the lock named ``key``, waiting up to ``wait`` seconds for another holder.
 
-    ``wait`` is per call (0: fail at once when held). A cancelled ``cancel`` ends the
-    wait with ``Cancelled``, the lock not taken.
+    ``wait`` (0: fail at once when held) defaults to the call's ``lock_wait`` (see
+    call_options), else DEFAULT_WAIT. A cancelled ``cancel`` (default: the call's
+    token) ends the wait with ``Cancelled``, the lock not taken.
     """
+    options = call_options.current()
+    if wait is None:
+        wait = DEFAULT_WAIT if options.lock_wait is None else options.lock_wait
+    cancel = call_options.cancel_token(cancel)
     check(cancel)
     lock_dir.mkdir(parents=True, exist_ok=True)
     fd = os.open(name_path(lock_dir, key, ".lock"), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)

@@ -6,6 +6,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
+from cloudlet.next_steps import NextStep
+
 
 @dataclass(frozen=True)
 class InstanceView:
@@ -68,3 +70,32 @@ class ActionResult:
     instance: InstanceView
     changed: bool
     message: str
+    next_steps: tuple[NextStep, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "instance": self.instance.to_dict(),
+            "changed": self.changed,
+            "message": self.message,
+            "next_steps": [s.to_dict() for s in self.next_steps],
+        }
+
+
+@dataclass(frozen=True)
+class Done:
+    """What a change that has no view of its own did (a delete, a detach, a revert).
+
+    ``message`` is one line in words for a person, naming no command of any frontend;
+    ``kind`` and ``name`` say what was acted on, so a client need not parse it."""
+
+    kind: str  # "vm", "image", "volume", "snapshot", "network", "nic", "port", ...
+    name: str
+    action: str  # what happened to it: "deleted", "attached", "reverted", ...
+    message: str
+    changed: bool = True
+    next_steps: tuple[NextStep, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["next_steps"] = [s.to_dict() for s in self.next_steps]
+        return data

@@ -45,9 +45,13 @@ def qemu_img() -> str:
     return which("qemu-img", hint=INSTALL_HINT)
 
 
-@cache
 def qemu_version(arch: str = "x86_64") -> str:
     """ "7.2.19" from "QEMU emulator version 7.2.19 (Debian ...)"."""
+    return _version_of(arch)  # one cache entry per arch, however the caller spells it
+
+
+@cache
+def _version_of(arch: str) -> str:
     out = run([qemu_binary(arch), "--version"]).stdout.decode()
     match = re.search(r"version (\d+\.\d+(?:\.\d+)?)", out)
     return match.group(1) if match else out.splitlines()[0]
