@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from cloudlet.host import processes
 
 
@@ -22,6 +24,13 @@ def env_for(home: Path) -> dict[str, str]:
         COLUMNS="200",
     )
     return env
+
+
+def in_process_env(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CLI's environment for an engine opened in the test's own process."""
+    for key, value in env_for(home).items():
+        if key.startswith("CLOUDLET_"):
+            monkeypatch.setenv(key, value)  # restricted network, as every test guest
 
 
 def default_sigint() -> None:

@@ -22,9 +22,7 @@ ROUNDS = int(os.environ.get("CLOUDLET_STRESS_ROUNDS", "12"))
 
 
 def test_four_threads_on_real_qemu(cloudlet_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    for key, value in cli.env_for(cloudlet_home).items():
-        if key.startswith("CLOUDLET_"):
-            monkeypatch.setenv(key, value)  # restricted network, as every test guest
+    cli.in_process_env(cloudlet_home, monkeypatch)
     engine = open_engine(Settings.load())
     try:
         ledger = Ledger()

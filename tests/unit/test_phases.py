@@ -159,3 +159,13 @@ def test_the_status_line_is_drawn_on_a_terminal_only(monkeypatch: pytest.MonkeyP
             assert "creating web1: boot (0 s)" in text and "creating web1: agent (" in text
         else:
             assert text == ""
+
+
+def test_the_calls_own_token_cancels_a_create_too(engine: Engine) -> None:
+    from cloudlet.engine import call_options
+
+    sink = Recorder({"agent": _hang_the_only_vm(engine)})
+    with cancelled_soon(0.3) as token, call_options.per_call(cancel=token):
+        engine.create(CreateRequest(name="web1"), progress=sink)
+    assert sink.stages == ["disk", "boot", "agent"]
+    _nothing_left(engine, "web1")

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, TypeVar
 from cloudlet.config import Paths, Settings
 from cloudlet.driver.base import Driver, ExecResult, GuestInfo, GuestTerminal
 from cloudlet.engine import (
+    call_options,
     instance_view,
     power,
     recovery,
@@ -157,7 +158,9 @@ class Engine:
     ) -> InstanceView:  # fmt: skip
         """Validate everything first, then record, make the disk, and boot.
 
-        ``progress`` hears each phase; a cancelled ``cancel`` leaves no VM behind."""
+        ``progress`` hears each phase; a cancelled ``cancel`` (default: the call's, see
+        call_options) leaves no VM behind."""
+        cancel = call_options.cancel_token(cancel)
         self.creation.create(req, start=start, wait=wait, progress=progress, cancel=cancel)
         return self.show(req.name)
 
@@ -181,7 +184,8 @@ class Engine:
         self, name: str, *, wait: bool = True, progress: ProgressSink | None = None,
         cancel: CancelToken | None = None,
     ) -> ActionResult:  # fmt: skip
-        """Boot a stopped VM; a cancelled ``cancel`` leaves it stopped."""
+        """Boot a stopped VM; a cancelled ``cancel`` (or the call's) leaves it stopped."""
+        cancel = call_options.cancel_token(cancel)
         outcome = self.lifecycle.start(name, wait=wait, progress=progress, cancel=cancel)
         return self._result(name, outcome)
 
@@ -193,6 +197,7 @@ class Engine:
         self, name: str, *, force: bool = False, wait: bool = True,
         progress: ProgressSink | None = None, cancel: CancelToken | None = None,
     ) -> ActionResult:  # fmt: skip
+        cancel = call_options.cancel_token(cancel)
         phase(progress, cancel, "stop")
         self.stop(name, force=force)
         self.start(name, wait=wait, progress=progress, cancel=cancel)
