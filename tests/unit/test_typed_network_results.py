@@ -28,13 +28,7 @@ from cloudlet.spec.network import parse_rule
 from cloudlet.spec.units import GIB
 from tests.fakes import make_fake_engine
 from tests.unit.test_network import FakeHost
-
-
-@pytest.fixture
-def host(monkeypatch: pytest.MonkeyPatch) -> FakeHost:
-    fake_host = FakeHost()
-    fake_host.install(monkeypatch)
-    return fake_host
+from tests.unit.test_network import host as host  # the recorder of host plumbing (fixture)
 
 
 @pytest.fixture
