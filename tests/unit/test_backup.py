@@ -19,6 +19,7 @@ from cloudlet.backup.retention import keep_set
 from cloudlet.backup.store import CHUNK_SIZE, BackupStore, DiskManifest, Manifest
 from cloudlet.driver.base import DiskCopy
 from cloudlet.driver.fake.driver import FakeDriver
+from cloudlet.engine.backup_requests import PolicyUpdate
 from cloudlet.engine.backups import BackupService
 from cloudlet.engine.engine import CreateRequest, Engine
 from cloudlet.engine.storage_rows import active_disk
@@ -316,7 +317,7 @@ def test_run_due_backs_up_due_vms_then_prunes(engine: Engine, ops: BackupService
         raise OSError(errno.ENOSPC, "No space left on device")
 
     engine.create(CreateRequest(name="idle"))  # no policy: never backed up
-    ops.set_policy("web1", {"every": 3600, "keep_last": 2})
+    ops.set_policy("web1", PolicyUpdate(every="1h", keep_last=2))
     assert engine.spec("web1").backup.every == 3600  # stored with the VM's spec
     write(engine, 0, "v1")
     result = ops.run_due()
@@ -329,7 +330,7 @@ def test_run_due_backs_up_due_vms_then_prunes(engine: Engine, ops: BackupService
     assert len(ops.backups("web1")) == 2 and ops.backups("idle") == []
     # one VM failing does not stop the others, and is counted
     engine.create(CreateRequest(name="web2"))
-    ops.set_policy("web2", {"every": 3600})
+    ops.set_policy("web2", PolicyUpdate(every="1h"))
     engine.delete("idle", force=True)
     ops.store.write_file = broken_store
     result = ops.run_due(now=later + 10 * 3600)

@@ -13,7 +13,6 @@ from cloudlet.engine.backup_requests import (
     PolicyUpdate,
     check_verified,
     chosen_backup,
-    update_policy,
 )
 from cloudlet.engine.backups import BackupService
 from cloudlet.engine.engine import CreateRequest, Engine
@@ -39,18 +38,18 @@ def test_an_update_sets_only_what_it_names_and_reads_back_the_stored_policy(
     ops: BackupService,
 ) -> None:
     assert PolicyUpdate().changes() == {}
-    assert update_policy(ops, "web1") == ops.policy("web1")
-    policy = update_policy(ops, "web1", PolicyUpdate(every="1h", keep_daily=7))
+    assert ops.set_policy("web1", PolicyUpdate()) == ops.policy("web1")
+    policy = ops.set_policy("web1", PolicyUpdate(every="1h", keep_daily=7))
     assert (policy.every, policy.keep_daily, policy.keep_last) == (3600, 7, 0)
     assert engine.spec("web1").backup == policy  # stored in the VM's spec
-    policy = update_policy(ops, "web1", PolicyUpdate(keep_last=3))
+    policy = ops.set_policy("web1", PolicyUpdate(keep_last=3))
     assert (policy.every, policy.keep_daily, policy.keep_last) == (3600, 7, 3)
 
 
 @pytest.mark.parametrize("off", ["off", "OFF", "none", "0", " off "])
 def test_off_stops_the_schedule_and_keeps_the_retention(ops: BackupService, off: str) -> None:
-    update_policy(ops, "web1", PolicyUpdate(every="1d", keep_weekly=4))
-    policy = update_policy(ops, "web1", PolicyUpdate(every=off))
+    ops.set_policy("web1", PolicyUpdate(every="1d", keep_weekly=4))
+    policy = ops.set_policy("web1", PolicyUpdate(every=off))
     assert policy.every is None and policy.schedule == "none" and policy.interval() is None
     assert policy.keep_weekly == 4
 
@@ -71,7 +70,7 @@ def test_bad_updates_are_one_line_and_change_nothing(
 ) -> None:
     before = ops.policy("web1")
     with pytest.raises(InvalidInput, match=words) as caught:
-        update_policy(ops, "web1", update)
+        ops.set_policy("web1", update)
     assert "\n" not in caught.value.one_line()
     assert ops.policy("web1") == before
 

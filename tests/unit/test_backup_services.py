@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from cloudlet.engine import instance_view, power
+from cloudlet.engine.backup_requests import PolicyUpdate
 from cloudlet.engine.backups import BackupService
 from cloudlet.engine.context import EngineContext
 from cloudlet.engine.engine import Engine
@@ -78,7 +79,7 @@ def test_create_list_verify_prune_and_schedule(ctx: EngineContext, backups: Back
     assert report.problems == [] and report.backups == [inc.id, full.id]
     assert [b.verified for b in backups.backups()] == ["ok", "ok"]
     # the policy lives in the VM's spec (through the lifecycle service, not the facade)
-    policy = backups.set_policy("web1", {"keep_last": 1, "every": 3600})
+    policy = backups.set_policy("web1", PolicyUpdate(keep_last=1, every="1h"))
     assert backups.policy("web1") == policy and policy.keep_last == 1
     assert backups.prune("web1").pruned == (full.id,)
     assert [b.id for b in backups.backups("web1")] == [inc.id]

@@ -299,7 +299,7 @@ def test_create_vms_on_networks_and_delete_everything(engine: Engine, host: Fake
     config = fake(engine).vms[web.id].config
     assert config.network_mode == "none" and [n.node for n in config.tap_nics] == ["tn1", "tn2"]
     assert fake(engine).vms[db.id].config.network_mode == "nat"
-    shown = {v["name"]: v["ip"] for v in ops.network("backend").vms}
+    shown = {v.name: v.ip for v in ops.network("backend").vms}
     assert shown == {"web1": "10.80.1.10", "db1": "10.80.1.11"}
     assert (engine.paths.home / "networks/backend/dhcp-hosts").read_text().count("\n") == 2
     assert (
@@ -483,9 +483,9 @@ def test_a_clone_gets_its_own_addresses_not_the_forwards(engine: Engine, host: F
     ops.port_add("web1", "8080:80")
     engine.stop("web1", force=True)
     engine.storage.clone("web1", "web2")
-    assert {v["name"]: v["ip"] for v in ops.network("backend").vms} == {
+    assert {v.name: v.ip for v in ops.network("backend").vms} == {
         "web1": "10.80.1.10", "web2": "10.80.1.11"
     }  # fmt: skip
     assert ops.ports("web2") == []
     engine.delete("web2")
-    assert [v["name"] for v in ops.network("backend").vms] == ["web1"]
+    assert [v.name for v in ops.network("backend").vms] == ["web1"]

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from cloudlet.cli import wording
+from cloudlet.engine.backup_requests import PolicyUpdate
 from cloudlet.engine.backup_views import PruneResult, RunDueResult
 from cloudlet.engine.engine import CreateRequest, Engine
 from cloudlet.engine.views import Done
@@ -49,7 +50,7 @@ def test_prune_and_run_due_are_typed(engine: Engine) -> None:
     assert isinstance(result, PruneResult)
     assert result.pruned == (first.id,) and result.freed >= 0
     assert result.to_dict() == {"vm": "web1", "pruned": [first.id], "freed": result.freed}
-    ops.set_policy("web1", {"every": 3600})
+    ops.set_policy("web1", PolicyUpdate(every="1h"))
     due = ops.run_due(now=10**10)
     assert isinstance(due, RunDueResult) and due.failed == 0
     (run,) = due.runs

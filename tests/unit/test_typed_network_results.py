@@ -6,12 +6,14 @@ were plain dicts; changes say what they did as fields; hints name no CLI command
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
 from cloudlet.cli import wording
 from cloudlet.engine.engine import CreateRequest, Engine
+from cloudlet.engine.network_rows import NetworkVmView
 from cloudlet.engine.network_views import (
     FirewallGroupView,
     FirewallView,
@@ -26,13 +28,7 @@ from cloudlet.spec.network import parse_rule
 from cloudlet.spec.units import GIB
 from tests.fakes import make_fake_engine
 from tests.unit.test_network import FakeHost
-
-
-@pytest.fixture
-def host(monkeypatch: pytest.MonkeyPatch) -> FakeHost:
-    fake_host = FakeHost()
-    fake_host.install(monkeypatch)
-    return fake_host
+from tests.unit.test_network import host as host  # the recorder of host plumbing (fixture)
 
 
 @pytest.fixture
@@ -54,6 +50,9 @@ def test_nics_and_ports_are_views_with_the_old_json_keys(engine: Engine) -> None
         True,
     )
     assert not ops.nic_add("web1", "backend").changed
+    (member,) = ops.network("backend").vms
+    assert isinstance(member, NetworkVmView) and member.dns == "web1.backend"
+    assert list(ops.network("backend").to_dict()["vms"][0]) == ["name", "ip", "mac", "tap", "dns"]
     nat, bridged = ops.nics("web1")
     assert isinstance(nat, NicView) and nat.to_dict() == {
         "network": "nat",
@@ -167,3 +166,42 @@ def test_network_hints_name_no_command_and_carry_next_steps(engine: Engine) -> N
         "firewall group web is applied to web1: take it off those VMs first "
         "(cloudlet firewall unapply web1 web)"
     )
+
+
+def test_the_cli_renders_the_typed_results(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tables and -o json of every network read, and the changes' lines, from the views."""
+    from typer.testing import CliRunner
+
+    from cloudlet.cli import main, network_commands
+
+    monkeypatch.setattr(network_commands, "open_engine", lambda: engine)
+
+    def cli(*args: str) -> tuple[str, str]:
+        result = CliRunner().invoke(main.app, list(args))
+        assert result.exit_code == 0, (args, result.stderr, result.exception)
+        return result.stdout, result.stderr
+
+    _, said = cli("nic", "add", "web1", "backend")
+    assert "web1: NIC on backend with 10.80.1.10" in said
+    assert (
+        "web1" in cli("network", "list")[0] and "10.80.1.10" in cli("network", "show", "backend")[0]
+    )
+    assert (
+        json.loads(cli("network", "show", "backend", "-o", "json")[0])["vms"][0]["ip"]
+        == "10.80.1.10"
+    )
+    assert "web1.backend" in cli("nic", "list", "web1")[0]
+    assert [n["network"] for n in json.loads(cli("nic", "list", "web1", "-o", "json")[0])] == [
+        "nat",
+        "backend",
+    ]
+    cli("port", "add", "web1", "8080:80/tcp")
+    assert json.loads(cli("port", "list", "web1", "-o", "json")[0])[0]["host_port"] == 8080
+    assert "8080" in cli("port", "list", "web1")[0]
+    cli("firewall", "group", "create", "web", "--allow", "80/tcp")
+    assert "applied" in cli("firewall", "apply", "web1", "web")[1]
+    assert "group web" in cli("firewall", "list", "web1")[0]
+    assert json.loads(cli("firewall", "group", "list", "-o", "json")[0])[0]["used_by"] == ["web1"]
+    refused = CliRunner().invoke(main.app, ["firewall", "group", "delete", "web"])
+    assert isinstance(refused.exception, Conflict)
+    assert wording.error_line(refused.exception).endswith("(cloudlet firewall unapply web1 web)")

@@ -164,7 +164,7 @@ def backup_policy(
     update = backup_requests.PolicyUpdate(
         every, keep_last, keep_hourly, keep_daily, keep_weekly, keep_monthly
     )
-    policy = backup_requests.update_policy(_ops(), vm, update)
+    policy = _ops().set_policy(vm, update)
     if output == Output.json:
         render.print_json(policy.model_dump())
     else:

@@ -106,7 +106,7 @@ def _networks_table(items: list[NetworkView]) -> None:
                 ", ".join(n.route_to) or "-",
                 n.bridge,
                 f"pid {n.dnsmasq_pid}" if n.dnsmasq_running else "[red]down[/]",
-                ", ".join(v["name"] for v in n.vms) or "-",
+                ", ".join(v.name for v in n.vms) or "-",
             ]
             for n in items
         ],
@@ -131,12 +131,12 @@ def network_show(name: NetArg, output: OutputOpt = Output.table) -> None:
         render.print_json(view.to_dict())
         return
     data = view.to_dict()
-    vms = data.pop("vms")
-    render.key_values({k: v for k, v in data.items()})
-    if vms:
+    del data["vms"]
+    render.key_values(data)
+    if view.vms:
         _table(
             ["VM", "ADDRESS", "DNS", "MAC", "TAP"],
-            [[v["name"], v["ip"], v["dns"], v["mac"], v["tap"]] for v in vms],
+            [[v.name, v.ip, v.dns, v.mac, v.tap] for v in view.vms],
         )
 
 

@@ -11,12 +11,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from cloudlet.errors import BackupsCorrupt, InvalidInput
-from cloudlet.spec.instance import BackupPolicy
 from cloudlet.spec.units import parse_duration
 
 if TYPE_CHECKING:
     from cloudlet.engine.backup_views import VerifyReport
-    from cloudlet.engine.backups import BackupService
 
 MIN_INTERVAL = 60
 MAX_KEEP = 10_000
@@ -62,12 +60,6 @@ class PolicyUpdate:
                     )
                 changes["every"] = seconds
         return changes
-
-
-def update_policy(ops: BackupService, vm: str, update: PolicyUpdate | None = None) -> BackupPolicy:
-    """Apply ``update`` to the VM's policy (nothing to change: just read it)."""
-    changes = update.changes() if update is not None else {}
-    return ops.set_policy(vm, changes) if changes else ops.policy(vm)
 
 
 def chosen_backup(*, latest: bool, backup_id: str | None) -> str | None:

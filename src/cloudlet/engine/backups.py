@@ -8,13 +8,13 @@ takes the ``EngineContext`` and the storage service, never the Engine facade.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from cloudlet.backup.store import BackupStore
 from cloudlet.engine import backup_export
 from cloudlet.engine.backup_catalog import BackupCatalog
 from cloudlet.engine.backup_create import BackupCreator
 from cloudlet.engine.backup_records import BackupRecords
+from cloudlet.engine.backup_requests import PolicyUpdate
 from cloudlet.engine.backup_restore import BackupRestore
 from cloudlet.engine.backup_views import BackupView, PruneResult, RunDueResult, VerifyReport
 from cloudlet.engine.context import EngineContext
@@ -64,8 +64,10 @@ class BackupService:
     def policy(self, vm: str) -> BackupPolicy:
         return self.catalog.policy(vm)
 
-    def set_policy(self, vm: str, changes: dict[str, Any]) -> BackupPolicy:
-        return self.catalog.set_policy(vm, changes)
+    def set_policy(self, vm: str, update: PolicyUpdate) -> BackupPolicy:
+        """Apply ``update`` (checked first) to the VM's policy; nothing to change: read it."""
+        changes = update.changes()
+        return self.catalog.set_policy(vm, changes) if changes else self.catalog.policy(vm)
 
     def prune(self, vm: str, *, policy: BackupPolicy | None = None) -> PruneResult:
         return self.catalog.prune(vm, policy=policy)

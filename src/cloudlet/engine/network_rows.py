@@ -24,6 +24,17 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
+class NetworkVmView:
+    """A VM on a network: its fixed address, MAC, TAP and DNS name there."""
+
+    name: str
+    ip: str
+    mac: str
+    tap: str
+    dns: str  # VM.NETWORK
+
+
+@dataclass(frozen=True)
 class NetworkView:
     name: str
     subnet: str
@@ -33,7 +44,7 @@ class NetworkView:
     gateway: str
     dnsmasq_pid: int | None
     dnsmasq_running: bool
-    vms: list[dict[str, str]]
+    vms: list[NetworkVmView]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -49,7 +60,9 @@ def split_networks(names: tuple[str, ...]) -> tuple[str, tuple[NicSpec, ...]]:
         return "nat", ()
     virtual = tuple(n for n in names if n not in USER_MODE)
     if "nat" in names and "none" in names:
-        raise InvalidInput("--network nat and none contradict", hint="give one of them")
+        raise InvalidInput(
+            "user-mode NAT (nat) and no network (none) contradict", hint="give one of them"
+        )
     if len(set(virtual)) != len(virtual):
         raise InvalidInput("a network is given twice", hint="one NIC per network")
     for name in virtual:

@@ -14,7 +14,7 @@ from sqlalchemy import select
 
 from cloudlet.engine import network_host as host
 from cloudlet.engine import network_records as records
-from cloudlet.engine.network_rows import NetworkView
+from cloudlet.engine.network_rows import NetworkView, NetworkVmView
 from cloudlet.engine.views import Done
 from cloudlet.errors import Conflict, InvalidInput, NotFound
 from cloudlet.next_steps import Step, step
@@ -107,13 +107,7 @@ class Networks:
             dnsmasq_pid=row.dnsmasq_pid,
             dnsmasq_running=dnsmasq.is_running(row.dnsmasq_pid, row.dnsmasq_start),
             vms=[
-                {
-                    "name": str(n),
-                    "ip": str(i),
-                    "mac": str(m),
-                    "tap": str(t),
-                    "dns": f"{n}.{net.name}",
-                }
+                NetworkVmView(str(n), str(i), str(m), str(t), f"{n}.{net.name}")
                 for n, i, m, t in vms
             ],
         )
