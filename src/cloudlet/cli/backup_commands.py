@@ -226,7 +226,7 @@ def restore(
         done = ops.restore(vm, backup_id=backup, as_name=as_name, force=force)
     finally:
         _notices(ops)
-    render.done(done)
+    render.said(done)
 
 
 def export(
@@ -234,7 +234,7 @@ def export(
     file: Annotated[Path, typer.Argument(help="the file to write (a tar)")],
 ) -> None:
     """Write a stopped VM (spec and flattened disk, with checksums) to one file."""
-    render.done(_ops().export(vm, file.expanduser()))
+    render.said(_ops().export(vm, file.expanduser()))
 
 
 def import_(

@@ -143,7 +143,7 @@ def network_show(name: NetArg, output: OutputOpt = Output.table) -> None:
 @network_app.command("delete")
 def network_delete(name: NetArg) -> None:
     """Delete a network (refused while VMs are attached)."""
-    render.done(_ops().network_delete(name))
+    render.said(_ops().network_delete(name))
 
 
 @network_app.command("gc")
@@ -163,13 +163,13 @@ def network_gc(output: OutputOpt = Output.table) -> None:
 @nic_app.command("add")
 def nic_add(vm: VmArg, network: NetArg) -> None:
     """Add a NIC on a network: hot-plugged into a running VM, or at its next start."""
-    render.done(_ops().nic_add(vm, network))
+    render.said(_ops().nic_add(vm, network))
 
 
 @nic_app.command("remove")
 def nic_remove(vm: VmArg, network: NetArg) -> None:
     """Remove a VM's NIC on a network (unplugged from a running VM)."""
-    render.done(_ops().nic_remove(vm, network))
+    render.said(_ops().nic_remove(vm, network))
 
 
 @nic_app.command("list")
@@ -196,7 +196,7 @@ def port_add(
     ] = None,
 ) -> None:
     """Forward a host port to a guest port (DNAT on networks, hostfwd on user-mode NAT)."""
-    render.done(_ops().port_add(vm, forward, network))
+    render.said(_ops().port_add(vm, forward, network))
 
 
 @port_app.command("list")
@@ -220,7 +220,7 @@ def port_remove(
     vm: VmArg, port: Annotated[str, typer.Argument(help="HOST_PORT[/PROTO], e.g. 8080/tcp")]
 ) -> None:
     """Remove a port forward."""
-    render.done(_ops().port_remove(vm, port))
+    render.said(_ops().port_remove(vm, port))
 
 
 # ---------------------------------------------------------------- firewall
@@ -233,25 +233,25 @@ FromOpt = Annotated[
 @firewall_app.command("allow")
 def firewall_allow(vm: VmArg, port: PortOpt, source: FromOpt = None) -> None:
     """Allow inbound traffic to a port of the VM (from anywhere or one subnet)."""
-    render.done(_ops().firewall_allow(vm, parse_rule(port, source)))
+    render.said(_ops().firewall_allow(vm, parse_rule(port, source)))
 
 
 @firewall_app.command("remove")
 def firewall_remove(vm: VmArg, port: PortOpt, source: FromOpt = None) -> None:
     """Remove one of the VM's own allow rules."""
-    render.done(_ops().firewall_remove(vm, parse_rule(port, source)))
+    render.said(_ops().firewall_remove(vm, parse_rule(port, source)))
 
 
 @firewall_app.command("apply")
 def firewall_apply(vm: VmArg, group: Annotated[str, typer.Argument(help="group name")]) -> None:
     """Apply a firewall group to a VM."""
-    render.done(_ops().firewall_apply(vm, group))
+    render.said(_ops().firewall_apply(vm, group))
 
 
 @firewall_app.command("unapply")
 def firewall_unapply(vm: VmArg, group: Annotated[str, typer.Argument(help="group name")]) -> None:
     """Take a firewall group off a VM."""
-    render.done(_ops().firewall_apply(vm, group, apply=False))
+    render.said(_ops().firewall_apply(vm, group, apply=False))
 
 
 @firewall_app.command("list")
@@ -284,7 +284,7 @@ def group_create(
     source: FromOpt = None,
 ) -> None:
     """Create a firewall group."""
-    render.done(_ops().group_create(name, [parse_rule(a, source) for a in allow or ()]))
+    render.said(_ops().group_create(name, [parse_rule(a, source) for a in allow or ()]))
 
 
 @group_app.command("list")
@@ -303,4 +303,4 @@ def group_list(output: OutputOpt = Output.table) -> None:
 @group_app.command("delete")
 def group_delete(name: Annotated[str, typer.Argument(help="group name")]) -> None:
     """Delete a firewall group no VM uses."""
-    render.done(_ops().group_delete(name))
+    render.said(_ops().group_delete(name))

@@ -11,7 +11,6 @@ from rich.console import Console
 from rich.measure import Measurement
 from rich.table import Table
 
-from cloudlet.cli import wording
 from cloudlet.cli.options import Output as Output
 from cloudlet.cli.wording import with_commands
 from cloudlet.engine.image_views import ImageView
@@ -33,11 +32,6 @@ STATE_STYLE = {
 
 def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
-
-
-def done(result: Done) -> None:
-    """What a change did, in its words, then the CLI's commands for its next steps."""
-    err.print(with_commands(result.message, result.next_steps))
 
 
 def _cpus(n: int) -> str:
@@ -226,4 +220,4 @@ def key_values(data: dict[str, Any]) -> None:
 
 def said(result: ActionResult | Done) -> None:
     """What a change did, in one line, with this CLI's commands for its next steps."""
-    err.print(wording.with_commands(result.message, result.next_steps))
+    err.print(with_commands(result.message, result.next_steps))

@@ -121,7 +121,7 @@ def pool_create(
 @pool_app.command("delete")
 def pool_delete(name: Annotated[str, typer.Argument(help="pool name")]) -> None:
     """Delete an empty pool (a directory stays; an LVM pool's VG and PV labels go)."""
-    render.done(_ops().pool_delete(name))
+    render.said(_ops().pool_delete(name))
 
 
 # ---------------------------------------------------------------- volumes
@@ -168,13 +168,13 @@ def volume_create(
 @volume_app.command("attach")
 def volume_attach(name: VolumeArg, vm: VmArg) -> None:
     """Attach a volume: hot-plugged into a running VM, or at the next start."""
-    render.done(_ops().volume_attach(name, vm))
+    render.said(_ops().volume_attach(name, vm))
 
 
 @volume_app.command("detach")
 def volume_detach(name: VolumeArg) -> None:
     """Detach a volume (the guest releases the device first)."""
-    render.done(_ops().volume_detach(name))
+    render.said(_ops().volume_detach(name))
 
 
 @volume_app.command("resize")
@@ -183,13 +183,13 @@ def volume_resize(
 ) -> None:
     """Grow a volume (online when its VM runs); shrinking is refused."""
     size_bytes = parse_size_with_unit(size, what="volume size", example_unit="G")
-    render.done(_ops().volume_resize(name, size_bytes))
+    render.said(_ops().volume_resize(name, size_bytes))
 
 
 @volume_app.command("delete")
 def volume_delete(name: VolumeArg) -> None:
     """Delete a detached volume and its data."""
-    render.done(_ops().volume_delete(name))
+    render.said(_ops().volume_delete(name))
 
 
 # ---------------------------------------------------------------- snapshots
@@ -263,14 +263,14 @@ def snapshot_revert(
     A snapshot taken with --memory then resumes the VM where it was when it was taken.
     """
     with err.status(f"reverting {vm} ..."):
-        render.done(_ops().snapshot_revert(vm, name, force=force))
+        render.said(_ops().snapshot_revert(vm, name, force=force))
 
 
 @snapshot_app.command("delete")
 def snapshot_delete(vm: VmArg, name: SnapArg) -> None:
     """Delete a snapshot; its data is merged into the layer above, so nothing is lost."""
     with err.status(f"merging snapshot {name} ..."):
-        render.done(_ops().snapshot_delete(vm, name))
+        render.said(_ops().snapshot_delete(vm, name))
 
 
 # ---------------------------------------------------------------- clone
