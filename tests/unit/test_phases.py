@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import io
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -14,8 +15,9 @@ from rich.console import Console
 from cloudlet.cli import progress as cli_progress
 from cloudlet.driver.fake.driver import FakeDriver
 from cloudlet.engine.engine import CreateRequest, Engine
+from cloudlet.errors import Cancelled
 from cloudlet.progress import CancelToken, ProgressEvent
-from tests.cancelling import cancelled_soon
+from tests.cancelling import REASON, cancelled_soon
 from tests.fakes import make_fake_engine
 
 KEY = ("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl",)
@@ -54,6 +56,21 @@ def _hang_the_only_vm(engine: Engine) -> Callable[[], None]:
     return hang
 
 
+@contextmanager
+def cancelled_once_hung(engine: Engine, stage: str) -> Iterator[tuple[CancelToken, Recorder]]:
+    """A token cancelled just after ``stage`` begins and the guest hangs there (not at a
+    fixed time from the start, which a slow machine may not have reached); the block
+    must raise Cancelled."""
+    token = CancelToken()
+
+    def hang_then_cancel() -> None:
+        _hang_the_only_vm(engine)()
+        threading.Timer(0.1, token.cancel, args=(REASON,)).start()
+
+    with pytest.raises(Cancelled, match=REASON):
+        yield token, Recorder({stage: hang_then_cancel})
+
+
 def test_create_start_and_restart_report_their_phases_in_order(engine: Engine) -> None:
     sink = Recorder()
     engine.create(CreateRequest(name="web1"), progress=sink)
@@ -79,8 +96,7 @@ def _nothing_left(engine: Engine, name: str) -> None:
 
 
 def test_a_create_cancelled_while_the_agent_hangs_leaves_no_vm(engine: Engine) -> None:
-    sink = Recorder({"agent": _hang_the_only_vm(engine)})
-    with cancelled_soon(0.3) as token:
+    with cancelled_once_hung(engine, "agent") as (token, sink):
         engine.create(CreateRequest(name="web1"), progress=sink, cancel=token)
     assert sink.stages == ["disk", "boot", "agent"]
     _nothing_left(engine, "web1")
@@ -88,8 +104,7 @@ def test_a_create_cancelled_while_the_agent_hangs_leaves_no_vm(engine: Engine) -
 
 def test_a_create_cancelled_while_cloud_init_runs_leaves_no_vm(engine: Engine) -> None:
     request = CreateRequest(name="db1", image="cloudy", ssh_key_lines=KEY, wait_cloud_init=True)
-    sink = Recorder({"cloud-init": _hang_the_only_vm(engine)})
-    with cancelled_soon(0.3) as token:
+    with cancelled_once_hung(engine, "cloud-init") as (token, sink):
         engine.create(request, progress=sink, cancel=token)
     assert sink.stages == ["disk", "boot", "agent", "cloud-init"]
     _nothing_left(engine, "db1")
@@ -105,8 +120,7 @@ def test_a_create_cancelled_before_it_began_makes_nothing(engine: Engine) -> Non
 
 def test_a_cancelled_start_leaves_the_vm_stopped_and_startable(engine: Engine) -> None:
     engine.create(CreateRequest(name="web1"), start=False)
-    sink = Recorder({"agent": _hang_the_only_vm(engine)})
-    with cancelled_soon(0.3) as token:
+    with cancelled_once_hung(engine, "agent") as (token, sink):
         engine.start("web1", progress=sink, cancel=token)
     vm = engine.show("web1")
     assert (vm.state, vm.last_error, vm.pid) == ("stopped", None, None)
@@ -164,8 +178,10 @@ def test_the_status_line_is_drawn_on_a_terminal_only(monkeypatch: pytest.MonkeyP
 def test_the_calls_own_token_cancels_a_create_too(engine: Engine) -> None:
     from cloudlet.engine import call_options
 
-    sink = Recorder({"agent": _hang_the_only_vm(engine)})
-    with cancelled_soon(0.3) as token, call_options.per_call(cancel=token):
+    with (
+        cancelled_once_hung(engine, "agent") as (token, sink),
+        call_options.per_call(cancel=token),
+    ):
         engine.create(CreateRequest(name="web1"), progress=sink)
     assert sink.stages == ["disk", "boot", "agent"]
     _nothing_left(engine, "web1")
