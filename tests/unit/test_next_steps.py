@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from cloudlet import errors
 from cloudlet.cli import wording
 from cloudlet.cli.main import app
 from cloudlet.cli.startup import lazy_root
@@ -68,6 +69,45 @@ def _offenders() -> dict[str, int]:
 
 def test_no_message_below_the_cli_names_a_cli_command() -> None:
     assert _offenders() == {}
+
+
+def _error_classes() -> set[str]:
+    return {
+        name
+        for name, value in vars(errors).items()
+        if isinstance(value, type) and issubclass(value, errors.CloudletError)
+    }
+
+
+def _flag_offenders() -> list[str]:
+    """Strings in the errors raised below the CLI that name a command-line flag."""
+    flag = re.compile(r"(?<![\w-])--[a-z][a-z-]+")
+    classes = _error_classes()
+    found: list[str] = []
+    for path in sorted(SRC.rglob("*.py")):
+        relative = path.relative_to(SRC).as_posix()
+        if relative.startswith("cli/"):
+            continue
+        for call in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(call, ast.Call):
+                continue
+            func = call.func
+            name = func.id if isinstance(func, ast.Name) else getattr(func, "attr", "")
+            if name not in classes:
+                continue
+            found.extend(
+                f"{relative}:{node.lineno}: {node.value!r}"
+                for node in ast.walk(call)
+                if isinstance(node, ast.Constant)
+                and isinstance(node.value, str)
+                and flag.search(node.value)
+            )
+    return found
+
+
+def test_no_error_below_the_cli_names_a_cli_flag() -> None:
+    """An API client has fields, not flags: errors name what to give in words."""
+    assert _flag_offenders() == []
 
 
 def test_the_scan_finds_a_quoted_command() -> None:

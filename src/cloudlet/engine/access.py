@@ -56,7 +56,7 @@ def plan_access(
     if not image.cloud_init:
         if ssh_keys or ssh_key_lines or user_data_file or user_data_text or user:
             raise InvalidInput(
-                f"image {image.name} has no cloud-init, so --ssh-key/--user/--user-data "
+                f"image {image.name} has no cloud-init, so SSH keys, a login user or user-data "
                 "cannot apply",
                 hint="use an image with cloud-init, such as debian-12",
             )

@@ -179,7 +179,7 @@ class Creation:
             if req.disk_size is None:
                 raise InvalidInput(
                     "an install from ISO needs an empty disk size",
-                    hint="add --disk-size, such as --disk-size 20G",
+                    hint="give a disk size, such as 20G",
                 )
             image = Images(self.ctx, self.size_cap).installer_image(req.iso, progress)
         else:
@@ -188,13 +188,13 @@ class Creation:
         if req.containers and not image.cloud_init:
             raise InvalidInput(
                 f"image {image.name} has no cloud-init, so a container runtime cannot be installed",
-                hint="use an image with cloud-init, such as debian-12, or drop --containers",
+                hint="use an image with cloud-init, such as debian-12, or do without containers",
             )
         if req.disk_size is not None and req.disk_size < image.min_disk_bytes:
             raise InvalidInput(
                 f"disk size {format_size(req.disk_size)} is smaller than image {image.name} "
                 f"({format_size(image.min_disk_bytes)})",
-                hint=f"use --disk-size {format_size(image.min_disk_bytes).replace(' ', '')} "
+                hint=f"give a disk size of {format_size(image.min_disk_bytes).replace(' ', '')} "
                 "or more",
             )
         return image

@@ -71,7 +71,7 @@ def finish_first_boot(
     if row.ssh_port is None:
         raise InvalidInput(
             f"cannot wait for {row.name}: it has neither a guest agent nor SSH over NAT",
-            hint="drop --wait",
+            hint="create it without waiting for it",
         )
     phase(progress, cancel, "ssh")
     access_mod.wait_ssh_banner(

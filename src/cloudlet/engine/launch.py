@@ -39,12 +39,12 @@ def check_arch(ctx: EngineContext, arch: str, profile: str) -> None:
     if arch not in runnable:
         raise InvalidInput(
             f"this host cannot run {arch} guests (no QEMU for it)",
-            hint="install qemu-system-arm for aarch64, or pick another --arch",
+            hint="install qemu-system-arm for aarch64, or pick another architecture",
         )
     if profile == "legacy" and arch != "x86_64":
         raise InvalidInput(
             "the legacy profile is an x86 PC (i440fx, IDE, e1000, BIOS)",
-            hint="use --profile legacy only with x86_64 guests",
+            hint="use the legacy profile only with x86_64 guests",
         )
 
 

@@ -90,20 +90,22 @@ class ProcessVMs:
             )
         if spec.sandbox:
             if spec.network != "none":
-                raise InvalidInput("a sandbox has no network", hint="drop --net, or drop --sandbox")
+                raise InvalidInput(
+                    "a sandbox has no network", hint="run it with no network, or not as a sandbox"
+                )
             writable = [s for s in spec.shares if not s.read_only]
             if writable:
                 raise InvalidInput(
                     f"a sandbox shares only read-only: {writable[0].host} is writable",
-                    hint="add :ro to the --share, or use --copy-out for results",
+                    hint="share it read-only (:ro), or copy the results out instead",
                 )
         if spec.boot and spec.sandbox:
             raise InvalidInput(
-                "--boot starts the program through the guest agent, which a sandbox lacks",
-                hint="drop --boot or --sandbox",
+                "booting first starts the program through the guest agent, which a sandbox lacks",
+                hint="run it without booting first, or not as a sandbox",
             )
         if spec.network not in ("none", "nat"):
-            raise InvalidInput(f"unknown network {spec.network!r}", hint="use --net nat or none")
+            raise InvalidInput(f"unknown network {spec.network!r}", hint="use nat or none")
         image = get_image(self.ctx.deps.images, spec.image, arch=spec.arch)
         if image.kernel is None or image.initrd is None or image.install_iso is not None:
             raise InvalidInput(
@@ -116,12 +118,13 @@ class ProcessVMs:
             )
         if spec.boot and not image.guest_agent:
             raise InvalidInput(
-                f"--boot needs a guest agent, and image {image.name} has none",
-                hint="drop --boot: the program then runs before any service starts",
+                f"booting first needs a guest agent, and image {image.name} has none",
+                hint="run it without booting first: the program then runs before any service "
+                "starts",
             )
         if image.arch not in self.ctx.deps.arches():
             raise InvalidInput(
-                f"this host cannot run {image.arch} guests", hint="pick another --arch"
+                f"this host cannot run {image.arch} guests", hint="pick another architecture"
             )
         launch.capacity(self.ctx).check(spec.cpus, spec.memory, name=spec.name or "the process VM")
         return image

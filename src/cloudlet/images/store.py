@@ -115,7 +115,7 @@ class ImageStore:
         if arch is not None and arch != image.arch:
             raise InvalidInput(
                 f"image {name} is {image.arch}, not {arch}",
-                hint="drop --arch, or use an image built for that architecture",
+                hint="leave the architecture out, or use an image built for it",
             )
         return image
 
@@ -131,7 +131,7 @@ class ImageStore:
         if arch != HOST_ARCH:
             raise InvalidInput(
                 f"image {name} is built for {HOST_ARCH} only",
-                hint="use --image tiny for other architectures",
+                hint="use the tiny image for other architectures",
             )
         from cloudlet.images.debian import build_debian
         from cloudlet.images.debian import recipe_digest as debian_digest

@@ -40,7 +40,8 @@ def virtiofsd_binary() -> str:
             return candidate
     raise MissingDependency(
         "virtiofsd is not installed, so host directories cannot be shared",
-        hint="install qemu-system-x86 (Debian 12) or the virtiofsd package; or use --copy-in",
+        hint="install qemu-system-x86 (Debian 12) or the virtiofsd package, "
+        "or copy files in instead",
     )
 
 
@@ -77,7 +78,7 @@ def start(directory: Path, sources: list[tuple[Path, bool]]) -> list[Path]:
     if os.geteuid() != 0:
         raise CloudletError(
             "sharing host directories (virtiofs) needs root on this host",
-            hint="run as root, or use --copy-in/--copy-out instead of --share",
+            hint="run as root, or copy files in and out instead of sharing",
         )
     binary = virtiofsd_binary()
     records: list[ShareRecord] = []

@@ -92,7 +92,7 @@ def resolve_shape(type_name: str | None, cpus: int | None, memory: int | None) -
         if cpus is None or memory is None:
             raise InvalidInput(
                 "a custom machine type needs both vCPUs and memory",
-                hint="give --cpus and --memory with --type custom",
+                hint="give both vCPUs and memory for a custom type",
             )
         shape = resolve_shape(None, cpus, memory)
         return MachineType(CUSTOM, CUSTOM, shape.cpus, shape.memory)

@@ -79,16 +79,14 @@ def parse_share(text: str, cwd: Path) -> ShareSpec:
     if len(parts) > 1 and parts[-1] in ("ro", "rw"):
         read_only = parts.pop() == "ro"
     if len(parts) > 2 or not parts[0]:
-        raise InvalidInput(
-            f"--share {text!r} is not HOST[:GUEST][:ro]", hint="e.g. --share .:/work:ro"
-        )
+        raise InvalidInput(f"share {text!r} is not HOST[:GUEST][:ro]", hint="such as .:/work:ro")
     host = (cwd / parts[0]).resolve()
     if not host.is_dir():
         raise InvalidInput(
-            f"--share {text!r}: {host} is not a directory", hint="share a directory that exists"
+            f"share {text!r}: {host} is not a directory", hint="share a directory that exists"
         )
     guest = guest_path(
-        parts[1] if len(parts) == 2 and parts[1] else str(host), "--share guest path"
+        parts[1] if len(parts) == 2 and parts[1] else str(host), "the share's guest path"
     )
     return ShareSpec(host=host, guest=guest, read_only=read_only)
 
@@ -97,18 +95,16 @@ def parse_copy_in(text: str, cwd: Path) -> CopySpec:
     """``HOST:GUEST``: HOST (a file or directory) is copied to GUEST before the program."""
     host_text, sep, guest = text.rpartition(":")
     if not sep or not host_text or not guest:
-        raise InvalidInput(
-            f"--copy-in {text!r} is not HOST:GUEST", hint="e.g. --copy-in ./data:/data"
-        )
+        raise InvalidInput(f"copy-in {text!r} is not HOST:GUEST", hint="such as ./data:/data")
     host = (cwd / host_text).resolve()
     if not host.exists():
-        raise InvalidInput(f"--copy-in {text!r}: {host} does not exist", hint="check the path")
+        raise InvalidInput(f"copy-in {text!r}: {host} does not exist", hint="check the path")
     if not (host.is_file() or host.is_dir()):
         raise InvalidInput(
-            f"--copy-in {text!r}: {host} is not a file or directory",
+            f"copy-in {text!r}: {host} is not a file or directory",
             hint="copy a file or directory",
         )
-    return CopySpec(host=host, guest=guest_path(guest, "--copy-in guest path"))
+    return CopySpec(host=host, guest=guest_path(guest, "the copy-in guest path"))
 
 
 def parse_copy_out(text: str, cwd: Path) -> CopySpec:
@@ -116,23 +112,23 @@ def parse_copy_out(text: str, cwd: Path) -> CopySpec:
     guest, sep, host_text = text.partition(":")
     if not sep or not host_text or not guest:
         raise InvalidInput(
-            f"--copy-out {text!r} is not GUEST:HOST", hint="e.g. --copy-out /results:./results"
+            f"copy-out {text!r} is not GUEST:HOST", hint="such as /results:./results"
         )
     host = (cwd / host_text).resolve()
     if not host.parent.is_dir():
         raise InvalidInput(
-            f"--copy-out {text!r}: {host.parent} does not exist", hint="create it first"
+            f"copy-out {text!r}: {host.parent} does not exist", hint="create it first"
         )
-    return CopySpec(host=host, guest=guest_path(guest, "--copy-out guest path"))
+    return CopySpec(host=host, guest=guest_path(guest, "the copy-out guest path"))
 
 
 def parse_env(text: str) -> tuple[str, str]:
     """``NAME=VALUE`` for the program's environment."""
     name, sep, value = text.partition("=")
     if not sep or not _ENV_NAME.match(name):
-        raise InvalidInput(f"--env {text!r} is not NAME=VALUE", hint="e.g. --env LANG=C.UTF-8")
+        raise InvalidInput(f"environment {text!r} is not NAME=VALUE", hint="such as LANG=C.UTF-8")
     if "\0" in value:
-        raise InvalidInput(f"--env {name} contains a NUL byte", hint="remove it")
+        raise InvalidInput(f"environment variable {name} contains a NUL byte", hint="remove it")
     return name, value
 
 
