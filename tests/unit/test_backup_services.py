@@ -9,20 +9,23 @@ that still reached into the facade (for a show, a stop, a spec) fails here.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC
 from pathlib import Path
 
 import pytest
 
-from cloudlet.engine import instance_view, power
+from cloudlet.engine import call_options, instance_view, power
 from cloudlet.engine.backup_requests import PolicyUpdate
 from cloudlet.engine.backups import BackupService
 from cloudlet.engine.context import EngineContext
 from cloudlet.engine.engine import Engine
 from cloudlet.engine.storage import StorageService
 from cloudlet.engine.storage_rows import active_disk
-from cloudlet.errors import Conflict
+from cloudlet.errors import Cancelled, Conflict
+from cloudlet.progress import CancelToken
 from cloudlet.spec.states import VMState
+from tests.cancelling import REASON
 from tests.fakes import FakeDisks, make_vm_with_volume, switch_off_the_facade
 from tests.unit.test_layering import SRC, imports_of, module_name, within
 
@@ -157,3 +160,31 @@ def test_the_facade_check_sees_an_import_of_the_engine() -> None:
     source = "def late():\n    from cloudlet.engine.engine import Engine\n"
     found = imports_of(source, "cloudlet.engine.backup_x", False)
     assert any(within(i.target, "cloudlet.engine.engine") for i in found)
+
+
+def test_a_backup_cancelled_during_its_copy_leaves_no_backup_and_no_chunk(
+    ctx: EngineContext, backups: BackupService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The call's token (call_options) ends the chunk copy; what it stored goes."""
+    FakeDisks.write(root(ctx, "web1"), "0", "root v1")
+    FakeDisks.write(volume(ctx, "data1"), "0", "data v1")
+    token = CancelToken()
+    read_extents = ctx.deps.disks.extents
+
+    def extents_then_cancel(path: Path, piece: int) -> Iterator[tuple[int, bytes | None, int]]:
+        yield from read_extents(path, piece)
+        token.cancel(REASON)  # the first disk is stored; the second must not be
+
+    monkeypatch.setattr(ctx.deps.disks, "extents", extents_then_cancel)
+    chunks = ctx.settings.backup_store / "chunks"
+
+    def stored() -> list[Path]:
+        return sorted(p for p in chunks.rglob("*") if p.is_file())
+
+    before = stored()
+    with call_options.per_call(cancel=token), pytest.raises(Cancelled, match=REASON):
+        backups.create("web1")
+    assert backups.backups("web1") == []
+    assert stored() == before
+    monkeypatch.undo()
+    assert backups.create("web1").kind == "full"  # nothing half-made stands in the way

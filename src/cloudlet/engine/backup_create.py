@@ -21,7 +21,7 @@ from datetime import datetime
 from cloudlet.backup.chunking import build_chunks
 from cloudlet.backup.store import CHUNK_SIZE, DiskManifest, Manifest
 from cloudlet.driver.base import DirtyBitmap, DiskCopy
-from cloudlet.engine import vm_state
+from cloudlet.engine import call_options, vm_state
 from cloudlet.engine.backup_disks import WHOLE, VmDisk, prior_disk, usable_bitmap, vm_disks
 from cloudlet.engine.backup_records import BackupRecords, new_backup_id, vm_row_data
 from cloudlet.engine.backup_views import BackupView, backup_view
@@ -167,6 +167,7 @@ class BackupCreator:
                 for disk, path in zip(disks, work, strict=True):
                     ctx.deps.disks.flatten(disk.path, path, disk.format)
             parts: list[DiskManifest] = []
+            cancel = call_options.cancel_token()  # the call's: a frontend may end the copy
             for disk, path, bitmap in zip(disks, work, since, strict=True):
                 prior = prior_disk(parent, disk) if parent is not None and bitmap else None
                 result = build_chunks(
@@ -176,6 +177,7 @@ class BackupCreator:
                     prior.chunks if prior is not None else None,
                     backup=backup_id,
                     created=created,
+                    cancel=cancel,
                 )
                 path.unlink(missing_ok=True)  # its chunks are stored: free the space now
                 part = disk.manifest(result.chunks, new_bitmap if disk in marked else None)
