@@ -179,6 +179,7 @@ class Snapshots:
                     f"snapshot {name} of {vm} was not taken: no space left in {layer.parent} "
                     f"for its memory state ({free} MiB free now)",
                     hint="free space there, or snapshot the disk only",
+                    next_steps=[step(Step.SNAPSHOT_CREATE, vm=vm, snapshot=name)],
                 ) from None
             raise CloudletError(
                 f"snapshot {name} of {vm} was not taken: {exc.message}", hint="try again"
