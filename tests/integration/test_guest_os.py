@@ -159,7 +159,7 @@ def test_install_from_iso_boots_the_cd_onto_an_empty_disk(
         assert time.monotonic() < deadline, cli.run(home, "logs", "inst1").stdout
         time.sleep(0.5)
     missing = cli.run(home, "create", "inst2", "--iso", str(iso), check=False)
-    assert missing.returncode == 2 and "--disk-size" in missing.stderr
+    assert missing.returncode == 2 and "give a disk size, such as 20G" in missing.stderr
 
 
 def test_malicious_image_is_refused(cloudlet_home: Path, tmp_path: Path) -> None:
