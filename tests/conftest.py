@@ -44,6 +44,25 @@ def _subprocess_guard(
 
 
 @pytest.fixture(autouse=True)
+def _own_state_directory(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[None]:
+    """A unit test that reaches the real engine factory gets an empty state directory of
+    its own, never the host's (whose database another checkout may have migrated)."""
+    if request.node.get_closest_marker("integration") is not None:
+        yield
+        return
+    import tempfile
+
+    home = Path(tempfile.mkdtemp(prefix="cl-home-", dir="/tmp"))
+    monkeypatch.setenv("CLOUDLET_HOME", str(home))
+    try:
+        yield
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
 def _umask_restored() -> Iterator[None]:
     """open_engine sets the process's umask to 077 (right for the CLI, which exits):
     a test that opens an engine in-process must not leave it to later tests, whose

@@ -4,7 +4,10 @@ few names for a minute (CLOUDLET_STRESS_SECONDS shortens it), on the fake driver
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -79,8 +82,46 @@ def test_ssh_ports_are_handed_out_once(short_tmp: Path, monkeypatch: pytest.Monk
     # The kernel offers a stopped VM's port (its forward is not bound), then one port twice.
     offers = iter([stopped.ssh_port, 61001, 61001, 61002])
     monkeypatch.setattr(ports, "free_loopback_port", lambda: next(offers))
-    assert ports.ssh_port(engine.db) == 61001
-    assert ports.ssh_port(engine.db) == 61002
+    assert ports.ssh_port(engine.db, engine.paths.locks) == 61001
+    assert ports.ssh_port(engine.db, engine.paths.locks) == 61002
+
+
+CHILD_PORT = """
+import sys
+from pathlib import Path
+from cloudlet.engine import ports
+from cloudlet.store.database import Database
+offers = iter([61001, 61002, 61003])
+ports.free_loopback_port = lambda: next(offers)
+print(ports.ssh_port(Database(Path(sys.argv[1])), Path(sys.argv[2])))
+"""
+
+
+@pytest.mark.integration  # it starts two Python processes
+def test_ssh_ports_are_handed_out_once_across_processes(
+    short_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two CLIs (or the server and a CLI) creating at once: the kernel offers both the
+    same free port, the row of the first is not written yet, and still each gets its own."""
+    engine = make_fake_engine(short_tmp / "home")
+    given = []
+    for _ in range(2):
+        child = subprocess.run(
+            [sys.executable, "-c", CHILD_PORT, str(engine.db.path), str(engine.paths.locks)],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "PYTHONPATH": str(Path(ports.__file__).parents[2])},
+        )
+        given.append(int(child.stdout))
+    assert given == [61001, 61002]
+    reservations = engine.paths.locks / "ports"
+    assert sorted(p.name for p in reservations.iterdir()) == ["61001", "61002"]
+    # A reservation as old as a create can take is gone by the next call.
+    stale = time.time() - ports.RESERVATION_SECONDS - 1
+    os.utime(reservations / "61001", (stale, stale))
+    monkeypatch.setattr(ports, "free_loopback_port", lambda: 61001)
+    assert ports.ssh_port(engine.db, engine.paths.locks) == 61001
 
 
 def test_try_hold_never_waits_and_holds_for_the_whole_block(short_tmp: Path) -> None:

@@ -55,7 +55,7 @@ def new_vm(
             disk_size=record.image.min_disk_bytes,  # the disk's own size, once filled
             arch=spec.arch,
             location=spec.location,
-            ssh_port=ssh_port(ctx.db) if record.ssh else None,
+            ssh_port=ssh_port(ctx.db, ctx.paths.locks) if record.ssh else None,
         )
         with ctx.db.session() as s:
             s.add(row)

@@ -92,7 +92,9 @@ class Clones:
                 disk_size=src.disk_size,
                 arch=src.arch,
                 location=src.location,
-                ssh_port=ssh_port(self.ctx.db) if src.ssh_port is not None else None,
+                ssh_port=ssh_port(self.ctx.db, self.ctx.paths.locks)
+                if src.ssh_port is not None
+                else None,
             )
             with self.ctx.db.session() as s:
                 s.add(row)

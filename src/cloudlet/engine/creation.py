@@ -149,7 +149,11 @@ class Creation:
             backup=req.backup,
             api_access=req.api_access,
         )
-        ssh_port = ports.ssh_port(ctx.db) if network.mode == "nat" and network.ssh_forward else None
+        ssh_port = (
+            ports.ssh_port(ctx.db, ctx.paths.locks)
+            if network.mode == "nat" and network.ssh_forward
+            else None
+        )
         with ctx.lock(req.name, cancel=cancel):
             vm_state.ensure_name_free(ctx, req.name)
             row = InstanceRow(
