@@ -253,6 +253,14 @@ class RuntimeRecordUnknown(Conflict):
     code = "runtime_record_unknown"
 
 
+class Unauthorized(CloudletError):
+    """The API call carries no token, or one that is unknown, expired or revoked."""
+
+    http_status = 401
+    exit_code = 15
+    code = "unauthorized"
+
+
 class Cancelled(CloudletError):
     """The caller cancelled the operation (its client went away, Ctrl-C): the wait that
     noticed stopped and left nothing half-done at its own level."""

@@ -103,5 +103,6 @@ def test_known_codes_are_stable() -> None:
         "StoreCorrupt": ("backup_corrupt", 13),
         "BackupsCorrupt": ("backup_verify_failed", 13),
         "DownloadFailed": ("download_failed", 14),
+        "Unauthorized": ("unauthorized", 15),
         "Cancelled": ("cancelled", 130),
     }

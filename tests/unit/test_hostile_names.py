@@ -18,6 +18,7 @@ import typer
 from typer.testing import CliRunner
 
 from cloudlet.cli import (
+    api_commands,
     backup_commands,
     main,
     network_commands,
@@ -145,6 +146,8 @@ TABLE: dict[tuple[str, str], list[str]] = {
     ("backup verify", "backup"): ["backup", "verify", f"--backup={H}", "--", "web1"],
     ("backup policy", "vm"): ["backup", "policy", "--every=1h", "--", H],
     ("backup prune", "vm"): ["backup", "prune", "--", H],
+    ("token create", "name"): ["token", "create", f"--name={H}"],
+    ("token revoke", "name"): ["token", "revoke", "--", H],
 }
 # Name-like parameters that are not names, and why.
 NOT_NAMES = {
@@ -233,7 +236,8 @@ def world() -> Iterator[tuple[Path, Path, Path]]:
     engine.backups.create("web1")
     with pytest.MonkeyPatch.context() as mp:
         for module in (main, storage_commands, network_commands, backup_commands,
-                       spec_commands, terminal_commands, wizard, factory):  # fmt: skip
+                       spec_commands, terminal_commands, wizard, factory,
+                       api_commands):  # fmt: skip
             mp.setattr(module, "open_engine", lambda *a, **k: engine)
         mp.chdir(cwd)  # relative names ("a/b") land here, and this is hashed too
         yield home, canary, cwd

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated, NoReturn
 import typer
 
 from cloudlet.cli import (
+    api_commands,
     backup_commands,
     complete,
     copy_command,
@@ -72,6 +73,7 @@ storage_commands.register(app)  # pool, volume, snapshot, clone
 network_commands.register(app)  # network, nic, port, firewall
 backup_commands.register(app)  # backup, restore, export, import
 terminal_commands.register(app)  # shell
+api_commands.register(app)  # serve, token
 
 
 OutputOpt = Annotated[Output, typer.Option("--output", "-o", help="table, wide or json")]

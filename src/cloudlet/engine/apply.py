@@ -80,7 +80,7 @@ class Plan:
 
 
 # ---------------------------------------------------------------------- file -> request
-def _is_key_line(text: str) -> bool:
+def is_key_line(text: str) -> bool:
     """A public key written out ('ssh-ed25519 AAAA...'), not the path of a .pub file."""
     from cloudlet.cloudinit.keys import KEY_TYPES
 
@@ -105,8 +105,8 @@ def create_request(entry: VMEntry) -> CreateRequest:
         arch=spec.arch,
         profile=spec.profile,
         user=spec.access.user,
-        ssh_keys=tuple(Path(entry.relative(k)).expanduser() for k in keys if not _is_key_line(k)),
-        ssh_key_lines=tuple(k for k in keys if _is_key_line(k)),
+        ssh_keys=tuple(Path(entry.relative(k)).expanduser() for k in keys if not is_key_line(k)),
+        ssh_key_lines=tuple(k for k in keys if is_key_line(k)),
         user_data=Path(entry.relative(spec.user_data_file)) if spec.user_data_file else None,
         user_data_text=spec.user_data,
         iso=Path(entry.relative(spec.iso)) if spec.iso else None,
@@ -144,7 +144,7 @@ def check_host(engine: Engine, entry: VMEntry) -> None:
 
     for i, key in enumerate(spec.access.ssh_keys):
         try:
-            if _is_key_line(key):
+            if is_key_line(key):
                 cloudinit.parse_public_key(key, source="the key")
             else:
                 cloudinit.load_public_key(Path(entry.relative(key)).expanduser())

@@ -19,6 +19,7 @@ from cloudlet.driver.base import Driver, ExecResult, GuestInfo, GuestTerminal
 from cloudlet.engine import (
     call_options,
     instance_view,
+    locks,
     power,
     recovery,
 )
@@ -35,8 +36,10 @@ from cloudlet.engine.images import Images
 from cloudlet.engine.licences import Licences
 from cloudlet.engine.lifecycle import Lifecycle, Outcome, SpecChanges
 from cloudlet.engine.network import NetworkService
+from cloudlet.engine.operation_records import OperationRecords
 from cloudlet.engine.serial_tail import SerialLog
 from cloudlet.engine.storage import StorageService
+from cloudlet.engine.tokens import Tokens
 from cloudlet.engine.type_listing import MachineTypeOffer
 from cloudlet.engine.views import ActionResult, Done, HostView, InstanceView
 from cloudlet.guest.copy_rules import TreeCopy
@@ -70,6 +73,8 @@ class Engine:
         self.licence_service = Licences(ctx)
         self.host_info = HostInfo(ctx)
         self.guest = GuestAccess(ctx)
+        self.tokens = Tokens(ctx)
+        self.operations = OperationRecords(ctx)
 
     # The shared parts live in the context, so a change here reaches every service.
     @property
@@ -129,6 +134,11 @@ class Engine:
 
     def show(self, name: str) -> InstanceView:
         return instance_view.show(self.ctx, name)
+
+    def busy(self, name: str) -> bool:
+        """Whether another call holds the VM's lock right now (a server answers "busy"
+        at once instead of queueing a request behind it)."""
+        return not locks.is_free(self.paths.locks, name)
 
     def host(self, *, probe: bool = True) -> HostView:
         return self.host_info.host(probe=probe)

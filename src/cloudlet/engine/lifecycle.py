@@ -52,6 +52,15 @@ class Outcome:
     next_steps: tuple[NextStep, ...] = ()
 
 
+def still_running(name: str, state: str) -> StillRunning:
+    """Why a VM whose QEMU runs is not deleted without force, and what to do."""
+    return StillRunning(
+        f"{name} is {state}",
+        hint="stop it first, or delete it with force (it is stopped at once)",
+        next_steps=[step(Step.VM_STOP, vm=name), step(Step.VM_FORCE_DELETE, vm=name)],
+    )
+
+
 class Lifecycle:
     """Start, pause, resume, delete, reshape and spec updates on the shared context."""
 
@@ -122,11 +131,7 @@ class Lifecycle:
         ctx = self.ctx
         row = vm_state.reconcile_locked(ctx, ctx.row(name))
         if row.state in LIVE_STATES and not force:
-            raise StillRunning(
-                f"{name} is {row.state}",
-                hint="stop it first, or delete it with force (it is stopped at once)",
-                next_steps=[step(Step.VM_STOP, vm=name), step(Step.VM_FORCE_DELETE, vm=name)],
-            )
+            raise still_running(name, row.state)
         storage_rows.check_deletable(ctx, row)
         return row
 

@@ -204,3 +204,40 @@ class BackupRow(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     verified_at: Mapped[datetime | None] = mapped_column(nullable=True)
     verify_ok: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+
+
+class ApiTokenRow(Base):
+    """A bearer token of the REST API: only the SHA-256 of its secret is kept."""
+
+    __tablename__ = "api_tokens"
+    __table_args__ = (UniqueConstraint("project", "name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(63))
+    project: Mapped[str] = mapped_column(String(63), default="default", server_default="default")
+    secret_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(nullable=True)
+
+
+class ApiOperationRow(Base):
+    """Long work a client asked the API for: readable while it runs and afterwards,
+    also after a server restart (one whose server died reads "interrupted")."""
+
+    __tablename__ = "api_operations"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    project: Mapped[str] = mapped_column(String(63), default="default", server_default="default")
+    kind: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    resources_json: Mapped[str] = mapped_column(Text)
+    progress_json: Mapped[str | None] = mapped_column(Text, nullable=True)
+    may_cancel: Mapped[bool] = mapped_column(Boolean)
+    error_json: Mapped[str | None] = mapped_column(Text, nullable=True)
+    result_json: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # the server process running it: gone means the operation was interrupted
+    owner_pid: Mapped[int] = mapped_column(Integer)
+    owner_start: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)

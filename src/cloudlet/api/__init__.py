@@ -1,0 +1,1 @@
+"""The REST API frontend (FastAPI): parse a request, call the engine, answer JSON."""

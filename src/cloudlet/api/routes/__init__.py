@@ -1,0 +1,1 @@
+"""Route families of /api/v1, one module per engine service."""

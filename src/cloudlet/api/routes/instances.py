@@ -1,0 +1,137 @@
+"""/api/v1/instances: the VMs, as the CLI's ``-o json`` shows them, and their actions.
+
+Reads answer at once. Create, start, stop, restart and delete answer 202 with the
+operation (and ``Location`` to it); their work runs in the operation's thread. A VM
+another caller holds is 423 at once, never a request that hangs behind the lock.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from cloudlet.api.auth import Caller, EngineDep
+from cloudlet.api.operations import Work
+from cloudlet.api.routes.operations import OPERATION, runner_of
+from cloudlet.engine.action_check import refuse_pointless
+from cloudlet.engine.body_request import body_request
+from cloudlet.engine.engine import Engine
+from cloudlet.engine.views import InstanceView
+from cloudlet.errors import Busy, Conflict, NotFound
+from cloudlet.progress import CancelToken, ProgressSink
+from cloudlet.spec.document import VMDocument
+from cloudlet.spec.names import vm_name
+
+router = APIRouter(prefix="/api/v1/instances", tags=["instances"])
+INSTANCE: dict[str, Any] = {
+    "model": InstanceView,
+    "description": "the VM, the same JSON as the CLI shows for one VM",
+}
+INSTANCES: dict[str, Any] = {
+    "model": list[InstanceView],
+    "description": "the VMs, the same JSON as the CLI lists",
+}
+ACCEPTED: dict[int | str, dict[str, Any]] = {202: OPERATION}
+
+
+def _accepted(
+    request: Request, kind: str, name: str, work: Work, *, may_cancel: bool
+) -> JSONResponse:
+    view = runner_of(request).submit(
+        kind, {"instances": [f"/api/v1/instances/{name}"]}, work, may_cancel=may_cancel
+    )
+    return JSONResponse(
+        view.to_dict(), status_code=202, headers={"Location": f"/api/v1/operations/{view.id}"}
+    )
+
+
+def _existing(engine: Engine, name: str, action: str, *, force: bool = False) -> None:
+    """Refuse now what the operation would refuse: a bad name, no such VM (404), a VM
+    another caller holds (423) or in a state the action cannot change (409)."""
+    vm = engine.show(vm_name(name))
+    if engine.busy(name):
+        raise Busy(f"VM {name} is busy with another operation", hint="try again in a moment")
+    refuse_pointless(vm, action, force=force)
+
+
+@router.get("", responses={200: INSTANCES}, response_model=None)
+def list_instances(engine: EngineDep, _caller: Caller) -> list[dict[str, Any]]:
+    return [vm.to_dict() for vm in engine.instances()]
+
+
+@router.get("/{name}", responses={200: INSTANCE}, response_model=None)
+def show_instance(name: str, engine: EngineDep, _caller: Caller) -> dict[str, Any]:
+    return engine.show(vm_name(name)).to_dict()
+
+
+@router.post("", status_code=202, responses=ACCEPTED, response_model=None)
+def create_instance(
+    doc: VMDocument, request: Request, engine: EngineDep, _caller: Caller
+) -> JSONResponse:
+    """Create a VM from a spec file's document (host file paths are refused)."""
+    name = doc.metadata.name
+    try:
+        engine.show(name)
+    except NotFound:
+        pass
+    else:
+        raise Conflict(f"VM {name} exists already", hint="choose another name")
+    plan = body_request(engine, doc)
+
+    def work(progress: ProgressSink, cancel: CancelToken) -> Any:
+        vm = engine.create(
+            plan.request, start=plan.start, wait=plan.wait, progress=progress, cancel=cancel
+        )
+        return vm.to_dict()
+
+    return _accepted(request, "create", name, work, may_cancel=True)
+
+
+@router.post("/{name}/start", status_code=202, responses=ACCEPTED, response_model=None)
+def start_instance(name: str, request: Request, engine: EngineDep, _caller: Caller) -> JSONResponse:
+    _existing(engine, name, "start")
+
+    def work(progress: ProgressSink, cancel: CancelToken) -> Any:
+        return engine.start(name, progress=progress, cancel=cancel).to_dict()
+
+    return _accepted(request, "start", name, work, may_cancel=True)
+
+
+@router.post("/{name}/stop", status_code=202, responses=ACCEPTED, response_model=None)
+def stop_instance(
+    name: str, request: Request, engine: EngineDep, _caller: Caller, force: bool = False
+) -> JSONResponse:
+    """ACPI power button, then forced after the engine's timeout (``force``: at once)."""
+    _existing(engine, name, "stop")
+
+    def work(_progress: ProgressSink, _cancel: CancelToken) -> Any:
+        return engine.stop(name, force=force).to_dict()
+
+    return _accepted(request, "stop", name, work, may_cancel=False)
+
+
+@router.post("/{name}/restart", status_code=202, responses=ACCEPTED, response_model=None)
+def restart_instance(
+    name: str, request: Request, engine: EngineDep, _caller: Caller, force: bool = False
+) -> JSONResponse:
+    _existing(engine, name, "restart")
+
+    def work(progress: ProgressSink, cancel: CancelToken) -> Any:
+        return engine.restart(name, force=force, progress=progress, cancel=cancel).to_dict()
+
+    return _accepted(request, "restart", name, work, may_cancel=True)
+
+
+@router.delete("/{name}", status_code=202, responses=ACCEPTED, response_model=None)
+def delete_instance(
+    name: str, request: Request, engine: EngineDep, _caller: Caller, force: bool = False
+) -> JSONResponse:
+    """Delete a VM; a running one only with ``force`` (409 otherwise)."""
+    _existing(engine, name, "delete", force=force)
+
+    def work(_progress: ProgressSink, _cancel: CancelToken) -> Any:
+        return engine.delete(name, force=force).to_dict()
+
+    return _accepted(request, "delete", name, work, may_cancel=False)

@@ -1,0 +1,26 @@
+"""Whether an action can change a VM in its present state, asked before work is queued.
+
+A server answers an action it will run later (an operation) at once: an action the
+VM's state makes pointless or refused is a Conflict (409) now, not an operation that
+fails a moment later. The action itself checks again under the VM's lock.
+"""
+
+from __future__ import annotations
+
+from cloudlet.engine.lifecycle import still_running
+from cloudlet.engine.views import InstanceView
+from cloudlet.errors import Conflict
+from cloudlet.spec.states import LIVE_STATES, STARTABLE_STATES, VMState
+
+
+def refuse_pointless(vm: InstanceView, action: str, *, force: bool = False) -> None:
+    """Raise Conflict when ``action`` (start, stop, restart, delete) cannot apply now."""
+    state = vm.state
+    if action == "start" and state not in STARTABLE_STATES:
+        raise Conflict(f"{vm.name} is {state}", hint="only a stopped VM starts")
+    if action == "stop" and state not in (VMState.RUNNING, VMState.PAUSED):
+        raise Conflict(f"{vm.name} is {state}", hint="only a running or paused VM stops")
+    if action == "restart" and state not in (VMState.RUNNING, VMState.PAUSED, *STARTABLE_STATES):
+        raise Conflict(f"{vm.name} is {state}", hint="wait until it has settled and try again")
+    if action == "delete" and state in LIVE_STATES and not force:
+        raise still_running(vm.name, state)
