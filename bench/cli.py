@@ -17,25 +17,21 @@ run at most 1.25x bare QEMU, start at most 1.15x.
 from __future__ import annotations
 
 import argparse
-import compileall
-import os
 import statistics
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from boot import bare_boot, cloudlet_boot
-from common import bench_home, boot_image, cloudlet
+from common import bench_home, boot_image, cloudlet, cloudlet_env, keep_bytecode
 from run import Unavailable, cloudlet_cli, floor, timed, tiny_boot_files
-
-import cloudlet as cloudlet_package
 
 VMS = tuple(f"vm{i}" for i in range(10))
 
 
 def command(home: Path, *args: str) -> Callable[[], float]:
     """One `cloudlet ARGS` (or a bare `python -c pass` when args start with -c)."""
-    env = {**os.environ, "CLOUDLET_HOME": str(home), "CLOUDLET_FORCE_RESTRICT_NETWORK": "1"}
+    env = cloudlet_env(home)
     argv = [sys.executable, *args] if args[0] == "-c" else [sys.executable, "-m", "cloudlet", *args]
 
     def measure() -> float:
@@ -47,23 +43,13 @@ def command(home: Path, *args: str) -> Callable[[], float]:
     return measure
 
 
-def compile_package() -> None:
-    """Write cloudlet's bytecode caches, as a pip install does.
-
-    The development install is editable, and a machine that sets PYTHONDONTWRITEBYTECODE
-    (this build machine does) would make every timed command compile every module it
-    imports: a cost no installed cloudlet pays."""
-    package = Path(cloudlet_package.__file__).parent
-    compileall.compile_dir(package, quiet=1)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=5, help="runs per row (median)")
     parser.add_argument("--quick", action="store_true", help="start-up rows only (no QEMU)")
     args = parser.parse_args()
-    compile_package()
     with bench_home(*VMS, "bench") as home:
+        keep_bytecode(home)
         for name in VMS:
             cloudlet(home, "create", name, "--no-start")
         rows: dict[str, Callable[[], float]] = {
@@ -82,6 +68,12 @@ def main() -> None:
             rows["cloudlet start"] = lambda: cloudlet_boot(home)
         times: dict[str, list[float]] = {label: [] for label in rows}
         skipped: dict[str, str] = {}
+        for label, measure in rows.items():  # untimed: page cache, bytecode
+            try:
+                measure()
+            except Unavailable as why:
+                skipped[label] = str(why)
+        print("warm-up round done", file=sys.stderr, flush=True)
         for n in range(args.rounds):
             for label, measure in rows.items():
                 if label in skipped:

@@ -34,6 +34,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from common import cloudlet_env
+
 TIMEOUT = 300.0
 POWEROFF_APPEND = "console=ttyS0 quiet panic=-1 rdinit=/bin/busybox -- poweroff -f"
 UDEVD_PATHS = ("/usr/lib/systemd/systemd-udevd", "/lib/systemd/systemd-udevd")
@@ -158,7 +160,7 @@ def floor(kernel: Path, initrd: Path) -> Callable[[], float]:
 
 
 def cloudlet_cli(home: Path) -> Callable[[], float]:
-    env = {**os.environ, "CLOUDLET_HOME": str(home), "CLOUDLET_FORCE_RESTRICT_NETWORK": "1"}
+    env = cloudlet_env(home)
     argv = [sys.executable, "-m", "cloudlet", "run", "tiny", "--", "true"]
 
     def measure() -> float:

@@ -37,4 +37,8 @@ else
     .venv/bin/pip install -q -r requirements.lock
 fi
 .venv/bin/pip install -q --no-deps -e .
+# Bytecode for the dependencies and cloudlet, as an ordinary pip install leaves it: where
+# PYTHONDONTWRITEBYTECODE is set, every command would compile SQLAlchemy, pydantic and
+# Typer again (seconds on a small host).
+.venv/bin/python -m compileall -q -j 0 .venv/lib src >/dev/null || true
 echo "cloudlet is set up: .venv/bin/cloudlet"

@@ -307,3 +307,17 @@ def test_boot_runs_the_program_after_the_image_services(cloudlet_home: Path) -> 
     assert plain.stdout == b"0\nin\n"  # nothing of the image started
     assert booted.stdout == b"1\nin\n"
     assert_nothing_left(cloudlet_home)
+
+
+def test_qemu_is_asked_its_version_once_per_binary(cloudlet_home: Path) -> None:
+    """The first run asks QEMU its version (part of the KVM verdict's key) and remembers
+    it with the binary; the next one boots without asking. Both end with the
+    program's status and output, and leave nothing behind."""
+    for code in (3, 0):
+        proc = run(cloudlet_home, "tiny", "--", "sh", "-c", f"echo hi; exit {code}")
+        assert (proc.returncode, proc.stdout) == (code, b"hi\n"), proc.stderr
+    remembered = json.loads((cloudlet_home / "host" / "qemu-version.json").read_text())
+    assert list(remembered) == ["x86_64"]
+    log = (cloudlet_home / "logs" / "cloudlet.log").read_text()
+    assert log.count("qemu-system-x86_64 --version") == 1
+    assert_nothing_left(cloudlet_home)

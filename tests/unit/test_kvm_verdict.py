@@ -21,7 +21,7 @@ def probes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         return False, "a test guest under kvm did not power off within 20 s"
 
     monkeypatch.setattr(kvm, "run_probe", fake_probe)
-    monkeypatch.setattr(kvm, "_cache_key", lambda: "boot-1")
+    monkeypatch.setattr(kvm, "_cache_key", lambda _versions: "boot-1")
     monkeypatch.setattr(kvm.os, "access", lambda *_: True)
     monkeypatch.setattr(
         kvm.Path, "exists", lambda self: str(self) == "/dev/kvm" or _real_exists(self)
@@ -47,7 +47,8 @@ def test_verdict_is_cached_until_the_host_changes(
     kvm.decide(cache, GUEST)
     kvm.decide(cache, GUEST)
     assert probes == ["kvm"]
-    monkeypatch.setattr(kvm, "_cache_key", lambda: "boot-2")  # rebooted, new kernel or QEMU
+    # rebooted, new kernel or QEMU
+    monkeypatch.setattr(kvm, "_cache_key", lambda _versions: "boot-2")
     kvm.decide(cache, GUEST)
     assert probes == ["kvm", "kvm"]
 

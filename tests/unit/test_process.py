@@ -172,6 +172,27 @@ def test_relay_waits_for_every_counted_byte(tmp_path: Path) -> None:
     assert guest[g.PORT_STDIN].recv(64) == b""  # EOF reaches the guest
 
 
+def test_a_pump_with_every_counted_byte_is_woken_not_left_waiting(tmp_path: Path) -> None:
+    """Output that arrived before the status line: the relay ends the pump's wait by
+    shutting the socket's reading side, and the guest can send nothing more."""
+    host, guest, out_fd, err_fd, out_path, _ = _relay_fixture(tmp_path)
+    guest[g.PORT_STDOUT].sendall(b"all of it")
+    relay = Relay(host, stdin_fd=None, stdout_fd=out_fd, stderr_fd=err_fd, tty=False)
+    for pump in relay.pumps:
+        pump.start()
+    while relay.pumps[0].received < len(b"all of it"):  # the pump has written it all
+        threading.Event().wait(0.01)
+    for pump, count in zip(relay.pumps, (len(b"all of it"), 0), strict=True):
+        pump.expect_total(count)
+    for pump in relay.pumps:
+        pump.join()
+    os.close(out_fd)
+    os.close(err_fd)
+    assert out_path.read_bytes() == b"all of it"
+    with pytest.raises(BrokenPipeError):
+        guest[g.PORT_STDERR].sendall(b"late")
+
+
 def test_relay_times_out_and_notices_a_dead_vm(tmp_path: Path) -> None:
     host, guest, out_fd, err_fd, _, _ = _relay_fixture(tmp_path)
     outcome = Relay(host, stdin_fd=None, stdout_fd=out_fd, stderr_fd=err_fd, tty=False).run(0.3)

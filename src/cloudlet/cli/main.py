@@ -15,6 +15,7 @@ from cloudlet.cli import (
     complete,
     copy_command,
     network_commands,
+    quick_exit,
     run_command,
     spec_commands,
     storage_commands,
@@ -618,3 +619,14 @@ def main() -> None:
             "run again with CLOUDLET_DEBUG=1 for the traceback and report it"
         )
         sys.exit(1)
+
+
+def entry() -> None:
+    """The ``cloudlet`` command: ``main``, then the process ends without the
+    interpreter's teardown (see cli/quick_exit.py)."""
+    quick_exit.arm()
+    try:
+        main()
+    except SystemExit as done:
+        quick_exit.finish(done.code)
+        raise

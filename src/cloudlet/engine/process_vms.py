@@ -16,6 +16,7 @@ import socket
 import sys
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 
@@ -206,21 +207,25 @@ class ProcessVMs:
         instance_dir = ctx.paths.instance_dir(row.id)
         instance_dir.mkdir(parents=True)
         disk = instance_dir / "disk.qcow2"
-        ctx.deps.disks.create_overlay(image, disk, None)
-        plan = g.GuestPlan(
-            hostname=row.name,
-            argv=spec.argv,
-            workdir=spec.workdir or "/",
-            env=spec.env,
-            shares=tuple((g.share_tag(i), s.guest, s.read_only) for i, s in enumerate(spec.shares)),
-            copy_in=tuple(copies.copy_in_target(c)[0] for c in spec.copy_in),
-            copy_out=tuple(c.guest for c in spec.copy_out),
-            network=spec.network == "nat",
-            tty=spec.tty,
-            terminal_size=spec.terminal_size,
-        )
-        initrd = instance_dir / "run-initrd.img"
-        initrd.write_bytes(g.run_initrd(image.initrd.read_bytes(), plan, boot=spec.boot))
+        shares = tuple((g.share_tag(i), s.guest, s.read_only) for i, s in enumerate(spec.shares))
+        # qemu-img makes the overlay while this thread builds the initramfs.
+        with ThreadPoolExecutor(1, thread_name_prefix="run-overlay") as pool:
+            overlay = pool.submit(ctx.deps.disks.create_overlay, image, disk, None)
+            plan = g.GuestPlan(
+                hostname=row.name,
+                argv=spec.argv,
+                workdir=spec.workdir or "/",
+                env=spec.env,
+                shares=shares,
+                copy_in=tuple(copies.copy_in_target(c)[0] for c in spec.copy_in),
+                copy_out=tuple(c.guest for c in spec.copy_out),
+                network=spec.network == "nat",
+                tty=spec.tty,
+                terminal_size=spec.terminal_size,
+            )
+            initrd = instance_dir / "run-initrd.img"
+            initrd.write_bytes(g.run_initrd(image.initrd.read_bytes(), plan, boot=spec.boot))
+            overlay.result()
         verdict = launch.accel_for(ctx, image)
         notices: list[str] = []
         if spec.sandbox and verdict.accel != "kvm":

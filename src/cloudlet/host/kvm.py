@@ -75,13 +75,19 @@ def run_probe(
     return False, f"a test guest under {accel} failed: {detail}"
 
 
-def _cache_key() -> str:
-    return f"{os.uname().release}|{resources.boot_id()}|qemu-{qemu_version()}"
+def _cache_key(versions: Path) -> str:
+    version = qemu_version(remembered=versions)
+    return f"{os.uname().release}|{resources.boot_id()}|qemu-{version}"
+
+
+def versions_file(cache_file: Path) -> Path:
+    """Where QEMU's version is remembered, next to the verdict it is part of the key of."""
+    return cache_file.with_name("qemu-version.json")
 
 
 def decide(cache_file: Path, guest: ProbeGuest, *, refresh: bool = False) -> AccelVerdict:
     """The cached verdict if the host has not changed (same boot, kernel, QEMU), else probe."""
-    key = _cache_key()
+    key = _cache_key(versions_file(cache_file))
     if not refresh and cache_file.exists():
         try:
             cached = AccelVerdict(**json.loads(cache_file.read_text()))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
 import time
 from pathlib import Path
@@ -53,16 +54,34 @@ def signal_pid(pid: int, sig: int, expected_start: int | None = None) -> bool:
 
 
 def wait_gone(pid: int, timeout: float, expected_start: int | None = None) -> bool:
-    """Wait until the process is gone (reaping it if it is our child)."""
+    """Wait until the process is gone (reaping it if it is our child).
+
+    Woken by a pidfd the moment it exits where the kernel has them (a stop's wait is
+    on the path of every command that ends a VM), else polled."""
     deadline = time.monotonic() + timeout
-    while True:
-        with contextlib.suppress(ChildProcessError, OSError):
-            os.waitpid(pid, os.WNOHANG)
-        if not is_alive(pid, expected_start):
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.05)
+    try:
+        fd: int | None = os.pidfd_open(pid)
+    except OSError:  # gone already, or no pidfds here
+        fd = None
+    try:
+        while True:
+            with contextlib.suppress(ChildProcessError, OSError):
+                os.waitpid(pid, os.WNOHANG)
+            if not is_alive(pid, expected_start):
+                return True
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            if fd is None:
+                time.sleep(min(0.05, left))
+                continue
+            ready, _, _ = select.select([fd], [], [], left)
+            if ready:  # it exited; should it still look alive, poll from here on
+                os.close(fd)
+                fd = None
+    finally:
+        if fd is not None:
+            os.close(fd)
 
 
 def kill_and_wait(pid: int, expected_start: int | None = None, timeout: float = 10.0) -> bool:

@@ -67,15 +67,26 @@ class _Pump(threading.Thread):
                 data = self.conn.recv(CHUNK)
                 if not data:
                     return
-                self.received += len(data)
                 if not self.broken:
                     try:
                         _write_all(self.fd, data)
                     except (BrokenPipeError, OSError):
                         # The reader went away (| head): keep draining so the guest finishes.
                         self.broken = True
+                # Counted once written: ``received`` reaching ``expect`` means all is out.
+                self.received += len(data)
         except OSError:
             return
+
+    def expect_total(self, count: int) -> None:
+        """The guest sent ``count`` bytes in all: stop once they are here.
+
+        When they all are, the pump may sit in its wait for more: shutting the
+        socket's reading side wakes it at once (the guest writes no more)."""
+        self.expect = count
+        if self.received >= count:
+            with contextlib.suppress(OSError):
+                self.conn.shutdown(socket.SHUT_RD)
 
 
 class _Feed(threading.Thread):
@@ -214,7 +225,7 @@ class Relay:
         if words[0] == "exit" and len(words) == 4 and all(w.isdigit() for w in words[1:]):
             outcome.exit_code = int(words[1])
             for pump, count in zip(self.pumps, (int(words[2]), int(words[3])), strict=False):
-                pump.expect = count
+                pump.expect_total(count)
             return True
         if len(outcome.notes) < MAX_NOTES:
             outcome.notes.append(f"unexpected status from the guest: {' '.join(words)[:80]}")
