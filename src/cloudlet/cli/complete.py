@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 from cloudlet.config import Paths, default_home
+from cloudlet.store import readonly
 
 SHELLS = ("bash", "zsh", "fish")
 # The shells' own spelling of the completion instruction (Click's "bash_complete") is
@@ -61,8 +62,7 @@ def _query(sql: str, *args: str) -> list[str]:
     if not path.is_file():
         return []
     try:
-        # as_uri() escapes '?' and '#' in the state directory's path; ro: never a write
-        db = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True, timeout=0.05)
+        db = readonly.connect(path, timeout=0.05)
         try:
             return [str(row[0]) for row in db.execute(sql, args)]
         finally:
