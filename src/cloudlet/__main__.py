@@ -1,5 +1,5 @@
 """`python -m cloudlet` runs the CLI."""
 
-from cloudlet.cli.main import main
+from cloudlet.cli.entry import main
 
 main()

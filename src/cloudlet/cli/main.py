@@ -598,16 +598,21 @@ def main() -> None:
         sys.exit(completer.answer(app, lazy_root(app)))
     try:
         lazy_root(app)()  # builds only the command that runs (see cli/startup.py)
-    except CloudletError as error:
-        fail(error)
-    except KeyboardInterrupt:
+    except (Exception, KeyboardInterrupt) as exc:
+        report(exc)
+
+
+def report(exc: Exception | KeyboardInterrupt) -> NoReturn:
+    """What a command that failed with ``exc`` says, and its exit code."""
+    if isinstance(exc, CloudletError):
+        fail(exc)
+    if isinstance(exc, KeyboardInterrupt):
         err.print("interrupted")
         sys.exit(130)
-    except Exception as exc:
-        if os.environ.get("CLOUDLET_DEBUG"):
-            raise
-        err.print(
-            f"[red]error:[/] internal error ({type(exc).__name__}: {exc}): "
-            "run again with CLOUDLET_DEBUG=1 for the traceback and report it"
-        )
-        sys.exit(1)
+    if os.environ.get("CLOUDLET_DEBUG"):
+        raise exc
+    err.print(
+        f"[red]error:[/] internal error ({type(exc).__name__}: {exc}): "
+        "run again with CLOUDLET_DEBUG=1 for the traceback and report it"
+    )
+    sys.exit(1)
