@@ -14,7 +14,6 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 from cloudlet.config import Paths, default_home
-from cloudlet.store import readonly
 
 SHELLS = ("bash", "zsh", "fish")
 # The shells' own spelling of the completion instruction (Click's "bash_complete") is
@@ -57,6 +56,8 @@ def script(shell: str) -> str:
 def _query(sql: str, *args: str) -> list[str]:
     """The first column of ``sql`` on the state database; nothing on any failure."""
     import sqlite3
+
+    from cloudlet.store import readonly  # only when the shell asks: --help loads this module
 
     path = Paths(default_home()).database
     if not path.is_file():

@@ -14,6 +14,9 @@ import sys
 
 # The shell asks for completions through it (cli/complete.py): the full CLI answers.
 _COMPLETE_VAR = "_CLOUDLET_COMPLETE"
+# The read commands and their hidden aliases; any other command loads nothing here.
+LIST_NAMES = ("list", "ls")
+SHOW_NAMES = ("show", "info")
 
 
 def quick(argv: list[str]) -> bool:
@@ -23,7 +26,7 @@ def quick(argv: list[str]) -> bool:
 
         sys.stdout.write(f"cloudlet {version()}\n")
         return True
-    if os.environ.get(_COMPLETE_VAR) or not argv or argv[0].startswith("-"):
+    if os.environ.get(_COMPLETE_VAR) or not argv or argv[0] not in (*LIST_NAMES, *SHOW_NAMES):
         return False
     from cloudlet.cli import quick as reads
 

@@ -13,10 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cloudlet.cli import plain
+from cloudlet.cli.entry import LIST_NAMES, SHOW_NAMES
 from cloudlet.cli.formats import Output
-
-_LIST = ("list", "ls")
-_SHOW = ("show", "info")
 
 
 @dataclass(frozen=True)
@@ -31,9 +29,9 @@ class ReadCall:
 
 def parse(argv: list[str]) -> ReadCall | None:
     """``argv`` as a list or show call, or None for anything else (the full CLI parses it)."""
-    if not argv or argv[0] not in (*_LIST, *_SHOW):
+    if not argv or argv[0] not in (*LIST_NAMES, *SHOW_NAMES):
         return None
-    command = "list" if argv[0] in _LIST else "show"
+    command = "list" if argv[0] in LIST_NAMES else "show"
     output: Output | None = None
     all_ = False
     names: list[str] = []
