@@ -12,11 +12,10 @@ from __future__ import annotations
 import os
 import sys
 
+from cloudlet.cli.formats import LIST_NAMES, SHOW_NAMES
+
 # The shell asks for completions through it (cli/complete.py): the full CLI answers.
 _COMPLETE_VAR = "_CLOUDLET_COMPLETE"
-# The read commands and their hidden aliases; any other command loads nothing here.
-LIST_NAMES = ("list", "ls")
-SHOW_NAMES = ("show", "info")
 
 
 def quick(argv: list[str]) -> bool:

@@ -20,11 +20,9 @@ from cloudlet.cli import (
     terminal_commands,
     wording,
 )
-from cloudlet.cli import console as console_mod
 from cloudlet.cli.options import Output, Shell, VmArg
 from cloudlet.cli.startup import lazy_root
 from cloudlet.errors import CloudletError, ImageNotFound, InvalidInput, StillRunning
-from cloudlet.host.run import exec_replace
 from cloudlet.spec.names import vm_name
 from cloudlet.spec.units import parse_size_with_unit
 
@@ -33,6 +31,7 @@ from cloudlet.spec.units import parse_size_with_unit
 if TYPE_CHECKING:
     from rich.markup import escape
 
+    from cloudlet.cli import console as console_mod
     from cloudlet.cli import render
     from cloudlet.cli.progress import byte_progress as _byte_progress
     from cloudlet.cli.progress import phases as _phases
@@ -40,11 +39,14 @@ if TYPE_CHECKING:
     from cloudlet.engine import type_listing
     from cloudlet.engine.engine import CreateRequest, Engine
     from cloudlet.engine.factory import open_engine
+    from cloudlet.host.run import exec_replace
     from cloudlet.spec.instance import parse_backup
 else:
     from cloudlet.cli.lazy import lazy
 
     escape = lazy("rich.markup", "escape")
+    console_mod = lazy("cloudlet.cli.console")
+    exec_replace = lazy("cloudlet.host.run", "exec_replace")
     render = lazy("cloudlet.cli.render")
     _byte_progress = lazy("cloudlet.cli.progress", "byte_progress")
     _phases = lazy("cloudlet.cli.progress", "phases")

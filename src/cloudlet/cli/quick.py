@@ -13,8 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cloudlet.cli import plain
-from cloudlet.cli.entry import LIST_NAMES, SHOW_NAMES
-from cloudlet.cli.formats import Output
+from cloudlet.cli.formats import LIST_NAMES, SHOW_NAMES, Output
 
 
 @dataclass(frozen=True)
