@@ -1,5 +1,5 @@
 """`python -m cloudlet` runs the CLI."""
 
-from cloudlet.cli.main import entry
+from cloudlet.cli.entry import main
 
-entry()
+main()

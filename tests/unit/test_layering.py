@@ -128,7 +128,9 @@ def test_lower_layers_never_import_the_engine_or_a_frontend(
 def test_only_the_qemu_driver_and_the_engine_factory_import_the_qemu_driver(
     imports: list[Import],
 ) -> None:
-    allowed = ("cloudlet.driver.qemu", "cloudlet.engine.factory")
+    # The factory wires the QEMU driver in; the read path (engine/read_model.py) reads the
+    # runtime records and power state that driver keeps, without building it.
+    allowed = ("cloudlet.driver.qemu", "cloudlet.engine.factory", "cloudlet.engine.read_model")
     bad = [
         str(i)
         for i in imports

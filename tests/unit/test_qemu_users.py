@@ -13,7 +13,7 @@ from cloudlet.config import Paths, Settings
 from cloudlet.driver.base import TapNic
 from cloudlet.driver.qemu.argv import tap_netdev
 from cloudlet.driver.qemu.confine import backing_chain
-from cloudlet.engine.factory import tighten
+from cloudlet.engine.state_modes import loose, tighten
 from cloudlet.host import ownership, qemu_users
 from cloudlet.host.qemu_users import UID_BASE, UidTable, detect
 
@@ -123,7 +123,9 @@ def test_old_state_is_tightened_on_open(tmp_path: Path) -> None:
     (home / "cloudlet.db").chmod(0o644)
     (home / "host" / "accel.json").write_text("{}")
     (home / "host" / "accel.json").chmod(0o644)
+    assert loose(settings)  # the read path leaves this repair to a full open
     tighten(settings)
+    assert not loose(settings)
     for path in (home, home / "instances", home / "images", home / "host", home / "backups"):
         assert stat.S_IMODE(path.stat().st_mode) == 0o700, path
     assert stat.S_IMODE((home / "cloudlet.db").stat().st_mode) == 0o600

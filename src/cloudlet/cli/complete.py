@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 from cloudlet.config import Paths, default_home
+from cloudlet.engine import name_index
 
 SHELLS = ("bash", "zsh", "fish")
 # The shells' own spelling of the completion instruction (Click's "bash_complete") is
@@ -53,43 +54,25 @@ def script(shell: str) -> str:
     return get_completion_script(prog_name="cloudlet", complete_var=COMPLETE_VAR, shell=shell)
 
 
-def _query(sql: str, *args: str) -> list[str]:
-    """The first column of ``sql`` on the state database; nothing on any failure."""
-    import sqlite3
-
-    path = Paths(default_home()).database
-    if not path.is_file():
-        return []
-    try:
-        # as_uri() escapes '?' and '#' in the state directory's path; ro: never a write
-        db = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True, timeout=0.05)
-        try:
-            return [str(row[0]) for row in db.execute(sql, args)]
-        finally:
-            db.close()
-    except (sqlite3.Error, OSError):
-        return []
-
-
 def _matching(names: list[str], incomplete: str) -> list[str]:
     return sorted({n for n in names if n.startswith(incomplete)})
 
 
 def vms(incomplete: str) -> list[str]:
-    return _matching(_query("SELECT name FROM instances"), incomplete)
+    return _matching(name_index.vms(), incomplete)
 
 
 def volumes(incomplete: str) -> list[str]:
-    return _matching(_query("SELECT name FROM volumes"), incomplete)
+    return _matching(name_index.volumes(), incomplete)
 
 
 def networks(incomplete: str) -> list[str]:
-    return _matching(_query("SELECT name FROM networks"), incomplete)
+    return _matching(name_index.networks(), incomplete)
 
 
 def vm_networks(incomplete: str) -> list[str]:
     """What ``create --network`` takes: nat, none or a virtual network."""
-    return _matching(["nat", "none", *_query("SELECT name FROM networks")], incomplete)
+    return _matching(["nat", "none", *name_index.networks()], incomplete)
 
 
 def _vm_on_line(ctx: LineParams) -> str | None:
@@ -102,19 +85,12 @@ def _vm_on_line(ctx: LineParams) -> str | None:
 
 def snapshots(ctx: LineParams, incomplete: str) -> list[str]:
     """The snapshots of the VM given earlier on the line (of every VM when none is)."""
-    vm = _vm_on_line(ctx)
-    if vm is None:
-        return _matching(_query("SELECT name FROM snapshots"), incomplete)
-    sql = "SELECT s.name FROM snapshots s JOIN instances i ON s.instance_id = i.id WHERE i.name = ?"
-    return _matching(_query(sql, vm), incomplete)
+    return _matching(name_index.snapshots(_vm_on_line(ctx)), incomplete)
 
 
 def backups(ctx: LineParams, incomplete: str) -> list[str]:
     """The backup ids of the VM given earlier on the line (of every VM when none is)."""
-    vm = _vm_on_line(ctx)
-    if vm is None:
-        return _matching(_query("SELECT id FROM backups"), incomplete)
-    return _matching(_query("SELECT id FROM backups WHERE instance_name = ?", vm), incomplete)
+    return _matching(name_index.backups(_vm_on_line(ctx)), incomplete)
 
 
 def local_images() -> list[str]:

@@ -22,11 +22,9 @@ from cloudlet.cli import (
     terminal_commands,
     wording,
 )
-from cloudlet.cli import console as console_mod
 from cloudlet.cli.options import Output, Shell, VmArg
 from cloudlet.cli.startup import lazy_root
 from cloudlet.errors import CloudletError, ImageNotFound, InvalidInput, StillRunning
-from cloudlet.host.run import exec_replace
 from cloudlet.spec.names import vm_name
 from cloudlet.spec.units import parse_size_with_unit
 
@@ -35,6 +33,7 @@ from cloudlet.spec.units import parse_size_with_unit
 if TYPE_CHECKING:
     from rich.markup import escape
 
+    from cloudlet.cli import console as console_mod
     from cloudlet.cli import render
     from cloudlet.cli.progress import byte_progress as _byte_progress
     from cloudlet.cli.progress import phases as _phases
@@ -42,11 +41,14 @@ if TYPE_CHECKING:
     from cloudlet.engine import type_listing
     from cloudlet.engine.engine import CreateRequest, Engine
     from cloudlet.engine.factory import open_engine
+    from cloudlet.host.run import exec_replace
     from cloudlet.spec.instance import parse_backup
 else:
     from cloudlet.cli.lazy import lazy
 
     escape = lazy("rich.markup", "escape")
+    console_mod = lazy("cloudlet.cli.console")
+    exec_replace = lazy("cloudlet.host.run", "exec_replace")
     render = lazy("cloudlet.cli.render")
     _byte_progress = lazy("cloudlet.cli.progress", "byte_progress")
     _phases = lazy("cloudlet.cli.progress", "phases")
@@ -606,23 +608,28 @@ def main() -> None:
         sys.exit(completer.answer(app, lazy_root(app)))
     try:
         lazy_root(app)()  # builds only the command that runs (see cli/startup.py)
-    except CloudletError as error:
-        fail(error)
-    except KeyboardInterrupt:
+    except (Exception, KeyboardInterrupt) as exc:
+        report(exc)
+
+
+def report(exc: Exception | KeyboardInterrupt) -> NoReturn:
+    """What a command that failed with ``exc`` says, and its exit code."""
+    if isinstance(exc, CloudletError):
+        fail(exc)
+    if isinstance(exc, KeyboardInterrupt):
         err.print("interrupted")
         sys.exit(130)
-    except Exception as exc:
-        if os.environ.get("CLOUDLET_DEBUG"):
-            raise
-        err.print(
-            f"[red]error:[/] internal error ({type(exc).__name__}: {exc}): "
-            "run again with CLOUDLET_DEBUG=1 for the traceback and report it"
-        )
-        sys.exit(1)
+    if os.environ.get("CLOUDLET_DEBUG"):
+        raise exc
+    err.print(
+        f"[red]error:[/] internal error ({type(exc).__name__}: {exc}): "
+        "run again with CLOUDLET_DEBUG=1 for the traceback and report it"
+    )
+    sys.exit(1)
 
 
 def entry() -> None:
-    """The ``cloudlet`` command: ``main``, then the process ends without the
+    """The full CLI as a process: ``main``, then the process ends without the
     interpreter's teardown (see cli/quick_exit.py)."""
     quick_exit.arm()
     try:

@@ -13,14 +13,7 @@ from typing import Annotated
 import typer
 
 from cloudlet.cli import complete
-
-
-class Output(StrEnum):
-    """How a read command prints: a table that fits the terminal, every column, or JSON."""
-
-    table = "table"
-    wide = "wide"
-    json = "json"
+from cloudlet.cli.formats import Output as Output
 
 
 class Shell(StrEnum):

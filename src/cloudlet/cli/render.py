@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import json
-import sys
-from collections.abc import Callable
 from typing import Any
 
 from rich.console import Console
 from rich.measure import Measurement
 from rich.table import Table
 
-from cloudlet.cli.options import Output as Output
+from cloudlet.cli import plain
+from cloudlet.cli.formats import Output as Output
+from cloudlet.cli.plain import addresses_text as addresses_text
+from cloudlet.cli.plain import print_json as print_json
+from cloudlet.cli.plain import ssh_text as ssh_text
 from cloudlet.cli.wording import with_commands
 from cloudlet.engine.image_views import ImageView
 from cloudlet.engine.type_listing import MachineTypeOffer
@@ -30,56 +31,23 @@ STATE_STYLE = {
 }
 
 
-def print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
-
-
-def _cpus(n: int) -> str:
-    return f"{n} vCPU" + ("s" if n != 1 else "")
-
-
-def addresses_text(vm: InstanceView, sep: str = ", ") -> str:
-    """``10.0.2.15 (nat), 10.80.1.10 (backend)``: each address with its network."""
-    return sep.join(f"{ip} ({network})" for network, ip in vm.addresses.items()) or "-"
-
-
-def ssh_text(vm: InstanceView) -> str:
-    """Where SSH answers on this host; "-" when the VM has no SSH (tiny, or no NAT)."""
-    return f"127.0.0.1:{vm.ssh_port}" if vm.ssh_access and vm.ssh_port else "-"
-
-
 def _state(vm: InstanceView) -> str:
     style = STATE_STYLE.get(vm.state, "")
     return f"[{style}]{vm.state}[/]" if style else vm.state
 
 
-# The default table keeps what tells VMs apart and how to reach them, and fits 80
-# columns; -o wide adds the shape, the SSH forward and the accelerator.
-_NARROW: tuple[tuple[str, Callable[[InstanceView], str]], ...] = (
-    ("NAME", lambda vm: vm.name),
-    ("STATE", _state),
-    ("TYPE", lambda vm: vm.type),
-    ("IMAGE", lambda vm: vm.image),
-    ("ADDRESSES", lambda vm: addresses_text(vm, "\n")),
-)
-_WIDE: tuple[tuple[str, Callable[[InstanceView], str]], ...] = (
-    ("NAME", lambda vm: vm.name),
-    ("STATE", _state),
-    ("TYPE", lambda vm: vm.type),
-    ("VCPUS", lambda vm: _cpus(vm.cpus)),
-    ("MEMORY", lambda vm: format_size(vm.memory)),
-    ("DISK", lambda vm: format_size(vm.disk_size)),
-    ("IMAGE", lambda vm: vm.image),
-    ("ARCH", lambda vm: vm.arch),
-    ("ADDRESSES", addresses_text),
-    ("SSH", ssh_text),
-    ("ACCEL", lambda vm: vm.accel or "-"),
-)
+def _styled(columns: tuple[plain.Column, ...]) -> tuple[plain.Column, ...]:
+    """The columns with the state in its colour."""
+    return tuple((header, _state if header == "STATE" else cell) for header, cell in columns)
+
+
+_NARROW = _styled(plain.NARROW)
+_WIDE = _styled(plain.WIDE)
 
 
 def instances_table(items: list[InstanceView], *, wide: bool = False) -> None:
     if not items:
-        err.print("no VMs yet: create one with 'cloudlet create NAME'")
+        err.print(plain.NO_VMS)
         return
     columns = _WIDE if wide else _NARROW
     table = Table(box=None, pad_edge=False)
@@ -108,33 +76,10 @@ def print_uncut(table: Table) -> None:
 
 
 def instance_detail(vm: InstanceView) -> None:
-    rows: list[tuple[str, str]] = [
-        ("Name", vm.name),
-        ("ID", vm.id),
-        ("State", vm.state),
-        ("Type", f"{vm.type} ({_cpus(vm.cpus)}, {format_size(vm.memory)})"),
-        ("Disk", format_size(vm.disk_size)),
-        ("Image", vm.image),
-        ("Architecture", f"{vm.arch} (fixed)"),
-        ("Location", f"{vm.location} (fixed)"),
-        ("Accelerator", vm.accel or "-"),
-        ("Network", f"{vm.network['mode']}" + (" (restricted)" if vm.network["restrict"] else "")),
-        ("Addresses", addresses_text(vm)),
-        ("SSH forward", _ssh_forward(vm)),
-        ("QEMU pid", str(vm.pid) if vm.pid else "-"),
-        ("Created", vm.created_at.strftime("%Y-%m-%d %H:%M:%S UTC")),
-    ]
-    if vm.last_error:
-        rows.append(("Last error", vm.last_error))
+    rows = plain.detail_rows(vm)
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         out.print(f"[bold]{key:<{width}}[/]  {value}")
-
-
-def _ssh_forward(vm: InstanceView) -> str:
-    if vm.ssh_access and vm.ssh_port:
-        return f"127.0.0.1:{vm.ssh_port} -> 22"
-    return "none (image has no SSH)" if vm.ssh_port else "-"
 
 
 def share_text(value: float | None) -> str:

@@ -7,19 +7,21 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from cloudlet.cli import console
 from cloudlet.cli.options import VmArg
 from cloudlet.cli.signals import Terminated, unwind_on_signals
 from cloudlet.errors import InvalidInput
-from cloudlet.host.run import exec_replace
 
 if TYPE_CHECKING:
+    from cloudlet.cli import console
     from cloudlet.cli.render import err
     from cloudlet.engine.engine import Engine
     from cloudlet.engine.factory import open_engine
+    from cloudlet.host.run import exec_replace
 else:
     from cloudlet.cli.lazy import lazy
 
+    console = lazy("cloudlet.cli.console")  # sockets and selectors: only for a session
+    exec_replace = lazy("cloudlet.host.run", "exec_replace")
     err = lazy("cloudlet.cli.render", "err")
     open_engine = lazy("cloudlet.engine.factory", "open_engine")
 

@@ -12,7 +12,7 @@ from cloudlet.guest.accounts import GuestOwner
 from cloudlet.guest.copy_rules import CopyProgress, TreeCopy
 from cloudlet.guest.landing import CopyLimits
 from cloudlet.progress import CancelToken
-from cloudlet.spec.storage import HOTPLUG_SLOTS as HOTPLUG_SLOTS
+from cloudlet.spec.slots import HOTPLUG_SLOTS as HOTPLUG_SLOTS
 
 
 @dataclass(frozen=True)

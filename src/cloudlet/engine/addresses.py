@@ -5,11 +5,9 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
+from cloudlet.engine.read_model import USER_MODE_ADDRESS as USER_MODE_ADDRESS
 from cloudlet.store.database import Database
 from cloudlet.store.models import NicRow
-
-# The guest's address on QEMU's user-mode network (slirp, and passt keeps slirp's).
-USER_MODE_ADDRESS = "10.0.2.15"
 
 
 def of(db: Database, instance_id: str, *, user_mode: bool) -> dict[str, str]:

@@ -12,7 +12,8 @@ from cloudlet.driver.qemu.driver import QemuDriver
 from cloudlet.engine import accel_cache
 from cloudlet.engine.deps import EngineDeps
 from cloudlet.engine.engine import Engine
-from cloudlet.host import kvm, qemu_users
+from cloudlet.engine.state_modes import tighten
+from cloudlet.host import kvm
 from cloudlet.host.kvm import AccelVerdict, ProbeGuest
 from cloudlet.host.qemu_binaries import available_arches, qemu_version
 from cloudlet.host.resources import cpu_count, memory_total
@@ -31,23 +32,6 @@ def accel_for(settings: Settings, images: ImageStore) -> Callable[[Image], Accel
         return kvm.decide(cache_file, ProbeGuest(probe.kernel, probe.initrd))
 
     return decide
-
-
-def tighten(settings: Settings) -> None:
-    """State made before files were private: directories others could enter become
-    0700 (0750 where the QEMU group was let in at a VM's start), and the database and
-    host records 0600."""
-    home = settings.paths.home
-    names = ("pools", "images", "instances", "locks", "cache", "host", "backups", "run")
-    for directory in (home, settings.backup_store, *(home / n for n in names)):
-        if directory.is_dir() and not directory.is_symlink():
-            info = directory.stat()
-            keep = 0o7750 if info.st_gid == qemu_users.SHARED_GID else 0o7700
-            directory.chmod(info.st_mode & keep)
-    host_files = (home / "host").glob("*") if not (home / "host").is_symlink() else iter(())
-    for path in [*home.glob(settings.paths.database.name + "*"), *host_files]:
-        if path.is_file() and not path.is_symlink():
-            path.chmod(path.stat().st_mode & 0o700)
 
 
 def open_engine(settings: Settings | None = None, *, recover: bool = True) -> Engine:

@@ -8,11 +8,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from cloudlet.errors import InvalidInput
 from cloudlet.spec.names import validate_name
+from cloudlet.spec.slots import HOTPLUG_SLOTS as HOTPLUG_SLOTS
 
 PoolKind = Literal["dir", "lvm"]
-# Data volumes (and hot-plugged NICs) a VM can have: modern machines get one spare PCIe
-# root port for each.
-HOTPLUG_SLOTS = 4
 
 
 def _name(value: str, what: str) -> str:

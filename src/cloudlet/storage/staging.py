@@ -49,6 +49,19 @@ def staging(parent: Path) -> Iterator[Path]:
         os.close(fd)
 
 
+def _is_staging(name: str, legacy: re.Pattern[str] | None) -> bool:
+    return name.startswith(PREFIX) or bool(legacy and legacy.fullmatch(name))
+
+
+def pending(parent: Path, legacy: re.Pattern[str] | None = None) -> bool:
+    """Something under ``parent`` is staging that a sweep would look at (read only)."""
+    try:
+        with os.scandir(parent) as entries:
+            return any(_is_staging(entry.name, legacy) for entry in entries)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+
+
 def sweep(parent: Path, legacy: re.Pattern[str] | None = None) -> list[str]:
     """Remove the staging entries under ``parent`` that no live process holds; their
     names. Links are removed, never followed; nothing else is touched but names in
@@ -64,8 +77,7 @@ def sweep(parent: Path, legacy: re.Pattern[str] | None = None) -> list[str]:
         removed = []
         with os.scandir(parent) as entries:
             for entry in entries:
-                ours = entry.name.startswith(PREFIX)
-                if not ours and not (legacy and legacy.fullmatch(entry.name)):
+                if not _is_staging(entry.name, legacy):
                     continue
                 if entry.is_dir(follow_symlinks=False):
                     shutil.rmtree(entry.path, ignore_errors=True)

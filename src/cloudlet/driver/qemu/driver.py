@@ -28,7 +28,15 @@ from cloudlet.driver.base import (
     RuntimeInfo,
     TapNic,
 )
-from cloudlet.driver.qemu import agent, guest_files, guest_tree, qmp, serial_pump, terminal
+from cloudlet.driver.qemu import (
+    agent,
+    guest_files,
+    guest_tree,
+    power,
+    qmp,
+    serial_pump,
+    terminal,
+)
 from cloudlet.driver.qemu.argv import (
     build_argv,
     disk_device,
@@ -68,9 +76,6 @@ LOG_STEPS = (step(Step.VM_LOGS),)
 
 _log = logging.getLogger(__name__)
 START_TIMEOUT = 60.0
-_FAILED_STATES = {"internal-error", "guest-panicked", "io-error"}
-# A saved or awaited memory state (migration) leaves the vCPUs stopped, like a pause.
-_PAUSED_STATES = {"paused", "suspended", "postmigrate", "inmigrate", "finish-migrate"}
 AGENT_CHARDEV = "qga0"
 AGENT_DEVICE = "qga0-port"
 ROOT_DEVICE = "disk0-dev"
@@ -258,34 +263,7 @@ class QemuDriver(Driver):
             time.sleep(0.02)
 
     def power_state(self, instance_id: str) -> PowerState:
-        info = self.runtime(instance_id)
-        if info is None:
-            return PowerState.ABSENT
-        if not processes.is_alive(info.pid, info.pid_start):
-            return PowerState.GONE
-        try:
-            state = qmp.status(info.qmp_socket, timeout=5.0)
-        except CloudletError:
-            # Alive but the monitor is busy with another client: it still runs.
-            return PowerState.RUNNING
-        if state == "shutdown":
-            return PowerState.SHUTDOWN
-        if state in _PAUSED_STATES:
-            return PowerState.PAUSED
-        if state == "io-error" and self._io_status(info) == "nospace":
-            return PowerState.NO_SPACE
-        if state in _FAILED_STATES:
-            return PowerState.FAILED
-        return PowerState.RUNNING
-
-    def _io_status(self, info: RuntimeInfo) -> str:
-        """ "nospace" when a disk's last write failed for want of space ("ok", "failed")."""
-        try:
-            blocks = qmp.execute(info.qmp_socket, "query-block", timeout=5.0)
-        except CloudletError:
-            return "unknown"
-        statuses = {str(b.get("io-status", "ok")) for b in blocks}
-        return "nospace" if "nospace" in statuses else ("failed" if "failed" in statuses else "ok")
+        return power.power_state(self.runtime(instance_id))
 
     def request_shutdown(self, instance_id: str, *, via_agent: bool = False) -> None:
         info = self._require(instance_id)
@@ -895,7 +873,7 @@ class QemuDriver(Driver):
 
     def save_state(self, instance_id: str, target: Path) -> None:
         info = self._require(instance_id)
-        if qmp.status(info.qmp_socket) not in _PAUSED_STATES:
+        if qmp.status(info.qmp_socket) not in power.PAUSED_STATES:
             raise Conflict("the VM must be paused while its memory state is saved")
         # The layers' directory is the VM user's to add to: never write through its links.
         target.unlink(missing_ok=True)
