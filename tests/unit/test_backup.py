@@ -16,7 +16,7 @@ import pytest
 
 from cloudlet.backup.chunking import build_chunks
 from cloudlet.backup.retention import keep_set
-from cloudlet.backup.store import CHUNK_SIZE, BackupStore, DiskManifest, Manifest
+from cloudlet.backup.store import CHUNK_SIZE, BackupStore, DiskManifest, Manifest, VerifyProblem
 from cloudlet.driver.base import DiskCopy
 from cloudlet.driver.fake.driver import FakeDriver
 from cloudlet.engine.backup_requests import PolicyUpdate
@@ -183,7 +183,11 @@ def test_verify_names_the_backup_and_chunk_of_a_flipped_byte(
     data[7] ^= 0x01
     path.write_bytes(bytes(data))
     report = ops.verify("web1")
-    assert report.problems == [f"backup {newer.id}: disk root: chunk {digest} is corrupt"]
+    assert report.problems == [VerifyProblem("corrupt", newer.id, "root", digest)]
+    assert str(report.problems[0]) == f"backup {newer.id}: disk root: chunk {digest} is corrupt"
+    assert report.to_dict()["problems"] == [
+        {"kind": "corrupt", "backup": newer.id, "disk": "root", "chunk": digest, "detail": ""}
+    ]
     assert [b.verified for b in ops.backups("web1")] == ["failed", "ok"]
     # --latest skips the corrupt backup and restores the newest good one
     ops.restore("web1", as_name="back")
