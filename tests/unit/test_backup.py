@@ -81,6 +81,18 @@ def test_identical_data_is_stored_once_and_zero_chunks_never(short_tmp: Path) ->
     assert zeros.chunks == [None] and zeros.new_bytes == 0
 
 
+def test_chunks_a_failed_backup_removed_do_not_fail_the_next_sync(short_tmp: Path) -> None:
+    """Found on real QEMU: one engine, a cancelled backup, then a backup that stored
+    other chunks failed in sync() on the removed ones."""
+    store = BackupStore(short_tmp / "store", short_tmp / "key")
+    store.ensure()
+    gone, _ = store.put(b"cancelled")
+    store.remove_chunks({gone})
+    kept, new = store.put(b"next backup")
+    store.sync()
+    assert new and store.get(kept) == b"next backup" and not store.has(gone)
+
+
 def test_an_incremental_patches_the_parents_chunks(short_tmp: Path) -> None:
     store = BackupStore(short_tmp / "store", short_tmp / "key")
     store.ensure()

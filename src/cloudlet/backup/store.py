@@ -388,8 +388,13 @@ class BackupStore:
         return data
 
     def remove_chunks(self, digests: set[str]) -> None:
-        for digest in digests:
-            self.chunk_path(digest).unlink(missing_ok=True)
+        """Delete chunks (those a failed backup added); a removed chunk is no longer
+        waiting for sync(), which would otherwise fail the next backup on its absence."""
+        paths = {self.chunk_path(d) for d in digests}
+        with self._lock:
+            self._unsynced = [p for p in self._unsynced if p not in paths]
+        for path in paths:
+            path.unlink(missing_ok=True)
 
     def all_chunks(self) -> Iterator[Path]:
         if self.chunks.exists():
