@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -274,6 +275,22 @@ def report_progress_and_cancel_cleanly(
 
     with pytest.raises(Cancelled, match="cancelled mid-copy"):
         engine.backups.create("web1", progress=cancel_mid_copy, cancel=token)
+    assert sorted(p for p in store.rglob("*") if p.is_file()) == before
+    assert not any((store / "tmp").iterdir())
+
+    # a slow (rate-limited) copy cancelled while QEMU's job runs: it stops at once
+    monkeypatch.setenv("CLOUDLET_BACKUP_SPEED", "1M")
+    slow = open_engine(Settings.load())
+    token = CancelToken()
+
+    def cancel_in_qemu_copy(event: ProgressEvent) -> None:
+        if event.stage == "copying disks":
+            threading.Timer(1.0, token.cancel, args=("cancelled in QEMU's copy",)).start()
+
+    started = time.monotonic()
+    with pytest.raises(Cancelled, match="cancelled in QEMU's copy"):
+        slow.backups.create("web1", progress=cancel_in_qemu_copy, cancel=token)
+    assert time.monotonic() - started < 10  # 16 MiB at 1 MiB/s would take 16 s
     assert sorted(p for p in store.rglob("*") if p.is_file()) == before
     assert not any((store / "tmp").iterdir())
     assert engine.backups.backups("web1")[0].id == backup.id

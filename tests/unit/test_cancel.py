@@ -226,3 +226,19 @@ def test_the_first_ctrl_c_cancels_the_call_and_the_second_interrupts() -> None:
         token.wait(5)
     assert signal.getsignal(signal.SIGINT) is before
     assert call_options.cancel_token() is None
+
+
+def test_an_ignored_ctrl_c_stays_ignored() -> None:
+    """A CLI started in the background (Ctrl-C ignored) does not start catching it."""
+    import signal
+
+    from cloudlet.cli.signals import cancel_on_interrupt
+
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with cancel_on_interrupt() as token:
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            os.kill(os.getpid(), signal.SIGINT)
+            assert not token.wait(0.2)
+    finally:
+        signal.signal(signal.SIGINT, before)

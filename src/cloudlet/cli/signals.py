@@ -46,7 +46,9 @@ def cancel_on_interrupt() -> Iterator[CancelToken]:
     from cloudlet.progress import CancelToken
 
     token = CancelToken()
-    if threading.current_thread() is not threading.main_thread():
+    main = threading.current_thread() is threading.main_thread()
+    if not main or signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        # not ours to catch: another thread's call, or Ctrl-C ignored (a background job)
         with call_options.per_call(cancel=token):
             yield token
         return

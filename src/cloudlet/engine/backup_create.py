@@ -132,7 +132,11 @@ class BackupCreator:
         try:
             track.tell("copying disks")
             ctx.driver.backup_disks(
-                row.id, copies, speed=ctx.settings.backup_speed, started=thaw_quietly
+                row.id,
+                copies,
+                speed=ctx.settings.backup_speed,
+                started=thaw_quietly,
+                cancel=track.cancel,
             )
         finally:
             thaw()
