@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from cloudlet.host.processes import cmdline as processes_cmdline
 from tests.conftest import _kill_leftover_vms
 from tests.integration import cli
 
@@ -41,9 +42,36 @@ def loop_fs(image: Path, size: int, mount_point: Path, home: Path) -> Iterator[P
             yield mount_point
         finally:
             _kill_leftover_vms(home)  # their open files would keep the mount busy
-            subprocess.run(["umount", str(mount_point)], check=True)
+            unmount(mount_point)
     finally:
         subprocess.run(["losetup", "-d", device], check=True)
+
+
+def unmount(mount_point: Path, timeout: float = 30.0) -> None:
+    """Unmount once the last file on it is closed: a killed QEMU's files close as the
+    kernel finishes tearing it down, a moment after it is reaped."""
+    deadline = time.monotonic() + timeout
+    while True:
+        done = subprocess.run(["umount", str(mount_point)], capture_output=True, text=True)
+        if done.returncode == 0:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{mount_point} stays busy: {done.stderr} {holders(mount_point)}")
+        time.sleep(0.2)
+
+
+def holders(mount_point: Path) -> list[str]:
+    """Which processes hold a file below ``mount_point`` (for the failure message)."""
+    found = []
+    for fd in Path("/proc").glob("[0-9]*/fd/*"):
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith(f"{mount_point}/"):
+            pid = fd.parent.parent.name
+            found.append(f"{pid} ({' '.join(processes_cmdline(int(pid))[:3])}): {target}")
+    return found
 
 
 def fill(mount_point: Path, leave: int) -> Path:
@@ -139,6 +167,34 @@ def test_backup_store_full(cloudlet_home: Path, short_tmp: Path) -> None:
         assert not list((store / "tmp").iterdir())
         cli.run(home, "volume", "create", "v1", "--size", "64M", "--pool", "small")
         cli.run(home, "volume", "delete", "v1")
+        cli.run(home, "delete", "--force", "web1")
+
+
+def test_a_guest_writing_through_a_backup_that_runs_out_of_room_keeps_running(
+    cloudlet_home: Path, short_tmp: Path
+) -> None:
+    """A first backup reads the whole disk, so nothing can tell in advance that it will
+    not fit. While QEMU copies (slowly: 2 MiB/s), the guest keeps rewriting clusters not
+    copied yet; once the store is full, such a write fails inside the copy-before-write
+    and QEMU pauses the guest for want of space. The failed backup must resume it."""
+    home = cloudlet_home
+    with loop_fs(short_tmp / "store.img", 48 * MIB, short_tmp / "mnt", home) as mnt:
+        store = mnt / "store"
+        (home / "config.toml").write_text(f'[backup]\npath = "{store}"\nspeed = "2M"\n')
+        cli.run(home, "create", "web1", "--image", "tiny")
+        guest(home, "web1", "dd if=/dev/urandom of=/data bs=1M count=80 conv=fsync 2>/dev/null")
+        guest(
+            home,
+            "web1",
+            "(while :; do dd if=/dev/urandom of=/data bs=64k count=1280 conv=notrunc,fsync;"
+            " done) >/dev/null 2>&1 &",
+        )
+        out = cli.run(home, "backup", "create", "web1", check=False)
+        refused(out, f"the backup store {store} is full", "earlier backups are untouched")
+        assert cli.run_json(home, "show", "web1")["state"] == "running"
+        assert guest(home, "web1", "echo still here").strip() == "still here"
+        assert cli.run_json(home, "backup", "list", "web1") == []
+        assert not list((store / "tmp").iterdir())
         cli.run(home, "delete", "--force", "web1")
 
 

@@ -72,3 +72,18 @@ def test_delete_in_a_terminal_asks_instead(engine: Engine, monkeypatch: pytest.M
     code, out, err = cli("delete", "web1", input="y\n")
     assert code == 0 and "web1 deleted" in err
     assert engine.instances() == []
+
+
+def test_delete_of_several_checks_them_all_before_the_first_goes(engine: Engine) -> None:
+    engine.create(CreateRequest(name="old"), start=False)
+    engine.create(CreateRequest(name="web1"))
+    before = tree_hash(engine.paths.home)
+    code, _, err = cli("delete", "old", "olb")  # a typo late in the list
+    assert code == 3 and "olb" in err
+    code, _, err = cli("delete", "old", "web1")  # a running VM late in the list
+    assert code == 4 and "web1 is running" in err
+    assert tree_hash(engine.paths.home) == before
+    assert sorted(v.name for v in engine.instances()) == ["old", "web1"]
+    code, _, err = cli("delete", "--force", "old", "web1", "old")  # a name twice: once
+    assert code == 0 and err.count("old deleted") == 1 and "web1 deleted" in err
+    assert engine.instances() == []

@@ -335,14 +335,19 @@ def delete(
     for name in names:
         vm_name(name)  # all checked before the first is deleted
     engine = _engine()
-    for name in names:
+    # Every VM is checked (and a running one confirmed) before the first is deleted:
+    # a typo or a running VM late in the list must not leave the list half done.
+    forced = {name: force for name in names}
+    for name in dict.fromkeys(names):
         try:
-            render.said(engine.delete(name, force=force))
+            engine.check_delete(name, force=force)
         except StillRunning as running:
             if not (_can_ask() and typer.confirm(f"{running.message}: stop and delete it?")):
                 hint = f"'cloudlet stop {name}' first, or 'cloudlet delete --force {name}'"
                 raise StillRunning(running.message, hint=hint) from None
-            render.said(engine.delete(name, force=True))
+            forced[name] = True
+    for name in dict.fromkeys(names):
+        render.said(engine.delete(name, force=forced[name]))
 
 
 app.command("rm", hidden=True, help="Same as delete.")(delete)

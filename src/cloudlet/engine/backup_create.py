@@ -16,6 +16,7 @@ still stores only the chunks that changed, and says why in its record.
 from __future__ import annotations
 
 import contextlib
+import shutil
 from datetime import datetime
 
 from cloudlet.backup.chunking import build_chunks
@@ -35,6 +36,8 @@ from cloudlet.store.models import BackupRow, InstanceRow, utcnow
 
 BITMAP_PREFIX = "cloudlet-"
 STORING = "storing chunks"  # the stage that counts bytes of the disks read into the store
+# Room a qcow2 work file needs beyond its data (header, tables), with a margin.
+WORK_FILE_SLACK = 4 << 20
 
 
 class BackupCreator:
@@ -110,6 +113,19 @@ class BackupCreator:
                 notes.append(why)
         return since, bitmaps, "; ".join(notes)
 
+    def _check_room(self, since: list[str | None], bitmaps: list[list[DirtyBitmap]]) -> None:
+        """Refuse an incremental whose changed clusters cannot fit in the store's work
+        directory before anything starts: once QEMU's copy runs out of room there, a
+        guest write that meets its copy-before-write fails too, and QEMU pauses the guest
+        for want of space (a guest with frozen file systems cannot be thawed then)."""
+        needed = 0
+        for name, found in zip(since, bitmaps, strict=True):
+            if name is None:
+                return  # read whole: how much it writes is not known in advance
+            needed += sum(b.count for b in found if b.name == name) + WORK_FILE_SLACK
+        if needed > shutil.disk_usage(self.records.store.tmp).free:
+            raise self.records.store.full_error()
+
     def _copy_live(self, row: InstanceRow, copies: list[DiskCopy], track: Tracker) -> str:
         """All disks copied at one instant, the guest's file systems frozen for that
         instant only; the consistency reached."""
@@ -138,8 +154,15 @@ class BackupCreator:
                 started=thaw_quietly,
                 cancel=track.cancel,
             )
-        finally:
-            thaw()
+        except BaseException:
+            thaw_quietly()  # the copy's own error is the one to report
+            if frozen and not thawed:
+                ctx.notice(
+                    f"could not thaw {row.name}'s file systems: its writes wait until they "
+                    "are thawed; restart the VM if it stays stuck"
+                )
+            raise
+        thaw()
         return "file systems frozen" if frozen else "crash-consistent"
 
     def _take(self, row: InstanceRow, track: Tracker) -> BackupView:
@@ -157,6 +180,7 @@ class BackupCreator:
         try:
             if live:
                 since, bitmaps, note = self._plan_live(row, parent, disks)
+                self._check_room(since, bitmaps)
                 for disk, path in zip(disks, work, strict=True):
                     ctx.deps.disks.create_blank(path, disk.size)
                 copies = [

@@ -214,6 +214,10 @@ class Engine:
         """Remove the VM and its records; a running VM only with ``force``."""
         return self.lifecycle.delete(name, force=force)
 
+    def check_delete(self, name: str, *, force: bool = False) -> None:
+        """What ``delete`` would refuse, raised without changing anything."""
+        self.lifecycle.check_delete(name, force=force)
+
     # ------------------------------------------------------------------ licences
     def license_add(self, name: str, seats: int) -> LicenceView:
         """Register (or change) the seats of a proprietary licence."""

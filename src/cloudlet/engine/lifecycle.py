@@ -100,14 +100,7 @@ class Lifecycle:
         ``force`` (then it is stopped at once, no ACPI)."""
         ctx = self.ctx
         with ctx.lock(name):
-            row = vm_state.reconcile_locked(ctx, ctx.row(name))
-            if row.state in LIVE_STATES and not force:
-                raise StillRunning(
-                    f"{name} is {row.state}",
-                    hint="stop it first, or delete it with force (it is stopped at once)",
-                    next_steps=[step(Step.VM_STOP, vm=name), step(Step.VM_FORCE_DELETE, vm=name)],
-                )
-            storage_rows.check_deletable(ctx, row)
+            row = self._deletable(name, force=force)
             kept = storage_rows.attached_volume_names(ctx, row.id)
             with ctx.operation(row, "delete") as op_id:
                 ctx.set_state(row.id, VMState.DELETING)
@@ -117,6 +110,25 @@ class Lifecycle:
             f" (volumes kept, now detached: {', '.join(kept)})" if kept else ""
         )
         return Done("vm", name, "deleted", message)
+
+    def check_delete(self, name: str, *, force: bool = False) -> None:
+        """Raise what ``delete`` would raise, changing nothing: a frontend deleting
+        several VMs checks them all before the first one goes."""
+        self.ctx.row(name)  # an unknown name fails before its lock file is made
+        with self.ctx.lock(name):
+            self._deletable(name, force=force)
+
+    def _deletable(self, name: str, *, force: bool) -> InstanceRow:
+        ctx = self.ctx
+        row = vm_state.reconcile_locked(ctx, ctx.row(name))
+        if row.state in LIVE_STATES and not force:
+            raise StillRunning(
+                f"{name} is {row.state}",
+                hint="stop it first, or delete it with force (it is stopped at once)",
+                next_steps=[step(Step.VM_STOP, vm=name), step(Step.VM_FORCE_DELETE, vm=name)],
+            )
+        storage_rows.check_deletable(ctx, row)
+        return row
 
     # ------------------------------------------------------------------ spec changes
     def spec(self, name: str) -> InstanceSpec:

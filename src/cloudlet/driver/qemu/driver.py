@@ -819,6 +819,7 @@ class QemuDriver(Driver):
                 d for d in ended.values() if d.get("error") or d.get("offset") != d.get("len")
             ]
             if failed:
+                self._resume_after_copy_failure(info)
                 for copy in copies:
                     if copy.new_bitmap is not None:
                         with contextlib.suppress(CloudletError):
@@ -840,6 +841,14 @@ class QemuDriver(Driver):
             for target_node in targets:
                 with contextlib.suppress(CloudletError):
                     qmp.execute(info.qmp_socket, "blockdev-del", {"node-name": target_node})
+
+    def _resume_after_copy_failure(self, info: RuntimeInfo) -> None:
+        """A guest write that met the backup's copy-before-write when the target had no
+        room failed with ENOSPC, so QEMU paused the guest (werror=enospc). The job and its
+        filter are gone now: resuming retries that write on the VM's own disk."""
+        with contextlib.suppress(CloudletError):
+            if qmp.status(info.qmp_socket, timeout=5.0) == "io-error":
+                qmp.execute(info.qmp_socket, "cont")
 
     def _open_target(self, info: RuntimeInfo, target: Path, node: str) -> None:
         """Open a backup target in the store for QEMU: root opens it and passes the fd
