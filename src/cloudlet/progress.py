@@ -104,3 +104,34 @@ def pause(cancel: CancelToken | None, seconds: float) -> None:
         return
     cancel.wait(seconds)
     cancel.raise_if_cancelled()
+
+
+@dataclass(frozen=True)
+class Tracker:
+    """A long operation's sink and token as one value, handed down its layers.
+
+    ``phase`` and ``count`` are stage boundaries: they stop with ``Cancelled`` first, so
+    call them only where the caller's cleanup undoes everything made so far. ``tell``
+    only reports: for stages past the point where stopping would leave something half made.
+    """
+
+    sink: ProgressSink | None = None
+    cancel: CancelToken | None = None
+
+    def phase(self, stage: str) -> None:
+        phase(self.sink, self.cancel, stage)
+
+    def count(self, stage: str, done: int, total: int | None) -> None:
+        check(self.cancel)
+        self.tell(stage, done, total)
+
+    def tell(self, stage: str, done: int | None = None, total: int | None = None) -> None:
+        if self.sink is not None:
+            self.sink(ProgressEvent(stage, done, total))
+
+    def check(self) -> None:
+        check(self.cancel)
+
+    def counter(self, stage: str, total: int, before: int = 0) -> Callable[[int], None]:
+        """A ``done`` callback for one part of ``stage`` that starts ``before`` bytes in."""
+        return lambda done: self.tell(stage, before + done, total)

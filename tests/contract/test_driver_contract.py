@@ -266,6 +266,12 @@ def test_backup_copies_and_dirty_bitmaps(target: Target) -> None:
     assert names() == ["b1"]
     d.backup_disks(iid, [DiskCopy(copies[2], new_bitmap="b2", since="b1")])
     assert names() == ["b1", "b2"]  # "since" stays until the caller drops it
+    # a cancelled copy stops (a slow one too) and drops the bitmap it began
+    token = CancelToken()
+    token.cancel("stop")
+    with pytest.raises(Cancelled, match="stop"):
+        d.backup_disks(iid, [DiskCopy(copies[1], new_bitmap="b3")], speed=64 << 10, cancel=token)
+    assert names() == ["b1", "b2"]
     d.remove_bitmap(iid, "b1")
     assert names() == ["b2"]
     # a snapshot puts a new active layer on top: the bitmaps stay on the old one

@@ -5,14 +5,19 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
+from cloudlet.config import Settings
 from cloudlet.driver.qemu.runtime import read_record
+from cloudlet.engine.factory import open_engine
+from cloudlet.errors import Cancelled
 from cloudlet.host import processes
 from cloudlet.host.qemu_binaries import qemu_img
+from cloudlet.progress import CancelToken, ProgressEvent
 from tests.integration import cli
 
 pytestmark = pytest.mark.integration
@@ -167,7 +172,9 @@ def test_qemu_killed_during_a_backup(cloudlet_home: Path) -> None:
     assert guest(home, "web1", checksum) == kept
 
 
-def test_backups_cover_a_hot_plugged_volume(cloudlet_home: Path, short_tmp: Path) -> None:
+def test_backups_cover_a_hot_plugged_volume(
+    cloudlet_home: Path, short_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     home = cloudlet_home
     cli.run(home, "create", "web1")
     cli.run(home, "volume", "create", "data1", "--size", "32M")
@@ -216,3 +223,75 @@ def test_backups_cover_a_hot_plugged_volume(cloudlet_home: Path, short_tmp: Path
     assert (guest(home, "web1", root_sum), guest(home, "web1", vol_sum.replace(dev, "vdb"))) == (
         sums2
     )
+
+    report_progress_and_cancel_cleanly(home, monkeypatch, dev)
+
+
+def stages(events: list[ProgressEvent]) -> list[str]:
+    return [e.stage for i, e in enumerate(events) if i == 0 or events[i - 1].stage != e.stage]
+
+
+def counts_up(events: list[ProgressEvent], stage: str, total: int) -> None:
+    pairs = [(e.done, e.total) for e in events if e.stage == stage]
+    dones = [d for d, _ in pairs]
+    assert {t for _, t in pairs} == {total} and dones == sorted(dones), pairs  # type: ignore[type-var]
+    assert dones[0] == 0 and dones[-1] == total and len(dones) > 2, pairs
+
+
+def report_progress_and_cancel_cleanly(
+    home: Path, monkeypatch: pytest.MonkeyPatch, dev: str
+) -> None:
+    """In this process (web1 running, volume data1 attached): a backup and a restore tell
+    a recording sink their stages, with bytes; a backup cancelled while it stores its
+    chunks leaves no manifest, chunk or work file."""
+    cli.in_process_env(home, monkeypatch)
+    engine = open_engine(Settings.load())
+    guest(home, "web1", f"dd if=/dev/urandom of=/dev/{dev} bs=1M count=4 2>/dev/null && sync")
+    events: list[ProgressEvent] = []
+    backup = engine.backups.create("web1", progress=events.append)
+    assert stages(events) == [
+        "freezing the guest", "copying disks", "storing chunks", "signing the manifest"
+    ]  # fmt: skip
+    counts_up(events, "storing chunks", sum(d.size for d in backup.disks))
+
+    events.clear()
+    engine.backups.restore("web1", backup_id=backup.id, as_name="r3", progress=events.append)
+    assert stages(events) == [
+        f"reading backup {backup.id}", "writing disk root", "checking disk root",
+        "writing disk data1", "checking disk data1", "creating r3",
+    ]  # fmt: skip
+    counts_up(events, "writing disk root", backup.disks[0].size)
+    counts_up(events, "writing disk data1", backup.disks[1].size)
+    assert engine.show("r3").state == "stopped"
+
+    store = home / "backups"
+    guest(home, "web1", f"dd if=/dev/urandom of=/dev/{dev} bs=1M count=16 2>/dev/null && sync")
+    before = sorted(p for p in store.rglob("*") if p.is_file())
+    token = CancelToken()
+
+    def cancel_mid_copy(event: ProgressEvent) -> None:
+        if event.stage == "storing chunks" and event.done:
+            token.cancel("cancelled mid-copy")
+
+    with pytest.raises(Cancelled, match="cancelled mid-copy"):
+        engine.backups.create("web1", progress=cancel_mid_copy, cancel=token)
+    assert sorted(p for p in store.rglob("*") if p.is_file()) == before
+    assert not any((store / "tmp").iterdir())
+
+    # a slow (rate-limited) copy cancelled while QEMU's job runs: it stops at once
+    monkeypatch.setenv("CLOUDLET_BACKUP_SPEED", "1M")
+    slow = open_engine(Settings.load())
+    token = CancelToken()
+
+    def cancel_in_qemu_copy(event: ProgressEvent) -> None:
+        if event.stage == "copying disks":
+            threading.Timer(1.0, token.cancel, args=("cancelled in QEMU's copy",)).start()
+
+    started = time.monotonic()
+    with pytest.raises(Cancelled, match="cancelled in QEMU's copy"):
+        slow.backups.create("web1", progress=cancel_in_qemu_copy, cancel=token)
+    assert time.monotonic() - started < 10  # 16 MiB at 1 MiB/s would take 16 s
+    assert sorted(p for p in store.rglob("*") if p.is_file()) == before
+    assert not any((store / "tmp").iterdir())
+    assert engine.backups.backups("web1")[0].id == backup.id
+    assert engine.backups.create("web1").kind == "incremental"  # its bitmap still serves

@@ -16,7 +16,7 @@ import pytest
 
 from cloudlet.backup.chunking import build_chunks
 from cloudlet.backup.retention import keep_set
-from cloudlet.backup.store import CHUNK_SIZE, BackupStore, DiskManifest, Manifest
+from cloudlet.backup.store import CHUNK_SIZE, BackupStore, DiskManifest, Manifest, VerifyProblem
 from cloudlet.driver.base import DiskCopy
 from cloudlet.driver.fake.driver import FakeDriver
 from cloudlet.engine.backup_requests import PolicyUpdate
@@ -79,6 +79,18 @@ def test_identical_data_is_stored_once_and_zero_chunks_never(short_tmp: Path) ->
     # written zeros are not stored either
     zeros = build_chunks(store, [(0, bytes(4096), 4096)], CHUNK_SIZE, None, backup="b3")
     assert zeros.chunks == [None] and zeros.new_bytes == 0
+
+
+def test_chunks_a_failed_backup_removed_do_not_fail_the_next_sync(short_tmp: Path) -> None:
+    """Found on real QEMU: one engine, a cancelled backup, then a backup that stored
+    other chunks failed in sync() on the removed ones."""
+    store = BackupStore(short_tmp / "store", short_tmp / "key")
+    store.ensure()
+    gone, _ = store.put(b"cancelled")
+    store.remove_chunks({gone})
+    kept, new = store.put(b"next backup")
+    store.sync()
+    assert new and store.get(kept) == b"next backup" and not store.has(gone)
 
 
 def test_an_incremental_patches_the_parents_chunks(short_tmp: Path) -> None:
@@ -183,7 +195,11 @@ def test_verify_names_the_backup_and_chunk_of_a_flipped_byte(
     data[7] ^= 0x01
     path.write_bytes(bytes(data))
     report = ops.verify("web1")
-    assert report.problems == [f"backup {newer.id}: disk root: chunk {digest} is corrupt"]
+    assert report.problems == [VerifyProblem("corrupt", newer.id, "root", digest)]
+    assert str(report.problems[0]) == f"backup {newer.id}: disk root: chunk {digest} is corrupt"
+    assert report.to_dict()["problems"] == [
+        {"kind": "corrupt", "backup": newer.id, "disk": "root", "chunk": digest, "detail": ""}
+    ]
     assert [b.verified for b in ops.backups("web1")] == ["failed", "ok"]
     # --latest skips the corrupt backup and restores the newest good one
     ops.restore("web1", as_name="back")

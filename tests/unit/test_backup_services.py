@@ -22,8 +22,8 @@ from cloudlet.engine.context import EngineContext
 from cloudlet.engine.engine import Engine
 from cloudlet.engine.storage import StorageService
 from cloudlet.engine.storage_rows import active_disk
-from cloudlet.errors import Cancelled, Conflict
-from cloudlet.progress import CancelToken
+from cloudlet.errors import Cancelled, Conflict, NotFound
+from cloudlet.progress import CancelToken, ProgressEvent
 from cloudlet.spec.states import VMState
 from tests.cancelling import REASON
 from tests.fakes import FakeDisks, make_vm_with_volume, switch_off_the_facade
@@ -188,3 +188,140 @@ def test_a_backup_cancelled_during_its_copy_leaves_no_backup_and_no_chunk(
     assert stored() == before
     monkeypatch.undo()
     assert backups.create("web1").kind == "full"  # nothing half-made stands in the way
+
+
+def stages(events: list[ProgressEvent]) -> list[str]:
+    """The stages in the order they began (a counted stage once)."""
+    seen: list[str] = []
+    for event in events:
+        if not seen or seen[-1] != event.stage:
+            seen.append(event.stage)
+    return seen
+
+
+def counted(events: list[ProgressEvent], stage: str) -> list[tuple[int, int]]:
+    found = [(e.done, e.total) for e in events if e.stage == stage]
+    assert found and all(d is not None and t is not None for d, t in found)
+    return [(d, t) for d, t in found if d is not None and t is not None]
+
+
+def assert_counts_up(pairs: list[tuple[int, int]]) -> None:
+    """done never goes back, never passes the one total, and reaches it."""
+    dones = [d for d, _ in pairs]
+    (total,) = {t for _, t in pairs}
+    assert dones == sorted(dones) and dones[0] == 0 and dones[-1] == total > 0
+
+
+def test_a_backup_and_its_restores_report_their_stages_in_order(
+    ctx: EngineContext, backups: BackupService
+) -> None:
+    FakeDisks.write(root(ctx, "web1"), "0", "root v1")
+    FakeDisks.write(volume(ctx, "data1"), "0", "data v1")
+    events: list[ProgressEvent] = []
+    backup = backups.create("web1", progress=events.append)
+    assert stages(events) == [
+        "freezing the guest",
+        "copying disks",
+        "storing chunks",
+        "signing the manifest",
+    ]
+    stored = counted(events, "storing chunks")
+    assert_counts_up(stored)
+    assert stored[-1][1] == sum(d.size for d in backup.disks)
+
+    events.clear()
+    backups.restore("web1", as_name="copy", progress=events.append)
+    assert stages(events) == [
+        f"reading backup {backup.id}",
+        "writing disk root",
+        "checking disk root",
+        "writing disk data1",
+        "checking disk data1",
+        "creating copy",
+    ]
+    assert_counts_up(counted(events, "writing disk root"))
+    assert counted(events, "writing disk data1")[-1][1] == backup.disks[1].size
+
+    events.clear()
+    backups.restore("web1", force=True, progress=events.append)
+    assert stages(events)[0] == "stopping web1"
+    assert stages(events)[-1] == "switching to the restored disks"
+
+
+def test_export_and_import_report_their_stages(
+    ctx: EngineContext, backups: BackupService, short_tmp: Path
+) -> None:
+    FakeDisks.write(root(ctx, "web1"), "0", "root v1")
+    power.stop(ctx, "web1", force=True)
+    dest = short_tmp / "web1.cloudlet"
+    events: list[ProgressEvent] = []
+    backups.export("web1", dest, progress=events.append)
+    assert stages(events) == [
+        "copying the root disk",
+        "copying volume data1",
+        "hashing the files",
+        "writing the archive",
+    ]
+    assert_counts_up(counted(events, "writing the archive"))
+    events.clear()
+    backups.import_(dest, "imported", progress=events.append)
+    assert stages(events) == [
+        "checking the archive",
+        "checking the disks' SHA-256",
+        "extracting disk.qcow2",
+        "extracting volumes/data1.qcow2",
+    ]
+    checked = counted(events, "checking the disks' SHA-256")
+    assert checked[-1][0] == checked[-1][1] > 0
+
+
+def test_a_backup_cancelled_while_it_stores_chunks_leaves_nothing(
+    ctx: EngineContext, backups: BackupService
+) -> None:
+    """Cancelled from its own progress sink (as a Ctrl-C would, mid-copy): no backup row,
+    manifest, chunk or work file stays, and the next backup is a full one."""
+    FakeDisks.write(root(ctx, "web1"), "0", "root v1")
+    store = ctx.settings.backup_store
+    token = CancelToken()
+
+    def files() -> list[Path]:
+        return sorted(p for p in store.rglob("*") if p.is_file() and p.name != "host.key")
+
+    before = files()
+
+    def sink(event: ProgressEvent) -> None:
+        if event.stage == "storing chunks" and event.done:
+            token.cancel(REASON)
+
+    with pytest.raises(Cancelled, match=REASON):
+        backups.create("web1", progress=sink, cancel=token)
+    assert backups.backups("web1") == []
+    assert files() == before
+    assert backups.create("web1").kind == "full"
+
+
+def test_a_restore_cancelled_while_it_writes_keeps_the_old_disks(
+    ctx: EngineContext, backups: BackupService
+) -> None:
+    FakeDisks.write(root(ctx, "web1"), "0", "root v1")
+    backups.create("web1")
+    FakeDisks.write(root(ctx, "web1"), "0", "root v2")
+    power.stop(ctx, "web1", force=True)
+    token = CancelToken()
+    old = root(ctx, "web1")
+    instance_dir = old.parent
+
+    def sink(event: ProgressEvent) -> None:
+        if event.stage == "writing disk data1":
+            token.cancel(REASON)
+
+    before = sorted(instance_dir.iterdir())
+    with pytest.raises(Cancelled, match=REASON):
+        backups.restore("web1", progress=sink, cancel=token)
+    assert root(ctx, "web1") == old and FakeDisks.content(old) == {"0": "root v2"}
+    assert sorted(instance_dir.iterdir()) == before  # no .restore-* file left
+    token = CancelToken()  # again, as a new VM: the root disk is written when it stops
+    with pytest.raises(Cancelled, match=REASON):
+        backups.restore("web1", as_name="copy", progress=sink, cancel=token)
+    with pytest.raises(NotFound):
+        ctx.row("copy")

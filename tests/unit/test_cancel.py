@@ -207,3 +207,38 @@ def test_build_chunks_stops_between_chunks_and_names_what_it_wrote(tmp_path: Pat
     # Every chunk written is known to the caller, so it can be undone; not all were written.
     assert 5 <= len(created) < 900
     assert all(store.get(digest, backup="b1") for digest in created)
+
+
+def test_the_first_ctrl_c_cancels_the_call_and_the_second_interrupts() -> None:
+    """The CLI's long commands: Ctrl-C cancels the engine call's token (it then cleans
+    up and raises Cancelled); a second Ctrl-C is the usual KeyboardInterrupt."""
+    import signal
+
+    from cloudlet.cli.signals import cancel_on_interrupt
+    from cloudlet.engine import call_options
+
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt), cancel_on_interrupt() as token:
+        assert call_options.cancel_token() is token and not token.cancelled
+        os.kill(os.getpid(), signal.SIGINT)
+        assert token.wait(5) and token.reason == "interrupted (Ctrl-C)"
+        os.kill(os.getpid(), signal.SIGINT)
+        token.wait(5)
+    assert signal.getsignal(signal.SIGINT) is before
+    assert call_options.cancel_token() is None
+
+
+def test_an_ignored_ctrl_c_stays_ignored() -> None:
+    """A CLI started in the background (Ctrl-C ignored) does not start catching it."""
+    import signal
+
+    from cloudlet.cli.signals import cancel_on_interrupt
+
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with cancel_on_interrupt() as token:
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            os.kill(os.getpid(), signal.SIGINT)
+            assert not token.wait(0.2)
+    finally:
+        signal.signal(signal.SIGINT, before)

@@ -65,3 +65,37 @@ def test_backup_list_verify_and_restore_arguments(engine: Engine) -> None:
     code, _, err = cli("restore", "web1", "--latest", "--as", "web1-restored")
     assert code == 0 and "web1-restored created from backup" in err
     assert engine.show("web1-restored").state == "stopped"
+
+
+def test_a_terminal_sees_the_backup_and_restore_stages_and_json_sees_none(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The phase line on a terminal (a counted stage with its percentage); -o json and a
+    pipe get no progress at all."""
+    import io
+
+    from rich.console import Console
+
+    from cloudlet.cli import progress as cli_progress
+    from tests.fakes import FakeDisks
+
+    FakeDisks.write(Path(engine.show("web1").paths["disk"]), "0", "root v1")
+    for output, terminal, shown in (
+        ((), True, True),
+        (("-o", "json"), True, False),
+        ((), False, False),
+    ):
+        buffer = io.StringIO()
+        monkeypatch.setattr(cli_progress, "err", Console(file=buffer, force_terminal=terminal))
+        code, _, _ = cli("backup", "create", "web1", *output)
+        text = buffer.getvalue()
+        assert code == 0
+        if shown:
+            assert "backing up web1: storing chunks 100%" in text, text
+            assert "backing up web1: signing the manifest" in text, text
+        else:
+            assert text == ""
+    buffer = io.StringIO()
+    monkeypatch.setattr(cli_progress, "err", Console(file=buffer, force_terminal=True))
+    code, _, _ = cli("restore", "web1", "--latest", "--as", "copy")
+    assert code == 0 and "restoring copy: writing disk root" in buffer.getvalue()

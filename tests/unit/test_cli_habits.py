@@ -159,14 +159,20 @@ def test_unknown_commands_get_the_closest_command(
     ("args", "hint"),
     [
         (["--type", "gp.smal"], ": did you mean 'gp.small'?\n"),
-        (["--image", "debain-12"], "did you mean 'debian-12-genericcloud'? (from the catalog"),
-        (["--image", "tny"], "did you mean 'tiny'?"),
+        (
+            ["--image", "debain-12"],
+            "did you mean 'debian-12-genericcloud'? (cloudlet image pull debian-12-genericcloud)\n",
+        ),
+        (["--image", "tny"], "did you mean 'tiny'?\n"),
         (
             ["--image", "ubuntu"],
-            "did you mean 'ubuntu-24.04' or 'ubuntu-22.04'? (from the catalog: "
-            "cloudlet image pull NAME)",
+            "did you mean 'ubuntu-24.04' or 'ubuntu-22.04'? (cloudlet image pull ubuntu-24.04 "
+            "or cloudlet image pull ubuntu-22.04)\n",
         ),
-        (["--image", "ubuntu-24.04"], ": download it first: cloudlet image pull ubuntu-24.04"),
+        (
+            ["--image", "ubuntu-24.04"],
+            ": download it first (cloudlet image pull ubuntu-24.04)\n",
+        ),
     ],
 )
 def test_create_with_a_mistyped_type_or_image_names_the_closest_and_makes_nothing(

@@ -10,7 +10,7 @@ import pytest
 from cloudlet.driver.base import PowerState
 from cloudlet.driver.fake.driver import FakeDriver
 from cloudlet.engine.engine import CreateRequest, Engine
-from cloudlet.engine.views import Done
+from cloudlet.engine.views import Cleanup, Done
 from cloudlet.errors import (
     CapacityExceeded,
     CloudletError,
@@ -230,7 +230,9 @@ def test_interrupted_create_is_rolled_back_by_the_next_engine(short_tmp: Path) -
     (first.paths.instance_dir("dead-1")).mkdir(parents=True)
     second = make_fake_engine(home)
     notes = second.recover()
-    assert notes == ["rolled back the interrupted create of half"]
+    assert notes == [
+        Cleanup("operation", "half", "rolled back", "rolled back the interrupted create of half")
+    ]
     with second.db.session() as s:
         assert s.get(InstanceRow, "dead-1") is None
         ops = s.query(OperationRow).all()

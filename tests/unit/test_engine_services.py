@@ -179,7 +179,9 @@ def test_reshape_and_spec_updates(ctx: EngineContext) -> None:
 def test_recover_rolls_back_an_interrupted_create(ctx: EngineContext) -> None:
     add_interrupted_create(ctx.db, "dead-1", "half")
     ctx.paths.instance_dir("dead-1").mkdir(parents=True)
-    assert recovery.recover(ctx) == ["rolled back the interrupted create of half"]
+    (done,) = recovery.recover(ctx)
+    assert (done.what, done.name, done.action) == ("operation", "half", "rolled back")
+    assert str(done) == "rolled back the interrupted create of half"
     with ctx.db.session() as s:
         assert s.get(InstanceRow, "dead-1") is None
         assert [o.status for o in s.query(OperationRow).all()] == ["rolled_back"]

@@ -165,7 +165,9 @@ def test_a_crafted_manifest_is_refused_by_every_reader(
     with pytest.raises(NotFound, match="no usable backup"):  # --latest never tries it again
         ops.restore("web1", as_name="copy2")
     report = ops.verify("web1")
-    assert len(report.problems) == 1 and says in report.problems[0]
+    (problem,) = report.problems
+    assert problem.kind == "unreadable" and problem.backup and says in problem.detail
+    assert str(problem) == f"backup {problem.backup}: {problem.detail}"
     assert ops.backups("web1")[0].verified == "failed"
 
 

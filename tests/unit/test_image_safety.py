@@ -62,7 +62,10 @@ def test_recovery_sweeps_the_image_store_and_pools(short_tmp: Path) -> None:
     notes = engine.recover()
     assert not image_stale.exists() and not pool_stale.exists()
     assert image_unrelated.exists()
-    assert any("interrupted import" in n and str(pool) in n for n in notes), notes
+    assert any(
+        n.what == "staging" and n.name == str(pool) and "interrupted import" in n.message
+        for n in notes
+    ), notes
 
 
 def test_limit_hits_are_named_by_how_the_child_ended() -> None:

@@ -431,7 +431,10 @@ def test_gc_removes_leftovers(engine: Engine, host: FakeHost) -> None:
     ops.network_create("backend", "10.80.1.0/24")
     host.links |= {"clb-old", "clt-deadbeef1", "eth0"}
     removed = ops.gc()
-    assert sorted(removed) == ["TAP clt-deadbeef1", "bridge clb-old"]
+    assert sorted((r.what, r.name, r.action, str(r)) for r in removed) == [
+        ("TAP", "clt-deadbeef1", "removed", "TAP clt-deadbeef1"),
+        ("bridge", "clb-old", "removed", "bridge clb-old"),
+    ]
     assert host.links == {"clb-backend", "eth0"}
     # a nic add killed half way: the record exists, the spec never got the NIC
     engine.create(CreateRequest(name="web1"))
@@ -440,11 +443,13 @@ def test_gc_removes_leftovers(engine: Engine, host: FakeHost) -> None:
     stray = add_nic_row(engine.ctx, engine.show("web1").id, "backend", slot=None)
     host.links.add(stray.tap)
     removed = ops.gc()
-    assert removed[0].startswith(f"record of NIC {stray.tap}") and f"TAP {stray.tap}" in removed
+    assert (removed[0].what, removed[0].name) == ("NIC record", stray.tap)
+    assert removed[0].message.startswith(f"record of NIC {stray.tap}")
+    assert [r.message for r in removed[1:]] == [f"TAP {stray.tap}"]
     engine.delete("web1", force=True)
     ops.network_delete("backend")
     host.ruleset = "left over"
-    assert ops.gc() == ["nftables tables inet/bridge cloudlet"]
+    assert [str(r) for r in ops.gc()] == ["nftables tables inet/bridge cloudlet"]
 
 
 def test_bridged_networks_need_root(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -23,7 +23,8 @@ from cloudlet.engine.snapshots import Snapshots
 from cloudlet.engine.storage import StorageService
 from cloudlet.engine.storage_rows import active_disk, boot_disks, owner_name, snapshot_rows
 from cloudlet.engine.volumes import Volumes
-from cloudlet.errors import Conflict, NotFound
+from cloudlet.errors import Cancelled, Conflict, NotFound
+from cloudlet.progress import CancelToken, ProgressEvent
 from cloudlet.spec.units import GIB, MIB
 from tests.fakes import FakeDisks, make_fake_engine, switch_off_the_facade
 
@@ -220,3 +221,48 @@ def test_the_storage_facade_composes_the_services(
     assert storage.clone("web1", "c1", snapshot="s1").name == "c1"
     assert storage.notices is ctx.notices
     assert [p.name for p in storage.pools()] == ["default"]
+
+
+def test_memory_snapshots_and_reverts_report_their_stages(
+    short_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ctx = make_ctx(short_tmp / "home", monkeypatch, running=("web1",))
+    storage = StorageService(ctx)
+    events: list[ProgressEvent] = []
+    storage.snapshot_create("web1", "d1", progress=events.append)
+    assert [e.stage for e in events] == ["freezing the guest", "taking the disk snapshot"]
+    events.clear()
+    storage.snapshot_create("web1", "m1", memory=True, progress=events.append)
+    assert [e.stage for e in events] == [
+        "pausing web1",
+        "taking the disk snapshot",
+        "saving the memory state",
+    ]
+    events.clear()
+    storage.snapshot_revert("web1", "m1", force=True, progress=events.append)
+    assert [e.stage for e in events] == [
+        "stopping web1",
+        "reverting the disk",
+        "loading the memory state",
+    ]
+    assert instance_view.show(ctx, "web1").state == "running"
+
+
+def test_a_cancelled_snapshot_or_revert_changes_nothing(
+    short_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ctx = make_ctx(short_tmp / "home", monkeypatch, stopped=("web1",))
+    storage = StorageService(ctx)
+    write(ctx, "web1", "f", "1")
+    storage.snapshot_create("web1", "s1")
+    write(ctx, "web1", "f", "2")
+    layers = sorted(active_disk(ctx, vm_id(ctx, "web1")).parent.rglob("*"))
+    token = CancelToken()
+    token.cancel("stop")
+    with pytest.raises(Cancelled, match="stop"):
+        storage.snapshot_create("web1", "s2", cancel=token)
+    with pytest.raises(Cancelled, match="stop"):
+        storage.snapshot_revert("web1", "s1", cancel=token)
+    assert [s.name for s in storage.snapshots("web1")] == ["s1"]
+    assert content(ctx, "web1") == {"f": "2"}
+    assert sorted(active_disk(ctx, vm_id(ctx, "web1")).parent.rglob("*")) == layers

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from cloudlet.backup.store import VerifyProblem
 from cloudlet.cli import wording
 from cloudlet.engine.backup_requests import PolicyUpdate
 from cloudlet.engine.backup_views import PruneResult, RunDueResult
@@ -14,6 +15,7 @@ from cloudlet.engine.engine import CreateRequest, Engine
 from cloudlet.engine.views import Done
 from cloudlet.errors import Conflict, InvalidInput, NotFound
 from cloudlet.next_steps import Step, step
+from cloudlet.store.models import BackupRow
 from tests.fakes import make_fake_engine
 
 
@@ -88,3 +90,18 @@ def test_a_file_that_is_no_export_says_how_to_make_one(engine: Engine, short_tmp
         engine.backups.import_(junk)
     assert "cloudlet " not in (refused.value.hint or "")
     assert wording.error_line(refused.value).endswith("(cloudlet export VM FILE)")
+
+
+def test_a_changed_manifest_is_a_typed_verify_problem_with_the_same_words(engine: Engine) -> None:
+    ops = engine.backups
+    backup = ops.create("web1")
+    with engine.db.session() as s:
+        row = s.get(BackupRow, backup.id)
+        assert row is not None
+        row.manifest_sha256 = "0" * 64  # recorded one manifest, the store holds another
+    (problem,) = ops.verify("web1").problems
+    assert problem == VerifyProblem("manifest-changed", backup.id)
+    assert str(problem) == f"backup {backup.id}: its manifest is not the one recorded"
+    assert str(VerifyProblem("missing", "b1", "data1", "ab" * 32)) == (
+        f"backup b1: disk data1: chunk {'ab' * 32} is missing"
+    )

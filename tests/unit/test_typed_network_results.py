@@ -205,3 +205,26 @@ def test_the_cli_renders_the_typed_results(engine: Engine, monkeypatch: pytest.M
     refused = CliRunner().invoke(main.app, ["firewall", "group", "delete", "web"])
     assert isinstance(refused.exception, Conflict)
     assert wording.error_line(refused.exception).endswith("(cloudlet firewall unapply web1 web)")
+
+
+def test_gc_answers_typed_items_and_the_cli_says_them_as_before(
+    engine: Engine, host: FakeHost, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from cloudlet.cli import main, network_commands
+
+    monkeypatch.setattr(network_commands, "open_engine", lambda: engine)
+    host.links |= {"clb-old"}
+    result = CliRunner().invoke(main.app, ["network", "gc"])
+    assert result.exit_code == 0 and result.stderr == "removed bridge clb-old\n"
+    host.links |= {"clt-deadbeef1"}
+    result = CliRunner().invoke(main.app, ["network", "gc", "-o", "json"])
+    assert json.loads(result.stdout) == {
+        "removed": ["TAP clt-deadbeef1"],
+        "items": [
+            {"what": "TAP", "name": "clt-deadbeef1", "action": "removed",
+             "message": "TAP clt-deadbeef1"}
+        ],
+    }  # fmt: skip
+    assert CliRunner().invoke(main.app, ["network", "gc"]).stderr == "nothing left over\n"

@@ -8,7 +8,7 @@ so restoring any backup needs no chain walk and pruning any backup breaks no oth
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -44,6 +44,7 @@ def build_chunks(
     chunk_size: int = CHUNK_SIZE,
     created: set[str] | None = None,
     cancel: CancelToken | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> ChunkResult:
     """Store the chunks of a disk of ``size`` bytes.
 
@@ -52,6 +53,7 @@ def build_chunks(
     ``created`` collects the chunks new to the store as they are written (to undo them).
     ``cancel`` is checked before each extent: Cancelled comes once the chunks in flight
     are written, and ``created`` then names every one of them, so the caller can undo.
+    ``progress`` hears how many bytes of the disk are behind each chunk as it is handed on.
     """
     count = chunk_count(size, chunk_size)
     if base is not None and len(base) != count:
@@ -77,6 +79,8 @@ def build_chunks(
     def flush(pool: ThreadPoolExecutor) -> None:
         if index is None:
             return
+        if progress is not None:
+            progress(min(size, (index + 1) * chunk_size))
         if buf == zeros[: len(buf)]:
             chunks[index] = None
             return
@@ -107,6 +111,8 @@ def build_chunks(
                 result.read_bytes += length if data is not None else 0
             flush(pool)
             settle(0)
+            if progress is not None:
+                progress(size)
         except BaseException:
             # Every chunk written must be known to the caller, so it can be undone.
             for _, _, future in pending:

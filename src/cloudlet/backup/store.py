@@ -216,13 +216,23 @@ class Manifest:
 
 @dataclass(frozen=True)
 class VerifyProblem:
+    """One problem a verify found in a backup, typed so no client parses the sentence.
+
+    ``kind``: "missing" or "corrupt" (a chunk of ``disk``), "manifest-changed" (not the
+    manifest recorded when the backup was taken) or "unreadable" (``detail`` says why)."""
+
+    kind: str
     backup: str
-    disk: str
-    chunk: str
-    problem: str  # "missing" or "corrupt"
+    disk: str = ""
+    chunk: str = ""
+    detail: str = ""
 
     def __str__(self) -> str:
-        return f"backup {self.backup}: disk {self.disk}: chunk {self.chunk} is {self.problem}"
+        if self.chunk:
+            return f"backup {self.backup}: disk {self.disk}: chunk {self.chunk} is {self.kind}"
+        if self.kind == "manifest-changed":
+            return f"backup {self.backup}: its manifest is not the one recorded"
+        return f"backup {self.backup}: {self.detail}"
 
 
 def _fsync_dir(path: Path) -> None:
@@ -378,8 +388,13 @@ class BackupStore:
         return data
 
     def remove_chunks(self, digests: set[str]) -> None:
-        for digest in digests:
-            self.chunk_path(digest).unlink(missing_ok=True)
+        """Delete chunks (those a failed backup added); a removed chunk is no longer
+        waiting for sync(), which would otherwise fail the next backup on its absence."""
+        paths = {self.chunk_path(d) for d in digests}
+        with self._lock:
+            self._unsynced = [p for p in self._unsynced if p not in paths]
+        for path in paths:
+            path.unlink(missing_ok=True)
 
     def all_chunks(self) -> Iterator[Path]:
         if self.chunks.exists():
@@ -444,7 +459,7 @@ class BackupStore:
                     except StoreCorrupt as exc:
                         seen[digest] = "missing" if "missing" in exc.message else "corrupt"
                 if seen[digest]:
-                    problems.append(VerifyProblem(manifest.id, disk.name, digest, seen[digest]))
+                    problems.append(VerifyProblem(seen[digest], manifest.id, disk.name, digest))
         return problems
 
     def garbage_collect(self) -> tuple[int, int]:

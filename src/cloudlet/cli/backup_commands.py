@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from rich.table import Table
 
     from cloudlet.cli import render, wording
+    from cloudlet.cli.progress import tracked
     from cloudlet.cli.render import err, out
     from cloudlet.engine import backup_requests
     from cloudlet.engine.backup_views import BackupView
@@ -31,6 +32,7 @@ else:
     wording = lazy("cloudlet.cli.wording")
     err = lazy("cloudlet.cli.render", "err")
     out = lazy("cloudlet.cli.render", "out")
+    tracked = lazy("cloudlet.cli.progress", "tracked")
     backup_requests = lazy("cloudlet.engine.backup_requests")
     open_engine = lazy("cloudlet.engine.factory", "open_engine")
 
@@ -86,7 +88,8 @@ def _table(items: list[BackupView]) -> None:
 def backup_create(vm: VmArg, output: OutputOpt = Output.table) -> None:
     """Back up a VM (running or stopped): the first backup reads all, later ones what changed."""
     ops = _ops()
-    backup = ops.create(vm)
+    with tracked(f"backing up {vm}", quiet=output == Output.json) as progress:
+        backup = ops.create(vm, progress=progress)
     _notices(ops)
     if output == Output.json:
         render.print_json(backup.to_dict())
@@ -223,7 +226,10 @@ def restore(
         raise InvalidInput(exc.message, hint="give --latest or --backup ID") from None
     ops = _ops()
     try:
-        done = ops.restore(vm, backup_id=backup, as_name=as_name, force=force)
+        with tracked(f"restoring {as_name or vm}") as progress:
+            done = ops.restore(
+                vm, backup_id=backup, as_name=as_name, force=force, progress=progress
+            )
     finally:
         _notices(ops)
     render.said(done)
@@ -234,7 +240,9 @@ def export(
     file: Annotated[Path, typer.Argument(help="the file to write (a tar)")],
 ) -> None:
     """Write a stopped VM (spec and flattened disk, with checksums) to one file."""
-    render.said(_ops().export(vm, file.expanduser()))
+    with tracked(f"exporting {vm}") as progress:
+        done = _ops().export(vm, file.expanduser(), progress=progress)
+    render.said(done)
 
 
 def import_(
@@ -243,7 +251,8 @@ def import_(
     output: OutputOpt = Output.table,
 ) -> None:
     """Create a VM from an exported file, after checking its checksums and disk."""
-    view = _ops().import_(file.expanduser(), name)
+    with tracked(f"importing {file.name}", quiet=output == Output.json) as progress:
+        view = _ops().import_(file.expanduser(), name, progress=progress)
     if output == Output.json:
         render.print_json(view.to_dict())
     else:

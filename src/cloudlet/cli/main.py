@@ -24,7 +24,7 @@ from cloudlet.cli import (
 )
 from cloudlet.cli.options import Output, Shell, VmArg
 from cloudlet.cli.startup import lazy_root
-from cloudlet.errors import CloudletError, ImageNotFound, InvalidInput, StillRunning
+from cloudlet.errors import CloudletError, InvalidInput, StillRunning
 from cloudlet.spec.names import vm_name
 from cloudlet.spec.units import parse_size_with_unit
 
@@ -581,20 +581,7 @@ app.command(context_settings={"allow_interspersed_args": False})(run_command.run
 spec_commands.register(app)
 
 
-def _worded(error: CloudletError) -> CloudletError:
-    """The error with this CLI's own command in its hint where the engine leaves it out."""
-    if isinstance(error, ImageNotFound) and error.pullable:
-        if error.pullable == (error.image,):
-            hint = f"download it first: cloudlet image pull {error.image}"
-        else:
-            name = error.pullable[0] if len(error.pullable) == 1 else "NAME"
-            hint = f"{error.hint} (from the catalog: cloudlet image pull {name})"
-        return ImageNotFound(error.message, hint=hint, image=error.image, pullable=error.pullable)
-    return error
-
-
 def fail(error: CloudletError) -> NoReturn:
-    error = _worded(error)
     # escaped: messages carry paths and hints such as "[backup] path" that are not markup
     err.print(f"[red]error:[/] {escape(wording.error_line(error))}")
     sys.exit(error.exit_code)

@@ -151,10 +151,12 @@ def network_gc(output: OutputOpt = Output.table) -> None:
     """Find and remove what a crash left: bridges, TAPs, dnsmasq, stale rules."""
     removed = _ops().gc()
     if output == Output.json:
-        render.print_json({"removed": removed})
+        render.print_json(
+            {"removed": [i.message for i in removed], "items": [i.to_dict() for i in removed]}
+        )
     elif removed:
         for item in removed:
-            err.print(f"removed {item}")
+            err.print(f"removed {item.message}")
     else:
         err.print("nothing left over")
 

@@ -21,6 +21,7 @@ from rich.spinner import Spinner
 from rich.text import Text
 
 from cloudlet.cli.render import err
+from cloudlet.cli.signals import cancel_on_interrupt
 from cloudlet.progress import ProgressEvent, ProgressSink
 
 
@@ -69,9 +70,10 @@ class PhaseLine:
 
 
 @contextmanager
-def phases(title: str) -> Iterator[ProgressSink]:
-    """Yield a sink whose events redraw one status line on stderr (``title: phase (N s)``)."""
-    if not err.is_terminal:
+def phases(title: str, *, quiet: bool = False) -> Iterator[ProgressSink]:
+    """Yield a sink whose events redraw one status line on stderr (``title: phase (N s)``);
+    ``quiet`` (machine-read output such as ``-o json``) draws nothing, as a pipe does."""
+    if quiet or not err.is_terminal:
         yield lambda event: None
         return
     line = PhaseLine(title)
@@ -82,3 +84,10 @@ def phases(title: str) -> Iterator[ProgressSink]:
             live.refresh()  # drawn now: a short phase is seen too
 
         yield show
+
+
+@contextmanager
+def tracked(title: str, *, quiet: bool = False) -> Iterator[ProgressSink]:
+    """``phases`` for one long engine call, whose first Ctrl-C cancels it cleanly."""
+    with cancel_on_interrupt(), phases(title, quiet=quiet) as sink:
+        yield sink

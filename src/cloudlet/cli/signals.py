@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import threading
 from collections.abc import Iterator
 from types import FrameType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from cloudlet.progress import CancelToken
 
 SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
@@ -31,3 +36,31 @@ def unwind_on_signals() -> Iterator[None]:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+@contextlib.contextmanager
+def cancel_on_interrupt() -> Iterator[CancelToken]:
+    """Within the block, the first Ctrl-C cancels the engine call's token (the call stops
+    at its next stage and cleans up, raising Cancelled); a second one interrupts at once."""
+    from cloudlet.engine import call_options
+    from cloudlet.progress import CancelToken
+
+    token = CancelToken()
+    main = threading.current_thread() is threading.main_thread()
+    if not main or signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        # not ours to catch: another thread's call, or Ctrl-C ignored (a background job)
+        with call_options.per_call(cancel=token):
+            yield token
+        return
+
+    def interrupted(signum: int, frame: FrameType | None) -> None:
+        if token.cancelled:
+            signal.default_int_handler(signum, frame)
+        token.cancel("interrupted (Ctrl-C)")
+
+    previous = signal.signal(signal.SIGINT, interrupted)
+    try:
+        with call_options.per_call(cancel=token):
+            yield token
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from rich.table import Table
 
     from cloudlet.cli import render
+    from cloudlet.cli.progress import tracked
     from cloudlet.cli.render import err, out
     from cloudlet.engine.factory import open_engine
     from cloudlet.engine.storage import StorageService
@@ -29,6 +30,7 @@ else:
     err = lazy("cloudlet.cli.render", "err")
     out = lazy("cloudlet.cli.render", "out")
     open_engine = lazy("cloudlet.engine.factory", "open_engine")
+    tracked = lazy("cloudlet.cli.progress", "tracked")
 
 pool_app = typer.Typer(
     help="Storage pools (directories or LVM) that hold volumes.", no_args_is_help=True
@@ -230,8 +232,8 @@ def snapshot_create(
 ) -> None:
     """Snapshot the root disk (live; file systems frozen through the guest agent)."""
     ops = _ops()
-    with err.status(f"snapshotting {vm} ..."):
-        snap = ops.snapshot_create(vm, name, memory=memory)
+    with tracked(f"snapshotting {vm}", quiet=output == Output.json) as progress:
+        snap = ops.snapshot_create(vm, name, memory=memory, progress=progress)
     _notices(ops)
     if output == Output.json:
         render.print_json(snap.to_dict())
@@ -262,8 +264,9 @@ def snapshot_revert(
 
     A snapshot taken with --memory then resumes the VM where it was when it was taken.
     """
-    with err.status(f"reverting {vm} ..."):
-        render.said(_ops().snapshot_revert(vm, name, force=force))
+    with tracked(f"reverting {vm}") as progress:
+        done = _ops().snapshot_revert(vm, name, force=force, progress=progress)
+    render.said(done)
 
 
 @snapshot_app.command("delete")

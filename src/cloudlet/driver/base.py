@@ -536,12 +536,14 @@ class Driver(abc.ABC):
         *,
         speed: int = 0,
         started: Callable[[], None] | None = None,
+        cancel: CancelToken | None = None,
     ) -> None:
         """Copy every disk of ``copies`` as it is now, all at one instant (one
         transaction: the bitmaps start and the copies begin together, or nothing
         happens). ``started`` is called once that instant has passed (the guest may
         write again: thaw it). Waits until every copy is done; ``speed`` limits each
-        (bytes/s, 0: no limit). A failed copy fails the call and drops the new bitmaps."""
+        (bytes/s, 0: no limit). A failed copy fails the call and drops the new bitmaps;
+        a cancelled ``cancel`` stops the copies, drops them too and raises Cancelled."""
 
     @abc.abstractmethod
     def remove_bitmap(self, instance_id: str, name: str, node: str | None = None) -> None:

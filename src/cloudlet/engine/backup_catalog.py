@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import select
 
 from cloudlet.backup.retention import keep_set
-from cloudlet.backup.store import Manifest
+from cloudlet.backup.store import Manifest, VerifyProblem
 from cloudlet.engine.backup_create import BackupCreator
 from cloudlet.engine.backup_records import BackupRecords
 from cloudlet.engine.backup_views import (
@@ -66,18 +66,18 @@ class BackupCatalog:
                 hint="take one first",
                 next_steps=[step(Step.BACKUP_CREATE, vm=vm)],
             )
-        problems: list[str] = []
+        problems: list[VerifyProblem] = []
         chunks: set[str] = set()
         with records.store_lock():
             for row in rows:
                 try:
                     manifest = records.manifest(row)
-                    found = [str(p) for p in records.store.verify(manifest)]
+                    found = records.store.verify(manifest)
                     if manifest.sha256 != row.manifest_sha256:
-                        found.append(f"backup {row.id}: its manifest is not the one recorded")
+                        found.append(VerifyProblem("manifest-changed", row.id))
                     chunks |= manifest.chunk_ids()
                 except CloudletError as exc:
-                    found = [f"backup {row.id}: {exc.message}"]
+                    found = [VerifyProblem("unreadable", row.id, detail=exc.message)]
                 problems += found
                 with self.ctx.db.session() as s:
                     fresh = s.get(BackupRow, row.id)

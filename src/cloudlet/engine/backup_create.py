@@ -30,10 +30,12 @@ from cloudlet.engine.context import EngineContext
 from cloudlet.engine.storage import StorageService
 from cloudlet.engine.storage_rows import OFFLINE, ONLINE
 from cloudlet.errors import CloudletError, Conflict, OutOfSpace, StoreCorrupt
+from cloudlet.progress import Tracker
 from cloudlet.spec.instance import InstanceSpec
 from cloudlet.store.models import BackupRow, InstanceRow, utcnow
 
 BITMAP_PREFIX = "cloudlet-"
+STORING = "storing chunks"  # the stage that counts bytes of the disks read into the store
 # Room a qcow2 work file needs beyond its data (header, tables), with a margin.
 WORK_FILE_SLACK = 4 << 20
 
@@ -47,8 +49,10 @@ class BackupCreator:
         self.storage = storage
 
     # ------------------------------------------------------------ create
-    def create(self, vm: str) -> BackupView:
-        with self.ctx.lock(vm):
+    def create(self, vm: str, track: Tracker | None = None) -> BackupView:
+        """Back ``vm`` up; ``track`` hears the stages (default: none, the call's token)."""
+        track = track or call_options.tracker()
+        with self.ctx.lock(vm, cancel=track.cancel):
             row = vm_state.reconcile_locked(self.ctx, self.ctx.row(vm))
             if row.state not in ONLINE | OFFLINE:
                 raise Conflict(f"cannot back up {vm}: it is {row.state}", hint="try again soon")
@@ -60,7 +64,7 @@ class BackupCreator:
                         f"removed {len(leftovers)} work file(s) an interrupted backup left"
                     )
                 try:
-                    backup = self._take(row)
+                    backup = self._take(row, track)
                 except OutOfSpace as exc:
                     # QEMU's copy into the store's work file found no space: say what is full.
                     raise (store.full_error() if store.holds(exc.path) else exc) from None
@@ -122,10 +126,11 @@ class BackupCreator:
         if needed > shutil.disk_usage(self.records.store.tmp).free:
             raise self.records.store.full_error()
 
-    def _copy_live(self, row: InstanceRow, copies: list[DiskCopy]) -> str:
+    def _copy_live(self, row: InstanceRow, copies: list[DiskCopy], track: Tracker) -> str:
         """All disks copied at one instant, the guest's file systems frozen for that
         instant only; the consistency reached."""
         ctx = self.ctx
+        track.phase("freezing the guest")
         frozen = self.storage.freeze_guest(row, "backup")
         thawed: list[bool] = []
 
@@ -141,8 +146,13 @@ class BackupCreator:
                 thaw()
 
         try:
+            track.tell("copying disks")
             ctx.driver.backup_disks(
-                row.id, copies, speed=ctx.settings.backup_speed, started=thaw_quietly
+                row.id,
+                copies,
+                speed=ctx.settings.backup_speed,
+                started=thaw_quietly,
+                cancel=track.cancel,
             )
         except BaseException:
             thaw_quietly()  # the copy's own error is the one to report
@@ -155,7 +165,7 @@ class BackupCreator:
         thaw()
         return "file systems frozen" if frozen else "crash-consistent"
 
-    def _take(self, row: InstanceRow) -> BackupView:
+    def _take(self, row: InstanceRow, track: Tracker) -> BackupView:
         ctx = self.ctx
         started = utcnow()
         backup_id = new_backup_id(started)
@@ -178,7 +188,7 @@ class BackupCreator:
                     for d, path, s in zip(disks, work, since, strict=True)
                 ]
                 marked = [d for d in disks if d.keeps_bitmaps]
-                consistency = self._copy_live(row, copies)
+                consistency = self._copy_live(row, copies, track)
             else:
                 consistency = "offline"
                 since = [None] * len(disks)
@@ -189,10 +199,13 @@ class BackupCreator:
                     else ""
                 )
                 for disk, path in zip(disks, work, strict=True):
+                    track.phase(f"copying {disk.label}")
                     ctx.deps.disks.flatten(disk.path, path, disk.format)
             parts: list[DiskManifest] = []
-            cancel = call_options.cancel_token()  # the call's: a frontend may end the copy
+            total = sum(d.size for d in disks)
+            behind = 0  # bytes of the disks before this one
             for disk, path, bitmap in zip(disks, work, since, strict=True):
+                track.count(STORING, behind, total)
                 prior = prior_disk(parent, disk) if parent is not None and bitmap else None
                 result = build_chunks(
                     self.records.store,
@@ -201,12 +214,15 @@ class BackupCreator:
                     prior.chunks if prior is not None else None,
                     backup=backup_id,
                     created=created,
-                    cancel=cancel,
+                    cancel=track.cancel,
+                    progress=track.counter(STORING, total, behind),
                 )
+                behind += disk.size
                 path.unlink(missing_ok=True)  # its chunks are stored: free the space now
                 part = disk.manifest(result.chunks, new_bitmap if disk in marked else None)
                 part.read_bytes, part.new_bytes = result.read_bytes, result.new_bytes
                 parts.append(part)
+            track.phase("signing the manifest")
             manifest = self._write_manifest(row, backup_id, started, parent, parts, note,
                                             consistency, incremental=any(since))  # fmt: skip
         except StoreCorrupt as exc:

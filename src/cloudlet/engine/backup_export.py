@@ -39,6 +39,7 @@ from cloudlet.engine.views import Done, InstanceView
 from cloudlet.engine.vm_record import check_record
 from cloudlet.errors import CloudletError, Conflict, InvalidInput
 from cloudlet.next_steps import Step, step
+from cloudlet.progress import Tracker
 from cloudlet.spec.instance import InstanceSpec
 from cloudlet.spec.names import validate_name
 from cloudlet.storage.staging import staging
@@ -48,6 +49,8 @@ EXPORT_FORMAT = 3  # 3: the manifest says each file's size
 READABLE_FORMATS = (1, 2, 3)
 MAX_MEMBERS = 4 + HOTPLUG_SLOTS  # manifest, spec, disk, the volumes directory, volumes
 SMALL_FILE = 1 << 20  # manifest.json and spec.json
+WRITING = "writing the archive"  # stages that count bytes
+CHECKING = "checking the disks' SHA-256"
 
 
 # What to do with a file that is no export: make one (in words, and as a step).
@@ -62,12 +65,14 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def export(ctx: EngineContext, vm: str, dest: Path) -> Done:
-    """One tar with the VM's spec, its root disk and its volumes."""
+def export(ctx: EngineContext, vm: str, dest: Path, track: Tracker | None = None) -> Done:
+    """One tar with the VM's spec, its root disk and its volumes; ``track`` hears the
+    stages, and a cancel at any of them leaves no file and no work directory."""
+    track = track or Tracker()
     dest = dest.absolute()
     if dest.exists():
         raise Conflict(f"{dest} already exists", hint="pick another file name")
-    with ctx.lock(vm):
+    with ctx.lock(vm, cancel=track.cancel):
         row = vm_state.reconcile_locked(ctx, ctx.row(vm))
         if row.state not in OFFLINE:
             raise Conflict(
@@ -79,15 +84,18 @@ def export(ctx: EngineContext, vm: str, dest: Path) -> Done:
         work.mkdir()
         try:
             (work / "volumes").mkdir()
+            track.phase("copying the root disk")
             ctx.deps.disks.flatten(active_disk(ctx, row.id, heal=True), work / "disk.qcow2")
             volumes = []
             for vol in attached_volumes(ctx, row.id):
                 file = f"volumes/{vol.name}.qcow2"
+                track.phase(f"copying volume {vol.name}")
                 ctx.deps.disks.flatten(Path(vol.path), work / file, vol.format)
                 volumes.append({"name": vol.name, "file": file, "size": vol.size})
             spec = InstanceSpec.model_validate_json(row.spec_json).model_dump(mode="json")
             (work / "spec.json").write_text(json.dumps(spec, indent=1, sort_keys=True))
             names = ["spec.json", "disk.qcow2", *(str(v["file"]) for v in volumes)]
+            track.phase("hashing the files")
             manifest = {
                 "format": EXPORT_FORMAT,
                 "vm": vm,
@@ -99,9 +107,14 @@ def export(ctx: EngineContext, vm: str, dest: Path) -> Done:
             }
             (work / "manifest.json").write_text(json.dumps(manifest, indent=1))
             partial = work / "out.tar"
+            total = sum((work / n).stat().st_size for n in names)
+            written = 0
             with tarfile.open(partial, "w") as tar:
                 for name in ("manifest.json", *names):
+                    track.count(WRITING, written, total)
                     tar.add(work / name, arcname=name)
+                    written += 0 if name == "manifest.json" else (work / name).stat().st_size
+            track.count(WRITING, total, total)
             with open(partial, "rb") as f:
                 os.fsync(f.fileno())
             os.replace(partial, dest)
@@ -202,10 +215,16 @@ def _check_manifest(manifest: object, src: Path) -> tuple[dict[str, Any], list[t
 
 
 def import_(
-    ctx: EngineContext, storage: StorageService, src: Path, name: str | None = None
+    ctx: EngineContext,
+    storage: StorageService,
+    src: Path,
+    name: str | None = None,
+    track: Tracker | None = None,
 ) -> InstanceView:
     """A new stopped VM from an export: every member, field and disk is checked before
-    anything is made (an export is a file from anywhere: vm_record.py for its record)."""
+    anything is made (an export is a file from anywhere: vm_record.py for its record).
+    ``track`` hears the stages; a cancel at any of them leaves no part of the VM."""
+    track = track or Tracker()
     src = src.absolute()
     try:
         tar = tarfile.open(src, "r:")  # noqa: SIM115 (closed by the with below)
@@ -216,6 +235,7 @@ def import_(
             next_steps=EXPORT_HINT[1],
         ) from None
     with tar:
+        track.phase("checking the archive")
         members = _members(tar, src)
         if "manifest.json" not in members:
             raise InvalidInput(
@@ -261,12 +281,16 @@ def import_(
         vm_state.ensure_name_free(ctx, name)
         check_new_volumes(storage, [(n, DEFAULT_POOL) for n in new_names], str(src))
         check_record(ctx, name, spec_data, vm_row, str(src))  # again in _new_vm, for restores
-        for member in ("disk.qcow2", *(f for _, f in volumes)):  # read twice: refused early
+        disks = ("disk.qcow2", *(f for _, f in volumes))
+        total, done = sum(members[m].size for m in disks), 0
+        for member in disks:  # read twice: refused early
             f = tar.extractfile(members[member])
             assert f is not None
             digest = hashlib.sha256()
             while block := f.read(1 << 20):
                 digest.update(block)
+                done += len(block)
+                track.count(CHECKING, done, total)
             if digest.hexdigest() != sums.get(member):
                 raise InvalidInput(f"{src}: {member} does not match its SHA-256")
 
@@ -274,6 +298,7 @@ def import_(
             """One disk of the export, checked; its virtual size."""
             f = tar.extractfile(members[member])
             assert f is not None
+            track.phase(f"extracting {member}")
             _copy_checked(f, dest, sums.get(member), f"{src}: {member}")
             try:
                 # no backing file, no data file, a clean check, not over the cap

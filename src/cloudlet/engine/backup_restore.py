@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from cloudlet.backup.store import ROOT, Manifest
-from cloudlet.engine import power, vm_state
+from cloudlet.engine import call_options, power, vm_state
 from cloudlet.engine.backup_new_vm import new_vm
 from cloudlet.engine.backup_records import BackupRecords
 from cloudlet.engine.backup_volumes import NewVolume, check_new_volumes, new_volume_name, pool_dir
@@ -34,6 +34,7 @@ from cloudlet.engine.storage_rows import (
 from cloudlet.engine.views import Done
 from cloudlet.errors import Conflict
 from cloudlet.next_steps import Step, step
+from cloudlet.progress import Tracker
 from cloudlet.spec import names
 from cloudlet.spec.names import validate_name
 from cloudlet.store.models import InstanceDiskRow, InstanceRow, SnapshotRow
@@ -55,15 +56,18 @@ class BackupRestore:
         backup_id: str | None = None,
         as_name: str | None = None,
         force: bool = False,
+        track: Tracker | None = None,
     ) -> Done:
         """Restore in place (a Done of kind "vm", action "restored"), or as a new VM
-        (``as_name``: action "created")."""
+        (``as_name``: action "created"). ``track`` hears the stages; cancelled, every
+        disk stays as it was (no new VM is left)."""
+        track = track or call_options.tracker()
         names.vm_name(vm)
         if backup_id is not None:
             names.backup_id(backup_id)
         if as_name is not None:
             names.vm_name(as_name)
-            return self._restore_as(vm, backup_id, as_name)
+            return self._restore_as(vm, backup_id, as_name, track)
         row = vm_state.reconcile(self.ctx, self.ctx.row(vm))
         restorer = self.restorer
         # unknown backups, and volumes that cannot go back, fail before anything stops
@@ -81,8 +85,9 @@ class BackupRestore:
                         step(Step.RESTORE_AS, vm=vm, new=f"{vm}-restored"),
                     ],
                 )
+            track.phase(f"stopping {vm}")
             power.stop(self.ctx, vm, force=True)
-        with self.ctx.lock(vm):
+        with self.ctx.lock(vm, cancel=track.cancel):
             row = vm_state.reconcile_locked(self.ctx, self.ctx.row(vm))
             if row.state not in OFFLINE:
                 raise Conflict(f"cannot restore {vm} in place: it is {row.state}")
@@ -106,9 +111,9 @@ class BackupRestore:
                                                    for p in plans[manifest.id]}}  # fmt: skip
 
                 files, backup, manifest = restorer.materialize_first(
-                    vm, backup_id, dirs_for, row.id
+                    vm, backup_id, dirs_for, row.id, track
                 )
-                said = self._swap_in(row, snaps, plans[manifest.id], files)
+                said = self._swap_in(row, snaps, plans[manifest.id], files, track)
                 kept = sorted(
                     set(attached_volume_names(self.ctx, row.id))
                     - {p.name for p in plans[manifest.id]}
@@ -134,6 +139,7 @@ class BackupRestore:
         snaps: list[SnapshotRow],
         plans: list[InPlace],
         files: dict[str, Path],
+        track: Tracker,
     ) -> list[str]:
         """Make the restored disks the VM's in one database commit: the root disk (its old
         chain and snapshots dropped) and every volume of the backup. Killed before the
@@ -141,6 +147,7 @@ class BackupRestore:
         restorer = self.restorer
         tag = uuid.uuid4().hex[:12]
         try:
+            track.phase("switching to the restored disks")  # the last point to stop at
             free = restorer.free_slots(row.id, plans)
             instance_dir = self.ctx.paths.instance_dir(row.id)
             old = [Path(s.file) for s in snaps] + [
@@ -185,7 +192,7 @@ class BackupRestore:
             if stale not in chain:
                 stale.unlink()
 
-    def _restore_as(self, vm: str, backup_id: str | None, name: str) -> Done:
+    def _restore_as(self, vm: str, backup_id: str | None, name: str, track: Tracker) -> Done:
         restorer = self.restorer
         holder: dict[str, Any] = {}
 
@@ -208,9 +215,15 @@ class BackupRestore:
 
             with self.records.store_lock():  # the new VM's directory is named by its id
                 files, backup, manifest = restorer.materialize_first(
-                    vm, backup_id, dirs_for, disk.parent.name
+                    vm, backup_id, dirs_for, disk.parent.name, track
                 )
             holder["backup"] = backup
+            try:
+                track.phase(f"creating {name}")
+            except BaseException:
+                for path in files.values():
+                    path.unlink(missing_ok=True)
+                raise
             os.replace(files.pop(ROOT), disk)
             return [
                 NewVolume(new, pool, d.virtual_size, files[d.name])

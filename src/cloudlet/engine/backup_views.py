@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
-from cloudlet.backup.store import Manifest
+from cloudlet.backup.store import Manifest, VerifyProblem
 from cloudlet.next_steps import NextStep
 from cloudlet.store.models import BackupRow
 
@@ -43,10 +43,13 @@ class BackupView:
 
 @dataclass(frozen=True)
 class VerifyReport:
+    """A verify run: the backups read, the distinct chunks they hold, what was wrong
+    (each problem typed: ``str()`` of one is the line the CLI prints)."""
+
     vm: str
     backups: list[str]
     chunks: int
-    problems: list[str]
+    problems: list[VerifyProblem]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

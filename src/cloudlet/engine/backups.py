@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from cloudlet.backup.store import BackupStore
-from cloudlet.engine import backup_export
+from cloudlet.engine import backup_export, call_options
 from cloudlet.engine.backup_catalog import BackupCatalog
 from cloudlet.engine.backup_create import BackupCreator
 from cloudlet.engine.backup_records import BackupRecords
@@ -21,6 +21,7 @@ from cloudlet.engine.context import EngineContext
 from cloudlet.engine.lifecycle import Lifecycle
 from cloudlet.engine.storage import StorageService
 from cloudlet.engine.views import Done, InstanceView
+from cloudlet.progress import CancelToken, ProgressSink
 from cloudlet.spec import names
 from cloudlet.spec.instance import BackupPolicy
 
@@ -51,8 +52,13 @@ class BackupService:
         return self.ctx.notices
 
     # ------------------------------------------------------------ back up and read
-    def create(self, vm: str) -> BackupView:
-        return self.creator.create(vm)
+    def create(
+        self, vm: str, *, progress: ProgressSink | None = None, cancel: CancelToken | None = None
+    ) -> BackupView:
+        """``progress`` hears the stages (copying, storing chunks with bytes, signing); a
+        cancelled ``cancel`` (default: the call's) stops at the next stage and chunk,
+        leaving no manifest, chunk or work file of this backup."""
+        return self.creator.create(vm, call_options.tracker(progress, cancel))
 
     def backups(self, vm: str | None = None) -> list[BackupView]:
         return self.catalog.backups(vm)
@@ -83,16 +89,40 @@ class BackupService:
         backup_id: str | None = None,
         as_name: str | None = None,
         force: bool = False,
+        progress: ProgressSink | None = None,
+        cancel: CancelToken | None = None,
     ) -> Done:
-        return self.restorer.restore(vm, backup_id=backup_id, as_name=as_name, force=force)
+        """``progress`` hears the stages (writing each disk with bytes, checking it,
+        switching); a cancelled ``cancel`` leaves the VM's disks (or no new VM) as before."""
+        track = call_options.tracker(progress, cancel)
+        return self.restorer.restore(
+            vm, backup_id=backup_id, as_name=as_name, force=force, track=track
+        )
 
     # ------------------------------------------------------------ export / import
-    def export(self, vm: str, dest: Path) -> Done:
-        """One tar with the VM's spec, its root disk and its volumes (backup_export.py)."""
+    def export(
+        self,
+        vm: str,
+        dest: Path,
+        *,
+        progress: ProgressSink | None = None,
+        cancel: CancelToken | None = None,
+    ) -> Done:
+        """One tar with the VM's spec, its root disk and its volumes (backup_export.py);
+        cancelled, no file and no work directory is left."""
         names.vm_name(vm)
-        return backup_export.export(self.ctx, vm, dest)
+        return backup_export.export(self.ctx, vm, dest, call_options.tracker(progress, cancel))
 
-    def import_(self, src: Path, name: str | None = None) -> InstanceView:
+    def import_(
+        self,
+        src: Path,
+        name: str | None = None,
+        *,
+        progress: ProgressSink | None = None,
+        cancel: CancelToken | None = None,
+    ) -> InstanceView:
+        """A new stopped VM from an export; cancelled, no part of the VM is left."""
         if name is not None:
             names.vm_name(name)
-        return backup_export.import_(self.ctx, self.storage, src, name)
+        track = call_options.tracker(progress, cancel)
+        return backup_export.import_(self.ctx, self.storage, src, name, track)

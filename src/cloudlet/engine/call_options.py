@@ -20,7 +20,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 
 from cloudlet.errors import InvalidInput
-from cloudlet.progress import CancelToken
+from cloudlet.progress import CancelToken, ProgressSink, Tracker
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,11 @@ def current() -> CallOptions:
 def cancel_token(explicit: CancelToken | None = None) -> CancelToken | None:
     """The token a wait should honour: its own if given, else the call's."""
     return explicit if explicit is not None else current().cancel
+
+
+def tracker(progress: ProgressSink | None = None, cancel: CancelToken | None = None) -> Tracker:
+    """The sink and token of one long use case (its token: the call's unless given)."""
+    return Tracker(progress, cancel_token(cancel))
 
 
 @contextmanager

@@ -41,7 +41,7 @@ from cloudlet.engine.serial_tail import SerialLog
 from cloudlet.engine.storage import StorageService
 from cloudlet.engine.tokens import Tokens
 from cloudlet.engine.type_listing import MachineTypeOffer
-from cloudlet.engine.views import ActionResult, Done, HostView, InstanceView
+from cloudlet.engine.views import ActionResult, Cleanup, Done, HostView, InstanceView
 from cloudlet.guest.copy_rules import TreeCopy
 from cloudlet.guest.landing import CopyLimits
 from cloudlet.images.store import Progress
@@ -123,7 +123,7 @@ class Engine:
         return ActionResult(self.show(name), outcome.changed, outcome.message, outcome.next_steps)
 
     # ------------------------------------------------------------------ recovery
-    def recover(self) -> list[str]:
+    def recover(self) -> list[Cleanup]:
         """Finish or roll back operations whose process died (lock free, still 'running')."""
         return recovery.recover(self.ctx)
 

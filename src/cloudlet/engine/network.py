@@ -24,7 +24,7 @@ from cloudlet.engine.network_views import (
 from cloudlet.engine.networks import Networks
 from cloudlet.engine.nics import Nics
 from cloudlet.engine.port_forwards import PortForwards
-from cloudlet.engine.views import Done
+from cloudlet.engine.views import Cleanup, Done
 from cloudlet.spec.instance import FirewallSpec
 from cloudlet.spec.network import FirewallGroup, FirewallRule
 
@@ -70,7 +70,7 @@ class NetworkService:
     def network_delete(self, name: str) -> Done:
         return self.net_ops.network_delete(name)
 
-    def gc(self) -> list[str]:
+    def gc(self) -> list[Cleanup]:
         return self.net_ops.gc()
 
     # ------------------------------------------------------------ NICs

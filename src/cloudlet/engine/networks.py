@@ -15,7 +15,7 @@ from sqlalchemy import select
 from cloudlet.engine import network_host as host
 from cloudlet.engine import network_records as records
 from cloudlet.engine.network_rows import NetworkView, NetworkVmView
-from cloudlet.engine.views import Done
+from cloudlet.engine.views import Cleanup, Done
 from cloudlet.errors import Conflict, InvalidInput, NotFound
 from cloudlet.next_steps import Step, step
 from cloudlet.spec.instance import InstanceSpec
@@ -162,20 +162,28 @@ class Networks:
         message = f"network {name} deleted (bridge, dnsmasq and rules removed)"
         return Done("network", name, "deleted", message)
 
-    def gc(self) -> list[str]:
+    def gc(self) -> list[Cleanup]:
         """Remove what a crash left: links with cloudlet's prefixes nobody records, stray
-        dnsmasq processes, NIC records of deleted VMs; then rewrite the rules."""
+        dnsmasq processes, NIC records of deleted VMs; then rewrite the rules. One item
+        for each thing removed (or NIC record made)."""
         from cloudlet.network import BRIDGE_PREFIX, TAP_PREFIX, links, nft, require_root
 
         require_root()
-        removed: list[str] = []
+        removed: list[Cleanup] = []
         with records.network_lock(self.ctx):
             with self.ctx.db.session() as s:
                 vm_ids = set(s.scalars(select(InstanceRow.id)).all())
                 for nic in s.scalars(select(NicRow)).all():
                     if nic.instance_id not in vm_ids:
                         s.delete(nic)
-                        removed.append(f"record of NIC {nic.tap} (its VM is gone)")
+                        removed.append(
+                            Cleanup(
+                                "NIC record",
+                                nic.tap,
+                                "removed",
+                                f"record of NIC {nic.tap} (its VM is gone)",
+                            )
+                        )
             removed += self._settle_nics()
             with self.ctx.db.session() as s:
                 taps = set(s.scalars(select(NicRow.tap)).all())
@@ -185,23 +193,27 @@ class Networks:
                 stray_bridge = link.startswith(BRIDGE_PREFIX) and link not in bridges
                 stray_tap = link.startswith(TAP_PREFIX) and link not in taps
                 if (stray_bridge or stray_tap) and links.delete(link):
-                    removed.append(f"{'bridge' if stray_bridge else 'TAP'} {link}")
+                    what = "bridge" if stray_bridge else "TAP"
+                    removed.append(Cleanup(what, link, "removed", f"{what} {link}"))
             removed += self._stop_stray_dnsmasq({r.name for r in rows})
             self._restart_dead_dnsmasq(rows)
             if not rows:
                 if nft.tables_present():
                     nft.remove()
-                    removed.append("nftables tables inet/bridge cloudlet")
+                    tables = "inet/bridge cloudlet"
+                    removed.append(
+                        Cleanup("nftables", tables, "removed", f"nftables tables {tables}")
+                    )
             else:
                 host.sync(self.ctx)
         return removed
 
-    def _stop_stray_dnsmasq(self, known: set[str]) -> list[str]:
+    def _stop_stray_dnsmasq(self, known: set[str]) -> list[Cleanup]:
         """dnsmasq of networks that are no longer recorded, found by their pid files."""
         from cloudlet.host import processes
         from cloudlet.network import dnsmasq
 
-        removed: list[str] = []
+        removed: list[Cleanup] = []
         base = self.ctx.paths.home / "networks"
         for pid_file in sorted(base.glob("*/dnsmasq.pid")) if base.exists() else []:
             name = pid_file.parent.name
@@ -214,7 +226,8 @@ class Networks:
             conf = str(pid_file.parent / "dnsmasq.conf")
             if pid and dnsmasq.is_dnsmasq(pid) and any(conf in a for a in processes.cmdline(pid)):
                 dnsmasq.stop(pid, processes.start_time(pid))
-                removed.append(f"dnsmasq {pid} of deleted network {name}")
+                said = f"dnsmasq {pid} of deleted network {name}"
+                removed.append(Cleanup("dnsmasq", str(pid), "removed", said))
             shutil.rmtree(pid_file.parent, ignore_errors=True)
         return removed
 
@@ -229,9 +242,9 @@ class Networks:
                 if used is not None:
                     host.bring_up(self.ctx, NetworkDef.model_validate_json(row.spec_json))
 
-    def _settle_nics(self) -> list[str]:
+    def _settle_nics(self) -> list[Cleanup]:
         """A nic add/remove killed half way: make the NIC records match the VM's spec."""
-        settled: list[str] = []
+        settled: list[Cleanup] = []
         with self.ctx.db.session() as s:
             vms = s.scalars(select(InstanceRow)).all()
         for vm in vms:
@@ -245,14 +258,14 @@ class Networks:
                         existing = s.get(NicRow, row.id)
                         if existing is not None:
                             s.delete(existing)
-                    settled.append(
-                        f"record of NIC {row.tap} ({vm.name} has no NIC on {row.network})"
-                    )
+                    said = f"record of NIC {row.tap} ({vm.name} has no NIC on {row.network})"
+                    settled.append(Cleanup("NIC record", row.tap, "removed", said))
             missing = wanted - {r.network for r in rows}
             for network in sorted(missing):
                 with self.ctx.db.session() as s:
                     known = s.get(NetworkRow, network) is not None
                 if known:
                     row = records.add_nic_row(self.ctx, vm.id, network, slot=None)
-                    settled.append(f"missing record of {vm.name}'s NIC on {network}: made {row.ip}")
+                    said = f"missing record of {vm.name}'s NIC on {network}: made {row.ip}"
+                    settled.append(Cleanup("NIC record", row.tap, "made", said))
         return settled

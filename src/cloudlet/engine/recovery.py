@@ -12,12 +12,14 @@ from cloudlet.engine import locks, teardown, vm_state
 from cloudlet.engine.context import EngineContext
 from cloudlet.engine.process_vms import owner_alive
 from cloudlet.engine.sweep import sweep_staging
+from cloudlet.engine.views import Cleanup
 from cloudlet.store.models import InstanceRow, OperationRow
 
 
-def recover(ctx: EngineContext) -> list[str]:
-    """Finish or roll back operations whose process died (lock free, still 'running')."""
-    notes: list[str] = []
+def recover(ctx: EngineContext) -> list[Cleanup]:
+    """Finish or roll back operations whose process died (lock free, still 'running');
+    what was done, one item each."""
+    notes: list[Cleanup] = []
     with ctx.db.session() as s:
         ops = s.scalars(select(OperationRow).where(OperationRow.status == "running")).all()
     for op in ops:
@@ -29,32 +31,46 @@ def recover(ctx: EngineContext) -> list[str]:
                 if fresh is None or fresh.status != "running":
                     continue
                 row = s.get(InstanceRow, op.instance_id)
+            name = op.instance_name
             if op.kind == "run" and row is not None:
                 teardown.remove_everything(ctx, row)
                 status = "rolled_back"
-                notes.append(f"removed process VM {op.instance_name}: its command is gone")
+                notes.append(_command_gone(name))
             elif op.kind in ("create", "delete") and row is not None:
                 teardown.remove_everything(ctx, row)
                 status = "rolled_back" if op.kind == "create" else "done"
+                action = "rolled back" if op.kind == "create" else "finished"
                 notes.append(
-                    f"{'rolled back' if op.kind == 'create' else 'finished'} the interrupted "
-                    f"{op.kind} of {op.instance_name}"
+                    Cleanup(
+                        "operation",
+                        name,
+                        action,
+                        f"{action} the interrupted {op.kind} of {name}",
+                    )
                 )
             elif row is not None:
                 # start, stop, pause, resume: the truth is what the driver sees now
                 vm_state.settle_interrupted(ctx, row)
                 status = "interrupted"
-                notes.append(f"settled the interrupted {op.kind} of {op.instance_name}")
+                notes.append(
+                    Cleanup(
+                        "operation", name, "settled", f"settled the interrupted {op.kind} of {name}"
+                    )
+                )
             else:
                 status = "interrupted"
             ctx.finish_operation(op.id, status, "the process running it died")
-            ctx.event(op.instance_name, "recovered", notes[-1] if notes else status, op.id)
+            ctx.event(name, "recovered", notes[-1].message if notes else status, op.id)
     notes += reap_process_vms(ctx)
     notes += sweep_staging(ctx)
     return notes
 
 
-def reap_process_vms(ctx: EngineContext) -> list[str]:
+def _command_gone(vm: str) -> Cleanup:
+    return Cleanup("process VM", vm, "removed", f"removed process VM {vm}: its command is gone")
+
+
+def reap_process_vms(ctx: EngineContext) -> list[Cleanup]:
     """Process VMs whose command is gone (and not just finishing up under its lock)."""
     with ctx.db.session() as s:
         rows = s.scalars(select(InstanceRow).where(InstanceRow.kind == "process")).all()
@@ -64,5 +80,5 @@ def reap_process_vms(ctx: EngineContext) -> list[str]:
             continue
         with locks.hold(ctx.paths.locks, row.name, wait=5):
             teardown.remove_everything(ctx, row)
-        notes.append(f"removed process VM {row.name}: its command is gone")
+        notes.append(_command_gone(row.name))
     return notes

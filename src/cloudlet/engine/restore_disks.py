@@ -32,6 +32,7 @@ from cloudlet.engine.context import EngineContext
 from cloudlet.engine.storage import StorageService
 from cloudlet.errors import CloudletError, Conflict, InvalidInput, ManifestRefused, StoreCorrupt
 from cloudlet.next_steps import Step, step
+from cloudlet.progress import Tracker
 from cloudlet.store.models import BackupRow, InstanceRow, VolumeRow
 
 if TYPE_CHECKING:
@@ -83,22 +84,27 @@ class Restorer:
         return gone
 
     def materialize(self, row: BackupRow, manifest: Manifest, disk: DiskManifest,
-                    dest_dir: Path, owner: str) -> Path:  # fmt: skip
+                    dest_dir: Path, owner: str, track: Tracker) -> Path:  # fmt: skip
         """Write one disk of a backup into a checked qcow2 in ``dest_dir`` (a temp name
-        that says which VM ``owner`` it is for)."""
+        that says which VM ``owner`` it is for); ``track`` counts its bytes."""
         tag = f"{owner[:8]}-{uuid.uuid4().hex[:8]}"
         raw = dest_dir / f".restore-{tag}.raw"
         out = dest_dir / f".restore-{tag}.qcow2"
         where = f"{row.id} (disk {disk.name})"
+        stage = f"writing disk {disk.name}"
+        size = disk.virtual_size
         try:
             with open(raw, "wb") as f:
-                f.truncate(disk.virtual_size)
+                f.truncate(size)
                 for i, digest in enumerate(disk.chunks):
+                    track.count(stage, min(size, i * manifest.chunk_size), size)
                     if digest is not None:
                         f.seek(i * manifest.chunk_size)
                         f.write(self.records.store.get(digest, backup=where))
                 f.flush()
                 os.fsync(f.fileno())
+            track.count(stage, size, size)
+            track.phase(f"checking disk {disk.name}")
             self.ctx.deps.disks.from_raw(raw, out)
             check = self.ctx.deps.disks.check(out)
             if check.get("corruptions") or check.get("check-errors"):
@@ -114,14 +120,21 @@ class Restorer:
         return out
 
     def materialize_all(
-        self, row: BackupRow, manifest: Manifest, dirs: dict[str, Path], owner: str
+        self,
+        row: BackupRow,
+        manifest: Manifest,
+        dirs: dict[str, Path],
+        owner: str,
+        track: Tracker,
     ) -> dict[str, Path]:
         """Every disk of the backup, each into its directory; none left on a failure."""
         made: dict[str, Path] = {}
         self.sweep(owner, list(dirs.values()))
         try:
             for disk in manifest.disks:
-                made[disk.name] = self.materialize(row, manifest, disk, dirs[disk.name], owner)
+                made[disk.name] = self.materialize(
+                    row, manifest, disk, dirs[disk.name], owner, track
+                )
         except BaseException:
             for path in made.values():
                 path.unlink(missing_ok=True)
@@ -134,6 +147,7 @@ class Restorer:
         backup_id: str | None,
         dirs_for: Callable[[Manifest], dict[str, Path]],
         owner: str,
+        track: Tracker,
     ) -> tuple[dict[str, Path], BackupRow, Manifest]:
         """The newest backup whose disks all restore cleanly (or exactly ``backup_id``);
         ``dirs_for`` says where each disk goes (and refuses a backup that cannot go).
@@ -143,7 +157,9 @@ class Restorer:
             try:
                 manifest = self.records.manifest(row)
                 dirs = dirs_for(manifest)
-                return self.materialize_all(row, manifest, dirs, owner), row, manifest
+                track.phase(f"reading backup {row.id}")
+                made = self.materialize_all(row, manifest, dirs, owner, track)
+                return made, row, manifest
             except (StoreCorrupt, ManifestRefused) as exc:
                 self.records.mark_failed(row.id)
                 if backup_id is not None or i + 1 == len(candidates):

@@ -33,6 +33,7 @@ from cloudlet.engine.views import Done
 from cloudlet.errors import CapacityExceeded, CloudletError, Conflict, NotFound, OutOfSpace
 from cloudlet.images.store import Image
 from cloudlet.next_steps import Step, step
+from cloudlet.progress import Tracker
 from cloudlet.spec import names
 from cloudlet.spec.states import VMState
 from cloudlet.store.models import InstanceRow, SnapshotRow, utcnow
@@ -77,12 +78,16 @@ class Snapshots:
             next_steps=[step(Step.SNAPSHOT_LIST, vm=row.name)],
         )
 
-    def snapshot_create(self, vm: str, name: str, *, memory: bool = False) -> SnapshotView:
+    def snapshot_create(
+        self, vm: str, name: str, *, memory: bool = False, track: Tracker | None = None
+    ) -> SnapshotView:
         """Snapshot the root disk; ``memory`` also keeps RAM and device state (the VM is
-        paused meanwhile, so disk and memory match without freezing file systems)."""
+        paused meanwhile, so disk and memory match without freezing file systems).
+        ``track`` hears the stages; its token is honoured until the snapshot begins."""
         names.snapshot_name(name)
         names.vm_name(vm)
-        with self.ctx.lock(vm):
+        track = track or Tracker()
+        with self.ctx.lock(vm, cancel=track.cancel):
             row = locked_vm_row(self.ctx, vm)
             self.ctx.require_state(row, ONLINE | OFFLINE, "snapshot")
             if memory and row.state not in ONLINE:
@@ -98,10 +103,14 @@ class Snapshots:
             live = row.state in ONLINE
             # A memory state left by an older snapshot on this file (killed mid-way) is stale.
             state_file(old_top).unlink(missing_ok=True)
+            track.check()  # the last point to stop at: from here the snapshot is finished
             with self.ctx.operation(row, "snapshot") as op_id:
+                if live and not memory:
+                    track.tell("freezing the guest")
                 frozen = live and not memory and self.freeze_guest(row)
                 paused_here = memory and row.state == VMState.RUNNING
                 if paused_here:
+                    track.tell(f"pausing {vm}")
                     self.ctx.driver.pause(row.id)
                 snap_id = str(uuid.uuid4())
                 try:
@@ -121,6 +130,7 @@ class Snapshots:
                         )
                         set_active(s, row.id, new_top)
                     try:
+                        track.tell("taking the disk snapshot")
                         if live:
                             self.ctx.driver.snapshot_disk(row.id, new_top)
                         else:
@@ -131,6 +141,7 @@ class Snapshots:
                             undo_snapshot(self.ctx, row.id, snap_id, old_top)
                         raise
                     if memory:
+                        track.tell("saving the memory state")
                         self._save_memory(vm, name, row.id, snap_id, old_top, new_top)
                         if not paused_here:
                             # Saving hands the disks over to a (never coming) target; only
@@ -233,7 +244,12 @@ class Snapshots:
             )
         return views
 
-    def snapshot_revert(self, vm: str, name: str, *, force: bool = False) -> Done:
+    def snapshot_revert(
+        self, vm: str, name: str, *, force: bool = False, track: Tracker | None = None
+    ) -> Done:
+        """Put the root disk back to snapshot ``name`` (later ones are dropped); ``track``
+        hears the stages, its token honoured until the disk is switched."""
+        track = track or Tracker()
         row = vm_state.reconcile(self.ctx, self.ctx.row(vm))
         self.find(row, name)  # unknown names fail before anything stops
         if row.state in ONLINE:
@@ -246,8 +262,9 @@ class Snapshots:
                         step(Step.SNAPSHOT_REVERT_FORCE, vm=vm, snapshot=name),
                     ],
                 )
+            track.phase(f"stopping {vm}")
             power.stop(self.ctx, vm, force=True)
-        with self.ctx.lock(vm):
+        with self.ctx.lock(vm, cancel=track.cancel):
             row = locked_vm_row(self.ctx, vm)
             self.ctx.require_state(row, OFFLINE, "revert")
             active_disk(self.ctx, row.id, heal=True)
@@ -263,6 +280,7 @@ class Snapshots:
             target = Path(snaps[index].file)
             old_files = [Path(s.file) for s in later] + [active_disk(self.ctx, row.id)]
             new_top = self._layers_dir(row.id) / f"{uuid.uuid4()}.qcow2"
+            track.phase("reverting the disk")
             with self.ctx.operation(row, "snapshot-revert") as op_id:
                 self.ctx.deps.disks.create_layer(target, "qcow2", new_top)
                 try:
@@ -280,6 +298,7 @@ class Snapshots:
                 self._remember(vm, "snapshot-reverted", message, op_id)
                 saved = state_file(target)
                 if saved.exists():
+                    track.tell("loading the memory state")
                     try:
                         launch.boot(
                             self.ctx,

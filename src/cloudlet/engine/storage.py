@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cloudlet.engine import call_options
 from cloudlet.engine.clones import Clones
 from cloudlet.engine.pools import Pools
 from cloudlet.engine.snapshots import Snapshots
@@ -17,6 +18,7 @@ from cloudlet.engine.storage_rows import owner_name
 from cloudlet.engine.storage_views import PoolView, SnapshotView, VolumeView
 from cloudlet.engine.views import Done
 from cloudlet.engine.volumes import Volumes
+from cloudlet.progress import CancelToken, ProgressSink
 from cloudlet.store.models import InstanceRow, VolumeRow
 
 if TYPE_CHECKING:
@@ -103,11 +105,31 @@ class StorageService:
     def snapshots(self, vm: str) -> list[SnapshotView]:
         return self.snapshot_ops.snapshots(vm)
 
-    def snapshot_create(self, vm: str, name: str, *, memory: bool = False) -> SnapshotView:
-        return self.snapshot_ops.snapshot_create(vm, name, memory=memory)
+    def snapshot_create(
+        self,
+        vm: str,
+        name: str,
+        *,
+        memory: bool = False,
+        progress: ProgressSink | None = None,
+        cancel: CancelToken | None = None,
+    ) -> SnapshotView:
+        """``progress`` hears the stages (freezing or pausing, the disk, the memory); a
+        cancelled ``cancel`` (default: the call's) stops only before the snapshot begins."""
+        track = call_options.tracker(progress, cancel)
+        return self.snapshot_ops.snapshot_create(vm, name, memory=memory, track=track)
 
-    def snapshot_revert(self, vm: str, name: str, *, force: bool = False) -> Done:
-        return self.snapshot_ops.snapshot_revert(vm, name, force=force)
+    def snapshot_revert(
+        self,
+        vm: str,
+        name: str,
+        *,
+        force: bool = False,
+        progress: ProgressSink | None = None,
+        cancel: CancelToken | None = None,
+    ) -> Done:
+        track = call_options.tracker(progress, cancel)
+        return self.snapshot_ops.snapshot_revert(vm, name, force=force, track=track)
 
     def snapshot_delete(self, vm: str, name: str) -> Done:
         return self.snapshot_ops.snapshot_delete(vm, name)

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 
+from cloudlet.engine.views import Cleanup
 from cloudlet.storage.staging import LEGACY_IMAGE_STAGING, LEGACY_VOLUME_STAGING, sweep
 from cloudlet.store.models import PoolRow
 
@@ -18,7 +19,7 @@ if TYPE_CHECKING:
     from cloudlet.engine.context import EngineContext
 
 
-def sweep_staging(ctx: EngineContext) -> list[str]:
+def sweep_staging(ctx: EngineContext) -> list[Cleanup]:
     """Remove stale staging under the image store and every directory pool; notes."""
     with ctx.db.session() as s:
         pools = s.scalars(select(PoolRow.path).where(PoolRow.kind == "dir")).all()
@@ -29,6 +30,11 @@ def sweep_staging(ctx: EngineContext) -> list[str]:
         removed = sweep(parent, legacy)
         if removed:
             notes.append(
-                f"removed {len(removed)} staging file(s) of an interrupted import in {parent}"
+                Cleanup(
+                    "staging",
+                    str(parent),
+                    "removed",
+                    f"removed {len(removed)} staging file(s) of an interrupted import in {parent}",
+                )
             )
     return notes

@@ -82,6 +82,25 @@ class ActionResult:
 
 
 @dataclass(frozen=True)
+class Cleanup:
+    """One thing a clean-up (start-up recovery, network gc) found a crash left, and what
+    it did about it: ``what`` ("operation", "process VM", "staging", "NIC record",
+    "bridge", "TAP", "dnsmasq", "nftables"), ``name`` (which one), ``action`` ("rolled
+    back", "finished", "settled", "removed", "made"); ``message`` says it in words."""
+
+    what: str
+    name: str
+    action: str
+    message: str
+
+    def __str__(self) -> str:
+        return self.message
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
 class Done:
     """What a change that has no view of its own did (a delete, a detach, a revert).
 

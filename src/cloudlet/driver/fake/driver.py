@@ -461,7 +461,9 @@ class FakeDriver(Driver):
         *,
         speed: int = 0,
         started: Callable[[], None] | None = None,
+        cancel: CancelToken | None = None,
     ) -> None:
+        check(cancel)  # the fake copies at once: a cancel can only come before it
         # Check everything first: a transaction either does all of it or nothing.
         layers = [self._layer(instance_id, c.node) for c in copies]
         for copy, (_, data) in zip(copies, layers, strict=True):

@@ -742,6 +742,7 @@ class QemuDriver(Driver):
         *,
         speed: int = 0,
         started: Callable[[], None] | None = None,
+        cancel: CancelToken | None = None,
     ) -> None:
         info = self._require(instance_id)
         targets: list[str] = []
@@ -789,6 +790,8 @@ class QemuDriver(Driver):
                 done=all_ended,
                 timeout=JOB_TIMEOUT,
                 accepted=started,
+                cancel=cancel,
+                on_cancel=[("block-job-cancel", {"device": j, "force": True}) for j in jobs],
             )
             failed = [
                 d for d in ended.values() if d.get("error") or d.get("offset") != d.get("len")
@@ -799,6 +802,7 @@ class QemuDriver(Driver):
                     if copy.new_bitmap is not None:
                         with contextlib.suppress(CloudletError):
                             self.remove_bitmap(instance_id, copy.new_bitmap, copy.node)
+                check(cancel)  # stopped because the caller cancelled: say so
                 full = [d for d in failed if out_of_space(d.get("error"))]
                 if full:
                     target = copies[targets.index(str(full[0]["device"])[len("backup-") :])].target

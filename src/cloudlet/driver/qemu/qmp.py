@@ -8,9 +8,10 @@ the monitor.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -25,6 +26,7 @@ from qemu.qmp import (
 
 from cloudlet import redact
 from cloudlet.errors import MonitorError, Timeout
+from cloudlet.progress import CancelToken
 
 T = TypeVar("T")
 _log = logging.getLogger(__name__)
@@ -156,8 +158,11 @@ async def _execute_and_wait(
     done: Callable[[str, dict[str, Any]], bool],
     timeout: float,
     accepted: Callable[[], None] | None = None,
+    cancel: CancelToken | None = None,
+    on_cancel: Sequence[tuple[str, dict[str, Any]]] = (),
 ) -> dict[str, Any]:
     client = QMPClient("cloudlet-wait")
+    asked = False  # on_cancel sent
     listener = EventListener(names=events)
     try:
         await asyncio.wait_for(client.connect(str(path)), 5.0)
@@ -167,12 +172,18 @@ async def _execute_and_wait(
             accepted()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
+        poll = 1.0 if cancel is None else 0.2
         while True:
             left = deadline - loop.time()
             if left <= 0:
                 raise TimeoutError
+            if cancel is not None and cancel.cancelled and not asked:
+                asked = True
+                for cancel_command, cancel_args in on_cancel:
+                    with contextlib.suppress(ExecuteError):  # already over: nothing to stop
+                        await _call(client, path, cancel_command, cancel_args, 10.0)
             try:
-                event = await asyncio.wait_for(listener.get(), min(left, 1.0))
+                event = await asyncio.wait_for(listener.get(), min(left, poll))
             except TimeoutError:
                 # QEMU gone (killed, crashed): no event will ever come.
                 if client.runstate != Runstate.RUNNING:
@@ -196,14 +207,20 @@ def execute_and_wait(
     done: Callable[[str, dict[str, Any]], bool],
     timeout: float,
     accepted: Callable[[], None] | None = None,
+    cancel: CancelToken | None = None,
+    on_cancel: Sequence[tuple[str, dict[str, Any]]] = (),
 ) -> dict[str, Any]:
     """Run one command, then wait on the same connection for the event that ends it.
 
     Listening before the command is sent means a fast event cannot be missed.
     ``accepted`` is called as soon as QEMU accepted the command (the job runs on).
+    Once ``cancel`` is cancelled, the ``on_cancel`` commands are sent (once) on the same
+    connection, and the wait goes on for the event their stop brings (``done`` decides).
     """
     late = f"{command} did not finish within {timeout:.0f} s"
-    conversation = _execute_and_wait(path, command, args, events, done, timeout, accepted)
+    conversation = _execute_and_wait(
+        path, command, args, events, done, timeout, accepted, cancel, on_cancel
+    )
     return _run(conversation, path, command, late)
 
 
