@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 from sqlalchemy import select
 
 from cloudlet.driver.base import PowerState
-from cloudlet.engine.engine import CreateRequest, Engine
+from cloudlet.engine.engine import Engine
 from cloudlet.errors import Busy, CapacityExceeded, CloudletError, Conflict, NotFound
+from cloudlet.spec.document import VMBody
 from cloudlet.spec.states import CAPACITY_STATES, VMState
 from cloudlet.store.models import InstanceRow, OperationRow, SnapshotRow
 
@@ -68,8 +69,9 @@ def _one_call(
     vm_type: str | None,
 ) -> None:
     if op == "create":
-        request = CreateRequest(name=name, type=vm_type, restrict_network=True)
-        vm = engine.create(request, start=rng.random() < 0.7)
+        state = "running" if rng.random() < 0.7 else "stopped"
+        body = VMBody(type=vm_type, restrict_network=True, state=state)
+        vm = engine.create(name, body)
         with ledger.lock:
             ledger.created.add(vm.id)
         _note_process(engine, ledger, vm.id)

@@ -15,10 +15,13 @@ from cloudlet.driver.fake.driver import FakeDriver
 from cloudlet.engine.context import EngineContext
 from cloudlet.engine.deps import EngineDeps
 from cloudlet.engine.engine import Engine
+from cloudlet.engine.local_files import read_files
+from cloudlet.engine.views import InstanceView
 from cloudlet.errors import InvalidInput, NotFound
 from cloudlet.host.kvm import AccelVerdict
 from cloudlet.images.importer import check_size
 from cloudlet.images.store import Image, Progress
+from cloudlet.spec.document import VMBody
 from cloudlet.spec.units import GIB, MIB
 from cloudlet.store.database import Database
 from cloudlet.store.models import InstanceRow, OperationRow
@@ -211,10 +214,8 @@ def switch_off_the_facade(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def make_vm_with_volume(home: Path) -> Engine:
     """A fake engine with VM web1 (running) and volume data1 (64 MiB) attached to it."""
-    from cloudlet.engine.engine import CreateRequest
-
     e = make_fake_engine(home)
-    e.create(CreateRequest(name="web1"))
+    e.create("web1", VMBody())
     e.storage.volume_create("data1", 64 * MIB)
     e.storage.volume_attach("data1", "web1")
     return e
@@ -236,3 +237,9 @@ def add_interrupted_create(db: Database, instance_id: str, name: str) -> None:
                 pid=2**22 + 1,
             )
         )  # fmt: skip
+
+
+def create_local(engine: Engine, name: str, body: VMBody) -> InstanceView:
+    """``engine.create`` as a local frontend calls it: key and user-data files read first."""
+    local = read_files(body)
+    return engine.create(name, local.body, key_files=local.key_files)

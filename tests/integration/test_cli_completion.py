@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from cloudlet.engine.engine import CreateRequest
+from cloudlet.spec.document import VMBody
 from tests.fakes import make_fake_engine
 from tests.integration import cli
 from tests.integration.test_cli_startup import heavy
@@ -42,9 +42,9 @@ def test_completion_reads_the_state_without_engine_database_layer_or_pydantic(
 ) -> None:
     home = short_tmp / "home"
     engine = make_fake_engine(home)
-    engine.create(CreateRequest(name="vm1"), start=False)
-    engine.create(CreateRequest(name="vm2"), start=False)
-    engine.create(CreateRequest(name="db1"), start=False)
+    engine.create("vm1", VMBody(state="stopped"))
+    engine.create("vm2", VMBody(state="stopped"))
+    engine.create("db1", VMBody(state="stopped"))
     engine.storage.snapshot_create("vm2", "nightly")
     proc = complete(home, "cloudlet start v", "-X", "importtime")
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -65,7 +65,7 @@ def test_a_locked_database_completes_nothing_at_once(short_tmp: Path) -> None:
     lands in the user's command line."""
     home = short_tmp / "home"
     engine = make_fake_engine(home)
-    engine.create(CreateRequest(name="vm1"), start=False)
+    engine.create("vm1", VMBody(state="stopped"))
     engine.db.engine.dispose()  # its pooled connection would keep the lock from us
     assert complete(home, "cloudlet start ").stdout.split() == ["vm1"]
     holder = sqlite3.connect(home / "cloudlet.db", timeout=10)
@@ -97,7 +97,7 @@ def test_bash_with_the_printed_script_completes_names(short_tmp: Path) -> None:
     """The script `cloudlet completion bash` prints, sourced by a real bash."""
     home = short_tmp / "home"
     engine = make_fake_engine(home)
-    engine.create(CreateRequest(name="vm1"), start=False)
+    engine.create("vm1", VMBody(state="stopped"))
     engine.storage.snapshot_create("vm1", "before-upgrade")
     bin_dir = short_tmp / "bin"
     bin_dir.mkdir()

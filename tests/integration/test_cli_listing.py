@@ -13,10 +13,10 @@ import pexpect
 import pytest
 
 from cloudlet.config import Settings
-from cloudlet.engine.engine import CreateRequest
 from cloudlet.engine.factory import open_engine
 from cloudlet.errors import Cancelled
 from cloudlet.progress import CancelToken, ProgressEvent
+from cloudlet.spec.document import VMBody
 from tests.integration import cli
 
 pytestmark = pytest.mark.integration
@@ -131,9 +131,7 @@ def test_a_create_cancelled_during_boot_leaves_nothing(
 
         with pytest.raises(Cancelled, match="the client went away"):
             engine.create(
-                CreateRequest(name="gone", type="gp.micro", restrict_network=True),
-                progress=sink,
-                cancel=token,
+                "gone", VMBody(type="gp.micro", restrict_network=True), progress=sink, cancel=token
             )
         assert stages == ["disk", "boot", "agent"] and qemus  # it was cancelled mid-boot
         assert engine.instances(include_process=True) == []
@@ -141,7 +139,7 @@ def test_a_create_cancelled_during_boot_leaves_nothing(
         assert list((home / "instances").iterdir()) == []
         assert not any((home / "run").iterdir())
         # The name is free again and the same VM boots.
-        assert engine.create(CreateRequest(name="gone", type="gp.micro")).state == "running"
+        assert engine.create("gone", VMBody(type="gp.micro")).state == "running"
         engine.delete("gone", force=True)
     finally:
         engine.db.close()

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from cloudlet.config import Settings
-from cloudlet.engine.engine import CreateRequest
 from cloudlet.engine.factory import open_engine
 from cloudlet.host import processes
+from cloudlet.spec.document import VMBody
 from tests.concurrency import Ledger, check_consistent, for_rounds, run_threads
 from tests.integration import cli
 
@@ -27,8 +27,8 @@ def test_four_threads_on_real_qemu(cloudlet_home: Path, monkeypatch: pytest.Monk
     try:
         ledger = Ledger()
         for name in NAMES:  # something to start, stop and snapshot from the first round
-            request = CreateRequest(name=name, type="gp.micro", restrict_network=True)
-            ledger.created.add(engine.create(request, start=False).id)
+            body = VMBody(type="gp.micro", restrict_network=True, state="stopped")
+            ledger.created.add(engine.create(name, body).id)
         run_threads(engine, NAMES, 4, for_rounds(ROUNDS), vm_type="gp.micro", ledger=ledger)
         print(dict(ledger.calls))
         rows = check_consistent(engine, NAMES, ledger)

@@ -10,8 +10,9 @@ from typer.testing import CliRunner
 
 from cloudlet.cli import main
 from cloudlet.engine import accel_note
-from cloudlet.engine.engine import CreateRequest, Engine
+from cloudlet.engine.engine import Engine
 from cloudlet.host import resources
+from cloudlet.spec.document import VMBody
 from tests.fakes import make_fake_engine
 
 NOTE = "runs under TCG software emulation"
@@ -35,7 +36,7 @@ def engine(short_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> Engine:
 def _notes(engine: Engine, action: str, name: str) -> list[str]:
     with engine.collect_notices() as notes:
         if action == "create":
-            engine.create(CreateRequest(name=name))
+            engine.create(name, VMBody())
         else:
             engine.stop(name, force=True)
             engine.start(name)
@@ -66,7 +67,7 @@ def test_an_unreadable_record_only_means_the_note_is_said_again(
 
 
 def test_the_host_details_always_say_it(engine: Engine, boot: list[str]) -> None:
-    engine.create(CreateRequest(name="web1"))
+    engine.create("web1", VMBody())
     assert engine.host().accel_note == accel_note.host_note("fake host")
     for _ in range(2):
         result = CliRunner().invoke(main.app, ["host"])

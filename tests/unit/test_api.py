@@ -14,8 +14,9 @@ import pytest
 from typer.testing import CliRunner
 
 from cloudlet.cli import main
-from cloudlet.engine.engine import CreateRequest, Engine
+from cloudlet.engine.engine import Engine
 from cloudlet.engine.tokens import lifetime
+from cloudlet.spec.document import VMBody
 from cloudlet.store.models import ApiOperationRow, ApiTokenRow, utcnow
 from tests.api_server import Api, running_api
 from tests.fakes import make_fake_engine
@@ -230,7 +231,7 @@ def test_create_answers_202_and_the_operation_ends_with_the_vm(
 def test_actions_in_the_wrong_state_are_409_and_busy_is_423(
     api: Api, token: str, engine: Engine
 ) -> None:
-    engine.create(CreateRequest(name="web1"), start=False)
+    engine.create("web1", VMBody(state="stopped"))
     with api.client(token) as client:
         r = client.post("/api/v1/instances/web1/stop")
         assert r.status_code == 409 and error_of(r)["message"] == "web1 is stopped"

@@ -10,10 +10,12 @@ import pytest
 
 from cloudlet.cli import wording
 from cloudlet.engine import apply as apply_mod
-from cloudlet.engine.engine import CreateRequest, Engine
+from cloudlet.engine.engine import Engine
+from cloudlet.engine.local_files import read_files
 from cloudlet.errors import Conflict, InvalidInput, NotFound
 from cloudlet.next_steps import Step, step
-from cloudlet.spec.document import dump_yaml, parse_documents
+from cloudlet.spec.document import AccessDoc, VMBody, dump_yaml, parse_documents
+from cloudlet.spec.instance import FirewallSpec
 from cloudlet.spec.units import GIB
 from tests.fakes import make_fake_engine
 
@@ -155,13 +157,14 @@ def test_containers_need_cloud_init(engine: Engine) -> None:
 
 
 def test_export_round_trip_gives_an_equal_spec(engine: Engine) -> None:
-    engine.create(
-        CreateRequest(
-            name="src", image="cloudy", cpus=3, memory=3 * GIB, disk_size=2 * GIB,
-            volumes=(GIB,), inbound_ports=(80, 22), api_access=True, containers=True,
-        ),
-        start=False,
+    body = VMBody.model_validate(
+        {
+            "image": "cloudy", "cpus": 3, "memory": "3G", "disk_size": "2G", "volumes": ["1G"],
+            "firewall": {"inbound_ports": [80, 22]}, "access": {"api_access": True},
+            "containers": True, "state": "stopped",
+        }
     )  # fmt: skip
+    engine.create("src", body)
     original = engine.spec("src")
     text = dump_yaml([apply_mod.export(engine, "src")])
     assert "ssh_keys" not in text  # cloudlet's own pair: left out
@@ -175,13 +178,15 @@ def test_export_round_trip_gives_an_equal_spec(engine: Engine) -> None:
 
 
 def test_create_says_what_is_only_recorded(engine: Engine) -> None:
-    engine.create(CreateRequest(name="plain"))
+    engine.create("plain", VMBody())
     assert not [n for n in engine.notices if "recorded" in n]
-    engine.create(CreateRequest(name="more", volumes=(GIB,), inbound_ports=(80,)))
+    more = VMBody.model_validate({"volumes": ["1G"], "firewall": {"inbound_ports": [80]}})
+    engine.create("more", more)
     (note,) = [n for n in engine.notices if "recorded" in n]
     assert "volumes" not in note and "enforced on virtual networks" in note
     with pytest.raises(InvalidInput, match="invalid port 0"):
-        engine.create(CreateRequest(name="bad", inbound_ports=(0,)))
+        closed = FirewallSpec.model_construct(inbound_ports=(0,))  # a caller that skips checks
+        engine.create("bad", VMBody.model_construct(firewall=closed))
 
 
 def test_round_trip_keeps_a_user_key_and_its_private_half(
@@ -194,7 +199,9 @@ def test_round_trip_keeps_a_user_key_and_its_private_half(
     user_key = f"ssh-ed25519 {base64.b64encode(blob).decode()} me"  # not cloudlet's own key
     (ssh / "id_me.pub").write_text(user_key + "\n")
     (ssh / "id_me").write_text("private\n")
-    engine.create(CreateRequest(name="k1", image="cloudy", ssh_keys=(ssh / "id_me.pub",)))
+    local = read_files(VMBody(image="cloudy", access=AccessDoc(ssh_keys=[str(ssh / "id_me.pub")])))
+    assert local.body.access.ssh_keys == [user_key] and local.key_files == (ssh / "id_me.pub",)
+    engine.create("k1", local.body, key_files=local.key_files)
     original = engine.spec("k1")
     assert original.access.ssh_private_key == str(ssh / "id_me")
     text = dump_yaml([apply_mod.export(engine, "k1")])
@@ -206,12 +213,12 @@ def test_round_trip_keeps_a_user_key_and_its_private_half(
 
 def test_create_makes_and_attaches_the_volumes_it_asks_for(engine: Engine) -> None:
 
-    engine.create(CreateRequest(name="db1", volumes=(GIB, 2 * GIB)))
+    engine.create("db1", VMBody.model_validate({"volumes": ["1G", "2G"]}))
     vols = {v.name: v for v in engine.storage.volumes()}
     assert sorted(vols) == ["db1-vol0", "db1-vol1"]
     assert all(v.to_dict()["attached_to"] == "db1" for v in vols.values())
     with pytest.raises(InvalidInput, match="4 at most"):
-        engine.create(CreateRequest(name="db2", volumes=(GIB,) * 5))
+        engine.create("db2", VMBody.model_validate({"volumes": ["1G"] * 5}))
     assert engine.instances() == [engine.show("db1")]
 
 
@@ -225,6 +232,6 @@ def test_a_failed_create_takes_its_new_volumes_along(
 
     monkeypatch.setattr(launch, "boot", broken_boot)
     with pytest.raises(RuntimeError):
-        engine.create(CreateRequest(name="db3", volumes=(GIB,)))
+        engine.create("db3", VMBody.model_validate({"volumes": ["1G"]}))
     assert engine.storage.volumes() == []
     assert engine.instances() == []

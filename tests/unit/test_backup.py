@@ -21,9 +21,10 @@ from cloudlet.driver.base import DiskCopy
 from cloudlet.driver.fake.driver import FakeDriver
 from cloudlet.engine.backup_requests import PolicyUpdate
 from cloudlet.engine.backups import BackupService
-from cloudlet.engine.engine import CreateRequest, Engine
+from cloudlet.engine.engine import Engine
 from cloudlet.engine.storage_rows import active_disk
 from cloudlet.errors import CapacityExceeded, Conflict, InvalidInput, OutOfSpace, StoreCorrupt
+from cloudlet.spec.document import VMBody
 from cloudlet.spec.instance import BackupPolicy, Retention
 from cloudlet.spec.units import parse_duration
 from cloudlet.store.models import BackupRow
@@ -35,7 +36,7 @@ MIB = 1 << 20
 @pytest.fixture
 def engine(short_tmp: Path) -> Engine:
     e = make_fake_engine(short_tmp / "home")
-    e.create(CreateRequest(name="web1"))
+    e.create("web1", VMBody())
     return e
 
 
@@ -332,7 +333,7 @@ def test_run_due_backs_up_due_vms_then_prunes(engine: Engine, ops: BackupService
     def broken_store(path: Path, data: bytes, *, sync: bool = True) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    engine.create(CreateRequest(name="idle"))  # no policy: never backed up
+    engine.create("idle", VMBody())  # no policy: never backed up
     ops.set_policy("web1", PolicyUpdate(every="1h", keep_last=2))
     assert engine.spec("web1").backup.every == 3600  # stored with the VM's spec
     write(engine, 0, "v1")
@@ -345,7 +346,7 @@ def test_run_due_backs_up_due_vms_then_prunes(engine: Engine, ops: BackupService
         ops.run_due(now=later + i * 3600)
     assert len(ops.backups("web1")) == 2 and ops.backups("idle") == []
     # one VM failing does not stop the others, and is counted
-    engine.create(CreateRequest(name="web2"))
+    engine.create("web2", VMBody())
     ops.set_policy("web2", PolicyUpdate(every="1h"))
     engine.delete("idle", force=True)
     ops.store.write_file = broken_store

@@ -15,16 +15,17 @@ from cloudlet.engine.backup_requests import (
     chosen_backup,
 )
 from cloudlet.engine.backups import BackupService
-from cloudlet.engine.engine import CreateRequest, Engine
+from cloudlet.engine.engine import Engine
 from cloudlet.engine.storage_rows import active_disk
 from cloudlet.errors import BackupsCorrupt, InvalidInput, StoreCorrupt
+from cloudlet.spec.document import VMBody
 from tests.fakes import FakeDisks, make_fake_engine
 
 
 @pytest.fixture
 def engine(short_tmp: Path) -> Engine:
     engine = make_fake_engine(short_tmp / "home")
-    engine.create(CreateRequest(name="web1"))
+    engine.create("web1", VMBody())
     return engine
 
 

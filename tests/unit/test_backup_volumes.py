@@ -16,10 +16,11 @@ from cloudlet.driver.base import DirtyBitmap
 from cloudlet.engine.backup_disks import VmDisk, usable_bitmap
 from cloudlet.engine.backup_volumes import pool_dir
 from cloudlet.engine.backups import BackupService
-from cloudlet.engine.engine import CreateRequest, Engine
+from cloudlet.engine.engine import Engine
 from cloudlet.engine.storage_rows import active_disk
 from cloudlet.errors import Conflict, InvalidInput, NotFound, StoreCorrupt
 from cloudlet.next_steps import Step, step
+from cloudlet.spec.document import VMBody
 from cloudlet.store.models import PoolRow
 from tests.fakes import FakeDisks, make_vm_with_volume
 
@@ -215,7 +216,7 @@ def test_restore_swaps_every_disk_in_one_commit_and_sweeps_what_a_killed_one_lef
 
     # files a SIGKILLed restore leaves (temp files of this VM, a restored volume file no
     # volume points at) go with the next restore; another VM's temp files stay
-    other = engine.create(CreateRequest(name="web2")).id
+    other = engine.create("web2", VMBody()).id
     strays = [pool / f".restore-{engine.show('web1').id[:8]}-0badc0de.raw",
               pool / "data1@0123456789ab.qcow2"]  # fmt: skip
     theirs = pool / f".restore-{other[:8]}-0badc0de.qcow2"
@@ -248,7 +249,7 @@ def test_restore_refuses_clearly_when_a_volume_cannot_go_back(
     assert "create pool fast again" in (info.value.hint or "")
     assert step(Step.POOL_CREATE, pool="fast") in info.value.next_steps
     # attached to another VM now: refused before anything stops
-    engine.create(CreateRequest(name="other"))
+    engine.create("other", VMBody())
     storage.volume_detach("data1")
     storage.volume_attach("data1", "other")
     engine.start("web1")

@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 
 from cloudlet.engine import call_options, locks
-from cloudlet.engine.engine import CreateRequest, Engine
+from cloudlet.engine.engine import Engine
 from cloudlet.errors import Busy, InvalidInput
 from cloudlet.progress import CancelToken
+from cloudlet.spec.document import VMBody
 from tests.cancelling import cancelled_soon
 from tests.fakes import make_fake_engine
 
@@ -39,7 +40,7 @@ def held_elsewhere(engine: Engine, name: str) -> threading.Event:
 
 
 def test_a_call_that_may_not_wait_fails_at_once_with_busy(engine: Engine) -> None:
-    engine.create(CreateRequest(name="vm"), start=False)
+    engine.create("vm", VMBody(state="stopped"))
     release = held_elsewhere(engine, "vm")
     try:
         with call_options.per_call(lock_wait=0), pytest.raises(Busy, match="VM vm is busy"):
@@ -51,7 +52,7 @@ def test_a_call_that_may_not_wait_fails_at_once_with_busy(engine: Engine) -> Non
 
 
 def test_the_calls_token_cancels_its_lock_wait(engine: Engine) -> None:
-    engine.create(CreateRequest(name="vm"), start=False)
+    engine.create("vm", VMBody(state="stopped"))
     release = held_elsewhere(engine, "vm")
     try:
         with cancelled_soon() as token, call_options.per_call(cancel=token):

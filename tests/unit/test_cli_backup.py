@@ -9,15 +9,16 @@ import pytest
 from typer.testing import CliRunner
 
 from cloudlet.cli import backup_commands, main, wording
-from cloudlet.engine.engine import CreateRequest, Engine
+from cloudlet.engine.engine import Engine
 from cloudlet.errors import CloudletError
+from cloudlet.spec.document import VMBody
 from tests.fakes import make_fake_engine
 
 
 @pytest.fixture
 def engine(short_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> Engine:
     e = make_fake_engine(short_tmp / "home")
-    e.create(CreateRequest(name="web1"))
+    e.create("web1", VMBody())
     monkeypatch.setattr(backup_commands, "open_engine", lambda: e)
     return e
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from cloudlet.cli import main
-from cloudlet.engine.engine import CreateRequest, Engine
+from cloudlet.engine.engine import Engine
+from cloudlet.spec.document import VMBody
 from tests.fakes import make_vm_with_volume
 from tests.tree_hash import tree_hash
 
@@ -18,8 +19,8 @@ from tests.tree_hash import tree_hash
 def engine(short_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> Engine:
     home = short_tmp / "home"
     e = make_vm_with_volume(home)  # web1 (running) with volume data1
-    e.create(CreateRequest(name="vm1"))
-    e.create(CreateRequest(name="vm2"), start=False)
+    e.create("vm1", VMBody())
+    e.create("vm2", VMBody(state="stopped"))
     ops = e.storage
     ops.snapshot_create("vm1", "before-upgrade")
     ops.snapshot_create("web1", "base")

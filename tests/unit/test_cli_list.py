@@ -8,7 +8,8 @@ import pytest
 from typer.testing import CliRunner
 
 from cloudlet.cli import main
-from cloudlet.engine.engine import CreateRequest, Engine
+from cloudlet.engine.engine import Engine
+from cloudlet.spec.document import AccessDoc, VMBody
 from tests.fakes import make_fake_engine
 from tests.unit.test_network import FakeHost
 
@@ -22,14 +23,18 @@ def engine(short_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> Engine:
     e = make_fake_engine(short_tmp / "home")
     monkeypatch.setattr(main, "open_engine", lambda: e)
     e.networks.network_create("backend-01", "10.80.1.0/24")
-    e.create(CreateRequest(name="web-frontend-01", networks=("nat", "backend-01")))
+    e.create("web-frontend-01", VMBody(networks=["backend-01"]))
     e.create(
-        CreateRequest(
-            name="db-primary", image="cloudy", networks=("backend-01",), ssh_key_lines=KEY
-        )
+        "db-primary",
+        VMBody(
+            image="cloudy",
+            network="none",
+            networks=["backend-01"],
+            access=AccessDoc(ssh_keys=list(KEY)),
+        ),
     )
-    e.create(CreateRequest(name="cloud1", image="cloudy", ssh_key_lines=KEY))
-    e.create(CreateRequest(name="dark", networks=("none",)), start=False)
+    e.create("cloud1", VMBody(image="cloudy", access=AccessDoc(ssh_keys=list(KEY))))
+    e.create("dark", VMBody(network="none", state="stopped"))
     return e
 
 
@@ -58,7 +63,7 @@ def test_the_default_list_fits_80_columns_with_names_and_addresses_whole(engine:
 
 
 def test_a_name_too_long_for_80_columns_runs_long_instead_of_being_cut(engine: Engine) -> None:
-    engine.create(CreateRequest(name=LONGEST, networks=("nat", "backend-01")))
+    engine.create(LONGEST, VMBody(networks=["backend-01"]))
     lines = listing()
     row = next(i for i, line in enumerate(lines) if line.startswith(LONGEST))
     assert lines[row].split()[:4] == [LONGEST, "running", "gp.small", "tiny"]

@@ -12,7 +12,8 @@ from typer.core import TyperGroup
 
 from cloudlet.cli import main
 from cloudlet.cli.startup import lazy_root
-from cloudlet.engine.engine import CreateRequest, Engine
+from cloudlet.engine.engine import Engine
+from cloudlet.spec.document import VMBody
 from tests.fakes import make_fake_engine
 
 
@@ -75,7 +76,7 @@ def test_help_lists_commands_without_building_them(
 
 
 def test_only_the_invoked_command_is_built(engine: Engine) -> None:
-    engine.create(CreateRequest(name="web1"), start=False)
+    engine.create("web1", VMBody(state="stopped"))
     root = lazy_root(main.app)
     root.main(["list", "-o", "json"], prog_name="cloudlet", standalone_mode=False)
     assert set(root.commands) == {"list"}
@@ -102,7 +103,7 @@ def test_unknown_command_and_no_command_are_usage_errors(
 def test_entry_runs_a_command_and_its_errors_are_one_line(
     engine: Engine, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    engine.create(CreateRequest(name="web1"), start=False)
+    engine.create("web1", VMBody(state="stopped"))
     code, out, _ = entry(monkeypatch, capsys, "list")
     assert code == 0 and "web1" in out and "stopped" in out
     code, out, err = entry(monkeypatch, capsys, "show", "nope")

@@ -8,8 +8,9 @@ import pytest
 from typer.testing import CliRunner
 
 from cloudlet.cli import main
-from cloudlet.engine.engine import CreateRequest, Engine
+from cloudlet.engine.engine import Engine
 from cloudlet.errors import CloudletError
+from cloudlet.spec.document import VMBody
 from tests.fakes import make_fake_engine
 from tests.tree_hash import tree_hash
 
@@ -32,8 +33,8 @@ def cli(*args: str, input: str | None = None) -> tuple[int, str, str]:
 
 
 def test_list_and_show_give_the_addresses_instead_of_the_ssh_forward(engine: Engine) -> None:
-    engine.create(CreateRequest(name="web1"))
-    engine.create(CreateRequest(name="dark", networks=("none",)), start=False)
+    engine.create("web1", VMBody())
+    engine.create("dark", VMBody(network="none", state="stopped"))
     code, out, _ = cli("list")
     assert code == 0
     header, *rows = out.splitlines()
@@ -50,8 +51,8 @@ def test_list_and_show_give_the_addresses_instead_of_the_ssh_forward(engine: Eng
 def test_delete_of_a_running_vm_without_force_is_one_line_and_touches_nothing(
     engine: Engine,
 ) -> None:
-    engine.create(CreateRequest(name="web1"))
-    engine.create(CreateRequest(name="old"), start=False)
+    engine.create("web1", VMBody())
+    engine.create("old", VMBody(state="stopped"))
     before = tree_hash(engine.paths.home)
     code, out, err = cli("delete", "web1")
     assert code == 4 and out == ""
@@ -64,7 +65,7 @@ def test_delete_of_a_running_vm_without_force_is_one_line_and_touches_nothing(
 
 
 def test_delete_in_a_terminal_asks_instead(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
-    engine.create(CreateRequest(name="web1"))
+    engine.create("web1", VMBody())
     monkeypatch.setattr(main, "_can_ask", lambda: True)
     code, out, err = cli("delete", "web1", input="n\n")
     assert code == 4 and "stop and delete it?" in out and "--force web1" in err
@@ -75,8 +76,8 @@ def test_delete_in_a_terminal_asks_instead(engine: Engine, monkeypatch: pytest.M
 
 
 def test_delete_of_several_checks_them_all_before_the_first_goes(engine: Engine) -> None:
-    engine.create(CreateRequest(name="old"), start=False)
-    engine.create(CreateRequest(name="web1"))
+    engine.create("old", VMBody(state="stopped"))
+    engine.create("web1", VMBody())
     before = tree_hash(engine.paths.home)
     code, _, err = cli("delete", "old", "olb")  # a typo late in the list
     assert code == 3 and "olb" in err

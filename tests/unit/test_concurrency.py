@@ -14,8 +14,9 @@ import pytest
 
 from cloudlet.driver.fake.driver import FakeDriver
 from cloudlet.engine import locks, ports
-from cloudlet.engine.engine import CreateRequest
 from cloudlet.errors import Conflict
+from cloudlet.spec.document import VMBody
+from cloudlet.spec.instance import FirewallSpec
 from cloudlet.spec.units import GIB
 from tests.concurrency import check_consistent, for_seconds, run_threads
 from tests.fakes import make_fake_engine
@@ -48,15 +49,14 @@ def test_notices_belong_to_the_call_that_made_them(short_tmp: Path) -> None:
     engine = make_fake_engine(short_tmp / "home")
 
     # Every such create has a notice that names it (the TCG note is said once a boot).
-    def request(name: str) -> CreateRequest:
-        return CreateRequest(name=name, inbound_ports=(8080,))
+    ported = VMBody(firewall=FirewallSpec(inbound_ports=(8080,)))
 
     seen: dict[str, list[str]] = {}
     go = threading.Barrier(2)
 
     def create(name: str) -> None:
         go.wait()
-        engine.create(request(name))
+        engine.create(name, ported)
         seen[name] = list(engine.notices)
 
     threads = [threading.Thread(target=create, args=(n,)) for n in ("one", "two")]
@@ -67,17 +67,17 @@ def test_notices_belong_to_the_call_that_made_them(short_tmp: Path) -> None:
     for name in ("one", "two"):
         assert seen[name] and all(name in n for n in seen[name]), seen
     # A request scope starts empty and ends with the outer list untouched.
-    engine.create(request("outer"))
+    engine.create("outer", ported)
     outer = list(engine.notices)
     with engine.collect_notices() as mine:
-        engine.create(request("inner"))
+        engine.create("inner", ported)
         assert mine and all("inner" in n for n in mine)
     assert engine.notices == outer and all("outer" in n for n in outer)
 
 
 def test_ssh_ports_are_handed_out_once(short_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     engine = make_fake_engine(short_tmp / "home")
-    stopped = engine.create(CreateRequest(name="web1"), start=False)
+    stopped = engine.create("web1", VMBody(state="stopped"))
     assert stopped.ssh_port is not None
     # The kernel offers a stopped VM's port (its forward is not bound), then one port twice.
     offers = iter([stopped.ssh_port, 61001, 61001, 61002])
@@ -148,7 +148,7 @@ def test_try_hold_never_waits_and_holds_for_the_whole_block(short_tmp: Path) -> 
 def test_one_host_port_goes_to_one_vm(short_tmp: Path) -> None:
     engine = make_fake_engine(short_tmp / "home")
     for name in ("web1", "db1"):
-        engine.create(CreateRequest(name=name))
+        engine.create(name, VMBody())
     ops = engine.networks
     won: dict[int, list[str]] = {}
     go = threading.Barrier(2)

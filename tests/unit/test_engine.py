@@ -9,7 +9,7 @@ import pytest
 
 from cloudlet.driver.base import PowerState
 from cloudlet.driver.fake.driver import FakeDriver
-from cloudlet.engine.engine import CreateRequest, Engine
+from cloudlet.engine.engine import Engine
 from cloudlet.engine.views import Cleanup, Done
 from cloudlet.errors import (
     CapacityExceeded,
@@ -20,6 +20,7 @@ from cloudlet.errors import (
     StillRunning,
 )
 from cloudlet.next_steps import Step, step
+from cloudlet.spec.document import VMBody
 from cloudlet.spec.units import GIB, MIB
 from cloudlet.store.models import InstanceRow, OperationRow
 from tests.fakes import add_interrupted_create, make_fake_engine
@@ -41,7 +42,7 @@ def nothing_left(engine: Engine) -> bool:
 
 
 def test_create_starts_and_exec_sees_the_shape(engine: Engine) -> None:
-    vm = engine.create(CreateRequest(name="web1", type="gp.medium"))
+    vm = engine.create("web1", VMBody(type="gp.medium"))
     assert (vm.state, vm.type, vm.cpus, vm.memory) == ("running", "gp.medium", 2, 4 * GIB)
     assert engine.exec("web1", ["nproc"]).stdout == b"2\n"
     assert vm.ssh_port is not None
@@ -49,53 +50,63 @@ def test_create_starts_and_exec_sees_the_shape(engine: Engine) -> None:
 
 
 def test_custom_shape_and_disk(engine: Engine) -> None:
-    vm = engine.create(CreateRequest(name="c1", cpus=3, memory=1536 * MIB, disk_size=GIB))
+    body = VMBody.model_validate({"cpus": 3, "memory": "1536M", "disk_size": "1G"})
+    vm = engine.create("c1", body)
     assert (vm.type, vm.cpus, vm.memory, vm.disk_size) == ("custom", 3, 1536 * MIB, GIB)
 
 
+def _body(**fields: object) -> VMBody:
+    """A body as a caller that skips the model's validation could send it."""
+    return VMBody.model_construct(**fields)
+
+
 @pytest.mark.parametrize(
-    ("request_", "error"),
+    ("name", "body", "error"),
     [
-        (CreateRequest(name="Web1"), InvalidInput),
-        (CreateRequest(name="1abc"), InvalidInput),
-        (CreateRequest(name="a" * 64), InvalidInput),
-        (CreateRequest(name="ok", type="gp.nope"), NotFound),
-        (CreateRequest(name="ok", image="nope"), NotFound),
-        (CreateRequest(name="ok", cpus=0), InvalidInput),
-        (CreateRequest(name="ok", cpus=300), InvalidInput),
-        (CreateRequest(name="ok", memory=16 * MIB), InvalidInput),
-        (CreateRequest(name="ok", cpus=17), CapacityExceeded),
-        (CreateRequest(name="ok", memory=9 * GIB), CapacityExceeded),
-        (CreateRequest(name="ok", disk_size=100 * MIB), InvalidInput),
-        (CreateRequest(name="ok", network="bridge0"), NotFound),
-        (CreateRequest(name="ok", networks=("nat", "none")), InvalidInput),
+        ("Web1", VMBody(), InvalidInput),
+        ("1abc", VMBody(), InvalidInput),
+        ("a" * 64, VMBody(), InvalidInput),
+        ("ok", VMBody(type="gp.nope"), NotFound),
+        ("ok", VMBody(image="nope"), NotFound),
+        ("ok", _body(cpus=0), InvalidInput),
+        ("ok", _body(cpus=300), InvalidInput),
+        ("ok", _body(image="../etc"), InvalidInput),
+        ("ok", _body(profile="future"), InvalidInput),
+        ("ok", _body(arch="sparc"), InvalidInput),
+        ("ok", _body(memory=16 * MIB), InvalidInput),
+        ("ok", VMBody(cpus=17), CapacityExceeded),
+        ("ok", _body(memory=9 * GIB), CapacityExceeded),
+        ("ok", _body(disk_size=100 * MIB), InvalidInput),
+        ("ok", VMBody(network="none", networks=["bridge0"]), NotFound),
+        ("ok", VMBody(networks=["none"]), InvalidInput),
+        ("ok", VMBody(user_data_file="/etc/hostname"), InvalidInput),
     ],
 )
 def test_bad_create_input_creates_nothing(
-    engine: Engine, request_: CreateRequest, error: type[CloudletError]
+    engine: Engine, name: str, body: VMBody, error: type[CloudletError]
 ) -> None:
     with pytest.raises(error) as exc:
-        engine.create(request_)
+        engine.create(name, body)
     assert exc.value.hint, "every error says what to do next"
     assert "\n" not in exc.value.one_line()
     assert nothing_left(engine)
 
 
 def test_duplicate_name_is_refused(engine: Engine) -> None:
-    engine.create(CreateRequest(name="web1"))
+    engine.create("web1", VMBody())
     with pytest.raises(Conflict, match="already exists"):
-        engine.create(CreateRequest(name="web1"))
+        engine.create("web1", VMBody())
     assert len(engine.instances()) == 1
 
 
 def test_capacity_names_what_is_left(engine: Engine) -> None:
     # host: 4 cores x 4 = 16 vCPUs, 8 GiB - 1 GiB reserve = 7 GiB
-    engine.create(CreateRequest(name="a", cpus=1, memory=4 * GIB))
+    engine.create("a", VMBody.model_validate({"cpus": 1, "memory": "4G"}))
     with pytest.raises(CapacityExceeded) as exc:
-        engine.create(CreateRequest(name="b", cpus=1, memory=4 * GIB))
+        engine.create("b", VMBody.model_validate({"cpus": 1, "memory": "4G"}))
     assert "3 GiB of 7 GiB are free" in exc.value.message
     engine.stop("a")
-    engine.create(CreateRequest(name="b", cpus=1, memory=4 * GIB))
+    engine.create("b", VMBody.model_validate({"cpus": 1, "memory": "4G"}))
     with pytest.raises(CapacityExceeded):
         engine.start("a")
     assert engine.show("a").state == "stopped"
@@ -116,7 +127,7 @@ def test_commands_on_missing_vm(engine: Engine) -> None:
 
 
 def test_state_machine_answers(engine: Engine) -> None:
-    engine.create(CreateRequest(name="vm"))
+    engine.create("vm", VMBody())
     again = engine.start("vm")
     assert not again.changed and "already running" in again.message
     assert engine.pause("vm").instance.state == "paused"
@@ -134,7 +145,7 @@ def test_state_machine_answers(engine: Engine) -> None:
 
 
 def test_graceful_then_forced_stop(engine: Engine) -> None:
-    vm = engine.create(CreateRequest(name="vm"))
+    vm = engine.create("vm", VMBody())
     assert "forced" not in engine.stop("vm").message
     engine.start("vm")
     fake(engine).ignore_acpi(vm.id)
@@ -145,14 +156,14 @@ def test_graceful_then_forced_stop(engine: Engine) -> None:
 
 
 def test_stop_of_paused_vm_resumes_to_press_the_button(engine: Engine) -> None:
-    engine.create(CreateRequest(name="vm"))
+    engine.create("vm", VMBody())
     engine.pause("vm")
     result = engine.stop("vm")
     assert "forced" not in result.message and result.instance.state == "stopped"
 
 
 def test_dead_qemu_is_crashed_not_running(engine: Engine) -> None:
-    vm = engine.create(CreateRequest(name="vm"))
+    vm = engine.create("vm", VMBody())
     fake(engine).crash(vm.id)
     assert engine.show("vm").state == "crashed"
     assert "died" in (engine.show("vm").last_error or "")
@@ -160,13 +171,13 @@ def test_dead_qemu_is_crashed_not_running(engine: Engine) -> None:
 
 
 def test_guest_poweroff_is_stopped_not_crashed(engine: Engine) -> None:
-    vm = engine.create(CreateRequest(name="vm"))
+    vm = engine.create("vm", VMBody())
     fake(engine).vms[vm.id].state = PowerState.SHUTDOWN
     assert engine.show("vm").state == "stopped"
 
 
 def test_failed_start_leaves_error_state_and_no_process(engine: Engine) -> None:
-    engine.create(CreateRequest(name="vm"), start=False)
+    engine.create("vm", VMBody(state="stopped"))
     fake(engine).fail_next_start = "qemu: could not open disk"
     with pytest.raises(CloudletError, match="could not open disk"):
         engine.start("vm")
@@ -178,13 +189,13 @@ def test_failed_start_leaves_error_state_and_no_process(engine: Engine) -> None:
 def test_create_whose_first_boot_fails_leaves_nothing(engine: Engine) -> None:
     fake(engine).fail_next_start = "boom"
     with pytest.raises(CloudletError, match="boom"):
-        engine.create(CreateRequest(name="vm"))
+        engine.create("vm", VMBody())
     assert nothing_left(engine)
-    assert engine.create(CreateRequest(name="vm")).state == "running"
+    assert engine.create("vm", VMBody()).state == "running"
 
 
 def test_delete_removes_everything(engine: Engine) -> None:
-    vm = engine.create(CreateRequest(name="vm"))
+    vm = engine.create("vm", VMBody())
     engine.delete("vm", force=True)
     assert nothing_left(engine)
     assert fake(engine).power_state(vm.id) == PowerState.ABSENT
@@ -195,7 +206,7 @@ def test_delete_removes_everything(engine: Engine) -> None:
 def test_delete_of_a_running_or_paused_vm_needs_force_and_touches_nothing(
     engine: Engine,
 ) -> None:
-    vm = engine.create(CreateRequest(name="vm"))
+    vm = engine.create("vm", VMBody())
     for state in ("running", "paused"):
         before = tree_hash(engine.paths.home)
         with pytest.raises(StillRunning) as refused:
@@ -214,8 +225,8 @@ def test_delete_of_a_running_or_paused_vm_needs_force_and_touches_nothing(
 
 
 def test_delete_of_a_stopped_or_crashed_vm_needs_no_force(engine: Engine) -> None:
-    engine.create(CreateRequest(name="off"), start=False)
-    crashed = engine.create(CreateRequest(name="dead"))
+    engine.create("off", VMBody(state="stopped"))
+    crashed = engine.create("dead", VMBody())
     fake(engine).crash(crashed.id)  # the record still says running until looked at
     assert engine.delete("off").message == "off deleted"
     assert engine.delete("dead") == Done("vm", "dead", "deleted", "dead deleted")
@@ -256,8 +267,8 @@ def test_operation_in_progress_elsewhere_is_left_alone(short_tmp: Path) -> None:
 
 
 def test_host_view_counts_usage(engine: Engine) -> None:
-    engine.create(CreateRequest(name="a", type="gp.medium"))
-    engine.create(CreateRequest(name="b", type="gp.small"), start=False)
+    engine.create("a", VMBody(type="gp.medium"))
+    engine.create("b", VMBody(type="gp.small", state="stopped"))
     host = engine.host()
     assert (host.cpus_used, host.memory_used) == (2, 4 * GIB)
     assert (host.cpu_limit, host.memory_limit) == (16, 7 * GIB)
@@ -265,7 +276,7 @@ def test_host_view_counts_usage(engine: Engine) -> None:
 
 
 def test_a_guest_paused_for_want_of_disk_space_is_paused_not_crashed(engine: Engine) -> None:
-    vm = engine.create(CreateRequest(name="vm"))
+    vm = engine.create("vm", VMBody())
     fake(engine).vms[vm.id].state = PowerState.NO_SPACE
     view = engine.show("vm")
     assert view.state == "paused" and "no space left" in (view.last_error or "")

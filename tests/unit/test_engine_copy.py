@@ -13,16 +13,17 @@ import pytest
 
 from cloudlet.driver.fake.driver import FakeDriver
 from cloudlet.driver.fake.guest_fs import FakeGuestFS
-from cloudlet.engine.engine import CreateRequest, Engine
+from cloudlet.engine.engine import Engine
 from cloudlet.errors import CapacityExceeded, Conflict, GuestError, InvalidInput, NotFound
 from cloudlet.guest.accounts import GuestOwner
-from tests.fakes import make_fake_engine
+from cloudlet.spec.document import AccessDoc, VMBody
+from tests.fakes import create_local, make_fake_engine
 
 
 @pytest.fixture
 def engine(short_tmp: Path) -> Engine:
     e = make_fake_engine(short_tmp / "home")
-    e.create(CreateRequest(name="web1"))
+    e.create("web1", VMBody())
     return e
 
 
@@ -39,7 +40,7 @@ def test_copy_to_and_from_a_running_vm(engine: Engine, short_tmp: Path) -> None:
     driver = engine.driver
     assert isinstance(driver, FakeDriver)
     # the guest's files are the VM's own: another VM does not see them
-    engine.create(CreateRequest(name="web2"))
+    engine.create("web2", VMBody())
     with pytest.raises(NotFound, match="does not exist in the guest"):
         engine.copy_from("web2", "/root/notes.txt", short_tmp / "none", progress=None)
 
@@ -122,7 +123,7 @@ def test_files_belong_to_the_login_user_unless_told(
     key = short_tmp / "id_me.pub"
     key.write_text(f"ssh-ed25519 {base64.b64encode(blob).decode()} me\n")
     engine = make_fake_engine(short_tmp / "home")
-    engine.create(CreateRequest(name="db1", image="cloudy", ssh_keys=(key,)))
+    create_local(engine, "db1", VMBody(image="cloudy", access=AccessDoc(ssh_keys=[str(key)])))
     fs = _fs(engine, "db1")
     fs.put("/etc/passwd", b"root:x:0:0::/root:/bin/sh\ndebian:x:1000:1001::/home/debian:/bin/sh\n")
     fs.put("/etc/group", b"root:x:0:\ndebian:x:1001:\nstaff:x:50:\n")

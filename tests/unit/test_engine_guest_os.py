@@ -9,10 +9,11 @@ import pycdlib
 import pytest
 
 from cloudlet.engine import launch
-from cloudlet.engine.engine import CreateRequest, Engine
+from cloudlet.engine.engine import Engine
 from cloudlet.errors import Conflict, InvalidInput
+from cloudlet.spec.document import AccessDoc, VMBody
 from cloudlet.spec.instance import InstanceSpec
-from tests.fakes import make_fake_engine
+from tests.fakes import create_local, make_fake_engine
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl test@host"
 
@@ -36,9 +37,10 @@ def nothing_created(engine: Engine) -> bool:
 def test_seed_carries_user_key_and_user_data(engine: Engine, key: Path, tmp_path: Path) -> None:
     user_data = tmp_path / "cc.yaml"
     user_data.write_text("#cloud-config\nruncmd:\n  - [touch, /tmp/ran]\n")
-    vm = engine.create(
-        CreateRequest(name="db1", image="cloudy", ssh_keys=(key,), user_data=user_data)
+    body = VMBody(
+        image="cloudy", access=AccessDoc(ssh_keys=[str(key)]), user_data_file=str(user_data)
     )
+    vm = create_local(engine, "db1", body)
     seed = Path(vm.paths["disk"]).parent / "seed.iso"
     iso = pycdlib.PyCdlib()
     iso.open(str(seed))
@@ -67,9 +69,7 @@ def test_bad_user_data_creates_nothing(
     user_data = tmp_path / "bad.yaml"
     user_data.write_text(content)
     with pytest.raises(InvalidInput) as exc:
-        engine.create(
-            CreateRequest(name="db1", image="cloudy", ssh_keys=(key,), user_data=user_data)
-        )
+        create_local(engine, "db1", VMBody(image="cloudy", user_data=user_data.read_text()))
     assert fragment in exc.value.one_line()
     assert nothing_created(engine)
 
@@ -79,13 +79,17 @@ def test_unreadable_or_bogus_key_creates_nothing(engine: Engine, tmp_path: Path)
     bogus.write_text("not a key\n")
     for path in (tmp_path / "missing.pub", bogus):
         with pytest.raises(InvalidInput):
-            engine.create(CreateRequest(name="db1", image="cloudy", ssh_keys=(path,)))
+            create_local(
+                engine, "db1", VMBody(image="cloudy", access=AccessDoc(ssh_keys=[str(path)]))
+            )
+    with pytest.raises(InvalidInput, match="damaged key body"):
+        engine.create("db1", VMBody(image="cloudy", access=AccessDoc(ssh_keys=["ssh-rsa bogus"])))
     assert nothing_created(engine)
 
 
 def test_cloud_init_options_on_an_image_without_it(engine: Engine, key: Path) -> None:
     with pytest.raises(InvalidInput, match="no cloud-init"):
-        engine.create(CreateRequest(name="t1", image="tiny", ssh_keys=(key,)))
+        create_local(engine, "t1", VMBody(image="tiny", access=AccessDoc(ssh_keys=[str(key)])))
     assert nothing_created(engine)
 
 
@@ -98,7 +102,7 @@ def test_architecture_this_host_cannot_run(engine: Engine) -> None:
 
 
 def test_image_delete_refused_while_in_use(engine: Engine) -> None:
-    engine.create(CreateRequest(name="t1", image="acme"), start=False)
+    engine.create("t1", VMBody(image="acme", state="stopped"))
     with pytest.raises(Conflict, match="used by t1"):
         engine.image_delete("acme")
     engine.delete("t1")

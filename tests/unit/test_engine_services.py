@@ -15,7 +15,7 @@ from cloudlet.driver.base import PowerState
 from cloudlet.driver.fake.driver import FakeDriver
 from cloudlet.engine import recovery
 from cloudlet.engine.context import EngineContext
-from cloudlet.engine.creation import CreateRequest, Creation
+from cloudlet.engine.creation import Creation
 from cloudlet.engine.guest_access import GuestAccess
 from cloudlet.engine.host_info import HostInfo
 from cloudlet.engine.image_views import LicenceView
@@ -25,6 +25,8 @@ from cloudlet.engine.lifecycle import Lifecycle
 from cloudlet.engine.views import Done
 from cloudlet.errors import Conflict, InvalidInput, NotFound, StillRunning
 from cloudlet.next_steps import Step, step
+from cloudlet.spec.document import AccessDoc, VMBody
+from cloudlet.spec.instance import FirewallSpec
 from cloudlet.spec.states import VMState
 from cloudlet.spec.units import GIB
 from cloudlet.store.models import InstanceRow, OperationRow
@@ -82,30 +84,31 @@ def test_no_service_imports_the_facade() -> None:
 
 
 def test_create_records_boots_and_notes_what_is_only_recorded(ctx: EngineContext) -> None:
-    creation(ctx).create(CreateRequest(name="web1", api_access=True))
+    creation(ctx).create("web1", VMBody(access=AccessDoc(api_access=True)))
     row = ctx.row("web1")
     assert row.state == VMState.RUNNING
     assert fake(ctx).power_state(row.id) == PowerState.RUNNING
     assert (ctx.paths.instance_dir(row.id) / "disk.qcow2").exists()
     assert any("API access" in n for n in ctx.notices)
     with pytest.raises(Conflict):
-        creation(ctx).create(CreateRequest(name="web1"))
+        creation(ctx).create("web1", VMBody())
 
 
 def test_create_without_start_leaves_it_stopped(ctx: EngineContext) -> None:
-    creation(ctx).create(CreateRequest(name="web1"), start=False)
+    creation(ctx).create("web1", VMBody(state="stopped"))
     assert state(ctx, "web1") == VMState.STOPPED
     assert fake(ctx).power_state(ctx.row("web1").id) == PowerState.ABSENT
 
 
 def test_create_refuses_bad_answers_before_anything_exists(ctx: EngineContext) -> None:
     with pytest.raises(InvalidInput, match="unknown location"):
-        creation(ctx).create(CreateRequest(name="web1", location="mars"))
+        creation(ctx).create("web1", VMBody(location="mars"))
     with pytest.raises(InvalidInput, match="invalid port"):
-        creation(ctx).create(CreateRequest(name="web1", inbound_ports=(0,)))
+        closed = FirewallSpec.model_construct(inbound_ports=(0,))  # as a caller that skips checks
+        creation(ctx).create("web1", VMBody.model_construct(firewall=closed))
     with pytest.raises(InvalidInput, match="the disk of web1"):
         small = Creation(ctx, RecordingVolumes(), size_cap=lambda: GIB)
-        small.create(CreateRequest(name="web1", disk_size=2 * GIB))
+        small.create("web1", VMBody.model_validate({"disk_size": "2G"}))
     with pytest.raises(NotFound):
         ctx.row("web1")
     assert not any(ctx.paths.instances.iterdir())
@@ -122,7 +125,7 @@ def test_a_failed_create_undoes_its_volumes_and_files(
     monkeypatch.setattr(launch, "boot", broken_boot)
     volumes = RecordingVolumes()
     with pytest.raises(RuntimeError):
-        creation(ctx, volumes).create(CreateRequest(name="db1", volumes=(GIB,)))
+        creation(ctx, volumes).create("db1", VMBody.model_validate({"volumes": ["1G"]}))
     assert volumes.calls == [("check", (GIB,)), ("create", (GIB,)), ("undo", ("db1-vol0",))]
     with pytest.raises(NotFound):
         ctx.row("db1")
@@ -130,7 +133,7 @@ def test_a_failed_create_undoes_its_volumes_and_files(
 
 
 def test_start_pause_resume_and_delete(ctx: EngineContext) -> None:
-    creation(ctx).create(CreateRequest(name="web1"), start=False)
+    creation(ctx).create("web1", VMBody(state="stopped"))
     life = Lifecycle(ctx)
     assert life.start("web1").changed
     assert not life.start("web1").changed
@@ -151,21 +154,21 @@ def test_start_pause_resume_and_delete(ctx: EngineContext) -> None:
 
 
 def test_delete_without_force_of_a_stopped_vm(ctx: EngineContext) -> None:
-    creation(ctx).create(CreateRequest(name="off"), start=False)
+    creation(ctx).create("off", VMBody(state="stopped"))
     assert Lifecycle(ctx).delete("off").message == "off deleted"
     with pytest.raises(NotFound):
         ctx.row("off")
 
 
 def test_a_crashed_vm_is_reconciled_before_start(ctx: EngineContext) -> None:
-    creation(ctx).create(CreateRequest(name="web1"))
+    creation(ctx).create("web1", VMBody())
     fake(ctx).crash(ctx.row("web1").id)
     assert Lifecycle(ctx).start("web1").changed
     assert state(ctx, "web1") == VMState.RUNNING
 
 
 def test_reshape_and_spec_updates(ctx: EngineContext) -> None:
-    creation(ctx).create(CreateRequest(name="web1"), start=False)
+    creation(ctx).create("web1", VMBody(state="stopped"))
     life = Lifecycle(ctx)
     outcome = life.reshape("web1", None, 2, 2 * GIB)
     assert outcome.changed and "2 vCPU" in outcome.message
@@ -192,17 +195,17 @@ def test_recover_rolls_back_an_interrupted_create(ctx: EngineContext) -> None:
 def test_licences_count_seats_of_running_vms(ctx: EngineContext) -> None:
     licences = Licences(ctx)
     assert licences.license_add("acme-os", 1) == LicenceView("acme-os", 1, 0)
-    creation(ctx).create(CreateRequest(name="a1", image="acme"))
+    creation(ctx).create("a1", VMBody(image="acme"))
     assert licences.licences() == [LicenceView("acme-os", 1, 1)]
     assert licences.licences()[0].to_dict() == {"name": "acme-os", "seats": 1, "in_use": 1}
     with pytest.raises(Conflict, match="1 seats and 1 are in use"):
-        creation(ctx).create(CreateRequest(name="a2", image="acme"))
+        creation(ctx).create("a2", VMBody(image="acme"))
     with pytest.raises(InvalidInput):
         licences.license_add("acme-os", -1)
 
 
 def test_images_list_the_vms_using_them(ctx: EngineContext) -> None:
-    creation(ctx).create(CreateRequest(name="web1"), start=False)
+    creation(ctx).create("web1", VMBody(state="stopped"))
     images = Images(ctx, size_cap=lambda: GIB)
     listed = {i.name: i.used_by for i in images.images()}
     assert listed["tiny"] == ("web1",) and listed["acme"] == ()
@@ -222,7 +225,7 @@ def test_images_list_the_vms_using_them(ctx: EngineContext) -> None:
 
 
 def test_host_and_guest_reads(ctx: EngineContext) -> None:
-    creation(ctx).create(CreateRequest(name="web1"))
+    creation(ctx).create("web1", VMBody())
     host = HostInfo(ctx).host()
     assert (host.instances, host.running, host.accel) == (1, 1, "tcg")
     guest = GuestAccess(ctx)

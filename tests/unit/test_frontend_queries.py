@@ -12,11 +12,12 @@ from typer.testing import CliRunner
 
 from cloudlet.cli import main
 from cloudlet.engine import accel_cache, image_menu, type_listing
-from cloudlet.engine.engine import CreateRequest, Engine
+from cloudlet.engine.engine import Engine
 from cloudlet.engine.image_views import CatalogEntryView, ImageView
 from cloudlet.errors import InvalidInput, NotFound
 from cloudlet.host.kvm import AccelVerdict
 from cloudlet.images.store import Image
+from cloudlet.spec.document import VMBody
 from cloudlet.spec.machine_types import CATALOG
 from cloudlet.spec.units import GIB
 from tests.fakes import make_fake_engine
@@ -45,7 +46,7 @@ def _write_log(engine: Engine, vm: str, older: bytes, newer: bytes) -> None:
 def test_serial_log_tail_reads_the_rotated_part_first_and_keeps_the_last_lines(
     engine: Engine,
 ) -> None:
-    engine.create(CreateRequest(name="web1"), start=False)
+    engine.create("web1", VMBody(state="stopped"))
     assert engine.serial_log_tail("web1").data is None
     assert not engine.serial_log_tail("web1", 3).started
     _write_log(engine, "web1", b"one\ntwo\n", b"three\nfour\nfive")
@@ -62,7 +63,7 @@ def test_serial_log_tail_reads_the_rotated_part_first_and_keeps_the_last_lines(
 
 
 def test_logs_command_prints_what_the_engine_returns(engine: Engine) -> None:
-    engine.create(CreateRequest(name="web1"), start=False)
+    engine.create("web1", VMBody(state="stopped"))
     code, out, err = _cli("logs", "web1")
     assert code == 0 and out == b"" and "has no serial log yet" in err
     _write_log(engine, "web1", b"", b"a\nb\nc\n")

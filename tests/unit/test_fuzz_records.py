@@ -24,9 +24,9 @@ from cloudlet.backup.manifest_check import HostKey
 from cloudlet.backup.store import CHUNK_SIZE, DiskManifest, Manifest
 from cloudlet.cloudinit.userdata import validate_user_data
 from cloudlet.engine.backups import BackupService
-from cloudlet.engine.engine import CreateRequest, Engine
+from cloudlet.engine.engine import Engine
 from cloudlet.errors import CloudletError
-from cloudlet.spec.document import check_entry, parse_documents
+from cloudlet.spec.document import VMBody, check_entry, parse_documents
 from tests.fakes import make_fake_engine
 
 # A longer run on purpose: CLOUDLET_FUZZ_EXAMPLES=5000 pytest tests/unit/test_fuzz_records.py
@@ -141,7 +141,7 @@ def test_manifest_reader_on_a_mutated_manifest(
 def engine() -> Iterator[Engine]:
     with tempfile.TemporaryDirectory(prefix="cl-fuzz-") as tmp:
         e = make_fake_engine(Path(tmp) / "home")
-        e.create(CreateRequest(name="web1"))
+        e.create("web1", VMBody())
         e.stop("web1")
         yield e
 

@@ -10,9 +10,10 @@ from typer.testing import CliRunner
 
 from cloudlet.cli import main, terminal_commands
 from cloudlet.driver.fake.driver import FakeDriver
-from cloudlet.engine.engine import CreateRequest, Engine
+from cloudlet.engine.engine import Engine
 from cloudlet.errors import CloudletError, GuestError, InvalidInput, NotFound
 from cloudlet.guest import run_as
+from cloudlet.spec.document import AccessDoc, VMBody
 from tests.fakes import make_fake_engine
 from tests.terminal_talk import talk
 
@@ -24,7 +25,7 @@ def engine(short_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> Engine:
     e = make_fake_engine(short_tmp / "home")
     monkeypatch.setattr(main, "open_engine", lambda: e)
     monkeypatch.setattr(terminal_commands, "open_engine", lambda: e)
-    e.create(CreateRequest(name="web1"))
+    e.create("web1", VMBody())
     fake(e).add_user(e.show("web1").id, ALICE)
     return e
 
@@ -123,7 +124,7 @@ def test_cli_terminal_needs_a_terminal(engine: Engine) -> None:
 
 def test_shell_goes_over_ssh_as_the_login_user_when_the_vm_has_ssh(engine: Engine) -> None:
     key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
-    view = engine.create(CreateRequest(name="db1", image="cloudy", ssh_key_lines=(key,)))
+    view = engine.create("db1", VMBody(image="cloudy", access=AccessDoc(ssh_keys=[key])))
     (engine.paths.instance_dir(view.id) / "known_hosts").write_text("")
     access = engine.shell_access("db1")
     assert access.user == "debian" and access.ssh_argv is not None

@@ -16,9 +16,10 @@ from typing import Any
 
 import pytest
 
-from cloudlet.engine.engine import CreateRequest, Engine
+from cloudlet.engine.engine import Engine
 from cloudlet.errors import CloudletError
-from tests.fakes import FakeDisks, make_fake_engine
+from cloudlet.spec.document import AccessDoc, VMBody
+from tests.fakes import FakeDisks, create_local, make_fake_engine
 from tests.unit.test_hostile_manifests import snapshot as vms_and_volumes
 
 
@@ -49,7 +50,9 @@ def exported(short_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Engine, 
     (ssh / "id_me.pub").write_text(f"ssh-ed25519 {base64.b64encode(blob).decode()} me\n")
     (ssh / "id_me").write_text("private\n")
     e = make_fake_engine(short_tmp / "home")
-    e.create(CreateRequest(name="web1", image="cloudy", ssh_keys=(ssh / "id_me.pub",)))
+    create_local(
+        e, "web1", VMBody(image="cloudy", access=AccessDoc(ssh_keys=[str(ssh / "id_me.pub")]))
+    )
     e.storage.volume_create("data1", 64 * MIB)
     e.storage.volume_attach("data1", "web1")
     FakeDisks.write(Path(e.storage.volume("data1").path), "0", "data")

@@ -31,10 +31,11 @@ from cloudlet.config import Paths, Settings
 from cloudlet.driver.fake.driver import FakeDriver
 from cloudlet.engine import factory
 from cloudlet.engine.deps import EngineDeps
-from cloudlet.engine.engine import CreateRequest, Engine
+from cloudlet.engine.engine import Engine
 from cloudlet.errors import InvalidInput, NotFound
 from cloudlet.host.kvm import AccelVerdict
 from cloudlet.images.store import ImageStore
+from cloudlet.spec.document import VMBody
 from cloudlet.spec.network import FirewallRule
 from cloudlet.spec.units import GIB, MIB
 from cloudlet.store.database import Database
@@ -227,7 +228,7 @@ def world() -> Iterator[tuple[Path, Path, Path]]:
         arches=lambda: {"x86_64": "fake-qemu"},
     )
     engine = Engine(settings, deps, Database(settings.paths.database))
-    engine.create(CreateRequest(name="web1", image="seed"), start=False)
+    engine.create("web1", VMBody(image="seed", state="stopped"))
     storage = engine.storage
     storage.volume_create("data1", GIB)
     storage.snapshot_create("web1", "s1")

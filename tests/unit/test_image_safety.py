@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from cloudlet.engine.engine import CreateRequest
 from cloudlet.errors import InvalidInput, LimitExceeded
 from cloudlet.host import run as host_run
 from cloudlet.host.run import Limits, _limit_hit
 from cloudlet.images import untrusted
 from cloudlet.images.importer import check_clean
+from cloudlet.spec.document import VMBody
 from cloudlet.storage.staging import PREFIX, staging, sweep
 from tests.fakes import make_fake_engine
 
@@ -108,12 +108,12 @@ def test_qemu_img_sees_a_pinned_format_and_a_descriptor(tmp_path: Path) -> None:
 def test_create_refuses_a_disk_over_the_cap(short_tmp: Path) -> None:
     engine = make_fake_engine(short_tmp / "home")
     with pytest.raises(InvalidInput, match=r"the disk of big has a virtual size of 1024 TiB, over"):
-        engine.create(CreateRequest(name="big", disk_size=1 << 50))
+        engine.create("big", VMBody.model_validate({"disk_size": "1048576G"}))
     assert engine.instances() == []
     capped = dataclasses.replace(engine.settings, max_image_size=1 << 20)
     engine.settings = engine.ctx.settings = capped
     with pytest.raises(InvalidInput, match=r"256 MiB, over this host's cap of 1 MiB") as err:
-        engine.create(CreateRequest(name="small"))  # the image itself is over 1 MiB
+        engine.create("small", VMBody())  # the image itself is over 1 MiB
     assert "raise images.max_virtual_size in config.toml" in (err.value.hint or "")
     assert engine.instances() == []
 

@@ -8,10 +8,11 @@ import pytest
 
 from cloudlet.cli import wording
 from cloudlet.engine import licensing
-from cloudlet.engine.engine import CreateRequest, Engine
+from cloudlet.engine.engine import Engine
 from cloudlet.engine.image_views import LicenceView
 from cloudlet.errors import Conflict, InvalidInput
 from cloudlet.next_steps import Step, step
+from cloudlet.spec.document import VMBody
 from tests.fakes import make_fake_engine
 
 
@@ -22,7 +23,7 @@ def engine(short_tmp: Path) -> Engine:
 
 def test_proprietary_image_needs_registered_seats(engine: Engine) -> None:
     with pytest.raises(Conflict) as exc:
-        engine.create(CreateRequest(name="a1", image="acme"))
+        engine.create("a1", VMBody(image="acme"))
     assert "cloudlet" not in exc.value.one_line()
     assert exc.value.next_steps == (step(Step.LICENCE_ADD, licence="acme-os"),)
     assert "(cloudlet license add acme-os --seats SEATS)" in wording.error_line(exc.value)
@@ -31,11 +32,11 @@ def test_proprietary_image_needs_registered_seats(engine: Engine) -> None:
 
 def test_seats_are_counted_by_running_vms(engine: Engine) -> None:
     engine.license_add("acme-os", 1)
-    engine.create(CreateRequest(name="a1", image="acme"))
+    engine.create("a1", VMBody(image="acme"))
     with pytest.raises(Conflict, match="has 1 seats and 1 are in use"):
-        engine.create(CreateRequest(name="a2", image="acme"))
+        engine.create("a2", VMBody(image="acme"))
     assert [v.name for v in engine.instances()] == ["a1"]
-    engine.create(CreateRequest(name="a2", image="acme"), start=False)
+    engine.create("a2", VMBody(image="acme", state="stopped"))
     with pytest.raises(Conflict, match="1 are in use"):
         engine.start("a2")
     engine.stop("a1")
@@ -47,7 +48,7 @@ def test_seats_are_counted_by_running_vms(engine: Engine) -> None:
 
 def test_free_images_need_no_seats(engine: Engine) -> None:
     for n in range(3):
-        engine.create(CreateRequest(name=f"t{n}"))
+        engine.create(f"t{n}", VMBody())
 
 
 def test_macos_is_refused_off_apple_hardware(
@@ -58,7 +59,7 @@ def test_macos_is_refused_off_apple_hardware(
     monkeypatch.setattr(licensing, "DMI", tmp_path)
     engine.license_add("apple-eula", 5)
     with pytest.raises(Conflict, match="only on Apple hardware"):
-        engine.create(CreateRequest(name="mac1", image="mac"))
+        engine.create("mac1", VMBody(image="mac"))
     assert engine.instances() == []
 
 

@@ -14,8 +14,8 @@ import pytest
 from cloudlet import logs, redact
 from cloudlet.driver.qemu import agent
 from cloudlet.engine.backup_records import MANIFEST_KEY
-from cloudlet.engine.engine import CreateRequest
 from cloudlet.errors import Conflict
+from cloudlet.spec.document import VMBody
 from tests.fakes import make_fake_engine
 from tests.unit.test_agent_protocol import ScriptedAgent
 
@@ -246,7 +246,7 @@ def test_operations_are_logged_with_their_outcome(home: Path) -> None:
     (keys / "id_ed25519").write_text(f"private {SECRET}-key\n")
     (keys / "id_ed25519.pub").write_text(KEY + "\n")
     user_data = f"#cloud-config\nbootcmd:\n  - echo {SECRET}\n"
-    engine.create(CreateRequest(name="web1", image="cloudy", user_data_text=user_data))
+    engine.create("web1", VMBody(image="cloudy", user_data=user_data))
     engine.stop("web1")
     with pytest.raises(Conflict), logs.operation(41, "start", "web1"):
         raise Conflict("web1 is busy", hint="wait")
@@ -268,7 +268,7 @@ def test_a_failed_operation_is_logged_as_failed(home: Path) -> None:
     from cloudlet.errors import CloudletError
 
     engine = make_fake_engine(home)
-    engine.create(CreateRequest(name="web1"), start=False)
+    engine.create("web1", VMBody(state="stopped"))
     assert isinstance(engine.driver, FakeDriver)
     engine.driver.fail_next_start = "QEMU refused to start\nforged line"
     with pytest.raises(CloudletError):
@@ -279,7 +279,7 @@ def test_a_failed_operation_is_logged_as_failed(home: Path) -> None:
 
 def test_the_backup_manifest_key_never_reaches_the_log(home: Path) -> None:
     engine = make_fake_engine(home)
-    engine.create(CreateRequest(name="web1"))
+    engine.create("web1", VMBody())
     ops = engine.backups
     backup = ops.create("web1")
     ops.verify("web1", backup.id)

@@ -21,6 +21,7 @@ from cloudlet.errors import (
     InvalidInput,
     MissingDependency,
 )
+from cloudlet.spec.document import VMBody
 from cloudlet.storage import lvm
 from tests.fakes import make_fake_engine
 
@@ -211,7 +212,7 @@ def test_attach_resize_detach_delete_and_pool_delete(
 ) -> None:
     ops.pool_create("big", kind="lvm", devices=DEVS)
     ops.volume_create("data1", 64 * MIB, pool="big")
-    engine.create(_request("web1"))
+    engine.create("web1", VMBody())
     ops.volume_attach("data1", "web1")
     assert isinstance(engine.driver, FakeDriver)
     (disk,) = boot_disks(engine, engine.show("web1").id)
@@ -242,12 +243,6 @@ def test_attach_resize_detach_delete_and_pool_delete(
     ]
     assert fake_lvm.pvs == {} and fake_lvm.vgs == {}
     assert [p.name for p in ops.pools()] == ["default"]
-
-
-def _request(name: str) -> Any:
-    from cloudlet.engine.engine import CreateRequest
-
-    return CreateRequest(name=name)
 
 
 def test_without_thin_provisioning_volumes_are_plain_lvs_within_the_vg(

@@ -146,12 +146,12 @@ def test_ssh_gets_the_user_as_an_argument_never_as_an_option(tmp_path: Path) -> 
 
 
 def test_cloudlet_ssh_ends_options_before_the_host(short_tmp: Path) -> None:
-    from cloudlet.engine.engine import CreateRequest
+    from cloudlet.spec.document import AccessDoc, VMBody
     from tests.fakes import make_fake_engine
 
     e = make_fake_engine(short_tmp / "home")
     key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
-    view = e.create(CreateRequest(name="web1", image="cloudy", ssh_key_lines=(key,)))
+    view = e.create("web1", VMBody(image="cloudy", access=AccessDoc(ssh_keys=[key])))
     (e.paths.instance_dir(view.id) / "known_hosts").write_text("")
     argv = e.ssh_argv("web1", ["-oProxyCommand=x", "uname"])
     assert argv[argv.index("--") :] == ["--", "127.0.0.1", "-oProxyCommand=x", "uname"]

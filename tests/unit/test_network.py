@@ -9,10 +9,12 @@ from pathlib import Path
 import pytest
 
 from cloudlet.driver.fake.driver import FakeDriver
-from cloudlet.engine.engine import CreateRequest, Engine
+from cloudlet.engine.engine import Engine
 from cloudlet.engine.network_rows import split_networks
 from cloudlet.errors import Conflict, InvalidInput, MissingDependency, NeedsRoot, NotFound
 from cloudlet.network import bridge, dnsmasq, links, nft, tap
+from cloudlet.spec.document import VMBody
+from cloudlet.spec.instance import FirewallSpec
 from cloudlet.spec.network import (
     FirewallRule,
     NetworkDef,
@@ -293,8 +295,8 @@ def test_create_vms_on_networks_and_delete_everything(engine: Engine, host: Fake
     with pytest.raises(Conflict):
         ops.network_create("other", "10.80.1.128/25")  # overlaps backend
     assert host.links == {"clb-backend", "clb-dmz"} and len(host.dnsmasq) == 2
-    engine.create(CreateRequest(name="web1", networks=("backend", "dmz")))
-    engine.create(CreateRequest(name="db1", networks=("nat", "backend")))
+    engine.create("web1", VMBody(network="none", networks=["backend", "dmz"]))
+    engine.create("db1", VMBody(networks=["backend"]))
     web, db = engine.show("web1"), engine.show("db1")
     config = fake(engine).vms[web.id].config
     assert config.network_mode == "none" and [n.node for n in config.tap_nics] == ["tn1", "tn2"]
@@ -321,7 +323,7 @@ def test_create_vms_on_networks_and_delete_everything(engine: Engine, host: Fake
 def test_stopped_vm_comes_back_with_its_network(engine: Engine, host: FakeHost) -> None:
     ops = engine.networks
     ops.network_create("backend", "10.80.1.0/24")
-    engine.create(CreateRequest(name="web1", networks=("backend",)))
+    engine.create("web1", VMBody(network="none", networks=["backend"]))
     engine.stop("web1", force=True)
     host.links.clear()  # the host rebooted: bridges, TAPs and dnsmasq are gone
     host.dnsmasq.clear()
@@ -336,7 +338,7 @@ def test_hot_plug_nic_shares_slots_with_volumes(engine: Engine, host: FakeHost) 
     ops = engine.networks
     storage = engine.storage
     ops.network_create("lab", "10.80.2.0/24", mode="isolated")
-    engine.create(CreateRequest(name="web1"))
+    engine.create("web1", VMBody())
     iid = engine.show("web1").id
     for i in range(3):
         storage.volume_create(f"d{i}", GIB)
@@ -359,13 +361,13 @@ def test_hot_plug_nic_shares_slots_with_volumes(engine: Engine, host: FakeHost) 
 def test_port_forwards_nat_live_and_bridged(engine: Engine, host: FakeHost) -> None:
     ops = engine.networks
     ops.network_create("backend", "10.80.1.0/24")
-    engine.create(CreateRequest(name="web1", networks=("nat", "backend")))
+    engine.create("web1", VMBody(networks=["backend"]))
     iid = engine.show("web1").id
     assert "127.0.0.1:8080" in ops.port_add("web1", "8080:80/tcp").message
     assert ("tcp", 8080) in fake(engine).vms[iid].forwards
     ops.port_add("web1", "9090:80", network="backend")
     assert host.ruleset is not None and "dport 9090 dnat ip to 10.80.1.10:80" in host.ruleset
-    engine.create(CreateRequest(name="db1"))
+    engine.create("db1", VMBody())
     with pytest.raises(Conflict, match="already forwarded to web1"):
         ops.port_add("db1", "8080:80")
     with pytest.raises(NotFound):
@@ -383,7 +385,10 @@ def test_port_forwards_nat_live_and_bridged(engine: Engine, host: FakeHost) -> N
 def test_firewall_rules_groups_and_list(engine: Engine, host: FakeHost) -> None:
     ops = engine.networks
     ops.network_create("backend", "10.80.1.0/24")
-    engine.create(CreateRequest(name="web1", networks=("backend",), inbound_ports=(22,)))
+    engine.create(
+        "web1",
+        VMBody(network="none", networks=["backend"], firewall=FirewallSpec(inbound_ports=(22,))),
+    )
     ops.firewall_allow("web1", parse_rule("5432/tcp", "10.80.3.0/24"))
     ops.group_create("web", [parse_rule("80/tcp"), parse_rule("443")])
     with pytest.raises(NotFound):
@@ -410,9 +415,9 @@ def test_views_carry_the_addresses_nic_list_shows(engine: Engine, host: FakeHost
     ops = engine.networks
     ops.network_create("backend", "10.80.1.0/24")
     ops.network_create("dmz", "10.80.3.0/24")
-    engine.create(CreateRequest(name="web1", networks=("backend", "dmz")), start=False)
-    engine.create(CreateRequest(name="db1", networks=("nat", "backend")))
-    engine.create(CreateRequest(name="off", networks=("none",)), start=False)
+    engine.create("web1", VMBody(network="none", networks=["backend", "dmz"], state="stopped"))
+    engine.create("db1", VMBody(networks=["backend"]))
+    engine.create("off", VMBody(network="none", state="stopped"))
     views = {vm.name: vm.addresses for vm in engine.instances()}
     assert views == {
         "web1": {"backend": "10.80.1.10", "dmz": "10.80.3.10"},  # stopped: still recorded
@@ -437,7 +442,7 @@ def test_gc_removes_leftovers(engine: Engine, host: FakeHost) -> None:
     ]
     assert host.links == {"clb-backend", "eth0"}
     # a nic add killed half way: the record exists, the spec never got the NIC
-    engine.create(CreateRequest(name="web1"))
+    engine.create("web1", VMBody())
     from cloudlet.engine.network_records import add_nic_row
 
     stray = add_nic_row(engine.ctx, engine.show("web1").id, "backend", slot=None)
@@ -457,7 +462,7 @@ def test_bridged_networks_need_root(engine: Engine, monkeypatch: pytest.MonkeyPa
     with pytest.raises(NeedsRoot, match="need root") as info:
         engine.networks.network_create("backend", "10.80.1.0/24")
     assert "\n" not in info.value.one_line()
-    engine.create(CreateRequest(name="plain"))  # user-mode NAT needs no root
+    engine.create("plain", VMBody())  # user-mode NAT needs no root
 
 
 def test_spec_files_carry_networks_and_apply_enforces_firewall(
@@ -484,7 +489,7 @@ def test_spec_files_carry_networks_and_apply_enforces_firewall(
 def test_a_clone_gets_its_own_addresses_not_the_forwards(engine: Engine, host: FakeHost) -> None:
     ops = engine.networks
     ops.network_create("backend", "10.80.1.0/24")
-    engine.create(CreateRequest(name="web1", networks=("backend",)))
+    engine.create("web1", VMBody(network="none", networks=["backend"]))
     ops.port_add("web1", "8080:80")
     engine.stop("web1", force=True)
     engine.storage.clone("web1", "web2")

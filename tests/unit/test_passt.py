@@ -9,9 +9,10 @@ import pytest
 
 from cloudlet.driver.base import HostForward, LaunchConfig
 from cloudlet.driver.qemu.argv import build_argv, uses_passt
-from cloudlet.engine.engine import CreateRequest, Engine
+from cloudlet.engine.engine import Engine
 from cloudlet.errors import MissingDependency
 from cloudlet.host import passt
+from cloudlet.spec.document import VMBody
 from cloudlet.spec.units import GIB
 from tests.fakes import make_fake_engine
 
@@ -77,7 +78,7 @@ def engine(short_tmp: Path) -> Engine:
 def test_forwards_of_a_running_passt_vm_wait_for_its_next_start(
     engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    engine.create(CreateRequest(name="web1"))
+    engine.create("web1", VMBody())
     monkeypatch.setattr(type(engine.driver), "live_host_forwards", lambda self, iid: False)
     ops = engine.networks
     said = ops.port_add("web1", "8080:80/tcp").message

@@ -14,9 +14,10 @@ from rich.console import Console
 
 from cloudlet.cli import progress as cli_progress
 from cloudlet.driver.fake.driver import FakeDriver
-from cloudlet.engine.engine import CreateRequest, Engine
+from cloudlet.engine.engine import Engine
 from cloudlet.errors import Cancelled
 from cloudlet.progress import CancelToken, ProgressEvent
+from cloudlet.spec.document import AccessDoc, VMBody
 from tests.cancelling import REASON, cancelled_soon
 from tests.fakes import make_fake_engine
 
@@ -73,10 +74,10 @@ def cancelled_once_hung(engine: Engine, stage: str) -> Iterator[tuple[CancelToke
 
 def test_create_start_and_restart_report_their_phases_in_order(engine: Engine) -> None:
     sink = Recorder()
-    engine.create(CreateRequest(name="web1"), progress=sink)
+    engine.create("web1", VMBody(), progress=sink)
     assert sink.stages == ["disk", "boot", "agent"]
     sink = Recorder()
-    engine.create(CreateRequest(name="web2"), wait=False, progress=sink)
+    engine.create("web2", VMBody(wait="none"), progress=sink)
     assert sink.stages == ["disk", "boot"]
     engine.stop("web1", force=True)
     sink = Recorder()
@@ -91,21 +92,21 @@ def _nothing_left(engine: Engine, name: str) -> None:
     assert engine.instances(include_process=True) == []
     assert list(engine.paths.instances.iterdir()) == []
     assert not any(vm.alive for vm in _driver(engine).vms.values())
-    engine.create(CreateRequest(name=name))  # the name and its lock are free again
+    engine.create(name, VMBody())  # the name and its lock are free again
     assert engine.show(name).state == "running"
 
 
 def test_a_create_cancelled_while_the_agent_hangs_leaves_no_vm(engine: Engine) -> None:
     with cancelled_once_hung(engine, "agent") as (token, sink):
-        engine.create(CreateRequest(name="web1"), progress=sink, cancel=token)
+        engine.create("web1", VMBody(), progress=sink, cancel=token)
     assert sink.stages == ["disk", "boot", "agent"]
     _nothing_left(engine, "web1")
 
 
 def test_a_create_cancelled_while_cloud_init_runs_leaves_no_vm(engine: Engine) -> None:
-    request = CreateRequest(name="db1", image="cloudy", ssh_key_lines=KEY, wait_cloud_init=True)
+    body = VMBody(image="cloudy", access=AccessDoc(ssh_keys=list(KEY)), wait="cloud-init")
     with cancelled_once_hung(engine, "cloud-init") as (token, sink):
-        engine.create(request, progress=sink, cancel=token)
+        engine.create("db1", body, progress=sink, cancel=token)
     assert sink.stages == ["disk", "boot", "agent", "cloud-init"]
     _nothing_left(engine, "db1")
 
@@ -114,12 +115,12 @@ def test_a_create_cancelled_before_it_began_makes_nothing(engine: Engine) -> Non
     token = CancelToken()
     token.cancel("the client went away")
     with pytest.raises(Exception, match="the client went away"):
-        engine.create(CreateRequest(name="web1"), cancel=token)
+        engine.create("web1", VMBody(), cancel=token)
     _nothing_left(engine, "web1")
 
 
 def test_a_cancelled_start_leaves_the_vm_stopped_and_startable(engine: Engine) -> None:
-    engine.create(CreateRequest(name="web1"), start=False)
+    engine.create("web1", VMBody(state="stopped"))
     with cancelled_once_hung(engine, "agent") as (token, sink):
         engine.start("web1", progress=sink, cancel=token)
     vm = engine.show("web1")
@@ -129,7 +130,7 @@ def test_a_cancelled_start_leaves_the_vm_stopped_and_startable(engine: Engine) -
 
 
 def test_a_start_waiting_for_the_vm_lock_is_cancelled_without_taking_it(engine: Engine) -> None:
-    engine.create(CreateRequest(name="web1"), start=False)
+    engine.create("web1", VMBody(state="stopped"))
     holding, release = threading.Event(), threading.Event()
 
     def holder() -> None:
@@ -182,6 +183,6 @@ def test_the_calls_own_token_cancels_a_create_too(engine: Engine) -> None:
         cancelled_once_hung(engine, "agent") as (token, sink),
         call_options.per_call(cancel=token),
     ):
-        engine.create(CreateRequest(name="web1"), progress=sink)
+        engine.create("web1", VMBody(), progress=sink)
     assert sink.stages == ["disk", "boot", "agent"]
     _nothing_left(engine, "web1")

@@ -16,7 +16,8 @@ import pytest
 from cloudlet.cli import complete, entry, main, quick
 from cloudlet.cli.formats import Output
 from cloudlet.engine import read_model, state_modes
-from cloudlet.engine.engine import CreateRequest, Engine
+from cloudlet.engine.engine import Engine
+from cloudlet.spec.document import AccessDoc, VMBody
 from cloudlet.spec.instance import AccessSpec, NetworkSpec
 from cloudlet.spec.network import NicSpec, PortForward
 from cloudlet.spec.states import VMState
@@ -49,16 +50,20 @@ def engine(short_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> Engine:
     e = make_fake_engine(home)
     monkeypatch.setattr(main, "open_engine", lambda: e)
     e.networks.network_create("backend-01", "10.80.1.0/24")
-    e.create(CreateRequest(name="web-frontend-01", networks=("nat", "backend-01")))
+    e.create("web-frontend-01", VMBody(network="nat", networks=["backend-01"]))
     e.networks.port_add("web-frontend-01", "8080:80")
     e.create(
-        CreateRequest(
-            name="db-primary", image="cloudy", networks=("backend-01",), ssh_key_lines=KEY
-        )
+        "db-primary",
+        VMBody(
+            image="cloudy",
+            network="none",
+            networks=["backend-01"],
+            access=AccessDoc(ssh_keys=list(KEY)),
+        ),
     )
-    e.create(CreateRequest(name="dark", networks=("none",)), start=False)
-    e.create(CreateRequest(name="broken"), start=False)
-    e.create(CreateRequest(name="lost"), start=False)
+    e.create("dark", VMBody(network="none", state="stopped"))
+    e.create("broken", VMBody(state="stopped"))
+    e.create("lost", VMBody(state="stopped"))
     for name in ("web-frontend-01", "db-primary"):
         e.stop(name, force=True)
     e.storage.snapshot_create("web-frontend-01", "before")  # the active disk moves

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from cloudlet.driver.fake.driver import FakeDriver
-from cloudlet.engine.engine import CreateRequest, Engine
+from cloudlet.engine.engine import Engine
 from cloudlet.engine.storage import StorageService
 from cloudlet.engine.storage_rows import active_disk, boot_disks, snapshot_rows
 from cloudlet.errors import (
@@ -25,6 +25,7 @@ from cloudlet.errors import (
     OutOfSpace,
 )
 from cloudlet.next_steps import Step, step
+from cloudlet.spec.document import VMBody
 from cloudlet.spec.units import GIB, TIB
 from tests.fakes import FakeDisks, make_fake_engine
 
@@ -165,7 +166,7 @@ def test_volume_errors(engine: Engine, ops: StorageService) -> None:
 def test_hotplug_into_a_running_vm_and_back_at_next_boot(
     engine: Engine, ops: StorageService
 ) -> None:
-    engine.create(CreateRequest(name="web1"))
+    engine.create("web1", VMBody())
     ops.volume_create("data1", 2 * GIB)
     message = ops.volume_attach("data1", "web1").message
     assert "now" in message
@@ -194,7 +195,7 @@ def test_hotplug_into_a_running_vm_and_back_at_next_boot(
 
 
 def test_attach_to_a_stopped_vm_takes_effect_at_start(engine: Engine, ops: StorageService) -> None:
-    engine.create(CreateRequest(name="web1"), start=False)
+    engine.create("web1", VMBody(state="stopped"))
     ops.volume_create("data1", GIB)
     assert "next start" in ops.volume_attach("data1", "web1").message
     assert "offline" in ops.volume_resize("data1", 2 * GIB).message
@@ -205,8 +206,8 @@ def test_attach_to_a_stopped_vm_takes_effect_at_start(engine: Engine, ops: Stora
 
 
 def test_slots_run_out_and_a_volume_has_one_vm(engine: Engine, ops: StorageService) -> None:
-    engine.create(CreateRequest(name="web1"))
-    engine.create(CreateRequest(name="web2", type="gp.micro"))
+    engine.create("web1", VMBody())
+    engine.create("web2", VMBody(type="gp.micro"))
     for i in range(5):
         ops.volume_create(f"v{i}", GIB)
     for i in range(4):
@@ -222,7 +223,7 @@ def test_slots_run_out_and_a_volume_has_one_vm(engine: Engine, ops: StorageServi
 
 
 def test_deleting_a_vm_keeps_its_volumes(engine: Engine, ops: StorageService) -> None:
-    engine.create(CreateRequest(name="web1"))
+    engine.create("web1", VMBody())
     ops.volume_create("data1", GIB)
     ops.volume_attach("data1", "web1")
     assert "volumes kept, now detached: data1" in engine.delete("web1", force=True).message
@@ -234,7 +235,7 @@ def test_deleting_a_vm_keeps_its_volumes(engine: Engine, ops: StorageService) ->
 def test_live_snapshot_freezes_the_guest_and_moves_the_active_layer(
     engine: Engine, ops: StorageService
 ) -> None:
-    engine.create(CreateRequest(name="web1"))
+    engine.create("web1", VMBody())
     iid = vm_id(engine, "web1")
     before = active_disk(engine, iid)
     snap = ops.snapshot_create("web1", "pre-patch")
@@ -253,7 +254,7 @@ def test_live_snapshot_freezes_the_guest_and_moves_the_active_layer(
 def test_snapshot_without_a_working_agent_is_crash_consistent(
     engine: Engine, ops: StorageService, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    engine.create(CreateRequest(name="web1"))
+    engine.create("web1", VMBody())
 
     def refuse(instance_id: str) -> int:
         raise GuestError("guest agent refused guest-fsfreeze-freeze")
@@ -267,7 +268,7 @@ def test_snapshot_without_a_working_agent_is_crash_consistent(
 def test_revert_brings_back_deleted_data_and_discards_later_snapshots(
     engine: Engine, ops: StorageService
 ) -> None:
-    engine.create(CreateRequest(name="web1"))
+    engine.create("web1", VMBody())
     write(engine, "web1", "/root/keep", "v1")
     ops.snapshot_create("web1", "pre-patch")
     write(engine, "web1", "/root/keep", "")  # deleted
@@ -291,8 +292,8 @@ def test_revert_brings_back_deleted_data_and_discards_later_snapshots(
 def test_revert_to_unknown_or_foreign_snapshots_is_a_clear_error(
     engine: Engine, ops: StorageService
 ) -> None:
-    engine.create(CreateRequest(name="web1"), start=False)
-    engine.create(CreateRequest(name="web2"), start=False)
+    engine.create("web1", VMBody(state="stopped"))
+    engine.create("web2", VMBody(state="stopped"))
     ops.snapshot_create("web2", "theirs")
     with pytest.raises(NotFound, match="web1 has no snapshot 'nope'"):
         ops.snapshot_revert("web1", "nope")
@@ -304,7 +305,7 @@ def test_revert_to_unknown_or_foreign_snapshots_is_a_clear_error(
 def test_snapshot_delete_merges_so_no_data_is_lost(
     engine: Engine, ops: StorageService, running: bool
 ) -> None:
-    engine.create(CreateRequest(name="web1"))
+    engine.create("web1", VMBody())
     write(engine, "web1", "a", "1")
     ops.snapshot_create("web1", "s1")
     write(engine, "web1", "b", "2")
@@ -327,7 +328,7 @@ def test_snapshot_delete_merges_so_no_data_is_lost(
 
 
 def test_snapshot_list_is_a_chain(engine: Engine, ops: StorageService) -> None:
-    engine.create(CreateRequest(name="web1"), start=False)
+    engine.create("web1", VMBody(state="stopped"))
     ops.snapshot_create("web1", "s1")
     ops.snapshot_create("web1", "s2")
     views = ops.snapshots("web1")
@@ -336,7 +337,7 @@ def test_snapshot_list_is_a_chain(engine: Engine, ops: StorageService) -> None:
 
 # ---------------------------------------------------------------- clones
 def test_full_clone_copies_the_data_into_a_new_vm(engine: Engine, ops: StorageService) -> None:
-    engine.create(CreateRequest(name="web1"))
+    engine.create("web1", VMBody())
     write(engine, "web1", "f", "1")
     with pytest.raises(Conflict, match="cannot clone web1: it is running") as refused:
         ops.clone("web1", "web1-test")
@@ -359,7 +360,7 @@ def test_full_clone_copies_the_data_into_a_new_vm(engine: Engine, ops: StorageSe
 
 
 def test_linked_clone_pins_its_snapshot(engine: Engine, ops: StorageService) -> None:
-    engine.create(CreateRequest(name="web1"), start=False)
+    engine.create("web1", VMBody(state="stopped"))
     with pytest.raises(InvalidInput, match="has none"):
         ops.clone("web1", "lc", linked=True)
     write(engine, "web1", "f", "1")
@@ -385,7 +386,7 @@ def test_linked_clone_pins_its_snapshot(engine: Engine, ops: StorageService) -> 
 def test_failed_clone_leaves_nothing(
     engine: Engine, ops: StorageService, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    engine.create(CreateRequest(name="web1"), start=False)
+    engine.create("web1", VMBody(state="stopped"))
 
     def broken(src: Path, dest: Path) -> None:
         dest.write_text("half")
@@ -401,7 +402,7 @@ def test_failed_clone_leaves_nothing(
 def test_failed_snapshot_leaves_no_record_and_no_file(
     engine: Engine, ops: StorageService, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    engine.create(CreateRequest(name="web1"), start=False)
+    engine.create("web1", VMBody(state="stopped"))
     iid = vm_id(engine, "web1")
     before = active_disk(engine, iid)
 
@@ -421,7 +422,7 @@ def test_snapshot_recorded_but_never_made_is_rolled_back_at_next_start(
 ) -> None:
     """The record comes first; a process killed before the layer exists leaves a record
     whose layer is missing: the next command under the VM's lock drops it."""
-    engine.create(CreateRequest(name="web1"), start=False)
+    engine.create("web1", VMBody(state="stopped"))
     iid = vm_id(engine, "web1")
     write(engine, "web1", "f", "1")
     before = active_disk(engine, iid)
@@ -437,7 +438,7 @@ def test_snapshot_recorded_but_never_made_is_rolled_back_at_next_start(
 def test_memory_snapshot_revert_resumes_the_guest_where_it_was(
     engine: Engine, ops: StorageService
 ) -> None:
-    engine.create(CreateRequest(name="web1"))
+    engine.create("web1", VMBody())
     iid = vm_id(engine, "web1")
     fake(engine).vms[iid].ram["/tmp/pid"] = "42"
     write(engine, "web1", "/root/keep", "v1")
@@ -470,7 +471,7 @@ def test_memory_snapshot_revert_resumes_the_guest_where_it_was(
 
 
 def test_memory_snapshot_of_a_stopped_vm_is_refused(engine: Engine, ops: StorageService) -> None:
-    engine.create(CreateRequest(name="web1"), start=False)
+    engine.create("web1", VMBody(state="stopped"))
     with pytest.raises(Conflict, match="cannot keep the memory of web1: it is stopped"):
         ops.snapshot_create("web1", "s1", memory=True)
     assert ops.snapshots("web1") == []
@@ -479,7 +480,7 @@ def test_memory_snapshot_of_a_stopped_vm_is_refused(engine: Engine, ops: Storage
 def test_memory_snapshot_of_a_paused_vm_leaves_it_paused(
     engine: Engine, ops: StorageService
 ) -> None:
-    engine.create(CreateRequest(name="web1"))
+    engine.create("web1", VMBody())
     engine.pause("web1")
     assert ops.snapshot_create("web1", "s1", memory=True).memory
     assert engine.show("web1").state == "paused"
@@ -489,7 +490,7 @@ def test_memory_snapshot_of_a_paused_vm_leaves_it_paused(
 def test_memory_state_that_cannot_be_saved_or_loaded_is_a_clear_error(
     engine: Engine, ops: StorageService, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    engine.create(CreateRequest(name="web1"))
+    engine.create("web1", VMBody())
     iid = vm_id(engine, "web1")
 
     def refuse(instance_id: str, target: Path) -> None:
@@ -517,7 +518,7 @@ def test_memory_state_that_cannot_be_saved_or_loaded_is_a_clear_error(
 def test_a_stale_memory_state_never_makes_a_disk_snapshot_look_like_one(
     engine: Engine, ops: StorageService
 ) -> None:
-    engine.create(CreateRequest(name="web1"))
+    engine.create("web1", VMBody())
     layer = active_disk(engine, vm_id(engine, "web1"))
     Path(f"{layer}.vmstate").write_text("left by a killed snapshot")
     assert not ops.snapshot_create("web1", "s1").memory
@@ -527,7 +528,7 @@ def test_a_stale_memory_state_never_makes_a_disk_snapshot_look_like_one(
 def test_a_memory_snapshot_with_no_room_for_its_state_is_not_taken_at_all(
     engine: Engine, ops: StorageService, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    engine.create(CreateRequest(name="web1"))
+    engine.create("web1", VMBody())
     iid = vm_id(engine, "web1")
     top = active_disk(engine, iid)
 

@@ -17,7 +17,6 @@ from cloudlet.driver.fake.driver import FakeDriver
 from cloudlet.engine import instance_view, power
 from cloudlet.engine.clones import Clones
 from cloudlet.engine.context import EngineContext
-from cloudlet.engine.engine import CreateRequest
 from cloudlet.engine.pools import Pools
 from cloudlet.engine.snapshots import Snapshots
 from cloudlet.engine.storage import StorageService
@@ -25,6 +24,7 @@ from cloudlet.engine.storage_rows import active_disk, boot_disks, owner_name, sn
 from cloudlet.engine.volumes import Volumes
 from cloudlet.errors import Cancelled, Conflict, NotFound
 from cloudlet.progress import CancelToken, ProgressEvent
+from cloudlet.spec.document import VMBody
 from cloudlet.spec.units import GIB, MIB
 from tests.fakes import FakeDisks, make_fake_engine, switch_off_the_facade
 
@@ -39,9 +39,9 @@ def make_ctx(
     """VMs made through the Engine, then a context of their own and the facade off."""
     engine = make_fake_engine(home)
     for name in running:
-        engine.create(CreateRequest(name=name))
+        engine.create(name, VMBody())
     for name in stopped:
-        engine.create(CreateRequest(name=name), start=False)
+        engine.create(name, VMBody(state="stopped"))
     ctx = EngineContext(engine.settings, engine.deps, engine.db)
     switch_off_the_facade(monkeypatch)
     return ctx

@@ -11,10 +11,11 @@ from cloudlet.backup.store import VerifyProblem
 from cloudlet.cli import wording
 from cloudlet.engine.backup_requests import PolicyUpdate
 from cloudlet.engine.backup_views import PruneResult, RunDueResult
-from cloudlet.engine.engine import CreateRequest, Engine
+from cloudlet.engine.engine import Engine
 from cloudlet.engine.views import Done
 from cloudlet.errors import Conflict, InvalidInput, NotFound
 from cloudlet.next_steps import Step, step
+from cloudlet.spec.document import VMBody
 from cloudlet.store.models import BackupRow
 from tests.fakes import make_fake_engine
 
@@ -22,7 +23,7 @@ from tests.fakes import make_fake_engine
 @pytest.fixture
 def engine(short_tmp: Path) -> Engine:
     made = make_fake_engine(short_tmp / "home")
-    made.create(CreateRequest(name="web1"))
+    made.create("web1", VMBody())
     return made
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from cloudlet.cli import wording
-from cloudlet.engine.engine import CreateRequest, Engine
+from cloudlet.engine.engine import Engine
 from cloudlet.engine.network_rows import NetworkVmView
 from cloudlet.engine.network_views import (
     FirewallGroupView,
@@ -24,6 +24,7 @@ from cloudlet.engine.network_views import (
 from cloudlet.engine.views import Done
 from cloudlet.errors import Conflict, NotFound
 from cloudlet.next_steps import Step, step
+from cloudlet.spec.document import VMBody
 from cloudlet.spec.network import parse_rule
 from cloudlet.spec.units import GIB
 from tests.fakes import make_fake_engine
@@ -35,7 +36,7 @@ from tests.unit.test_network import host as host  # the recorder of host plumbin
 def engine(short_tmp: Path, host: FakeHost) -> Engine:
     made = make_fake_engine(short_tmp / "home", cpus=8, memory=16 * GIB)
     made.networks.network_create("backend", "10.80.1.0/24")
-    made.create(CreateRequest(name="web1"))
+    made.create("web1", VMBody())
     return made
 
 

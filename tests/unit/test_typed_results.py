@@ -15,12 +15,12 @@ from typer.testing import CliRunner
 
 from cloudlet.cli import main, wording
 from cloudlet.engine import apply as apply_mod
-from cloudlet.engine.engine import CreateRequest, Engine, SpecChanges
+from cloudlet.engine.engine import Engine, SpecChanges
 from cloudlet.engine.image_views import CatalogEntryView, ImageView, LicenceView
 from cloudlet.engine.views import Done
 from cloudlet.errors import CloudletError, Conflict, InvalidInput, StillRunning
 from cloudlet.next_steps import Step, step
-from cloudlet.spec.document import parse_documents
+from cloudlet.spec.document import VMBody, parse_documents
 from cloudlet.spec.units import GIB
 from tests.fakes import make_fake_engine
 
@@ -47,7 +47,7 @@ def cli(*args: str) -> tuple[int, str, str]:
 
 
 def test_delete_returns_what_it_did(engine: Engine) -> None:
-    engine.create(CreateRequest(name="web1"))
+    engine.create("web1", VMBody())
     with pytest.raises(StillRunning) as refused:
         engine.delete("web1")
     assert "cloudlet" not in refused.value.one_line()
@@ -64,7 +64,7 @@ def test_delete_returns_what_it_did(engine: Engine) -> None:
 
 
 def test_images_are_views_and_json_keeps_its_keys(engine: Engine) -> None:
-    engine.create(CreateRequest(name="web1"), start=False)
+    engine.create("web1", VMBody(state="stopped"))
     images = engine.images()
     assert all(isinstance(i, ImageView) for i in images)
     tiny = engine.image_show("tiny")
@@ -80,8 +80,8 @@ def test_images_are_views_and_json_keeps_its_keys(engine: Engine) -> None:
 
 
 def test_image_delete_is_done_or_refused_with_the_vms_to_delete(engine: Engine) -> None:
-    engine.create(CreateRequest(name="a1", image="acme"), start=False)
-    engine.create(CreateRequest(name="a2", image="acme"), start=False)
+    engine.create("a1", VMBody(image="acme", state="stopped"))
+    engine.create("a2", VMBody(image="acme", state="stopped"))
     code, _, err = cli("image", "delete", "acme")
     assert code == 4
     assert err == (
@@ -104,12 +104,12 @@ def test_catalog_entries_are_views(engine: Engine) -> None:
 
 def test_licences_are_views_and_a_missing_seat_names_the_licence(engine: Engine) -> None:
     with pytest.raises(Conflict) as refused:
-        engine.create(CreateRequest(name="a1", image="acme"))
+        engine.create("a1", VMBody(image="acme"))
     assert refused.value.next_steps == (step(Step.LICENCE_ADD, licence="acme-os"),)
     assert engine.license_add("acme-os", 1) == LicenceView("acme-os", 1, 0)
-    engine.create(CreateRequest(name="a1", image="acme"))
+    engine.create("a1", VMBody(image="acme"))
     with pytest.raises(Conflict) as full:
-        engine.create(CreateRequest(name="a2", image="acme"))
+        engine.create("a2", VMBody(image="acme"))
     assert full.value.next_steps == (step(Step.LICENCE_ADD, licence="acme-os", seats="2"),)
     assert wording.error_line(full.value).endswith("(cloudlet license add acme-os --seats 2)")
     code, out, _ = cli("license", "list", "-o", "json")
@@ -119,7 +119,7 @@ def test_licences_are_views_and_a_missing_seat_names_the_licence(engine: Engine)
 
 
 def test_a_fixed_field_change_is_refused_with_steps_the_cli_words(engine: Engine) -> None:
-    engine.create(CreateRequest(name="web1"), start=False)
+    engine.create("web1", VMBody(state="stopped"))
     with pytest.raises(InvalidInput) as refused:
         engine.lifecycle.update_spec("web1", {"cpus": 4})
     assert refused.value.next_steps == (
@@ -143,7 +143,7 @@ def test_a_fixed_field_change_is_refused_with_steps_the_cli_words(engine: Engine
 
 
 def test_exec_without_a_command_and_ssh_without_access_name_the_steps(engine: Engine) -> None:
-    engine.create(CreateRequest(name="web1"))
+    engine.create("web1", VMBody())
     with pytest.raises(InvalidInput) as no_command:
         engine.exec("web1", [])
     assert no_command.value.next_steps == (step(Step.VM_EXEC, vm="web1"),)
@@ -157,7 +157,7 @@ def test_exec_without_a_command_and_ssh_without_access_name_the_steps(engine: En
 
 
 def test_spec_changes_are_a_typed_request(engine: Engine) -> None:
-    engine.create(CreateRequest(name="web1"), start=False)
+    engine.create("web1", VMBody(state="stopped"))
     assert SpecChanges().as_dict() == {}
     assert SpecChanges(api_access=False, volumes=()).as_dict() == {
         "volumes": (),

@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 
 from cloudlet.cli import wording
-from cloudlet.engine.engine import CreateRequest, Engine
+from cloudlet.engine.engine import Engine
 from cloudlet.engine.views import Done
 from cloudlet.errors import CloudletError, Conflict, InvalidInput, NotFound
 from cloudlet.next_steps import NextStep, Step, step
+from cloudlet.spec.document import VMBody
 from cloudlet.spec.units import GIB
 from tests.fakes import make_fake_engine
 
@@ -30,7 +31,7 @@ def engine(short_tmp: Path) -> Engine:
 
 def test_volume_changes_are_done_results(engine: Engine) -> None:
     storage = engine.storage
-    engine.create(CreateRequest(name="web1"))
+    engine.create("web1", VMBody())
     storage.volume_create("data1", GIB)
     attached = storage.volume_attach("data1", "web1")
     assert isinstance(attached, Done)
@@ -65,7 +66,7 @@ def test_pool_and_snapshot_changes_are_done_results(engine: Engine, short_tmp: P
     storage.pool_create("fast", short_tmp / "fast")
     gone = storage.pool_delete("fast")
     assert (gone.kind, gone.name, gone.action) == ("pool", "fast", "deleted")
-    engine.create(CreateRequest(name="web1"), start=False)
+    engine.create("web1", VMBody(state="stopped"))
     storage.snapshot_create("web1", "s1")
     storage.snapshot_create("web1", "s2")
     reverted = storage.snapshot_revert("web1", "s1")
@@ -77,9 +78,9 @@ def test_pool_and_snapshot_changes_are_done_results(engine: Engine, short_tmp: P
 
 def test_storage_hints_name_no_command_and_carry_next_steps(engine: Engine) -> None:
     storage = engine.storage
-    engine.create(CreateRequest(name="web1"))
-    engine.create(CreateRequest(name="db1"), start=False)
-    engine.create(CreateRequest(name="app1"), start=False)
+    engine.create("web1", VMBody())
+    engine.create("db1", VMBody(state="stopped"))
+    engine.create("app1", VMBody(state="stopped"))
     storage.volume_create("data1", GIB)
     storage.volume_attach("data1", "web1")
     storage.snapshot_create("db1", "base")

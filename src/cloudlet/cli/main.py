@@ -26,7 +26,6 @@ from cloudlet.cli.options import Output, Shell, VmArg
 from cloudlet.cli.startup import lazy_root
 from cloudlet.errors import CloudletError, InvalidInput, StillRunning
 from cloudlet.spec.names import vm_name
-from cloudlet.spec.units import parse_size_with_unit
 
 # Rich, the engine and the database are imported when a command first uses them:
 # `cloudlet --help` and `--version` load this module and never run a command.
@@ -39,7 +38,7 @@ if TYPE_CHECKING:
     from cloudlet.cli.progress import phases as _phases
     from cloudlet.cli.render import err, out
     from cloudlet.engine import type_listing
-    from cloudlet.engine.engine import CreateRequest, Engine
+    from cloudlet.engine.engine import Engine
     from cloudlet.engine.factory import open_engine
     from cloudlet.host.run import exec_replace
     from cloudlet.spec.instance import parse_backup
@@ -55,7 +54,6 @@ else:
     err = lazy("cloudlet.cli.render", "err")
     out = lazy("cloudlet.cli.render", "out")
     type_listing = lazy("cloudlet.engine.type_listing")
-    CreateRequest = lazy("cloudlet.engine.engine", "CreateRequest")
     open_engine = lazy("cloudlet.engine.factory", "open_engine")
     parse_backup = lazy("cloudlet.spec.instance", "parse_backup")
 
@@ -203,36 +201,19 @@ def create(
 
         wizard.start(output)
         return
-    request = CreateRequest(
-        name=name,
-        image=image,
-        type=type_,
-        cpus=cpus,
-        memory=parse_size_with_unit(memory, what="memory", example_unit="M") if memory else None,
-        disk_size=parse_size_with_unit(disk_size, what="disk size", example_unit="G")
-        if disk_size
-        else None,
-        networks=tuple(network or ()),
-        restrict_network=restrict_network,
-        arch=arch,
-        profile=profile,
-        user=user,
-        ssh_keys=tuple(k.expanduser() for k in ssh_key or ()),
-        user_data=user_data,
-        iso=iso,
-        wait_cloud_init=wait,
-        location=location,
-        containers=containers,
-        volumes=tuple(
-            parse_size_with_unit(v, what="volume size", example_unit="G") for v in volume or ()
-        ),
-        inbound_ports=tuple(open_port or ()),
-        backup=parse_backup(backup),
-        api_access=api_access,
-    )
+    from cloudlet.cli.create_body import body_from_flags  # only create needs pydantic models
+
+    request = body_from_flags(
+        name, image=image, type_name=type_, cpus=cpus, memory=memory, disk_size=disk_size,
+        networks=tuple(network or ()), restrict_network=restrict_network, arch=arch,
+        profile=profile, user=user, ssh_keys=tuple(ssh_key or ()), user_data=user_data,
+        iso=iso, wait_cloud_init=wait, no_start=no_start, no_wait=no_wait, location=location,
+        containers=containers, volumes=tuple(volume or ()), open_ports=tuple(open_port or ()),
+        backup=backup, api_access=api_access,
+    )  # fmt: skip
     engine = _engine()
     with _phases(f"creating {name}") as progress:
-        vm = engine.create(request, start=not no_start, wait=not no_wait, progress=progress)
+        vm = engine.create(name, request.body, key_files=request.key_files, progress=progress)
     _notices(engine)
     if output == Output.json:
         render.print_json(vm.to_dict())

@@ -39,22 +39,22 @@ def plan_access(
     image: Image,
     *,
     user: str | None,
-    ssh_keys: tuple[Path, ...],
-    user_data_file: Path | None,
     keys_dir: Path,
     ssh_key_lines: tuple[str, ...] = (),
     user_data_text: str | None = None,
+    key_files: tuple[Path, ...] = (),
 ) -> AccessPlan:
     """Validate keys and user-data and decide the login user; no side effects but a key pair.
 
-    Keys and user-data come as files (flags) or as text (spec files).
+    Keys come as key lines and user-data as text; ``key_files`` are the host files the
+    keys were read from (a local frontend's), where the private key is looked for first.
     """
     from cloudlet import cloudinit
 
     if user is not None:
-        names.login_user(user)  # before keys or files are touched
+        names.login_user(user)  # before keys are touched
     if not image.cloud_init:
-        if ssh_keys or ssh_key_lines or user_data_file or user_data_text or user:
+        if ssh_key_lines or user_data_text or user:
             raise InvalidInput(
                 f"image {image.name} has no cloud-init, so SSH keys, a login user or user-data "
                 "cannot apply",
@@ -62,23 +62,13 @@ def plan_access(
             )
         return AccessPlan(AccessSpec(), None)
     user_data = None
-    if user_data_file is not None:
-        try:
-            text = user_data_file.read_text()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise InvalidInput(
-                f"cannot read user-data {user_data_file}: {exc}", hint="check the path"
-            ) from None
-        user_data = cloudinit.validate_user_data(text)
-    elif user_data_text is not None:
+    if user_data_text is not None:
         user_data = cloudinit.validate_user_data(user_data_text)
-    if ssh_keys or ssh_key_lines:
-        public = tuple(cloudinit.load_public_key(path) for path in ssh_keys) + tuple(
-            cloudinit.parse_public_key(line, source="ssh key") for line in ssh_key_lines
-        )
+    if ssh_key_lines:
+        public = tuple(cloudinit.parse_public_key(line, source="ssh key") for line in ssh_key_lines)
         private_path = None
-        if ssh_keys:
-            first = ssh_keys[0]
+        if key_files:
+            first = key_files[0]
             private = first.with_suffix("") if first.suffix == ".pub" else None
             private_path = str(private) if private is not None and private.exists() else None
         else:

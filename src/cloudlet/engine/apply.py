@@ -22,7 +22,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from cloudlet.engine.engine import CreateRequest, Engine, SpecChanges
+from cloudlet.engine.engine import Engine, SpecChanges
+from cloudlet.engine.local_files import LocalBody, is_key_line, read_files
 from cloudlet.engine.views import InstanceView
 from cloudlet.errors import CloudletError, Conflict, InvalidInput, NotFound
 from cloudlet.next_steps import NextStep, Step, step
@@ -80,44 +81,12 @@ class Plan:
 
 
 # ---------------------------------------------------------------------- file -> request
-def is_key_line(text: str) -> bool:
-    """A public key written out ('ssh-ed25519 AAAA...'), not the path of a .pub file."""
-    from cloudlet.cloudinit.keys import KEY_TYPES
-
-    parts = text.split()
-    return len(parts) >= 2 and parts[0] in KEY_TYPES
-
-
-def create_request(entry: VMEntry) -> CreateRequest:
-    """The CreateRequest a VM document stands for (paths relative to the file)."""
-    spec = entry.doc.spec
-    keys = spec.access.ssh_keys
-    return CreateRequest(
-        name=entry.name,
-        image=spec.image,
-        type=spec.type,
-        cpus=spec.cpus,
-        memory=spec.memory,
-        disk_size=spec.disk_size,
-        restrict_network=spec.restrict_network,
-        network=spec.network,
-        networks=(spec.network, *spec.networks) if spec.networks else (),
-        arch=spec.arch,
-        profile=spec.profile,
-        user=spec.access.user,
-        ssh_keys=tuple(Path(entry.relative(k)).expanduser() for k in keys if not is_key_line(k)),
-        ssh_key_lines=tuple(k for k in keys if is_key_line(k)),
-        user_data=Path(entry.relative(spec.user_data_file)) if spec.user_data_file else None,
-        user_data_text=spec.user_data,
-        iso=Path(entry.relative(spec.iso)) if spec.iso else None,
-        wait_cloud_init=spec.wait == "cloud-init",
-        location=spec.location,
-        containers=spec.containers,
-        volumes=tuple(spec.volumes),
-        inbound_ports=spec.firewall.inbound_ports,
-        backup=spec.backup,
-        api_access=spec.access.api_access,
-    )
+def local_body(entry: VMEntry, *, keys_only: bool = False) -> LocalBody:
+    """The VM body a document stands for, with its files (relative to it) read in."""
+    body = entry.doc.spec
+    if keys_only:
+        body = body.model_copy(update={"user_data_file": None})
+    return read_files(body, resolve=lambda path: Path(entry.relative(path)), locate=entry.located)
 
 
 def check_host(engine: Engine, entry: VMEntry) -> None:
@@ -162,14 +131,9 @@ def create_from(
 ) -> InstanceView:
     """``cloudlet create --from FILE``: the file's VM, created like the flags would."""
     check_host(engine, entry)
-    spec = entry.doc.spec
+    local = local_body(entry)
     try:
-        return engine.create(
-            create_request(entry),
-            start=spec.state == "running",
-            wait=spec.wait != "none",
-            progress=progress,
-        )
+        return engine.create(entry.name, local.body, key_files=local.key_files, progress=progress)
     except (InvalidInput, NotFound) as exc:
         if exc.message.startswith(entry.source):
             raise
@@ -209,11 +173,11 @@ def _fixed_differences(
     if want.access.user is not None:
         differ("spec.access.user", spec.access.user, want.access.user)
     if want.access.ssh_keys:
-        request = create_request(entry)
         from cloudlet import cloudinit
 
-        keys = [cloudinit.load_public_key(p) for p in request.ssh_keys] + [
-            cloudinit.parse_public_key(k) for k in request.ssh_key_lines
+        keys = [
+            cloudinit.parse_public_key(k)
+            for k in local_body(entry, keys_only=True).body.access.ssh_keys
         ]
         if sorted(k.split()[:2] for k in keys) != sorted(
             k.split()[:2] for k in spec.access.ssh_public_keys

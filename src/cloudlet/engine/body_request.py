@@ -1,4 +1,4 @@
-"""A VM document that came over the network, as the create request a spec file makes.
+"""A VM document that came over the network, checked as the create request it is.
 
 The API takes the spec file's model (``VMDocument``), so a body is validated exactly as
 a file is. What differs is trust: a file's paths are the user's own, a body's would be
@@ -8,24 +8,13 @@ key files) are refused, naming the field; inline text does the same job.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from cloudlet.engine.apply import check_host, create_request, is_key_line
-from cloudlet.engine.creation import CreateRequest
+from cloudlet.engine.apply import check_host
 from cloudlet.engine.engine import Engine
+from cloudlet.engine.local_files import is_key_line
 from cloudlet.errors import InvalidInput
-from cloudlet.spec.document import VMDocument, VMEntry, check_entry
+from cloudlet.spec.document import VMBody, VMDocument, VMEntry, check_entry
 
 SOURCE = "request body"
-
-
-@dataclass(frozen=True)
-class BodyRequest:
-    """What a create from a body does: the request, and whether to start and wait."""
-
-    request: CreateRequest
-    start: bool
-    wait: bool
 
 
 def _refuse(field: str, instead: str) -> InvalidInput:
@@ -35,8 +24,8 @@ def _refuse(field: str, instead: str) -> InvalidInput:
     )
 
 
-def body_request(engine: Engine, doc: VMDocument) -> BodyRequest:
-    """Check a body as a spec file is checked (host paths refused) and convert it once."""
+def body_request(engine: Engine, doc: VMDocument) -> VMBody:
+    """Check a body as a spec file is checked (host paths refused): the create request."""
     spec = doc.spec
     if spec.iso is not None:
         raise _refuse("spec.iso", "import the ISO as an image on the host, then name the image")
@@ -51,6 +40,4 @@ def body_request(engine: Engine, doc: VMDocument) -> BodyRequest:
     entry = VMEntry(doc, SOURCE)
     check_entry(entry)
     check_host(engine, entry)
-    return BodyRequest(
-        create_request(entry), start=spec.state == "running", wait=spec.wait != "none"
-    )
+    return spec

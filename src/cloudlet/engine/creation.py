@@ -9,7 +9,6 @@ for at creation come from the storage service, which the facade hands in as
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -23,7 +22,8 @@ from cloudlet.errors import InvalidInput
 from cloudlet.images.importer import check_size
 from cloudlet.images.store import Image, Progress
 from cloudlet.progress import CancelToken, ProgressSink, phase, stage_callback
-from cloudlet.spec import names
+from cloudlet.spec.create_checks import check_answers
+from cloudlet.spec.document import VMBody
 from cloudlet.spec.instance import (
     LOCAL_ZONE,
     BackupPolicy,
@@ -32,41 +32,12 @@ from cloudlet.spec.instance import (
     NetworkSpec,
 )
 from cloudlet.spec.machine_types import resolve_shape
+from cloudlet.spec.network import split_networks
 from cloudlet.spec.states import VMState
 from cloudlet.spec.units import format_size
 from cloudlet.store.models import InstanceRow
 
 NO_BACKUP = BackupPolicy()
-
-
-@dataclass(frozen=True)
-class CreateRequest:
-    """The create command's inputs, before validation."""
-
-    name: str
-    image: str = "tiny"
-    type: str | None = None
-    cpus: int | None = None
-    memory: int | None = None
-    disk_size: int | None = None
-    restrict_network: bool = False
-    network: str = "nat"  # nat, none or a virtual network (spec files, the wizard)
-    networks: tuple[str, ...] = ()  # --network, repeatable: nat, none and virtual networks
-    arch: str | None = None
-    profile: str = "modern"
-    user: str | None = None
-    ssh_keys: tuple[Path, ...] = ()
-    user_data: Path | None = None
-    iso: Path | None = None
-    wait_cloud_init: bool = False
-    location: str = LOCAL_ZONE
-    ssh_key_lines: tuple[str, ...] = ()  # public keys given as text (spec files)
-    user_data_text: str | None = None  # the user's #cloud-config given as text
-    containers: bool = False
-    volumes: tuple[int, ...] = ()
-    inbound_ports: tuple[int, ...] = ()
-    backup: BackupPolicy = NO_BACKUP
-    api_access: bool = False
 
 
 class NewVMVolumes(Protocol):
@@ -88,77 +59,82 @@ class Creation:
         self.size_cap = size_cap
 
     def create(
-        self, req: CreateRequest, *, start: bool = True, wait: bool = True,
+        self, name: str, body: VMBody, *, key_files: tuple[Path, ...] = (),
         progress: ProgressSink | None = None, cancel: CancelToken | None = None,
     ) -> None:  # fmt: skip
         """Validate everything first, then record, make the disk, and boot.
 
-        ``progress`` hears the phases (the image's stages, disk, boot, agent,
-        cloud-init, host keys); a cancelled ``cancel`` removes the VM, as a failure does.
+        ``body`` is the VM as a spec file's body describes it (its ``state`` says
+        whether to boot, its ``wait`` what to wait for); ``key_files`` are the host
+        files its SSH keys were read from (a local frontend's), where the private key
+        of the first is looked for. ``progress`` hears the phases (the image's stages,
+        disk, boot, agent, cloud-init, host keys); a cancelled ``cancel`` removes the
+        VM, as a failure does.
         """
         ctx = self.ctx
-        names.vm_name(req.name)
-        if req.iso is None:
-            names.image_name(req.image)
-        if req.user is not None:
-            names.login_user(req.user)
-        shape = resolve_shape(req.type, req.cpus, req.memory)
-        mode, nics = network_rows.split_networks(req.networks or (req.network,))
-        vm_state.ensure_name_free(ctx, req.name)
-        _check_request(req)
-        image = self._image(req, stage_callback(progress))
+        check_answers(
+            name, image=body.image, iso=body.iso, user=body.access.user, type_name=body.type,
+            cpus=body.cpus, memory=body.memory, profile=body.profile, arch=body.arch,
+            ports=body.firewall.inbound_ports,
+        )  # fmt: skip
+        shape = resolve_shape(body.type, body.cpus, body.memory)
+        mode, nics = split_networks((body.network, *body.networks))
+        vm_state.ensure_name_free(ctx, name)
+        _check_request(body)
+        start = body.state == "running"
+        image = self._image(body, stage_callback(progress))
         check_size(
-            f"the disk of {req.name}",
-            max(req.disk_size or 0, image.min_disk_bytes),
+            f"the disk of {name}",
+            max(body.disk_size or 0, image.min_disk_bytes),
             self.size_cap(),
         )
         plan = access_mod.plan_access(
             image,
-            user=req.user,
-            ssh_keys=req.ssh_keys,
-            user_data_file=req.user_data,
+            user=body.access.user,
+            key_files=key_files,
             keys_dir=ctx.paths.home / "keys",
-            ssh_key_lines=req.ssh_key_lines,
-            user_data_text=req.user_data_text,
+            ssh_key_lines=tuple(body.access.ssh_keys),
+            user_data_text=body.user_data,
         )
-        if req.volumes:
-            self.volumes.check_new_vm_volumes(req.name, req.volumes)
+        volumes = tuple(body.volumes)
+        if volumes:
+            self.volumes.check_new_vm_volumes(name, volumes)
         if start:
             licensing.check_host_allowed(image, apple_hardware=licensing.host_is_apple_hardware())
             launch.check_seats(ctx, image)
-            launch.capacity(ctx).check(shape.cpus, shape.memory, name=req.name)
+            launch.capacity(ctx).check(shape.cpus, shape.memory, name=name)
         network_rows.check_networks(ctx, nics)
-        network = NetworkSpec(mode=mode, restrict=req.restrict_network, nics=nics)  # type: ignore[arg-type]
+        network = NetworkSpec(mode=mode, restrict=body.restrict_network, nics=nics)  # type: ignore[arg-type]
         spec = InstanceSpec(
-            name=req.name,
+            name=name,
             image=image.name,
             type=shape.name,
             cpus=shape.cpus,
             memory=shape.memory,
-            disk_size=req.disk_size,
+            disk_size=body.disk_size,
             arch=image.arch,  # type: ignore[arg-type]
             network=network,
-            profile=req.profile,  # type: ignore[arg-type]
+            profile=body.profile,
             access=plan.access,
             user_data=plan.user_data,
             install_iso=image.name if image.install_iso else None,
-            location=req.location,
-            containers=req.containers,
-            volumes=req.volumes,
-            firewall=FirewallSpec(inbound_ports=req.inbound_ports),
-            backup=req.backup,
-            api_access=req.api_access,
+            location=body.location,
+            containers=body.containers,
+            volumes=volumes,
+            firewall=FirewallSpec(inbound_ports=body.firewall.inbound_ports),
+            backup=body.backup,
+            api_access=body.access.api_access,
         )
         ssh_port = (
             ports.ssh_port(ctx.db, ctx.paths.locks)
             if network.mode == "nat" and network.ssh_forward
             else None
         )
-        with ctx.lock(req.name, cancel=cancel):
-            vm_state.ensure_name_free(ctx, req.name)
+        with ctx.lock(name, cancel=cancel):
+            vm_state.ensure_name_free(ctx, name)
             row = InstanceRow(
                 id=str(uuid.uuid4()),
-                name=req.name,
+                name=name,
                 state=VMState.CREATING.value,
                 spec_json=spec.model_dump_json(),
                 image=image.name,
@@ -166,18 +142,17 @@ class Creation:
                 type_name=shape.name,
                 cpus=shape.cpus,
                 memory=shape.memory,
-                disk_size=req.disk_size or image.min_disk_bytes,
+                disk_size=body.disk_size or image.min_disk_bytes,
                 arch=spec.arch,
                 location=spec.location,
                 ssh_port=ssh_port,
             )
             with ctx.db.session() as s:
                 s.add(row)
-            self._build(req, row, spec, image, start=start, wait=wait, progress=progress,
-                        cancel=cancel)  # fmt: skip
+            self._build(body, row, spec, image, progress=progress, cancel=cancel)
         self._note_recorded_only(spec)
 
-    def _image(self, req: CreateRequest, progress: Progress | None) -> Image:
+    def _image(self, req: VMBody, progress: Progress | None) -> Image:
         """The image asked for (an installer ISO becomes one), checked against the request."""
         if req.iso is not None:
             if req.disk_size is None:
@@ -185,7 +160,7 @@ class Creation:
                     "an install from ISO needs an empty disk size",
                     hint="give a disk size, such as 20G",
                 )
-            image = Images(self.ctx, self.size_cap).installer_image(req.iso, progress)
+            image = Images(self.ctx, self.size_cap).installer_image(Path(req.iso), progress)
         else:
             image = get_image(self.ctx.deps.images, req.image, progress=progress, arch=req.arch)
         launch.check_arch(self.ctx, image.arch, req.profile)
@@ -204,8 +179,8 @@ class Creation:
         return image
 
     def _build(
-        self, req: CreateRequest, row: InstanceRow, spec: InstanceSpec, image: Image, *,
-        start: bool, wait: bool, progress: ProgressSink | None, cancel: CancelToken | None,
+        self, req: VMBody, row: InstanceRow, spec: InstanceSpec, image: Image, *,
+        progress: ProgressSink | None, cancel: CancelToken | None,
     ) -> None:  # fmt: skip
         """Everything from the recorded row to the first boot, undone whole on failure."""
         ctx = self.ctx
@@ -237,12 +212,12 @@ class Creation:
                     fresh.disk_size = actual
                     fresh.state = VMState.STOPPED.value
                 ctx.event(row.name, "created", f"created from image {req.image}", op_id)
-                made += self.volumes.create_for_new_vm(row.id, row.name, req.volumes)
-                if start:
-                    launch.boot(ctx, ctx.row(req.name), wait=wait, op_id=op_id,
+                made += self.volumes.create_for_new_vm(row.id, row.name, spec.volumes)
+                if req.state == "running":
+                    launch.boot(ctx, ctx.row(row.name), wait=req.wait != "none", op_id=op_id,
                                 progress=progress, cancel=cancel)  # fmt: skip
-                    if wait and req.wait_cloud_init and image.cloud_init:
-                        finish_first_boot(ctx, ctx.row(req.name), progress=progress, cancel=cancel)
+                    if req.wait == "cloud-init" and image.cloud_init:
+                        finish_first_boot(ctx, ctx.row(row.name), progress=progress, cancel=cancel)
         except BaseException:
             self.volumes.undo_new_vm_volumes(row.id, made)
             teardown.remove_everything(ctx, row)
@@ -270,15 +245,15 @@ class Creation:
             self.ctx.notice(f"recorded in {spec.name}'s spec only: {', '.join(pending)}")
 
 
-def _check_request(req: CreateRequest) -> None:
+def _check_request(req: VMBody) -> None:
     """The answers that need nothing but the request to check."""
+    if req.user_data_file is not None:
+        raise InvalidInput(
+            "user_data_file names a file, and the engine takes the user-data itself",
+            hint="read the file and give its text as user_data",
+        )
     if req.location != LOCAL_ZONE:
         raise InvalidInput(
             f"unknown location {req.location!r}",
             hint=f"this host's zone is {LOCAL_ZONE!r} (the only one for now)",
         )
-    for port in req.inbound_ports:
-        if not 1 <= port <= 65535:
-            raise InvalidInput(f"invalid port {port}", hint="open ports from 1 to 65535")
-    if req.profile not in ("modern", "legacy"):
-        raise InvalidInput(f"unknown profile {req.profile!r}", hint="use modern or legacy")

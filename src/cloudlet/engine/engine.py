@@ -25,7 +25,7 @@ from cloudlet.engine import (
 )
 from cloudlet.engine.backups import BackupService
 from cloudlet.engine.context import EngineContext
-from cloudlet.engine.creation import CreateRequest, Creation
+from cloudlet.engine.creation import Creation
 from cloudlet.engine.deps import EngineDeps
 from cloudlet.engine.guest_access import GuestAccess, ShellAccess
 from cloudlet.engine.host_info import HostInfo
@@ -46,6 +46,7 @@ from cloudlet.guest.copy_rules import TreeCopy
 from cloudlet.guest.landing import CopyLimits
 from cloudlet.images.store import Progress
 from cloudlet.progress import CancelToken, ProgressSink, phase
+from cloudlet.spec.document import VMBody
 from cloudlet.spec.instance import InstanceSpec
 from cloudlet.store.database import Database
 
@@ -53,7 +54,7 @@ if TYPE_CHECKING:
     from cloudlet.engine.process_vms import RunningProcessVM
     from cloudlet.spec.process import ProcessSpec
 
-__all__ = ["ActionResult", "CreateRequest", "Engine", "SpecChanges"]
+__all__ = ["ActionResult", "Engine", "SpecChanges", "VMBody"]
 
 _T = TypeVar("_T")
 
@@ -163,16 +164,18 @@ class Engine:
 
     # ------------------------------------------------------------------ create
     def create(
-        self, req: CreateRequest, *, start: bool = True, wait: bool = True,
+        self, name: str, body: VMBody, *, key_files: tuple[Path, ...] = (),
         progress: ProgressSink | None = None, cancel: CancelToken | None = None,
     ) -> InstanceView:  # fmt: skip
-        """Validate everything first, then record, make the disk, and boot.
+        """Create VM ``name`` as ``body`` (a spec file's VM body) describes it.
 
-        ``progress`` hears each phase; a cancelled ``cancel`` (default: the call's, see
-        call_options) leaves no VM behind."""
+        Validate everything first, then record, make the disk, and boot (unless the
+        body's state is stopped). ``key_files``: the host files a local frontend read
+        the body's SSH keys from (see local_files). ``progress`` hears each phase; a
+        cancelled ``cancel`` (default: the call's, see call_options) leaves no VM behind."""
         cancel = call_options.cancel_token(cancel)
-        self.creation.create(req, start=start, wait=wait, progress=progress, cancel=cancel)
-        return self.show(req.name)
+        self.creation.create(name, body, key_files=key_files, progress=progress, cancel=cancel)
+        return self.show(name)
 
     # ------------------------------------------------------------------ spec changes
     def spec(self, name: str) -> InstanceSpec:

@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Any
 from cloudlet.driver.base import HostForward, TapNic
 from cloudlet.engine import network_host as host
 from cloudlet.engine import network_records as records
-from cloudlet.errors import InvalidInput
 from cloudlet.spec.instance import InstanceSpec, NetworkSpec
-from cloudlet.spec.network import USER_MODE, NicSpec, bridge_name, validate_network_name
+from cloudlet.spec.network import NicSpec, bridge_name
+from cloudlet.spec.network import split_networks as split_networks
 from cloudlet.store.models import NetworkRow, NicRow
 
 if TYPE_CHECKING:
@@ -48,27 +48,6 @@ class NetworkView:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def split_networks(names: tuple[str, ...]) -> tuple[str, tuple[NicSpec, ...]]:
-    """``--network`` values -> (user-mode mode, NICs on virtual networks).
-
-    ``nat`` is user-mode NAT (the default when nothing is given), ``none`` no NIC;
-    any other name is a virtual network. Only virtual networks: no user-mode NIC.
-    """
-    if not names:
-        return "nat", ()
-    virtual = tuple(n for n in names if n not in USER_MODE)
-    if "nat" in names and "none" in names:
-        raise InvalidInput(
-            "user-mode NAT (nat) and no network (none) contradict", hint="give one of them"
-        )
-    if len(set(virtual)) != len(virtual):
-        raise InvalidInput("a network is given twice", hint="one NIC per network")
-    for name in virtual:
-        validate_network_name(name)
-    mode = "nat" if "nat" in names or (not virtual and "none" not in names) else "none"
-    return mode, tuple(NicSpec(network=n) for n in virtual)
 
 
 def check_networks(ctx: EngineContext, nics: tuple[NicSpec, ...]) -> None:

@@ -115,8 +115,6 @@ def check_record(
     plan = access_mod.plan_access(
         image,
         user=user if image.cloud_init else None,
-        ssh_keys=(),
-        user_data_file=None,
         keys_dir=ctx.paths.home / "keys",
         ssh_key_lines=spec.access.ssh_public_keys,
         user_data_text=spec.user_data,

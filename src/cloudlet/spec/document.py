@@ -92,14 +92,22 @@ class AccessDoc(_Doc):
     user: str | None = Field(default=None, description="login user (cloud-init images)")
     ssh_keys: list[str] = Field(
         default=[],
-        description="public keys: lines such as 'ssh-ed25519 AAAA...' or paths of .pub files "
-        "(relative to the spec file); none: cloudlet's own key pair",
+        description="public keys: lines such as 'ssh-ed25519 AAAA...' or, in a spec file, "
+        "paths of .pub files (relative to it; read on the host that reads the file); "
+        "none: cloudlet's own key pair",
     )
     api_access: bool = Field(default=False, description="an API token scoped to this VM")
 
 
 class VMBody(_Doc):
-    """What the VM is: one field per option of creating a VM, plus its power state."""
+    """What the VM is: one field per option of creating a VM, plus its power state.
+
+    The one create request: CLI flags, spec files, the wizard and API bodies all build
+    it, and ``Engine.create(name, body)`` takes it. It carries data, not host paths:
+    a local frontend reads key paths and ``user_data_file`` into key lines and
+    ``user_data`` before the engine sees it (``engine.local_files``); ``iso`` is the one
+    host path, which only a local frontend may give.
+    """
 
     image: str = Field(default="tiny", description="an image name (a local or catalog image)")
     type: str | None = Field(
@@ -130,8 +138,16 @@ class VMBody(_Doc):
         default=BackupPolicy(), description="backup policy (made when due backups are run)"
     )
     user_data: str | None = Field(default=None, description="your own #cloud-config, inline")
-    user_data_file: str | None = Field(default=None, description="your own #cloud-config file")
-    iso: str | None = Field(default=None, description="install from this ISO onto disk_size")
+    user_data_file: str | None = Field(
+        default=None,
+        description="your own #cloud-config file (relative to the spec file; read into "
+        "user_data on the host that reads the file)",
+    )
+    iso: str | None = Field(
+        default=None,
+        description="install from this ISO onto disk_size: a path on this host, so only a "
+        "local frontend may give it",
+    )
     state: PowerIntent = Field(default="running", description="power state apply brings it to")
     wait: WaitFor = Field(
         default="agent", description="what create waits for: guest agent, cloud-init, or none"

@@ -188,3 +188,24 @@ class FirewallGroup(BaseModel):
     @classmethod
     def _name(cls, value: str) -> str:
         return model_check(group_name, value)
+
+
+def split_networks(names: tuple[str, ...]) -> tuple[str, tuple[NicSpec, ...]]:
+    """``--network`` values -> (user-mode mode, NICs on virtual networks).
+
+    ``nat`` is user-mode NAT (the default when nothing is given), ``none`` no NIC;
+    any other name is a virtual network. Only virtual networks: no user-mode NIC.
+    """
+    if not names:
+        return "nat", ()
+    virtual = tuple(n for n in names if n not in USER_MODE)
+    if "nat" in names and "none" in names:
+        raise InvalidInput(
+            "user-mode NAT (nat) and no network (none) contradict", hint="give one of them"
+        )
+    if len(set(virtual)) != len(virtual):
+        raise InvalidInput("a network is given twice", hint="one NIC per network")
+    for name in virtual:
+        validate_network_name(name)
+    mode = "nat" if "nat" in names or (not virtual and "none" not in names) else "none"
+    return mode, tuple(NicSpec(network=n) for n in virtual)

@@ -78,13 +78,10 @@ def create_instance(
         pass
     else:
         raise Conflict(f"VM {name} exists already", hint="choose another name")
-    plan = body_request(engine, doc)
+    body = body_request(engine, doc)
 
     def work(progress: ProgressSink, cancel: CancelToken) -> Any:
-        vm = engine.create(
-            plan.request, start=plan.start, wait=plan.wait, progress=progress, cancel=cancel
-        )
-        return vm.to_dict()
+        return engine.create(name, body, progress=progress, cancel=cancel).to_dict()
 
     return _accepted(request, "create", name, work, may_cancel=True)
 
