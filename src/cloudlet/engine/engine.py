@@ -27,6 +27,7 @@ from cloudlet.engine.backups import BackupService
 from cloudlet.engine.context import EngineContext
 from cloudlet.engine.creation import CreateRequest, Creation
 from cloudlet.engine.deps import EngineDeps
+from cloudlet.engine.events import EventFeed
 from cloudlet.engine.guest_access import GuestAccess, ShellAccess
 from cloudlet.engine.host_info import HostInfo
 from cloudlet.engine.image_cap import image_size_cap
@@ -75,6 +76,7 @@ class Engine:
         self.guest = GuestAccess(ctx)
         self.tokens = Tokens(ctx)
         self.operations = OperationRecords(ctx)
+        self.events = EventFeed(ctx)
 
     # The shared parts live in the context, so a change here reaches every service.
     @property

@@ -18,7 +18,7 @@ from cloudlet.errors import CapacityExceeded
 MIGRATIONS = Path(__file__).parent / "migrations"
 # The newest Alembic revision; a unit test keeps it equal to the scripts' head.
 # Comparing against it first means Alembic (slow to import) loads only to migrate.
-HEAD_REVISION = "0300_api"
+HEAD_REVISION = "0301_api_events"
 # SQLite says "disk I/O error" (WAL files) or "database or disk is full" on ENOSPC.
 _FULL_TEXTS = ("disk I/O error", "database or disk is full")
 _NEARLY_FULL = 4 << 20

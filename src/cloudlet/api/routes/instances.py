@@ -18,6 +18,7 @@ from cloudlet.api.routes.operations import OPERATION, runner_of
 from cloudlet.engine.action_check import refuse_pointless
 from cloudlet.engine.body_request import body_request
 from cloudlet.engine.engine import Engine
+from cloudlet.engine.tokens import TokenView
 from cloudlet.engine.views import InstanceView
 from cloudlet.errors import Busy, Conflict, NotFound
 from cloudlet.progress import CancelToken, ProgressSink
@@ -37,10 +38,14 @@ ACCEPTED: dict[int | str, dict[str, Any]] = {202: OPERATION}
 
 
 def _accepted(
-    request: Request, kind: str, name: str, work: Work, *, may_cancel: bool
+    request: Request, caller: TokenView, kind: str, name: str, work: Work, *, may_cancel: bool
 ) -> JSONResponse:
     view = runner_of(request).submit(
-        kind, {"instances": [f"/api/v1/instances/{name}"]}, work, may_cancel=may_cancel
+        kind,
+        {"instances": [f"/api/v1/instances/{name}"]},
+        work,
+        may_cancel=may_cancel,
+        requester=caller.name,
     )
     return JSONResponse(
         view.to_dict(), status_code=202, headers={"Location": f"/api/v1/operations/{view.id}"}
@@ -68,7 +73,7 @@ def show_instance(name: str, engine: EngineDep, _caller: Caller) -> dict[str, An
 
 @router.post("", status_code=202, responses=ACCEPTED, response_model=None)
 def create_instance(
-    doc: VMDocument, request: Request, engine: EngineDep, _caller: Caller
+    doc: VMDocument, request: Request, engine: EngineDep, caller: Caller
 ) -> JSONResponse:
     """Create a VM from a spec file's document (host file paths are refused)."""
     name = doc.metadata.name
@@ -86,22 +91,22 @@ def create_instance(
         )
         return vm.to_dict()
 
-    return _accepted(request, "create", name, work, may_cancel=True)
+    return _accepted(request, caller, "create", name, work, may_cancel=True)
 
 
 @router.post("/{name}/start", status_code=202, responses=ACCEPTED, response_model=None)
-def start_instance(name: str, request: Request, engine: EngineDep, _caller: Caller) -> JSONResponse:
+def start_instance(name: str, request: Request, engine: EngineDep, caller: Caller) -> JSONResponse:
     _existing(engine, name, "start")
 
     def work(progress: ProgressSink, cancel: CancelToken) -> Any:
         return engine.start(name, progress=progress, cancel=cancel).to_dict()
 
-    return _accepted(request, "start", name, work, may_cancel=True)
+    return _accepted(request, caller, "start", name, work, may_cancel=True)
 
 
 @router.post("/{name}/stop", status_code=202, responses=ACCEPTED, response_model=None)
 def stop_instance(
-    name: str, request: Request, engine: EngineDep, _caller: Caller, force: bool = False
+    name: str, request: Request, engine: EngineDep, caller: Caller, force: bool = False
 ) -> JSONResponse:
     """ACPI power button, then forced after the engine's timeout (``force``: at once)."""
     _existing(engine, name, "stop")
@@ -109,24 +114,24 @@ def stop_instance(
     def work(_progress: ProgressSink, _cancel: CancelToken) -> Any:
         return engine.stop(name, force=force).to_dict()
 
-    return _accepted(request, "stop", name, work, may_cancel=False)
+    return _accepted(request, caller, "stop", name, work, may_cancel=False)
 
 
 @router.post("/{name}/restart", status_code=202, responses=ACCEPTED, response_model=None)
 def restart_instance(
-    name: str, request: Request, engine: EngineDep, _caller: Caller, force: bool = False
+    name: str, request: Request, engine: EngineDep, caller: Caller, force: bool = False
 ) -> JSONResponse:
     _existing(engine, name, "restart")
 
     def work(progress: ProgressSink, cancel: CancelToken) -> Any:
         return engine.restart(name, force=force, progress=progress, cancel=cancel).to_dict()
 
-    return _accepted(request, "restart", name, work, may_cancel=True)
+    return _accepted(request, caller, "restart", name, work, may_cancel=True)
 
 
 @router.delete("/{name}", status_code=202, responses=ACCEPTED, response_model=None)
 def delete_instance(
-    name: str, request: Request, engine: EngineDep, _caller: Caller, force: bool = False
+    name: str, request: Request, engine: EngineDep, caller: Caller, force: bool = False
 ) -> JSONResponse:
     """Delete a VM; a running one only with ``force`` (409 otherwise)."""
     _existing(engine, name, "delete", force=force)
@@ -134,4 +139,4 @@ def delete_instance(
     def work(_progress: ProgressSink, _cancel: CancelToken) -> Any:
         return engine.delete(name, force=force).to_dict()
 
-    return _accepted(request, "delete", name, work, may_cancel=False)
+    return _accepted(request, caller, "delete", name, work, may_cancel=False)

@@ -1,0 +1,152 @@
+"""The API's event stream on the fake driver, through a real TLS server: ordered events
+naming who caused them, replay after a reconnect, the local CLI's actions, keep-alive
+comments and readers that end with their clients."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cloudlet.api import event_stream
+from cloudlet.engine.engine import CreateRequest, Engine
+from tests.api_server import Api, running_api, wait_for
+from tests.fakes import make_fake_engine
+from tests.sse import Frame, read_until
+from tests.unit.test_api import VM_DOC, error_of, wait_done
+
+
+@pytest.fixture
+def engine(short_tmp: Path) -> Engine:
+    return make_fake_engine(short_tmp / "home")
+
+
+@pytest.fixture
+def api(engine: Engine) -> Iterator[Api]:
+    with running_api(engine) as running:
+        yield running
+
+
+@pytest.fixture
+def token(engine: Engine) -> str:
+    return engine.tokens.create("ci").secret
+
+
+def summary(frames: list[Frame]) -> list[tuple[str | None, str, str | None]]:
+    return [(f.event, f.data["kind"], f.data["requester"]) for f in frames if f.data]
+
+
+def has(*kinds: str) -> Any:
+    return lambda got: [f.data["kind"] for f in got if f.data][-len(kinds) :] == list(kinds)
+
+
+def test_a_create_and_a_stop_give_ordered_events_naming_the_requester(api: Api, token: str) -> None:
+    with api.client(token) as client, client.stream("GET", "/api/v1/events") as stream:
+        assert stream.status_code == 200
+        assert stream.headers["content-type"].startswith("text/event-stream")
+        created = wait_done(client, client.post("/api/v1/instances", json=VM_DOC))
+        stopped = wait_done(client, client.post("/api/v1/instances/web1/stop"))
+        got = read_until(stream, lambda got: len(got) >= 7)
+    assert summary(got) == [
+        ("operation", "running", "ci"),
+        ("lifecycle", "created", "ci"),
+        ("lifecycle", "started", "ci"),
+        ("operation", "success", "ci"),
+        ("operation", "running", "ci"),
+        ("lifecycle", "stopped", "ci"),
+        ("operation", "success", "ci"),
+    ]
+    ids = [f.id for f in got]
+    assert ids == sorted(ids) and len(set(ids)) == 7 and all(f.data["id"] == f.id for f in got)
+    assert {f.data["operation"] for f in got[:4]} == {created["id"]}
+    assert {f.data["operation"] for f in got[4:]} == {stopped["id"]}
+    first = got[0].data
+    assert first is not None and set(first) == {
+        "id", "at", "kind", "instance", "message", "operation", "requester"
+    }  # fmt: skip
+    assert first["instance"] == "web1" and first["message"] == "create running"
+    assert first["at"].endswith("Z")
+
+
+def test_a_reconnect_with_last_event_id_replays_what_was_missed(
+    api: Api, token: str, engine: Engine
+) -> None:
+    with api.client(token) as client:
+        with client.stream("GET", "/api/v1/events") as stream:
+            wait_done(client, client.post("/api/v1/instances", json=VM_DOC))
+            seen = read_until(stream, lambda got: len(got) >= 2)
+        # the client is away while the VM is stopped and started again
+        wait_done(client, client.post("/api/v1/instances/web1/stop"))
+        wait_done(client, client.post("/api/v1/instances/web1/start"))
+        everything = engine.events.after(0)
+        missed = [e for e in everything if e.id > seen[-1].id]
+        assert len(missed) >= 6
+        headers = {"Last-Event-ID": str(seen[-1].id)}
+        with client.stream("GET", "/api/v1/events", headers=headers) as stream:
+            replayed = read_until(stream, lambda got: len(got) >= len(missed))
+        assert [f.id for f in replayed] == [e.id for e in missed]
+        assert [f.data["kind"] for f in replayed if f.data] == [e.kind for e in missed]
+        # ?since= does the same for a client that cannot send headers
+        with client.stream("GET", "/api/v1/events", params={"since": seen[0].id}) as stream:
+            again = read_until(stream, lambda got: len(got) >= len(everything) - 1)
+        assert [f.id for f in again] == [e.id for e in everything[1:]]
+
+
+def test_a_local_engine_call_reaches_the_stream_within_a_second(
+    api: Api, token: str, engine: Engine
+) -> None:
+    local = make_fake_engine(engine.paths.home)  # another process's engine: the local CLI
+    with api.client(token) as client, client.stream("GET", "/api/v1/events") as stream:
+        read_until(stream, lambda got: True, comments=True)  # the stream is open
+        began = time.monotonic()
+        local.create(CreateRequest(name="cli1"), start=False)
+        got = read_until(stream, lambda got: len(got) >= 1, timeout=5)
+        took = time.monotonic() - began
+    assert summary(got) == [("lifecycle", "created", "local")]
+    assert got[0].data is not None and got[0].data["instance"] == "cli1"
+    assert got[0].data["operation"] is None
+    assert took < 1.0, took
+
+
+def test_bad_replay_points_are_one_clear_error(api: Api, token: str) -> None:
+    with api.client(token) as client:
+        r = client.get("/api/v1/events", headers={"Last-Event-ID": "ten"})
+        assert r.status_code == 400 and "Last-Event-ID" in error_of(r)["message"]
+        r = client.get("/api/v1/events", params={"since": -1})
+        assert r.status_code == 422 and "since" in error_of(r)["message"]
+    with api.client() as anonymous:
+        assert anonymous.get("/api/v1/events").status_code == 401
+
+
+def test_an_id_beyond_the_newest_starts_at_the_newest(api: Api, token: str) -> None:
+    with api.client(token) as client:
+        with client.stream("GET", "/api/v1/events", headers={"Last-Event-ID": "999999"}) as s:
+            wait_done(client, client.post("/api/v1/instances", json=VM_DOC))
+            got = read_until(s, lambda got: len(got) >= 1)
+        assert got[0].data is not None and got[0].data["kind"] == "running"
+
+
+def test_quiet_streams_get_keep_alive_comments(
+    api: Api, token: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(event_stream, "KEEPALIVE", 0.3)
+    with api.client(token) as client, client.stream("GET", "/api/v1/events") as stream:
+        got = read_until(
+            stream, lambda got: sum(f.comment == "keep-alive" for f in got) >= 2, comments=True
+        )
+    assert all(f.data is None for f in got)
+
+
+def test_clients_that_go_away_leave_no_reader_behind(api: Api, token: str) -> None:
+    streams = api.app.state.streams
+    threads = threading.active_count()
+    for _ in range(10):
+        with api.client(token) as client, client.stream("GET", "/api/v1/events") as stream:
+            read_until(stream, lambda got: True, comments=True)
+            assert streams.open >= 1
+    wait_for(lambda: streams.open == 0, what="the readers to end")
+    assert threading.active_count() <= threads + 3
