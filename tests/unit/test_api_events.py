@@ -150,3 +150,49 @@ def test_clients_that_go_away_leave_no_reader_behind(api: Api, token: str) -> No
             assert streams.open >= 1
     wait_for(lambda: streams.open == 0, what="the readers to end")
     assert threading.active_count() <= threads + 3
+
+
+# ---------------------------------------------------------------- ETag, If-Match
+def test_reads_carry_an_etag_and_if_none_match_is_304(api: Api, token: str) -> None:
+    with api.client(token) as client:
+        done = wait_done(client, client.post("/api/v1/instances", json=VM_DOC))
+        r = client.get("/api/v1/instances/web1")
+        tag = r.headers["etag"]
+        assert r.status_code == 200 and tag.startswith('"') and r.json()["name"] == "web1"
+        r = client.get("/api/v1/instances/web1", headers={"If-None-Match": tag})
+        assert r.status_code == 304 and r.content == b"" and r.headers["etag"] == tag
+        r = client.get("/api/v1/instances/web1", headers={"If-None-Match": f'"x", W/{tag}'})
+        assert r.status_code == 304
+        op = client.get(f"/api/v1/operations/{done['id']}")
+        assert op.status_code == 200 and op.json()["status"] == "success"
+        r = client.get(
+            f"/api/v1/operations/{done['id']}", headers={"If-None-Match": op.headers["etag"]}
+        )
+        assert r.status_code == 304
+        wait_done(client, client.post("/api/v1/instances/web1/stop"))
+        r = client.get("/api/v1/instances/web1", headers={"If-None-Match": tag})
+        assert r.status_code == 200 and r.headers["etag"] != tag and r.json()["state"] == "stopped"
+
+
+def test_a_stale_if_match_is_412_and_changes_nothing(api: Api, token: str, engine: Engine) -> None:
+    with api.client(token) as client:
+        wait_done(client, client.post("/api/v1/instances", json=VM_DOC))
+        running = client.get("/api/v1/instances/web1").headers["etag"]
+        wait_done(client, client.post("/api/v1/instances/web1/stop", headers={"If-Match": running}))
+        stopped = client.get("/api/v1/instances/web1").headers["etag"]
+        events = len(engine.events.after(0))
+        for action in ("start", "restart", "stop"):
+            r = client.post(f"/api/v1/instances/web1/{action}", headers={"If-Match": running})
+            assert r.status_code == 412, r.text
+            assert error_of(r)["code"] == "precondition_failed"
+            assert "changed since" in error_of(r)["message"]
+        r = client.delete("/api/v1/instances/web1", headers={"If-Match": f"W/{stopped}"})
+        assert r.status_code == 412  # a weak tag never matches a change
+        assert engine.show("web1").state == "stopped"
+        assert len(engine.events.after(0)) == events  # no operation was even begun
+        done = wait_done(
+            client,
+            client.delete("/api/v1/instances/web1", headers={"If-Match": f'"old", {stopped}'}),
+        )
+        assert done["status"] == "success"
+        assert client.get("/api/v1/instances").json() == []

@@ -7,12 +7,13 @@ another caller holds is 423 at once, never a request that hangs behind the lock.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Header, Request
+from fastapi.responses import JSONResponse, Response
 
 from cloudlet.api.auth import Caller, EngineDep
+from cloudlet.api.etags import NOT_MODIFIED, require_match, tagged
 from cloudlet.api.operations import Work
 from cloudlet.api.routes.operations import OPERATION, runner_of
 from cloudlet.engine.action_check import refuse_pointless
@@ -35,6 +36,9 @@ INSTANCES: dict[str, Any] = {
     "description": "the VMs, the same JSON as the CLI lists",
 }
 ACCEPTED: dict[int | str, dict[str, Any]] = {202: OPERATION}
+IfMatch = Annotated[
+    str | None, Header(description="act only if the VM still has this ETag (412 otherwise)")
+]
 
 
 def _accepted(
@@ -52,10 +56,14 @@ def _accepted(
     )
 
 
-def _existing(engine: Engine, name: str, action: str, *, force: bool = False) -> None:
+def _existing(
+    engine: Engine, name: str, action: str, if_match: str | None, *, force: bool = False
+) -> None:
     """Refuse now what the operation would refuse: a bad name, no such VM (404), a VM
-    another caller holds (423) or in a state the action cannot change (409)."""
+    changed since the client's If-Match (412), another caller holds (423) or in a state
+    the action cannot change (409)."""
     vm = engine.show(vm_name(name))
+    require_match(if_match, vm.to_dict(), f"VM {name}")
     if engine.busy(name):
         raise Busy(f"VM {name} is busy with another operation", hint="try again in a moment")
     refuse_pointless(vm, action, force=force)
@@ -66,9 +74,10 @@ def list_instances(engine: EngineDep, _caller: Caller) -> list[dict[str, Any]]:
     return [vm.to_dict() for vm in engine.instances()]
 
 
-@router.get("/{name}", responses={200: INSTANCE}, response_model=None)
-def show_instance(name: str, engine: EngineDep, _caller: Caller) -> dict[str, Any]:
-    return engine.show(vm_name(name)).to_dict()
+@router.get("/{name}", responses={200: INSTANCE, 304: NOT_MODIFIED}, response_model=None)
+def show_instance(name: str, request: Request, engine: EngineDep, _caller: Caller) -> Response:
+    """The VM, with an ETag (If-None-Match: 304 when it has not changed)."""
+    return tagged(request, engine.show(vm_name(name)).to_dict())
 
 
 @router.post("", status_code=202, responses=ACCEPTED, response_model=None)
@@ -95,8 +104,10 @@ def create_instance(
 
 
 @router.post("/{name}/start", status_code=202, responses=ACCEPTED, response_model=None)
-def start_instance(name: str, request: Request, engine: EngineDep, caller: Caller) -> JSONResponse:
-    _existing(engine, name, "start")
+def start_instance(
+    name: str, request: Request, engine: EngineDep, caller: Caller, if_match: IfMatch = None
+) -> JSONResponse:
+    _existing(engine, name, "start", if_match)
 
     def work(progress: ProgressSink, cancel: CancelToken) -> Any:
         return engine.start(name, progress=progress, cancel=cancel).to_dict()
@@ -106,10 +117,15 @@ def start_instance(name: str, request: Request, engine: EngineDep, caller: Calle
 
 @router.post("/{name}/stop", status_code=202, responses=ACCEPTED, response_model=None)
 def stop_instance(
-    name: str, request: Request, engine: EngineDep, caller: Caller, force: bool = False
+    name: str,
+    request: Request,
+    engine: EngineDep,
+    caller: Caller,
+    if_match: IfMatch = None,
+    force: bool = False,
 ) -> JSONResponse:
     """ACPI power button, then forced after the engine's timeout (``force``: at once)."""
-    _existing(engine, name, "stop")
+    _existing(engine, name, "stop", if_match)
 
     def work(_progress: ProgressSink, _cancel: CancelToken) -> Any:
         return engine.stop(name, force=force).to_dict()
@@ -119,9 +135,14 @@ def stop_instance(
 
 @router.post("/{name}/restart", status_code=202, responses=ACCEPTED, response_model=None)
 def restart_instance(
-    name: str, request: Request, engine: EngineDep, caller: Caller, force: bool = False
+    name: str,
+    request: Request,
+    engine: EngineDep,
+    caller: Caller,
+    if_match: IfMatch = None,
+    force: bool = False,
 ) -> JSONResponse:
-    _existing(engine, name, "restart")
+    _existing(engine, name, "restart", if_match)
 
     def work(progress: ProgressSink, cancel: CancelToken) -> Any:
         return engine.restart(name, force=force, progress=progress, cancel=cancel).to_dict()
@@ -131,10 +152,15 @@ def restart_instance(
 
 @router.delete("/{name}", status_code=202, responses=ACCEPTED, response_model=None)
 def delete_instance(
-    name: str, request: Request, engine: EngineDep, caller: Caller, force: bool = False
+    name: str,
+    request: Request,
+    engine: EngineDep,
+    caller: Caller,
+    if_match: IfMatch = None,
+    force: bool = False,
 ) -> JSONResponse:
     """Delete a VM; a running one only with ``force`` (409 otherwise)."""
-    _existing(engine, name, "delete", force=force)
+    _existing(engine, name, "delete", if_match, force=force)
 
     def work(_progress: ProgressSink, _cancel: CancelToken) -> Any:
         return engine.delete(name, force=force).to_dict()
