@@ -4,6 +4,7 @@ comments and readers that end with their clients."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -196,3 +197,102 @@ def test_a_stale_if_match_is_412_and_changes_nothing(api: Api, token: str, engin
         )
         assert done["status"] == "success"
         assert client.get("/api/v1/instances").json() == []
+
+
+# ---------------------------------------------------------------- Idempotency-Key
+def test_one_idempotency_key_makes_one_vm_and_answers_the_same(
+    api: Api, token: str, engine: Engine
+) -> None:
+    key = {"Idempotency-Key": "create-web1-7f3c"}
+    with api.client(token) as client:
+        first = client.post("/api/v1/instances", json=VM_DOC, headers=key)
+        again = client.post("/api/v1/instances", json=VM_DOC, headers=key)
+        assert first.status_code == again.status_code == 202
+        assert again.json() == first.json()
+        assert again.headers["location"] == first.headers["location"]
+        assert again.headers["idempotent-replayed"] == "true"
+        assert "idempotent-replayed" not in first.headers
+        wait_done(client, first)
+        late = client.post("/api/v1/instances", json=VM_DOC, headers=key)  # after it is done
+        assert late.status_code == 202 and late.json()["id"] == first.json()["id"]
+        # the actions too: a retried stop is the first stop, not a 409 "already stopped"
+        stop_key = {"Idempotency-Key": "stop-1"}
+        stop = client.post("/api/v1/instances/web1/stop", headers=stop_key)
+        wait_done(client, stop)
+        retry = client.post("/api/v1/instances/web1/stop", headers=stop_key)
+        assert retry.status_code == 202 and retry.json()["id"] == stop.json()["id"]
+        assert client.post("/api/v1/instances/web1/stop").status_code == 409
+    assert [vm.name for vm in engine.instances()] == ["web1"]
+    creates = [e for e in engine.events.after(0) if e.kind == "created"]
+    assert len(creates) == 1
+
+
+def test_concurrent_posts_with_one_key_make_one_vm(api: Api, token: str, engine: Engine) -> None:
+    key = {"Idempotency-Key": "same-key"}
+    answers: list[Any] = []
+    barrier = threading.Barrier(4)
+
+    def post() -> None:
+        with api.client(token) as client:
+            barrier.wait()
+            answers.append(client.post("/api/v1/instances", json=VM_DOC, headers=key))
+
+    threads = [threading.Thread(target=post) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert [r.status_code for r in answers] == [202] * 4, [r.text for r in answers]
+    assert len({r.json()["id"] for r in answers}) == 1
+    assert len({r.headers["location"] for r in answers}) == 1
+    with api.client(token) as client:
+        assert wait_done(client, answers[0])["status"] == "success"
+    assert [vm.name for vm in engine.instances()] == ["web1"]
+    assert len([e for e in engine.events.after(0) if e.kind == "created"]) == 1
+
+
+def test_one_key_with_another_body_is_422_naming_the_key(
+    api: Api, token: str, engine: Engine
+) -> None:
+    key = {"Idempotency-Key": "k-42"}
+    with api.client(token) as client:
+        assert client.post("/api/v1/instances", json=VM_DOC, headers=key).status_code == 202
+        other = {**VM_DOC, "metadata": {"name": "web2"}}
+        r = client.post("/api/v1/instances", json=other, headers=key)
+        assert r.status_code == 422 and error_of(r)["code"] == "idempotency_key_reused"
+        assert "'k-42'" in error_of(r)["message"]
+        r = client.post("/api/v1/instances/web1/stop", headers=key)  # another route
+        assert r.status_code == 422
+        # the same JSON written differently is the same request
+        same = json.dumps({"spec": VM_DOC["spec"], **{k: VM_DOC[k] for k in VM_DOC if k != "spec"}})
+        r = client.post(
+            "/api/v1/instances", content=same, headers={**key, "content-type": "application/json"}
+        )
+        assert r.status_code == 202 and r.headers["idempotent-replayed"] == "true"
+        for bad in ("", "x" * 256, "has space", "tab\there"):
+            r = client.post("/api/v1/instances", json=other, headers={"Idempotency-Key": bad})
+            assert r.status_code == 400 and "Idempotency-Key" in error_of(r)["message"], bad
+    assert [vm.name for vm in engine.instances()] == ["web1"]
+
+
+def test_a_refused_request_keeps_no_answer_and_keys_survive_a_restart(
+    engine: Engine, token: str
+) -> None:
+    key = {"Idempotency-Key": "retry-me"}
+    engine.create(CreateRequest(name="web1"), start=False)
+    with running_api(engine) as api, api.client(token) as client:
+        r = client.post("/api/v1/instances/web1/stop", headers=key)
+        assert r.status_code == 409  # refused: nothing kept, so a retry acts anew
+        first = client.post("/api/v1/instances/web1/start", headers={"Idempotency-Key": "s"})
+        wait_done(client, first)
+        r = client.post("/api/v1/instances/web1/stop", headers=key)
+        assert r.status_code == 202 and "idempotent-replayed" not in r.headers
+        wait_done(client, r)
+    again = make_fake_engine(engine.paths.home)  # a new server process on the same state
+    with running_api(again) as api, api.client(token) as client:
+        r = client.post("/api/v1/instances/web1/start", headers={"Idempotency-Key": "s"})
+        assert r.status_code == 202 and r.json()["id"] == first.json()["id"]
+        other = again.tokens.create("other").secret
+        with api.client(other) as theirs:  # keys belong to one token
+            r = theirs.post("/api/v1/instances/web1/start", headers={"Idempotency-Key": "s"})
+            assert r.status_code == 202 and r.json()["id"] != first.json()["id"]

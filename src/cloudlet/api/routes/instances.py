@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse, Response
 
 from cloudlet.api.auth import Caller, EngineDep
 from cloudlet.api.etags import NOT_MODIFIED, require_match, tagged
+from cloudlet.api.idempotency import Idempotent
 from cloudlet.api.operations import Work
 from cloudlet.api.routes.operations import OPERATION, runner_of
 from cloudlet.engine.action_check import refuse_pointless
@@ -82,37 +83,49 @@ def show_instance(name: str, request: Request, engine: EngineDep, _caller: Calle
 
 @router.post("", status_code=202, responses=ACCEPTED, response_model=None)
 def create_instance(
-    doc: VMDocument, request: Request, engine: EngineDep, caller: Caller
-) -> JSONResponse:
+    doc: VMDocument, request: Request, engine: EngineDep, caller: Caller, once: Idempotent
+) -> Response:
     """Create a VM from a spec file's document (host file paths are refused)."""
-    name = doc.metadata.name
-    try:
-        engine.show(name)
-    except NotFound:
-        pass
-    else:
-        raise Conflict(f"VM {name} exists already", hint="choose another name")
-    plan = body_request(engine, doc)
 
-    def work(progress: ProgressSink, cancel: CancelToken) -> Any:
-        vm = engine.create(
-            plan.request, start=plan.start, wait=plan.wait, progress=progress, cancel=cancel
-        )
-        return vm.to_dict()
+    def answer() -> JSONResponse:
+        name = doc.metadata.name
+        try:
+            engine.show(name)
+        except NotFound:
+            pass
+        else:
+            raise Conflict(f"VM {name} exists already", hint="choose another name")
+        plan = body_request(engine, doc)
 
-    return _accepted(request, caller, "create", name, work, may_cancel=True)
+        def work(progress: ProgressSink, cancel: CancelToken) -> Any:
+            vm = engine.create(
+                plan.request, start=plan.start, wait=plan.wait, progress=progress, cancel=cancel
+            )
+            return vm.to_dict()
+
+        return _accepted(request, caller, "create", name, work, may_cancel=True)
+
+    return once.run(answer)
 
 
 @router.post("/{name}/start", status_code=202, responses=ACCEPTED, response_model=None)
 def start_instance(
-    name: str, request: Request, engine: EngineDep, caller: Caller, if_match: IfMatch = None
-) -> JSONResponse:
-    _existing(engine, name, "start", if_match)
+    name: str,
+    request: Request,
+    engine: EngineDep,
+    caller: Caller,
+    once: Idempotent,
+    if_match: IfMatch = None,
+) -> Response:
+    def answer() -> JSONResponse:
+        _existing(engine, name, "start", if_match)
 
-    def work(progress: ProgressSink, cancel: CancelToken) -> Any:
-        return engine.start(name, progress=progress, cancel=cancel).to_dict()
+        def work(progress: ProgressSink, cancel: CancelToken) -> Any:
+            return engine.start(name, progress=progress, cancel=cancel).to_dict()
 
-    return _accepted(request, caller, "start", name, work, may_cancel=True)
+        return _accepted(request, caller, "start", name, work, may_cancel=True)
+
+    return once.run(answer)
 
 
 @router.post("/{name}/stop", status_code=202, responses=ACCEPTED, response_model=None)
@@ -121,16 +134,21 @@ def stop_instance(
     request: Request,
     engine: EngineDep,
     caller: Caller,
+    once: Idempotent,
     if_match: IfMatch = None,
     force: bool = False,
-) -> JSONResponse:
+) -> Response:
     """ACPI power button, then forced after the engine's timeout (``force``: at once)."""
-    _existing(engine, name, "stop", if_match)
 
-    def work(_progress: ProgressSink, _cancel: CancelToken) -> Any:
-        return engine.stop(name, force=force).to_dict()
+    def answer() -> JSONResponse:
+        _existing(engine, name, "stop", if_match)
 
-    return _accepted(request, caller, "stop", name, work, may_cancel=False)
+        def work(_progress: ProgressSink, _cancel: CancelToken) -> Any:
+            return engine.stop(name, force=force).to_dict()
+
+        return _accepted(request, caller, "stop", name, work, may_cancel=False)
+
+    return once.run(answer)
 
 
 @router.post("/{name}/restart", status_code=202, responses=ACCEPTED, response_model=None)
@@ -139,15 +157,19 @@ def restart_instance(
     request: Request,
     engine: EngineDep,
     caller: Caller,
+    once: Idempotent,
     if_match: IfMatch = None,
     force: bool = False,
-) -> JSONResponse:
-    _existing(engine, name, "restart", if_match)
+) -> Response:
+    def answer() -> JSONResponse:
+        _existing(engine, name, "restart", if_match)
 
-    def work(progress: ProgressSink, cancel: CancelToken) -> Any:
-        return engine.restart(name, force=force, progress=progress, cancel=cancel).to_dict()
+        def work(progress: ProgressSink, cancel: CancelToken) -> Any:
+            return engine.restart(name, force=force, progress=progress, cancel=cancel).to_dict()
 
-    return _accepted(request, caller, "restart", name, work, may_cancel=True)
+        return _accepted(request, caller, "restart", name, work, may_cancel=True)
+
+    return once.run(answer)
 
 
 @router.delete("/{name}", status_code=202, responses=ACCEPTED, response_model=None)
@@ -156,13 +178,18 @@ def delete_instance(
     request: Request,
     engine: EngineDep,
     caller: Caller,
+    once: Idempotent,
     if_match: IfMatch = None,
     force: bool = False,
-) -> JSONResponse:
+) -> Response:
     """Delete a VM; a running one only with ``force`` (409 otherwise)."""
-    _existing(engine, name, "delete", if_match, force=force)
 
-    def work(_progress: ProgressSink, _cancel: CancelToken) -> Any:
-        return engine.delete(name, force=force).to_dict()
+    def answer() -> JSONResponse:
+        _existing(engine, name, "delete", if_match, force=force)
 
-    return _accepted(request, caller, "delete", name, work, may_cancel=False)
+        def work(_progress: ProgressSink, _cancel: CancelToken) -> Any:
+            return engine.delete(name, force=force).to_dict()
+
+        return _accepted(request, caller, "delete", name, work, may_cancel=False)
+
+    return once.run(answer)
