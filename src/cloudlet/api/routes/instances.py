@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse, Response
 
 from cloudlet.api.auth import Caller, EngineDep
 from cloudlet.api.etags import NOT_MODIFIED, require_match, tagged
-from cloudlet.api.idempotency import Idempotent
+from cloudlet.api.idempotency import Idempotent, Once
 from cloudlet.api.operations import Work
 from cloudlet.api.routes.operations import OPERATION, runner_of
 from cloudlet.engine.action_check import refuse_pointless
@@ -108,6 +108,29 @@ def create_instance(
     return once.run(answer)
 
 
+def _act(
+    request: Request,
+    engine: Engine,
+    caller: TokenView,
+    once: Once,
+    name: str,
+    action: str,
+    if_match: str | None,
+    work: Work,
+    *,
+    may_cancel: bool,
+    force: bool = False,
+) -> Response:
+    """An action on an existing VM: checked now, done in an operation, answered once
+    per Idempotency-Key."""
+
+    def answer() -> JSONResponse:
+        _existing(engine, name, action, if_match, force=force)
+        return _accepted(request, caller, action, name, work, may_cancel=may_cancel)
+
+    return once.run(answer)
+
+
 @router.post("/{name}/start", status_code=202, responses=ACCEPTED, response_model=None)
 def start_instance(
     name: str,
@@ -117,15 +140,10 @@ def start_instance(
     once: Idempotent,
     if_match: IfMatch = None,
 ) -> Response:
-    def answer() -> JSONResponse:
-        _existing(engine, name, "start", if_match)
+    def work(progress: ProgressSink, cancel: CancelToken) -> Any:
+        return engine.start(name, progress=progress, cancel=cancel).to_dict()
 
-        def work(progress: ProgressSink, cancel: CancelToken) -> Any:
-            return engine.start(name, progress=progress, cancel=cancel).to_dict()
-
-        return _accepted(request, caller, "start", name, work, may_cancel=True)
-
-    return once.run(answer)
+    return _act(request, engine, caller, once, name, "start", if_match, work, may_cancel=True)
 
 
 @router.post("/{name}/stop", status_code=202, responses=ACCEPTED, response_model=None)
@@ -140,15 +158,10 @@ def stop_instance(
 ) -> Response:
     """ACPI power button, then forced after the engine's timeout (``force``: at once)."""
 
-    def answer() -> JSONResponse:
-        _existing(engine, name, "stop", if_match)
+    def work(_progress: ProgressSink, _cancel: CancelToken) -> Any:
+        return engine.stop(name, force=force).to_dict()
 
-        def work(_progress: ProgressSink, _cancel: CancelToken) -> Any:
-            return engine.stop(name, force=force).to_dict()
-
-        return _accepted(request, caller, "stop", name, work, may_cancel=False)
-
-    return once.run(answer)
+    return _act(request, engine, caller, once, name, "stop", if_match, work, may_cancel=False)
 
 
 @router.post("/{name}/restart", status_code=202, responses=ACCEPTED, response_model=None)
@@ -161,15 +174,10 @@ def restart_instance(
     if_match: IfMatch = None,
     force: bool = False,
 ) -> Response:
-    def answer() -> JSONResponse:
-        _existing(engine, name, "restart", if_match)
+    def work(progress: ProgressSink, cancel: CancelToken) -> Any:
+        return engine.restart(name, force=force, progress=progress, cancel=cancel).to_dict()
 
-        def work(progress: ProgressSink, cancel: CancelToken) -> Any:
-            return engine.restart(name, force=force, progress=progress, cancel=cancel).to_dict()
-
-        return _accepted(request, caller, "restart", name, work, may_cancel=True)
-
-    return once.run(answer)
+    return _act(request, engine, caller, once, name, "restart", if_match, work, may_cancel=True)
 
 
 @router.delete("/{name}", status_code=202, responses=ACCEPTED, response_model=None)
@@ -184,12 +192,10 @@ def delete_instance(
 ) -> Response:
     """Delete a VM; a running one only with ``force`` (409 otherwise)."""
 
-    def answer() -> JSONResponse:
-        _existing(engine, name, "delete", if_match, force=force)
+    def work(_progress: ProgressSink, _cancel: CancelToken) -> Any:
+        return engine.delete(name, force=force).to_dict()
 
-        def work(_progress: ProgressSink, _cancel: CancelToken) -> Any:
-            return engine.delete(name, force=force).to_dict()
-
-        return _accepted(request, caller, "delete", name, work, may_cancel=False)
-
-    return once.run(answer)
+    return _act(
+        request, engine, caller, once, name, "delete", if_match, work,
+        may_cancel=False, force=force,
+    )  # fmt: skip
