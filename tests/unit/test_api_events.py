@@ -103,8 +103,8 @@ def test_a_local_engine_call_reaches_the_stream_within_a_second(
     local = make_fake_engine(engine.paths.home)  # another process's engine: the local CLI
     with api.client(token) as client, client.stream("GET", "/api/v1/events") as stream:
         read_until(stream, lambda got: True, comments=True)  # the stream is open
-        began = time.monotonic()
         local.create(CreateRequest(name="cli1"), start=False)
+        began = time.monotonic()  # the event is in the table now
         got = read_until(stream, lambda got: len(got) >= 1, timeout=5)
         took = time.monotonic() - began
     assert summary(got) == [("lifecycle", "created", "local")]
