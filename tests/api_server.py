@@ -61,6 +61,7 @@ def running_api(engine: Engine) -> Iterator[Api]:
         yield Api(f"https://127.0.0.1:{port}", cert.cert, app)
     finally:
         server.should_exit = True
+        app.state.streams.close()
         thread.join(15)
         app.state.runner.shutdown(10)
         sock.close()

@@ -95,6 +95,14 @@ class StillRunning(Conflict):
     code = "still_running"
 
 
+class PreconditionFailed(Conflict):
+    """The resource changed since the version the caller named (a stale If-Match):
+    nothing was done."""
+
+    http_status = 412
+    code = "precondition_failed"
+
+
 class CapacityExceeded(CloudletError):
     """The host has not enough vCPUs or memory left for the request."""
 
@@ -237,6 +245,13 @@ class EntryRefused(InvalidInput):
     the way, too deep): refused like any hostile input; a copy skips it and notes why."""
 
     code = "guest_entry_refused"
+
+
+class IdempotencyKeyReused(InvalidInput):
+    """An Idempotency-Key sent again with another request than the first time."""
+
+    http_status = 422
+    code = "idempotency_key_reused"
 
 
 class LimitExceeded(InvalidInput):

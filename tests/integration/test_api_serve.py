@@ -1,6 +1,8 @@
 """`cloudlet serve` on real QEMU, reached only through HTTPS with the certificate pinned:
-create a tiny VM, follow the operation, see it running, stop it, delete it, stop the
-server by its pid, and find no QEMU left."""
+create a tiny VM (a retry with its Idempotency-Key makes no second), follow the
+operation, see it running, stop it with the local CLI and see that on the event stream,
+be refused a stale If-Match, delete it, stop the server by its pid, and find no QEMU
+left."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +20,7 @@ import pytest
 
 from cloudlet.host import processes
 from tests.integration import cli
+from tests.sse import read_until
 
 pytestmark = pytest.mark.integration
 
@@ -85,20 +89,43 @@ def test_a_vm_created_and_deleted_through_the_api_only(cloudlet_home: Path) -> N
                 "metadata": {"name": "api1"},
                 "spec": {"image": "tiny", "type": "gp.micro", "restrict_network": True},
             }
-            done = wait_op(client, client.post("/api/v1/instances", json=body))
+            key = {"Idempotency-Key": "it-create-1"}
+            accepted = client.post("/api/v1/instances", json=body, headers=key)
+            retried = client.post("/api/v1/instances", json=body, headers=key)
+            assert retried.status_code == 202 and retried.json()["id"] == accepted.json()["id"]
+            done = wait_op(client, accepted)
             assert done["result"]["state"] == "running"
-            vm = client.get("/api/v1/instances/api1").json()
+            shown = client.get("/api/v1/instances/api1")
+            vm, running_tag = shown.json(), shown.headers["etag"]
             assert vm["state"] == "running" and vm["network"]["restrict"] is True
             qemu_pid = vm["pid"]
             assert qemu_pid and processes.is_alive(qemu_pid)
             r = client.post("/api/v1/instances/api1/start")
             assert r.status_code == 409
-            wait_op(client, client.post("/api/v1/instances/api1/stop"))
-            assert client.get("/api/v1/instances/api1").json()["state"] == "stopped"
+            with client.stream("GET", "/api/v1/events") as stream:
+                read_until(stream, lambda got: True, comments=True)  # open
+                cli.run(home, "stop", "api1")  # the local CLI, another process
+                began = time.monotonic()
+                got = read_until(stream, lambda got: len(got) >= 1, timeout=5)
+                assert time.monotonic() - began < 1.0
+            assert [(f.event, f.data["kind"], f.data["requester"]) for f in got if f.data] == [
+                ("lifecycle", "stopped", "local")
+            ]
+            shown = client.get("/api/v1/instances/api1")
+            assert shown.json()["state"] == "stopped"
             assert not processes.is_alive(qemu_pid)
-            done = wait_op(client, client.delete("/api/v1/instances/api1"))
+            r = client.post("/api/v1/instances/api1/start", headers={"If-Match": running_tag})
+            assert r.status_code == 412 and r.json()["error"]["code"] == "precondition_failed"
+            assert client.get("/api/v1/instances/api1").json()["state"] == "stopped"
+            fresh = {"If-Match": shown.headers["etag"]}
+            done = wait_op(client, client.delete("/api/v1/instances/api1", headers=fresh))
             assert done["result"]["action"] == "deleted"
             assert client.get("/api/v1/instances").json() == []
+            with client.stream("GET", "/api/v1/events", params={"since": 0}) as stream:
+                got = read_until(stream, lambda got: any(f.data["kind"] == "deleted" for f in got))
+            assert [
+                (f.data["kind"], f.data["requester"]) for f in got if f.event == "lifecycle"
+            ] == [("created", "it"), ("started", "it"), ("stopped", "local"), ("deleted", "it")]
         server.send_signal(signal.SIGTERM)
         assert server.wait(30) == 0
     finally:

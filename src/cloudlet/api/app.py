@@ -12,9 +12,10 @@ from typing import Any
 from fastapi import FastAPI
 
 from cloudlet.api import errors
+from cloudlet.api.event_stream import Streams
 from cloudlet.api.limits import BodyLimit
 from cloudlet.api.operations import OperationRunner
-from cloudlet.api.routes import instances, operations
+from cloudlet.api.routes import events, instances, operations
 from cloudlet.engine.engine import Engine
 
 OPENAPI_URL = "/api/v1/openapi.json"
@@ -34,6 +35,7 @@ def _routes() -> FastAPI:
     app.add_middleware(BodyLimit)
     app.include_router(instances.router)
     app.include_router(operations.router)
+    app.include_router(events.router)
     return app
 
 
@@ -42,6 +44,7 @@ def create_app(engine: Engine) -> FastAPI:
     app = _routes()
     app.state.engine = engine
     app.state.runner = OperationRunner(engine)
+    app.state.streams = Streams()
     return app
 
 

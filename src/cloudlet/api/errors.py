@@ -52,6 +52,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         (401, "no token, or an unknown, expired or revoked one"),
         (404, "no such resource"),
         (409, "the resource's state does not allow it"),
+        (412, "the resource changed since the ETag in If-Match"),
         (413, "the body is too large"),
         (422, "the body or a parameter does not match the schema"),
         (423, "another caller holds the resource"),

@@ -24,6 +24,7 @@ from cloudlet.engine.operation_records import (
     OperationView,
     error_body,
 )
+from cloudlet.engine.requester import LOCAL, acting_for
 from cloudlet.errors import Cancelled, CloudletError, Conflict
 from cloudlet.progress import CancelToken, ProgressEvent, ProgressSink
 
@@ -57,14 +58,26 @@ class OperationRunner:
             log.info("operation %s was interrupted by a server stop", op_id)
 
     def submit(
-        self, kind: str, resources: dict[str, list[str]], work: Work, *, may_cancel: bool
+        self,
+        kind: str,
+        resources: dict[str, list[str]],
+        work: Work,
+        *,
+        may_cancel: bool,
+        requester: str = LOCAL,
     ) -> OperationView:
-        view = self.engine.operations.begin(kind, resources, may_cancel=may_cancel)
+        """Record the operation and start its work; its events name ``requester``."""
+        view = self.engine.operations.begin(
+            kind, resources, may_cancel=may_cancel, requester=requester
+        )
         state = _Running(may_cancel)
         with self._lock:
             self._running[view.id] = state
         state.thread = threading.Thread(
-            target=self._run, args=(view.id, work, state), name=f"op-{kind}", daemon=True
+            target=self._run,
+            args=(view.id, work, state, requester),
+            name=f"op-{kind}",
+            daemon=True,
         )
         state.thread.start()
         return view
@@ -80,12 +93,13 @@ class OperationRunner:
 
         return sink
 
-    def _run(self, op_id: str, work: Work, state: _Running) -> None:
+    def _run(self, op_id: str, work: Work, state: _Running, requester: str) -> None:
         records = self.engine.operations
         try:
             with (
                 self.engine.collect_notices(),
                 call_options.per_call(lock_wait=LOCK_WAIT, cancel=state.cancel),
+                acting_for(requester, op_id),
             ):
                 result = work(self._sink(op_id), state.cancel)
             records.finish(op_id, SUCCESS, result=result)

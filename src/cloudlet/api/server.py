@@ -95,6 +95,7 @@ def serve(engine: Engine, listen: Listen, *, ready: Callable[[Listen, ServerCert
 
     def stop(_signum: int, _frame: object) -> None:
         server.should_exit = True
+        app.state.streams.close()  # event streams would hold the stop for its timeout
 
     # uvicorn handles both signals while it serves, then restores these and raises the
     # signal again: a handler of ours (not the default, which kills) lets the operations

@@ -19,7 +19,7 @@ from sqlalchemy import select
 from cloudlet import logs
 from cloudlet.config import Paths, Settings
 from cloudlet.driver.base import Driver
-from cloudlet.engine import locks
+from cloudlet.engine import locks, requester
 from cloudlet.engine.deps import EngineDeps
 from cloudlet.errors import Conflict, NotFound
 from cloudlet.next_steps import NextStep, Step, step
@@ -110,7 +110,7 @@ class EngineContext:
     # ------------------------------------------------------------------ history
     def event(self, name: str, kind: str, message: str, op_id: int | None = None) -> None:
         with self.db.session() as s:
-            s.add(EventRow(instance_name=name, kind=kind, message=message, operation_id=op_id))
+            s.add(event_row(name, kind, message, op_id))
 
     @contextmanager
     def operation(self, row: InstanceRow, kind: str) -> Iterator[int]:
@@ -141,6 +141,19 @@ class EngineContext:
                 op.status = status
                 op.error = error
                 op.finished_at = utcnow()
+
+
+def event_row(name: str, kind: str, message: str, op_id: int | None = None) -> EventRow:
+    """A lifecycle event naming who the current call acts for (see ``requester``)."""
+    who = requester.current()
+    return EventRow(
+        instance_name=name,
+        kind=kind,
+        message=message,
+        operation_id=op_id,
+        requester=who.name,
+        api_operation=who.operation,
+    )
 
 
 def state_hint(state: str, vm: str) -> tuple[str, list[NextStep]]:

@@ -27,8 +27,10 @@ from cloudlet.engine.backups import BackupService
 from cloudlet.engine.context import EngineContext
 from cloudlet.engine.creation import Creation
 from cloudlet.engine.deps import EngineDeps
+from cloudlet.engine.events import EventFeed
 from cloudlet.engine.guest_access import GuestAccess, ShellAccess
 from cloudlet.engine.host_info import HostInfo
+from cloudlet.engine.idempotency import IdempotencyRecords
 from cloudlet.engine.image_cap import image_size_cap
 from cloudlet.engine.image_menu import ImageChoice
 from cloudlet.engine.image_views import CatalogEntryView, ImageView, LicenceView
@@ -76,6 +78,8 @@ class Engine:
         self.guest = GuestAccess(ctx)
         self.tokens = Tokens(ctx)
         self.operations = OperationRecords(ctx)
+        self.events = EventFeed(ctx)
+        self.idempotency = IdempotencyRecords(ctx)
 
     # The shared parts live in the context, so a change here reaches every service.
     @property

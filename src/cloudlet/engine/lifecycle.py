@@ -12,7 +12,7 @@ from dataclasses import dataclass, fields
 from sqlalchemy import select
 
 from cloudlet.engine import launch, network_host, storage_rows, teardown, vm_state
-from cloudlet.engine.context import EngineContext
+from cloudlet.engine.context import EngineContext, event_row
 from cloudlet.engine.views import Done
 from cloudlet.errors import InvalidInput, StillRunning
 from cloudlet.next_steps import NextStep, Step, step
@@ -22,7 +22,7 @@ from cloudlet.spec.instance import BackupPolicy, FirewallSpec, InstanceSpec
 from cloudlet.spec.machine_types import resolve_shape
 from cloudlet.spec.states import LIVE_STATES, STARTABLE_STATES, VMState
 from cloudlet.spec.units import format_size
-from cloudlet.store.models import EventRow, InstanceRow
+from cloudlet.store.models import InstanceRow
 
 SPEC_FIELDS_CHANGEABLE = frozenset({"volumes", "firewall", "backup", "api_access"})
 
@@ -162,8 +162,7 @@ class Lifecycle:
                 )
                 fresh.spec_json = changed.model_dump_json()
                 fresh.type_name, fresh.cpus, fresh.memory = shape.name, shape.cpus, shape.memory
-                s.add(EventRow(instance_name=name, kind="reshaped", message=f"{before} -> {after}",
-                               operation_id=op_id))  # fmt: skip
+                s.add(event_row(name, "reshaped", f"{before} -> {after}", op_id))
             return Outcome(True, f"{name}: {before} -> {after}")
 
     def update_spec(self, name: str, changes: dict[str, object]) -> Outcome:

@@ -18,10 +18,11 @@ from typing import Any
 from sqlalchemy import select
 
 from cloudlet.engine.context import EngineContext
+from cloudlet.engine.requester import LOCAL
 from cloudlet.errors import CloudletError, InvalidInput, NotFound
 from cloudlet.host import processes
 from cloudlet.progress import ProgressEvent
-from cloudlet.store.models import ApiOperationRow, utcnow
+from cloudlet.store.models import ApiOperationRow, EventRow, utcnow
 
 RUNNING = "running"
 SUCCESS = "success"
@@ -81,6 +82,29 @@ def _view(row: ApiOperationRow) -> OperationView:
     )
 
 
+def _instance_of(resources: dict[str, list[str]]) -> str:
+    """The VM an operation works on ("" for none): the name ending its first path."""
+    paths = resources.get("instances") or [""]
+    return paths[0].rsplit("/", 1)[-1]
+
+
+def status_event(row: ApiOperationRow) -> EventRow:
+    """The event that says an operation is now in ``row.status`` (for the stream)."""
+    error = _loads(row.error_json)
+    message = f"{row.kind} {row.status}"
+    if error:
+        message += f": {error.get('message')}"
+    return EventRow(
+        instance_name=_instance_of(json.loads(row.resources_json)),
+        kind=row.status,
+        message=message,
+        category="operation",
+        requester=row.requester,
+        api_operation=row.id,
+        at=row.updated_at,
+    )
+
+
 def check_id(op_id: str) -> str:
     """An operation id is a UUID; anything else is refused before the database sees it."""
     try:
@@ -98,7 +122,12 @@ class OperationRecords:
         self.ctx = ctx
 
     def begin(
-        self, kind: str, resources: dict[str, list[str]], *, may_cancel: bool
+        self,
+        kind: str,
+        resources: dict[str, list[str]],
+        *,
+        may_cancel: bool,
+        requester: str = LOCAL,
     ) -> OperationView:
         pid = os.getpid()
         now = utcnow()
@@ -112,9 +141,11 @@ class OperationRecords:
             owner_start=processes.start_time(pid),
             created_at=now,
             updated_at=now,
+            requester=requester,
         )
         with self.ctx.db.session() as s:
             s.add(row)
+            s.add(status_event(row))
         return _view(row)
 
     def progress(self, op_id: str, event: ProgressEvent) -> None:
@@ -135,6 +166,7 @@ class OperationRecords:
             row.result_json = json.dumps(result) if result is not None else None
             row.error_json = json.dumps(error) if error is not None else None
             row.updated_at = utcnow()
+            s.add(status_event(row))
         return _view(row)
 
     def get(self, op_id: str) -> OperationView:
@@ -162,5 +194,6 @@ class OperationRecords:
                     }
                 )
                 row.updated_at = utcnow()
+                s.add(status_event(row))
                 marked.append(row.id)
         return marked

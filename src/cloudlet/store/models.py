@@ -72,6 +72,14 @@ class EventRow(Base):
     message: Mapped[str] = mapped_column(Text)
     at: Mapped[datetime] = mapped_column(default=utcnow)
     operation_id: Mapped[int | None] = mapped_column(ForeignKey("operations.id"), nullable=True)
+    # "lifecycle" (what happened to a VM) or "operation" (an API operation's status)
+    category: Mapped[str] = mapped_column(
+        String(16), default="lifecycle", server_default="lifecycle"
+    )
+    # who caused it: an API token's name, "local" for the CLI (None: before it was kept)
+    requester: Mapped[str | None] = mapped_column(String(63), nullable=True)
+    # the API operation it belongs to, when one did it
+    api_operation: Mapped[str | None] = mapped_column(String(36), nullable=True)
 
 
 class LicenceRow(Base):
@@ -241,3 +249,25 @@ class ApiOperationRow(Base):
     owner_start: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    requester: Mapped[str | None] = mapped_column(String(63), nullable=True)
+
+
+class ApiIdempotencyRow(Base):
+    """The first answer to a request sent with an Idempotency-Key, for its retries.
+
+    ``status`` None: the first request is still being answered by ``owner_pid``."""
+
+    __tablename__ = "api_idempotency"
+    __table_args__ = (UniqueConstraint("project", "token", "key"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    project: Mapped[str] = mapped_column(String(63), default="default", server_default="default")
+    token: Mapped[str] = mapped_column(String(63))
+    key: Mapped[str] = mapped_column(String(255))
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    status: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    body_json: Mapped[str | None] = mapped_column(Text, nullable=True)
+    location: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    owner_pid: Mapped[int] = mapped_column(Integer)
+    owner_start: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)

@@ -5,4 +5,4 @@ read path (engine/read_model.py) reads a database only when it is at this revisi
 A unit test keeps it equal to the migration scripts' head.
 """
 
-HEAD_REVISION = "0300_api"
+HEAD_REVISION = "0301_api_events"

@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
+from fastapi.responses import Response
 
 from cloudlet.api.auth import Caller
+from cloudlet.api.etags import NOT_MODIFIED, tagged
 from cloudlet.api.operations import MAX_WAIT, OperationRunner
 from cloudlet.engine.operation_records import OperationView
 
@@ -19,9 +21,10 @@ def runner_of(request: Request) -> OperationRunner:
     return runner
 
 
-@router.get("/{op_id}", responses={200: OPERATION})
-def get_operation(op_id: str, request: Request, _caller: Caller) -> dict[str, Any]:
-    return runner_of(request).get(op_id).to_dict()
+@router.get("/{op_id}", responses={200: OPERATION, 304: NOT_MODIFIED}, response_model=None)
+def get_operation(op_id: str, request: Request, _caller: Caller) -> Response:
+    """The operation, with an ETag (If-None-Match: 304 when it has not changed)."""
+    return tagged(request, runner_of(request).get(op_id).to_dict())
 
 
 @router.get("/{op_id}/wait", responses={200: OPERATION})
