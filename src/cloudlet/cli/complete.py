@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from types import ModuleType
 from typing import Any, Protocol
 
 from cloudlet.config import Paths, default_home
-from cloudlet.engine import name_index
 
 SHELLS = ("bash", "zsh", "fish")
 # The shells' own spelling of the completion instruction (Click's "bash_complete") is
@@ -54,25 +54,33 @@ def script(shell: str) -> str:
     return get_completion_script(prog_name="cloudlet", complete_var=COMPLETE_VAR, shell=shell)
 
 
+def _index() -> ModuleType:
+    """The engine's name queries, imported only when the shell asks (--help loads this
+    module, and must not load the engine)."""
+    from cloudlet.engine import name_index
+
+    return name_index
+
+
 def _matching(names: list[str], incomplete: str) -> list[str]:
     return sorted({n for n in names if n.startswith(incomplete)})
 
 
 def vms(incomplete: str) -> list[str]:
-    return _matching(name_index.vms(), incomplete)
+    return _matching(_index().vms(), incomplete)
 
 
 def volumes(incomplete: str) -> list[str]:
-    return _matching(name_index.volumes(), incomplete)
+    return _matching(_index().volumes(), incomplete)
 
 
 def networks(incomplete: str) -> list[str]:
-    return _matching(name_index.networks(), incomplete)
+    return _matching(_index().networks(), incomplete)
 
 
 def vm_networks(incomplete: str) -> list[str]:
     """What ``create --network`` takes: nat, none or a virtual network."""
-    return _matching(["nat", "none", *name_index.networks()], incomplete)
+    return _matching(["nat", "none", *_index().networks()], incomplete)
 
 
 def _vm_on_line(ctx: LineParams) -> str | None:
@@ -85,12 +93,12 @@ def _vm_on_line(ctx: LineParams) -> str | None:
 
 def snapshots(ctx: LineParams, incomplete: str) -> list[str]:
     """The snapshots of the VM given earlier on the line (of every VM when none is)."""
-    return _matching(name_index.snapshots(_vm_on_line(ctx)), incomplete)
+    return _matching(_index().snapshots(_vm_on_line(ctx)), incomplete)
 
 
 def backups(ctx: LineParams, incomplete: str) -> list[str]:
     """The backup ids of the VM given earlier on the line (of every VM when none is)."""
-    return _matching(name_index.backups(_vm_on_line(ctx)), incomplete)
+    return _matching(_index().backups(_vm_on_line(ctx)), incomplete)
 
 
 def local_images() -> list[str]:

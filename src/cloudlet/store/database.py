@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import fcntl
 import shutil
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,6 +31,12 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
+
+
+def _dispose(ref: weakref.ref[Engine]) -> None:
+    engine = ref()
+    if engine is not None:
+        engine.dispose()
 
 
 def current_revision(engine: Engine) -> str | None:
@@ -63,6 +71,9 @@ class Database:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         self.engine = create_engine(f"sqlite:///{path}", future=True)
+        # Closed before the CLI's quick exit (cli/quick_exit.py), which skips the
+        # teardown that used to close it: SQLite checkpoints its WAL on the last close.
+        atexit.register(_dispose, weakref.ref(self.engine))
         event.listen(self.engine, "connect", _sqlite_pragmas)
         # Two processes opening a new database must not both run the migration.
         with open(path.with_suffix(".migrate.lock"), "w") as lock, self._full_disk():
