@@ -17,6 +17,7 @@ from cloudlet.api.etags import NOT_MODIFIED, require_match, tagged
 from cloudlet.api.idempotency import Idempotent, Once
 from cloudlet.api.operations import Work
 from cloudlet.api.routes.operations import OPERATION, runner_of
+from cloudlet.engine import call_options
 from cloudlet.engine.action_check import refuse_pointless
 from cloudlet.engine.body_request import body_request
 from cloudlet.engine.engine import Engine
@@ -67,7 +68,11 @@ def _existing(
     require_match(if_match, vm.to_dict(), f"VM {name}")
     if engine.busy(name):
         raise Busy(f"VM {name} is busy with another operation", hint="try again in a moment")
-    refuse_pointless(vm, action, force=force)
+    if action == "delete":
+        with call_options.per_call(lock_wait=0):  # busy is 423 at once, never a wait
+            engine.check_delete(name, force=force)
+    else:
+        refuse_pointless(vm, action)
 
 
 @router.get("", responses={200: INSTANCES}, response_model=None)
